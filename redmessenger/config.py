@@ -1,0 +1,228 @@
+"""
+The daemon's configuration: the JSON file's keys, their defaults and their checks.
+
+Everything is validated before any port opens, so that a typo stops ``twistd`` at
+start with a message naming the key, instead of surfacing hours later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The validated configuration.  Field names are the JSON keys; the first seven
+    are the Node.js RedMessenger's, with the same meaning.
+    """
+
+    # -- the seed's keys ------------------------------------------------------
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    ws_port: int = 8080
+    secure_mode: bool = False
+    rm_route: str = "/rm"
+    queue_expiry: int = 604800
+    conn_limit: int = 10000
+
+    # -- listening -------------------------------------------------------------
+    #: A Twisted server endpoint string (``tcp:8080:interface=127.0.0.1``,
+    #: ``ssl:8443:privateKey=key.pem:certKey=cert.pem``); overrides ``ws_port``.
+    listen: str | None = None
+    #: Origins allowed to open a WebSocket (``["*"]``: any; wildcards allowed).
+    allowed_origins: tuple[str, ...] = ("*",)
+    #: Negotiate permessage-deflate: ~10x the memory per socket, off by default.
+    websocket_compression: bool = False
+    #: Seconds between WebSocket pings that detect dead peers (0: never).
+    ping_interval: float = 30.0
+
+    # -- Redis -------------------------------------------------------------------
+    redis_password: str | None = None
+    redis_username: str | None = None
+    redis_db: int = 0
+    redis_tls: bool = False
+    #: Seconds to wait for a Redis reply before treating the link as broken.
+    redis_timeout: float = 10.0
+    #: Run a valkey-server child process on redis_host:redis_port (loopback only).
+    embedded_redis: bool = False
+    embedded_redis_dir: str = "var/redis"
+
+    # -- clients -----------------------------------------------------------------
+    #: Seconds a new socket has to send its identifier.
+    identify_timeout: float = 10.0
+    #: Largest frame a client may send, in bytes (identifiers are tiny).
+    max_frame_bytes: int = 4096
+    #: Most sockets one uid may hold open (``null``: no limit).
+    user_socket_limit: int | None = None
+
+    # -- queues ------------------------------------------------------------------
+    #: Longest a user's queue may grow; past it the oldest entries are dropped.
+    queue_max_length: int = 100000
+    #: Queue entries read from Redis per round trip while handing a queue over.
+    handover_batch: int = 500
+
+    log_level: str = "info"
+
+    #: Where the file was read from (not a JSON key).
+    source: str = field(default="<defaults>", compare=False)
+
+    @property
+    def listen_endpoint(self) -> str:
+        """The endpoint string the WebSocket server listens on."""
+        return self.listen if self.listen is not None else f"tcp:{self.ws_port}:backlog=1024"
+
+
+_ROUTE = re.compile(r"^/[A-Za-z0-9_.~/-]*$")
+_LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ConfigError(f"{key}: must be {bounds}, got {value}")
+        return value
+
+    return check
+
+
+def _number(low: float, strictly_positive: bool = False) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
+        if value < low or (strictly_positive and value <= 0):
+            raise ConfigError(f"{key}: must be {'>' if strictly_positive else '>='} {low}, got {value}")
+        return float(value)
+
+    return check
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    def optional(key: str, value: Any) -> Any:
+        return None if value is None else check(key, value)
+
+    return optional
+
+
+def _route(key: str, value: Any) -> str:
+    value = _text(key, value)
+    if not _ROUTE.match(value) or value.endswith("/") and value != "/" or "//" in value:
+        raise ConfigError(f"{key}: expected a path such as \"/rm\", got {value!r}")
+    if value.startswith(("/socket.io", "/health", "/metrics")):
+        raise ConfigError(f"{key}: {value!r} is reserved for the daemon's own routes")
+    return value
+
+
+def _origins(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(o, str) and o for o in value):
+        raise ConfigError(f"{key}: expected a non-empty list of origins such as [\"https://example.com\"], got {value!r}")
+    return tuple(value)
+
+
+def _log_level(key: str, value: Any) -> str:
+    if value not in _LOG_LEVELS:
+        raise ConfigError(f"{key}: expected one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return str(value)
+
+
+def _listen(key: str, value: Any) -> str:
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor  # parses the string, opens nothing
+
+    value = _text(key, value)
+    try:
+        serverFromString(MemoryReactor(), value)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ConfigError(f"{key}: not a Twisted endpoint string ({e}): {value!r}") from None
+    return value
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "redis_host": _text,
+    "redis_port": _integer(1, 65535),
+    "ws_port": _integer(0, 65535),
+    "secure_mode": _boolean,
+    "rm_route": _route,
+    "queue_expiry": _integer(1),
+    "conn_limit": _integer(1),
+    "listen": _optional(_listen),
+    "allowed_origins": _origins,
+    "websocket_compression": _boolean,
+    "ping_interval": _number(0),
+    "redis_password": _optional(_text),
+    "redis_username": _optional(_text),
+    "redis_db": _integer(0, 15),
+    "redis_tls": _boolean,
+    "redis_timeout": _number(0, strictly_positive=True),
+    "embedded_redis": _boolean,
+    "embedded_redis_dir": _text,
+    "identify_timeout": _number(0, strictly_positive=True),
+    "max_frame_bytes": _integer(256, 16 * 1024 * 1024),
+    "user_socket_limit": _optional(_integer(1)),
+    "queue_max_length": _integer(1),
+    "handover_batch": _integer(1, 100000),
+    "log_level": _log_level,
+}
+
+# Keys of the Node.js program's config.json that have no meaning here, accepted
+# so that an old file works unchanged.
+_IGNORED_LEGACY_KEYS = frozenset({"cluster"})
+
+assert set(_CHECKS) == {f.name for f in fields(Config)} - {"source"}
+
+
+def parse_config(raw: Any, source: str = "<inline>") -> Config:
+    """Validate a decoded JSON object and return the configuration it describes."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a JSON object at the top level")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _IGNORED_LEGACY_KEYS:
+            continue
+        check = _CHECKS.get(key)
+        if check is None:
+            raise ConfigError(f"{key}: unknown configuration key (known keys: {', '.join(sorted(_CHECKS))})")
+        values[key] = check(key, value)
+    config = Config(source=source, **values)
+    if config.embedded_redis and config.redis_host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"redis_host: the embedded server listens on loopback only, got {config.redis_host!r}")
+    if config.redis_username is not None and config.redis_password is None:
+        raise ConfigError("redis_username: needs redis_password as well")
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a JSON configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    return parse_config(raw, source=str(path))

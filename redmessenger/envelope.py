@@ -1,0 +1,168 @@
+"""
+Messages and their two encodings: the envelope a client receives and the entry
+a user's queue keeps in Redis.
+
+A published message is turned into a :class:`Message` once; every encoding of
+it (the envelope JSON with and without the bubble, the queue entry, a wire
+dialect's frame) is computed at most once and shared by every socket it goes to.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, TypeVar
+
+from .logs import make_logger
+
+log = make_logger(__name__)
+
+T = TypeVar("T")
+
+#: Marks queue entries written by this daemon; entries without it were written
+#: by the Node.js RedMessenger, whose payloads are ``encodeURI``-encoded.
+ENTRY_VERSION = 1
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class Message:
+    """One message on its way to one or many users; caches its encodings."""
+
+    __slots__ = ("source", "timestamp", "payload", "_encodings")
+
+    def __init__(self, source: str, timestamp: int, payload: str) -> None:
+        self.source = source
+        self.timestamp = timestamp
+        self.payload = payload
+        self._encodings: dict[Any, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Message {self.source} @{self.timestamp} {len(self.payload)} chars>"
+
+    def envelope(self, bubble: bool) -> dict[str, Any]:
+        """The envelope as a dict (SPEC §2), for dialects that embed it in their own framing."""
+        return {"source": self.source, "timestamp": self.timestamp, "bubble": bubble, "payload": self.payload}
+
+    def envelope_json(self, bubble: bool) -> bytes:
+        """The envelope as UTF-8 JSON, computed once per value of ``bubble``."""
+        return self.encoded(("json", bubble), lambda: _dumps(self.envelope(bubble)).encode("utf-8"))
+
+    def queue_entry(self) -> bytes:
+        """The entry kept in ``rm:users:$uid:messages`` while the user is away."""
+        return self.encoded(
+            "entry",
+            lambda: _dumps(
+                {"v": ENTRY_VERSION, "source": self.source, "timestamp": self.timestamp, "payload": self.payload}
+            ).encode("utf-8"),
+        )
+
+    def encoded(self, key: Any, build: Callable[[], T]) -> T:
+        """Return the encoding named ``key``, building it on first use; dialects cache their frames here."""
+        try:
+            return self._encodings[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._encodings[key] = build()
+            return value
+
+
+def decode_payload(raw: bytes) -> str:
+    """
+    A published payload as text.  Publishers may send any bytes: invalid UTF-8 is
+    replaced (U+FFFD) rather than refused, so that the message is still delivered.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warn("Payload of {length} bytes is not valid UTF-8; delivering it with U+FFFD replacements", length=len(raw))
+        return raw.decode("utf-8", errors="replace")
+
+
+# -- decodeURI, as JavaScript has it --------------------------------------------
+
+# decodeURI leaves the escapes of these characters alone.
+_URI_RESERVED = frozenset(";/?:@&=+$,#")
+_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+class URIError(ValueError):
+    """A malformed escape sequence: JavaScript's decodeURI would throw."""
+
+
+def decode_uri(text: str) -> str:
+    """
+    JavaScript's ``decodeURI``: the Node.js RedMessenger stored payloads through
+    ``encodeURI``, so its queue entries are decoded the way it decoded them.
+    """
+    if "%" not in text:
+        return text
+
+    def replace(match: re.Match[str]) -> str:
+        run = match.group(0)
+        octets = bytes(int(run[i + 1 : i + 3], 16) for i in range(0, len(run), 3))
+        try:
+            decoded = octets.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise URIError(f"malformed UTF-8 in {run!r}") from e
+        # Re-escape reserved characters, as decodeURI leaves them encoded.
+        out = []
+        position = 0
+        for char in decoded:
+            width = len(char.encode("utf-8"))
+            if char in _URI_RESERVED:
+                out.append(run[position : position + 3 * width])
+            else:
+                out.append(char)
+            position += 3 * width
+        return "".join(out)
+
+    decoded = _ESCAPES.sub(replace, text)
+    # A '%' not followed by two hex digits is malformed too.
+    stripped = _ESCAPES.sub("", text)
+    if "%" in stripped:
+        raise URIError("'%' not followed by two hex digits")
+    return decoded
+
+
+# -- queue entries ----------------------------------------------------------------
+
+
+class UnreadableEntry(ValueError):
+    """A queue entry that is not an envelope (left there by another program)."""
+
+
+def message_from_entry(raw: bytes) -> Message:
+    """
+    Read a queue entry: one of ours, or one the Node.js RedMessenger wrote
+    (its payload ``encodeURI``-encoded).  Raises :class:`UnreadableEntry` for
+    anything else; the caller still delivers it (see :func:`message_from_unreadable`).
+    """
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UnreadableEntry(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise UnreadableEntry(f"a JSON {type(obj).__name__}, not an object")
+    source, timestamp, payload = obj.get("source"), obj.get("timestamp"), obj.get("payload")
+    if not isinstance(source, str) or not isinstance(payload, str):
+        raise UnreadableEntry("no string 'source' and 'payload'")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+        raise UnreadableEntry("no numeric 'timestamp'")
+    if obj.get("v") is None:
+        try:
+            payload = decode_uri(payload)
+        except URIError as e:
+            log.warn(
+                "Node.js-era queue entry from {source} has a malformed URI escape ({why}); delivering its payload as stored",
+                source=source,
+                why=str(e),
+            )
+    return Message(source, int(timestamp), payload)
+
+
+def message_from_unreadable(raw: bytes, source: str, now_ms: int) -> Message:
+    """
+    Wrap an entry that is not an envelope so that it is still delivered, not lost:
+    its bytes become the payload, as if just published on the user's channel.
+    """
+    return Message(source, now_ms, decode_payload(raw))

@@ -1,0 +1,177 @@
+"""
+The link to Redis: a pub/sub subscriber and a command connection (txredisapi).
+
+Both reconnect by themselves with exponential backoff (txredisapi runs each on
+a ``ClientService``); the subscriber re-issues PSUBSCRIBE on every new
+connection, since Redis forgets subscriptions with the connection.  Replies are
+raw bytes (``charset=None``, ``convertNumbers=False``): a payload such as
+``007`` must reach the client as it was published.
+
+txredisapi is imported inside functions: importing it installs the default
+reactor, which must not happen before twistd has chosen one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from .logs import make_logger
+
+if TYPE_CHECKING:
+    import txredisapi
+
+PATTERNS = [b"rm.users.*", b"rm.channels.*"]
+
+OnMessage = Callable[[bytes, bytes], None]
+
+
+@dataclass
+class RedisSettings:
+    host: str
+    port: int
+    password: str | None = None
+    username: str | None = None
+    db: int = 0
+    tls: bool = False
+    timeout: float = 10.0
+
+
+@dataclass
+class LinkState:
+    """What operators and /health need to know about the Redis link."""
+
+    subscribed: bool = False
+    commands_connected: bool = False
+    reconnects: int = 0
+    last_error: str | None = None
+
+
+def _endpoint(reactor: Any, settings: RedisSettings) -> IStreamClientEndpoint:
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, settings.host, settings.port, timeout=settings.timeout)
+    if settings.tls:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(settings.host), endpoint)
+    return endpoint
+
+
+class RedisLink:
+    """Owns both Redis connections and tells whether they are up."""
+
+    log = make_logger()
+
+    def __init__(self, reactor: Any, settings: RedisSettings, on_message: OnMessage) -> None:
+        import txredisapi
+
+        self.state = LinkState()
+        self._stopping = False
+        self._reactor = reactor
+        self._settings = settings
+        link = self
+
+        class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,name-defined]
+            def connectionMade(self) -> Any:
+                d = super().connectionMade()
+                self.whenConnected().addCallback(lambda _: link._commands_up())
+                return d
+
+            def connectionLost(self, why: Any) -> None:
+                link._commands_down(why)
+                super().connectionLost(why)
+
+        class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc,name-defined]
+            def connectionMade(self) -> Any:
+                d = super().connectionMade()
+                self.whenConnected().addCallback(lambda _: self._subscribe())
+                return d
+
+            def _subscribe(self) -> None:
+                self.psubscribe(PATTERNS).addCallbacks(
+                    lambda _: link._subscribed(), lambda f: link.log.failure("PSUBSCRIBE failed", f)
+                )
+
+            def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+                # An exception escaping here would make Twisted drop the
+                # subscriber connection: contain it.
+                try:
+                    on_message(channel, message)
+                except Exception:
+                    link.log.failure("Handling a message on {channel!r} failed", channel=channel)
+
+            def connectionLost(self, why: Any) -> None:
+                link._unsubscribed(why)
+                super().connectionLost(why)
+
+        self._commands = txredisapi.RedisFactory(
+            f"{settings.host}:{settings.port}",
+            settings.db,
+            1,  # one connection: commands run in the order they are sent
+            isLazy=True,
+            charset=None,
+            password=settings.password,
+            replyTimeout=settings.timeout,
+            convertNumbers=False,
+            username=settings.username,
+        )
+        self._commands.protocol = CommandProtocol
+        self._subscriber = txredisapi.SubscriberFactory(isLazy=True)
+        self._subscriber.protocol = Subscriber
+        self._subscriber.charset = None
+        self._subscriber.convertNumbers = False
+        self._subscriber.password = settings.password
+        self._subscriber.username = settings.username
+        for factory in (self._commands, self._subscriber):
+            factory.maxDelay = 5  # seconds between attempts, at most
+
+    @property
+    def commands(self) -> "txredisapi.ConnectionHandler":
+        """The command connection; commands sent while it is down wait for it."""
+        return self._commands.handler
+
+    @property
+    def ready(self) -> bool:
+        return self.state.subscribed and self.state.commands_connected
+
+    def start(self) -> None:
+        self.log.info(
+            "Connecting to Redis at {host}:{port} (db {db}{tls})",
+            host=self._settings.host,
+            port=self._settings.port,
+            db=self._settings.db,
+            tls=", TLS" if self._settings.tls else "",
+        )
+        self._commands.startConnecting(_endpoint(self._reactor, self._settings))
+        self._subscriber.startConnecting(_endpoint(self._reactor, self._settings))
+
+    def stop(self) -> Deferred[Any]:
+        from twisted.internet.defer import gatherResults
+
+        self._stopping = True
+        return gatherResults([self._subscriber.disconnect(), self._commands.disconnect()], consumeErrors=True)
+
+    # -- state, logged ------------------------------------------------------------
+
+    def _commands_up(self) -> None:
+        self.state.commands_connected = True
+        self.log.info("Redis command connection up")
+
+    def _commands_down(self, why: Any) -> None:
+        if self.state.commands_connected and not self._stopping:
+            self.state.reconnects += 1
+            self.state.last_error = why.getErrorMessage()
+            self.log.warn("Redis command connection lost ({why}); reconnecting", why=self.state.last_error)
+        self.state.commands_connected = False
+
+    def _subscribed(self) -> None:
+        self.state.subscribed = True
+        self.log.info("Subscribed to {patterns} on Redis", patterns=" and ".join(p.decode() for p in PATTERNS))
+
+    def _unsubscribed(self, why: Any) -> None:
+        if self.state.subscribed and not self._stopping:
+            self.state.last_error = why.getErrorMessage()
+            self.log.warn("Redis subscriber connection lost ({why}); reconnecting", why=self.state.last_error)
+        self.state.subscribed = False

@@ -1,0 +1,158 @@
+"""
+The wiring: builds the parts from a :class:`~redmessenger.config.Config` and runs them in order.
+
+Start: listen (a port in use is fatal at once), then the embedded Redis if
+configured (waited for), then the Redis link.  Stop: the reverse, with the
+sockets closed (1001) and running queue handovers settled before the Redis link
+goes, and the embedded server stopped last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.python.failure import Failure
+
+from .config import Config
+from .dispatcher import Dispatcher
+from .errors import CloseCode
+from .logs import make_logger
+from .presence import Presence
+from .queue_store import QueueStore
+from .redis_edge import RedisLink, RedisSettings
+from .web import RootResource, RouteResource, make_site
+from .websocket import PlainWebSocketFactory
+
+
+class RedMessengerService(Service):
+    """The daemon: one port for clients, one link to Redis, optionally an embedded Redis."""
+
+    log = make_logger()
+    name = "redmessenger"
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.started_at: float | None = None
+
+        self.presence = Presence(config.user_socket_limit)
+        self.link = RedisLink(
+            reactor,
+            RedisSettings(
+                host=config.redis_host,
+                port=config.redis_port,
+                password=config.redis_password,
+                username=config.redis_username,
+                db=config.redis_db,
+                tls=config.redis_tls,
+                timeout=config.redis_timeout,
+            ),
+            on_message=self._on_publish,
+        )
+        self.store = QueueStore(self.link.commands, reactor, config.queue_expiry, config.queue_max_length)
+        self.dispatcher = Dispatcher(
+            self.presence,
+            self.store,
+            reactor,
+            secure_mode=config.secure_mode,
+            handover_batch=config.handover_batch,
+        )
+        self.websockets = PlainWebSocketFactory(
+            dispatcher=self.dispatcher,
+            clock=reactor,
+            route=config.rm_route,
+            identify_timeout=config.identify_timeout,
+            listen_label=config.listen if config.listen is not None else f"*:{config.ws_port}",
+            **websocket_options(config),
+        )
+        self.root = RootResource()
+        self.root.route(config.rm_route, RouteResource(self.websockets))
+        self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
+        self.embedded: Any = None
+        if config.embedded_redis:
+            from .embedded import EmbeddedRedisService
+
+            self.embedded = EmbeddedRedisService(
+                reactor=reactor,
+                host=config.redis_host,
+                port=config.redis_port,
+                data_dir=Path(config.embedded_redis_dir),
+                password=config.redis_password,
+            )
+
+    def _on_publish(self, channel: bytes, payload: bytes) -> None:
+        self.dispatcher.on_publish(channel, payload)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        # Listening here makes a port in use (or a bad certificate) fatal at start.
+        self.listening.privilegedStartService()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        self.started_at = self.reactor.seconds()
+        self.listening.startService()
+        self.log.info(
+            "RedMessenger listening on {listen}, route {route}, secure_mode {secure}",
+            listen=self.config.listen_endpoint,
+            route=self.config.rm_route,
+            secure=self.config.secure_mode,
+        )
+        if self.embedded is None:
+            self.link.start()
+            return
+        self.embedded.startService()
+        self.embedded.whenReady().addCallbacks(lambda _: self.link.start(), self._embedded_failed)
+
+    def _embedded_failed(self, failure: Failure) -> None:
+        self.log.critical("The embedded Redis server did not start: {why}", why=failure.getErrorMessage())
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.listening.stopService()
+        self.websockets.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        await self.dispatcher.stop()
+        self.store.stop()
+        await self.link.stop()
+        if self.embedded is not None:
+            await self.embedded.stopService()
+        self.log.info("RedMessenger stopped")
+
+
+def websocket_options(config: Config) -> dict[str, Any]:
+    """Autobahn protocol options derived from the configuration."""
+    options: dict[str, Any] = {
+        "maxFramePayloadSize": config.max_frame_bytes,
+        "maxMessagePayloadSize": config.max_frame_bytes,
+        # counted from the TCP connection; the next handshake gets HTTP 503
+        "maxConnections": config.conn_limit,
+        "allowedOrigins": list(config.allowed_origins),
+        "openHandshakeTimeout": 10,
+        "closeHandshakeTimeout": 5,
+        "tcpNoDelay": True,
+    }
+    if config.ping_interval > 0:
+        options["autoPingInterval"] = config.ping_interval
+        options["autoPingTimeout"] = config.ping_interval
+    if config.websocket_compression:
+        from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+
+        def accept(offers: list[Any]) -> Any:
+            for offer in offers:
+                if isinstance(offer, PerMessageDeflateOffer):
+                    return PerMessageDeflateOfferAccept(offer)
+            return None
+
+        options["perMessageCompressionAccept"] = accept
+    return options

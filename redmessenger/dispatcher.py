@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from .logs import make_logger
 from twisted.python.failure import Failure
 
 from .envelope import Message, UnreadableEntry, decode_payload, message_from_entry, message_from_unreadable
 from .errors import UID_PATTERN, ClientError, CloseCode, parse_identifier
-from .presence import Attachment, MessageSink, Presence, User
+from .presence import Attachment, MessageSink, Presence, Sent, User
 from .queue_store import QueueStore, queue_key
 
 USER_PREFIX = b"rm.users."
@@ -78,7 +78,9 @@ class Dispatcher:
         self._secure_mode = secure_mode
         self._handover_batch = handover_batch
         self._inbox: deque[_Pending] = deque()
-        self._handovers: set[Deferred[None]] = set()
+        self._handovers: dict[str, _Handover] = {}
+        self._to_confirm: list[Attachment] = []
+        self._confirm_call: IDelayedCall | None = None
         self._stopping = False
 
     # -- published messages --------------------------------------------------------
@@ -151,21 +153,75 @@ class Dispatcher:
         offline = []
         for uid in uids:
             user = self.presence.get(uid)
-            if user is not None and self.presence.deliver(user, message):
+            if user is not None and self._deliver_live(user, message):
                 self.counters.delivered += 1
             else:
                 offline.append(uid)
         if offline:
             self.queue(offline, message)
 
+    def _deliver_live(self, user: User, message: Message) -> bool:
+        """
+        Give a message to each of the user's sockets, the oldest with the bubble.
+        False if none took it (all closing): the caller queues it.
+        """
+        attachments = user.attachments
+        shared = len(attachments) > 1
+        bubble = True
+        taken = False
+        for attachment in attachments:
+            sent = Sent(message, bubble, shared)
+            if attachment.held is not None:
+                attachment.held.append(sent)
+                taken = True
+            elif attachment.sink.send_message(message, bubble):
+                attachment.unconfirmed.append(sent)
+                self._want_confirmation(attachment)
+                taken = True
+            bubble = False
+        return taken
+
     def queue(self, uids: list[str], message: Message) -> None:
         """Keep a message in the queues of users who are not online."""
         self.counters.queued += len(uids)
         for uid in uids:
-            self.log.info(
-                "Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid
-            )
+            self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
         self.store.enqueue(uids, message.queue_entry())
+
+    # -- confirmations of live messages ----------------------------------------------
+    #
+    # A message written to a socket may still be lost with the connection (in
+    # buffers, in flight).  Each socket keeps its live messages until the client
+    # confirms them (one confirmation under way per socket, asked for once per
+    # reactor turn); if it goes away first, the unconfirmed ones are delivered
+    # again or queued.  Duplicates are then possible for what was in flight
+    # during the last round trip; losses are not.
+
+    def _want_confirmation(self, attachment: Attachment) -> None:
+        if attachment.confirming:
+            return
+        attachment.confirming = True
+        self._to_confirm.append(attachment)
+        if self._confirm_call is None:
+            self._confirm_call = self._clock.callLater(0, self._ask_confirmations)
+
+    def _ask_confirmations(self) -> None:
+        self._confirm_call = None
+        batch, self._to_confirm = self._to_confirm, []
+        for attachment in batch:
+            if attachment.attached:
+                count = len(attachment.unconfirmed)
+                attachment.sink.confirm().addCallback(self._live_confirmed, attachment, count)
+
+    def _live_confirmed(self, received: bool, attachment: Attachment, count: int) -> None:
+        attachment.confirming = False
+        if not received or not attachment.attached:
+            return  # detach() has taken care of what was unconfirmed
+        unconfirmed = attachment.unconfirmed
+        for _ in range(min(count, len(unconfirmed))):
+            unconfirmed.popleft()
+        if unconfirmed:
+            self._want_confirmation(attachment)
 
     # -- sockets -------------------------------------------------------------------
 
@@ -183,10 +239,14 @@ class Dispatcher:
         attachment = self.presence.attach(ident.uid, sink)
         self.counters.identified += 1
         self.log.info("Assigning id {uid} to socket {peer}.", uid=ident.uid, peer=sink.client_address)
-        user = self.presence.get(ident.uid)
-        assert user is not None
-        if user.handover is None:
-            self._start_handover(user, attachment)
+        handover = self._handovers.get(ident.uid)
+        if handover is None:
+            self._start_handover(attachment)
+        elif not handover.attachment.attached and handover.next is None:
+            # The socket receiving the queue went away (a page reload): this one
+            # takes the queue over once the old handover has settled.
+            handover.next = attachment
+            attachment.held = []
         return attachment
 
     async def _check_key(self, uid: str, key: str | None) -> None:
@@ -199,78 +259,90 @@ class Dispatcher:
         except ResponseError as e:
             self.log.error("Cannot read the key of {uid}: {why}", uid=uid, why=str(e))
             stored = None
-        # compare_digest takes as long whatever the bytes: no timing oracle
-        # (bytes of equal length compared in constant time; a length mismatch is
-        # revealed, as with any HMAC check).
+        # compare_digest's time does not depend on where the bytes differ.
         given = (key or "").encode("utf-8")
         if stored is None or not key or not hmac.compare_digest(stored, given):
             raise ClientError(CloseCode.BAD_KEY, "authentication failed: wrong or missing key")
 
-    def detach(self, attachment: Attachment) -> None:
-        """A socket closed: forget it.  An unfinished handover ends by itself."""
+    def detach(self, attachment: Attachment, received_all: bool = False) -> None:
+        """
+        A socket closed: forget it, and deliver again (or queue) the live
+        messages only it had and never confirmed (``received_all``: the dialect
+        knows the client read everything written).  Its queue entries that were
+        not confirmed are still in Redis: the handover only trims confirmed ones.
+        """
+        if not attachment.attached:
+            return
         self.presence.detach(attachment)
+        orphans = []
+        if not received_all:
+            orphans += [sent.message for sent in attachment.unconfirmed if not sent.delivered_elsewhere]
+        orphans += [sent.message for sent in attachment.held or () if not sent.delivered_elsewhere]
+        attachment.unconfirmed.clear()
+        attachment.held = None
+        if orphans:
+            self.log.info(
+                "{uid}: {count} messages were not confirmed by {peer} before it closed; delivering them again",
+                uid=attachment.uid,
+                count=len(orphans),
+                peer=attachment.sink.client_address,
+            )
+        for message in orphans:
+            user = self.presence.get(attachment.uid)
+            if user is None or not self._deliver_live(user, message):
+                self.queue([attachment.uid], message)
 
     def refused(self, reason: CloseCode) -> None:
         self.counters.refused[reason.name] = self.counters.refused.get(reason.name, 0) + 1
 
     # -- queue handover ------------------------------------------------------------
 
-    def _start_handover(self, user: User, attachment: Attachment) -> None:
-        user.handover = attachment
-        attachment.held = []
-        d = ensureDeferred(self._hand_over(user, attachment))
-        self._handovers.add(d)
+    def _start_handover(self, attachment: Attachment) -> None:
+        handover = _Handover(attachment)
+        self._handovers[attachment.uid] = handover
+        if attachment.held is None:
+            attachment.held = []
+        d = ensureDeferred(self._hand_over(handover))
+        handover.done = d
+        d.addErrback(lambda f: self.log.failure("Handing the queue of {uid} over failed", f, uid=attachment.uid))
 
-        def done(result: Any) -> Any:
-            self._handovers.discard(d)
-            return result
-
-        d.addBoth(done)
-        d.addErrback(
-            lambda f: self.log.failure("Handing the queue of {uid} over failed", f, uid=user.uid)
-        )
-
-    async def _hand_over(self, user: User, attachment: Attachment) -> None:
+    async def _hand_over(self, handover: _Handover) -> None:
         """
-        Deliver the user's queue to one socket, oldest first, in batches.  Entries
-        leave Redis only after they were written to the socket; live messages
-        wait in ``attachment.held`` until the queue is through.
+        Deliver the user's queue to one socket, oldest first, a batch at a time.
+        A batch leaves Redis only once the client confirmed it (trimmed with the
+        next read), so a client that drops keeps everything it did not confirm.
         """
-        uid, sink = user.uid, attachment.sink
-        delivered = 0  # written to the socket, not yet trimmed from Redis
-        total = 0
-        first = True
+        attachment = handover.attachment
+        uid, sink = attachment.uid, attachment.sink
+        confirmed = 0  # confirmed by the client, not yet trimmed from Redis
         try:
-            while attachment.attached:
-                length, entries = await self.store.take(uid, delivered, self._handover_batch)
-                delivered = 0
-                if first and length:
-                    self.log.info(
-                        "rm.users.{uid} has {count} messages enqueued, purging!", uid=uid, count=length
-                    )
-                first = False
+            length, entries = await self.store.take(uid, 0, self._handover_batch)
+            if length:
+                self.log.info("rm.users.{uid} has {count} messages enqueued, purging!", uid=uid, count=length)
+            while entries and attachment.attached:
+                sent = 0
                 for raw in entries:
+                    message = self._read_entry(uid, raw)
                     if not attachment.attached or not sink.send_message(
-                        self._read_entry(uid, raw), user.carries_bubble(attachment)
+                        message, self.presence.carries_bubble(attachment)
                     ):
                         break
-                    delivered += 1
-                total += delivered
-                if len(entries) < self._handover_batch or delivered < len(entries):
+                    sent += 1
+                if not sent or not await sink.confirm():
                     break
+                confirmed = sent
+                handover.delivered += sent
+                if sent < len(entries) or len(entries) < self._handover_batch:
+                    break
+                length, entries = await self.store.take(uid, confirmed, self._handover_batch)
+                confirmed = 0
         finally:
-            if delivered:
-                self.store.trim(uid, delivered).addErrback(
-                    lambda f: self.log.failure("Could not trim {count} delivered entries of {uid}", f, uid=uid, count=delivered)
+            if confirmed:
+                self.store.trim(uid, confirmed).addErrback(
+                    lambda f: self.log.failure("Could not trim {count} delivered entries of {uid}", f, uid=uid, count=confirmed)
                 )
-            self.counters.handed_over += total
-            self._release_held(user, attachment)
-        if total and not attachment.attached:
-            self.log.info(
-                "{uid}: socket closed during the handover after {count} messages; the rest stays queued",
-                uid=uid,
-                count=total,
-            )
+            self.counters.handed_over += handover.delivered
+            self._finish_handover(handover)
 
     def _read_entry(self, uid: str, raw: bytes) -> Message:
         try:
@@ -283,22 +355,31 @@ class Dispatcher:
         self.log.debug("{uid}: Purging message from {source}", uid=uid, source=message.source)
         return message
 
-    def _release_held(self, user: User, attachment: Attachment) -> None:
-        """After a handover: send the held live messages, or queue those nobody received."""
+    def _finish_handover(self, handover: _Handover) -> None:
+        """Release the live messages held back during the handover; pass the turn on if it was cut short."""
+        attachment = handover.attachment
+        del self._handovers[attachment.uid]
+        if attachment.attached:
+            self._release_held(attachment)
+        elif handover.delivered:
+            self.log.info(
+                "{uid}: socket closed during the handover after {count} messages; the rest stays queued",
+                uid=attachment.uid,
+                count=handover.delivered,
+            )
+        following = handover.next
+        if following is not None and following.attached:
+            self._start_handover(following)
+
+    def _release_held(self, attachment: Attachment) -> None:
         held, attachment.held = attachment.held or [], None
-        if user.handover is attachment:
-            user.handover = None
-        lost: list[Message] = []
-        for item in held:
-            if attachment.attached and attachment.sink.send_message(item.message, item.bubble):
-                continue
-            if not item.delivered_elsewhere:
-                lost.append(item.message)
-        for message in lost:
-            # the user may have come back on another socket meanwhile
-            online = self.presence.get(user.uid)
-            if online is None or not self.presence.deliver(online, message):
-                self.queue([user.uid], message)
+        for sent in held:
+            if attachment.sink.send_message(sent.message, sent.bubble):
+                attachment.unconfirmed.append(sent)
+            elif not sent.delivered_elsewhere:
+                self.queue([attachment.uid], sent.message)
+        if attachment.unconfirmed:
+            self._want_confirmation(attachment)
 
     # -- shutdown ------------------------------------------------------------------
 
@@ -308,11 +389,26 @@ class Dispatcher:
         for at most ``timeout`` seconds: with Redis away they cannot.
         """
         self._stopping = True
-        waiting: Deferred[Any] = DeferredList(list(self._handovers), consumeErrors=True)
+        if self._confirm_call is not None:
+            self._confirm_call.cancel()
+            self._confirm_call = None
+        running = [h.done for h in self._handovers.values() if h.done is not None]
+        waiting: Deferred[Any] = DeferredList(running, consumeErrors=True)
         waiting.addTimeout(timeout, self._clock)
         return waiting.addErrback(
             lambda f: self.log.warn("{count} queue handovers unfinished at shutdown", count=len(self._handovers))
         )
+
+
+@dataclass(eq=False)
+class _Handover:
+    """The user's queue on its way to one socket; one per user at a time."""
+
+    attachment: Attachment
+    done: Deferred[None] | None = None
+    delivered: int = 0
+    #: A socket of the same user that identified after this one went away.
+    next: Attachment | None = None
 
 
 def _valid_name(raw: bytes) -> str | None:

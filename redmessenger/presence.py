@@ -2,15 +2,16 @@
 Who is online: the identified sockets of each user, oldest first.  No I/O here.
 
 The oldest socket of a user carries the bubble (SPEC §2); when it closes the
-next oldest takes it over, simply by being first in the list.  A socket that is
-being handed its queue *holds* live messages until the queue is through, so
-that it receives the queue before anything newer (SPEC §3.3).
+next oldest takes it over, simply by being first in the list.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from twisted.internet.defer import Deferred
 
 from .envelope import Message
 from .errors import ClientError, CloseCode
@@ -30,15 +31,21 @@ class MessageSink(Protocol):
     def send_message(self, message: Message, bubble: bool) -> bool:
         """Write the message to the client; False if the connection is already gone."""
 
+    def confirm(self) -> Deferred[bool]:
+        """
+        Fires True once the client has shown it received everything written so
+        far (a WebSocket pong, the next poll), False if it went away first.
+        """
 
-@dataclass(eq=False)
-class HeldMessage:
-    """A live message waiting for a queue handover to finish on one socket."""
+
+@dataclass(eq=False, slots=True)
+class Sent:
+    """A live message written to (or held for) one socket, until the client confirms it."""
 
     message: Message
     bubble: bool
-    #: Whether another socket of the user got it: if this socket drops, only the
-    #: messages nobody else received go back to the queue.
+    #: Whether another socket of the user got it too: if this socket goes away,
+    #: only the messages nobody else received are delivered again or queued.
     delivered_elsewhere: bool
 
 
@@ -48,8 +55,13 @@ class Attachment:
 
     uid: str
     sink: MessageSink
-    #: Not None while this socket is being handed the user's queue.
-    held: list[HeldMessage] | None = None
+    #: Not None while this socket waits for (or receives) the user's queue:
+    #: live messages wait here, so that the queue arrives first.
+    held: list[Sent] | None = None
+    #: Live messages written, not yet confirmed by the client, oldest first.
+    unconfirmed: deque[Sent] = field(default_factory=deque)
+    #: A confirmation is under way (at most one per socket at a time).
+    confirming: bool = False
     attached: bool = True
 
 
@@ -57,9 +69,6 @@ class Attachment:
 class User:
     uid: str
     attachments: list[Attachment] = field(default_factory=list)
-    #: The attachment receiving the queue right now, if any: one at a time, so
-    #: that two tabs identifying together never both receive it.
-    handover: Attachment | None = None
 
     def carries_bubble(self, attachment: Attachment) -> bool:
         return bool(self.attachments) and self.attachments[0] is attachment
@@ -106,20 +115,6 @@ class Presence:
         if not user.attachments:
             del self._users[attachment.uid]
 
-    def deliver(self, user: User, message: Message) -> bool:
-        """
-        Give a live message to each of the user's sockets; the oldest gets the bubble.
-        False if no socket took it (all of them closing): the caller queues it.
-        """
-        attachments = user.attachments
-        shared = len(attachments) > 1
-        bubble = True
-        taken = False
-        for attachment in attachments:
-            if attachment.held is not None:
-                attachment.held.append(HeldMessage(message, bubble, shared))
-                taken = True
-            elif attachment.sink.send_message(message, bubble):
-                taken = True
-            bubble = False
-        return taken
+    def carries_bubble(self, attachment: Attachment) -> bool:
+        user = self._users.get(attachment.uid)
+        return user is not None and user.carries_bubble(attachment)

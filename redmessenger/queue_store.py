@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterable, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from .logs import make_logger
 from twisted.python.failure import Failure
@@ -99,6 +99,9 @@ class QueueStore:
         # here, newer entries wait behind them so that a queue keeps its order.
         self._backlog: deque[tuple[list[str], bytes]] = deque()
         self._retry: IDelayedCall | None = None
+        # Queue writes sent and not answered yet, and who waits for them to end.
+        self._in_flight = 0
+        self._drain_waiters: list[Deferred[None]] = []
 
     @property
     def backlog(self) -> int:
@@ -114,8 +117,25 @@ class QueueStore:
             self._send(keys, entry)
 
     def _send(self, keys: list[str], entry: bytes) -> None:
+        self._in_flight += 1
         d = self._redis.eval(ENQUEUE, keys, [entry, self._expiry, self._max_length])
         d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(keys,), errbackArgs=(keys, entry))
+        d.addBoth(self._landed)
+
+    def _landed(self, _: object) -> None:
+        self._in_flight -= 1
+        if not self._in_flight and not self._backlog:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """Fires once every queue write sent so far has been answered by Redis."""
+        if not self._in_flight and not self._backlog:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append(waiter)
+        return waiter
 
     def _enqueued(self, result: list[Any], keys: list[str]) -> None:
         dropped, renamed = result
@@ -157,6 +177,9 @@ class QueueStore:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
         if self._backlog:
             self.log.error(
                 "Stopping with {count} queue entries Redis never accepted (queues: {keys})",

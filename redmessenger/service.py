@@ -34,6 +34,9 @@ class RedMessengerService(Service):
     log = make_logger()
     name = "redmessenger"
 
+    #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
+    shutdown_timeout = 5.0
+
     def __init__(self, config: Config, reactor: Any) -> None:
         self.config = config
         self.reactor = reactor
@@ -67,6 +70,7 @@ class RedMessengerService(Service):
             route=config.rm_route,
             identify_timeout=config.identify_timeout,
             listen_label=config.listen if config.listen is not None else f"*:{config.ws_port}",
+            ping_interval=config.ping_interval,
             **websocket_options(config),
         )
         self.root = RootResource()
@@ -98,6 +102,7 @@ class RedMessengerService(Service):
         super().startService()
         self.started_at = self.reactor.seconds()
         self.listening.startService()
+        self.websockets.start()
         self.log.info(
             "RedMessenger listening on {listen}, route {route}, secure_mode {secure}",
             listen=self.config.listen_endpoint,
@@ -120,9 +125,20 @@ class RedMessengerService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        """
+        Stop accepting; close sockets with 1001 (their unconfirmed messages are
+        queued again as they close); let handovers settle; wait for queue writes
+        to land; then leave Redis, and stop the embedded server last.
+        """
         await self.listening.stopService()
-        self.websockets.close_all(CloseCode.GOING_AWAY, "server shutting down")
-        await self.dispatcher.stop()
+        self.websockets.stop()
+        await self.websockets.close_all(CloseCode.GOING_AWAY, "server shutting down").addTimeout(
+            self.shutdown_timeout, self.reactor
+        ).addErrback(lambda f: self.log.warn("Some sockets did not finish their close handshake in time"))
+        await self.dispatcher.stop(self.shutdown_timeout)
+        await self.store.drain().addTimeout(self.shutdown_timeout, self.reactor).addErrback(
+            lambda f: self.log.warn("Redis did not confirm every queue write in time")
+        )
         self.store.stop()
         await self.link.stop()
         if self.embedded is not None:
@@ -142,9 +158,6 @@ def websocket_options(config: Config) -> dict[str, Any]:
         "closeHandshakeTimeout": 5,
         "tcpNoDelay": True,
     }
-    if config.ping_interval > 0:
-        options["autoPingInterval"] = config.ping_interval
-        options["autoPingTimeout"] = config.ping_interval
     if config.websocket_compression:
         from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 

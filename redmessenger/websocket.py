@@ -11,16 +11,23 @@ Protocol (also in ``docs/protocol.md``):
 3. From then on the server sends one envelope per text frame: first the user's
    queue, oldest first, then live messages.  The client sends nothing more.
 4. Mistakes close the socket with a code and a reason (:class:`~redmessenger.errors.CloseCode`).
+5. The server pings; a client answers with pongs, as every WebSocket client
+   does on its own.  A pong confirms the frames sent before its ping: queue
+   entries leave Redis only once confirmed.  A client that leaves a ping
+   unanswered for ``ping_interval`` seconds is dropped (found within two intervals).
 """
 
 from __future__ import annotations
 
+import struct
+from collections import deque
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from .logs import make_logger
 from twisted.python.failure import Failure
 
@@ -52,6 +59,9 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         self._attachment: Attachment | None = None
         self._identify_timer: IDelayedCall | None = None
         self._peer_text = "?"
+        # Pings sent and not answered yet: (sequence number, sent at, waiter).
+        self._pings: deque[tuple[int, float, Deferred[bool] | None]] = deque()
+        self._ping_sequence = 0
 
     # -- MessageSink ---------------------------------------------------------------
 
@@ -70,6 +80,46 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         frame = message.encoded(("ws", bubble), lambda: self.factory.frame(message, bubble))
         self.sendPreparedMessage(frame)
         return True
+
+    def confirm(self) -> Deferred[bool]:
+        """A ping; its pong shows the client has read every frame sent before it."""
+        waiter: Deferred[bool] = Deferred()
+        if self.state != self.STATE_OPEN:
+            waiter.callback(False)
+            return waiter
+        self._send_ping(waiter)
+        return waiter
+
+    def _send_ping(self, waiter: Deferred[bool] | None) -> None:
+        self._ping_sequence += 1
+        self._pings.append((self._ping_sequence, self.factory.clock.seconds(), waiter))
+        self.sendPing(struct.pack(">Q", self._ping_sequence))
+
+    def onPong(self, payload: bytes) -> None:
+        if len(payload) != 8:
+            return  # not one of ours
+        (sequence,) = struct.unpack(">Q", payload)
+        pings = self._pings
+        while pings and pings[0][0] <= sequence:
+            _, _, waiter = pings.popleft()
+            if waiter is not None:
+                waiter.callback(True)
+
+    def keep_alive(self, now: float) -> None:
+        """Called every ping_interval: ping an idle socket, drop one that stopped answering."""
+        if self.state != self.STATE_OPEN:
+            return
+        if self._pings and now - self._pings[0][1] >= self.factory.ping_interval:
+            self._log.info("Dropping {peer}: no pong for {seconds:.0f}s", peer=self._peer_text, seconds=now - self._pings[0][1])
+            self.dropConnection(abort=True)
+        elif not self._pings:
+            self._send_ping(None)
+
+    def _fail_pings(self) -> None:
+        pings, self._pings = self._pings, deque()
+        for _, _, waiter in pings:
+            if waiter is not None:
+                waiter.callback(False)
 
     # -- Autobahn callbacks ----------------------------------------------------------
 
@@ -104,11 +154,15 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         d.addCallbacks(self._identified, self._identify_failed)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.factory.sockets.discard(self)
         self._cancel_timer()
         if self._attachment is not None:
-            self.factory.dispatcher.detach(self._attachment)
+            # A clean close we started means the client read every frame sent
+            # before our close frame: nothing it was sent is unconfirmed.
+            self.factory.dispatcher.detach(self._attachment, received_all=bool(wasClean and self.closedByMe))
             self._attachment = None
+        # after detach: a handover waiting on a pong then finds the socket gone
+        self._fail_pings()
+        self.factory.socket_closed(self)
 
     # -- identification ------------------------------------------------------------
 
@@ -139,8 +193,15 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         self._log.info("Closing {peer}: {error}", peer=self._peer_text, error=str(error))
         self.factory.dispatcher.refused(error.code)
         self._cancel_timer()
-        if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
-            self.sendClose(int(error.code), close_reason(error.reason))
+        self.close_with(error.code, error.reason)
+
+    def close_with(self, code: CloseCode, reason: str) -> None:
+        """
+        Start the close handshake.  sendCloseFrame, not sendClose: Autobahn's
+        sendClose refuses the standard codes (1001, 1003, 1013) we need.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(int(code), close_reason(reason).encode("utf-8"), isReply=False)
 
     def _cancel_timer(self) -> None:
         if self._identify_timer is not None and self._identify_timer.active():
@@ -161,6 +222,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         route: str,
         identify_timeout: float,
         listen_label: str,
+        ping_interval: float = 25.0,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -171,12 +233,45 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         self.listen_label = listen_label
         #: Sockets whose handshake completed and that have not closed yet.
         self.sockets: set[PlainWebSocketProtocol] = set()
+        self.ping_interval = ping_interval
+        self._all_closed: Deferred[None] | None = None
+        # One loop for every socket rather than a timer each.
+        self._keep_alive = LoopingCall(self._ping_all)
+        self._keep_alive.clock = clock
         self.setProtocolOptions(**options)
+
+    def start(self) -> None:
+        if self.ping_interval > 0:
+            self._keep_alive.start(self.ping_interval, now=False)
+
+    def stop(self) -> None:
+        if self._keep_alive.running:
+            self._keep_alive.stop()
+
+    def _ping_all(self) -> None:
+        now = self.clock.seconds()
+        for socket in list(self.sockets):
+            try:
+                socket.keep_alive(now)
+            except Exception:
+                socket._log.failure("Keep-alive of {peer} failed", peer=socket.client_address)
 
     def frame(self, message: Message, bubble: bool) -> Any:
         return self.prepareMessage(message.envelope_json(bubble), isBinary=False)
 
-    def close_all(self, code: CloseCode, reason: str) -> None:
-        """Close every open socket (at shutdown, so that clients reconnect elsewhere)."""
+    def close_all(self, code: CloseCode, reason: str) -> Deferred[None]:
+        """
+        Close every open socket (at shutdown, so that clients reconnect
+        elsewhere); fires when all of them are closed.
+        """
+        self._all_closed = Deferred()
         for socket in list(self.sockets):
-            socket.sendClose(int(code), reason)
+            socket.close_with(code, reason)
+        if not self.sockets:
+            self._all_closed.callback(None)
+        return self._all_closed
+
+    def socket_closed(self, socket: PlainWebSocketProtocol) -> None:
+        self.sockets.discard(socket)
+        if not self.sockets and self._all_closed is not None and not self._all_closed.called:
+            self._all_closed.callback(None)

@@ -131,13 +131,22 @@ def clean_reactor() -> Iterator[None]:
 
         pytest_twisted.blockon(ensureDeferred(_settle()))
         gc.collect()
-        left = [c for c in reactor.getDelayedCalls() if c.active() and id(c) not in before]
+        left = [c for c in reactor.getDelayedCalls() if c.active() and id(c) not in before and not _batched_bucket(c)]
         assert not left, f"delayed calls left behind: {left}"
         assert not unhandled, "unhandled errors in Deferreds: " + "; ".join(
             str(e.get("log_failure")) for e in unhandled
         )
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+def _batched_bucket(call: Any) -> bool:
+    """
+    txaio's batched timer (Autobahn's close-handshake timeouts) keeps one
+    DelayedCall per one-second bucket and never cancels it: cancelled entries are
+    skipped when it fires.  It outlives a test without anything left running.
+    """
+    return getattr(call.func, "__qualname__", "") == "_BatchedTimer._notify_bucket"
 
 
 async def _settle() -> None:

@@ -71,6 +71,7 @@ class RedMessengerService(Service):
             identify_timeout=config.identify_timeout,
             listen_label=config.listen if config.listen is not None else f"*:{config.ws_port}",
             ping_interval=config.ping_interval,
+            allowed_origins=config.allowed_origins,
             **websocket_options(config),
         )
         self.root = RootResource()
@@ -153,10 +154,11 @@ def websocket_options(config: Config) -> dict[str, Any]:
         "maxMessagePayloadSize": config.max_frame_bytes,
         # counted from the TCP connection; the next handshake gets HTTP 503
         "maxConnections": config.conn_limit,
-        "allowedOrigins": list(config.allowed_origins),
         "openHandshakeTimeout": 10,
         "closeHandshakeTimeout": 5,
         "tcpNoDelay": True,
+        # send the close frame (1009, 1007...) before dropping, so the client learns why
+        "failByDrop": False,
     }
     if config.websocket_compression:
         from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept

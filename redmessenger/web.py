@@ -9,7 +9,8 @@ a load balancer or a person can check the daemon is reachable.
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .websocket import PlainWebSocketFactory
@@ -54,7 +55,7 @@ class RootResource(Resource):
     def render(self, request: Request) -> bytes | int:
         resource = self._routes.get(request.path.rstrip(b"/") or b"/")
         if resource is None:
-            resource = NoResource()
+            resource = notFound()
         return resource.render(request)  # type: ignore[no-any-return]
 
 

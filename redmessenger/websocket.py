@@ -25,6 +25,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from autobahn.util import wildcards2patterns
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -130,6 +131,8 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         self._peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if request.path != self.factory.route:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no WebSocket at {request.path}")
+        if not self.factory.origin_allowed(request.origin):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
 
     def onOpen(self) -> None:
         self.factory.sockets.add(self)
@@ -223,6 +226,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         identify_timeout: float,
         listen_label: str,
         ping_interval: float = 25.0,
+        allowed_origins: tuple[str, ...] = ("*",),
         **options: Any,
     ) -> None:
         super().__init__()
@@ -234,6 +238,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         #: Sockets whose handshake completed and that have not closed yet.
         self.sockets: set[PlainWebSocketProtocol] = set()
         self.ping_interval = ping_interval
+        self._origin_patterns = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
         self._all_closed: Deferred[None] | None = None
         # One loop for every socket rather than a timer each.
         self._keep_alive = LoopingCall(self._ping_all)
@@ -258,6 +263,15 @@ class PlainWebSocketFactory(WebSocketServerFactory):
 
     def frame(self, message: Message, bubble: bool) -> Any:
         return self.prepareMessage(message.envelope_json(bubble), isBinary=False)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """
+        Browsers always send Origin; other clients may not, and are let in:
+        the check protects users' browsers, it is not authentication.
+        """
+        if self._origin_patterns is None or origin is None:
+            return True
+        return any(pattern.match(origin) for pattern in self._origin_patterns)
 
     def close_all(self, code: CloseCode, reason: str) -> Deferred[None]:
         """

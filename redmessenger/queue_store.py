@@ -42,17 +42,26 @@ def members_key(cid: str) -> str:
     return f"rm:channels:{cid}:subscribers"
 
 
-# Appends one entry to several users' queues.  A key holding something that is
-# not a list (another program's) is renamed to KEY:invalid, not overwritten.
-# Returns {entries dropped by the length cap, keys renamed}.
-ENQUEUE = b"""
+# A key holding something that is not a list (another program's) is renamed
+# to KEY:invalid:<server time in microseconds>, never overwritten or deleted.
+KEEP_ASIDE = b"""
+local function keep_aside(key)
+  local now = redis.call('TIME')
+  local kept = key .. ':invalid:' .. now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('RENAME', key, kept)
+  return kept
+end
+"""
+
+# Appends one entry to several users' queues.
+# Returns {entries dropped by the length cap, {key, kept-aside name}...}.
+ENQUEUE = KEEP_ASIDE + b"""
 local entry, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local dropped, renamed = 0, {}
 for _, key in ipairs(KEYS) do
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'list' and kind ~= 'none' then
-    redis.call('RENAME', key, key .. ':invalid')
-    renamed[#renamed + 1] = key
+    renamed[#renamed + 1] = {key, keep_aside(key)}
   end
   local length = redis.call('RPUSH', key, entry)
   if length > maxlen then
@@ -65,16 +74,13 @@ return {dropped, renamed}
 """
 
 # Drops the ARGV[1] entries the previous batch delivered, then returns
-# {length, the next ARGV[2] entries}; length is -1 if the key was not a list
-# (renamed to KEY:invalid so that it is kept, and the handover ends).
-TAKE = b"""
+# {length, the next ARGV[2] entries}; {-1, kept-aside name} if the key was not a
+# list (kept aside, and the handover ends).
+TAKE = KEEP_ASIDE + b"""
 local delivered, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'none' then return {0, {}} end
-if kind ~= 'list' then
-  redis.call('RENAME', KEYS[1], KEYS[1] .. ':invalid')
-  return {-1, {}}
-end
+if kind ~= 'list' then return {-1, keep_aside(KEYS[1])} end
 if delivered > 0 then redis.call('LTRIM', KEYS[1], delivered, -1) end
 return {redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, batch - 1)}
 """
@@ -139,8 +145,8 @@ class QueueStore:
 
     def _enqueued(self, result: list[Any], keys: list[str]) -> None:
         dropped, renamed = result
-        for key in renamed:
-            self.log.warn("{key} held something other than a list; kept it as {key}:invalid", key=_text(key))
+        for key, kept in renamed:
+            self.log.warn("{key} held something other than a list; kept it as {kept}", key=_text(key), kept=_text(kept))
         if dropped:
             self.log.warn(
                 "Queue length cap ({cap}) reached: dropped the {dropped} oldest entries of {keys}",
@@ -194,7 +200,7 @@ class QueueStore:
         """
         length, entries = await self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])
         if length < 0:
-            self.log.warn("{key} held something other than a list; kept it as {key}:invalid", key=queue_key(uid))
+            self.log.warn("{key} held something other than a list; kept it as {kept}", key=queue_key(uid), kept=_text(entries))
             return 0, []
         return length, list(entries)
 

@@ -250,11 +250,12 @@ class Dispatcher:
         return attachment
 
     async def _check_key(self, uid: str, key: str | None) -> None:
+        from twisted.internet.defer import TimeoutError
         from txredisapi import ConnectionError, ResponseError
 
         try:
             stored = await self.store.user_key(uid)
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):
             raise ClientError(CloseCode.TRY_AGAIN_LATER, "Redis is unreachable; try again later") from None
         except ResponseError as e:
             self.log.error("Cannot read the key of {uid}: {why}", uid=uid, why=str(e))

@@ -95,10 +95,16 @@ class QueueStore:
     retry_delay = 1.0
 
     def __init__(
-        self, redis: RedisCommands, clock: IReactorTime, queue_expiry: int, queue_max_length: int
+        self,
+        redis: RedisCommands,
+        clock: IReactorTime,
+        queue_expiry: int,
+        queue_max_length: int,
+        lookup_timeout: float = 10.0,
     ) -> None:
         self._redis = redis
         self._clock = clock
+        self._lookup_timeout = lookup_timeout
         self._expiry = queue_expiry
         self._max_length = queue_max_length
         # Entries Redis could not take (link down), in order; while any wait
@@ -209,8 +215,13 @@ class QueueStore:
         return self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
 
     async def user_key(self, uid: str) -> bytes | None:
-        """The secret stored at ``rm:users:$uid:key``, or None."""
-        value = await self._redis.execute_command("GET", user_key_key(uid))
+        """
+        The secret stored at ``rm:users:$uid:key``, or None.  A client waits on
+        it, so it has a deadline even while the link is down (txredisapi holds
+        commands until it reconnects): ``twisted.internet.defer.TimeoutError``.
+        """
+        d = self._redis.execute_command("GET", user_key_key(uid))
+        value = await d.addTimeout(self._lookup_timeout, self._clock)
         return value if isinstance(value, bytes) else None
 
     async def members(self, cid: str) -> list[bytes]:

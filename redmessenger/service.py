@@ -56,7 +56,9 @@ class RedMessengerService(Service):
             ),
             on_message=self._on_publish,
         )
-        self.store = QueueStore(self.link.commands, reactor, config.queue_expiry, config.queue_max_length)
+        self.store = QueueStore(
+            self.link.commands, reactor, config.queue_expiry, config.queue_max_length, lookup_timeout=config.redis_timeout
+        )
         self.dispatcher = Dispatcher(
             self.presence,
             self.store,

@@ -38,15 +38,17 @@ def free_port() -> int:
 class RedisServer:
     """A valkey-server child process the tests can stop and restart on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, persistent: bool = False) -> None:
         self.port = free_port()
         self.directory = directory
         self.binary = find_server_binary()
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            [self.binary, "--bind", HOST, "--port", str(self.port), "--save", "", "--appendonly", "no",
+            [self.binary, "--bind", HOST, "--port", str(self.port), "--save", "", *appendonly,
              "--dir", str(self.directory), "--daemonize", "no", "--logfile", str(self.directory / "server.log")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -95,8 +97,8 @@ def redis(redis_server: RedisServer) -> Iterator[valkey.Valkey]:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of the test's own, for tests that stop or restart it."""
-    server = RedisServer(tmp_path)
+    """A server of the test's own, for tests that stop or restart it (its data survives a restart)."""
+    server = RedisServer(tmp_path, persistent=True)
     server.start()
     yield server
     server.stop()

@@ -7,6 +7,7 @@ start with a message naming the key, instead of surfacing hours later.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -42,8 +43,8 @@ class Config:
     allowed_origins: tuple[str, ...] = ("*",)
     #: Negotiate permessage-deflate: ~10x the memory per socket, off by default.
     websocket_compression: bool = False
-    #: Seconds between WebSocket pings that detect dead peers (0: never).
-    ping_interval: float = 30.0
+    #: Seconds between keep-alive pings; a client silent for two is dropped (0: no keep-alive).
+    ping_interval: float = 25.0
 
     # -- Redis -------------------------------------------------------------------
     redis_password: str | None = None
@@ -71,6 +72,15 @@ class Config:
     handover_batch: int = 500
 
     log_level: str = "info"
+
+    # -- operations (docs/operations.md) -------------------------------------------
+    #: Telnet manhole for operators: a port (loopback) or an endpoint string such
+    #: as ``tcp:8023:interface=127.0.0.1``; ``null``: no manhole.
+    manhole: str | None = None
+    #: ``user:password`` lines, readable by the daemon's user only; needed by ``manhole``.
+    manhole_password_file: str | None = None
+    #: Let ``manhole`` listen beyond loopback (telnet is cleartext: think twice).
+    manhole_allow_remote: bool = False
 
     #: Where the file was read from (not a JSON key).
     source: str = field(default="<defaults>", compare=False)
@@ -160,6 +170,52 @@ def _listen(key: str, value: Any) -> str:
     return value
 
 
+def _manhole(key: str, value: Any) -> str:
+    """A bare port means loopback: the manhole is an operator's tool, not a network service."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"tcp:{_integer(0, 65535)(key, value)}:interface=127.0.0.1"
+    return _listen(key, value)
+
+
+def _password_file(key: str, value: Any) -> str:
+    from .manhole import PasswordFileError, read_password_file
+
+    value = _text(key, value)
+    try:
+        read_password_file(value)
+    except PasswordFileError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    return value
+
+
+def _check_manhole(config: Config) -> None:
+    """The manhole needs a password file, and listens on loopback unless told otherwise."""
+    if config.manhole is None:
+        return
+    if config.manhole_password_file is None:
+        raise ConfigError("manhole_password_file: needed when manhole is set")
+    if config.manhole_allow_remote:
+        return
+    from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    endpoint = serverFromString(MemoryReactor(), config.manhole)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return
+    interface = getattr(endpoint, "_interface", None)
+    if interface == "localhost":
+        return
+    try:
+        loopback = interface is not None and ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"manhole: {config.manhole!r} is not on a loopback interface; add interface=127.0.0.1 "
+            "or set manhole_allow_remote to true"
+        )
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "redis_host": _text,
     "redis_port": _integer(1, 65535),
@@ -185,6 +241,9 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "queue_max_length": _integer(1),
     "handover_batch": _integer(1, 100000),
     "log_level": _log_level,
+    "manhole": _optional(_manhole),
+    "manhole_password_file": _optional(_password_file),
+    "manhole_allow_remote": _boolean,
 }
 
 # Keys of the Node.js program's config.json that have no meaning here, accepted
@@ -211,6 +270,7 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
         raise ConfigError(f"redis_host: the embedded server listens on loopback only, got {config.redis_host!r}")
     if config.redis_username is not None and config.redis_password is None:
         raise ConfigError("redis_username: needs redis_password as well")
+    _check_manhole(config)
     return config
 
 

@@ -39,4 +39,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     config: Config = options["parsed"]
     set_level(config.log_level)
-    return RedMessengerService(config, reactor)
+    service = RedMessengerService(config, reactor)
+    service.config_path = options["config"]  # SIGHUP re-reads it (redmessenger.reload)
+    return service

@@ -1,0 +1,237 @@
+"""
+What operators and their tools see of a running daemon: ``/health``, ``/metrics``
+and the snapshot the manhole's ``status()`` prints.
+
+Everything is read at scrape time from the state the daemon keeps anyway
+(:class:`~redmessenger.dispatcher.Counters`, :class:`~redmessenger.redis_edge.LinkState`,
+the presence registry): a message costs the metrics nothing, except one
+histogram observation per live delivery for the latency.  Each service has a
+registry of its own, so that several daemons can run in one process (the tests do).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from . import __version__
+from .dispatcher import Counters
+from .envelope import Message
+from .errors import CloseCode
+from .redis_edge import LinkState
+
+if TYPE_CHECKING:
+    from .service import RedMessengerService
+
+#: Latency buckets, in seconds: a live delivery normally takes well under a
+#: millisecond; group messages wait for one Redis round trip for their members.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state at one moment, as operators want to read it."""
+
+    started_at: float | None
+    uptime: float
+    connections: int
+    connections_refused: int
+    sockets_open: int
+    socketio_sessions: int
+    sockets_identified: int
+    users_online: int
+    handovers_running: int
+    queue_backlog: int
+    counters: Counters
+    link: LinkState
+    running: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.link.subscribed and self.link.commands_connected
+
+    @property
+    def unhealthy_reason(self) -> str | None:
+        """Why a load balancer should not send clients here, or None."""
+        if not self.running:
+            return "shutting down"
+        why = f" (last error: {self.link.last_error})" if self.link.last_error else ""
+        if not self.link.commands_connected:
+            return "Redis command connection down" + why
+        if not self.link.subscribed:
+            return "not subscribed to Redis pub/sub" + why
+        return None
+
+
+def snapshot(service: RedMessengerService) -> Snapshot:
+    """Read the service's parts; cheap enough for every scrape (one pass over online users)."""
+    now = service.reactor.seconds()
+    started = service.started_at
+    presence = service.presence
+    return Snapshot(
+        started_at=started,
+        uptime=0.0 if started is None else now - started,
+        connections=service.limit.in_use,
+        connections_refused=service.limit.refused,
+        sockets_open=len(service.websockets.sockets) + len(service.socketio.engine),
+        socketio_sessions=len(service.socketio.engine),
+        sockets_identified=sum(len(user.attachments) for user in presence.users()),
+        users_online=len(presence),
+        handovers_running=len(service.dispatcher._handovers),
+        queue_backlog=service.store.backlog,
+        counters=service.dispatcher.counters,
+        link=service.link.state,
+        running=bool(service.running),
+    )
+
+
+class DaemonCollector:
+    """A prometheus-client collector that reads the daemon's counters when scraped."""
+
+    def __init__(self, service: RedMessengerService) -> None:
+        self._service = service
+
+    def describe(self) -> list[Metric]:
+        # Nothing to declare up front: registering must not read a daemon that is not built yet.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        state = snapshot(self._service)
+        counters = state.counters
+        prefix = "redmessenger_"
+
+        info = GaugeMetricFamily(prefix + "info", "RedMessenger version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        if state.started_at is not None:
+            yield GaugeMetricFamily(prefix + "start_time_seconds", "When the daemon started (Unix time)", state.started_at)
+        yield GaugeMetricFamily(
+            prefix + "connections", "Clients connected, both dialects (counted against conn_limit)", state.connections
+        )
+        yield CounterMetricFamily(
+            prefix + "connections_refused", "Handshakes refused because conn_limit was reached", state.connections_refused
+        )
+        yield GaugeMetricFamily(
+            prefix + "connection_limit", "conn_limit: the most parallel connections accepted",
+            self._service.config.conn_limit,
+        )
+        sockets = GaugeMetricFamily(prefix + "sockets_open", "Client sockets open, by dialect", labels=["dialect"])
+        sockets.add_metric(["websocket"], state.sockets_open - state.socketio_sessions)
+        sockets.add_metric(["socketio"], state.socketio_sessions)
+        yield sockets
+        yield GaugeMetricFamily(prefix + "sockets_identified", "Sockets that have identified a user", state.sockets_identified)
+        yield GaugeMetricFamily(prefix + "users_online", "Users with at least one identified socket", state.users_online)
+        yield GaugeMetricFamily(
+            prefix + "handovers_running", "Queues being delivered to a socket that just identified", state.handovers_running
+        )
+        yield GaugeMetricFamily(
+            prefix + "queue_backlog", "Queue entries kept in memory until Redis accepts them", state.queue_backlog
+        )
+
+        yield CounterMetricFamily(prefix + "identifications", "Sockets identified since start", counters.identified)
+        refusals = CounterMetricFamily(
+            prefix + "refusals", "Sockets refused or closed for a client mistake, by reason", labels=["reason"]
+        )
+        reasons = dict.fromkeys((code.name for code in CloseCode if code is not CloseCode.GOING_AWAY), 0)
+        reasons.update(counters.refused)
+        for reason, count in sorted(reasons.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        yield CounterMetricFamily(prefix + "messages_published", "PUBLISHes received from Redis", counters.published)
+        yield CounterMetricFamily(
+            prefix + "messages_delivered", "Live messages given to an online user's sockets", counters.delivered
+        )
+        yield CounterMetricFamily(
+            prefix + "messages_queued", "Messages appended to an offline user's queue (one per user)", counters.queued
+        )
+        yield CounterMetricFamily(
+            prefix + "messages_handed_over", "Queued messages written to a socket after it identified", counters.handed_over
+        )
+
+        connected = GaugeMetricFamily(
+            prefix + "redis_connected", "1 while the Redis connection is up (and subscribed)", labels=["connection"]
+        )
+        connected.add_metric(["subscriber"], int(state.link.subscribed))
+        connected.add_metric(["commands"], int(state.link.commands_connected))
+        yield connected
+        yield CounterMetricFamily(
+            prefix + "redis_reconnects", "Times the Redis link was lost and had to reconnect", state.link.reconnects
+        )
+
+
+class Monitoring:
+    """The per-service registry, the latency hook and the two HTTP resources."""
+
+    def __init__(self, service: RedMessengerService, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.registry = CollectorRegistry()
+        self.registry.register(DaemonCollector(service))
+        ProcessCollector(registry=self.registry)  # open fds vs the limit, memory, CPU
+        PlatformCollector(registry=self.registry)
+        self._latency = Histogram(
+            "redmessenger_delivery_latency_seconds",
+            "From receiving the PUBLISH to writing it to an online user's sockets",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.health = HealthResource(service)
+        self.metrics = MetricsResource(self.registry)
+
+    def observe_delivery(self, message: Message) -> None:
+        """Called by the dispatcher once per message delivered live, on the hot path: keep it one line."""
+        self._latency.observe(max(0.0, self._clock.seconds() - message.timestamp / 1000.0))
+
+
+class HealthResource(Resource):
+    """``GET /health``: 200 when Redis is linked and subscribed, 503 with the reason otherwise."""
+
+    isLeaf = True
+
+    def __init__(self, service: RedMessengerService) -> None:
+        super().__init__()
+        self._service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        state = snapshot(self._service)
+        reason = state.unhealthy_reason
+        body: dict[str, Any] = {
+            "status": "ok" if reason is None else "unavailable",
+            "redis": {
+                "subscribed": state.link.subscribed,
+                "commands_connected": state.link.commands_connected,
+                "reconnects": state.link.reconnects,
+            },
+            "uptime": round(state.uptime, 3),
+        }
+        if reason is not None:
+            body["reason"] = reason
+            request.setResponseCode(503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: the registry in Prometheus text format (OpenMetrics if the scraper asks)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = request.getHeader("accept") or ""
+        encoder, content_type = choose_encoder(accept)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return encoder(self._registry)

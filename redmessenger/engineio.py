@@ -1,0 +1,556 @@
+"""
+Engine.IO sessions (protocol revisions 3 and 4): what a client's ``sid`` stands for
+while its transports come and go.  Transport-agnostic: the HTTP long-polling and
+WebSocket transports live in :mod:`redmessenger.engineio_transports`.
+
+The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=4``):
+
+1. **Handshake.**  ``GET ?EIO=N&transport=polling`` (or a WebSocket at
+   ``?EIO=N&transport=websocket``) opens a session: the first packet is
+   ``0{"sid":...,"upgrades":[...],"pingInterval":ms,"pingTimeout":ms}``
+   (revision 4 adds ``"maxPayload"``).  Refused with HTTP 503 when ``conn_limit``
+   clients are connected, 403 for an Origin not in ``allowed_origins``, 400 (JSON
+   ``{"code":N,"message":...}``) for a bad query.
+2. **Polling.**  ``GET ?sid=`` waits until packets are buffered and returns them as
+   one payload; ``POST ?sid=`` carries the client's packets and is answered ``ok``.
+   One GET at a time: a second one is refused with 400 and ends the session.  A
+   pending GET whose connection drops ends the session (the client is gone).
+   With revision 3, ``j=N`` asks for JSONP.
+3. **Upgrade.**  The client opens a WebSocket with its ``sid`` and sends ``2probe``;
+   the server answers ``3probe`` and releases the pending GET with a ``6`` (noop);
+   the client sends ``5`` and from then on everything goes over the WebSocket,
+   starting with whatever was buffered.  No ``5`` within ``upgrade_timeout`` closes
+   the probe; the session stays on polling.
+4. **Heartbeat.**  Revision 4: the server sends ``2`` every ``pingInterval`` and
+   expects ``3`` within ``pingTimeout``.  Revision 3: the client sends ``2`` every
+   ``pingInterval``, the server answers ``3``, and a session that sends nothing for
+   ``pingInterval + pingTimeout`` is over.  Either way a silent client is timed out.
+5. **Close.**  ``1`` from the client, a heartbeat timeout, a lost transport or a
+   protocol error ends the session; the server ends one by sending ``1`` (polling)
+   or closing the WebSocket.
+
+Delivery (SPEC §3.4): :meth:`Session.confirm` fires True once the client has shown
+it received every packet sent so far.  With polling, the next GET is that proof
+(a client polls again only after it processed the previous response), and so is
+the upgrade packet (sent only once the last poll is processed); on a WebSocket, a
+WebSocket ping's pong (every WebSocket client answers them by itself).  Packets
+still buffered when a session ends were never delivered: the dispatcher keeps the
+messages among them (they were never confirmed).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from .engineio_codec import (
+    CLOSE,
+    NOOP,
+    PING,
+    PROBE_PONG,
+    EncodedPacket,
+    Packet,
+    PacketType,
+    encode_payload,
+    open_packet,
+)
+from .limits import ConnectionLimit
+from .logs import make_logger
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the Engine.IO server announces and enforces; times in seconds."""
+
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    #: Largest POST body or WebSocket frame a client may send, in bytes (``maxPayload``).
+    max_payload: int = 100_000
+    #: Seconds a probing WebSocket has to send the upgrade packet.
+    upgrade_timeout: float = 10.0
+    #: Largest poll response, in bytes: a long queue goes out over several polls.
+    max_poll_bytes: int = 1 << 20
+
+
+class EngineError(Exception):
+    """A request the Engine.IO server refuses: HTTP ``status`` and the engine.io error code and message."""
+
+    #: engine.io's error codes, which clients log.
+    TRANSPORT_UNKNOWN = 0
+    SESSION_UNKNOWN = 1
+    BAD_HANDSHAKE_METHOD = 2
+    BAD_REQUEST = 3
+    FORBIDDEN = 4
+    UNSUPPORTED_VERSION = 5
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class SessionHandler(Protocol):
+    """The layer above (Socket.IO): told about the session's life."""
+
+    def on_open(self) -> None:
+        """The open packet is out; the handler may send its first packets."""
+
+    def on_message(self, data: str) -> None:
+        """A message packet from the client."""
+
+    def on_close(self, reason: str) -> None:
+        """The session ended; confirmations still awaited fail right after this call."""
+
+
+class PollRequest(Protocol):
+    """A pending long-polling GET; answered exactly once, unless its connection dropped."""
+
+    def answer(self, payload: bytes) -> None:
+        """Write ``payload`` (framed for the session's revision) as the response and finish it."""
+
+
+class WebSocketTransport(Protocol):
+    """A WebSocket carrying (or probing for) a session."""
+
+    @property
+    def can_write(self) -> bool: ...
+
+    def write(self, packet: EncodedPacket) -> None: ...
+
+    def ping(self, token: int) -> None:
+        """Send a WebSocket ping; its pong comes back as ``Session.websocket_pong(token)``."""
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+class State(Enum):
+    OPEN = "open"
+    #: Ending on the server's initiative: the last packets wait for the client's next GET.
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Session:
+    """One Engine.IO session: buffer, transports, heartbeat timers."""
+
+    log = make_logger()
+
+    def __init__(
+        self,
+        server: EngineServer,
+        sid: str,
+        version: int,
+        peer: str,
+        websocket: WebSocketTransport | None,
+    ) -> None:
+        self.server = server
+        self.sid = sid
+        self.version = version
+        self.peer = peer
+        self.state = State.OPEN
+        #: Why the session ended (``ping timeout``, ``transport close``, ``client close``...), once it has.
+        self.close_reason: str | None = None
+        self._clock = server.clock
+        self._settings = server.settings
+        self._websocket = websocket
+        self._probe: WebSocketTransport | None = None
+        self._poll: PollRequest | None = None
+        self._buffer: deque[EncodedPacket] = deque()
+        # Packets counted three times: handed to _push, written to the client, confirmed by it.
+        self._sent = 0
+        self._written = 0
+        self._confirmed = 0
+        self._waiters: deque[tuple[int, Deferred[bool]]] = deque()
+        self._ping_timer: IDelayedCall | None = None
+        self._timeout_timer: IDelayedCall | None = None
+        self._upgrade_timer: IDelayedCall | None = None
+        self._close_timer: IDelayedCall | None = None
+        self._closing_reason = "server close"
+        self.handler: SessionHandler = server.handler_factory(self)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.sid} EIO={self.version} {self.transport} {self.state.value} {self.peer}>"
+
+    @property
+    def transport(self) -> str:
+        return "websocket" if self._websocket is not None else "polling"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is State.OPEN
+
+    # -- the layer above ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send the open packet, start the heartbeat, let the handler speak."""
+        upgrades = [] if self._websocket is not None else ["websocket"]
+        settings = self._settings
+        self._push(
+            open_packet(
+                self.version, self.sid, upgrades, settings.ping_interval, settings.ping_timeout, settings.max_payload
+            )
+        )
+        if self.version >= 4:
+            self._ping_timer = self._clock.callLater(settings.ping_interval, self._ping)
+        else:
+            self._timeout_timer = self._clock.callLater(settings.ping_interval + settings.ping_timeout, self._timed_out)
+        self.handler.on_open()
+
+    def send(self, packet: EncodedPacket) -> bool:
+        """
+        Send a message packet: written to the WebSocket, or buffered for the next
+        poll.  False if the session is ending (the caller keeps the message).
+        """
+        if self.state is not State.OPEN:
+            return False
+        return self._push(packet)
+
+    def confirm(self) -> Deferred[bool]:
+        """Fires True once the client has received every packet sent so far, False if the session ends first."""
+        waiter: Deferred[bool] = Deferred()
+        target = self._sent
+        if target <= self._confirmed:
+            waiter.callback(True)
+        elif self.state is State.CLOSED:
+            waiter.callback(False)
+        else:
+            self._waiters.append((target, waiter))
+            if self._websocket is not None and self._websocket.can_write:
+                self._websocket.ping(self._written)
+        return waiter
+
+    @property
+    def all_confirmed(self) -> bool:
+        """Whether the client has confirmed every packet sent to it."""
+        return self._confirmed >= self._sent
+
+    def close(self, reason: str) -> None:
+        """
+        End the session on the server's initiative, after the packets already sent:
+        a WebSocket is closed behind them; with polling they and a close packet wait
+        for the client's next GET (at most ``ping_timeout`` seconds).
+        """
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self._closing_reason = reason
+        if self._websocket is not None:
+            self._finish(reason, client_gone=False)
+            return
+        self._push(CLOSE)
+        if self.state is State.CLOSING and self._close_timer is None:
+            self._close_timer = self._clock.callLater(self._settings.ping_timeout, self._finish, reason, False)
+
+    def abort(self, reason: str, code: int = 1000) -> None:
+        """End the session now (shutdown, protocol error): buffered packets are dropped, never confirmed."""
+        self._finish(reason, client_gone=False, code=code)
+
+    # -- polling -------------------------------------------------------------------------
+
+    def check_polling(self) -> None:
+        """Raise :class:`EngineError` unless polling requests are acceptable now."""
+        if self.state is State.CLOSED:
+            raise EngineError(400, EngineError.SESSION_UNKNOWN, "Session ID unknown")
+        if self._websocket is not None:
+            raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: the session was upgraded to WebSocket")
+
+    def poll(self, request: PollRequest) -> None:
+        """A GET: answered now if packets wait, else when the next one comes."""
+        if self._poll is not None:
+            # Two GETs at once break the packet order: the protocol ends the session.
+            self.log.info("{peer}: overlapping poll requests; closing session {sid}", peer=self.peer, sid=self.sid)
+            self.abort("overlapping polls")
+            raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: overlapping poll requests")
+        # A client polls again only once it processed the previous response.
+        self._confirm_upto(self._written)
+        self._poll = request
+        self._flush()
+
+    def poll_lost(self, request: PollRequest) -> None:
+        """The connection of a pending GET dropped: the client is gone (engine.io does the same)."""
+        if self._poll is request:
+            self._poll = None
+            self._finish("poll connection lost", client_gone=True)
+
+    def receive(self, packets: list[Packet]) -> None:
+        """Packets from a POST body."""
+        for packet in packets:
+            if self.state is State.CLOSED:
+                return
+            self._on_packet(packet)
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    def can_probe(self, version: int) -> bool:
+        return self.state is State.OPEN and self._websocket is None and self._probe is None and version == self.version
+
+    def attach_probe(self, websocket: WebSocketTransport) -> bool:
+        """A WebSocket opened with this sid: it has ``upgrade_timeout`` seconds to complete the upgrade."""
+        if not self.can_probe(self.version):
+            return False
+        self._probe = websocket
+        self._upgrade_timer = self._clock.callLater(self._settings.upgrade_timeout, self._upgrade_timed_out)
+        return True
+
+    def websocket_packet(self, websocket: WebSocketTransport, packet: Packet) -> None:
+        """A packet from one of this session's WebSockets (the active one or a probe)."""
+        if self.state is State.CLOSED:
+            return
+        if websocket is self._websocket:
+            self._on_packet(packet)
+        elif websocket is self._probe:
+            self._on_probe_packet(websocket, packet)
+
+    def websocket_pong(self, websocket: WebSocketTransport, token: int) -> None:
+        """A pong to :meth:`WebSocketTransport.ping`: the client read everything written before the ping."""
+        if websocket is self._websocket:
+            self._confirm_upto(min(token, self._written))
+
+    def websocket_closed(self, websocket: WebSocketTransport) -> None:
+        if websocket is self._websocket:
+            self._finish("transport close", client_gone=True)
+        elif websocket is self._probe:
+            self._probe = None
+            self._cancel("_upgrade_timer")
+
+    def _on_probe_packet(self, websocket: WebSocketTransport, packet: Packet) -> None:
+        if packet.type is PacketType.PING and packet.data == "probe":
+            websocket.write(PROBE_PONG)
+            if self._poll is not None:
+                # Release the pending GET so that the client can pause polling.
+                if self._buffer:
+                    self._flush()
+                else:
+                    self._answer_poll([NOOP])
+        elif packet.type is PacketType.UPGRADE:
+            self._upgrade(websocket)
+        else:
+            self.log.info(
+                "{peer}: unexpected packet {type} during the upgrade; closing the probe",
+                peer=self.peer,
+                type=packet.type.name,
+            )
+            self._probe = None
+            self._cancel("_upgrade_timer")
+            websocket.close(1002, "unexpected packet during upgrade")
+
+    def _upgrade(self, websocket: WebSocketTransport) -> None:
+        self._cancel("_upgrade_timer")
+        self._probe = None
+        self._websocket = websocket
+        if self._poll is not None:
+            self._answer_poll([NOOP])
+        else:
+            # The client upgrades only once its last poll is processed.
+            self._confirm_upto(self._written)
+        self.log.debug("{peer}: session {sid} upgraded to WebSocket", peer=self.peer, sid=self.sid)
+        buffered, self._buffer = self._buffer, deque()
+        for packet in buffered:
+            websocket.write(packet)
+            self._written += 1
+        if self.state is State.CLOSING:
+            self._finish(self._closing_reason, client_gone=False)
+        elif self._waiters:
+            websocket.ping(self._written)
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_timer = None
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            self.log.info(
+                "{peer}: no upgrade packet within {timeout}s; closing the probe",
+                peer=self.peer,
+                timeout=self._settings.upgrade_timeout,
+            )
+            probe.close(1000, "upgrade timeout")
+
+    # -- packets -----------------------------------------------------------------------------
+
+    def _on_packet(self, packet: Packet) -> None:
+        if self.version < 4:
+            self._reset_timeout()
+        kind = packet.type
+        if kind is PacketType.MESSAGE:
+            self.handler.on_message(packet.data)
+        elif kind is PacketType.PING:
+            # Revision 3's heartbeat (the client pings); answered in revision 4 too, harmlessly.
+            self._push(EncodedPacket.of(PacketType.PONG, packet.data) if packet.data else _PONG)
+        elif kind is PacketType.PONG:
+            if self.version >= 4:
+                self._cancel("_timeout_timer")
+                if self._ping_timer is None and self.state is not State.CLOSED:
+                    self._ping_timer = self._clock.callLater(self._settings.ping_interval, self._ping)
+        elif kind is PacketType.CLOSE:
+            self._finish("client close", client_gone=True, answer_noop=True)
+        elif kind is PacketType.NOOP:
+            pass
+        else:  # OPEN, or UPGRADE on an established transport
+            self.log.info("{peer}: unexpected {type} packet; ignored", peer=self.peer, type=kind.name)
+
+    # -- heartbeat -----------------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        self._push(PING)
+        self._timeout_timer = self._clock.callLater(self._settings.ping_timeout, self._timed_out)
+
+    def _reset_timeout(self) -> None:
+        if self._timeout_timer is not None and self._timeout_timer.active():
+            self._timeout_timer.reset(self._settings.ping_interval + self._settings.ping_timeout)
+
+    def _timed_out(self) -> None:
+        self._timeout_timer = None
+        self._finish("ping timeout", client_gone=True)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _push(self, packet: EncodedPacket) -> bool:
+        websocket = self._websocket
+        if websocket is not None:
+            if not websocket.can_write:
+                return False
+            websocket.write(packet)
+            self._sent += 1
+            self._written += 1
+            return True
+        self._buffer.append(packet)
+        self._sent += 1
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Answer the pending GET with as much of the buffer as one response may carry."""
+        if self._poll is None or not self._buffer:
+            return
+        limit = self._settings.max_poll_bytes
+        taken: list[EncodedPacket] = []
+        size = 0
+        buffer = self._buffer
+        while buffer and (not taken or size + len(buffer[0].utf8) <= limit):
+            packet = buffer.popleft()
+            taken.append(packet)
+            size += len(packet.utf8) + 8
+        self._written += len(taken)
+        self._answer_poll(taken)
+        if self.state is State.CLOSING and not buffer:
+            self._finish(self._closing_reason, client_gone=False)
+
+    def _answer_poll(self, packets: list[EncodedPacket]) -> None:
+        request, self._poll = self._poll, None
+        if request is not None:
+            request.answer(encode_payload(self.version, packets))
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _finish(self, reason: str, client_gone: bool, code: int = 1000, answer_noop: bool = False) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.close_reason = reason
+        for name in ("_ping_timer", "_timeout_timer", "_upgrade_timer", "_close_timer"):
+            self._cancel(name)
+        undelivered = len(self._buffer)
+        self._buffer.clear()
+        if self._poll is not None:
+            self._answer_poll([NOOP] if answer_noop else [CLOSE])
+        for websocket in (self._websocket, self._probe):
+            if websocket is not None:
+                websocket.close(code, reason if not client_gone else "")
+        self._probe = None
+        self.server._forget(self)
+        self.log.info(
+            "Socket.IO session {sid} of {peer} closed ({reason}, {transport})",
+            sid=self.sid,
+            peer=self.peer,
+            reason=reason,
+            transport=self.transport,
+            undelivered=undelivered,
+        )
+        try:
+            self.handler.on_close(reason)
+        except Exception:
+            self.log.failure("The handler of session {sid} failed while closing", sid=self.sid)
+        # after on_close: a handover waiting for a confirmation then finds the socket gone
+        waiters, self._waiters = self._waiters, deque()
+        for _target, waiter in waiters:
+            waiter.callback(False)
+
+    def _confirm_upto(self, count: int) -> None:
+        if count <= self._confirmed:
+            return
+        self._confirmed = count
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= count:
+            _target, waiter = waiters.popleft()
+            waiter.callback(True)
+
+    def _cancel(self, name: str) -> None:
+        timer: IDelayedCall | None = getattr(self, name)
+        if timer is not None and timer.active():
+            timer.cancel()
+        setattr(self, name, None)
+
+
+_PONG = EncodedPacket.of(PacketType.PONG)
+
+
+class EngineServer:
+    """The live sessions by sid, and what they share."""
+
+    log = make_logger()
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        clock: IReactorTime,
+        limit: ConnectionLimit,
+        handler_factory: Callable[[Session], SessionHandler],
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.limit = limit
+        self.handler_factory = handler_factory
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, sid: str) -> Session | None:
+        return self._sessions.get(sid)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def reserve(self) -> bool:
+        """Take a ``conn_limit`` slot for a session about to open; False: refuse with 503."""
+        return self.limit.acquire()
+
+    def unreserve(self) -> None:
+        """Give back a slot whose session never opened."""
+        self.limit.release()
+
+    def open_session(self, version: int, peer: str, websocket: WebSocketTransport | None = None) -> Session:
+        """Open a session on a slot taken with :meth:`reserve`; the session gives it back when it ends."""
+        sid = secrets.token_urlsafe(15)
+        while sid in self._sessions:  # pragma: no cover - 120 random bits
+            sid = secrets.token_urlsafe(15)
+        session = Session(self, sid, version, peer, websocket)
+        self._sessions[sid] = session
+        session.start()
+        return session
+
+    def _forget(self, session: Session) -> None:
+        if self._sessions.pop(session.sid, None) is session:
+            self.limit.release()
+
+    def close_all(self, reason: str) -> None:
+        """End every session (at shutdown): clients reconnect, undelivered messages go back to their queues."""
+        for session in list(self._sessions.values()):
+            session.abort(reason, code=1001)

@@ -1,0 +1,213 @@
+"""
+The Engine.IO wire format, protocol revisions 3 and 4: packets, polling payloads, JSONP.  No I/O.
+
+Why our own codec: python-engineio 4 and later speak revision 4 only (revision 3
+was dropped with python-engineio 4.0), and one process cannot import two major
+versions of one package; the framing is a page of code, so it is written here and
+tested against the examples of the protocol documents
+(``docs/engine.io-protocol/v3.md`` and ``v4-current.md`` of the Socket.IO project),
+while the clients in the tests are the independent implementations.
+
+Packet (both revisions)::
+
+    <type digit>[<data>]        0 open, 1 close, 2 ping, 3 pong, 4 message, 5 upgrade, 6 noop
+
+A WebSocket frame carries one packet.  A long-polling body (a *payload*) carries several:
+
+- revision 3: ``<length>:<packet>`` repeated, the length counted in UTF-16 code
+  units as JavaScript's ``String.length`` counts them (``"€"`` is ``2:4€``);
+  ``b<type><base64>`` marks a binary packet; with JSONP (query ``j=N``) the server
+  answers ``___eio[N]("<payload as a JSON string>");`` and the client POSTs a form
+  field ``d=<payload>`` whose newlines it escaped as ``\\n`` (and ``\\n`` as ``\\\\n``);
+- revision 4: packets joined by the record separator ``\\x1e``; ``b<base64>`` marks a binary packet.
+
+RedMessenger sends text only, so the binary forms are recognised and refused,
+never produced.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Iterable
+
+SEPARATOR_V4 = "\x1e"
+
+
+class PacketType(IntEnum):
+    OPEN = 0
+    CLOSE = 1
+    PING = 2
+    PONG = 3
+    MESSAGE = 4
+    UPGRADE = 5
+    NOOP = 6
+
+
+class ProtocolError(ValueError):
+    """The peer sent something that is not Engine.IO (the session is closed for it)."""
+
+
+class BinaryNotSupported(ProtocolError):
+    """A binary packet: RedMessenger's clients only ever send text."""
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A packet received from a client."""
+
+    type: PacketType
+    data: str = ""
+
+
+class EncodedPacket:
+    """
+    A packet on its way out, with its encodings computed at most once.  A
+    message's packet is built once and shared by every session it goes to,
+    whatever their protocol revision and transport.
+    """
+
+    __slots__ = ("text", "_utf8", "_utf16", "_prepared")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._utf8: bytes | None = None
+        self._utf16: int | None = None
+        self._prepared: Any = None
+
+    @classmethod
+    def of(cls, type: PacketType, data: str = "") -> EncodedPacket:
+        return cls(f"{int(type)}{data}")
+
+    def __repr__(self) -> str:
+        shown = self.text if len(self.text) <= 40 else self.text[:40] + "..."
+        return f"<EncodedPacket {shown!r}>"
+
+    @property
+    def utf8(self) -> bytes:
+        if self._utf8 is None:
+            self._utf8 = self.text.encode("utf-8")
+        return self._utf8
+
+    @property
+    def utf16_length(self) -> int:
+        """The length a revision-3 payload announces (JavaScript's ``String.length``)."""
+        if self._utf16 is None:
+            self._utf16 = utf16_length(self.text)
+        return self._utf16
+
+    def prepared(self, factory: Any) -> Any:
+        """The WebSocket frame, framed once by Autobahn and sent as is on every socket."""
+        if self._prepared is None:
+            self._prepared = factory.prepareMessage(self.utf8, isBinary=False)
+        return self._prepared
+
+
+# Packets without data, shared.
+CLOSE = EncodedPacket.of(PacketType.CLOSE)
+PING = EncodedPacket.of(PacketType.PING)
+PONG = EncodedPacket.of(PacketType.PONG)
+NOOP = EncodedPacket.of(PacketType.NOOP)
+PROBE_PONG = EncodedPacket.of(PacketType.PONG, "probe")
+
+
+def utf16_length(text: str) -> int:
+    """How many UTF-16 code units JavaScript counts in ``text`` (astral characters count two)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
+
+
+def open_packet(
+    version: int, sid: str, upgrades: list[str], ping_interval: float, ping_timeout: float, max_payload: int
+) -> EncodedPacket:
+    """The handshake: ``0{"sid":...}``; revision 4 adds ``maxPayload``.  Times in seconds, sent in milliseconds."""
+    handshake: dict[str, Any] = {
+        "sid": sid,
+        "upgrades": upgrades,
+        "pingInterval": int(ping_interval * 1000),
+        "pingTimeout": int(ping_timeout * 1000),
+    }
+    if version >= 4:
+        handshake["maxPayload"] = max_payload
+    return EncodedPacket.of(PacketType.OPEN, json.dumps(handshake, separators=(",", ":")))
+
+
+# -- decoding what clients send ---------------------------------------------------------
+
+
+def decode_packet(text: str) -> Packet:
+    """One packet from a WebSocket text frame or a payload."""
+    if not text:
+        raise ProtocolError("empty packet")
+    kind = text[0]
+    if kind == "b":
+        raise BinaryNotSupported("binary packets are not accepted")
+    if not ("0" <= kind <= "6"):
+        raise ProtocolError(f"unknown packet type {kind!r}")
+    return Packet(PacketType(int(kind)), text[1:])
+
+
+def decode_payload(version: int, text: str) -> list[Packet]:
+    """The packets of a long-polling body (already decoded from UTF-8, JSONP unescaped)."""
+    if version >= 4:
+        return [decode_packet(part) for part in text.split(SEPARATOR_V4)]
+    return _decode_payload_v3(text)
+
+
+def _decode_payload_v3(text: str) -> list[Packet]:
+    packets: list[Packet] = []
+    position, end = 0, len(text)
+    if not text:
+        raise ProtocolError("empty payload")
+    while position < end:
+        colon = text.find(":", position)
+        digits = text[position:colon] if colon >= 0 else ""
+        if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+            raise ProtocolError("payload length prefix missing or not a number")
+        wanted = int(digits)
+        cursor, counted = colon + 1, 0
+        while counted < wanted and cursor < end:
+            counted += 2 if ord(text[cursor]) > 0xFFFF else 1
+            cursor += 1
+        if counted != wanted:
+            raise ProtocolError("payload shorter than its length prefix")
+        if cursor > colon + 1:  # an empty packet is skipped, as engine.io-parser does
+            packets.append(decode_packet(text[colon + 1 : cursor]))
+        position = cursor
+    return packets
+
+
+_JSONP_SINGLE = re.compile(r"(\\)?\\n")
+
+
+def jsonp_unescape(data: str) -> str:
+    """
+    Undo the newline escaping of an Engine.IO 3 JSONP form post: ``\\n`` is a
+    newline, ``\\\\n`` a backslash followed by ``n`` (as engine.io 3 does it).
+    """
+    data = _JSONP_SINGLE.sub(lambda m: m.group(0) if m.group(1) else "\n", data)
+    return data.replace("\\\\n", "\\n")
+
+
+# -- encoding what the server sends -------------------------------------------------------
+
+
+def encode_payload(version: int, packets: Iterable[EncodedPacket]) -> bytes:
+    """A long-polling body (UTF-8) carrying ``packets`` in order."""
+    if version >= 4:
+        return b"\x1e".join(packet.utf8 for packet in packets)
+    return b"".join(b"%d:%s" % (packet.utf16_length, packet.utf8) for packet in packets)
+
+
+def jsonp_wrap(index: str, payload: bytes) -> bytes:
+    """
+    A JSONP response: ``___eio[N]("...");``.  JSON string escaping makes it valid
+    JavaScript once U+2028 and U+2029 are escaped too (JSON allows them raw, JavaScript
+    string literals did not).
+    """
+    literal = json.dumps(payload.decode("utf-8"), ensure_ascii=False)
+    literal = literal.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return f"___eio[{index}]({literal});".encode("utf-8")

@@ -1,0 +1,377 @@
+"""
+The two Engine.IO transports on the daemon's port: HTTP long-polling (XHR, and
+JSONP for revision 3) as a twisted.web resource at ``/socket.io/``, and WebSocket
+on Autobahn behind the same resource.  They turn requests and frames into calls on
+:class:`~redmessenger.engineio.Session`; the protocol itself is described there.
+
+CORS: a request with an ``Origin`` in ``allowed_origins`` gets it echoed with
+``Access-Control-Allow-Credentials: true`` (Socket.IO 2 clients send cookies by
+default); any other Origin is refused with 403, like the WebSocket handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Sequence
+from urllib.parse import parse_qs
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import wildcards2patterns
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .engineio import EngineError, EngineServer, Session
+from .engineio_codec import EncodedPacket, ProtocolError, decode_packet, decode_payload, jsonp_unescape, jsonp_wrap
+from .logs import make_logger
+
+PATH = "/socket.io"
+
+_TEXT = b"text/plain; charset=UTF-8"
+_JAVASCRIPT = b"text/javascript; charset=UTF-8"
+
+
+class OriginPolicy:
+    """
+    ``allowed_origins`` as the plain dialect applies it: wildcards matched against
+    the whole Origin header.  Requests without one (not from a browser) are let in:
+    the check protects users' browsers, it is not authentication.
+    """
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        self._patterns = None if "*" in allowed else wildcards2patterns(list(allowed))
+
+    def allows(self, origin: str) -> bool:
+        return self._patterns is None or any(pattern.match(origin) for pattern in self._patterns)
+
+
+def parse_version(value: str | None) -> int:
+    """``EIO=3`` or ``EIO=4``; anything else is refused as engine.io refuses it."""
+    if value == "4":
+        return 4
+    if value == "3":
+        return 3
+    raise EngineError(400, EngineError.UNSUPPORTED_VERSION, "Unsupported protocol version")
+
+
+def _peer(transport: Any) -> str:
+    peer = transport.getPeer() if transport is not None else None
+    return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+
+
+# -- long-polling ----------------------------------------------------------------------------
+
+
+class _PendingPoll:
+    """A GET waiting for packets; a :class:`~redmessenger.engineio.PollRequest`."""
+
+    __slots__ = ("request", "jsonp")
+
+    def __init__(self, request: Request, jsonp: str | None) -> None:
+        self.request = request
+        self.jsonp = jsonp
+
+    def answer(self, payload: bytes) -> None:
+        request = self.request
+        if self.jsonp is not None:
+            request.setHeader(b"content-type", _JAVASCRIPT)
+            payload = jsonp_wrap(self.jsonp, payload)
+        else:
+            request.setHeader(b"content-type", _TEXT)
+        request.setHeader(b"content-length", b"%d" % len(payload))
+        request.write(payload)
+        request.finish()
+
+
+class EngineIOResource(Resource):
+    """``/socket.io/``: the Engine.IO handshake, polling GETs and POSTs, WebSocket upgrades."""
+
+    isLeaf = True
+    log = make_logger()
+
+    def __init__(self, server: EngineServer, websockets: EngineIOWebSocketFactory, origins: OriginPolicy) -> None:
+        super().__init__()
+        self._server = server
+        self._websocket = WebSocketResource(websockets)
+        self._origins = origins
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            return self._render(request)
+        except EngineError as e:
+            return self._refuse(request, e)
+        except Exception:
+            self.log.failure("Engine.IO request {uri!r} failed", uri=request.uri)
+            request.setResponseCode(500)
+            return b""
+
+    def _render(self, request: Request) -> bytes | int:
+        origin = _header(request, b"origin")
+        if origin is not None:
+            if not self._origins.allows(origin):
+                raise EngineError(403, EngineError.FORBIDDEN, "Forbidden")
+            request.setHeader(b"access-control-allow-origin", origin.encode("utf-8"))
+            request.setHeader(b"access-control-allow-credentials", b"true")
+            request.setHeader(b"vary", b"Origin")
+        if request.method == b"OPTIONS":
+            return self._preflight(request)
+        query = _query(request)
+        version = parse_version(query.get("EIO"))
+        transport = query.get("transport")
+        if transport == "websocket":
+            upgrade = request.getHeader(b"upgrade") or b""
+            if request.method != b"GET" or upgrade.lower() != b"websocket":
+                raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: WebSocket transport without an upgrade")
+            rendered: bytes | int = self._websocket.render(request)
+            return rendered
+        if transport != "polling":
+            raise EngineError(400, EngineError.TRANSPORT_UNKNOWN, "Transport unknown")
+        jsonp = query.get("j")
+        if jsonp is not None and (version != 3 or not jsonp.isascii() or not jsonp.isdigit() or len(jsonp) > 9):
+            raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: JSONP polling is Engine.IO 3 only")
+        request.setHeader(b"cache-control", b"no-store")
+        sid = query.get("sid")
+        if sid is None:
+            if request.method != b"GET":
+                raise EngineError(400, EngineError.BAD_HANDSHAKE_METHOD, "Bad handshake method")
+            return self._handshake(request, version, jsonp)
+        session = self._server.get(sid)
+        if session is None or session.version != version:
+            raise EngineError(400, EngineError.SESSION_UNKNOWN, "Session ID unknown")
+        session.check_polling()
+        if request.method == b"GET":
+            return self._poll(request, session, jsonp)
+        if request.method == b"POST":
+            return self._post(request, session, jsonp)
+        raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: method not allowed")
+
+    def _handshake(self, request: Request, version: int, jsonp: str | None) -> int:
+        if not self._server.reserve():
+            raise EngineError(503, EngineError.BAD_REQUEST, "maximum number of connections reached")
+        address = request.getClientAddress()
+        peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
+        session = self._server.open_session(version, peer)
+        return self._poll(request, session, jsonp)
+
+    def _poll(self, request: Request, session: Session, jsonp: str | None) -> int:
+        pending = _PendingPoll(request, jsonp)
+        session.poll(pending)
+        if not request.finished:
+            request.notifyFinish().addErrback(self._poll_lost, session, pending)
+        return NOT_DONE_YET
+
+    def _poll_lost(self, failure: Failure, session: Session, pending: _PendingPoll) -> None:
+        session.poll_lost(pending)
+
+    def _post(self, request: Request, session: Session, jsonp: str | None) -> bytes:
+        # twisted.web has read the body already (kept on disk past 100 kB): only its size is checked here.
+        assert request.content is not None
+        request.content.seek(0)
+        body = request.content.read(self._server.settings.max_payload + 1)
+        if len(body) > self._server.settings.max_payload:
+            return self._payload_too_large(request, session)
+        try:
+            if (_header(request, b"content-type") or "").startswith("application/octet-stream"):
+                raise ProtocolError("binary payloads are not accepted")
+            text = body.decode("utf-8")
+            if jsonp is not None:
+                fields = parse_qs(text, keep_blank_values=True).get("d")
+                if not fields:
+                    raise ProtocolError("JSONP post without a 'd' field")
+                text = jsonp_unescape(fields[0])
+            packets = decode_payload(session.version, text)
+        except (ProtocolError, UnicodeDecodeError) as e:
+            self.log.info(
+                "{peer}: bad Engine.IO payload ({why}); closing session {sid}",
+                peer=session.peer,
+                why=str(e),
+                sid=session.sid,
+            )
+            session.abort("protocol error")
+            raise EngineError(400, EngineError.BAD_REQUEST, f"Bad request: {e}") from None
+        session.receive(packets)
+        request.setHeader(b"content-type", _TEXT)
+        return b"ok"
+
+    def _payload_too_large(self, request: Request, session: Session) -> bytes:
+        self.log.info(
+            "{peer}: POST larger than {limit} bytes; closing session {sid}",
+            peer=session.peer,
+            limit=self._server.settings.max_payload,
+            sid=session.sid,
+        )
+        session.abort("payload too large")
+        request.setResponseCode(413)
+        request.setHeader(b"content-type", _TEXT)
+        return b"Payload Too Large"
+
+    def _preflight(self, request: Request) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        asked = request.getHeader(b"access-control-request-headers")
+        if asked:
+            request.setHeader(b"access-control-allow-headers", asked)
+        request.setHeader(b"access-control-max-age", b"86400")
+        return b""
+
+    def _refuse(self, request: Request, error: EngineError) -> bytes:
+        request.setResponseCode(error.status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"code": error.code, "message": error.message}).encode("utf-8")
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The query string's parameters, first value each (never a POST body's form fields, which ``args`` mixes in)."""
+    _path, _, query = (request.uri or b"").partition(b"?")
+    return {name: values[0] for name, values in parse_qs(query.decode("latin-1"), keep_blank_values=True).items()}
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+# -- WebSocket ---------------------------------------------------------------------------------
+
+
+class EngineIOWebSocketProtocol(WebSocketServerProtocol):
+    """
+    A WebSocket at ``/socket.io/?transport=websocket``: either a session of its own
+    (no ``sid``) or the upgrade of a polling session (``sid``).  A
+    :class:`~redmessenger.engineio.WebSocketTransport`.
+    """
+
+    _log = make_logger()
+    factory: EngineIOWebSocketFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session: Session | None = None
+        self._version = 0
+        #: A conn_limit slot taken at the handshake for a new session, not yet handed to it.
+        self._reserved = False
+        self._peer_text = "?"
+
+    # -- WebSocketTransport -------------------------------------------------------------
+
+    @property
+    def can_write(self) -> bool:
+        return self.state == self.STATE_OPEN
+
+    def write(self, packet: EncodedPacket) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendPreparedMessage(packet.prepared(self.factory))
+
+    def ping(self, token: int) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendPing(struct.pack(">Q", token))
+
+    def close(self, code: int, reason: str) -> None:
+        """sendCloseFrame, not sendClose: Autobahn's sendClose refuses standard codes such as 1001."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
+        elif self.state == self.STATE_CONNECTING:
+            self.dropConnection(abort=True)
+
+    # -- Autobahn callbacks ---------------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        self._peer_text = _peer(self.transport)
+        params = request.params
+        try:
+            self._version = parse_version(_first(params, "EIO"))
+        except EngineError as e:
+            raise ConnectionDeny(400, e.message) from None
+        if _first(params, "transport") != "websocket":
+            raise ConnectionDeny(400, "Transport unknown")
+        sid = _first(params, "sid")
+        if sid is not None:
+            session = self.factory.server.get(sid)
+            if session is None or not session.can_probe(self._version):
+                raise ConnectionDeny(400, "Session ID unknown")
+            self._session = session
+        elif self.factory.server.reserve():
+            self._reserved = True
+        else:
+            raise ConnectionDeny(503, "maximum number of connections reached")
+
+    def onOpen(self) -> None:
+        self.factory.sockets.add(self)
+        try:
+            if self._reserved:
+                self._reserved = False
+                self._session = self.factory.server.open_session(self._version, self._peer_text, websocket=self)
+            elif self._session is not None and not self._session.attach_probe(self):
+                self._session = None
+                self.close(1000, "session no longer upgradable")
+        except Exception:
+            self._log.failure("Opening an Engine.IO WebSocket for {peer} failed", peer=self._peer_text)
+            self.dropConnection(abort=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            if isBinary:
+                raise ProtocolError("binary frames are not accepted")
+            session.websocket_packet(self, decode_packet(payload.decode("utf-8")))
+        except ProtocolError as e:
+            self._log.info("{peer}: {why}; closing session {sid}", peer=self._peer_text, why=str(e), sid=session.sid)
+            session.abort("protocol error", code=1003 if isBinary else 1002)
+            self.close(1003 if isBinary else 1002, str(e))
+        except Exception:
+            self._log.failure("Handling a frame from {peer} failed", peer=self._peer_text)
+            session.abort("internal error", code=1011)
+
+    def onPong(self, payload: bytes) -> None:
+        session = self._session
+        if session is not None and len(payload) == 8:
+            session.websocket_pong(self, struct.unpack(">Q", payload)[0])
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._reserved:  # closed before onOpen: the session never existed
+            self._reserved = False
+            self.factory.server.unreserve()
+        session, self._session = self._session, None
+        if session is not None:
+            try:
+                session.websocket_closed(self)
+            except Exception:
+                self._log.failure("Closing session {sid} failed", sid=session.sid)
+        self.factory.socket_closed(self)
+
+
+def _first(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+class EngineIOWebSocketFactory(WebSocketServerFactory):
+    """Builds Engine.IO WebSockets; Autobahn checks the frame sizes."""
+
+    protocol = EngineIOWebSocketProtocol
+
+    def __init__(self, server: EngineServer, **options: Any) -> None:
+        super().__init__()
+        self.server = server
+        #: WebSockets whose handshake completed and that have not closed yet.
+        self.sockets: set[EngineIOWebSocketProtocol] = set()
+        self._all_closed: Deferred[None] | None = None
+        self.setProtocolOptions(**options)
+
+    def all_closed(self) -> Deferred[None]:
+        """Fires once every open WebSocket has closed (at shutdown, after the sessions were ended)."""
+        self._all_closed = Deferred()
+        if not self.sockets:
+            self._all_closed.callback(None)
+        return self._all_closed
+
+    def socket_closed(self, socket: EngineIOWebSocketProtocol) -> None:
+        self.sockets.discard(socket)
+        if not self.sockets and self._all_closed is not None and not self._all_closed.called:
+            self._all_closed.callback(None)

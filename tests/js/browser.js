@@ -1,0 +1,71 @@
+// Opens a page in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core: no browser download) and reports what happens there, for the
+// Python tests.
+//
+//   node browser.js '{"url": "http://127.0.0.1:PORT/", "userDataDir": "/tmp/fresh", "chromium": "/usr/bin/chromium"}'
+//
+// stdout: one JSON object per line: what the page passes to window.__report(...),
+// its console lines ({"event": "console"}), page errors, failed requests, and
+// {"event": "loaded"}.  stdin: {"cmd": "exit"} closes the browser.
+"use strict";
+
+const readline = require("readline");
+const { chromium } = require("playwright-core");
+
+const args = JSON.parse(process.argv[2]);
+
+function report(event, fields) {
+  process.stdout.write(JSON.stringify(Object.assign({}, fields || {}, { event: event })) + "\n");
+}
+
+async function main() {
+  const context = await chromium.launchPersistentContext(args.userDataDir, {
+    executablePath: args.chromium || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  let closing = false;
+  async function exit(code) {
+    if (closing) return;
+    closing = true;
+    try {
+      await context.close();
+    } finally {
+      process.exit(code);
+    }
+  }
+  readline.createInterface({ input: process.stdin }).on("line", function (line) {
+    if (JSON.parse(line).cmd === "exit") exit(0);
+  });
+
+  const page = context.pages()[0] || (await context.newPage());
+  await page.exposeFunction("__report", function (fields) {
+    report(fields.event, fields);
+  });
+  page.on("console", function (message) {
+    report("console", { text: message.text() });
+  });
+  page.on("pageerror", function (error) {
+    report("pageerror", { message: String(error) });
+  });
+  page.on("requestfailed", function (request) {
+    const failure = request.failure();
+    report("requestfailed", { url: request.url(), error: failure ? failure.errorText : null });
+  });
+  await page.goto(args.url);
+  report("loaded", { version: context.browser() ? context.browser().version() : null });
+}
+
+main().catch(function (error) {
+  report("fatal", { message: String((error && error.stack) || error) });
+  process.exit(1);
+});

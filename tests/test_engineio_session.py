@@ -1,0 +1,246 @@
+"""
+Engine.IO sessions in memory: a Clock for time, fake transports that record what
+they are given.  Heartbeats in both directions, confirmations, the upgrade, the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from redmessenger.engineio import EngineError, EngineServer, EngineSettings, Session, State
+from redmessenger.engineio_codec import EncodedPacket, Packet, PacketType
+from redmessenger.limits import ConnectionLimit
+
+SETTINGS = EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=1000, upgrade_timeout=10.0)
+
+
+class Handler:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.messages: list[str] = []
+        self.closed: list[str] = []
+
+    def on_open(self) -> None:
+        pass
+
+    def on_message(self, data: str) -> None:
+        self.messages.append(data)
+
+    def on_close(self, reason: str) -> None:
+        self.closed.append(reason)
+
+
+class Poll:
+    def __init__(self) -> None:
+        self.answers: list[bytes] = []
+
+    def answer(self, payload: bytes) -> None:
+        self.answers.append(payload)
+
+
+class FakeWebSocket:
+    def __init__(self) -> None:
+        self.written: list[str] = []
+        self.pings: list[int] = []
+        self.closed: tuple[int, str] | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.closed is None
+
+    def write(self, packet: EncodedPacket) -> None:
+        self.written.append(packet.text)
+
+    def ping(self, token: int) -> None:
+        self.pings.append(token)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+
+
+def make(version: int, websocket: FakeWebSocket | None = None, limit: int = 10) -> tuple[Clock, EngineServer, Session]:
+    clock = Clock()
+    server = EngineServer(SETTINGS, clock, ConnectionLimit(limit), Handler)
+    assert server.reserve()
+    return clock, server, server.open_session(version, "127.0.0.1:1234", websocket)
+
+
+def handler(session: Session) -> Handler:
+    assert isinstance(session.handler, Handler)
+    return session.handler
+
+
+def message(text: str) -> EncodedPacket:
+    return EncodedPacket.of(PacketType.MESSAGE, text)
+
+
+def test_v4_heartbeat_pings_and_times_out_a_silent_client():
+    clock, server, session = make(4, FakeWebSocket())
+    ws = session._websocket
+    assert isinstance(ws, FakeWebSocket) and ws.written[0].startswith('0{"sid"')
+    clock.advance(25)
+    assert ws.written[-1] == "2"
+    session.websocket_packet(ws, Packet(PacketType.PONG))
+    clock.advance(25)
+    assert ws.written[-1] == "2"
+    clock.advance(19.9)
+    assert session.state is State.OPEN
+    clock.advance(0.2)
+    assert session.state is State.CLOSED and session.close_reason == "ping timeout"
+    assert handler(session).closed == ["ping timeout"]
+    assert not clock.getDelayedCalls()
+    assert server.limit.in_use == 0 and len(server) == 0
+
+
+def test_v3_heartbeat_is_the_clients_and_any_packet_keeps_the_session():
+    clock, server, session = make(3)
+    poll = Poll()
+    session.poll(poll)
+    assert poll.answers[0].startswith(b"9") and b':0{"sid"' in poll.answers[0]
+    clock.advance(40)
+    session.receive([Packet(PacketType.PING)])
+    clock.advance(40)
+    assert session.state is State.OPEN
+    second = Poll()
+    session.poll(second)
+    assert second.answers == [b"1:3"]
+    clock.advance(45.1)
+    assert session.state is State.CLOSED and session.close_reason == "ping timeout"
+    assert not clock.getDelayedCalls()
+
+
+def test_polling_confirmation_is_the_next_poll():
+    clock, server, session = make(4)
+    session.poll(Poll())  # the handshake
+    session.poll(Poll())  # waiting
+    assert session.send(message("one"))
+    confirmed: list[bool] = []
+    session.confirm().addCallback(confirmed.append)
+    assert confirmed == []
+    session.poll(Poll())  # the client read "one" before polling again
+    assert confirmed == [True]
+    assert session.all_confirmed
+
+
+def test_buffered_packets_are_never_confirmed_when_the_client_vanishes():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    session.send(message("a"))
+    session.send(message("b"))
+    results: list[bool] = []
+    session.confirm().addCallback(results.append)
+    waiting = Poll()
+    session.poll(waiting)
+    assert waiting.answers == [b"4a\x1e4b"]
+    session.poll_lost(Poll())  # not the pending one: ignored
+    assert session.state is State.OPEN
+    clock.advance(25)  # a ping, sent into the buffer: never fetched, never answered
+    clock.advance(20)
+    assert results == [False]
+    assert not session.all_confirmed
+    assert handler(session).closed == ["ping timeout"]
+
+
+def test_a_dropped_pending_poll_ends_the_session():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    pending = Poll()
+    session.poll(pending)
+    session.poll_lost(pending)
+    assert session.state is State.CLOSED and session.close_reason == "poll connection lost"
+    assert not clock.getDelayedCalls()
+
+
+def test_overlapping_polls_are_refused_and_end_the_session():
+    clock, server, session = make(3)
+    session.poll(Poll())
+    first = Poll()
+    session.poll(first)
+    with pytest.raises(EngineError) as refused:
+        session.poll(Poll())
+    assert refused.value.status == 400
+    assert first.answers == [b"1:1"]
+    assert session.state is State.CLOSED
+
+
+def test_upgrade_to_websocket():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    pending = Poll()
+    session.poll(pending)
+    session.send(message("polled"))  # answered at once: pending has it
+    assert pending.answers == [b"4polled"]
+    session.poll(pending := Poll())
+    ws = FakeWebSocket()
+    assert session.can_probe(4) and session.attach_probe(ws)
+    session.websocket_packet(ws, Packet(PacketType.PING, "probe"))
+    assert ws.written == ["3probe"]
+    assert pending.answers == [b"6"], "the pending GET is released with a noop"
+    session.send(message("buffered"))  # the client has paused polling
+    confirmed: list[bool] = []
+    session.confirm().addCallback(confirmed.append)
+    session.websocket_packet(ws, Packet(PacketType.UPGRADE))
+    assert session.transport == "websocket"
+    assert ws.written[1:] == ["4buffered"]
+    assert ws.pings == [session._written]
+    assert confirmed == []
+    session.websocket_pong(ws, ws.pings[0])
+    assert confirmed == [True]
+    with pytest.raises(EngineError):
+        session.check_polling()
+    session.websocket_packet(ws, Packet(PacketType.MESSAGE, "hello"))
+    assert handler(session).messages == ["hello"]
+
+
+def test_a_probe_that_never_upgrades_is_closed_and_polling_goes_on():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    ws = FakeWebSocket()
+    session.attach_probe(ws)
+    clock.advance(10)
+    assert ws.closed == (1000, "upgrade timeout")
+    assert session.state is State.OPEN and session.transport == "polling"
+    session.websocket_closed(ws)
+    assert session.can_probe(4)
+
+
+def test_server_close_waits_for_the_next_poll_then_ends():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    session.send(message("last words"))
+    session.close("bad_key")
+    assert session.state is State.CLOSING
+    assert not session.send(message("too late"))
+    final = Poll()
+    session.poll(final)
+    assert final.answers == [b"4last words\x1e1"]
+    assert session.state is State.CLOSED and session.close_reason == "bad_key"
+    assert not clock.getDelayedCalls()
+
+
+def test_server_close_gives_up_waiting_for_a_poll():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    session.close("bad_key")
+    clock.advance(SETTINGS.ping_timeout)
+    assert session.state is State.CLOSED
+    assert not clock.getDelayedCalls()
+
+
+def test_client_close_packet():
+    clock, server, session = make(4, FakeWebSocket())
+    session.websocket_packet(session._websocket, Packet(PacketType.CLOSE))  # type: ignore[arg-type]
+    assert session.close_reason == "client close"
+    assert server.limit.in_use == 0
+
+
+def test_shutdown_closes_websockets_with_1001():
+    clock, server, session = make(4, FakeWebSocket())
+    ws: Any = session._websocket
+    server.close_all("server shutting down")
+    assert ws.closed == (1001, "server shutting down")
+    assert len(server) == 0 and not clock.getDelayedCalls()

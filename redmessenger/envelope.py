@@ -24,6 +24,9 @@ T = TypeVar("T")
 ENTRY_VERSION = 1
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: The string escaper _dumps uses (ensure_ascii=False): C-accelerated.
+_quote = json.encoder.encode_basestring
+_JSON_KEYS = {True: ("json", True), False: ("json", False)}
 
 
 class Message:
@@ -46,7 +49,15 @@ class Message:
 
     def envelope_json(self, bubble: bool) -> bytes:
         """The envelope as UTF-8 JSON, computed once per value of ``bubble``."""
-        return self.encoded(("json", bubble), lambda: _dumps(self.envelope(bubble)).encode("utf-8"))
+        return self.encoded(_JSON_KEYS[bubble], self._envelope_json, bubble)
+
+    def _envelope_json(self, bubble: bool) -> bytes:
+        # What _dumps(self.envelope(bubble)) gives, byte for byte, in a quarter
+        # of the time: the strings go through the same C escaper.
+        return (
+            f'{{"source":{_quote(self.source)},"timestamp":{self.timestamp},'
+            f'"bubble":{"true" if bubble else "false"},"payload":{_quote(self.payload)}}}'
+        ).encode("utf-8")
 
     def queue_entry(self) -> bytes:
         """The entry kept in ``rm:users:$uid:messages`` while the user is away."""
@@ -57,12 +68,16 @@ class Message:
             ).encode("utf-8"),
         )
 
-    def encoded(self, key: Any, build: Callable[[], T]) -> T:
-        """Return the encoding named ``key``, building it on first use; dialects cache their frames here."""
+    def encoded(self, key: Any, build: Callable[..., T], *args: Any) -> T:
+        """
+        Return the encoding named ``key``, building it with ``build(*args)`` on
+        first use; dialects cache their frames here.  (Arguments rather than a
+        closure: this runs once per delivery, a lambda per call costs.)
+        """
         try:
             return self._encodings[key]  # type: ignore[no-any-return]
         except KeyError:
-            value = self._encodings[key] = build()
+            value = self._encodings[key] = build(*args)
             return value
 
 

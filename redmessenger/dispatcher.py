@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -62,6 +62,12 @@ class Dispatcher:
     #: Seconds between attempts to read a group's members while Redis is away.
     lookup_retry_delay = 1.0
 
+    #: Seconds live messages wait before their socket is asked to confirm them:
+    #: one ping then covers every message sent meanwhile.  Under load a ping per
+    #: reactor turn per socket cost as much as the messages themselves; the price
+    #: is that a dropped connection may see this much more delivered twice.
+    confirm_delay = 0.2
+
     def __init__(
         self,
         presence: Presence,
@@ -82,6 +88,8 @@ class Dispatcher:
         self._to_confirm: list[Attachment] = []
         self._confirm_call: IDelayedCall | None = None
         self._stopping = False
+        #: Called once per message delivered live (the latency histogram, redmessenger.monitoring).
+        self.on_live_delivery: Callable[[Message], None] = _ignore
 
     # -- published messages --------------------------------------------------------
 
@@ -157,6 +165,8 @@ class Dispatcher:
                 self.counters.delivered += 1
             else:
                 offline.append(uid)
+        if len(offline) < len(uids):
+            self.on_live_delivery(message)
         if offline:
             self.queue(offline, message)
 
@@ -192,10 +202,10 @@ class Dispatcher:
     #
     # A message written to a socket may still be lost with the connection (in
     # buffers, in flight).  Each socket keeps its live messages until the client
-    # confirms them (one confirmation under way per socket, asked for once per
-    # reactor turn); if it goes away first, the unconfirmed ones are delivered
-    # again or queued.  Duplicates are then possible for what was in flight
-    # during the last round trip; losses are not.
+    # confirms them (one confirmation under way per socket, asked for at most
+    # every confirm_delay); if it goes away first, the unconfirmed ones are
+    # delivered again or queued.  Duplicates are then possible for what was sent
+    # during the last confirm_delay and round trip; losses are not.
 
     def _want_confirmation(self, attachment: Attachment) -> None:
         if attachment.confirming:
@@ -203,7 +213,7 @@ class Dispatcher:
         attachment.confirming = True
         self._to_confirm.append(attachment)
         if self._confirm_call is None:
-            self._confirm_call = self._clock.callLater(0, self._ask_confirmations)
+            self._confirm_call = self._clock.callLater(self.confirm_delay, self._ask_confirmations)
 
     def _ask_confirmations(self) -> None:
         self._confirm_call = None
@@ -410,6 +420,10 @@ class _Handover:
     delivered: int = 0
     #: A socket of the same user that identified after this one went away.
     next: Attachment | None = None
+
+
+def _ignore(message: Message) -> None:
+    pass
 
 
 def _valid_name(raw: bytes) -> str | None:

@@ -50,6 +50,11 @@ class LinkState:
     last_error: str | None = None
 
 
+def _lean(protocol: Any) -> bool:
+    """Whether replies can skip txredisapi's conversions: hiredis parses them, and they stay raw bytes."""
+    return hasattr(protocol, "_reader") and protocol.charset is None and not protocol.convertNumbers
+
+
 def _endpoint(reactor: Any, settings: RedisSettings) -> IStreamClientEndpoint:
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, settings.host, settings.port, timeout=settings.timeout)
     if settings.tls:
@@ -83,7 +88,40 @@ class RedisLink:
                 link._commands_down(why)
                 super().connectionLost(why)
 
+            def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+                if not _lean(self) or self.inTransaction:
+                    super().dataReceived(data, unpause)
+                    return
+                # HiredisProtocol.dataReceived minus tryConvertData, a no-op
+                # here (raw bytes) but a Python call per element of every
+                # reply: a thousand per SMEMBERS of a big group.
+                reader = self._reader
+                if data:
+                    reader.feed(data)
+                reply = reader.gets()
+                while reply is not False:
+                    self.replyReceived(reply)
+                    reply = reader.gets()
+
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc,name-defined]
+            def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+                if not _lean(self):
+                    super().dataReceived(data, unpause)
+                    return
+                # The live path: each published message goes from hiredis
+                # straight to messageReceived (txredisapi would first copy
+                # it through tryConvertData and two more dispatch steps).
+                reader = self._reader
+                if data:
+                    reader.feed(data)
+                reply = reader.gets()
+                while reply is not False:
+                    if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
+                        self.messageReceived(reply[1], reply[2], reply[3])
+                    else:
+                        self.replyReceived(reply)
+                    reply = reader.gets()
+
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
                 self.whenConnected().addCallback(lambda _: self._subscribe())
@@ -146,6 +184,32 @@ class RedisLink:
         )
         self._commands.startConnecting(_endpoint(self._reactor, self._settings))
         self._subscriber.startConnecting(_endpoint(self._reactor, self._settings))
+
+    def unsubscribe(self) -> Deferred[Any]:
+        """
+        PUNSUBSCRIBE, first step of leaving Redis: no message comes after its
+        answer, and every message Redis sent before it has been handled (replies
+        arrive in order), so nothing Redis counted as delivered to us is dropped.
+        """
+        from twisted.internet.defer import succeed
+
+        self._stopping = True
+        if not self.state.subscribed:
+            return succeed(None)
+        self.state.subscribed = False
+        return self._subscriber.handler.punsubscribe(PATTERNS)  # type: ignore[no-any-return]
+
+    def round_trip(self) -> Deferred[Any]:
+        """
+        A PING on the command connection: fires once every command sent before
+        it has been answered.  At once while the connection is down: it would
+        only wait for a reconnection.
+        """
+        from twisted.internet.defer import succeed
+
+        if not self.state.commands_connected:
+            return succeed(None)
+        return self.commands.execute_command("PING")  # type: ignore[no-any-return]
 
     def stop(self) -> Deferred[Any]:
         from twisted.internet.defer import gatherResults

@@ -19,11 +19,16 @@ from twisted.python.failure import Failure
 
 from .config import Config
 from .dispatcher import Dispatcher
+from .engineio_transports import PATH as SOCKETIO_PATH
 from .errors import CloseCode
+from .limits import ConnectionLimit
 from .logs import make_logger
+from .monitoring import Monitoring
 from .presence import Presence
 from .queue_store import QueueStore
 from .redis_edge import RedisLink, RedisSettings
+from .system import fit_open_files_limit
+from .socketio import make_socketio
 from .web import RootResource, RouteResource, make_site
 from .websocket import PlainWebSocketFactory
 
@@ -66,6 +71,8 @@ class RedMessengerService(Service):
             secure_mode=config.secure_mode,
             handover_batch=config.handover_batch,
         )
+        #: conn_limit, counted over both dialects together (redmessenger.limits).
+        self.limit = ConnectionLimit(config.conn_limit)
         self.websockets = PlainWebSocketFactory(
             dispatcher=self.dispatcher,
             clock=reactor,
@@ -74,10 +81,20 @@ class RedMessengerService(Service):
             listen_label=config.listen if config.listen is not None else f"*:{config.ws_port}",
             ping_interval=config.ping_interval,
             allowed_origins=config.allowed_origins,
+            limit=self.limit,
             **websocket_options(config),
+        )
+        # The Socket.IO dialect (redmessenger.socketio) at /socket.io/, same core, same conn_limit.
+        self.socketio = make_socketio(
+            config, self.dispatcher, reactor, self.limit, self.websockets.listen_label, websocket_options(config)
         )
         self.root = RootResource()
         self.root.route(config.rm_route, RouteResource(self.websockets))
+        self.root.route(SOCKETIO_PATH, self.socketio.resource)
+        self.monitoring = Monitoring(self, reactor)
+        self.dispatcher.on_live_delivery = self.monitoring.observe_delivery
+        self.root.route("/health", self.monitoring.health)
+        self.root.route("/metrics", self.monitoring.metrics)
         self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
         self.embedded: Any = None
         if config.embedded_redis:
@@ -90,6 +107,15 @@ class RedMessengerService(Service):
                 data_dir=Path(config.embedded_redis_dir),
                 password=config.redis_password,
             )
+        self.manhole: Any = None
+        if config.manhole is not None:
+            from .manhole import ManholeService, make_namespace
+
+            assert config.manhole_password_file is not None  # checked with the configuration
+            self.manhole = ManholeService(config.manhole, config.manhole_password_file, make_namespace(self), reactor)
+        #: The configuration file when run by twistd: SIGHUP re-reads it (redmessenger.reload).
+        self.config_path: str | None = None
+        self._hangup: Any = None
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
         self.dispatcher.on_publish(channel, payload)
@@ -97,8 +123,11 @@ class RedMessengerService(Service):
     # -- lifecycle -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        fit_open_files_limit(self.config.conn_limit)
         # Listening here makes a port in use (or a bad certificate) fatal at start.
         self.listening.privilegedStartService()
+        if self.manhole is not None:
+            self.manhole.privilegedStartService()
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -106,6 +135,13 @@ class RedMessengerService(Service):
         self.started_at = self.reactor.seconds()
         self.listening.startService()
         self.websockets.start()
+        if self.manhole is not None:
+            self.manhole.startService()
+        if self.config_path is not None:
+            from .reload import HangupReload
+
+            self._hangup = HangupReload(self, self.config_path, self.reactor)
+            self._hangup.install()
         self.log.info(
             "RedMessenger listening on {listen}, route {route}, secure_mode {secure}",
             listen=self.config.listen_endpoint,
@@ -133,12 +169,28 @@ class RedMessengerService(Service):
         queued again as they close); let handovers settle; wait for queue writes
         to land; then leave Redis, and stop the embedded server last.
         """
+        if self._hangup is not None:
+            self._hangup.uninstall()
+        if self.manhole is not None:
+            await self.manhole.stopService()
         await self.listening.stopService()
         self.websockets.stop()
+        socketio_closed = self.socketio.close_all()
         await self.websockets.close_all(CloseCode.GOING_AWAY, "server shutting down").addTimeout(
             self.shutdown_timeout, self.reactor
         ).addErrback(lambda f: self.log.warn("Some sockets did not finish their close handshake in time"))
+        await socketio_closed.addTimeout(self.shutdown_timeout, self.reactor).addErrback(
+            lambda f: self.log.warn("Some Socket.IO WebSockets did not finish their close handshake in time")
+        )
         await self.dispatcher.stop(self.shutdown_timeout)
+        # Leave the subscription before the command connection: whatever Redis
+        # counted as delivered to us is handled, and queued if its user is gone.
+        await self.link.unsubscribe().addTimeout(self.shutdown_timeout, self.reactor).addErrback(
+            lambda f: self.log.warn("Redis did not confirm the end of the subscription: {why}", why=f.getErrorMessage())
+        )
+        # Group messages waiting for their members are answered before this PING,
+        # so the queue writes they make are sent before drain() looks.
+        await self.link.round_trip().addTimeout(self.shutdown_timeout, self.reactor).addErrback(lambda f: None)
         await self.store.drain().addTimeout(self.shutdown_timeout, self.reactor).addErrback(
             lambda f: self.log.warn("Redis did not confirm every queue write in time")
         )
@@ -154,8 +206,6 @@ def websocket_options(config: Config) -> dict[str, Any]:
     options: dict[str, Any] = {
         "maxFramePayloadSize": config.max_frame_bytes,
         "maxMessagePayloadSize": config.max_frame_bytes,
-        # counted from the TCP connection; the next handshake gets HTTP 503
-        "maxConnections": config.conn_limit,
         "openHandshakeTimeout": 10,
         "closeHandshakeTimeout": 5,
         "tcpNoDelay": True,

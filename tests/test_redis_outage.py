@@ -79,6 +79,12 @@ async def test_identify_while_redis_is_down_in_secure_mode_says_try_again_later(
     assert code == CloseCode.TRY_AGAIN_LATER == 1013
     private_redis.start()
     await wait_until(lambda: daemon.service.link.ready, timeout=20, what="reconnected")
+    # The lookup that timed out must not have broken the link for what follows.
+    private_redis.client().set("rm:users:user1:key", "key")
+    again = await daemon.client()
+    again.send("user1:key")
+    await daemon.until(lambda: daemon.service.presence.get("user1") is not None, timeout=10, what="identified")
+    again.close()
 
 
 @pytest_twisted.ensureDeferred

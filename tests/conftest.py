@@ -12,6 +12,7 @@ import gc
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -102,6 +103,18 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def install_into_fresh_venv(path: Path) -> Path:
+    """``pip install .`` of this checkout into a new virtualenv at ``path``, as users install it."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run(
+        [str(path / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(root)],
+        check=True,
+        timeout=600,
+    )
+    return path
 
 
 # -- reactor hygiene -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest_twisted
 from redmessenger.errors import CloseCode
 
 from .conftest import publish, sleep
+from .httpclient import http_get
 
 QUEUE = "rm:users:{}:messages"
 
@@ -123,12 +124,8 @@ async def test_wrong_path_is_refused_with_404(daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_plain_get_on_the_route_answers_a_reachability_text(daemon):
-    from twisted.internet import reactor
-    from twisted.web.client import Agent, readBody
-
-    response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{daemon.port}/rm".encode())
-    assert response.code == 200
-    assert await readBody(response) == b"Hey, you're connected!"
+    code, _, body = await http_get(daemon.port, "/rm")
+    assert (code, body) == (200, b"Hey, you're connected!")
 
 
 @pytest_twisted.ensureDeferred

@@ -192,15 +192,7 @@ async def test_client_dropping_mid_queue_keeps_the_rest_queued_in_order(daemon_f
     await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == total, what="2000 queued entries")
 
     client = await daemon.client()
-    # Drop (no close handshake) as soon as 700 messages have been read.
-    original = client.protocol.onMessage
-
-    def on_message(payload: bytes, is_binary: bool) -> None:
-        original(payload, is_binary)
-        if len(client.received) == 700:
-            client.drop()
-
-    client.protocol.onMessage = on_message
+    client.drop_after(700)  # no close handshake, in the middle of the queue
     client.send("user1")
     await client.close_code()
     await daemon.until(lambda: daemon.service.presence.get("user1") is None)
@@ -261,14 +253,7 @@ async def test_a_reload_during_the_handover_gets_the_rest_of_the_queue(daemon_fa
     for i in range(500):
         redis.rpush(QUEUE.format("user1"), json.dumps({"v": 1, "source": "rm.users.user1", "timestamp": i, "payload": f"q{i}"}))
     first = await daemon.client()
-    original = first.protocol.onMessage
-
-    def on_message(payload: bytes, is_binary: bool) -> None:
-        original(payload, is_binary)
-        if len(first.received) == 120:
-            first.drop()
-
-    first.protocol.onMessage = on_message
+    first.drop_after(120)
     first.send("user1")
     await first.close_code()
     second = await daemon.client()

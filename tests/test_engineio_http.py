@@ -8,13 +8,13 @@ limits.  The client is Twisted's HTTP client, one request per connection.
 from __future__ import annotations
 
 import json
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 import pytest_twisted
 
 from .conftest import HOST, wait_until
+from .httpclient import read_body
 
 PATH = "/socket.io/"
 
@@ -37,28 +37,6 @@ async def request(
     content = await read_body(response)
     flat = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
     return response.code, flat, content
-
-
-async def read_body(response: Any) -> bytes:
-    from twisted.internet.defer import Deferred
-    from twisted.internet.protocol import Protocol
-    from twisted.web.client import ResponseDone
-
-    done: Deferred[bytes] = Deferred()
-    chunks: list[bytes] = []
-
-    class Collect(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            chunks.append(data)
-
-        def connectionLost(self, reason: Any = None) -> None:
-            if reason is None or reason.check(ResponseDone):
-                done.callback(b"".join(chunks))
-            else:
-                done.errback(reason)
-
-    response.deliverBody(Collect())
-    return await done
 
 
 def v3_packets(body: bytes) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import pytest
 
@@ -17,20 +15,18 @@ from redmessenger.envelope import (
     message_from_entry,
 )
 
+from .node import run_node
+
 VECTORS = ["Hello%20world", "%23%2F%3Fa%C3%A9", "100%25", "%E2%82%AC%2C", "a%2", "%zz", "%C3", "%F0%9D%84%9E", "plain", "%41%3B"]
 
 
 def javascript_decode_uri(texts: list[str]) -> list[str | None]:
     """What Node's decodeURI makes of each text (None: it throws URIError)."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is required: the test setup installs Node 20")
     script = (
         "const out = JSON.parse(process.argv[1]).map(t => { try { return decodeURI(t) } catch (e) { return null } });"
         "console.log(JSON.stringify(out));"
     )
-    result = subprocess.run([node, "-e", script, json.dumps(texts)], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    return json.loads(run_node(script, texts))
 
 
 def test_decode_uri_matches_javascript() -> None:

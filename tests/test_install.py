@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -22,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import HOST, RedisServer, free_port
+from .conftest import HOST, RedisServer, free_port, install_into_fresh_venv
 
-ROOT = Path(__file__).resolve().parent.parent
 SETPRIV = shutil.which("setpriv")
 
 pytestmark = [
@@ -42,13 +40,7 @@ def venv() -> Iterator[Path]:
     top.chmod(0o755)
     path = top / "venv"
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-        subprocess.run(
-            [str(path / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
-            check=True,
-            timeout=600,
-        )
-        yield path
+        yield install_into_fresh_venv(path)
     finally:
         shutil.rmtree(top, ignore_errors=True)
 

@@ -10,7 +10,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import valkey
 
-from .conftest import free_port
+from .conftest import free_port, install_into_fresh_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,14 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the project installed the way users install it."""
-    venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", str(ROOT)],
-        check=True,
-        timeout=600,
-    )
-    return venv
+    return install_into_fresh_venv(tmp_path_factory.mktemp("venv"))
 
 
 def twistd(venv: Path, *args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,12 @@ no other user's data is touched.  Node.js-era queue entries are delivered as it 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import pytest
 import pytest_twisted
 
 from .conftest import publish, wait_until
+from .node import run_node
 
 QUEUE = "rm:users:{}:messages"
 
@@ -140,16 +139,12 @@ NODE_TEXTS = ["Hello, world!", "My life is a spicy pepper...", "100% sure", "caf
 
 def node_entries() -> list[str]:
     """Queue entries exactly as the Node.js RedMessenger wrote them (its generateMetadata + JSON.stringify)."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is required: the test setup installs Node 20")
     script = (
         "const texts = JSON.parse(process.argv[1]);"
         "for (const t of texts) console.log(JSON.stringify("
         "{source: 'rm.users.user1', timestamp: 1438480701712, bubble: false, payload: encodeURI(t)}));"
     )
-    out = subprocess.run([node, "-e", script, json.dumps(NODE_TEXTS)], capture_output=True, text=True, check=True)
-    return out.stdout.splitlines()
+    return run_node(script, NODE_TEXTS).splitlines()
 
 
 @pytest_twisted.ensureDeferred

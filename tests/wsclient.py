@@ -74,6 +74,17 @@ class WebSocketClient:
         """Vanish without a close handshake, as a crashed browser would."""
         self.protocol.transport.abortConnection()
 
+    def drop_after(self, count: int) -> None:
+        """Vanish as soon as ``count`` messages have been read (in the middle of a delivery)."""
+        receive = self.protocol.onMessage
+
+        def on_message(payload: bytes, is_binary: bool) -> None:
+            receive(payload, is_binary)
+            if len(self.received) == count:
+                self.drop()
+
+        self.protocol.onMessage = on_message  # type: ignore[method-assign]
+
     def attached(self, presence: Any, uid: str) -> bool:
         user = presence.get(uid)
         return user is not None and any(a.sink.client_address.endswith(f":{self.local_port}") for a in user.attachments)

@@ -1,0 +1,321 @@
+'use strict';
+/*
+ * One load-generating process of the RedMessenger benchmarks: holds many
+ * client sockets and checks every envelope they receive.
+ *
+ *   node bench/client.js '{"base": "http://127.0.0.1:8080", "route": "/rm", "dialect": "plain"}'
+ *
+ * The runner (bench/run.py) drives it with one JSON command per line on stdin;
+ * it answers with one JSON event per line on stdout.  Several of these run at
+ * once, so that the load generator is never the bottleneck.
+ *
+ * Payloads are "phase|seq|publish time in ms|padding"; seq counts from 0 per
+ * phase and channel.  Every envelope is checked as it arrives: its phase is one
+ * we expect, its seq is the next one on its (socket, channel), its bubble is
+ * true on the user's oldest socket here and false on the others.  `report`
+ * then checks each socket got exactly what it should: nothing missing, doubled
+ * or out of order.
+ *
+ * Dialects are client drivers (see DRIVERS): adding one is adding an entry.
+ */
+
+const readline = require('readline');
+const { performance, monitorEventLoopDelay } = require('perf_hooks');
+
+const opts = JSON.parse(process.argv[2]);
+const now = () => performance.timeOrigin + performance.now(); // epoch ms, sub-ms resolution
+const MAX_ERRORS = 20;
+// How late this process's event loop ran: a late loop inflates the latencies measured here.
+// (The histogram holds the whole interval between its ticks, lateness included.)
+const LOOP_TICK_MS = 10;
+const loopDelay = monitorEventLoopDelay({ resolution: LOOP_TICK_MS });
+loopDelay.enable();
+const lateness = (ns) => Math.max(0, ns / 1e6 - LOOP_TICK_MS);
+
+function emit(event) {
+  process.stdout.write(JSON.stringify(event) + '\n');
+}
+
+// -- client drivers: how one dialect connects, identifies and receives ---------
+
+const DRIVERS = {
+  /* The plain dialect: the first text frame is the identifier, then one envelope per frame. */
+  plain: {
+    open(sock, on) {
+      const WebSocket = require('ws');
+      const ws = new WebSocket(opts.base.replace(/^http/, 'ws') + opts.route, { handshakeTimeout: 30000 });
+      ws.on('open', () => {
+        ws.send(sock.uid);
+        on.ready();
+      });
+      ws.on('message', (data) => on.envelope(JSON.parse(data)));
+      ws.on('close', (code, reason) => on.close(`${code} ${reason}`));
+      ws.on('error', (err) => on.error(err.message));
+      return () => ws.close(1000);
+    },
+  },
+  /* Socket.IO 4 (Engine.IO 4) over the WebSocket transport only, as the issue asks. */
+  socketio: {
+    open(sock, on) {
+      const { io } = require('socket.io-client');
+      const socket = io(opts.base + opts.route, {
+        transports: ['websocket'],
+        forceNew: true, // one Engine.IO connection per socket, as separate browsers have
+        reconnection: false,
+        timeout: 30000,
+      });
+      socket.on('connect', () => {
+        socket.emit('identifier', sock.uid);
+        on.ready();
+      });
+      socket.on('message', (env) => on.envelope(typeof env === 'string' ? JSON.parse(env) : env));
+      socket.on('disconnect', (reason) => on.close(reason));
+      socket.on('connect_error', (err) => on.error(err.message));
+      return () => socket.disconnect();
+    },
+  },
+};
+
+const driver = DRIVERS[opts.dialect];
+if (!driver) throw new Error(`unknown dialect ${opts.dialect}`);
+
+// -- sockets and what they received ---------------------------------------------
+
+/** uid -> its live sockets here, oldest first (the oldest carries the bubble). */
+const users = new Map();
+const phases = new Map();
+
+class Sock {
+  constructor(uid, live) {
+    this.uid = uid;
+    this.live = live; // the uid's live sockets here, oldest first (shared)
+    this.ready = false;
+    this.closing = false;
+    this.closed = false;
+    this.identSentAt = 0;
+    this.streams = new Map(); // source -> {phase, seq}: the last seq seen on that channel in that phase
+    this.phase = null; // the phase counted in `count`
+    this.count = 0;
+    this.close = null;
+  }
+
+  received(name) {
+    return this.phase === name ? this.count : 0;
+  }
+}
+
+function phaseError(phase, text) {
+  phase.errorCount += 1;
+  if (phase.errors.length < MAX_ERRORS) phase.errors.push(text);
+}
+
+let strayCount = 0;
+const strays = [];
+
+/* Kept lean: with two processes on a two-core machine, every microsecond here is taken from the daemon. */
+function received(sock, env) {
+  const t = now();
+  const payload = env.payload;
+  const bar1 = payload.indexOf('|');
+  const bar2 = payload.indexOf('|', bar1 + 1);
+  const name = payload.slice(0, bar1);
+  const seq = +payload.slice(bar1 + 1, bar2);
+  const phase = phases.get(name);
+  if (phase === undefined) {
+    strayCount += 1;
+    if (strays.length < MAX_ERRORS) strays.push(`${sock.uid}: unexpected ${JSON.stringify(env).slice(0, 200)}`);
+    return;
+  }
+  let stream = sock.streams.get(env.source);
+  if (stream === undefined) {
+    stream = { phase: name, seq: -1 };
+    sock.streams.set(env.source, stream);
+  } else if (stream.phase !== name) {
+    stream.phase = name;
+    stream.seq = -1;
+  }
+  const last = stream.seq;
+  if (seq !== last + 1) {
+    phaseError(phase, seq <= last
+      ? `${sock.uid}: ${env.source} seq ${seq} after ${last} (doubled or out of order)`
+      : `${sock.uid}: ${env.source} seq ${seq} after ${last} (missing or out of order)`);
+  }
+  if (seq > last) stream.seq = seq;
+  const oldest = sock.live[0] === sock;
+  if (env.bubble !== oldest) phaseError(phase, `${sock.uid}: bubble ${env.bubble} on a socket that is ${oldest ? '' : 'not '}the oldest`);
+  if (typeof env.timestamp !== 'number') phaseError(phase, `${sock.uid}: no numeric timestamp`);
+  if (sock.phase !== name) {
+    sock.phase = name;
+    sock.count = 0;
+  }
+  sock.count += 1;
+  if (phase.latencies !== null) phase.latencies.push(t - parseFloat(payload.slice(bar2 + 1)));
+  if (phase.count === 0) phase.first = t;
+  phase.count += 1;
+  phase.last = t;
+  if (phase.count === phase.expect) emit({ event: 'done', phase: name });
+}
+
+function openSocket(uid) {
+  let list = users.get(uid);
+  if (list === undefined) users.set(uid, (list = []));
+  const sock = new Sock(uid, list);
+  list.push(sock);
+  return new Promise((resolve) => {
+    let settled = false;
+    const settle = (ok) => {
+      if (!settled) {
+        settled = true;
+        resolve(ok);
+      }
+    };
+    sock.close = driver.open(sock, {
+      ready() {
+        sock.ready = true;
+        sock.identSentAt = now();
+        settle(true);
+      },
+      envelope(env) {
+        received(sock, env);
+      },
+      close(why) {
+        if (sock.closed) return;
+        sock.closed = true;
+        const live = users.get(uid);
+        const i = live.indexOf(sock);
+        if (i >= 0) live.splice(i, 1);
+        if (!sock.closing) {
+          strayCount += 1;
+          if (strays.length < MAX_ERRORS) strays.push(`${uid}: socket closed unexpectedly (${why})`);
+        }
+        if (sock.onClosed) sock.onClosed();
+        settle(false);
+      },
+      error(message) {
+        if (!sock.ready) {
+          strayCount += 1;
+          if (strays.length < MAX_ERRORS) strays.push(`${uid}: ${message}`);
+          sock.closed = true;
+          const live = users.get(uid);
+          const i = live.indexOf(sock);
+          if (i >= 0) live.splice(i, 1);
+          settle(false);
+        }
+      },
+    });
+  });
+}
+
+/** Open one more socket for each uid, at most `concurrency` handshakes at a time. */
+async function connect(uids, concurrency) {
+  const t0 = now();
+  let next = 0;
+  let failed = 0;
+  async function lane() {
+    while (next < uids.length) {
+      const uid = uids[next++];
+      if (!(await openSocket(uid))) failed += 1;
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, uids.length) }, lane));
+  emit({ event: 'connected', opened: uids.length - failed, failed, t0, t1: now() });
+}
+
+function closeSockets(socks) {
+  return Promise.all(socks.map((sock) => new Promise((resolve) => {
+    if (sock.closed) return resolve();
+    sock.closing = true;
+    sock.onClosed = resolve;
+    sock.close();
+  })));
+}
+
+function report(name, withLatencies) {
+  const phase = phases.get(name);
+  const missing = [];
+  for (const uid of phase.uids) {
+    const live = users.get(uid) || [];
+    if (live.length !== phase.tabs) phaseError(phase, `${uid}: ${live.length} live sockets, expected ${phase.tabs}`);
+    for (const sock of live) {
+      const got = sock.received(name);
+      if (got !== phase.perSocket) missing.push(`${uid}: received ${got} of ${phase.perSocket}`);
+    }
+  }
+  for (const text of missing.slice(0, MAX_ERRORS)) phaseError(phase, text);
+  phase.errorCount += Math.max(0, missing.length - MAX_ERRORS);
+  let identFirst = Infinity;
+  let identLast = 0;
+  for (const uid of phase.uids) {
+    for (const sock of users.get(uid) || []) {
+      identFirst = Math.min(identFirst, sock.identSentAt);
+      identLast = Math.max(identLast, sock.identSentAt);
+    }
+  }
+  const rounded = withLatencies && phase.latencies ? phase.latencies.map((x) => Math.round(x * 1000) / 1000) : undefined;
+  emit({
+    event: 'report',
+    phase: name,
+    count: phase.count,
+    expect: phase.expect,
+    first: phase.first,
+    last: phase.last,
+    ident_first: identFirst === Infinity ? null : identFirst,
+    ident_last: identLast || null,
+    errors: phase.errors.concat(strays.splice(0)),
+    error_count: phase.errorCount + strayCount,
+    latencies: rounded,
+    loop_delay_p99_ms: lateness(loopDelay.percentile(99)),
+    loop_delay_max_ms: lateness(loopDelay.max),
+  });
+  strayCount = 0;
+  loopDelay.reset();
+}
+
+const commands = {
+  async connect(cmd) {
+    await connect(cmd.uids, cmd.concurrency || 50);
+  },
+  /* Announce a phase before it is published: its uids, sockets per uid, envelopes per socket. */
+  expect(cmd) {
+    loopDelay.reset();
+    phases.set(cmd.phase, {
+      uids: cmd.uids,
+      tabs: cmd.tabs || 1,
+      perSocket: cmd.per_socket,
+      expect: cmd.uids.length * (cmd.tabs || 1) * cmd.per_socket,
+      count: 0,
+      first: null,
+      last: null,
+      errors: [],
+      errorCount: 0,
+      latencies: cmd.latency ? [] : null,
+    });
+    emit({ event: 'expecting', phase: cmd.phase });
+  },
+  report(cmd) {
+    report(cmd.phase, cmd.latencies);
+  },
+  async close_oldest(cmd) {
+    await closeSockets(cmd.uids.map((uid) => users.get(uid)[0]));
+    emit({ event: 'closed' });
+  },
+  async close_all() {
+    const all = [];
+    for (const live of users.values()) all.push(...live);
+    await closeSockets(all);
+    emit({ event: 'closed' });
+  },
+  exit() {
+    process.exit(0);
+  },
+};
+
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  const cmd = JSON.parse(line);
+  Promise.resolve(commands[cmd.cmd](cmd)).catch((err) => {
+    emit({ event: 'fatal', error: String(err && err.stack || err) });
+    process.exit(1);
+  });
+});
+process.stdin.on('end', () => process.exit(0));
+emit({ event: 'started', pid: process.pid });

@@ -1,0 +1,990 @@
+"""
+The RedMessenger benchmarks: the daemon as a real process, a real Redis, real clients.
+
+    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d] [--dialects plain,socketio]
+
+(``scripts/bench`` prepares everything and runs this.)  Daemon, Redis
+(valkey-server) and load generator share one machine and talk over loopback.
+Every run starts a fresh Redis and a fresh daemon, then:
+
+a   1,000 identified users, 20,000 direct messages in one pipelined burst:
+    delivered messages/s, end-to-end latency p50/p99 (publish time in the payload).
+ap  (a') the same paced at 5,000 messages/s: latency p50/p99/max.
+b   one group of the same 1,000 online users, 200 messages: deliveries/s.
+bubbles  not timed: 50 users open a second tab, then close the first; the
+    bubble must sit on the oldest socket and move when it closes.
+c   10,000 queued messages for one user: time from identify to the last delivered.
+d   (plain only, its own daemon) 10,000 idle identified connections: server
+    memory per connection (VmRSS growth over the fresh idle daemon's),
+    connections set up per second.
+
+Every phase is checked: each socket got exactly its messages, in order, none
+doubled, bubbles right; a run that fails a check is reported as failed, however
+fast.  In the same run a bare PSUBSCRIBE client (bench/ceiling.py) receives the
+same stream: the daemon's rate is given as a ratio of it.  CPU of the daemon,
+Redis and the load generator (bench/client.js: Node's ``ws`` or
+socket.io-client, one process by default, four for d) comes from
+/proc/<pid>/stat, the whole machine's busy and steal time from /proc/stat,
+memory from /proc/<pid>/status.  The load generator also reports how late its
+event loop ran (it adds to the latencies it measures).
+
+Output: one JSON line per case and run (``--out``), then a table of medians and
+spreads (also written next to it as ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resp import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = Path(sys.executable).parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+GROUP = "bench"
+WAIT = 120.0  # seconds any one step may take before the run is declared failed
+
+USERS = 1000
+DIRECT = 20000
+PACED_RATE = 5000
+GROUP_MESSAGES = 200
+QUEUED = 10000
+IDLE = 10000
+TABS_USERS = 50
+TABS_MESSAGES = 10
+
+TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    # (case, metric): (comparison, target)
+    ("a", "msgs_per_s"): (">=", 40000),
+    ("ap", "p99_ms"): ("<=", 3.0),
+    ("b", "deliveries_per_s"): (">=", 150000),
+    ("c", "seconds"): ("<=", 0.2),
+    ("d", "kb_per_conn"): ("<=", 8.0),
+}
+
+
+class BenchError(Exception):
+    """A step of the benchmark could not be carried out (not a failed check)."""
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, steal) CPU ticks of the whole machine so far, from /proc/stat: how loaded and how noisy it was."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+def background_pct(seconds: float = 1.0) -> float:
+    """CPU the rest of the machine uses while the bench is idle (200% = both cores of a 2-core machine): the noise."""
+    busy0, _ = machine_ticks()
+    time.sleep(seconds)
+    busy1, _ = machine_ticks()
+    return round(100 * (busy1 - busy0) / CLK_TCK / seconds, 1)
+
+
+def wait_for_quiet(limit_pct: float, patience: float) -> float:
+    """Wait (at most ``patience`` seconds) until other processes use less than ``limit_pct``; the last reading."""
+    deadline = time.monotonic() + patience
+    while True:
+        busy = background_pct()
+        if busy < limit_pct or time.monotonic() > deadline:
+            return busy
+        print(f"# waiting for a quieter machine: {busy:.0f}% CPU busy elsewhere", file=sys.stderr, flush=True)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+class Child:
+    """A child process that takes JSON commands on stdin and answers JSON events on stdout."""
+
+    def __init__(self, name: str, args: list[str], log: Path) -> None:
+        self.name = name
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=BENCH, bufsize=0
+        )
+        self.pid = self.proc.pid
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self._events.put(json.loads(line))
+            except ValueError:
+                self._events.put({"event": "garbage", "line": line.decode(errors="replace")})
+        self._events.put(None)
+
+    def send(self, **cmd: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+
+    def wait(self, event: str, timeout: float = WAIT, phase: str | None = None) -> dict[str, Any]:
+        """The next event of that name (and phase); earlier events of other names are kept."""
+        def matches(e: dict[str, Any]) -> bool:
+            return e.get("event") == event and (phase is None or e.get("phase") == phase)
+
+        for i, e in enumerate(self._seen):
+            if matches(e):
+                return self._seen.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no {event!r} event within {timeout:g}s")
+            try:
+                e = self._events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if e is None:
+                raise BenchError(f"{self.name} exited (code {self.proc.poll()}); see {self._log.name}")
+            if e.get("event") == "fatal":
+                raise BenchError(f"{self.name}: {e.get('error')}")
+            if matches(e):
+                return e
+            self._seen.append(e)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send(cmd="exit")
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- one daemon, its Redis and its clients ---------------------------------------------------
+
+
+class Stack:
+    """A fresh valkey-server, the daemon (twistd), the ceiling client and the load generator."""
+
+    def __init__(self, workdir: Path, dialect: str, workers: int) -> None:
+        self.workdir = workdir
+        self.dialect = dialect
+        self.redis_port = free_port()
+        self.port = free_port()
+        self.base = f"http://{HOST}:{self.port}"
+        self.n_workers = workers
+        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.ceiling: Child | None = None
+        self.workers: list[Child] = []
+        self.redis: Redis | None = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        from redmessenger.embedded import find_server_binary
+
+        self.redis_proc = subprocess.Popen(
+            [find_server_binary(), "--bind", HOST, "--port", str(self.redis_port), "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir), "--daemonize", "no", "--logfile", str(self.workdir / "valkey.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.redis = self._connect_redis()
+        self.ceiling = Child("ceiling", [sys.executable, "ceiling.py", str(self.redis_port)], self.workdir / "ceiling.log")
+        self.ceiling.wait("ready", 10)
+        config = {
+            "redis_host": HOST,
+            "redis_port": self.redis_port,
+            "listen": f"tcp:{self.port}:interface={HOST}:backlog=1024",
+            "log_level": "warn",
+            "conn_limit": 2 * IDLE,
+        }
+        path = self.workdir / "redmessenger.json"
+        path.write_text(json.dumps(config))
+        with (self.workdir / "daemon.log").open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            )
+        self._wait_daemon()
+        for i in range(self.n_workers):
+            spec = {"base": self.base, "route": "/rm", "dialect": self.dialect}
+            worker = Child(f"client{i}", ["node", "client.js", json.dumps(spec)], self.workdir / f"client{i}.log")
+            self.workers.append(worker)
+        for worker in self.workers:
+            worker.wait("started", 10)
+
+    def _connect_redis(self) -> Redis:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis = Redis(self.redis_port)
+                redis.call("PING")
+                return redis
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError("valkey-server did not start") from None
+                time.sleep(0.02)
+
+    def _wait_daemon(self) -> None:
+        """Until the daemon listens and is subscribed (a probe PUBLISH reaches two subscribers)."""
+        assert self.redis is not None and self.daemon is not None
+        deadline = time.monotonic() + 20
+        while True:
+            if self.daemon.poll() is not None:
+                raise BenchError(f"the daemon exited; see {self.workdir / 'daemon.log'}")
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1):
+                    pass
+                if self.redis.call("PUBLISH", f"rm.channels.{GROUP}-probe", "probe") >= 2:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"the daemon did not become ready; see {self.workdir / 'daemon.log'}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        if self.ceiling is not None:
+            self.ceiling.stop()
+        if self.daemon is not None:
+            stop_process(self.daemon)
+        if self.redis is not None:
+            self.redis.close()
+        if self.redis_proc is not None:
+            stop_process(self.redis_proc)
+
+    # -- what the cases use ---------------------------------------------------------------
+
+    def split(self, uids: list[str]) -> list[list[str]]:
+        """uids dealt to the workers, round robin."""
+        return [uids[i :: self.n_workers] for i in range(self.n_workers)]
+
+    def connect(self, parts: list[list[str]], concurrency: int = 50) -> dict[str, Any]:
+        busy = [(w, p) for w, p in zip(self.workers, parts) if p]
+        for worker, part in busy:
+            worker.send(cmd="connect", uids=part, concurrency=concurrency)
+        events = [worker.wait("connected") for worker, _ in busy]
+        return {
+            "t0": min(e["t0"] for e in events),
+            "t1": max(e["t1"] for e in events),
+            "failed": sum(e["failed"] for e in events),
+        }
+
+    def expect(self, phase: str, parts: list[list[str]], per_socket: int, tabs: int = 1, latency: bool = False) -> None:
+        busy = [(w, p) for w, p in zip(self.workers, parts) if p]
+        for worker, part in busy:
+            worker.send(cmd="expect", phase=phase, uids=part, per_socket=per_socket, tabs=tabs, latency=latency)
+        for worker, _ in busy:
+            worker.wait("expecting", phase=phase)
+
+    def finish(self, phase: str, parts: list[list[str]], latencies: bool = False, timeout: float = WAIT) -> dict[str, Any]:
+        """Wait until every worker got its share of the phase (or time runs out), then merge their reports."""
+        busy = [w for w, p in zip(self.workers, parts) if p]
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        for worker in busy:
+            try:
+                worker.wait("done", max(0.1, deadline - time.monotonic()), phase=phase)
+            except TimeoutError:
+                timed_out = True
+        for worker in busy:
+            worker.send(cmd="report", phase=phase, latencies=latencies)
+        reports = [worker.wait("report", phase=phase) for worker in busy]
+        merged: dict[str, Any] = {
+            "count": sum(r["count"] for r in reports),
+            "expect": sum(r["expect"] for r in reports),
+            "first": min((r["first"] for r in reports if r["first"] is not None), default=None),
+            "last": max((r["last"] for r in reports if r["last"] is not None), default=None),
+            "ident_first": min((r["ident_first"] for r in reports if r["ident_first"]), default=None),
+            "errors": [e for r in reports for e in r["errors"]][:20],
+            "error_count": sum(r["error_count"] for r in reports),
+            "latencies": [x for r in reports for x in (r.get("latencies") or [])],
+            "loop_delay_p99_ms": max(r["loop_delay_p99_ms"] for r in reports),
+            "loop_delay_max_ms": max(r["loop_delay_max_ms"] for r in reports),
+        }
+        if timed_out:
+            merged["errors"].insert(0, f"timed out after {timeout:g}s")
+        return merged
+
+    def publish(self, **spec: Any) -> dict[str, Any]:
+        """Run bench/publisher.py (its own process, so its CPU is its own) and return its summary."""
+        spec["port"] = self.redis_port
+        out = subprocess.run(
+            [sys.executable, "publisher.py", json.dumps(spec)], cwd=BENCH, capture_output=True, check=False, timeout=WAIT
+        )
+        if out.returncode:
+            raise BenchError(f"publisher failed: {out.stderr.decode(errors='replace')[-2000:]}")
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def ceiling_report(self, phase: str) -> dict[str, Any]:
+        assert self.ceiling is not None
+        self.ceiling.send(cmd="report", phase=phase)
+        return self.ceiling.wait("report", 30, phase=phase)
+
+    def usage(self) -> Usage:
+        assert self.daemon is not None and self.redis_proc is not None and self.ceiling is not None
+        return Usage(
+            time.time(),
+            cpu_seconds(self.daemon.pid),
+            cpu_seconds(self.redis_proc.pid),
+            sum(cpu_seconds(w.pid) for w in self.workers),
+            cpu_seconds(self.ceiling.pid),
+            *machine_ticks(),
+        )
+
+    def daemon_rss_kb(self) -> int:
+        assert self.daemon is not None
+        return rss_kb(self.daemon.pid)
+
+    def serves_socketio(self) -> bool:
+        """Whether the daemon answers an Engine.IO 4 handshake (the Socket.IO dialect is there)."""
+        try:
+            with urllib.request.urlopen(f"{self.base}/socket.io/?EIO=4&transport=polling", timeout=5) as response:
+                return bool(response.status == 200 and response.read(1) == b"0")
+        except OSError:
+            return False
+
+
+@dataclass
+class Usage:
+    """CPU seconds used so far by each party, at one moment."""
+
+    at: float
+    daemon: float
+    redis: float
+    loadgen: float
+    ceiling: float
+    machine_busy: int  # ticks, every CPU together
+    machine_steal: int
+
+    def since(self, before: Usage) -> dict[str, float]:
+        wall = max(self.at - before.at, 1e-9)
+        return {
+            # every process on the machine, ours included (200% = both cores of a 2-core machine busy)
+            "machine_pct": round(100 * (self.machine_busy - before.machine_busy) / CLK_TCK / wall, 1),
+            # time the hypervisor gave our virtual CPUs to someone else
+            "steal_pct": round(100 * (self.machine_steal - before.machine_steal) / CLK_TCK / wall, 1),
+            "wall_s": round(wall, 4),
+            "server_pct": round(100 * (self.daemon - before.daemon) / wall, 1),
+            "server_cpu_s": round(self.daemon - before.daemon, 3),
+            "redis_pct": round(100 * (self.redis - before.redis) / wall, 1),
+            "loadgen_pct": round(100 * (self.loadgen - before.loadgen) / wall, 1),
+            "ceiling_pct": round(100 * (self.ceiling - before.ceiling) / wall, 1),
+        }
+
+
+# -- checks and numbers ---------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+@dataclass
+class Result:
+    """One case of one run: its numbers and every check that failed."""
+
+    case: str
+    dialect: str
+    run: int
+    numbers: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    #: CPU busy elsewhere on the machine just before the run started (see background_pct)
+    background_pct: float | None = None
+
+    def check(self, condition: bool, text: str) -> None:
+        if not condition:
+            self.errors.append(text)
+
+    def check_received(self, what: str, report: dict[str, Any]) -> None:
+        self.check(report["count"] == report["expect"], f"{what}: received {report['count']} of {report['expect']}")
+        self.check(report["error_count"] == 0, f"{what}: {report['error_count']} errors: {report['errors'][:5]}")
+        if report["count"] == report["expect"] and report["error_count"] == 0:
+            return
+        self.errors.extend(report["errors"][:10])
+
+    def check_published(self, pub: dict[str, Any], count: int) -> None:
+        self.check(pub["sent"] == count, f"publisher sent {pub['sent']} of {count}")
+        # the daemon and the ceiling client: both subscribed for every message
+        self.check(pub["receivers_min"] == 2, f"a PUBLISH reached {pub['receivers_min']} subscribers, not 2")
+
+    def check_ceiling(self, ceiling: dict[str, Any], count: int) -> None:
+        self.check(ceiling["count"] == count, f"ceiling client received {ceiling['count']} of {count}")
+        self.check(ceiling["order_errors"] == 0, f"ceiling client: {ceiling['order_errors']} order errors")
+
+    def line(self, machine: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "case": self.case,
+            "dialect": self.dialect,
+            "run": self.run,
+            "ok": not self.errors,
+            **self.numbers,
+            "errors": self.errors,
+            "background_pct": self.background_pct,
+            "load_avg": machine_load(),
+            "host": machine["host"],
+        }
+
+
+def rate(count: int, start_ms: float | None, end_ms: float | None) -> float | None:
+    if start_ms is None or end_ms is None or end_ms <= start_ms:
+        return None
+    return round(count / ((end_ms - start_ms) / 1000), 1)
+
+
+# -- the cases ----------------------------------------------------------------------------------
+
+
+def warm_up(stack: Stack, uids: list[str], phase: str, concurrency: int = 50) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    Connect and identify a socket per uid.  Each uid is sent one message first
+    (queued, as it is offline): once every socket has received it, every socket
+    is identified and its queue handed over, whatever the dialect.
+    """
+    parts = stack.split(uids)
+    stack.expect(phase, parts, per_socket=1)
+    stack.publish(phase=phase, users=uids, count=len(uids))
+    stack.ceiling_report(phase)
+    connected = stack.connect(parts, concurrency)
+    report = stack.finish(phase, parts)
+    return connected, report
+
+
+def case_direct(stack: Stack, result: Result, uids: list[str], phase: str, count: int, rate_per_s: float) -> None:
+    """a and a': direct messages to online users, as one burst or paced."""
+    parts = stack.split(uids)
+    stack.expect(phase, parts, per_socket=count // len(uids), latency=True)
+    before = stack.usage()
+    pub = stack.publish(phase=phase, users=uids, count=count, rate=rate_per_s)
+    report = stack.finish(phase, parts, latencies=True)
+    after = stack.usage()
+    ceiling = stack.ceiling_report(phase)
+    result.check_published(pub, count)
+    result.check_received(phase, report)
+    result.check_ceiling(ceiling, count)
+    cpu = after.since(before)
+    lat = report["latencies"]
+    result.numbers.update(
+        messages=count,
+        msgs_per_s=rate(count, pub["t_first"], report["last"]),
+        p50_ms=percentile(lat, 0.50),
+        p99_ms=percentile(lat, 0.99),
+        max_ms=percentile(lat, 1.0),
+        ceiling_msgs_per_s=rate(count, pub["t_first"], ceiling["last"]),
+        ceiling_p50_ms=ceiling["p50_ms"] and round(ceiling["p50_ms"], 3),
+        ceiling_p99_ms=ceiling["p99_ms"] and round(ceiling["p99_ms"], 3),
+        publish_s=round((pub["t_last"] - pub["t_first"]) / 1000, 3),
+        server_us_per_msg=round(1e6 * cpu["server_cpu_s"] / count, 1),
+        cpu=cpu,
+        publisher_cpu_s=round(pub["cpu_s"], 3),
+        # how late the load generator's event loop ran: it adds to the latencies above
+        client_loop_delay_p99_ms=round(report["loop_delay_p99_ms"], 2),
+        client_loop_delay_max_ms=round(report["loop_delay_max_ms"], 2),
+    )
+    if result.numbers["msgs_per_s"] and result.numbers["ceiling_msgs_per_s"]:
+        result.numbers["ratio"] = round(result.numbers["msgs_per_s"] / result.numbers["ceiling_msgs_per_s"], 3)
+
+
+def case_group(stack: Stack, result: Result, uids: list[str]) -> None:
+    """b: one group of online members; each message goes to all of them."""
+    assert stack.redis is not None
+    key = f"rm:channels:{GROUP}:subscribers"
+    stack.redis.call("DEL", key)
+    for i in range(0, len(uids), 500):
+        stack.redis.call("SADD", key, *uids[i : i + 500])
+    parts = stack.split(uids)
+    stack.expect("b", parts, per_socket=GROUP_MESSAGES)
+    before = stack.usage()
+    pub = stack.publish(phase="b", group=GROUP, count=GROUP_MESSAGES)
+    report = stack.finish("b", parts)
+    after = stack.usage()
+    ceiling = stack.ceiling_report("b")
+    result.check_published(pub, GROUP_MESSAGES)
+    result.check_received("b", report)
+    result.check_ceiling(ceiling, GROUP_MESSAGES)
+    deliveries = GROUP_MESSAGES * len(uids)
+    cpu = after.since(before)
+    msgs_per_s = rate(GROUP_MESSAGES, pub["t_first"], report["last"])
+    ceiling_rate = rate(GROUP_MESSAGES, pub["t_first"], ceiling["last"])
+    result.numbers.update(
+        messages=GROUP_MESSAGES,
+        members=len(uids),
+        deliveries=deliveries,
+        deliveries_per_s=rate(deliveries, pub["t_first"], report["last"]),
+        msgs_per_s=msgs_per_s,
+        ceiling_msgs_per_s=ceiling_rate,
+        ratio=round(msgs_per_s / ceiling_rate, 4) if msgs_per_s and ceiling_rate else None,
+        server_us_per_delivery=round(1e6 * cpu["server_cpu_s"] / deliveries, 2),
+        cpu=cpu,
+    )
+
+
+def case_bubbles(stack: Stack, result: Result, uids: list[str]) -> None:
+    """
+    Not timed: a second tab for each of ``uids`` gets the same messages with
+    bubble false; once the first tabs close, the second ones carry the bubble.
+    """
+    parts = stack.split(uids)
+    stack.connect(parts)
+    time.sleep(0.5)  # the second tabs' identification: nothing tells a plain client it is done
+    stack.expect("t1", parts, per_socket=TABS_MESSAGES, tabs=2)
+    pub = stack.publish(phase="t1", users=uids, count=TABS_MESSAGES * len(uids))
+    result.check_published(pub, TABS_MESSAGES * len(uids))
+    result.check_received("two tabs", stack.finish("t1", parts))
+    busy = [(w, p) for w, p in zip(stack.workers, parts) if p]
+    for worker, part in busy:
+        worker.send(cmd="close_oldest", uids=part)
+    for worker, _ in busy:
+        worker.wait("closed")
+    stack.expect("t2", parts, per_socket=TABS_MESSAGES, tabs=1)
+    pub = stack.publish(phase="t2", users=uids, count=TABS_MESSAGES * len(uids))
+    result.check_published(pub, TABS_MESSAGES * len(uids))
+    result.check_received("first tabs closed", stack.finish("t2", parts))
+    for phase in ("t1", "t2"):
+        stack.ceiling_report(phase)
+    result.numbers.update(users=len(uids), messages=2 * TABS_MESSAGES * len(uids))
+
+
+def case_queue(stack: Stack, result: Result) -> None:
+    """c: a queue of QUEUED messages (queued by the daemon itself), handed to the user as it identifies."""
+    assert stack.redis is not None
+    uid = "cuser"
+    key = f"rm:users:{uid}:messages"
+    t0 = time.monotonic()
+    pub = stack.publish(phase="c", users=[uid], count=QUEUED)
+    result.check_published(pub, QUEUED)
+    while stack.redis.call("LLEN", key) < QUEUED:
+        if time.monotonic() - t0 > WAIT:
+            raise BenchError(f"the daemon did not queue {QUEUED} messages")
+        time.sleep(0.01)
+    queued_s = (time.monotonic() - t0)
+    stack.ceiling_report("c")
+    # ceiling: a bare client reading the same queue, 500 entries a round trip, as the daemon's handover does
+    reader = Redis(stack.redis_port)
+    t = time.perf_counter()
+    read = 0
+    while read < QUEUED:
+        read += len(reader.call("LRANGE", key, read, read + 499))
+    ceiling_s = time.perf_counter() - t
+    reader.close()
+    parts: list[list[str]] = [[] for _ in stack.workers]
+    parts[0] = [uid]
+    stack.expect("c", parts, per_socket=QUEUED)
+    before = stack.usage()
+    stack.connect(parts)
+    report = stack.finish("c", parts)
+    after = stack.usage()
+    result.check_received("c", report)
+    seconds = (report["last"] - report["ident_first"]) / 1000 if report["last"] and report["ident_first"] else None
+    # the last batch leaves Redis once the client confirmed it
+    deadline = time.monotonic() + 5
+    while (left := stack.redis.call("LLEN", key)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    result.check(left == 0, f"c: {left} entries still queued after the handover")
+    result.numbers.update(
+        messages=QUEUED,
+        seconds=seconds and round(seconds, 4),
+        msgs_per_s=rate(QUEUED, report["ident_first"], report["last"]),
+        ceiling_seconds=round(ceiling_s, 4),
+        ratio=round(ceiling_s / seconds, 3) if seconds else None,
+        queueing_s=round(queued_s, 3),
+        cpu=after.since(before),
+    )
+
+
+def case_idle(stack: Stack, result: Result) -> None:
+    """
+    d: IDLE identified connections held open: server memory per connection
+    (VmRSS growth over the idle daemon's, all of it counted against the
+    connections), and connections set up per second.  Once all are open, each
+    user is sent one message (live, or queued and handed over if its socket
+    is not identified yet): every socket receiving it shows every socket identified.
+    """
+    uids = [f"d{i}" for i in range(IDLE)]
+    parts = stack.split(uids)
+    time.sleep(0.5)
+    rss_before = stack.daemon_rss_kb()
+    stack.expect("d", parts, per_socket=1)
+    before = stack.usage()
+    connected = stack.connect(parts, concurrency=50)
+    pub = stack.publish(phase="d", users=uids, count=len(uids))
+    report = stack.finish("d", parts)
+    after = stack.usage()
+    stack.ceiling_report("d")
+    result.check(connected["failed"] == 0, f"d: {connected['failed']} connections failed")
+    result.check_published(pub, IDLE)
+    result.check_received("d", report)
+    time.sleep(1.0)  # let the last confirmations settle
+    rss_after = stack.daemon_rss_kb()
+    result.numbers.update(
+        connections=IDLE,
+        # WebSocket handshakes completed and identifiers sent, per second
+        conns_per_s=rate(IDLE, connected["t0"], connected["t1"]),
+        # from the first connection to the last socket having its message
+        all_delivered_s=round((report["last"] - connected["t0"]) / 1000, 3) if report["last"] else None,
+        rss_before_kb=rss_before,
+        rss_after_kb=rss_after,
+        kb_per_conn=round((rss_after - rss_before) / IDLE, 2),
+        cpu=after.since(before),
+    )
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+def run_case(stack: Stack, result: Result, uids: list[str]) -> None:
+    """One of the cases that run on the 1,000 connected users' daemon."""
+    if result.case == "a":
+        case_direct(stack, result, uids, "a", DIRECT, 0)
+    elif result.case == "ap":
+        case_direct(stack, result, uids, "ap", DIRECT, PACED_RATE)
+    elif result.case == "b":
+        case_group(stack, result, uids)
+    elif result.case == "bubbles":
+        case_bubbles(stack, result, uids[:TABS_USERS])
+    elif result.case == "c":
+        case_queue(stack, result)
+
+
+class Profiler:
+    """py-spy recording the daemon during one case (``--profile DIR``): collapsed stacks, for flame graphs."""
+
+    def __init__(self, directory: Path | None, stack: Stack, name: str) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        if directory is None or stack.daemon is None:
+            return
+        py_spy = shutil.which("py-spy") or str(BIN / "py-spy")
+        directory.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            [py_spy, "record", "--pid", str(stack.daemon.pid), "--rate", "250", "--nonblocking", "--format", "raw",
+             "--output", str(directory / f"{name}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # attached before the case starts
+
+    def __enter__(self) -> Profiler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGINT)
+            self._proc.wait(30)
+
+
+def run_dialect(
+    dialect: str,
+    run: int,
+    cases: list[str],
+    workdir: Path,
+    workers: int,
+    emit: Callable[[Result], None],
+    profile: Path | None = None,
+    quiet: tuple[float, float] = (25.0, 60.0),
+) -> bool:
+    """One run of the cases that need the 1,000 users (and c), then d on a daemon of its own."""
+    main_cases = [c for c in ("a", "ap", "b", "bubbles", "c") if c in cases]
+    if main_cases:
+        background = wait_for_quiet(*quiet)
+        path = workdir / f"{dialect}-{run}"
+        path.mkdir()
+        with Stack(path, dialect, workers) as stack:
+            if dialect == "socketio" and not stack.serves_socketio():
+                return False
+            uids = [f"u{i}" for i in range(USERS)]
+            connected, report = warm_up(stack, uids, "warm")
+            if connected["failed"] or report["count"] != report["expect"] or report["error_count"]:
+                raise BenchError(f"{USERS} users did not all connect: {connected}, {report['errors'][:5]}")
+            for case in main_cases:
+                result = Result(case, dialect, run, background_pct=background)
+                try:
+                    with Profiler(profile, stack, f"{case}-{dialect}-{run}"):
+                        run_case(stack, result, uids)
+                except (BenchError, TimeoutError) as e:
+                    result.errors.append(f"{type(e).__name__}: {e}")
+                emit(result)
+    if "d" in cases and dialect == "plain":
+        path = workdir / f"{dialect}-{run}-d"
+        path.mkdir()
+        background = wait_for_quiet(*quiet)
+        with Stack(path, dialect, max(4, workers)) as stack:
+            result = Result("d", dialect, run, background_pct=background)
+            try:
+                with Profiler(profile, stack, f"d-{dialect}-{run}"):
+                    case_idle(stack, result)
+            except (BenchError, TimeoutError) as e:
+                result.errors.append(f"{type(e).__name__}: {e}")
+            emit(result)
+    return True
+
+
+# -- the machine and the table ----------------------------------------------------------------------
+
+
+def machine_load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    import autobahn
+    import twisted
+
+    return {
+        "host": platform.node(),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "mem_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "autobahn": autobahn.__version__,
+        "node": node,
+        "load_avg": machine_load(),
+    }
+
+
+#: (case, metric, label, unit) rows of the table, in order
+ROWS = [
+    ("a", "msgs_per_s", "a: delivered messages/s", ""),
+    ("a", "p50_ms", "a: latency p50", "ms"),
+    ("a", "p99_ms", "a: latency p99", "ms"),
+    ("a", "ratio", "a: ratio to bare PSUBSCRIBE", ""),
+    ("a", "server_us_per_msg", "a: server CPU per message", "µs"),
+    ("ap", "p50_ms", "a′: latency p50 @5k/s", "ms"),
+    ("ap", "p99_ms", "a′: latency p99 @5k/s", "ms"),
+    ("ap", "max_ms", "a′: latency max @5k/s", "ms"),
+    ("b", "deliveries_per_s", "b: deliveries/s", ""),
+    ("b", "server_us_per_delivery", "b: server CPU per delivery", "µs"),
+    ("c", "seconds", "c: identify → last of 10,000 queued", "s"),
+    ("c", "ceiling_seconds", "c: bare client reading the queue", "s"),
+    ("d", "kb_per_conn", "d: server memory per idle connection", "KB"),
+    ("d", "conns_per_s", "d: connections set up/s", ""),
+    ("bubbles", "ok", "bubbles: second tabs, then the oldest closed (not timed)", ""),
+]
+
+
+def metric(line: dict[str, Any], name: str) -> float | None:
+    value = line.get(name)
+    if value is None and name.endswith("_pct"):
+        value = (line.get("cpu") or {}).get(name)
+    return value if isinstance(value, (int, float)) else None
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) -> str:
+    out = [
+        "| case | dialect | median | spread (min–max) | runs ok | server CPU % | load gen CPU % | target | holds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, name, label, unit in ROWS:
+        for dialect in dialects:
+            runs = [l for l in lines if l["case"] == case and l["dialect"] == dialect]
+            if dialect in pending and case in ("a", "ap", "b", "c"):
+                if name in ("msgs_per_s", "deliveries_per_s", "seconds"):
+                    out.append(f"| {label} | {dialect} | pending | | | | | | |")
+                continue
+            if not runs:
+                continue
+            good = [l for l in runs if l["ok"]]
+            if name == "ok":  # a check, not a number
+                verdict = "all checks passed" if len(good) == len(runs) else "FAILED"
+                out.append(f"| {label} | {dialect} | {verdict} | | {len(good)}/{len(runs)} | | | | |")
+                continue
+            values = [v for l in good if (v := metric(l, name)) is not None]
+            median = statistics.median(values) if values else None
+            spread = f"{fmt(min(values))}–{fmt(max(values))}" if values else "–"
+            cpu_server = statistics.median([l["cpu"]["server_pct"] for l in good if "cpu" in l] or [0])
+            cpu_load = statistics.median([l["cpu"]["loadgen_pct"] for l in good if "cpu" in l] or [0])
+            target = TARGETS.get((case, name))
+            if dialect == "socketio" and case in ("a", "b", "c") and name in ("msgs_per_s", "deliveries_per_s", "seconds"):
+                plain = [v for l in lines if l["case"] == case and l["dialect"] == "plain" and l["ok"]
+                         if (v := metric(l, name)) is not None]
+                if plain and median is not None:
+                    ref = statistics.median(plain)
+                    share = median / ref if name != "seconds" else ref / median
+                    target_text, holds = "≥ 80% of plain", f"{'yes' if share >= 0.8 else 'NO'} ({share:.0%})"
+                else:
+                    target_text, holds = "≥ 80% of plain", "?"
+            elif target is not None:
+                op, goal = target
+                target_text = f"{op.replace('>=', '≥').replace('<=', '≤')} {fmt(goal)}{(' ' + unit) if unit else ''}"
+                ok = median is not None and (median >= goal if op == ">=" else median <= goal)
+                holds = "yes" if ok else "NO"
+            else:
+                target_text, holds = "", ""
+            cpu_cols = (f"{cpu_server:.0f}", f"{cpu_load:.0f}") if name in ("msgs_per_s", "deliveries_per_s", "seconds", "conns_per_s", "p99_ms") else ("", "")
+            shown = f"{fmt(median)} {unit}".strip() if median is not None else "–"
+            out.append(
+                f"| {label} | {dialect} | {shown} | {spread} | {len(good)}/{len(runs)} | {cpu_cols[0]} | {cpu_cols[1]} | {target_text} | {holds} |"
+            )
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5, help="runs of every case (the table shows medians)")
+    parser.add_argument("--cases", default="a,ap,b,bubbles,c,d")
+    parser.add_argument("--dialects", default="plain,socketio")
+    parser.add_argument("--workers", type=int, default=1, help="load-generating Node processes (d uses at least 4)")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.jsonl")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")
+    parser.add_argument("--profile", type=Path, help="record the daemon with py-spy during each case, into this directory")
+    parser.add_argument(
+        "--quiet-below", type=float, default=25.0, metavar="PCT",
+        help="before each run, wait until other processes use less CPU than this (%% of one core; default 25)",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60.0, metavar="SECONDS",
+        help="wait at most this long for it, then run anyway (default 60; 0: never wait)",
+    )
+    args = parser.parse_args()
+    cases = args.cases.split(",")
+    dialects = args.dialects.split(",")
+
+    # 10,000 connections need more descriptors than the usual default of 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < 2 * IDLE + 1000 and "d" in cases:
+        print(f"warning: the descriptor limit is {hard}; case d needs about {IDLE + 1000} per process", file=sys.stderr)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    workdir = Path(tempfile.mkdtemp(prefix="rm-bench-"))
+    lines: list[dict[str, Any]] = []
+    pending: list[str] = []
+    started = time.time()
+    print(f"# machine: {json.dumps(info)}", file=sys.stderr)
+    with args.out.open("w") as out:
+        out.write(json.dumps({"machine": info, "command": " ".join(sys.argv), "started": started}) + "\n")
+
+        def emit(result: Result) -> None:
+            line = result.line(info)
+            lines.append(line)
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+            summary = {k: v for k, v in line.items() if k not in ("cpu", "errors", "host")}
+            print(json.dumps(summary) if line["ok"] else json.dumps(line), flush=True)
+
+        try:
+            for run in range(1, args.runs + 1):
+                for dialect in dialects:
+                    if dialect in pending:
+                        continue
+                    if not run_dialect(
+                        dialect, run, cases, workdir, args.workers, emit, args.profile, (args.quiet_below, args.quiet_wait)
+                    ):
+                        print(f"# {dialect}: the daemon does not serve it (yet): rows pending", file=sys.stderr)
+                        pending.append(dialect)
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                print(f"# logs kept in {workdir}", file=sys.stderr)
+    text = table(lines, dialects, pending)
+    elapsed = time.time() - started
+    header = (
+        f"{info['nproc']} × {info['cpu']}, {info['mem_gb']} GB, Linux {info['kernel']}; Python {info['python']}, "
+        f"Twisted {info['twisted']}, Autobahn {info['autobahn']}, Node {info['node']}; "
+        f"load average {info['load_avg']} before, {machine_load()} after; {elapsed:.0f} s"
+    )
+    noise = sorted({(l["dialect"], l["run"], l["case"] == "d"): l["background_pct"] for l in lines if l.get("background_pct") is not None}.values())
+    if noise:
+        header += (
+            f"; other processes' CPU just before each run: median {statistics.median(noise):.0f}%, "
+            f"max {max(noise):.0f}% (of one core)"
+        )
+    print("\n" + header + "\n\n" + text)
+    args.out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
+    failed = [l for l in lines if not l["ok"]]
+    if failed:
+        print(f"\n{len(failed)} of {len(lines)} runs FAILED their checks (see {args.out})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hmac
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import lru_cache
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from .logs import make_logger
+from .logs import debugging, make_logger
 from twisted.python.failure import Failure
 
 from .envelope import Message, UnreadableEntry, decode_payload, message_from_entry, message_from_unreadable
@@ -66,7 +67,9 @@ class Dispatcher:
     #: one ping then covers every message sent meanwhile.  Under load a ping per
     #: reactor turn per socket cost as much as the messages themselves; the price
     #: is that a dropped connection may see this much more delivered twice.
-    confirm_delay = 0.2
+    confirm_delay = 0.5
+    #: Seconds: sockets due for a confirmation within this of each other are asked in the same turn.
+    confirm_tick = 0.01
 
     def __init__(
         self,
@@ -85,7 +88,8 @@ class Dispatcher:
         self._handover_batch = handover_batch
         self._inbox: deque[_Pending] = deque()
         self._handovers: dict[str, _Handover] = {}
-        self._to_confirm: list[Attachment] = []
+        #: Sockets to ask for a confirmation, with when: in that order, since the delay is the same for all.
+        self._to_confirm: deque[tuple[float, Attachment]] = deque()
         self._confirm_call: IDelayedCall | None = None
         self._stopping = False
         #: Called once per message delivered live (the latency histogram, redmessenger.monitoring).
@@ -101,18 +105,20 @@ class Dispatcher:
             if uid is None:
                 self.log.warn("Ignoring a message on {channel!r}: not a valid uid", channel=channel)
                 return
-            self.log.debug("New message from channel {channel}", channel=channel.decode())
-            pending = _Pending(self._message(channel, payload), [uid])
+            if debugging():
+                self.log.debug("New message from channel {channel}", channel=channel.decode())
+            message = self._message(channel, payload)
             if not self._inbox:
-                self._dispatch(pending)
+                self._deliver(message, (uid,))
             else:
-                self._inbox.append(pending)
+                self._inbox.append(_Pending(message, [uid]))
         elif channel.startswith(GROUP_PREFIX):
             cid = _valid_name(channel[len(GROUP_PREFIX) :])
             if cid is None:
                 self.log.warn("Ignoring a message on {channel!r}: not a valid group id", channel=channel)
                 return
-            self.log.debug("New message from channel {channel}", channel=channel.decode())
+            if debugging():
+                self.log.debug("New message from channel {channel}", channel=channel.decode())
             pending = _Pending(self._message(channel, payload), label=cid)
             self._inbox.append(pending)
             self._look_up_members(pending, cid)
@@ -156,26 +162,49 @@ class Dispatcher:
             self._dispatch(inbox.popleft())
 
     def _dispatch(self, pending: _Pending) -> None:
-        message, uids = pending.message, pending.uids
-        assert uids is not None
+        assert pending.uids is not None
+        self._deliver(pending.message, pending.uids)
+
+    def _deliver(self, message: Message, uids: Sequence[str]) -> None:
+        """Rules 1 and 2 of SPEC §3: to the live sockets of each uid, else to its queue."""
         offline = []
+        get_user = self.presence.get
+        # What every recipient with a single socket keeps until it confirms:
+        # the same record for all of them (a group fans out to thousands).
+        alone = Sent(message, True, False)
+        delivered = 0
         for uid in uids:
-            user = self.presence.get(uid)
-            if user is not None and self._deliver_live(user, message):
-                self.counters.delivered += 1
+            user = get_user(uid)
+            if user is not None and self._deliver_live(user, message, alone):
+                delivered += 1
             else:
                 offline.append(uid)
-        if len(offline) < len(uids):
+        self.counters.delivered += delivered
+        if delivered:
             self.on_live_delivery(message)
         if offline:
             self.queue(offline, message)
 
-    def _deliver_live(self, user: User, message: Message) -> bool:
+    def _deliver_live(self, user: User, message: Message, alone: Sent | None = None) -> bool:
         """
         Give a message to each of the user's sockets, the oldest with the bubble.
-        False if none took it (all closing): the caller queues it.
+        False if none took it (all closing): the caller queues it.  ``alone``:
+        the record to keep if the user has one socket (Sent is never modified,
+        so one per message serves every such recipient).
         """
         attachments = user.attachments
+        if len(attachments) == 1:  # the common case, once per delivery: kept lean
+            attachment = attachments[0]
+            sent = alone if alone is not None else Sent(message, True, False)
+            if attachment.held is not None:
+                attachment.held.append(sent)
+                return True
+            if not attachment.sink.send_message(message, True):
+                return False
+            attachment.unconfirmed.append(sent)
+            if not attachment.confirming:
+                self._want_confirmation(attachment)
+            return True
         shared = len(attachments) > 1
         bubble = True
         taken = False
@@ -206,30 +235,38 @@ class Dispatcher:
     # every confirm_delay); if it goes away first, the unconfirmed ones are
     # delivered again or queued.  Duplicates are then possible for what was sent
     # during the last confirm_delay and round trip; losses are not.
+    #
+    # Each socket is asked confirm_delay after its first unconfirmed message,
+    # not all of them at once: a thousand pings (and pongs) in one turn held
+    # every message behind them for 50-130 ms.
 
     def _want_confirmation(self, attachment: Attachment) -> None:
         if attachment.confirming:
             return
         attachment.confirming = True
-        self._to_confirm.append(attachment)
+        self._to_confirm.append((self._clock.seconds() + self.confirm_delay, attachment))
         if self._confirm_call is None:
             self._confirm_call = self._clock.callLater(self.confirm_delay, self._ask_confirmations)
 
     def _ask_confirmations(self) -> None:
         self._confirm_call = None
-        batch, self._to_confirm = self._to_confirm, []
-        for attachment in batch:
+        due = self._clock.seconds() + self.confirm_tick
+        queue = self._to_confirm
+        while queue and queue[0][0] <= due:
+            _, attachment = queue.popleft()
             if attachment.attached:
                 count = len(attachment.unconfirmed)
                 attachment.sink.confirm().addCallback(self._live_confirmed, attachment, count)
+        if queue and not self._stopping:
+            delay = max(queue[0][0] - self._clock.seconds(), self.confirm_tick)
+            self._confirm_call = self._clock.callLater(delay, self._ask_confirmations)
 
     def _live_confirmed(self, received: bool, attachment: Attachment, count: int) -> None:
         attachment.confirming = False
         if not received or not attachment.attached:
             return  # detach() has taken care of what was unconfirmed
         unconfirmed = attachment.unconfirmed
-        for _ in range(min(count, len(unconfirmed))):
-            unconfirmed.popleft()
+        del unconfirmed[:count]
         if unconfirmed:
             self._want_confirmation(attachment)
 
@@ -332,11 +369,11 @@ class Dispatcher:
                 self.log.info("rm.users.{uid} has {count} messages enqueued, purging!", uid=uid, count=length)
             while entries and attachment.attached:
                 sent = 0
+                # Who carries the bubble changes only between reactor turns, not within this loop.
+                bubble = self.presence.carries_bubble(attachment)
                 for raw in entries:
                     message = self._read_entry(uid, raw)
-                    if not attachment.attached or not sink.send_message(
-                        message, self.presence.carries_bubble(attachment)
-                    ):
+                    if not attachment.attached or not sink.send_message(message, bubble):
                         break
                     sent += 1
                 if not sent or not await sink.confirm():
@@ -363,7 +400,8 @@ class Dispatcher:
                 "{uid}: queue entry is not an envelope ({why}); delivering its bytes as the payload", uid=uid, why=str(e)
             )
             message = message_from_unreadable(raw, f"rm.users.{uid}", int(self._clock.seconds() * 1000))
-        self.log.debug("{uid}: Purging message from {source}", uid=uid, source=message.source)
+        if debugging():
+            self.log.debug("{uid}: Purging message from {source}", uid=uid, source=message.source)
         return message
 
     def _finish_handover(self, handover: _Handover) -> None:
@@ -426,6 +464,7 @@ def _ignore(message: Message) -> None:
     pass
 
 
+@lru_cache(maxsize=16384)  # once per member of a group, per message: the same names again and again
 def _valid_name(raw: bytes) -> str | None:
     """A uid or group id from a channel name or a set member, if it is one."""
     try:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Iterable
 
+from .leanws import text_frame
+
 SEPARATOR_V4 = "\x1e"
 
 
@@ -69,13 +71,14 @@ class EncodedPacket:
     whatever their protocol revision and transport.
     """
 
-    __slots__ = ("text", "_utf8", "_utf16", "_prepared")
+    __slots__ = ("text", "_utf8", "_utf16", "_prepared", "_frame")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self._utf8: bytes | None = None
         self._utf16: int | None = None
         self._prepared: Any = None
+        self._frame: bytes | None = None
 
     @classmethod
     def of(cls, type: PacketType, data: str = "") -> EncodedPacket:
@@ -97,6 +100,13 @@ class EncodedPacket:
         if self._utf16 is None:
             self._utf16 = utf16_length(self.text)
         return self._utf16
+
+    @property
+    def frame(self) -> bytes:
+        """The WebSocket text frame, as bytes, built once and written as is to every socket."""
+        if self._frame is None:
+            self._frame = text_frame(self.utf8)
+        return self._frame
 
     def prepared(self, factory: Any) -> Any:
         """The WebSocket frame, framed once by Autobahn and sent as is on every socket."""

@@ -12,12 +12,11 @@ default); any other Origin is refused with 403, like the WebSocket handshake.
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any, Sequence
 from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
@@ -27,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .engineio import EngineError, EngineServer, Session
 from .engineio_codec import EncodedPacket, ProtocolError, decode_packet, decode_payload, jsonp_unescape, jsonp_wrap
+from .leanws import Corks, LeanServerProtocol, upgrade_to_websocket
 from .logs import make_logger
 
 PATH = "/socket.io"
@@ -126,8 +126,7 @@ class EngineIOResource(Resource):
             upgrade = request.getHeader(b"upgrade") or b""
             if request.method != b"GET" or upgrade.lower() != b"websocket":
                 raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: WebSocket transport without an upgrade")
-            rendered: bytes | int = self._websocket.render(request)
-            return rendered
+            return upgrade_to_websocket(self._websocket, request)
         if transport != "polling":
             raise EngineError(400, EngineError.TRANSPORT_UNKNOWN, "Transport unknown")
         jsonp = query.get("j")
@@ -238,7 +237,7 @@ def _header(request: Request, name: bytes) -> str | None:
 # -- WebSocket ---------------------------------------------------------------------------------
 
 
-class EngineIOWebSocketProtocol(WebSocketServerProtocol):
+class EngineIOWebSocketProtocol(LeanServerProtocol):
     """
     A WebSocket at ``/socket.io/?transport=websocket``: either a session of its own
     (no ``sid``) or the upgrade of a polling session (``sid``).  A
@@ -264,11 +263,14 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
 
     def write(self, packet: EncodedPacket) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(packet.prepared(self.factory))
+            if self.raw_frames:  # the hot path: redmessenger.leanws
+                self.write_frame(packet.frame)
+            else:
+                self.sendPreparedMessage(packet.prepared(self.factory))
 
     def ping(self, token: int) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendPing(struct.pack(">Q", token))
+            self.send_ping_token(token)
 
     def close(self, code: int, reason: str) -> None:
         """sendCloseFrame, not sendClose: Autobahn's sendClose refuses standard codes such as 1001."""
@@ -328,10 +330,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):
             self._log.failure("Handling a frame from {peer} failed", peer=self._peer_text)
             session.abort("internal error", code=1011)
 
-    def onPong(self, payload: bytes) -> None:
+    def pong_received(self, token: int) -> None:
         session = self._session
-        if session is not None and len(payload) == 8:
-            session.websocket_pong(self, struct.unpack(">Q", payload)[0])
+        if session is not None:
+            session.websocket_pong(self, token)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._reserved:  # closed before onOpen: the session never existed
@@ -362,6 +364,8 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         #: WebSockets whose handshake completed and that have not closed yet.
         self.sockets: set[EngineIOWebSocketProtocol] = set()
         self._all_closed: Deferred[None] | None = None
+        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.leanws).
+        self.corks = Corks(server.clock)
         self.setProtocolOptions(**options)
 
     def all_closed(self) -> Deferred[None]:

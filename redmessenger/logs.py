@@ -36,6 +36,11 @@ class _Logger(Logger):
             self.emit(LogLevel.debug, format, **kwargs)
 
 
+def debugging() -> bool:
+    """Whether debug events are kept: guard a per-message debug() whose arguments cost something to compute."""
+    return _debug
+
+
 def make_logger(namespace: str | None = None) -> Logger:
     """A Logger whose events below the configured level are dropped before formatting."""
     return _Logger(namespace=namespace, observer=OBSERVER)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 PATTERNS = [b"rm.users.*", b"rm.channels.*"]
 
+#: Bytes the subscriber reads from Redis per reactor turn (Twisted's default: 64 KB).
+SUBSCRIBER_READ_SIZE = 1 << 20
+
 OnMessage = Callable[[bytes, bytes], None]
 
 
@@ -123,6 +126,10 @@ class RedisLink:
                     reply = reader.gets()
 
             def connectionMade(self) -> Any:
+                # Read more than Twisted's 64 KB a turn: under a burst each
+                # socket then gets several frames per turn, sent in one write.
+                if hasattr(self.transport, "bufferSize"):
+                    self.transport.bufferSize = SUBSCRIBER_READ_SIZE
                 d = super().connectionMade()
                 self.whenConnected().addCallback(lambda _: self._subscribe())
                 return d

@@ -13,25 +13,10 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from .leanws import upgrade_to_websocket
 from .websocket import PlainWebSocketFactory
 
 REACHABLE_TEXT = b"Hey, you're connected!"
-
-
-def upgrade_to_websocket(resource: WebSocketResource, request: Request) -> bytes | int:
-    """
-    Hand the request's connection to a WebSocket protocol, and let go of the
-    HTTP side: Autobahn takes the transport over but leaves the HTTPChannel
-    registered as its producer, which kept the channel, the never-finished
-    Request, their headers and buffers alive (several KB and ~30 objects for
-    the garbage collector to walk) for as long as the WebSocket was open.
-    """
-    channel = request.channel
-    transport = channel.transport
-    rendered: bytes | int = resource.render(request)
-    if transport is not None and getattr(transport, "producer", None) is channel:
-        transport.unregisterProducer()
-    return rendered
 
 
 class RouteResource(Resource):

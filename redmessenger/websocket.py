@@ -19,10 +19,9 @@ Protocol (also in ``docs/protocol.md``):
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from autobahn.util import wildcards2patterns
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 from .dispatcher import Dispatcher
 from .envelope import Message
 from .errors import ClientError, CloseCode
+from .leanws import Corks, LeanServerProtocol, text_frame
 from .limits import ConnectionLimit
 from .presence import Attachment
 
@@ -41,18 +41,6 @@ _AWAITING_ID, _VERIFYING, _IDENTIFIED = range(3)
 
 #: Message._encodings keys of the plain dialect's frames, by bubble value.
 _FRAME_KEYS = {True: ("ws", True), False: ("ws", False)}
-#: FIN + ping opcode, unmasked, 8 bytes of payload (our sequence number).
-_PING_HEADER = b"\x89\x08"
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented text frame (RFC 6455 §5.2), as a server sends it."""
-    length = len(payload)
-    if length <= 125:
-        return bytes((0x81, length)) + payload
-    if length <= 0xFFFF:
-        return bytes((0x81, 126)) + length.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
 
 
 def _frame_of(message: Message, bubble: bool) -> bytes:
@@ -67,7 +55,7 @@ def close_reason(text: str) -> str:
     return encoded[:120].decode("utf-8", "ignore") + "..."
 
 
-class PlainWebSocketProtocol(WebSocketServerProtocol):
+class PlainWebSocketProtocol(LeanServerProtocol):
     """One client socket speaking the plain dialect; a MessageSink for the dispatcher."""
 
     _log = make_logger()
@@ -83,6 +71,8 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         # A list: rarely more than two, and an empty deque costs 760 bytes a socket.
         self._pings: list[tuple[int, float, Deferred[bool] | None]] = []
         self._ping_sequence = 0
+        #: When the last ping the client answered was sent (keep_alive spares a socket that answered lately).
+        self._answered_at = 0.0
         #: A conn_limit slot taken at the handshake, given back in onClose.
         self._holds_slot = False
 
@@ -99,11 +89,10 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
     def send_message(self, message: Message, bubble: bool) -> bool:
         if self.state != self.STATE_OPEN:
             return False
-        if self._perMessageCompress is None and not self.send_queue:
+        if self.raw_frames:
             # The hot path: framed once per message and bubble value, shared by
-            # every socket, written straight to the transport (Autobahn's
-            # sendData formats a debug log line per call, even when it is off).
-            self.transport.write(message.encoded(_FRAME_KEYS[bubble], _frame_of, message, bubble))
+            # every socket, and written without Autobahn (redmessenger.leanws).
+            self.write_frame(message.encoded(_FRAME_KEYS[bubble], _frame_of, message, bubble))
         else:
             # permessage-deflate compresses per socket; Autobahn frames it
             self.sendMessage(message.envelope_json(bubble), isBinary=False)
@@ -121,18 +110,12 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
     def _send_ping(self, waiter: Deferred[bool] | None) -> None:
         self._ping_sequence += 1
         self._pings.append((self._ping_sequence, self.factory.clock.seconds(), waiter))
-        if self.send_queue:
-            self.sendPing(struct.pack(">Q", self._ping_sequence))
-        else:
-            self.transport.write(_PING_HEADER + struct.pack(">Q", self._ping_sequence))
+        self.send_ping_token(self._ping_sequence)
 
-    def onPong(self, payload: bytes) -> None:
-        if len(payload) != 8:
-            return  # not one of ours
-        (sequence,) = struct.unpack(">Q", payload)
+    def pong_received(self, sequence: int) -> None:
         pings = self._pings
         while pings and pings[0][0] <= sequence:
-            _, _, waiter = pings.pop(0)
+            _, self._answered_at, waiter = pings.pop(0)
             if waiter is not None:
                 waiter.callback(True)
 
@@ -143,7 +126,10 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         if self._pings and now - self._pings[0][1] >= self.factory.ping_interval:
             self._log.info("Dropping {peer}: no pong for {seconds:.0f}s", peer=self._peer_text, seconds=now - self._pings[0][1])
             self.dropConnection(abort=True)
-        elif not self._pings:
+        elif not self._pings and now - self._answered_at >= self.factory.ping_interval:
+            # Not for a socket whose confirmations showed it alive lately: under
+            # load that was every socket, pinged all in one turn (and their
+            # pongs in the next ones), a 50 ms stall every ping_interval.
             self._send_ping(None)
 
     def _fail_pings(self) -> None:
@@ -249,30 +235,6 @@ class PlainWebSocketProtocol(WebSocketServerProtocol):
         self._identify_timer = None
 
 
-class _FactoryOption:
-    """
-    An Autobahn protocol option, read from the factory.  Autobahn copies its 29
-    options onto every connection (and pretty-prints them for a debug line,
-    even with debug off) unless the protocol has them already: found here on
-    the class, they cost a connection nothing (about 1 KB and 0.1 ms less).
-    """
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: Any, owner: type) -> Any:
-        if instance is None:
-            return self
-        return getattr(instance.factory, self.name)
-
-
-PlainWebSocketProtocol.CONFIG_ATTRS = []  # nothing left to copy
-for _option in WebSocketServerProtocol.CONFIG_ATTRS:
-    setattr(PlainWebSocketProtocol, _option, _FactoryOption(_option))
-
-
 class PlainWebSocketFactory(WebSocketServerFactory):
     """Builds plain-dialect sockets; holds what they share."""
 
@@ -304,6 +266,8 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         self.limit = limit if limit is not None else ConnectionLimit(10000)
         self._origin_patterns = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
         self._all_closed: Deferred[None] | None = None
+        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.leanws).
+        self.corks = Corks(clock)
         # One loop for every socket rather than a timer each.
         self._keep_alive = LoopingCall(self._ping_all)
         self._keep_alive.clock = clock

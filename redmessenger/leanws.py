@@ -55,6 +55,24 @@ def text_frame(payload: bytes) -> bytes:
     return bytes((0x81, 127)) + length.to_bytes(8, "big") + payload
 
 
+#: send_now reads these attributes of Twisted's TCP transport, which are not
+#: public API: if an upgrade renames one, every write takes the ordinary path.
+_SERVER_INTERNALS = ("TLS", "dataBuffer", "_tempDataLen", "disconnecting", "_writeDisconnected", "writeSomeData")
+#: Whether they are all there: None until the first TCP transport is seen.
+_direct_send: bool | None = None
+
+
+def has_server_internals(transport: Any) -> bool:
+    """Whether ``transport`` (a ``tcp.Server``) has every attribute send_now reads; checked once."""
+    global _direct_send
+    if _direct_send is None:
+        missing = [name for name in _SERVER_INTERNALS if not hasattr(transport, name)]
+        _direct_send = not missing
+        if missing:
+            log.warn("Twisted's TCP transport lacks {missing}: writes take the ordinary path", missing=missing)
+    return _direct_send
+
+
 def send_now(transport: Any, data: bytes) -> None:
     """
     ``transport.write(data)``, but sent at once when nothing is buffered before
@@ -64,6 +82,7 @@ def send_now(transport: Any, data: bytes) -> None:
     """
     if (
         type(transport) is not Server  # TLS, or a test's transport: the ordinary path
+        or not has_server_internals(transport)
         or transport.TLS
         or transport.dataBuffer
         or transport._tempDataLen

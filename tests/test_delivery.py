@@ -283,6 +283,7 @@ async def test_queue_length_is_capped_by_dropping_the_oldest(daemon_factory, red
     daemon = await daemon_factory(queue_max_length=3)
     for i in range(5):
         publish(redis, "rm.users.user1", f"m{i}")
+    await daemon.until(lambda: daemon.service.dispatcher.counters.published == 5, what="all five read")
     await daemon.idle()
     await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == 3)
     assert [json.loads(e)["payload"] for e in redis.lrange(QUEUE.format("user1"), 0, -1)] == ["m2", "m3", "m4"]

@@ -13,12 +13,14 @@ reactor, which must not happen before twistd has chosen one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+
 from .logs import make_logger
 
 if TYPE_CHECKING:
@@ -51,6 +53,16 @@ class LinkState:
     commands_connected: bool = False
     reconnects: int = 0
     last_error: str | None = None
+
+
+def _parsed(reader: Any, data: bytes) -> Iterator[Any]:
+    """The complete replies hiredis can parse once ``data`` is fed to it."""
+    if data:
+        reader.feed(data)
+    reply = reader.gets()
+    while reply is not False:
+        yield reply
+        reply = reader.gets()
 
 
 def _lean(protocol: Any) -> bool:
@@ -98,13 +110,8 @@ class RedisLink:
                 # HiredisProtocol.dataReceived minus tryConvertData, a no-op
                 # here (raw bytes) but a Python call per element of every
                 # reply: a thousand per SMEMBERS of a big group.
-                reader = self._reader
-                if data:
-                    reader.feed(data)
-                reply = reader.gets()
-                while reply is not False:
+                for reply in _parsed(self._reader, data):
                     self.replyReceived(reply)
-                    reply = reader.gets()
 
         class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc,name-defined]
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
@@ -114,16 +121,11 @@ class RedisLink:
                 # The live path: each published message goes from hiredis
                 # straight to messageReceived (txredisapi would first copy
                 # it through tryConvertData and two more dispatch steps).
-                reader = self._reader
-                if data:
-                    reader.feed(data)
-                reply = reader.gets()
-                while reply is not False:
+                for reply in _parsed(self._reader, data):
                     if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
                         self.messageReceived(reply[1], reply[2], reply[3])
                     else:
                         self.replyReceived(reply)
-                    reply = reader.gets()
 
             def connectionMade(self) -> Any:
                 # Read more than Twisted's 64 KB a turn: under a burst each

@@ -193,29 +193,18 @@ class Dispatcher:
         so one per message serves every such recipient).
         """
         attachments = user.attachments
-        if len(attachments) == 1:  # the common case, once per delivery: kept lean
-            attachment = attachments[0]
-            sent = alone if alone is not None else Sent(message, True, False)
-            if attachment.held is not None:
-                attachment.held.append(sent)
-                return True
-            if not attachment.sink.send_message(message, True):
-                return False
-            attachment.unconfirmed.append(sent)
-            if not attachment.confirming:
-                self._want_confirmation(attachment)
-            return True
         shared = len(attachments) > 1
         bubble = True
         taken = False
         for attachment in attachments:
-            sent = Sent(message, bubble, shared)
+            sent = alone if alone is not None and not shared else Sent(message, bubble, shared)
             if attachment.held is not None:
                 attachment.held.append(sent)
                 taken = True
             elif attachment.sink.send_message(message, bubble):
                 attachment.unconfirmed.append(sent)
-                self._want_confirmation(attachment)
+                if not attachment.confirming:
+                    self._want_confirmation(attachment)
                 taken = True
             bubble = False
         return taken

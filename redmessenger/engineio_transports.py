@@ -12,12 +12,11 @@ default); any other Origin is refused with 403, like the WebSocket handshake.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import parse_qs
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
-from autobahn.util import wildcards2patterns
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -26,27 +25,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .engineio import EngineError, EngineServer, Session
 from .engineio_codec import EncodedPacket, ProtocolError, decode_packet, decode_payload, jsonp_unescape, jsonp_wrap
-from .leanws import Corks, LeanServerProtocol, upgrade_to_websocket
+from .leanws import Corks, LeanServerProtocol, OpenSockets, upgrade_to_websocket
+from .limits import OriginPolicy
 from .logs import make_logger
 
 PATH = "/socket.io"
 
 _TEXT = b"text/plain; charset=UTF-8"
 _JAVASCRIPT = b"text/javascript; charset=UTF-8"
-
-
-class OriginPolicy:
-    """
-    ``allowed_origins`` as the plain dialect applies it: wildcards matched against
-    the whole Origin header.  Requests without one (not from a browser) are let in:
-    the check protects users' browsers, it is not authentication.
-    """
-
-    def __init__(self, allowed: Sequence[str]) -> None:
-        self._patterns = None if "*" in allowed else wildcards2patterns(list(allowed))
-
-    def allows(self, origin: str) -> bool:
-        return self._patterns is None or any(pattern.match(origin) for pattern in self._patterns)
 
 
 def parse_version(value: str | None) -> int:
@@ -345,7 +331,7 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
                 session.websocket_closed(self)
             except Exception:
                 self._log.failure("Closing session {sid} failed", sid=session.sid)
-        self.factory.socket_closed(self)
+        self.factory.sockets.closed(self)
 
 
 def _first(params: dict[str, list[str]], name: str) -> str | None:
@@ -362,20 +348,11 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         super().__init__()
         self.server = server
         #: WebSockets whose handshake completed and that have not closed yet.
-        self.sockets: set[EngineIOWebSocketProtocol] = set()
-        self._all_closed: Deferred[None] | None = None
+        self.sockets = OpenSockets()
         #: Sockets with frames waiting for the end of the reactor turn (redmessenger.leanws).
         self.corks = Corks(server.clock)
         self.setProtocolOptions(**options)
 
     def all_closed(self) -> Deferred[None]:
         """Fires once every open WebSocket has closed (at shutdown, after the sessions were ended)."""
-        self._all_closed = Deferred()
-        if not self.sockets:
-            self._all_closed.callback(None)
-        return self._all_closed
-
-    def socket_closed(self, socket: EngineIOWebSocketProtocol) -> None:
-        self.sockets.discard(socket)
-        if not self.sockets and self._all_closed is not None and not self._all_closed.called:
-            self._all_closed.callback(None)
+        return self.sockets.when_empty()

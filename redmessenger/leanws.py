@@ -31,6 +31,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.tcp import Server
 from twisted.web.server import Request
@@ -98,6 +99,32 @@ def send_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+class OpenSockets(set[Any]):
+    """
+    A factory's WebSockets whose handshake completed and that have not closed
+    yet; at shutdown, tells when the last one is gone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: list[Deferred[None]] = []
+
+    def closed(self, socket: Any) -> None:
+        self.discard(socket)
+        if not self:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_empty(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        if self:
+            self._waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
 
 
 class Corks:

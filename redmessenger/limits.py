@@ -1,5 +1,7 @@
 """
-``conn_limit`` (SPEC §3.6), counted over every wire dialect together.
+Who may connect, for every wire dialect alike: ``conn_limit`` and ``allowed_origins``.
+
+``conn_limit`` (SPEC §3.6) is counted over every wire dialect together.
 
 A plain WebSocket and a Socket.IO session each hold one slot from their
 accepted handshake until they are gone; the next handshake beyond the limit is
@@ -10,7 +12,27 @@ WebSocket it upgrades to are one client, not three.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from autobahn.util import wildcards2patterns
+
 from .logs import make_logger
+
+
+class OriginPolicy:
+    """
+    ``allowed_origins``: wildcards matched against the whole Origin header.
+    Requests without one (not from a browser) are let in: the check protects
+    users' browsers, it is not authentication.
+    """
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        self._patterns = None if "*" in allowed else wildcards2patterns(list(allowed))
+
+    def allows(self, origin: str | None) -> bool:
+        if self._patterns is None or origin is None:
+            return True
+        return any(pattern.match(origin) for pattern in self._patterns)
 
 
 class ConnectionLimit:

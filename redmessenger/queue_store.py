@@ -18,8 +18,9 @@ from typing import Any, Iterable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from .logs import make_logger
 from twisted.python.failure import Failure
+
+from .logs import make_logger
 
 
 class RedisCommands(Protocol):

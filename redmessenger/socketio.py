@@ -50,10 +50,10 @@ from .config import Config
 from .dispatcher import Dispatcher
 from .engineio import EngineServer, EngineSettings, Session
 from .engineio_codec import EncodedPacket, PacketType
-from .engineio_transports import EngineIOResource, EngineIOWebSocketFactory, OriginPolicy
+from .engineio_transports import EngineIOResource, EngineIOWebSocketFactory
 from .envelope import Message
 from .errors import ClientError, CloseCode
-from .limits import ConnectionLimit
+from .limits import ConnectionLimit, OriginPolicy
 from .logs import make_logger
 from .presence import Attachment
 

@@ -23,18 +23,17 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
-from autobahn.util import wildcards2patterns
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from .logs import make_logger
 from twisted.python.failure import Failure
 
 from .dispatcher import Dispatcher
 from .envelope import Message
 from .errors import ClientError, CloseCode
-from .leanws import Corks, LeanServerProtocol, text_frame
-from .limits import ConnectionLimit
+from .leanws import Corks, LeanServerProtocol, OpenSockets, text_frame
+from .limits import ConnectionLimit, OriginPolicy
+from .logs import make_logger
 from .presence import Attachment
 
 _AWAITING_ID, _VERIFYING, _IDENTIFIED = range(3)
@@ -147,7 +146,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if request.path != self.factory.route:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no WebSocket at {request.path}")
-        if not self.factory.origin_allowed(request.origin):
+        if not self.factory.origins.allows(request.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         # conn_limit counts every dialect together (redmessenger.limits)
         if not self.factory.limit.acquire():
@@ -185,7 +184,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             self._attachment = None
         # after detach: a handover waiting on a pong then finds the socket gone
         self._fail_pings()
-        self.factory.socket_closed(self)
+        self.factory.sockets.closed(self)
         if self._holds_slot:
             self._holds_slot = False
             self.factory.limit.release()
@@ -260,12 +259,11 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         self.identify_timeout = identify_timeout
         self.listen_label = listen_label
         #: Sockets whose handshake completed and that have not closed yet.
-        self.sockets: set[PlainWebSocketProtocol] = set()
+        self.sockets = OpenSockets()
         self.ping_interval = ping_interval
         #: conn_limit, shared with the Socket.IO dialect.
         self.limit = limit if limit is not None else ConnectionLimit(10000)
-        self._origin_patterns = None if "*" in allowed_origins else wildcards2patterns(list(allowed_origins))
-        self._all_closed: Deferred[None] | None = None
+        self.origins = OriginPolicy(allowed_origins)
         #: Sockets with frames waiting for the end of the reactor turn (redmessenger.leanws).
         self.corks = Corks(clock)
         # One loop for every socket rather than a timer each.
@@ -292,28 +290,11 @@ class PlainWebSocketFactory(WebSocketServerFactory):
     def frame(self, message: Message, bubble: bool) -> Any:
         return self.prepareMessage(message.envelope_json(bubble), isBinary=False)
 
-    def origin_allowed(self, origin: str | None) -> bool:
-        """
-        Browsers always send Origin; other clients may not, and are let in:
-        the check protects users' browsers, it is not authentication.
-        """
-        if self._origin_patterns is None or origin is None:
-            return True
-        return any(pattern.match(origin) for pattern in self._origin_patterns)
-
     def close_all(self, code: CloseCode, reason: str) -> Deferred[None]:
         """
         Close every open socket (at shutdown, so that clients reconnect
         elsewhere); fires when all of them are closed.
         """
-        self._all_closed = Deferred()
         for socket in list(self.sockets):
             socket.close_with(code, reason)
-        if not self.sockets:
-            self._all_closed.callback(None)
-        return self._all_closed
-
-    def socket_closed(self, socket: PlainWebSocketProtocol) -> None:
-        self.sockets.discard(socket)
-        if not self.sockets and self._all_closed is not None and not self._all_closed.called:
-            self._all_closed.callback(None)
+        return self.sockets.when_empty()

@@ -91,6 +91,8 @@ class Dispatcher:
         #: Sockets to ask for a confirmation, with when: in that order, since the delay is the same for all.
         self._to_confirm: deque[tuple[float, Attachment]] = deque()
         self._confirm_call: IDelayedCall | None = None
+        #: Member lookups waiting to be retried while Redis is away.
+        self._lookup_retries: set[IDelayedCall] = set()
         self._stopping = False
         #: Called once per message delivered live (the latency histogram, redmessenger.monitoring).
         self.on_live_delivery: Callable[[Message], None] = _ignore
@@ -150,7 +152,13 @@ class Dispatcher:
             self.log.warn(
                 "Could not read the members of group {cid} ({why}); retrying", cid=cid, why=failure.getErrorMessage()
             )
-            self._clock.callLater(self.lookup_retry_delay, self._look_up_members, pending, cid)
+
+            def retry() -> None:
+                self._lookup_retries.discard(call)
+                self._look_up_members(pending, cid)
+
+            call = self._clock.callLater(self.lookup_retry_delay, retry)
+            self._lookup_retries.add(call)
             return
         self.log.failure("Could not read the members of group {cid}; the message reaches nobody", failure, cid=cid)
         pending.uids = []
@@ -427,6 +435,9 @@ class Dispatcher:
         for at most ``timeout`` seconds: with Redis away they cannot.
         """
         self._stopping = True
+        for call in self._lookup_retries:
+            call.cancel()
+        self._lookup_retries.clear()
         if self._confirm_call is not None:
             self._confirm_call.cancel()
             self._confirm_call = None

@@ -4,7 +4,10 @@ The Redis side of the queues, keys and groups, over one command connection.
 One connection on purpose: Redis runs a connection's commands in the order they
 were sent, so a message queued before a user identifies is always seen by the
 handover that follows.  Each operation is one command or one Lua script, sent
-without waiting for the previous one (pipelined).
+without waiting for the previous one (pipelined).  The queue writes of a reactor
+turn go together in one script call (a burst for offline users costs one round
+of txredisapi's per-command machinery, not one per message); anything that reads
+a queue sends them first, so it never overtakes them.
 
 Queue entries are removed only after they were written to a socket (the take
 script trims what the previous batch delivered), so a daemon killed mid-handover
@@ -31,6 +34,10 @@ class RedisCommands(Protocol):
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]: ...
 
 
+#: A queue entry and the queues it goes to.
+_Entry = tuple[list[str], bytes]
+
+
 def queue_key(uid: str) -> str:
     return f"rm:users:{uid}:messages"
 
@@ -54,22 +61,36 @@ local function keep_aside(key)
 end
 """
 
-# Appends one entry to several users' queues.
-# Returns {entries dropped by the length cap, {key, kept-aside name}...}.
+# Appends entries to users' queues, in order.  KEYS: the queues of every
+# entry, entry after entry; ARGV: expiry, length cap, then for each entry the
+# entry and how many of KEYS are its queues.  Returns {dropped, renamed}: lists
+# of {key, entries the length cap dropped} and of {key, kept-aside name}.
 ENQUEUE = KEEP_ASIDE + b"""
-local entry, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local dropped, renamed = 0, {}
-for _, key in ipairs(KEYS) do
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'list' and kind ~= 'none' then
-    renamed[#renamed + 1] = {key, keep_aside(key)}
+local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local dropped, renamed, touched = {}, {}, {}
+local k = 0
+for i = 3, #ARGV, 2 do
+  local entry = ARGV[i]
+  for j = k + 1, k + tonumber(ARGV[i + 1]) do
+    local key = KEYS[j]
+    if not touched[key] then
+      local kind = redis.call('TYPE', key)['ok']
+      if kind ~= 'list' and kind ~= 'none' then
+        renamed[#renamed + 1] = {key, keep_aside(key)}
+      end
+      touched[key] = 0
+    end
+    local length = redis.call('RPUSH', key, entry)
+    if length > maxlen then
+      redis.call('LTRIM', key, length - maxlen, -1)
+      touched[key] = touched[key] + length - maxlen
+    end
   end
-  local length = redis.call('RPUSH', key, entry)
-  if length > maxlen then
-    redis.call('LTRIM', key, length - maxlen, -1)
-    dropped = dropped + length - maxlen
-  end
+  k = k + tonumber(ARGV[i + 1])
+end
+for key, count in pairs(touched) do
   redis.call('EXPIRE', key, ttl)
+  if count > 0 then dropped[#dropped + 1] = {key, count} end
 end
 return {dropped, renamed}
 """
@@ -94,6 +115,8 @@ class QueueStore:
 
     #: Seconds between attempts to write entries Redis did not accept.
     retry_delay = 1.0
+    #: Queue writes (entries times their queues) per script call at most: a call blocks Redis while it runs.
+    writes_per_call = 2000
 
     def __init__(
         self,
@@ -108,9 +131,12 @@ class QueueStore:
         self._lookup_timeout = lookup_timeout
         self._expiry = queue_expiry
         self._max_length = queue_max_length
+        # Entries queued this reactor turn, in order, sent together at its end.
+        self._pending: list[_Entry] = []
+        self._flush_call: IDelayedCall | None = None
         # Entries Redis could not take (link down), in order; while any wait
         # here, newer entries wait behind them so that a queue keeps its order.
-        self._backlog: deque[tuple[list[str], bytes]] = deque()
+        self._backlog: deque[_Entry] = deque()
         self._retry: IDelayedCall | None = None
         # Queue writes sent and not answered yet, and who waits for them to end.
         self._in_flight = 0
@@ -122,53 +148,84 @@ class QueueStore:
         return len(self._backlog)
 
     def enqueue(self, uids: list[str], entry: bytes) -> None:
-        """Append an entry to the queues of ``uids`` (who are offline)."""
+        """Append an entry to the queues of ``uids`` (who are offline); written at the end of this reactor turn."""
         keys = [queue_key(uid) for uid in uids]
         if self._backlog:
             self._backlog.append((keys, entry))
-        else:
-            self._send(keys, entry)
+            return
+        self._pending.append((keys, entry))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
 
-    def _send(self, keys: list[str], entry: bytes) -> None:
+    def flush(self) -> None:
+        """Send the entries queued so far: one script call per ``writes_per_call`` queue writes."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        pending, self._pending = self._pending, []
+        batch: list[_Entry] = []
+        writes = 0
+        for keys, entry in pending:
+            if batch and writes + len(keys) > self.writes_per_call:
+                self._send(batch)
+                batch, writes = [], 0
+            batch.append((keys, entry))
+            writes += len(keys)
+        if batch:
+            self._send(batch)
+
+    def _send(self, batch: list[_Entry]) -> None:
+        keys: list[str] = []
+        args: list[Any] = [self._expiry, self._max_length]
+        for entry_keys, entry in batch:
+            keys += entry_keys
+            args += (entry, len(entry_keys))
         self._in_flight += 1
-        d = self._redis.eval(ENQUEUE, keys, [entry, self._expiry, self._max_length])
-        d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(keys,), errbackArgs=(keys, entry))
+        d = self._redis.eval(ENQUEUE, keys, args)
+        d.addCallbacks(self._enqueued, self._enqueue_failed, errbackArgs=(batch,))
         d.addBoth(self._landed)
 
     def _landed(self, _: object) -> None:
         self._in_flight -= 1
-        if not self._in_flight and not self._backlog:
+        if not self._in_flight and not self._backlog and not self._pending:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
 
     def drain(self) -> Deferred[None]:
-        """Fires once every queue write sent so far has been answered by Redis."""
+        """Fires once every queue write so far has been answered by Redis."""
+        self.flush()
         if not self._in_flight and not self._backlog:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._drain_waiters.append(waiter)
         return waiter
 
-    def _enqueued(self, result: list[Any], keys: list[str]) -> None:
+    def _enqueued(self, result: list[Any]) -> None:
         dropped, renamed = result
         for key, kept in renamed:
             self.log.warn("{key} held something other than a list; kept it as {kept}", key=_text(key), kept=_text(kept))
-        if dropped:
+        for key, count in dropped:
             self.log.warn(
-                "Queue length cap ({cap}) reached: dropped the {dropped} oldest entries of {keys}",
+                "Queue length cap ({cap}) reached: dropped the {dropped} oldest entries of {key}",
                 cap=self._max_length,
-                dropped=dropped,
-                keys=", ".join(keys),
+                dropped=count,
+                key=_text(key),
             )
 
-    def _enqueue_failed(self, failure: Failure, keys: list[str], entry: bytes) -> None:
+    def _enqueue_failed(self, failure: Failure, batch: list[_Entry]) -> None:
         from txredisapi import ConnectionError  # includes TimeoutError
 
         if not failure.check(ConnectionError):
-            self.log.failure("Redis refused to queue a message for {keys}", failure, keys=", ".join(keys))
+            self.log.failure(
+                "Redis refused to queue {count} messages for {keys}",
+                failure,
+                count=len(batch),
+                keys=_key_list(batch),
+            )
             return
-        self._backlog.append((keys, entry))
+        self._backlog += batch
         if self._retry is None:
             self.log.warn(
                 "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
@@ -179,14 +236,16 @@ class QueueStore:
 
     def _flush_backlog(self) -> None:
         self._retry = None
-        pending, self._backlog = self._backlog, deque()
+        # Entries queued meanwhile went to the backlog too (behind the older ones).
+        pending, self._backlog = list(self._backlog), deque()
         if pending:
             self.log.info("Writing {count} queue entries kept while Redis was away", count=len(pending))
-        for keys, entry in pending:
-            self._send(keys, entry)
+        self._pending = pending + self._pending
+        self.flush()
 
     def stop(self) -> None:
         """Stop retrying; entries still in the backlog are reported (the link is going away)."""
+        self.flush()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -197,7 +256,7 @@ class QueueStore:
             self.log.error(
                 "Stopping with {count} queue entries Redis never accepted (queues: {keys})",
                 count=len(self._backlog),
-                keys=", ".join(sorted({k for keys, _ in self._backlog for k in keys})),
+                keys=_key_list(self._backlog),
             )
 
     async def take(self, uid: str, delivered: int, batch: int) -> tuple[int, list[bytes]]:
@@ -205,6 +264,7 @@ class QueueStore:
         Drop the ``delivered`` oldest entries (written to a socket already) and
         return the queue's length and its next ``batch`` entries.
         """
+        self.flush()  # what was queued before must be in the queue this reads
         length, entries = await self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])
         if length < 0:
             self.log.warn("{key} held something other than a list; kept it as {kept}", key=queue_key(uid), kept=_text(entries))
@@ -213,6 +273,7 @@ class QueueStore:
 
     def trim(self, uid: str, delivered: int) -> Deferred[Any]:
         """Drop the ``delivered`` oldest entries of a queue, once they were written to a socket."""
+        self.flush()
         return self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
 
     async def user_key(self, uid: str) -> bytes | None:
@@ -229,6 +290,10 @@ class QueueStore:
         """The uids in ``rm:channels:$cid:subscribers`` right now."""
         members: Iterable[bytes] = await self._redis.execute_command("SMEMBERS", members_key(cid))
         return list(members)
+
+
+def _key_list(entries: Iterable[_Entry]) -> str:
+    return ", ".join(sorted({key for keys, _ in entries for key in keys}))
 
 
 def _text(value: bytes | str) -> str:

@@ -199,8 +199,11 @@ class Daemon:
         """Until queue writes and handovers the daemon started have reached Redis."""
         from twisted.internet.defer import ensureDeferred
 
-        await wait_until(lambda: not self.service.dispatcher._handovers, 5, "handovers finished")
-        # A round trip on the daemon's own command connection: everything sent before it has run.
+        dispatcher = self.service.dispatcher
+        await wait_until(lambda: not dispatcher._handovers and not dispatcher._inbox, 5, "handovers and group lookups finished")
+        # Queue writes wait for the end of the reactor turn: send them now, then
+        # a round trip on the daemon's own command connection: everything sent before it has run.
+        self.service.store.flush()
         await ensureDeferred(_ping(self.service.link.commands))
 
 

@@ -139,6 +139,28 @@ async def test_order_holds_for_a_user_who_is_offline(daemon, redis):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_burst_for_offline_users_is_queued_in_order_across_script_calls(daemon, redis):
+    """A turn's queue writes go out as script calls of at most writes_per_call writes; none is lost or reordered."""
+    daemon.service.store.writes_per_call = 7  # a group message to 3 members alone takes 3 of them
+    redis.sadd("rm:channels:big:subscribers", "user1", "user2", "user3")
+    pipe = redis.pipeline(transaction=False)
+    expected: dict[str, list[str]] = {uid: [] for uid in ("user1", "user2", "user3", "user4")}
+    for i in range(150):
+        pipe.publish("rm.channels.big", f"group-{i}")
+        pipe.publish(f"rm.users.user{i % 4 + 1}", f"direct-{i}")
+        for uid in ("user1", "user2", "user3"):
+            expected[uid].append(f"group-{i}")
+        expected[f"user{i % 4 + 1}"].append(f"direct-{i}")
+    pipe.execute()
+    await daemon.until(lambda: daemon.service.dispatcher.counters.published == 300, what="all 300 read")
+    await daemon.idle()
+    for uid, payloads_expected in expected.items():
+        entries = redis.lrange(QUEUE.format(uid), 0, -1)
+        assert [json.loads(e)["payload"] for e in entries] == payloads_expected, uid
+        assert 0 < redis.ttl(QUEUE.format(uid)) <= 604800
+
+
+@pytest_twisted.ensureDeferred
 async def test_exactly_one_tab_carries_the_bubble_and_hands_it_on(daemon, redis):
     first = await daemon.client("user1")
     second = await daemon.client("user1")

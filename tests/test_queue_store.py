@@ -1,0 +1,86 @@
+"""
+The order in which QueueStore sends its commands (pure logic: a recording
+stand-in for the connection).  What Redis then makes of them is tested against
+a real server in test_delivery.py and test_redis_outage.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.testing import Clock
+
+from redmessenger.queue_store import ENQUEUE, TAKE, QueueStore
+
+
+class RecordingCommands:
+    """Records each command; its reply is fired by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+        self.replies: list[Deferred[Any]] = []
+
+    def eval(self, script: bytes, keys: list[Any] = [], args: list[Any] = []) -> Deferred[Any]:
+        return self._record(("EVAL", script, list(keys), list(args)))
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return self._record(args)
+
+    def _record(self, command: tuple[Any, ...]) -> Deferred[Any]:
+        self.sent.append(command)
+        d: Deferred[Any] = Deferred()
+        self.replies.append(d)
+        return d
+
+
+def make_store(**attributes: Any) -> tuple[QueueStore, RecordingCommands, Clock]:
+    commands, clock = RecordingCommands(), Clock()
+    store = QueueStore(commands, clock, queue_expiry=60, queue_max_length=100)
+    for name, value in attributes.items():
+        setattr(store, name, value)
+    return store, commands, clock
+
+
+def test_a_turns_queue_writes_go_out_together_at_its_end() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a", "b"], b"one")
+    store.enqueue(["a"], b"two")
+    assert commands.sent == [], "nothing is sent before the end of the turn"
+    clock.advance(0)
+    assert commands.sent == [
+        ("EVAL", ENQUEUE, ["rm:users:a:messages", "rm:users:b:messages", "rm:users:a:messages"], [60, 100, b"one", 2, b"two", 1])
+    ]
+
+
+def test_a_queue_read_never_overtakes_writes_queued_before_it() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"one")
+    ensureDeferred(store.take("a", 0, 10))
+    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, TAKE]
+    store.enqueue(["a"], b"two")
+    store.trim("a", 1)
+    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, TAKE, ENQUEUE, "LTRIM"]
+    clock.advance(0)
+    assert len(commands.sent) == 4, "the end of the turn finds nothing left to send"
+    assert not clock.getDelayedCalls()
+
+
+def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> None:
+    store, commands, clock = make_store(writes_per_call=3)
+    store.enqueue(["a", "b"], b"1")
+    store.enqueue(["c", "d"], b"2")  # would make 4: a new call
+    store.enqueue(["e"], b"3")
+    store.enqueue(["f", "g", "h", "i"], b"4")  # more than the limit alone: a call of its own
+    clock.advance(0)
+    assert [c[3][2:] for c in commands.sent] == [[b"1", 2], [b"2", 2, b"3", 1], [b"4", 4]]
+
+
+def test_drain_waits_for_writes_not_sent_yet() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"one")
+    drained = store.drain()
+    assert len(commands.sent) == 1, "drain sends what waits for the end of the turn"
+    assert not drained.called
+    commands.replies[0].callback([[], []])
+    assert drained.called

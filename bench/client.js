@@ -3,20 +3,28 @@
  * One load-generating process of the RedMessenger benchmarks: holds many
  * client sockets and checks every envelope they receive.
  *
- *   node bench/client.js '{"base": "http://127.0.0.1:8080", "route": "/rm", "dialect": "plain"}'
+ *   node bench/client.js '{"base": "http://127.0.0.1:8080", "route": "/rm", "dialect": "socketio", "client": "lean"}'
  *
  * The runner (bench/run.py) drives it with one JSON command per line on stdin;
- * it answers with one JSON event per line on stdout.  Several of these run at
- * once, so that the load generator is never the bottleneck.
+ * it answers with one JSON event per line on stdout.  One process by default
+ * (`--workers N` for more; case d uses four): on a two-core machine more
+ * processes take CPU from the daemon, so the clients themselves are kept cheap.
  *
  * Payloads are "phase|seq|publish time in ms|padding"; seq counts from 0 per
  * phase and channel.  Every envelope is checked as it arrives: its phase is one
  * we expect, its seq is the next one on its (socket, channel), its bubble is
  * true on the user's oldest socket here and false on the others.  `report`
  * then checks each socket got exactly what it should: nothing missing, doubled
- * or out of order.
+ * or out of order.  The checks are the same whichever driver delivered.
  *
- * Dialects are client drivers (see DRIVERS): adding one is adding an entry.
+ * Client drivers (see DRIVERS), per dialect; `client` in the spec picks one
+ * (default: the first), and the `started` event names the one running:
+ *   plain     ws                Node's `ws`: the identifier frame, then one envelope per frame.
+ *   socketio  lean              Engine.IO 4 + Socket.IO 5 spoken directly over `ws` (WebSocket
+ *                               transport only): the default, about as cheap as `ws` for plain.
+ *             socket.io-client  socket.io-client 4, as browsers' code uses it (WebSocket transport
+ *                               only): about a third more CPU per envelope.
+ * Adding one is adding an entry.
  */
 
 const readline = require('readline');
@@ -38,12 +46,14 @@ function emit(event) {
 
 // -- client drivers: how one dialect connects, identifies and receives ---------
 
+const wsBase = opts.base.replace(/^http/, 'ws');
+
 const DRIVERS = {
-  /* The plain dialect: the first text frame is the identifier, then one envelope per frame. */
   plain: {
-    open(sock, on) {
+    /* The plain dialect: the first text frame is the identifier, then one envelope per frame. */
+    ws(sock, on) {
       const WebSocket = require('ws');
-      const ws = new WebSocket(opts.base.replace(/^http/, 'ws') + opts.route, { handshakeTimeout: 30000 });
+      const ws = new WebSocket(wsBase + opts.route, { handshakeTimeout: 30000 });
       ws.on('open', () => {
         ws.send(sock.uid);
         on.ready();
@@ -54,9 +64,101 @@ const DRIVERS = {
       return () => ws.close(1000);
     },
   },
-  /* Socket.IO 4 (Engine.IO 4) over the WebSocket transport only, as the issue asks. */
   socketio: {
-    open(sock, on) {
+    /*
+     * Socket.IO 5 over Engine.IO 4, WebSocket transport only, straight on `ws`
+     * (redmessenger/socketio.py, engineio.py); the namespace is the route (rm_route).
+     *   server 0{"sid":...}           Engine.IO open  -> client 40/rm,
+     *   server 40/rm,{"sid":...}      CONNECT ack     -> client 42/rm,["identifier","uid"]; ready
+     *   server 42/rm,["message",{..}] an envelope, as an object
+     *   server 2                      Engine.IO ping  -> client 3 at once (else the server ends
+     *                                                    the session: ping timeout)
+     *   server 42/rm,["error",{..}], 41/rm,, 44/rm,{..}: refused, disconnected, namespace refused
+     * Over WebSocket every Engine.IO packet is a text frame of its own (payloads
+     * joined by \x1e are polling only).  Delivery is confirmed by WebSocket-level
+     * pings, which `ws` answers by itself.  The hot path: one toString, one
+     * startsWith, one JSON.parse of the envelope between `42/rm,["message",` and
+     * the final `]` (the daemon writes exactly that); any other event goes the
+     * general way, one JSON.parse of what follows the namespace prefix.
+     */
+    lean(sock, on) {
+      const WebSocket = require('ws');
+      const nsp = opts.route; // "/rm"; the namespace "/" would have no prefix at all
+      const sep = nsp === '/' ? '' : nsp + ',';
+      const EVENT = '42' + sep;
+      const MESSAGE = EVENT + '["message",';
+      const ws = new WebSocket(`${wsBase}/socket.io/?EIO=4&transport=websocket`, {
+        handshakeTimeout: 30000,
+        perMessageDeflate: false, // the daemon declines it anyway (unless configured)
+      });
+      let opened = false; // Engine.IO open packet seen
+      let connected = false; // namespace CONNECT acknowledged
+      let why = null; // what the server said before the socket ended, for the close reason
+      const fail = (message) => {
+        if (!connected) on.error(message);
+        else why = why || message;
+        ws.terminate();
+      };
+      const parse = (json, text) => {
+        try {
+          return JSON.parse(json);
+        } catch (err) {
+          fail(`unparsable packet ${text.slice(0, 200)}`);
+          return undefined;
+        }
+      };
+      ws.on('message', (data, isBinary) => {
+        if (isBinary) return fail('unexpected binary frame');
+        const text = data.toString();
+        if (text.startsWith(MESSAGE)) {
+          const env = parse(text.slice(MESSAGE.length, -1), text);
+          if (env !== undefined) on.envelope(env);
+          return;
+        }
+        if (text.startsWith(EVENT)) {
+          const args = parse(text.slice(EVENT.length), text);
+          if (args === undefined) return;
+          if (args[0] === 'message') on.envelope(args[1]);
+          else if (args[0] === 'error') why = `error event ${JSON.stringify(args[1])}`;
+          return;
+        }
+        switch (text.charCodeAt(0)) {
+          case 0x32: // "2": Engine.IO ping
+            ws.send(text.length > 1 ? '3' + text.slice(1) : '3');
+            return;
+          case 0x30: // "0": Engine.IO open
+            if (opened) return fail(`second open packet ${text.slice(0, 100)}`);
+            opened = true;
+            ws.send('40' + sep);
+            return;
+          case 0x34: // "4": Engine.IO message carrying a Socket.IO packet other than an event
+            if (!connected && (text === '40' + sep.slice(0, -1) || text.startsWith('40' + sep))) {
+              connected = true;
+              ws.send(`${EVENT}["identifier",${JSON.stringify(sock.uid)}]`);
+              on.ready();
+            } else if (text === '41' + sep || text === '41' + sep.slice(0, -1)) {
+              why = why || 'io server disconnect';
+            } else if (text.startsWith('44')) {
+              fail(`connect error ${text.slice(2, 200)}`);
+            }
+            return;
+          default: // "1" close, "3" pong, "6" noop: nothing to do
+        }
+      });
+      ws.on('close', (code, reason) => on.close(`${why || 'transport close'} (${code} ${reason})`));
+      ws.on('error', (err) => on.error(err.message));
+      return () => {
+        // as socket.disconnect(): leave the namespace, then close the transport
+        if (ws.readyState === WebSocket.OPEN) ws.send('41' + sep);
+        ws.close(1000);
+      };
+    },
+
+    /*
+     * socket.io-client 4 (Engine.IO 4), WebSocket transport only: what browsers' code uses.  About a
+     * third more CPU per envelope than `lean`: in case b it saturates its core, the bottleneck.
+     */
+    'socket.io-client'(sock, on) {
       const { io } = require('socket.io-client');
       const socket = io(opts.base + opts.route, {
         transports: ['websocket'],
@@ -76,8 +178,11 @@ const DRIVERS = {
   },
 };
 
-const driver = DRIVERS[opts.dialect];
-if (!driver) throw new Error(`unknown dialect ${opts.dialect}`);
+const dialectDrivers = DRIVERS[opts.dialect];
+if (!dialectDrivers) throw new Error(`unknown dialect ${opts.dialect}`);
+const clientName = opts.client || Object.keys(dialectDrivers)[0];
+const openDriver = dialectDrivers[clientName];
+if (!openDriver) throw new Error(`unknown client ${clientName} for dialect ${opts.dialect} (${Object.keys(dialectDrivers).join(', ')})`);
 
 // -- sockets and what they received ---------------------------------------------
 
@@ -169,7 +274,7 @@ function openSocket(uid) {
         resolve(ok);
       }
     };
-    sock.close = driver.open(sock, {
+    sock.close = openDriver(sock, {
       ready() {
         sock.ready = true;
         sock.identSentAt = now();
@@ -318,4 +423,4 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   });
 });
 process.stdin.on('end', () => process.exit(0));
-emit({ event: 'started', pid: process.pid });
+emit({ event: 'started', pid: process.pid, dialect: opts.dialect, client: clientName });

@@ -2,6 +2,7 @@
 The RedMessenger benchmarks: the daemon as a real process, a real Redis, real clients.
 
     .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d] [--dialects plain,socketio]
+                                  [--socketio-client lean|socket.io-client]
 
 (``scripts/bench`` prepares everything and runs this.)  Daemon, Redis
 (valkey-server) and load generator share one machine and talk over loopback.
@@ -21,10 +22,14 @@ d   (plain only, its own daemon) 10,000 idle identified connections: server
 Every phase is checked: each socket got exactly its messages, in order, none
 doubled, bubbles right; a run that fails a check is reported as failed, however
 fast.  In the same run a bare PSUBSCRIBE client (bench/ceiling.py) receives the
-same stream: the daemon's rate is given as a ratio of it.  CPU of the daemon,
-Redis and the load generator (bench/client.js: Node's ``ws`` or
-socket.io-client, one process by default, four for d) comes from
-/proc/<pid>/stat, the whole machine's busy and steal time from /proc/stat,
+same stream: the daemon's rate is given as a ratio of it.  The load generator
+is bench/client.js, one Node process by default (four for d): Node's ``ws`` for
+the plain dialect; for Socket.IO a lean Engine.IO 4 / Socket.IO 5 client of its
+own on ``ws`` (WebSocket transport), or socket.io-client 4 with
+``--socketio-client socket.io-client`` (about a third more CPU per envelope:
+in b it saturates its core and becomes the bottleneck).  Each result line names
+the one that ran (``client``).  CPU of the daemon, Redis and the load generator comes
+from /proc/<pid>/stat, the whole machine's busy and steal time from /proc/stat,
 memory from /proc/<pid>/status.  The load generator also reports how late its
 event loop ran (it adds to the latencies it measures).
 
@@ -64,6 +69,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 GROUP = "bench"
 WAIT = 120.0  # seconds any one step may take before the run is declared failed
+#: bench/client.js's Socket.IO drivers, the default first
+SOCKETIO_CLIENTS = ("lean", "socket.io-client")
 
 USERS = 1000
 DIRECT = 20000
@@ -217,9 +224,11 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 class Stack:
     """A fresh valkey-server, the daemon (twistd), the ceiling client and the load generator."""
 
-    def __init__(self, workdir: Path, dialect: str, workers: int) -> None:
+    def __init__(self, workdir: Path, dialect: str, workers: int, client: str | None = None) -> None:
         self.workdir = workdir
         self.dialect = dialect
+        #: the client driver of bench/client.js (None: the dialect's default); set to the one running once started
+        self.client = client
         self.redis_port = free_port()
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
@@ -269,10 +278,12 @@ class Stack:
         self._wait_daemon()
         for i in range(self.n_workers):
             spec = {"base": self.base, "route": "/rm", "dialect": self.dialect}
+            if self.client is not None:
+                spec["client"] = self.client
             worker = Child(f"client{i}", ["node", "client.js", json.dumps(spec)], self.workdir / f"client{i}.log")
             self.workers.append(worker)
         for worker in self.workers:
-            worker.wait("started", 10)
+            self.client = worker.wait("started", 10).get("client", self.client)
 
     def _connect_redis(self) -> Redis:
         deadline = time.monotonic() + 10
@@ -454,6 +465,8 @@ class Result:
     case: str
     dialect: str
     run: int
+    #: the load generator's client driver (bench/client.js DRIVERS): ws, lean, socket.io-client
+    client: str | None = None
     numbers: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     #: CPU busy elsewhere on the machine just before the run started (see background_pct)
@@ -483,6 +496,7 @@ class Result:
         return {
             "case": self.case,
             "dialect": self.dialect,
+            "client": self.client,
             "run": self.run,
             "ok": not self.errors,
             **self.numbers,
@@ -747,6 +761,7 @@ def run_dialect(
     emit: Callable[[Result], None],
     profile: Path | None = None,
     quiet: tuple[float, float] = (25.0, 60.0),
+    socketio_client: str | None = None,
 ) -> bool:
     """One run of the cases that need the 1,000 users (and c), then d on a daemon of its own."""
     main_cases = [c for c in ("a", "ap", "b", "bubbles", "c") if c in cases]
@@ -754,7 +769,8 @@ def run_dialect(
         background = wait_for_quiet(*quiet)
         path = workdir / f"{dialect}-{run}"
         path.mkdir()
-        with Stack(path, dialect, workers) as stack:
+        client = socketio_client if dialect == "socketio" else None
+        with Stack(path, dialect, workers, client) as stack:
             if dialect == "socketio" and not stack.serves_socketio():
                 return False
             uids = [f"u{i}" for i in range(USERS)]
@@ -762,7 +778,7 @@ def run_dialect(
             if connected["failed"] or report["count"] != report["expect"] or report["error_count"]:
                 raise BenchError(f"{USERS} users did not all connect: {connected}, {report['errors'][:5]}")
             for case in main_cases:
-                result = Result(case, dialect, run, background_pct=background)
+                result = Result(case, dialect, run, stack.client, background_pct=background)
                 try:
                     with Profiler(profile, stack, f"{case}-{dialect}-{run}"):
                         run_case(stack, result, uids)
@@ -774,7 +790,7 @@ def run_dialect(
         path.mkdir()
         background = wait_for_quiet(*quiet)
         with Stack(path, dialect, max(4, workers)) as stack:
-            result = Result("d", dialect, run, background_pct=background)
+            result = Result("d", dialect, run, stack.client, background_pct=background)
             try:
                 with Profiler(profile, stack, f"d-{dialect}-{run}"):
                     case_idle(stack, result)
@@ -910,6 +926,12 @@ def main() -> int:
     parser.add_argument("--cases", default="a,ap,b,bubbles,c,d")
     parser.add_argument("--dialects", default="plain,socketio")
     parser.add_argument("--workers", type=int, default=1, help="load-generating Node processes (d uses at least 4)")
+    parser.add_argument(
+        "--socketio-client", choices=SOCKETIO_CLIENTS, default=SOCKETIO_CLIENTS[0],
+        help="the Socket.IO load generator: lean (default; Engine.IO 4 / Socket.IO 5 spoken on Node's ws, "
+        "WebSocket transport) or socket.io-client (version 4, about a third more CPU per envelope); "
+        "recorded as `client`",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.jsonl")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs of every process)")
     parser.add_argument("--profile", type=Path, help="record the daemon with py-spy during each case, into this directory")
@@ -955,7 +977,8 @@ def main() -> int:
                     if dialect in pending:
                         continue
                     if not run_dialect(
-                        dialect, run, cases, workdir, args.workers, emit, args.profile, (args.quiet_below, args.quiet_wait)
+                        dialect, run, cases, workdir, args.workers, emit, args.profile, (args.quiet_below, args.quiet_wait),
+                        args.socketio_client,
                     ):
                         print(f"# {dialect}: the daemon does not serve it (yet): rows pending", file=sys.stderr)
                         pending.append(dialect)
@@ -971,6 +994,9 @@ def main() -> int:
         f"Twisted {info['twisted']}, Autobahn {info['autobahn']}, Node {info['node']}; "
         f"load average {info['load_avg']} before, {machine_load()} after; {elapsed:.0f} s"
     )
+    clients = sorted({f"{l['dialect']}: {l['client']}" for l in lines if l.get("client")})
+    if clients:
+        header += f"; load generator: {', '.join(clients)}"
     noise = sorted({(l["dialect"], l["run"], l["case"] == "d"): l["background_pct"] for l in lines if l.get("background_pct") is not None}.values())
     if noise:
         header += (

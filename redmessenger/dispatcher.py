@@ -15,6 +15,7 @@ before a user message reaches that user before it.
 from __future__ import annotations
 
 import hmac
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -89,7 +90,7 @@ class Dispatcher:
         self._inbox: deque[_Pending] = deque()
         self._handovers: dict[str, _Handover] = {}
         #: Sockets to ask for a confirmation, with when: in that order, since the delay is the same for all.
-        self._to_confirm: deque[tuple[float, Attachment]] = deque()
+        self._to_confirm: deque[tuple[float, Attachment, float]] = deque()
         self._confirm_call: IDelayedCall | None = None
         #: Member lookups waiting to be retried while Redis is away.
         self._lookup_retries: set[IDelayedCall] = set()
@@ -180,10 +181,11 @@ class Dispatcher:
         # What every recipient with a single socket keeps until it confirms:
         # the same record for all of them (a group fans out to thousands).
         alone = Sent(message, True, False)
+        now = self._clock.seconds()
         delivered = 0
         for uid in uids:
             user = get_user(uid)
-            if user is not None and self._deliver_live(user, message, alone):
+            if user is not None and self._deliver_live(user, message, alone, now):
                 delivered += 1
             else:
                 offline.append(uid)
@@ -193,13 +195,16 @@ class Dispatcher:
         if offline:
             self.queue(offline, message)
 
-    def _deliver_live(self, user: User, message: Message, alone: Sent | None = None) -> bool:
+    def _deliver_live(self, user: User, message: Message, alone: Sent | None = None, now: float | None = None) -> bool:
         """
         Give a message to each of the user's sockets, the oldest with the bubble.
         False if none took it (all closing): the caller queues it.  ``alone``:
         the record to keep if the user has one socket (Sent is never modified,
-        so one per message serves every such recipient).
+        so one per message serves every such recipient).  ``now``: the clock,
+        read once per message by the caller.
         """
+        if now is None:
+            now = self._clock.seconds()
         attachments = user.attachments
         shared = len(attachments) > 1
         bubble = True
@@ -213,6 +218,8 @@ class Dispatcher:
                 attachment.unconfirmed.append(sent)
                 if not attachment.confirming:
                     self._want_confirmation(attachment)
+                elif now >= attachment.ask_from:
+                    self._ask_confirmation(attachment)
                 taken = True
             bubble = False
         return taken
@@ -235,25 +242,35 @@ class Dispatcher:
     #
     # Each socket is asked confirm_delay after its first unconfirmed message,
     # not all of them at once: a thousand pings (and pongs) in one turn held
-    # every message behind them for 50-130 ms.
+    # every message behind them for 50-130 ms.  A message written to the socket
+    # in the second half of that delay carries the request along instead (the
+    # ping goes out in the same send() as the message): a ping of its own costs
+    # a send() and wakes the client once more.
 
     def _want_confirmation(self, attachment: Attachment) -> None:
         if attachment.confirming:
             return
         attachment.confirming = True
-        self._to_confirm.append((self._clock.seconds() + self.confirm_delay, attachment))
+        now = self._clock.seconds()
+        attachment.ask_from = ask_from = now + self.confirm_delay / 2
+        self._to_confirm.append((now + self.confirm_delay, attachment, ask_from))
         if self._confirm_call is None:
             self._confirm_call = self._clock.callLater(self.confirm_delay, self._ask_confirmations)
+
+    def _ask_confirmation(self, attachment: Attachment) -> None:
+        attachment.ask_from = math.inf
+        count = len(attachment.unconfirmed)
+        attachment.sink.confirm().addCallback(self._live_confirmed, attachment, count)
 
     def _ask_confirmations(self) -> None:
         self._confirm_call = None
         due = self._clock.seconds() + self.confirm_tick
         queue = self._to_confirm
         while queue and queue[0][0] <= due:
-            _, attachment = queue.popleft()
-            if attachment.attached:
-                count = len(attachment.unconfirmed)
-                attachment.sink.confirm().addCallback(self._live_confirmed, attachment, count)
+            _, attachment, ask_from = queue.popleft()
+            # Not if a message carried the request already (the entry is spent).
+            if attachment.attached and attachment.ask_from == ask_from:
+                self._ask_confirmation(attachment)
         if queue and not self._stopping:
             delay = max(queue[0][0] - self._clock.seconds(), self.confirm_tick)
             self._confirm_call = self._clock.callLater(delay, self._ask_confirmations)

@@ -7,6 +7,8 @@ next oldest takes it over, simply by being first in the list.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -66,6 +68,9 @@ class Attachment:
     unconfirmed: list[Sent] = field(default_factory=list)
     #: A confirmation is under way (at most one per socket at a time).
     confirming: bool = False
+    #: While a confirmation is wanted and not asked for yet: from when a
+    #: message written to the socket may carry the request along (see Dispatcher).
+    ask_from: float = math.inf
     attached: bool = True
 
 

@@ -119,13 +119,11 @@ class PollRequest(Protocol):
 class WebSocketTransport(Protocol):
     """A WebSocket carrying (or probing for) a session."""
 
-    @property
-    def can_write(self) -> bool: ...
-
-    def write(self, packet: EncodedPacket) -> None: ...
+    def write(self, packet: EncodedPacket) -> bool:
+        """Write one packet as one frame; False (nothing written) once the socket is closing."""
 
     def ping(self, token: int) -> None:
-        """Send a WebSocket ping; its pong comes back as ``Session.websocket_pong(token)``."""
+        """Send a WebSocket ping (unless closing); its pong comes back as ``Session.websocket_pong(token)``."""
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -135,6 +133,10 @@ class State(Enum):
     #: Ending on the server's initiative: the last packets wait for the client's next GET.
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+#: For the send path: reading an Enum member off its class (``State.OPEN``) costs ~0.13 µs in Python 3.11.
+_OPEN = State.OPEN
 
 
 class Session:
@@ -162,10 +164,10 @@ class Session:
         self._websocket = websocket
         self._probe: WebSocketTransport | None = None
         self._poll: PollRequest | None = None
+        #: Packets waiting for a poll (or the upgrade); always empty once on a WebSocket.
         self._buffer: deque[EncodedPacket] = deque()
-        # Packets counted three times: handed to _push, written to the client, confirmed by it.
+        # Packets counted twice: sent (written, or buffered for a poll), and confirmed by the client.
         self._sent = 0
-        self._written = 0
         self._confirmed = 0
         self._waiters: deque[tuple[int, Deferred[bool]]] = deque()
         self._ping_timer: IDelayedCall | None = None
@@ -184,7 +186,12 @@ class Session:
 
     @property
     def is_open(self) -> bool:
-        return self.state is State.OPEN
+        return self.state is _OPEN
+
+    @property
+    def _written(self) -> int:
+        """Packets written to the client (sent ones not waiting in the buffer): what a poll or a pong confirms."""
+        return self._sent - len(self._buffer)
 
     # -- the layer above ---------------------------------------------------------------
 
@@ -207,8 +214,12 @@ class Session:
         """
         Send a message packet: written to the WebSocket, or buffered for the next
         poll.  False if the session is ending (the caller keeps the message).
+
+        Every live delivery comes this way: on a WebSocket, one state check here,
+        one in the socket's write, one count, and the packet's shared frame goes
+        into the socket's cork for this reactor turn.
         """
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return False
         return self._push(packet)
 
@@ -222,7 +233,7 @@ class Session:
             waiter.callback(False)
         else:
             self._waiters.append((target, waiter))
-            if self._websocket is not None and self._websocket.can_write:
+            if self._websocket is not None:
                 self._websocket.ping(self._written)
         return waiter
 
@@ -354,7 +365,6 @@ class Session:
         buffered, self._buffer = self._buffer, deque()
         for packet in buffered:
             websocket.write(packet)
-            self._written += 1
         if self.state is State.CLOSING:
             self._finish(self._closing_reason, client_gone=False)
         elif self._waiters:
@@ -412,13 +422,12 @@ class Session:
     # -- writing -------------------------------------------------------------------------------
 
     def _push(self, packet: EncodedPacket) -> bool:
+        """Any packet, in any state but closed: written to the WebSocket, or buffered and flushed to a waiting poll."""
         websocket = self._websocket
         if websocket is not None:
-            if not websocket.can_write:
+            if not websocket.write(packet):
                 return False
-            websocket.write(packet)
             self._sent += 1
-            self._written += 1
             return True
         self._buffer.append(packet)
         self._sent += 1
@@ -437,7 +446,6 @@ class Session:
             packet = buffer.popleft()
             taken.append(packet)
             size += len(packet.utf8) + 8
-        self._written += len(taken)
         self._answer_poll(taken)
         if self.state is State.CLOSING and not buffer:
             self._finish(self._closing_reason, client_gone=False)

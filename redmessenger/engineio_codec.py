@@ -66,19 +66,21 @@ class Packet:
 
 class EncodedPacket:
     """
-    A packet on its way out, with its encodings computed at most once.  A
-    message's packet is built once and shared by every session it goes to,
-    whatever their protocol revision and transport.
+    A packet on its way out, encoded once.  A message's packet is built once and
+    shared by every session it goes to, whatever their protocol revision and
+    transport: its UTF-8 (polling payloads) and its WebSocket frame are computed
+    up front, so that a delivery on a WebSocket only copies a reference.
     """
 
-    __slots__ = ("text", "_utf8", "_utf16", "_prepared", "_frame")
+    __slots__ = ("text", "utf8", "frame", "_utf16", "_prepared")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._utf8: bytes | None = None
+        self.utf8 = text.encode("utf-8")
+        #: The WebSocket text frame, written as is to every socket (redmessenger.leanws).
+        self.frame = text_frame(self.utf8)
         self._utf16: int | None = None
         self._prepared: Any = None
-        self._frame: bytes | None = None
 
     @classmethod
     def of(cls, type: PacketType, data: str = "") -> EncodedPacket:
@@ -89,24 +91,11 @@ class EncodedPacket:
         return f"<EncodedPacket {shown!r}>"
 
     @property
-    def utf8(self) -> bytes:
-        if self._utf8 is None:
-            self._utf8 = self.text.encode("utf-8")
-        return self._utf8
-
-    @property
     def utf16_length(self) -> int:
         """The length a revision-3 payload announces (JavaScript's ``String.length``)."""
         if self._utf16 is None:
             self._utf16 = utf16_length(self.text)
         return self._utf16
-
-    @property
-    def frame(self) -> bytes:
-        """The WebSocket text frame, as bytes, built once and written as is to every socket."""
-        if self._frame is None:
-            self._frame = text_frame(self.utf8)
-        return self._frame
 
     def prepared(self, factory: Any) -> Any:
         """The WebSocket frame, framed once by Autobahn and sent as is on every socket."""

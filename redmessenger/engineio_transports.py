@@ -243,16 +243,14 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
 
     # -- WebSocketTransport -------------------------------------------------------------
 
-    @property
-    def can_write(self) -> bool:
-        return self.state == self.STATE_OPEN
-
-    def write(self, packet: EncodedPacket) -> None:
-        if self.state == self.STATE_OPEN:
-            if self.raw_frames:  # the hot path: redmessenger.leanws
-                self.write_frame(packet.frame)
-            else:
-                self.sendPreparedMessage(packet.prepared(self.factory))
+    def write(self, packet: EncodedPacket) -> bool:
+        if self.state != self.STATE_OPEN:
+            return False
+        if self.raw_frames:  # the hot path: the packet's frame, built once, into the turn's cork (redmessenger.leanws)
+            self.write_frame(packet.frame)
+        else:
+            self.sendPreparedMessage(packet.prepared(self.factory))
+        return True
 
     def ping(self, token: int) -> None:
         if self.state == self.STATE_OPEN:

@@ -137,16 +137,24 @@ def decode_sio(text: str) -> SIOPacket:
     return SIOPacket(kind, nsp, data, ack_id, attachments)
 
 
-def message_packet(message: Message, nsp: str, bubble: bool, key: Any = None) -> EncodedPacket:
+def packet_key(nsp: str, bubble: bool) -> tuple[str, str, bool]:
+    """The key of a message packet in the message's encoding cache; it is also all that builds the packet."""
+    return ("socket.io", nsp, bubble)
+
+
+def message_packet(message: Message, nsp: str, bubble: bool) -> EncodedPacket:
     """
     ``42<nsp>,["message",<envelope>]`` as an Engine.IO message packet, built once per
-    message, namespace and bubble value (``key`` in the message's cache) from the
-    envelope JSON the plain dialect sends too, and shared by every session.
+    message, namespace and bubble value from the envelope JSON the plain dialect
+    sends too, and shared by every session (its WebSocket frame too, see
+    :attr:`EncodedPacket.frame`).
     """
-    return message.encoded(key or ("socket.io", nsp, bubble), _build_message_packet, message, nsp, bubble)
+    key = packet_key(nsp, bubble)
+    return message.encoded(key, _build_message_packet, message, key)
 
 
-def _build_message_packet(message: Message, nsp: str, bubble: bool) -> EncodedPacket:
+def _build_message_packet(message: Message, key: tuple[str, str, bool]) -> EncodedPacket:
+    _, nsp, bubble = key
     prefix = "42" + (nsp + "," if nsp != "/" else "")
     return EncodedPacket(prefix + '["message",' + message.envelope_json(bubble).decode("utf-8") + "]")
 
@@ -176,6 +184,7 @@ class SocketIOConnection:
         self._owner = owner
         #: Socket.IO protocol revision: 4 over Engine.IO 3, 5 over Engine.IO 4.
         self.protocol = 5 if session.version >= 4 else 4
+        #: Connected to the namespace, and not refused (a refused client cannot connect again).
         self._connected = False
         self._stage = _AWAITING_ID
         self._attachment: Attachment | None = None
@@ -190,13 +199,14 @@ class SocketIOConnection:
 
     @property
     def writable(self) -> bool:
-        return self._connected and self._stage != _REFUSED and self._session.is_open
+        return self._connected and self._session.is_open
 
     def send_message(self, message: Message, bubble: bool) -> bool:
-        if not self.writable:
+        # Once per delivery, so message_packet inlined; the session checks its own state.
+        if not self._connected:
             return False
-        owner = self._owner
-        return self._session.send(message_packet(message, owner.namespace, bubble, owner.packet_keys[bubble]))
+        key = self._owner.packet_keys[bubble]
+        return self._session.send(message.encoded(key, _build_message_packet, message, key))
 
     def confirm(self) -> Deferred[bool]:
         return self._session.confirm()
@@ -270,7 +280,7 @@ class SocketIOConnection:
             data: Any = {"message": "Invalid namespace"} if self.protocol == 5 else "Invalid namespace"
             self._send(SIOPacket(SIOType.CONNECT_ERROR, nsp, data))
             return
-        if self._connected:
+        if self._connected or self._stage == _REFUSED:
             return
         self._connected = True
         if self.protocol == 5:
@@ -398,8 +408,8 @@ class SocketIOServer:
         self.dispatcher = dispatcher
         self.clock = clock
         self.namespace = namespace
-        #: The keys of this namespace's packets in Message's encoding cache, by bubble value.
-        self.packet_keys = {bubble: ("socket.io", namespace, bubble) for bubble in (True, False)}
+        #: The keys of this namespace's message packets in Message's encoding cache, by bubble value.
+        self.packet_keys = {bubble: packet_key(namespace, bubble) for bubble in (True, False)}
         self.identify_timeout = identify_timeout
         self.listen_label = listen_label
         self.engine = EngineServer(settings, clock, limit, lambda session: SocketIOConnection(session, self))

@@ -25,6 +25,7 @@ from redmessenger.engineio_codec import (
     utf16_length,
 )
 from redmessenger.envelope import Message
+from redmessenger.leanws import text_frame
 from redmessenger.socketio import SIOPacket, SIOProtocolError, SIOType, decode_sio, encode_sio, message_packet
 
 
@@ -190,3 +191,5 @@ def test_message_packet_is_built_once_per_message_and_bubble():
     )
     assert "\x1e" not in first.text, "JSON escapes the v4 record separator"
     assert message_packet(message, "/", False).text.startswith('42["message",')
+    assert first.frame is first.frame, "one WebSocket frame per packet, written as is to every socket"
+    assert first.frame == text_frame(first.text.encode("utf-8"))

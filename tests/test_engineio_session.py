@@ -47,15 +47,15 @@ class FakeWebSocket:
         self.pings: list[int] = []
         self.closed: tuple[int, str] | None = None
 
-    @property
-    def can_write(self) -> bool:
-        return self.closed is None
-
-    def write(self, packet: EncodedPacket) -> None:
+    def write(self, packet: EncodedPacket) -> bool:
+        if self.closed is not None:
+            return False
         self.written.append(packet.text)
+        return True
 
     def ping(self, token: int) -> None:
-        self.pings.append(token)
+        if self.closed is None:
+            self.pings.append(token)
 
     def close(self, code: int, reason: str) -> None:
         if self.closed is None:
@@ -244,3 +244,50 @@ def test_shutdown_closes_websockets_with_1001():
     server.close_all("server shutting down")
     assert ws.closed == (1001, "server shutting down")
     assert len(server) == 0 and not clock.getDelayedCalls()
+
+
+def test_websocket_confirmations_count_what_was_written_before_each_ping():
+    clock, server, session = make(4, ws := FakeWebSocket())
+    session.send(message("a"))
+    session.send(message("b"))
+    first: list[bool] = []
+    session.confirm().addCallback(first.append)
+    session.send(message("c"))
+    second: list[bool] = []
+    session.confirm().addCallback(second.append)
+    assert ws.written == [ws.written[0], "4a", "4b", "4c"] and ws.written[0].startswith("0{")
+    assert len(ws.pings) == 2 and ws.pings[0] < ws.pings[1]
+    session.websocket_pong(ws, ws.pings[0])
+    assert first == [True] and second == [] and not session.all_confirmed, "c was written after the first ping"
+    session.websocket_pong(ws, ws.pings[1])
+    assert second == [True] and session.all_confirmed
+
+
+def test_a_write_the_websocket_refuses_is_neither_sent_nor_awaited():
+    clock, server, session = make(4, ws := FakeWebSocket())
+    session.confirm()
+    session.websocket_pong(ws, ws.pings[0])  # the open packet
+    assert session.all_confirmed
+    ws.closed = (1006, "")  # closing: the session learns it from websocket_closed, a little later
+    assert not session.send(message("lost"))
+    assert session.all_confirmed, "the dispatcher keeps the message: nothing to wait for"
+    confirmed: list[bool] = []
+    session.confirm().addCallback(confirmed.append)
+    assert confirmed == [True]
+
+
+def test_packets_buffered_during_the_upgrade_go_before_the_ones_written_after():
+    clock, server, session = make(4)
+    session.poll(Poll())
+    ws = FakeWebSocket()
+    session.attach_probe(ws)
+    session.websocket_packet(ws, Packet(PacketType.PING, "probe"))
+    session.send(message("first"))
+    session.send(message("second"))
+    session.websocket_packet(ws, Packet(PacketType.UPGRADE))
+    session.send(message("third"))
+    assert ws.written == ["3probe", "4first", "4second", "4third"]
+    confirmed: list[bool] = []
+    session.confirm().addCallback(confirmed.append)
+    session.websocket_pong(ws, ws.pings[-1])
+    assert confirmed == [True] and session.all_confirmed

@@ -342,3 +342,137 @@ async def test_shutdown_closes_sessions_and_clients_come_back(daemon_factory, re
     (disconnect,) = await client.expect("disconnect")
     assert disconnect["reason"] == "transport close", "not a server disconnect: the client reconnects"
     await client.expect("reconnect_attempt")
+
+
+# -- the send path across transports --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest_twisted.ensureDeferred
+async def test_order_and_confirmations_across_the_upgrade(daemon_factory, redis, clients, generation, monkeypatch):
+    """
+    Live messages buffered while the client upgrades to WebSocket go out first,
+    then the ones written straight to the socket, in publish order; none is
+    confirmed before the client has it, and every one is confirmed after.  The
+    window is not left to chance: the client's probe is held until its queue is
+    in, then its upgrade packet until live messages wait in the session's buffer
+    (the client has stopped polling by then) for longer than ``confirm_delay``.
+    """
+    from redmessenger.engineio import Session
+    from redmessenger.engineio_codec import PacketType
+
+    held: dict[str, tuple[Any, ...]] = {}
+    release_probe = release_upgrade = False
+    original = Session.websocket_packet
+
+    def holding(session: Session, websocket: Any, packet: Any) -> None:
+        if websocket is session._probe:
+            if packet.type is PacketType.PING and not release_probe:
+                held["probe"] = (session, websocket, packet)
+                return
+            if packet.type is PacketType.UPGRADE and not release_upgrade:
+                held["upgrade"] = (session, websocket, packet)
+                return
+        original(session, websocket, packet)
+
+    monkeypatch.setattr(Session, "websocket_packet", holding)
+    daemon = await daemon_factory(handover_batch=10)
+    queue = [f"q{i}" for i in range(30)]
+    await queued(daemon, redis, "user1", queue)
+    client = node_client(rm_url(daemon), "user1", generation=generation)  # polling first, then the upgrade
+    clients.append(client)
+    await client.expect("message", len(queue))  # over polling
+    await wait_until(lambda: "probe" in held, 10, "the client's probe")
+    (session,) = daemon.service.socketio.engine.sessions()
+    await daemon.idle()
+    assert session.transport == "polling" and session.all_confirmed
+
+    release_probe = True
+    original(*held["probe"])
+    await wait_until(lambda: "upgrade" in held, 10, "the client's upgrade packet")
+    live = [f"live{i}" for i in range(20)]
+    for text in live[:10]:
+        publish(redis, "rm.users.user1", text)
+    await wait_until(lambda: len(session._buffer) == 10, 5, "live messages buffered during the upgrade")
+    (attachment,) = daemon.service.presence.get("user1").attachments
+    delay = daemon.service.dispatcher.confirm_delay
+    await wait_until(lambda: session._waiters, delay + 5, "the dispatcher asking for a confirmation")
+    assert len(attachment.unconfirmed) == 10, "nothing confirmed while it waits in the buffer"
+    assert len(client.messages()) == len(queue)
+
+    release_upgrade = True
+    original(*held["upgrade"])
+    assert session.transport == "websocket" and not session._buffer
+    for text in live[10:]:
+        publish(redis, "rm.users.user1", text)
+    await client.until(lambda: len(client.messages()) >= len(queue) + len(live), "every live message")
+    assert payloads(client.messages()) == queue + live, "in order, once each"
+    await wait_until(lambda: not attachment.unconfirmed and not attachment.confirming, 5, "every message confirmed")
+    assert session.all_confirmed
+    assert not redis.exists(QUEUE.format("user1"))
+    assert not client.of("disconnect") and not client.of("error")
+
+
+@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest_twisted.ensureDeferred
+async def test_what_a_frozen_websocket_client_was_sent_stays_unconfirmed(daemon_factory, redis, clients, generation):
+    """
+    Confirmation accounting on the WebSocket send path: messages written to a
+    client that answers nothing are not confirmed when the dispatcher asks, so
+    the next socket gets them once this one is gone.
+    """
+    daemon = await daemon_factory()
+    first = node_client(rm_url(daemon), "user1", generation=generation, transports=["websocket"])
+    clients.append(first)
+    await wait_until(lambda: attached(daemon, "user1") == 1, 10, "user1 online")
+    await daemon.idle()
+    (session,) = daemon.service.socketio.engine.sessions()
+    (attachment,) = daemon.service.presence.get("user1").attachments
+    first.freeze()
+    for i in range(3):
+        publish(redis, "rm.users.user1", f"m{i}")
+    delay = daemon.service.dispatcher.confirm_delay
+    await wait_until(lambda: session._waiters, delay + 5, "the dispatcher asking the frozen client for a confirmation")
+    assert len(attachment.unconfirmed) == 3 and not session.all_confirmed
+    await first.stop()
+    await wait_until(lambda: attached(daemon, "user1") == 0, 10, "user1 offline")
+    second = node_client(rm_url(daemon), "user1", generation="v2" if generation == "v4" else "v4")
+    clients.append(second)
+    await second.expect("message", 3)
+    assert payloads(second.messages()) == ["m0", "m1", "m2"]
+
+
+def test_a_refused_client_cannot_connect_again() -> None:
+    """Refused clients get nothing more: not even by connecting to the namespace a second time."""
+    from twisted.internet.task import Clock
+
+    from redmessenger.engineio import EngineSettings
+    from redmessenger.envelope import Message
+    from redmessenger.limits import ConnectionLimit
+    from redmessenger.socketio import SocketIOServer
+
+    class Dispatcher:
+        def refused(self, code: Any) -> None:
+            pass
+
+    clock = Clock()
+    server = SocketIOServer(
+        dispatcher=Dispatcher(),  # type: ignore[arg-type]
+        clock=clock,
+        limit=ConnectionLimit(1),
+        namespace="/rm",
+        identify_timeout=1.0,
+        listen_label="test",
+        settings=EngineSettings(),
+        allowed_origins=("*",),
+        websocket_options={},
+    )
+    assert server.engine.reserve()
+    session = server.engine.open_session(4, "127.0.0.1:1")
+    connection = session.handler
+    connection.on_message("0/rm,")
+    assert connection.writable
+    clock.advance(1.0)  # no identifier in time: refused
+    connection.on_message("0/rm,")
+    assert not connection.writable
+    assert not connection.send_message(Message("rm.users.user1", 1, "too late"), True)

@@ -1,6 +1,7 @@
 """
 The daemon's side of its contract with the machine: log lines for the journal,
-and an open-files limit that fits ``conn_limit``.
+an open-files limit that fits ``conn_limit``, and a garbage collector tuned
+for a process that holds many long-lived connections.
 
 ``twistd --logger=redmessenger.system.journal_observer`` writes one line per
 event to stdout without a timestamp (journald adds its own: no doubled
@@ -11,6 +12,7 @@ namespace: ``<6>[redmessenger.dispatcher.Dispatcher] Assigning id user1 ...``.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import IO, Any
 
@@ -32,7 +34,31 @@ PRIORITIES = {
 #: the listening ports, the manhole, the embedded server's pipes, log files.
 FD_MARGIN = 64
 
+#: Young-generation threshold of the garbage collector (CPython's default: 700
+#: allocations).  Most of what the daemon allocates is freed by reference
+#: counting within a second (messages waiting for their confirmation), but at
+#: the default threshold it lives through two young collections and is moved
+#: to the old generation, whose growth then triggers full collections: pauses
+#: that grow with the number of connections (13-15 ms with 1,000).
+GC_THRESHOLDS = (50_000, 20, 100)
+
 _log = make_logger(__name__)
+
+
+def tune_garbage_collector(reactor: Any) -> None:
+    """
+    Collect young objects less often (GC_THRESHOLDS), and once the reactor runs
+    freeze what exists then (modules, classes, the service tree, alive as long
+    as the process): the collector's full passes stop walking it.
+
+    Measured by bench/: freezing took full collections during cases a and b
+    from 1.7 s with pauses up to 276 ms to 0.4 s and 51 ms; the thresholds took
+    case a' (5,000 messages/s to 1,000 sockets) from a median p99 of 3.4 ms and
+    maximum of 10.6-17 ms to 2.35 ms and 5.7-10.7 ms (six runs each), with
+    the same memory per idle connection in case d.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+    reactor.callWhenRunning(gc.freeze)
 
 
 @implementer(ILogObserver)

@@ -184,3 +184,28 @@ def test_the_plugin_cache_is_regenerated(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert plugincache.stale_caches() == []
     assert "plugin cache up to date" in result.stdout
+
+
+def test_the_garbage_collector_is_tuned_and_the_startup_heap_frozen_once_running() -> None:
+    import gc
+
+    from redmessenger.system import GC_THRESHOLDS, tune_garbage_collector
+
+    class Reactor:
+        when_running: list[Any] = []
+
+        def callWhenRunning(self, f: Any, *args: Any) -> None:
+            self.when_running.append((f, args))
+
+    saved = gc.get_threshold()
+    reactor = Reactor()
+    try:
+        tune_garbage_collector(reactor)
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() == 0, "nothing is frozen before the reactor runs"
+        [(f, args)] = reactor.when_running
+        f(*args)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from .logs import debugging, make_logger
+from .logs import debugging, informing, make_logger
 from twisted.python.failure import Failure
 
 from .envelope import Message, UnreadableEntry, decode_payload, message_from_entry, message_from_unreadable
@@ -227,8 +227,9 @@ class Dispatcher:
     def queue(self, uids: list[str], message: Message) -> None:
         """Keep a message in the queues of users who are not online."""
         self.counters.queued += len(uids)
-        for uid in uids:
-            self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
+        if informing():
+            for uid in uids:
+                self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
         self.store.enqueue(uids, message.queue_entry())
 
     # -- confirmations of live messages ----------------------------------------------

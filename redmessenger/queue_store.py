@@ -16,8 +16,7 @@ leaves them in Redis: at worst redelivered, never lost.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -34,8 +33,12 @@ class RedisCommands(Protocol):
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]: ...
 
 
-#: A queue entry and the queues it goes to.
-_Entry = tuple[list[str], bytes]
+class _Entry(NamedTuple):
+    """A queue entry on its way to Redis: numbered as queued, the order Redis must see it in."""
+
+    seq: int
+    keys: list[str]
+    entry: bytes
 
 
 def queue_key(uid: str) -> str:
@@ -131,13 +134,16 @@ class QueueStore:
         self._lookup_timeout = lookup_timeout
         self._expiry = queue_expiry
         self._max_length = queue_max_length
-        # Entries queued this reactor turn, in order, sent together at its end.
+        # Entries queued and not sent yet, in order: sent together at the end of the turn.
         self._pending: list[_Entry] = []
         self._flush_call: IDelayedCall | None = None
-        # Entries Redis could not take (link down), in order; while any wait
-        # here, newer entries wait behind them so that a queue keeps its order.
-        self._backlog: deque[_Entry] = deque()
+        self._next_seq = 0
+        # Entries Redis could not take (link down).  While any wait here
+        # nothing else is sent: the retry sends them all, in the order they
+        # were queued, so that every queue keeps its order.
+        self._backlog: list[_Entry] = []
         self._retry: IDelayedCall | None = None
+        self._stopped = False
         # Queue writes sent and not answered yet, and who waits for them to end.
         self._in_flight = 0
         self._drain_waiters: list[Deferred[None]] = []
@@ -148,12 +154,13 @@ class QueueStore:
         return len(self._backlog)
 
     def enqueue(self, uids: list[str], entry: bytes) -> None:
-        """Append an entry to the queues of ``uids`` (who are offline); written at the end of this reactor turn."""
-        keys = [queue_key(uid) for uid in uids]
-        if self._backlog:
-            self._backlog.append((keys, entry))
-            return
-        self._pending.append((keys, entry))
+        """
+        Append an entry to the queues of ``uids`` (who are offline).  Sent at the
+        end of this reactor turn with the others of the turn, or earlier if a
+        queue is read first; kept in memory while Redis is away.
+        """
+        self._pending.append(_Entry(self._next_seq, [queue_key(uid) for uid in uids], entry))
+        self._next_seq += 1
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
@@ -166,21 +173,27 @@ class QueueStore:
         pending, self._pending = self._pending, []
         batch: list[_Entry] = []
         writes = 0
-        for keys, entry in pending:
-            if batch and writes + len(keys) > self.writes_per_call:
+        for i, item in enumerate(pending):
+            if self._backlog:  # Redis is away (perhaps since the last call): behind the others
+                self._backlog += pending[i:]
+                return
+            if batch and writes + len(item.keys) > self.writes_per_call:
                 self._send(batch)
                 batch, writes = [], 0
-            batch.append((keys, entry))
-            writes += len(keys)
+                if self._backlog:
+                    self._backlog += pending[i:]
+                    return
+            batch.append(item)
+            writes += len(item.keys)
         if batch:
             self._send(batch)
 
     def _send(self, batch: list[_Entry]) -> None:
         keys: list[str] = []
         args: list[Any] = [self._expiry, self._max_length]
-        for entry_keys, entry in batch:
-            keys += entry_keys
-            args += (entry, len(entry_keys))
+        for item in batch:
+            keys += item.keys
+            args += (item.entry, len(item.keys))
         self._in_flight += 1
         d = self._redis.eval(ENQUEUE, keys, args)
         d.addCallbacks(self._enqueued, self._enqueue_failed, errbackArgs=(batch,))
@@ -225,6 +238,14 @@ class QueueStore:
                 keys=_key_list(batch),
             )
             return
+        if self._stopped:
+            self.log.error(
+                "Redis lost {count} queue entries at shutdown ({why}; queues: {keys})",
+                count=len(batch),
+                why=failure.getErrorMessage(),
+                keys=_key_list(batch),
+            )
+            return
         self._backlog += batch
         if self._retry is None:
             self.log.warn(
@@ -236,16 +257,17 @@ class QueueStore:
 
     def _flush_backlog(self) -> None:
         self._retry = None
-        # Entries queued meanwhile went to the backlog too (behind the older ones).
-        pending, self._backlog = list(self._backlog), deque()
-        if pending:
-            self.log.info("Writing {count} queue entries kept while Redis was away", count=len(pending))
-        self._pending = pending + self._pending
+        # Batches fail in any order relative to what was queued meanwhile: the numbers restore it.
+        waiting = sorted(self._backlog + self._pending)
+        self._backlog = []
+        self.log.info("Writing {count} queue entries kept while Redis was away", count=len(waiting))
+        self._pending = waiting
         self.flush()
 
     def stop(self) -> None:
-        """Stop retrying; entries still in the backlog are reported (the link is going away)."""
+        """Send what is pending, stop retrying; entries still in the backlog are reported (the link is going away)."""
         self.flush()
+        self._stopped = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -293,7 +315,7 @@ class QueueStore:
 
 
 def _key_list(entries: Iterable[_Entry]) -> str:
-    return ", ".join(sorted({key for keys, _ in entries for key in keys}))
+    return ", ".join(sorted({key for item in entries for key in item.keys}))
 
 
 def _text(value: bytes | str) -> str:

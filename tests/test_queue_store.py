@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.testing import Clock
+from twisted.python.failure import Failure
 
 from redmessenger.queue_store import ENQUEUE, TAKE, QueueStore
 
@@ -84,3 +85,52 @@ def test_drain_waits_for_writes_not_sent_yet() -> None:
     assert not drained.called
     commands.replies[0].callback([[], []])
     assert drained.called
+
+
+def sent_entries(commands: RecordingCommands) -> list[list[bytes]]:
+    """The entries of each ENQUEUE call, in the order the calls were made."""
+    return [c[3][2::2] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
+
+
+def connection_lost() -> Failure:
+    from txredisapi import ConnectionError
+
+    return Failure(ConnectionError("Not connected"))
+
+
+def test_entries_queued_while_a_write_fails_wait_behind_it() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    store.enqueue(["a"], b"2")  # pending when the write of 1 fails
+    commands.replies[0].errback(connection_lost())
+    store.enqueue(["a"], b"3")
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"]], "nothing overtakes the failed write"
+    assert store.backlog == 3
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands) == [[b"1"], [b"1", b"2", b"3"]]
+    commands.replies[1].callback([[], []])
+    assert store.backlog == 0 and not clock.getDelayedCalls()
+
+
+def test_writes_failing_out_of_order_are_retried_in_the_order_they_were_queued() -> None:
+    store, commands, clock = make_store(writes_per_call=1)
+    for entry in (b"1", b"2", b"3"):
+        store.enqueue(["a"], entry)
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"], [b"2"], [b"3"]]
+    commands.replies[2].errback(connection_lost())
+    commands.replies[0].errback(connection_lost())
+    commands.replies[1].errback(connection_lost())
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands)[3:] == [[b"1"], [b"2"], [b"3"]]
+
+
+def test_a_write_failing_after_stop_is_reported_not_retried() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    store.stop()
+    assert sent_entries(commands) == [[b"1"]], "stop sends what is pending"
+    commands.replies[0].errback(connection_lost())
+    assert store.backlog == 0 and not clock.getDelayedCalls()

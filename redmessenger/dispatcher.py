@@ -89,7 +89,9 @@ class Dispatcher:
         self._handover_batch = handover_batch
         self._inbox: deque[_Pending] = deque()
         self._handovers: dict[str, _Handover] = {}
-        #: Sockets to ask for a confirmation, with when: in that order, since the delay is the same for all.
+        #: Sockets to ask for a confirmation: (by when, the socket, its ask_from then), in
+        #: that order since the delay is the same for all.  An entry whose ask_from no
+        #: longer matches the socket's is spent: a message carried the request.
         self._to_confirm: deque[tuple[float, Attachment, float]] = deque()
         self._confirm_call: IDelayedCall | None = None
         #: Member lookups waiting to be retried while Redis is away.
@@ -219,7 +221,7 @@ class Dispatcher:
                 if not attachment.confirming:
                     self._want_confirmation(attachment)
                 elif now >= attachment.ask_from:
-                    self._ask_confirmation(attachment)
+                    self._ask_now(attachment)
                 taken = True
             bubble = False
         return taken
@@ -258,7 +260,7 @@ class Dispatcher:
         if self._confirm_call is None:
             self._confirm_call = self._clock.callLater(self.confirm_delay, self._ask_confirmations)
 
-    def _ask_confirmation(self, attachment: Attachment) -> None:
+    def _ask_now(self, attachment: Attachment) -> None:
         attachment.ask_from = math.inf
         count = len(attachment.unconfirmed)
         attachment.sink.confirm().addCallback(self._live_confirmed, attachment, count)
@@ -271,7 +273,7 @@ class Dispatcher:
             _, attachment, ask_from = queue.popleft()
             # Not if a message carried the request already (the entry is spent).
             if attachment.attached and attachment.ask_from == ask_from:
-                self._ask_confirmation(attachment)
+                self._ask_now(attachment)
         if queue and not self._stopping:
             delay = max(queue[0][0] - self._clock.seconds(), self.confirm_tick)
             self._confirm_call = self._clock.callLater(delay, self._ask_confirmations)
@@ -397,8 +399,10 @@ class Dispatcher:
                 handover.delivered += sent
                 if sent < len(entries) or len(entries) < self._handover_batch:
                     break
-                length, entries = await self.store.take(uid, confirmed, self._handover_batch)
-                confirmed = 0
+                # TAKE trims them; if its reply is lost, whether it ran is unknown:
+                # better sent twice (they stay) than trimmed twice (undelivered ones lost).
+                trimming, confirmed = confirmed, 0
+                length, entries = await self.store.take(uid, trimming, self._handover_batch)
         finally:
             if confirmed:
                 self.store.trim(uid, confirmed).addErrback(

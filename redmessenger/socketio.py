@@ -138,7 +138,7 @@ def decode_sio(text: str) -> SIOPacket:
 
 
 def packet_key(nsp: str, bubble: bool) -> tuple[str, str, bool]:
-    """The key of a message packet in the message's encoding cache; it is also all that builds the packet."""
+    """The key of a message packet in the message's encoding cache; the packet is built from the key's parts alone."""
     return ("socket.io", nsp, bubble)
 
 

@@ -171,16 +171,16 @@ class QueueStore:
                 self._flush_call.cancel()
             self._flush_call = None
         pending, self._pending = self._pending, []
+        if self._backlog:  # Redis is away: behind the entries waiting for it
+            self._backlog += pending
+            return
         batch: list[_Entry] = []
         writes = 0
         for i, item in enumerate(pending):
-            if self._backlog:  # Redis is away (perhaps since the last call): behind the others
-                self._backlog += pending[i:]
-                return
             if batch and writes + len(item.keys) > self.writes_per_call:
                 self._send(batch)
                 batch, writes = [], 0
-                if self._backlog:
+                if self._backlog:  # that call failed at once: the rest waits behind it
                     self._backlog += pending[i:]
                     return
             batch.append(item)

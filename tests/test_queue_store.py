@@ -134,3 +134,23 @@ def test_a_write_failing_after_stop_is_reported_not_retried() -> None:
     assert sent_entries(commands) == [[b"1"]], "stop sends what is pending"
     commands.replies[0].errback(connection_lost())
     assert store.backlog == 0 and not clock.getDelayedCalls()
+
+
+def test_a_write_failing_at_once_mid_flush_keeps_the_rest_behind_it() -> None:
+    store, commands, clock = make_store(writes_per_call=1)
+    for entry in (b"1", b"2", b"3"):
+        store.enqueue(["a"], entry)
+    original = commands._record
+
+    def refuse(command: tuple[Any, ...]) -> Deferred[Any]:
+        d = original(command)
+        d.errback(connection_lost())  # as txredisapi does when it cannot send at all
+        return d
+
+    commands._record = refuse  # type: ignore[method-assign]
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"]], "after the first call fails, the rest is not sent"
+    assert store.backlog == 3
+    commands._record = original  # type: ignore[method-assign]
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands)[1:] == [[b"1"], [b"2"], [b"3"]]

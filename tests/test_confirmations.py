@@ -6,36 +6,12 @@ real clients in test_delivery.py.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
 from twisted.internet.testing import Clock
 
 from redmessenger.dispatcher import Dispatcher
-from redmessenger.envelope import Message
 from redmessenger.presence import Attachment, Presence
 
-from .test_queue_store import make_store
-
-
-class Sink:
-    """Records what the dispatcher writes and asks; confirmations are answered by the test."""
-
-    client_address = "127.0.0.1:1"
-    writable = True
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.log: list[str] = []
-        self.asked: list[Deferred[bool]] = []
-
-    def send_message(self, message: Message, bubble: bool) -> bool:
-        self.log.append(f"{self.clock.seconds():.2f} message {message.payload}")
-        return True
-
-    def confirm(self) -> Deferred[bool]:
-        self.log.append(f"{self.clock.seconds():.2f} confirm")
-        d: Deferred[bool] = Deferred()
-        self.asked.append(d)
-        return d
+from .fakes import Sink, make_store
 
 
 def online_user() -> tuple[Dispatcher, Sink, Attachment, Clock]:

@@ -14,8 +14,7 @@ from redmessenger.dispatcher import Dispatcher
 from redmessenger.presence import Presence
 from redmessenger.queue_store import TAKE
 
-from .test_confirmations import Sink
-from .test_queue_store import connection_lost, make_store
+from .fakes import Sink, connection_lost, make_store
 
 
 def entry(n: int) -> bytes:

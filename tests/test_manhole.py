@@ -106,6 +106,14 @@ async def log_in(port: int, user: str = "ops", password: str = "s3cret") -> Any:
     return session
 
 
+async def status_screen(session: Any) -> str:
+    """At the prompt: type ``status()`` and return what it printed, up to the next prompt."""
+    await session.expect(">>> ")
+    session.type("status()")
+    screen = await session.expect("Longest queues")
+    return screen + await session.expect(">>> ")
+
+
 def entry(source: str, payload: str) -> str:
     return json.dumps({"v": 1, "source": source, "timestamp": 1438480701712, "payload": payload})
 
@@ -127,10 +135,7 @@ async def test_status_over_telnet_answers_what_an_operator_asks(
 
     session = await log_in(port)
     await session.expect("status() for a summary")
-    await session.expect(">>> ")
-    session.type("status()")
-    screen = await session.expect("Longest queues")
-    screen += await session.expect(">>> ")
+    screen = await status_screen(session)
 
     assert "subscriber up, commands up" in screen
     assert "Health:     ok" in screen
@@ -155,10 +160,7 @@ async def test_status_says_when_redis_is_down(daemon_factory: Any, private_redis
     private_redis.stop()
     await daemon.until(lambda: not daemon.service.link.state.commands_connected, what="the link to notice")
     session = await log_in(port)
-    await session.expect(">>> ")
-    session.type("status()")
-    screen = await session.expect("Longest queues")
-    screen += await session.expect(">>> ")
+    screen = await status_screen(session)
     assert "UNAVAILABLE: Redis command connection down" in screen
     assert "commands DOWN" in screen
     assert "Longest queues: unknown" in screen

@@ -9,38 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.testing import Clock
-from twisted.python.failure import Failure
 
-from redmessenger.queue_store import ENQUEUE, TAKE, QueueStore
+from redmessenger.queue_store import ENQUEUE, TAKE
 
-
-class RecordingCommands:
-    """Records each command; its reply is fired by the test."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Any, ...]] = []
-        self.replies: list[Deferred[Any]] = []
-
-    def eval(self, script: bytes, keys: list[Any] = [], args: list[Any] = []) -> Deferred[Any]:
-        return self._record(("EVAL", script, list(keys), list(args)))
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return self._record(args)
-
-    def _record(self, command: tuple[Any, ...]) -> Deferred[Any]:
-        self.sent.append(command)
-        d: Deferred[Any] = Deferred()
-        self.replies.append(d)
-        return d
-
-
-def make_store(**attributes: Any) -> tuple[QueueStore, RecordingCommands, Clock]:
-    commands, clock = RecordingCommands(), Clock()
-    store = QueueStore(commands, clock, queue_expiry=60, queue_max_length=100)
-    for name, value in attributes.items():
-        setattr(store, name, value)
-    return store, commands, clock
+from .fakes import connection_lost, make_store, sent_entries
 
 
 def test_a_turns_queue_writes_go_out_together_at_its_end() -> None:
@@ -85,17 +57,6 @@ def test_drain_waits_for_writes_not_sent_yet() -> None:
     assert not drained.called
     commands.replies[0].callback([[], []])
     assert drained.called
-
-
-def sent_entries(commands: RecordingCommands) -> list[list[bytes]]:
-    """The entries of each ENQUEUE call, in the order the calls were made."""
-    return [c[3][2::2] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
-
-
-def connection_lost() -> Failure:
-    from txredisapi import ConnectionError
-
-    return Failure(ConnectionError("Not connected"))
 
 
 def test_entries_queued_while_a_write_fails_wait_behind_it() -> None:

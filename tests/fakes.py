@@ -1,0 +1,77 @@
+"""
+Stand-ins for unit tests of pure logic: a recording Redis connection and a
+recording socket.  What the daemon does with the real ones is tested against a
+real valkey-server and real clients elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import Clock
+from twisted.python.failure import Failure
+
+from redmessenger.envelope import Message
+from redmessenger.queue_store import ENQUEUE, QueueStore
+
+
+class RecordingCommands:
+    """Records each command; its reply is fired by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+        self.replies: list[Deferred[Any]] = []
+
+    def eval(self, script: bytes, keys: list[Any] = [], args: list[Any] = []) -> Deferred[Any]:
+        return self._record(("EVAL", script, list(keys), list(args)))
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return self._record(args)
+
+    def _record(self, command: tuple[Any, ...]) -> Deferred[Any]:
+        self.sent.append(command)
+        d: Deferred[Any] = Deferred()
+        self.replies.append(d)
+        return d
+
+
+def make_store(**attributes: Any) -> tuple[QueueStore, RecordingCommands, Clock]:
+    commands, clock = RecordingCommands(), Clock()
+    store = QueueStore(commands, clock, queue_expiry=60, queue_max_length=100)
+    for name, value in attributes.items():
+        setattr(store, name, value)
+    return store, commands, clock
+
+
+def sent_entries(commands: RecordingCommands) -> list[list[bytes]]:
+    """The entries of each ENQUEUE call, in the order the calls were made."""
+    return [c[3][2::2] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
+
+
+def connection_lost() -> Failure:
+    from txredisapi import ConnectionError
+
+    return Failure(ConnectionError("Not connected"))
+
+
+class Sink:
+    """Records what the dispatcher writes and asks; confirmations are answered by the test."""
+
+    client_address = "127.0.0.1:1"
+    writable = True
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.log: list[str] = []
+        self.asked: list[Deferred[bool]] = []
+
+    def send_message(self, message: Message, bubble: bool) -> bool:
+        self.log.append(f"{self.clock.seconds():.2f} message {message.payload}")
+        return True
+
+    def confirm(self) -> Deferred[bool]:
+        self.log.append(f"{self.clock.seconds():.2f} confirm")
+        d: Deferred[bool] = Deferred()
+        self.asked.append(d)
+        return d

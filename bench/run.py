@@ -251,7 +251,7 @@ class Stack:
         self.close()
 
     def _start(self) -> None:
-        from redmessenger.embedded import find_server_binary
+        from redmessenger.redis_edge.embedded import find_server_binary
 
         self.redis_proc = subprocess.Popen(
             [find_server_binary(), "--bind", HOST, "--port", str(self.redis_port), "--save", "", "--appendonly", "no",

@@ -22,7 +22,7 @@ import pytest
 import pytest_twisted
 import valkey
 
-from redmessenger.embedded import find_server_binary
+from redmessenger.redis_edge.embedded import find_server_binary
 
 from .wsclient import WebSocketClient, connect_client
 
@@ -232,8 +232,8 @@ async def sleep(seconds: float) -> None:
 async def start_daemon(redis_port: int, **overrides: Any) -> Daemon:
     from twisted.internet import reactor
 
-    from redmessenger.config import parse_config
-    from redmessenger.service import RedMessengerService
+    from redmessenger.daemon.config import parse_config
+    from redmessenger.daemon.service import RedMessengerService
 
     port = free_port()
     raw = {"redis_host": HOST, "redis_port": redis_port, "listen": f"tcp:{port}:interface={HOST}", "ping_interval": 0}

@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import Clock
 from twisted.python.failure import Failure
 
-from redmessenger.envelope import Message
-from redmessenger.queue_store import ENQUEUE, QueueStore
+from redmessenger.model.envelope import Message
+from redmessenger.redis_edge.queues import ENQUEUE, QueueStore
 
 
 class RecordingCommands:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from redmessenger.errors import CloseCode
+from redmessenger.model.errors import CloseCode
 
 from .conftest import publish, sleep
 from .httpclient import http_get
@@ -239,7 +239,7 @@ async def test_refusals_are_counted_by_reason(daemon):
 
 
 def test_close_reason_is_cut_to_123_bytes() -> None:
-    from redmessenger.websocket import close_reason
+    from redmessenger.dialects.plain.websocket import close_reason
 
     reason = close_reason("é" * 100)
     assert len(reason.encode("utf-8")) <= 123
@@ -248,7 +248,7 @@ def test_close_reason_is_cut_to_123_bytes() -> None:
 
 
 def test_identifier_repr_hides_the_key() -> None:
-    from redmessenger.errors import parse_identifier
+    from redmessenger.model.errors import parse_identifier
 
     ident = parse_identifier("user1:hunter2")
     assert ident.uid == "user1" and ident.key == "hunter2"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from redmessenger.config import Config, ConfigError, load_config, parse_config
+from redmessenger.daemon.config import Config, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

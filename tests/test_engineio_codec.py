@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from redmessenger.engineio_codec import (
+from redmessenger.dialects.engineio.codec import (
     BinaryNotSupported,
     EncodedPacket,
     Packet,
@@ -24,9 +24,9 @@ from redmessenger.engineio_codec import (
     open_packet,
     utf16_length,
 )
-from redmessenger.envelope import Message
-from redmessenger.leanws import text_frame
-from redmessenger.socketio import SIOPacket, SIOProtocolError, SIOType, decode_sio, encode_sio, message_packet
+from redmessenger.model.envelope import Message
+from redmessenger.transport.leanws import text_frame
+from redmessenger.dialects.socketio.connection import SIOPacket, SIOProtocolError, SIOType, decode_sio, encode_sio, message_packet
 
 
 def packets(*texts: str) -> list[EncodedPacket]:

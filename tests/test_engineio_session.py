@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from redmessenger.engineio import EngineError, EngineServer, EngineSettings, Session, State
-from redmessenger.engineio_codec import EncodedPacket, Packet, PacketType
-from redmessenger.limits import ConnectionLimit
+from redmessenger.dialects.engineio.session import EngineError, EngineServer, EngineSettings, Session, State
+from redmessenger.dialects.engineio.codec import EncodedPacket, Packet, PacketType
+from redmessenger.core.admission import ConnectionLimit
 
 SETTINGS = EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=1000, upgrade_timeout=10.0)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from redmessenger.envelope import (
+from redmessenger.model.envelope import (
     Message,
     URIError,
     UnreadableEntry,

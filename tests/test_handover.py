@@ -10,9 +10,9 @@ import json
 
 from twisted.internet.defer import ensureDeferred
 
-from redmessenger.dispatcher import Dispatcher
-from redmessenger.presence import Presence
-from redmessenger.queue_store import TAKE
+from redmessenger.core.dispatcher import Dispatcher
+from redmessenger.core.presence import Presence
+from redmessenger.redis_edge.queues import TAKE
 
 from .fakes import Sink, connection_lost, make_store
 

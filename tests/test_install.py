@@ -50,7 +50,7 @@ def run_as_nobody(venv: Path, config: Path, log: Path) -> subprocess.Popen[bytes
     assert SETPRIV is not None
     command = [
         SETPRIV, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
-        str(venv / "bin" / "twistd"), "--nodaemon", "--pidfile=", "--logger=redmessenger.system.journal_observer",
+        str(venv / "bin" / "twistd"), "--nodaemon", "--pidfile=", "--logger=redmessenger.ops.system.journal_observer",
         "redmessenger", "-c", str(config),
     ]  # fmt: skip
     with log.open("w") as out:
@@ -95,7 +95,7 @@ def test_a_non_root_service_starts_cleanly_once_the_plugin_cache_is_regenerated(
         assert "Unable to write to plugin cache" in before
 
         result = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "redmessenger.plugincache"], capture_output=True, text=True, timeout=120
+            [str(venv / "bin" / "python"), "-m", "redmessenger.daemon.plugincache"], capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, result.stderr
 
@@ -108,5 +108,5 @@ def test_a_non_root_service_starts_cleanly_once_the_plugin_cache_is_regenerated(
     lines = after.splitlines()
     assert lines and all(re.match(r"<[0-7]>", line) for line in lines), after
     assert not any(re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line) for line in lines), after
-    assert any(line.startswith("<6>[redmessenger.redis_edge.RedisLink] Subscribed to rm.users.*") for line in lines)
-    assert any(line.startswith("<6>[redmessenger.service.RedMessengerService] RedMessenger stopped") for line in lines)
+    assert any(line.startswith("<6>[redmessenger.redis_edge.link.RedisLink] Subscribed to rm.users.*") for line in lines)
+    assert any(line.startswith("<6>[redmessenger.daemon.service.RedMessengerService] RedMessenger stopped") for line in lines)

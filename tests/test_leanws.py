@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.internet.testing import StringTransport
 
-from redmessenger import leanws
+from redmessenger.transport import leanws
 
 
 def test_send_now_uses_the_ordinary_write_for_other_transports() -> None:

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 import valkey
 
-from redmessenger.config import ConfigError, parse_config
+from redmessenger.daemon.config import ConfigError, parse_config
 
 from .conftest import HOST, free_port
 from .telnetclient import connect_telnet

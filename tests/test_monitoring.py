@@ -48,8 +48,8 @@ async def test_health_follows_the_redis_link(daemon_factory: Any, private_redis:
 async def test_health_is_503_before_redis_is_reached() -> None:
     from twisted.internet import reactor
 
-    from redmessenger.config import parse_config
-    from redmessenger.service import RedMessengerService
+    from redmessenger.daemon.config import parse_config
+    from redmessenger.daemon.service import RedMessengerService
 
     from .conftest import Daemon, free_port
 

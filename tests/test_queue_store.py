@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from redmessenger.queue_store import ENQUEUE, TAKE
+from redmessenger.redis_edge.queues import ENQUEUE, TAKE
 
 from .fakes import connection_lost, make_store, sent_entries
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import pytest_twisted
 
-from redmessenger.errors import CloseCode
+from redmessenger.model.errors import CloseCode
 
 from .conftest import sleep, wait_until
 

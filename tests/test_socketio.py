@@ -210,7 +210,7 @@ async def test_a_silent_client_is_timed_out_by_the_heartbeat(daemon_factory, red
     Engine.IO 4: the server pings and the client does not pong.  Engine.IO 3: the
     client does not ping.  Either way the session ends and the user goes offline.
     """
-    from redmessenger.engineio import State
+    from redmessenger.dialects.engineio.session import State
 
     daemon = await daemon_factory(ping_interval=0.5)
     client = node_client(rm_url(daemon), "user1", generation=generation, transports=[transport])
@@ -234,7 +234,7 @@ async def test_a_polling_client_that_vanishes_keeps_what_it_did_not_fetch(daemon
     confirmed by polling again (the rest of the queue, the live messages buffered
     for it) is handed to the next socket, in order; nothing is lost.
     """
-    from redmessenger.engineio import State
+    from redmessenger.dialects.engineio.session import State
 
     daemon = await daemon_factory(ping_interval=0.5, handover_batch=10)
     queue = [f"q{i}" for i in range(200)]
@@ -358,8 +358,8 @@ async def test_order_and_confirmations_across_the_upgrade(daemon_factory, redis,
     in, then its upgrade packet until live messages wait in the session's buffer
     (the client has stopped polling by then) for longer than ``confirm_delay``.
     """
-    from redmessenger.engineio import Session
-    from redmessenger.engineio_codec import PacketType
+    from redmessenger.dialects.engineio.session import Session
+    from redmessenger.dialects.engineio.codec import PacketType
 
     held: dict[str, tuple[Any, ...]] = {}
     release_probe = release_upgrade = False
@@ -446,10 +446,10 @@ def test_a_refused_client_cannot_connect_again() -> None:
     """Refused clients get nothing more: not even by connecting to the namespace a second time."""
     from twisted.internet.task import Clock
 
-    from redmessenger.engineio import EngineSettings
-    from redmessenger.envelope import Message
-    from redmessenger.limits import ConnectionLimit
-    from redmessenger.socketio import SocketIOServer
+    from redmessenger.dialects.engineio.session import EngineSettings
+    from redmessenger.model.envelope import Message
+    from redmessenger.core.admission import ConnectionLimit
+    from redmessenger.dialects.socketio.connection import SocketIOServer
 
     class Dispatcher:
         def refused(self, code: Any) -> None:

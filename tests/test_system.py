@@ -17,11 +17,11 @@ import pytest
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from redmessenger.config import Config
-from redmessenger.system import FD_MARGIN, JournalObserver, fit_open_files_limit
+from redmessenger.daemon.config import Config
+from redmessenger.ops.system import FD_MARGIN, JournalObserver, fit_open_files_limit
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ROOT / "systemd" / "redmessenger.service"
+UNIT = ROOT / "systemd" / "redmessenger.daemon.service"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (Debian package: systemd)"
@@ -39,7 +39,7 @@ def unit_settings() -> dict[str, list[str]]:
 
 def installed_unit(directory: Path, text: str | None = None) -> Path:
     """The unit as it would be installed, pointing at this virtualenv instead of /opt/redmessenger."""
-    path = directory / "redmessenger.service"
+    path = directory / "redmessenger.daemon.service"
     path.write_text((text if text is not None else UNIT.read_text()).replace("/opt/redmessenger", sys.prefix))
     return path
 
@@ -89,7 +89,7 @@ def test_the_unit_runs_twistd_as_the_issue_says() -> None:
     (command,) = settings["ExecStart"]
     assert command.startswith("/opt/redmessenger/bin/twistd --nodaemon --pidfile= ")
     assert command.endswith(" redmessenger -c /etc/redmessenger/redmessenger.json")
-    assert "--logger=redmessenger.system.journal_observer" in command
+    assert "--logger=redmessenger.ops.system.journal_observer" in command
     assert settings["User"] == ["redmessenger"] and settings["Restart"] == ["on-failure"]
     assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     # the daemon stops the embedded server itself, after its last queue write
@@ -98,7 +98,7 @@ def test_the_unit_runs_twistd_as_the_issue_says() -> None:
     for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
                        ("ProtectHome", "yes"), ("CapabilityBoundingSet", "")]:
         assert settings[key] == [value], key
-    assert settings["ExecStartPre"] == ["+/opt/redmessenger/bin/python -m redmessenger.plugincache --quiet"]
+    assert settings["ExecStartPre"] == ["+/opt/redmessenger/bin/python -m redmessenger.daemon.plugincache --quiet"]
 
 
 # -- journal lines -------------------------------------------------------------------
@@ -173,13 +173,13 @@ def test_a_hard_limit_too_low_is_reported(capsys: Any) -> None:
 
 
 def test_the_plugin_cache_is_regenerated(tmp_path: Path) -> None:
-    from redmessenger import plugincache
+    from redmessenger.daemon import plugincache
 
     plugin = ROOT / "twisted" / "plugins" / "redmessenger_plugin.py"
     plugin.touch()  # newer than its cache: twistd would rewrite the cache at start
     assert plugin.parent.resolve() in plugincache.stale_caches()
     result = subprocess.run(
-        [sys.executable, "-m", "redmessenger.plugincache"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, "-m", "redmessenger.daemon.plugincache"], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert plugincache.stale_caches() == []
@@ -189,7 +189,7 @@ def test_the_plugin_cache_is_regenerated(tmp_path: Path) -> None:
 def test_the_garbage_collector_is_tuned_and_the_startup_heap_frozen_once_running() -> None:
     import gc
 
-    from redmessenger.system import GC_THRESHOLDS, tune_garbage_collector
+    from redmessenger.ops.system import GC_THRESHOLDS, tune_garbage_collector
 
     class Reactor:
         when_running: list[Any] = []

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from .envelope import Message
-from .errors import ClientError, CloseCode
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError, CloseCode
 
 
 class MessageSink(Protocol):

@@ -2,8 +2,8 @@
 The delivery engine: published messages in, envelopes to sockets or entries to queues out.
 
 It knows users, sockets and queues, never a wire format: each dialect (plain
-WebSocket, Socket.IO) hands it a :class:`~redmessenger.presence.MessageSink`
-and an identifier, and is handed :class:`~redmessenger.envelope.Message` objects.
+WebSocket, Socket.IO) hands it a :class:`~redmessenger.core.presence.MessageSink`
+and an identifier, and is handed :class:`~redmessenger.model.envelope.Message` objects.
 
 Order (SPEC §3): published messages are dispatched strictly in the order the
 subscriber received them.  A group message needs its member list from Redis
@@ -23,13 +23,13 @@ from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from .logs import debugging, informing, make_logger
+from redmessenger.logs import debugging, informing, make_logger
 from twisted.python.failure import Failure
 
-from .envelope import Message, UnreadableEntry, decode_payload, message_from_entry, message_from_unreadable
-from .errors import UID_PATTERN, ClientError, CloseCode, parse_identifier
-from .presence import Attachment, MessageSink, Presence, Sent, User
-from .queue_store import QueueStore, queue_key
+from redmessenger.model.envelope import Message, UnreadableEntry, decode_payload, message_from_entry, message_from_unreadable
+from redmessenger.model.errors import UID_PATTERN, ClientError, CloseCode, parse_identifier
+from redmessenger.core.presence import Attachment, MessageSink, Presence, Sent, User
+from redmessenger.redis_edge.queues import QueueStore, queue_key
 
 USER_PREFIX = b"rm.users."
 GROUP_PREFIX = b"rm.channels."
@@ -97,7 +97,7 @@ class Dispatcher:
         #: Member lookups waiting to be retried while Redis is away.
         self._lookup_retries: set[IDelayedCall] = set()
         self._stopping = False
-        #: Called once per message delivered live (the latency histogram, redmessenger.monitoring).
+        #: Called once per message delivered live (the latency histogram, redmessenger.ops.monitoring).
         self.on_live_delivery: Callable[[Message], None] = _ignore
 
     # -- published messages --------------------------------------------------------

@@ -39,12 +39,12 @@ from twisted.internet.protocol import ServerFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import __version__
-from .logs import make_logger
-from .monitoring import snapshot
+from redmessenger import __version__
+from redmessenger.logs import make_logger
+from redmessenger.ops.monitoring import snapshot
 
 if TYPE_CHECKING:
-    from .service import RedMessengerService
+    from redmessenger.daemon.service import RedMessengerService
 
 #: Failed logins one telnet connection may make before it is closed.
 MAX_LOGIN_ATTEMPTS = 3

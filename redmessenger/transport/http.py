@@ -13,8 +13,8 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .leanws import upgrade_to_websocket
-from .websocket import PlainWebSocketFactory
+from redmessenger.transport.leanws import upgrade_to_websocket
+from redmessenger.dialects.plain.websocket import PlainWebSocketFactory
 
 REACHABLE_TEXT = b"Hey, you're connected!"
 

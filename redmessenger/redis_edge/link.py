@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from .logs import make_logger
+from redmessenger.logs import make_logger
 
 if TYPE_CHECKING:
     import txredisapi

@@ -1,7 +1,7 @@
 """
 The Socket.IO dialect (SPEC §4): the seeds' browser client, unchanged.
 
-Protocol (also in ``docs/protocol.md``), on top of Engine.IO (:mod:`redmessenger.engineio`):
+Protocol (also in ``docs/protocol.md``), on top of Engine.IO (:mod:`redmessenger.dialects.engineio.session`):
 
 - Socket.IO protocol 5 over Engine.IO 4 (``socket.io-client`` 3.x and 4.x,
   python-socketio 5), and protocol 4 over Engine.IO 3 (``socket.io-client`` 1.x
@@ -20,7 +20,7 @@ Protocol (also in ``docs/protocol.md``), on top of Engine.IO (:mod:`redmessenger
 - Mistakes (a bad identifier or key, no identifier within ``identify_timeout``, a
   second identifier, binary data) are reported the way each protocol reports
   errors, with ``{"code": 4401, "name": "BAD_KEY", "message": "..."}``
-  (:class:`~redmessenger.errors.CloseCode`): protocol 5 as an ``error`` event
+  (:class:`~redmessenger.model.errors.CloseCode`): protocol 5 as an ``error`` event
   (``42/rm,["error",{...}]``), protocol 4 as an ERROR packet (``44/rm,{...}``),
   which the client emits as ``error`` too.  Then the server disconnects the
   namespace (``41/rm,``: the client does not reconnect) and ends the session.
@@ -46,16 +46,16 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from .config import Config
-from .dispatcher import Dispatcher
-from .engineio import EngineServer, EngineSettings, Session
-from .engineio_codec import EncodedPacket, PacketType
-from .engineio_transports import EngineIOResource, EngineIOWebSocketFactory
-from .envelope import Message
-from .errors import ClientError, CloseCode
-from .limits import ConnectionLimit, OriginPolicy
-from .logs import make_logger
-from .presence import Attachment
+from redmessenger.daemon.config import Config
+from redmessenger.core.dispatcher import Dispatcher
+from redmessenger.dialects.engineio.session import EngineServer, EngineSettings, Session
+from redmessenger.dialects.engineio.codec import EncodedPacket, PacketType
+from redmessenger.dialects.engineio.transports import EngineIOResource, EngineIOWebSocketFactory
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.core.admission import ConnectionLimit, OriginPolicy
+from redmessenger.logs import make_logger
+from redmessenger.core.presence import Attachment
 
 # -- the Socket.IO packet codec --------------------------------------------------------------
 
@@ -174,7 +174,7 @@ _RETRYABLE = frozenset({CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY})
 class SocketIOConnection:
     """
     A Socket.IO client on one Engine.IO session, connected to the ``rm_route``
-    namespace: the :class:`~redmessenger.presence.MessageSink` the dispatcher writes to.
+    namespace: the :class:`~redmessenger.core.presence.MessageSink` the dispatcher writes to.
     """
 
     log = make_logger()

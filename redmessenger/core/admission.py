@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from autobahn.util import wildcards2patterns
 
-from .logs import make_logger
+from redmessenger.logs import make_logger
 
 
 class OriginPolicy:

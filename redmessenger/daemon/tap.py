@@ -12,8 +12,8 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from .config import Config, ConfigError, load_config
-from .system import tune_garbage_collector
+from redmessenger.daemon.config import Config, ConfigError, load_config
+from redmessenger.ops.system import tune_garbage_collector
 
 
 class Options(usage.Options):
@@ -35,12 +35,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as installed
 
         reactor = installed
-    from .logs import set_level
-    from .service import RedMessengerService
+    from redmessenger.logs import set_level
+    from redmessenger.daemon.service import RedMessengerService
 
     config: Config = options["parsed"]
     set_level(config.log_level)
     service = RedMessengerService(config, reactor)
-    service.config_path = options["config"]  # SIGHUP re-reads it (redmessenger.reload)
+    service.config_path = options["config"]  # SIGHUP re-reads it (redmessenger.daemon.reload)
     tune_garbage_collector(reactor)
     return service

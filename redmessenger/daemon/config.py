@@ -178,7 +178,7 @@ def _manhole(key: str, value: Any) -> str:
 
 
 def _password_file(key: str, value: Any) -> str:
-    from .manhole import PasswordFileError, read_password_file
+    from redmessenger.ops.manhole import PasswordFileError, read_password_file
 
     value = _text(key, value)
     try:

@@ -1,5 +1,5 @@
 """
-The wiring: builds the parts from a :class:`~redmessenger.config.Config` and runs them in order.
+The wiring: builds the parts from a :class:`~redmessenger.daemon.config.Config` and runs them in order.
 
 Start: listen (a port in use is fatal at once), then the embedded Redis if
 configured (waited for), then the Redis link.  Stop: the reverse, with the
@@ -17,20 +17,20 @@ from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
-from .config import Config
-from .dispatcher import Dispatcher
-from .engineio_transports import PATH as SOCKETIO_PATH
-from .errors import CloseCode
-from .limits import ConnectionLimit
-from .logs import make_logger
-from .monitoring import Monitoring
-from .presence import Presence
-from .queue_store import QueueStore
-from .redis_edge import RedisLink, RedisSettings
-from .system import fit_open_files_limit
-from .socketio import make_socketio
-from .web import RootResource, RouteResource, make_site
-from .websocket import PlainWebSocketFactory
+from redmessenger.daemon.config import Config
+from redmessenger.core.dispatcher import Dispatcher
+from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
+from redmessenger.model.errors import CloseCode
+from redmessenger.core.admission import ConnectionLimit
+from redmessenger.logs import make_logger
+from redmessenger.ops.monitoring import Monitoring
+from redmessenger.core.presence import Presence
+from redmessenger.redis_edge.queues import QueueStore
+from redmessenger.redis_edge.link import RedisLink, RedisSettings
+from redmessenger.ops.system import fit_open_files_limit
+from redmessenger.dialects.socketio.connection import make_socketio
+from redmessenger.transport.http import RootResource, RouteResource, make_site
+from redmessenger.dialects.plain.websocket import PlainWebSocketFactory
 
 
 class RedMessengerService(Service):
@@ -71,7 +71,7 @@ class RedMessengerService(Service):
             secure_mode=config.secure_mode,
             handover_batch=config.handover_batch,
         )
-        #: conn_limit, counted over both dialects together (redmessenger.limits).
+        #: conn_limit, counted over both dialects together (redmessenger.core.admission).
         self.limit = ConnectionLimit(config.conn_limit)
         self.websockets = PlainWebSocketFactory(
             dispatcher=self.dispatcher,
@@ -84,7 +84,7 @@ class RedMessengerService(Service):
             limit=self.limit,
             **websocket_options(config),
         )
-        # The Socket.IO dialect (redmessenger.socketio) at /socket.io/, same core, same conn_limit.
+        # The Socket.IO dialect (redmessenger.dialects.socketio.connection) at /socket.io/, same core, same conn_limit.
         self.socketio = make_socketio(
             config, self.dispatcher, reactor, self.limit, self.websockets.listen_label, websocket_options(config)
         )
@@ -98,7 +98,7 @@ class RedMessengerService(Service):
         self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
         self.embedded: Any = None
         if config.embedded_redis:
-            from .embedded import EmbeddedRedisService
+            from redmessenger.redis_edge.embedded import EmbeddedRedisService
 
             self.embedded = EmbeddedRedisService(
                 reactor=reactor,
@@ -109,11 +109,11 @@ class RedMessengerService(Service):
             )
         self.manhole: Any = None
         if config.manhole is not None:
-            from .manhole import ManholeService, make_namespace
+            from redmessenger.ops.manhole import ManholeService, make_namespace
 
             assert config.manhole_password_file is not None  # checked with the configuration
             self.manhole = ManholeService(config.manhole, config.manhole_password_file, make_namespace(self), reactor)
-        #: The configuration file when run by twistd: SIGHUP re-reads it (redmessenger.reload).
+        #: The configuration file when run by twistd: SIGHUP re-reads it (redmessenger.daemon.reload).
         self.config_path: str | None = None
         self._hangup: Any = None
 
@@ -138,7 +138,7 @@ class RedMessengerService(Service):
         if self.manhole is not None:
             self.manhole.startService()
         if self.config_path is not None:
-            from .reload import HangupReload
+            from redmessenger.daemon.reload import HangupReload
 
             self._hangup = HangupReload(self, self.config_path, self.reactor)
             self._hangup.install()

@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from .logs import make_logger
+from redmessenger.logs import make_logger
 
 
 class RedisCommands(Protocol):

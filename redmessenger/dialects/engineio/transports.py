@@ -2,7 +2,7 @@
 The two Engine.IO transports on the daemon's port: HTTP long-polling (XHR, and
 JSONP for revision 3) as a twisted.web resource at ``/socket.io/``, and WebSocket
 on Autobahn behind the same resource.  They turn requests and frames into calls on
-:class:`~redmessenger.engineio.Session`; the protocol itself is described there.
+:class:`~redmessenger.dialects.engineio.session.Session`; the protocol itself is described there.
 
 CORS: a request with an ``Origin`` in ``allowed_origins`` gets it echoed with
 ``Access-Control-Allow-Credentials: true`` (Socket.IO 2 clients send cookies by
@@ -23,11 +23,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .engineio import EngineError, EngineServer, Session
-from .engineio_codec import EncodedPacket, ProtocolError, decode_packet, decode_payload, jsonp_unescape, jsonp_wrap
-from .leanws import Corks, LeanServerProtocol, OpenSockets, upgrade_to_websocket
-from .limits import OriginPolicy
-from .logs import make_logger
+from redmessenger.dialects.engineio.session import EngineError, EngineServer, Session
+from redmessenger.dialects.engineio.codec import EncodedPacket, ProtocolError, decode_packet, decode_payload, jsonp_unescape, jsonp_wrap
+from redmessenger.transport.leanws import Corks, LeanServerProtocol, OpenSockets, upgrade_to_websocket
+from redmessenger.core.admission import OriginPolicy
+from redmessenger.logs import make_logger
 
 PATH = "/socket.io"
 
@@ -53,7 +53,7 @@ def _peer(transport: Any) -> str:
 
 
 class _PendingPoll:
-    """A GET waiting for packets; a :class:`~redmessenger.engineio.PollRequest`."""
+    """A GET waiting for packets; a :class:`~redmessenger.dialects.engineio.session.PollRequest`."""
 
     __slots__ = ("request", "jsonp")
 
@@ -227,7 +227,7 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
     """
     A WebSocket at ``/socket.io/?transport=websocket``: either a session of its own
     (no ``sid``) or the upgrade of a polling session (``sid``).  A
-    :class:`~redmessenger.engineio.WebSocketTransport`.
+    :class:`~redmessenger.dialects.engineio.session.WebSocketTransport`.
     """
 
     _log = make_logger()
@@ -246,7 +246,7 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
     def write(self, packet: EncodedPacket) -> bool:
         if self.state != self.STATE_OPEN:
             return False
-        if self.raw_frames:  # the hot path: the packet's frame, built once, into the turn's cork (redmessenger.leanws)
+        if self.raw_frames:  # the hot path: the packet's frame, built once, into the turn's cork (redmessenger.transport.leanws)
             self.write_frame(packet.frame)
         else:
             self.sendPreparedMessage(packet.prepared(self.factory))
@@ -347,7 +347,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         self.server = server
         #: WebSockets whose handshake completed and that have not closed yet.
         self.sockets = OpenSockets()
-        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.leanws).
+        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.transport.leanws).
         self.corks = Corks(server.clock)
         self.setProtocolOptions(**options)
 

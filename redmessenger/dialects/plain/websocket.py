@@ -10,7 +10,7 @@ Protocol (also in ``docs/protocol.md``):
    (the key is required when ``secure_mode`` is on).
 3. From then on the server sends one envelope per text frame: first the user's
    queue, oldest first, then live messages.  The client sends nothing more.
-4. Mistakes close the socket with a code and a reason (:class:`~redmessenger.errors.CloseCode`).
+4. Mistakes close the socket with a code and a reason (:class:`~redmessenger.model.errors.CloseCode`).
 5. The server pings; a client answers with pongs, as every WebSocket client
    does on its own.  A pong confirms the frames sent before its ping: queue
    entries leave Redis only once confirmed.  A client that leaves a ping
@@ -28,13 +28,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from .dispatcher import Dispatcher
-from .envelope import Message
-from .errors import ClientError, CloseCode
-from .leanws import Corks, LeanServerProtocol, OpenSockets, text_frame
-from .limits import ConnectionLimit, OriginPolicy
-from .logs import make_logger
-from .presence import Attachment
+from redmessenger.core.dispatcher import Dispatcher
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.transport.leanws import Corks, LeanServerProtocol, OpenSockets, text_frame
+from redmessenger.core.admission import ConnectionLimit, OriginPolicy
+from redmessenger.logs import make_logger
+from redmessenger.core.presence import Attachment
 
 _AWAITING_ID, _VERIFYING, _IDENTIFIED = range(3)
 
@@ -90,7 +90,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             return False
         if self.raw_frames:
             # The hot path: framed once per message and bubble value, shared by
-            # every socket, and written without Autobahn (redmessenger.leanws).
+            # every socket, and written without Autobahn (redmessenger.transport.leanws).
             self.write_frame(message.encoded(_FRAME_KEYS[bubble], _frame_of, message, bubble))
         else:
             # permessage-deflate compresses per socket; Autobahn frames it
@@ -148,7 +148,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no WebSocket at {request.path}")
         if not self.factory.origins.allows(request.origin):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        # conn_limit counts every dialect together (redmessenger.limits)
+        # conn_limit counts every dialect together (redmessenger.core.admission)
         if not self.factory.limit.acquire():
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "maximum number of connections reached")
         self._holds_slot = True
@@ -264,7 +264,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         #: conn_limit, shared with the Socket.IO dialect.
         self.limit = limit if limit is not None else ConnectionLimit(10000)
         self.origins = OriginPolicy(allowed_origins)
-        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.leanws).
+        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.transport.leanws).
         self.corks = Corks(clock)
         # One loop for every socket rather than a timer each.
         self._keep_alive = LoopingCall(self._ping_all)

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from .config import Config, ConfigError, load_config
-from .logs import make_logger, set_level
+from redmessenger.daemon.config import Config, ConfigError, load_config
+from redmessenger.logs import make_logger, set_level
 
 if TYPE_CHECKING:
-    from .service import RedMessengerService
+    from redmessenger.daemon.service import RedMessengerService
 
 #: Keys applied by a reload; every other change waits for a restart.
 RELOADABLE = frozenset({"log_level", "manhole_password_file"})
@@ -96,7 +96,7 @@ class HangupReload:
 
 def _read(path: str) -> tuple[Config, dict[bytes, bytes] | None]:
     """In a thread: the new configuration and the manhole passwords it names."""
-    from .manhole import PasswordFileError, read_password_file
+    from redmessenger.ops.manhole import PasswordFileError, read_password_file
 
     config = load_config(path)
     if config.manhole_password_file is None:

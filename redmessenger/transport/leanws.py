@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.tcp import Server
 from twisted.web.server import Request
 
-from .logs import make_logger
+from redmessenger.logs import make_logger
 
 log = make_logger()
 

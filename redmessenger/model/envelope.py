@@ -13,7 +13,7 @@ import json
 import re
 from typing import Any, Callable, TypeVar
 
-from .logs import make_logger
+from redmessenger.logs import make_logger
 
 log = make_logger(__name__)
 

@@ -1,7 +1,7 @@
 """
 Engine.IO sessions (protocol revisions 3 and 4): what a client's ``sid`` stands for
 while its transports come and go.  Transport-agnostic: the HTTP long-polling and
-WebSocket transports live in :mod:`redmessenger.engineio_transports`.
+WebSocket transports live in :mod:`redmessenger.dialects.engineio.transports`.
 
 The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=4``):
 
@@ -49,7 +49,7 @@ from typing import Callable, Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from .engineio_codec import (
+from redmessenger.dialects.engineio.codec import (
     CLOSE,
     NOOP,
     PING,
@@ -60,8 +60,8 @@ from .engineio_codec import (
     encode_payload,
     open_packet,
 )
-from .limits import ConnectionLimit
-from .logs import make_logger
+from redmessenger.core.admission import ConnectionLimit
+from redmessenger.logs import make_logger
 
 
 @dataclass(frozen=True)

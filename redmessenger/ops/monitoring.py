@@ -3,7 +3,7 @@ What operators and their tools see of a running daemon: ``/health``, ``/metrics`
 and the snapshot the manhole's ``status()`` prints.
 
 Everything is read at scrape time from the state the daemon keeps anyway
-(:class:`~redmessenger.dispatcher.Counters`, :class:`~redmessenger.redis_edge.LinkState`,
+(:class:`~redmessenger.core.dispatcher.Counters`, :class:`~redmessenger.redis_edge.link.LinkState`,
 the presence registry): a message costs the metrics nothing, except one
 histogram observation per live delivery for the latency.  Each service has a
 registry of its own, so that several daemons can run in one process (the tests do).
@@ -25,14 +25,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from . import __version__
-from .dispatcher import Counters
-from .envelope import Message
-from .errors import CloseCode
-from .redis_edge import LinkState
+from redmessenger import __version__
+from redmessenger.core.dispatcher import Counters
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import CloseCode
+from redmessenger.redis_edge.link import LinkState
 
 if TYPE_CHECKING:
-    from .service import RedMessengerService
+    from redmessenger.daemon.service import RedMessengerService
 
 #: Latency buckets, in seconds: a live delivery normally takes well under a
 #: millisecond; group messages wait for one Redis round trip for their members.

@@ -4,6 +4,6 @@ Kept for systemd units installed by RedMessenger 1.x, which name
 :func:`redmessenger.ops.journal.journal_observer`.
 """
 
-from redmessenger.ops.system import journal_observer
+from redmessenger.ops.journal import journal_observer
 
 __all__ = ["journal_observer"]

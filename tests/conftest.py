@@ -197,18 +197,13 @@ class Daemon:
 
     async def idle(self) -> None:
         """Until queue writes and handovers the daemon started have reached Redis."""
-        from twisted.internet.defer import ensureDeferred
-
-        dispatcher = self.service.dispatcher
-        await wait_until(lambda: not dispatcher._handovers and not dispatcher._inbox, 5, "handovers and group lookups finished")
-        # Queue writes wait for the end of the reactor turn: send them now, then
-        # a round trip on the daemon's own command connection: everything sent before it has run.
-        self.service.store.flush()
-        await ensureDeferred(_ping(self.service.link.commands))
+        await self.service.hub.when_idle().addTimeout(5, _reactor())
 
 
-async def _ping(commands: Any) -> None:
-    await commands.execute_command("PING")
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
 
 
 async def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:

@@ -12,8 +12,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import Clock
 from twisted.python.failure import Failure
 
+from redmessenger.core.ports import StoreUnavailable
 from redmessenger.model.envelope import Message
-from redmessenger.redis_edge.queues import ENQUEUE, QueueStore
+from redmessenger.redis_edge.queues import QueueStore
+from redmessenger.redis_edge.scripts import ENQUEUE
 
 
 class RecordingCommands:
@@ -56,7 +58,7 @@ def connection_lost() -> Failure:
 
 
 class Sink:
-    """Records what the dispatcher writes and asks; confirmations are answered by the test."""
+    """Records what the core writes and asks; confirmations are answered by the test."""
 
     client_address = "127.0.0.1:1"
     writable = True
@@ -75,3 +77,45 @@ class Sink:
         d: Deferred[bool] = Deferred()
         self.asked.append(d)
         return d
+
+
+class MemoryDirectory:
+    """The core's Directory port in memory: user keys and group members the test sets; Redis away on demand."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+        self.groups: dict[str, list[bytes]] = {}
+        #: While True, every lookup fails as when Redis is unreachable.
+        self.unavailable = False
+        #: Member lookups answered by the test (``answer_members``) instead of at once.
+        self.hold_members = False
+        self.held: list[tuple[str, Deferred[list[bytes]]]] = []
+        self.lookups: list[str] = []
+
+    def user_key(self, uid: str) -> Deferred[bytes | None]:
+        d: Deferred[bytes | None] = Deferred()
+        if self.unavailable:
+            d.errback(StoreUnavailable("Not connected"))
+        else:
+            d.callback(self.keys.get(uid))
+        return d
+
+    def members(self, cid: str) -> Deferred[list[bytes]]:
+        self.lookups.append(cid)
+        d: Deferred[list[bytes]] = Deferred()
+        if self.hold_members:
+            self.held.append((cid, d))
+        elif self.unavailable:
+            d.errback(StoreUnavailable("Not connected"))
+        else:
+            d.callback(list(self.groups.get(cid, [])))
+        return d
+
+    def answer_members(self, cid: str) -> None:
+        """Answer the oldest held lookup of ``cid`` with the group's members now."""
+        for i, (name, d) in enumerate(self.held):
+            if name == cid:
+                del self.held[i]
+                d.callback(list(self.groups.get(cid, [])))
+                return
+        raise AssertionError(f"no lookup of {cid} is waiting")

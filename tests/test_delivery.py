@@ -95,7 +95,7 @@ async def test_group_membership_is_read_when_the_message_arrives(daemon, redis):
     user1 = await daemon.client("user1")
     await daemon.idle()
     publish(redis, "rm.channels.dogs", "nobody yet")
-    await daemon.until(lambda: daemon.service.dispatcher.counters.published == 1)
+    await daemon.until(lambda: daemon.service.hub.counters.published == 1)
     await daemon.idle()
     redis.sadd("rm:channels:dogs:subscribers", "user1")
     publish(redis, "rm.channels.dogs", "now user1")
@@ -152,7 +152,7 @@ async def test_a_burst_for_offline_users_is_queued_in_order_across_script_calls(
             expected[uid].append(f"group-{i}")
         expected[f"user{i % 4 + 1}"].append(f"direct-{i}")
     pipe.execute()
-    await daemon.until(lambda: daemon.service.dispatcher.counters.published == 300, what="all 300 read")
+    await daemon.until(lambda: daemon.service.hub.counters.published == 300, what="all 300 read")
     await daemon.idle()
     for uid, payloads_expected in expected.items():
         entries = redis.lrange(QUEUE.format(uid), 0, -1)
@@ -305,7 +305,7 @@ async def test_queue_length_is_capped_by_dropping_the_oldest(daemon_factory, red
     daemon = await daemon_factory(queue_max_length=3)
     for i in range(5):
         publish(redis, "rm.users.user1", f"m{i}")
-    await daemon.until(lambda: daemon.service.dispatcher.counters.published == 5, what="all five read")
+    await daemon.until(lambda: daemon.service.hub.counters.published == 5, what="all five read")
     await daemon.idle()
     await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == 3)
     assert [json.loads(e)["payload"] for e in redis.lrange(QUEUE.format("user1"), 0, -1)] == ["m2", "m3", "m4"]

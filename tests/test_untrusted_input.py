@@ -179,5 +179,5 @@ async def test_the_daemon_survives_a_flood_of_bad_input_and_still_delivers(daemo
     pipe.execute()
     got = await client.receive(200)
     assert [m["payload"] for m in got] == [f"ok{i}" for i in range(200)]
-    await wait_until(lambda: daemon.service.dispatcher.counters.published == 600, what="all 600 messages read")
+    await wait_until(lambda: daemon.service.hub.counters.published == 600, what="all 600 messages read")
     client.close()

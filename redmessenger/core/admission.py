@@ -12,9 +12,8 @@ WebSocket it upgrades to are one client, not three.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-
-from autobahn.util import wildcards2patterns
 
 from redmessenger.logs import make_logger
 
@@ -27,12 +26,12 @@ class OriginPolicy:
     """
 
     def __init__(self, allowed: Sequence[str]) -> None:
-        self._patterns = None if "*" in allowed else wildcards2patterns(list(allowed))
+        self._patterns = None if "*" in allowed else [_wildcard(origin) for origin in allowed]
 
     def allows(self, origin: str | None) -> bool:
         if self._patterns is None or origin is None:
             return True
-        return any(pattern.match(origin) for pattern in self._patterns)
+        return any(pattern.fullmatch(origin) for pattern in self._patterns)
 
 
 class ConnectionLimit:
@@ -72,3 +71,8 @@ class ConnectionLimit:
         if self._in_use <= 0:
             raise RuntimeError("ConnectionLimit.release() without a matching acquire()")
         self._in_use -= 1
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """``https://*.example.com``: ``*`` matches anything, every other character itself."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)

@@ -8,42 +8,18 @@ next oldest takes it over, simply by being first in the list.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from twisted.internet.defer import Deferred
-
+from redmessenger.core.ports import MessageSink
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-
-
-class MessageSink(Protocol):
-    """What the core needs of a client connection, whatever its wire dialect."""
-
-    @property
-    def client_address(self) -> str:
-        """``host:port`` of the client, for logs."""
-
-    @property
-    def writable(self) -> bool:
-        """Whether messages can still be written to the client."""
-
-    def send_message(self, message: Message, bubble: bool) -> bool:
-        """Write the message to the client; False if the connection is already gone."""
-
-    def confirm(self) -> Deferred[bool]:
-        """
-        Fires True once the client has shown it received everything written so
-        far (a WebSocket pong, the next poll), False if it went away first.
-        """
 
 
 @dataclass(eq=False, slots=True)
 class Sent:
     """
     A live message written to (or held for) one socket, until the client confirms it.
-    Never modified once made: the dispatcher shares one among all the sockets that get it alike.
+    Never modified once made: delivery shares one among all the sockets that get it alike.
     """
 
     message: Message
@@ -69,7 +45,7 @@ class Attachment:
     #: A confirmation is under way (at most one per socket at a time).
     confirming: bool = False
     #: While a confirmation is wanted and not asked for yet: from when a
-    #: message written to the socket may carry the request along (see Dispatcher).
+    #: message written to the socket may carry the request along (see Confirmations).
     ask_from: float = math.inf
     attached: bool = True
 

@@ -138,12 +138,12 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 
 
 def _route(key: str, value: Any) -> str:
-    value = _text(key, value)
-    if not _ROUTE.match(value) or value.endswith("/") and value != "/" or "//" in value:
-        raise ConfigError(f"{key}: expected a path such as \"/rm\", got {value!r}")
-    if value.startswith(("/socket.io", "/health", "/metrics")):
-        raise ConfigError(f"{key}: {value!r} is reserved for the daemon's own routes")
-    return value
+    route = _text(key, value)
+    if not _ROUTE.match(route) or route.endswith("/") and route != "/" or "//" in route:
+        raise ConfigError(f"{key}: expected a path such as \"/rm\", got {route!r}")
+    if route.startswith(("/socket.io", "/health", "/metrics")):
+        raise ConfigError(f"{key}: {route!r} is reserved for the daemon's own routes")
+    return route
 
 
 def _origins(key: str, value: Any) -> tuple[str, ...]:
@@ -160,14 +160,16 @@ def _log_level(key: str, value: Any) -> str:
 
 def _listen(key: str, value: Any) -> str:
     from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import MemoryReactor  # parses the string, opens nothing
+    from twisted.internet.testing import (
+        MemoryReactor,  # parses the string, opens nothing
+    )
 
-    value = _text(key, value)
+    endpoint = _text(key, value)
     try:
-        serverFromString(MemoryReactor(), value)
+        serverFromString(MemoryReactor(), endpoint)
     except (ValueError, KeyError, TypeError, OSError) as e:
-        raise ConfigError(f"{key}: not a Twisted endpoint string ({e}): {value!r}") from None
-    return value
+        raise ConfigError(f"{key}: not a Twisted endpoint string ({e}): {endpoint!r}") from None
+    return endpoint
 
 
 def _manhole(key: str, value: Any) -> str:
@@ -178,14 +180,14 @@ def _manhole(key: str, value: Any) -> str:
 
 
 def _password_file(key: str, value: Any) -> str:
-    from redmessenger.ops.manhole import PasswordFileError, read_password_file
+    from redmessenger.ops.passwords import PasswordFileError, read_password_file
 
-    value = _text(key, value)
+    path = _text(key, value)
     try:
-        read_password_file(value)
+        read_password_file(path)
     except PasswordFileError as e:
         raise ConfigError(f"{key}: {e}") from None
-    return value
+    return path
 
 
 def _check_manhole(config: Config) -> None:

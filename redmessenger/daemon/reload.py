@@ -96,7 +96,7 @@ class HangupReload:
 
 def _read(path: str) -> tuple[Config, dict[bytes, bytes] | None]:
     """In a thread: the new configuration and the manhole passwords it names."""
-    from redmessenger.ops.manhole import PasswordFileError, read_password_file
+    from redmessenger.ops.passwords import PasswordFileError, read_password_file
 
     config = load_config(path)
     if config.manhole_password_file is None:

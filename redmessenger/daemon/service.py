@@ -1,101 +1,146 @@
 """
-The wiring: builds the parts from a :class:`~redmessenger.daemon.config.Config` and runs them in order.
+The wiring: builds every part from a :class:`~redmessenger.daemon.config.Config`
+and runs them as one service tree, started in order and stopped in reverse
+order, each stop awaited before the next begins.
 
-Start: listen (a port in use is fatal at once), then the embedded Redis if
-configured (waited for), then the Redis link.  Stop: the reverse, with the
-sockets closed (1001) and running queue handovers settled before the Redis link
-goes, and the embedded server stopped last.
+Start: the clients' port is opened in the privileged phase (a port in use is
+fatal at once), then the embedded Redis if configured (waited for), the Redis
+link, the dialects' timers, the manhole, SIGHUP.  Stop, the reverse: stop
+accepting; close every socket (1001; their unconfirmed messages are queued again
+as they close); let queue handovers settle; leave Redis once what it sent us is
+handled and our queue writes have landed; stop the embedded server last.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from redmessenger.daemon.config import Config
-from redmessenger.core.dispatcher import Dispatcher
-from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
-from redmessenger.model.errors import CloseCode
 from redmessenger.core.admission import ConnectionLimit
+from redmessenger.core.hub import Hub
+from redmessenger.daemon.config import Config
+from redmessenger.dialects.engineio.session import EngineSettings
+from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
+from redmessenger.dialects.plain.websocket import PlainWebSocketFactory, RouteResource
+from redmessenger.dialects.socketio.server import SocketIOServer
 from redmessenger.logs import make_logger
-from redmessenger.ops.monitoring import Monitoring
-from redmessenger.core.presence import Presence
-from redmessenger.redis_edge.queues import QueueStore
+from redmessenger.model.errors import CloseCode
+from redmessenger.ops.health import HealthResource
+from redmessenger.ops.metrics import Metrics
+from redmessenger.ops.status import DaemonView, Settings
+from redmessenger.ops.tuning import fit_open_files_limit
+from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.link import RedisLink, RedisSettings
-from redmessenger.ops.system import fit_open_files_limit
-from redmessenger.dialects.socketio.connection import make_socketio
-from redmessenger.transport.http import RootResource, RouteResource, make_site
-from redmessenger.dialects.plain.websocket import PlainWebSocketFactory
+from redmessenger.redis_edge.queues import QueueStore
+from redmessenger.transport import fastpath
+from redmessenger.transport.http import RootResource, make_site
+
+#: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
+SHUTDOWN_TIMEOUT = 5.0
 
 
-class RedMessengerService(Service):
+class OrderedServices(MultiService):
+    """Children start in the order they were added and stop in reverse order, one after the other."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            await maybeDeferred(child.stopService)
+
+
+class _Step(Service):
+    """A child service made of a start and a stop function (the wiring's small steps)."""
+
+    def __init__(self, name: str, start: Callable[[], None], stop: Callable[[], Deferred[Any] | None]) -> None:
+        self.setName(name)
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        super().startService()
+        self._start()
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()
+        return self._stop()
+
+
+class RedMessengerService(OrderedServices):
     """The daemon: one port for clients, one link to Redis, optionally an embedded Redis."""
 
     log = make_logger()
     name = "redmessenger"
 
-    #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
-    shutdown_timeout = 5.0
-
     def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
         self.config = config
         self.reactor = reactor
         self.started_at: float | None = None
+        #: The configuration file when run by twistd: SIGHUP re-reads it (redmessenger.daemon.reload).
+        self.config_path: str | None = None
 
-        self.presence = Presence(config.user_socket_limit)
-        self.link = RedisLink(
-            reactor,
-            RedisSettings(
-                host=config.redis_host,
-                port=config.redis_port,
-                password=config.redis_password,
-                username=config.redis_username,
-                db=config.redis_db,
-                tls=config.redis_tls,
-                timeout=config.redis_timeout,
-            ),
-            on_message=self._on_publish,
-        )
-        self.store = QueueStore(
-            self.link.commands, reactor, config.queue_expiry, config.queue_max_length, lookup_timeout=config.redis_timeout
-        )
-        self.dispatcher = Dispatcher(
-            self.presence,
+        # -- Redis and the core --
+        self.link = RedisLink(reactor, redis_settings(config), on_message=self._on_publish)
+        self.store = QueueStore(self.link.commands, reactor, config.queue_expiry, config.queue_max_length)
+        self.directory = Directory(self.link.commands, reactor, lookup_timeout=config.redis_timeout)
+        self.hub = Hub(
             self.store,
+            self.directory,
             reactor,
             secure_mode=config.secure_mode,
             handover_batch=config.handover_batch,
+            user_socket_limit=config.user_socket_limit,
         )
+        self.presence = self.hub.presence
+
+        # -- the dialects, on one port --
         #: conn_limit, counted over both dialects together (redmessenger.core.admission).
         self.limit = ConnectionLimit(config.conn_limit)
+        listen_label = config.listen if config.listen is not None else f"*:{config.ws_port}"
         self.websockets = PlainWebSocketFactory(
-            dispatcher=self.dispatcher,
+            hub=self.hub,
             clock=reactor,
             route=config.rm_route,
             identify_timeout=config.identify_timeout,
-            listen_label=config.listen if config.listen is not None else f"*:{config.ws_port}",
+            listen_label=listen_label,
             ping_interval=config.ping_interval,
             allowed_origins=config.allowed_origins,
             limit=self.limit,
             **websocket_options(config),
         )
-        # The Socket.IO dialect (redmessenger.dialects.socketio.connection) at /socket.io/, same core, same conn_limit.
-        self.socketio = make_socketio(
-            config, self.dispatcher, reactor, self.limit, self.websockets.listen_label, websocket_options(config)
+        self.socketio = SocketIOServer(
+            hub=self.hub,
+            clock=reactor,
+            limit=self.limit,
+            namespace=config.rm_route,
+            identify_timeout=config.identify_timeout,
+            listen_label=listen_label,
+            settings=engine_settings(config),
+            allowed_origins=config.allowed_origins,
+            websocket_options=websocket_options(config),
         )
+
+        # -- what operators see --
+        self.view = self._view()
+        self.metrics = Metrics(self.view)
+        self.hub.set_live_delivery_observer(self.metrics.observe_delivery)
+
         self.root = RootResource()
         self.root.route(config.rm_route, RouteResource(self.websockets))
         self.root.route(SOCKETIO_PATH, self.socketio.resource)
-        self.monitoring = Monitoring(self, reactor)
-        self.dispatcher.on_live_delivery = self.monitoring.observe_delivery
-        self.root.route("/health", self.monitoring.health)
-        self.root.route("/metrics", self.monitoring.metrics)
-        self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
+        self.root.route("/health", HealthResource(self.view))
+        self.root.route("/metrics", self.metrics.resource)
+
+        # -- the service tree, in start order --
         self.embedded: Any = None
         if config.embedded_redis:
             from redmessenger.redis_edge.embedded import EmbeddedRedisService
@@ -107,51 +152,52 @@ class RedMessengerService(Service):
                 data_dir=Path(config.embedded_redis_dir),
                 password=config.redis_password,
             )
+            self.embedded.setServiceParent(self)
+        _Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
+        _Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
+        _Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
+        self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
+        self.listening.setName("listening")
+        self.listening.setServiceParent(self)
         self.manhole: Any = None
         if config.manhole is not None:
-            from redmessenger.ops.manhole import ManholeService, make_namespace
+            from redmessenger.ops.manhole import ManholeService
 
             assert config.manhole_password_file is not None  # checked with the configuration
-            self.manhole = ManholeService(config.manhole, config.manhole_password_file, make_namespace(self), reactor)
-        #: The configuration file when run by twistd: SIGHUP re-reads it (redmessenger.daemon.reload).
-        self.config_path: str | None = None
+            self.manhole = ManholeService(config.manhole, config.manhole_password_file, self._manhole_namespace(), reactor)
+            self.manhole.setServiceParent(self)
         self._hangup: Any = None
+        _Step("sighup", self._install_hangup, self._uninstall_hangup).setServiceParent(self)
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
-        self.dispatcher.on_publish(channel, payload)
+        self.hub.on_publish(channel, payload)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
         fit_open_files_limit(self.config.conn_limit)
-        # Listening here makes a port in use (or a bad certificate) fatal at start.
-        self.listening.privilegedStartService()
-        if self.manhole is not None:
-            self.manhole.privilegedStartService()
+        # Children open their ports here: a port in use (or a bad certificate) is fatal at start.
         super().privilegedStartService()
 
     def startService(self) -> None:
-        super().startService()
         self.started_at = self.reactor.seconds()
-        self.listening.startService()
-        self.websockets.start()
-        if self.manhole is not None:
-            self.manhole.startService()
-        if self.config_path is not None:
-            from redmessenger.daemon.reload import HangupReload
-
-            self._hangup = HangupReload(self, self.config_path, self.reactor)
-            self._hangup.install()
+        fastpath.self_test(self.reactor)
+        super().startService()
         self.log.info(
             "RedMessenger listening on {listen}, route {route}, secure_mode {secure}",
             listen=self.config.listen_endpoint,
             route=self.config.rm_route,
             secure=self.config.secure_mode,
         )
+
+    def stopService(self) -> Deferred[None]:
+        d = super().stopService()
+        return d.addCallback(lambda _: self.log.info("RedMessenger stopped"))
+
+    def _start_redis(self) -> None:
         if self.embedded is None:
             self.link.start()
             return
-        self.embedded.startService()
         self.embedded.whenReady().addCallbacks(lambda _: self.link.start(), self._embedded_failed)
 
     def _embedded_failed(self, failure: Failure) -> None:
@@ -159,46 +205,121 @@ class RedMessengerService(Service):
         if self.reactor.running:
             self.reactor.stop()
 
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        return ensureDeferred(self._stop())
-
-    async def _stop(self) -> None:
-        """
-        Stop accepting; close sockets with 1001 (their unconfirmed messages are
-        queued again as they close); let handovers settle; wait for queue writes
-        to land; then leave Redis, and stop the embedded server last.
-        """
-        if self._hangup is not None:
-            self._hangup.uninstall()
-        if self.manhole is not None:
-            await self.manhole.stopService()
-        await self.listening.stopService()
+    def _close_sockets(self) -> Deferred[None]:
+        """Close every client socket (1001), so that clients reconnect elsewhere; their unconfirmed messages go back."""
         self.websockets.stop()
+        return ensureDeferred(self._close_all())
+
+    async def _close_all(self) -> None:
         socketio_closed = self.socketio.close_all()
         await self.websockets.close_all(CloseCode.GOING_AWAY, "server shutting down").addTimeout(
-            self.shutdown_timeout, self.reactor
+            SHUTDOWN_TIMEOUT, self.reactor
         ).addErrback(lambda f: self.log.warn("Some sockets did not finish their close handshake in time"))
-        await socketio_closed.addTimeout(self.shutdown_timeout, self.reactor).addErrback(
+        await socketio_closed.addTimeout(SHUTDOWN_TIMEOUT, self.reactor).addErrback(
             lambda f: self.log.warn("Some Socket.IO WebSockets did not finish their close handshake in time")
         )
-        await self.dispatcher.stop(self.shutdown_timeout)
+
+    def _leave_redis(self) -> Deferred[None]:
+        return ensureDeferred(self._leave())
+
+    async def _leave(self) -> None:
         # Leave the subscription before the command connection: whatever Redis
         # counted as delivered to us is handled, and queued if its user is gone.
-        await self.link.unsubscribe().addTimeout(self.shutdown_timeout, self.reactor).addErrback(
+        await self.link.unsubscribe().addTimeout(SHUTDOWN_TIMEOUT, self.reactor).addErrback(
             lambda f: self.log.warn("Redis did not confirm the end of the subscription: {why}", why=f.getErrorMessage())
         )
         # Group messages waiting for their members are answered before this PING,
         # so the queue writes they make are sent before drain() looks.
-        await self.link.round_trip().addTimeout(self.shutdown_timeout, self.reactor).addErrback(lambda f: None)
-        await self.store.drain().addTimeout(self.shutdown_timeout, self.reactor).addErrback(
+        await self.link.round_trip().addTimeout(SHUTDOWN_TIMEOUT, self.reactor).addErrback(lambda f: None)
+        await self.store.drain().addTimeout(SHUTDOWN_TIMEOUT, self.reactor).addErrback(
             lambda f: self.log.warn("Redis did not confirm every queue write in time")
         )
         self.store.stop()
         await self.link.stop()
-        if self.embedded is not None:
-            await self.embedded.stopService()
-        self.log.info("RedMessenger stopped")
+
+    def _install_hangup(self) -> None:
+        if self.config_path is not None:
+            from redmessenger.daemon.reload import HangupReload
+
+            self._hangup = HangupReload(self, self.config_path, self.reactor)
+            self._hangup.install()
+
+    def _uninstall_hangup(self) -> None:
+        if self._hangup is not None:
+            self._hangup.uninstall()
+            self._hangup = None
+
+    # -- what operators see ----------------------------------------------------------
+
+    def _view(self) -> DaemonView:
+        config = self.config
+        presence = self.hub.presence
+        return DaemonView(
+            clock=self.reactor,
+            settings=Settings(
+                redis=f"{config.redis_host}:{config.redis_port} db {config.redis_db}",
+                listen=config.listen_endpoint,
+                route=config.rm_route,
+                secure_mode=config.secure_mode,
+                conn_limit=config.conn_limit,
+            ),
+            counters=self.hub.counters,
+            link=self.link.state,
+            started_at=lambda: self.started_at,
+            running=lambda: bool(self.running),
+            connections=lambda: self.limit.in_use,
+            connections_refused=lambda: self.limit.refused,
+            sockets_open=lambda: len(self.websockets.sockets) + len(self.socketio.engine),
+            socketio_sessions=lambda: len(self.socketio.engine),
+            sockets_identified=lambda: sum(len(user.attachments) for user in presence.users()),
+            users_online=lambda: len(presence),
+            handovers_running=lambda: self.hub.handovers.running,
+            queue_backlog=lambda: self.store.backlog,
+            longest_queues=lambda limit: longest_queues(self.link.commands, limit),
+        )
+
+    def _manhole_namespace(self) -> dict[str, Any]:
+        """What a manhole session starts with: ``status()``, and the parts for a closer look."""
+        from redmessenger.ops.manhole import PendingReport, status
+
+        def status_of_service(limit: int = 10) -> PendingReport:
+            """Uptime, Redis link, sockets, users, totals since start and the ``limit`` longest queues."""
+            return status(self.view, limit)
+
+        return {
+            "service": self,
+            "status": status_of_service,
+            "config": self.config,
+            "hub": self.hub,
+            "presence": self.hub.presence,
+            "link": self.link,
+            "reactor": self.reactor,
+        }
+
+
+def redis_settings(config: Config) -> RedisSettings:
+    return RedisSettings(
+        host=config.redis_host,
+        port=config.redis_port,
+        password=config.redis_password,
+        username=config.redis_username,
+        db=config.redis_db,
+        tls=config.redis_tls,
+        timeout=config.redis_timeout,
+    )
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    """
+    The heartbeat follows ``ping_interval`` (a client silent for about two
+    intervals is dropped, as on the plain dialect); Engine.IO cannot go without
+    one, so ``ping_interval: 0`` means engine.io's own 25 s / 20 s there.
+    """
+    if config.ping_interval > 0:
+        return EngineSettings(
+            ping_interval=config.ping_interval, ping_timeout=config.ping_interval, max_payload=config.max_frame_bytes
+        )
+    return EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=config.max_frame_bytes)
 
 
 def websocket_options(config: Config) -> dict[str, Any]:
@@ -213,7 +334,10 @@ def websocket_options(config: Config) -> dict[str, Any]:
         "failByDrop": False,
     }
     if config.websocket_compression:
-        from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+        from autobahn.websocket.compress import (
+            PerMessageDeflateOffer,
+            PerMessageDeflateOfferAccept,
+        )
 
         def accept(offers: list[Any]) -> Any:
             for offer in offers:

@@ -13,7 +13,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from redmessenger.daemon.config import Config, ConfigError, load_config
-from redmessenger.ops.system import tune_garbage_collector
+from redmessenger.ops.tuning import tune_garbage_collector
 
 
 class Options(usage.Options):
@@ -35,8 +35,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as installed
 
         reactor = installed
-    from redmessenger.logs import set_level
     from redmessenger.daemon.service import RedMessengerService
+    from redmessenger.logs import set_level
 
     config: Config = options["parsed"]
     set_level(config.log_level)

@@ -13,10 +13,6 @@ import json
 import re
 from typing import Any, Callable, TypeVar
 
-from redmessenger.logs import make_logger
-
-log = make_logger(__name__)
-
 T = TypeVar("T")
 
 #: Marks queue entries written by this daemon; entries without it were written
@@ -82,16 +78,16 @@ def _envelope_json(message: Message, bubble: bool) -> bytes:
     ).encode("utf-8")
 
 
-def decode_payload(raw: bytes) -> str:
+def decode_payload(raw: bytes) -> tuple[str, bool]:
     """
-    A published payload as text.  Publishers may send any bytes: invalid UTF-8 is
-    replaced (U+FFFD) rather than refused, so that the message is still delivered.
+    A published payload as text, and whether it was valid UTF-8.  Publishers may
+    send any bytes: invalid UTF-8 is replaced (U+FFFD) rather than refused, so
+    that the message is still delivered.
     """
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8"), True
     except UnicodeDecodeError:
-        log.warn("Payload of {length} bytes is not valid UTF-8; delivering it with U+FFFD replacements", length=len(raw))
-        return raw.decode("utf-8", errors="replace")
+        return raw.decode("utf-8", errors="replace"), False
 
 
 # -- decodeURI, as JavaScript has it --------------------------------------------
@@ -147,11 +143,13 @@ class UnreadableEntry(ValueError):
     """A queue entry that is not an envelope (left there by another program)."""
 
 
-def message_from_entry(raw: bytes) -> Message:
+def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
     """
     Read a queue entry: one of ours, or one the Node.js RedMessenger wrote
-    (its payload ``encodeURI``-encoded).  Raises :class:`UnreadableEntry` for
-    anything else; the caller still delivers it (see :func:`message_from_unreadable`).
+    (its payload ``encodeURI``-encoded).  Returns the message and, if its payload
+    could not be decoded as that program would have, why (it is then delivered
+    as stored).  Raises :class:`UnreadableEntry` for anything else; the caller
+    still delivers it (see :func:`message_from_unreadable`).
     """
     try:
         obj = json.loads(raw)
@@ -164,16 +162,13 @@ def message_from_entry(raw: bytes) -> Message:
         raise UnreadableEntry("no string 'source' and 'payload'")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
         raise UnreadableEntry("no numeric 'timestamp'")
+    problem = None
     if obj.get("v") is None:
         try:
             payload = decode_uri(payload)
         except URIError as e:
-            log.warn(
-                "Node.js-era queue entry from {source} has a malformed URI escape ({why}); delivering its payload as stored",
-                source=source,
-                why=str(e),
-            )
-    return Message(source, int(timestamp), payload)
+            problem = f"Node.js-era entry with a malformed URI escape ({e}); payload delivered as stored"
+    return Message(source, int(timestamp), payload), problem
 
 
 def message_from_unreadable(raw: bytes, source: str, now_ms: int) -> Message:
@@ -181,4 +176,4 @@ def message_from_unreadable(raw: bytes, source: str, now_ms: int) -> Message:
     Wrap an entry that is not an envelope so that it is still delivered, not lost:
     its bytes become the payload, as if just published on the user's channel.
     """
-    return Message(source, now_ms, decode_payload(raw))
+    return Message(source, now_ms, decode_payload(raw)[0])

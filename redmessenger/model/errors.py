@@ -9,7 +9,6 @@ codes are WebSocket close codes, so the plain dialect uses them as they are;
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -37,30 +36,3 @@ class ClientError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code.name} ({int(self.code)}): {self.reason}"
-
-
-UID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
-
-
-@dataclass(frozen=True)
-class Identifier:
-    """What a client sends to say who it is: ``uid``, ``uid:`` or ``uid:key``."""
-
-    uid: str
-    key: str | None
-
-    def __repr__(self) -> str:
-        # the key is a secret: it never reaches a log line through a repr
-        return f"Identifier(uid={self.uid!r}, key={'<hidden>' if self.key else None})"
-
-
-def parse_identifier(text: str) -> Identifier:
-    """Split and check an identifier; a bad one raises :class:`ClientError`."""
-    uid, separator, key = text.partition(":")
-    if not UID_PATTERN.fullmatch(uid):
-        shown = uid if len(uid) <= 40 else uid[:40] + "..."
-        raise ClientError(
-            CloseCode.INVALID_IDENTIFIER,
-            f"invalid uid {shown!r}: 1-128 letters, digits or _-.@",
-        )
-    return Identifier(uid, key if separator and key else None)

@@ -13,13 +13,14 @@ import os
 import shutil
 from collections import deque
 from pathlib import Path
-from typing import Any, Protocol as _TypingProtocol
+from typing import Any, cast
+from typing import Protocol as _TypingProtocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -498,11 +499,9 @@ class EmbeddedRedisService(Service):
             endpoint = TCP6ClientEndpoint(self._reactor, self.host, self.port, timeout=self.probe_timeout)
         else:
             endpoint = TCP4ClientEndpoint(self._reactor, self.host, self.port, timeout=self.probe_timeout)
-        attempt: Deferred[int | None] = endpoint.connect(
-            _ProbeFactory(_ReadinessProbe(self._password, self._open_probes))
-        )
-        attempt.addCallback(lambda probe: probe.result)
-        attempt.addTimeout(self.probe_timeout, self._reactor)
+        connected: Deferred[Any] = endpoint.connect(_ProbeFactory(_ReadinessProbe(self._password, self._open_probes)))
+        attempt: Deferred[int | None] = connected.addCallback(lambda probe: probe.result)
+        attempt.addTimeout(self.probe_timeout, cast(IReactorTime, self._reactor))
         self._probe_attempt = attempt
 
         def answered(server_pid: int | None) -> None:
@@ -538,10 +537,10 @@ class EmbeddedRedisService(Service):
         self._ready = result
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
-            if result is True:
-                d.callback(None)
-            else:
+            if isinstance(result, Failure):
                 d.errback(result)
+            else:
+                d.callback(None)
 
     def _describe(self, problem: str) -> str:
         """An error message naming the binary, the port and the child's last words."""

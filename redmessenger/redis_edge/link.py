@@ -21,12 +21,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 
+from redmessenger.core.ports import LinkState
 from redmessenger.logs import make_logger
+from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
 
 if TYPE_CHECKING:
     import txredisapi
-
-PATTERNS = [b"rm.users.*", b"rm.channels.*"]
 
 #: Bytes the subscriber reads from Redis per reactor turn (Twisted's default: 64 KB).
 SUBSCRIBER_READ_SIZE = 1 << 20
@@ -43,16 +43,6 @@ class RedisSettings:
     db: int = 0
     tls: bool = False
     timeout: float = 10.0
-
-
-@dataclass
-class LinkState:
-    """What operators and /health need to know about the Redis link."""
-
-    subscribed: bool = False
-    commands_connected: bool = False
-    reconnects: int = 0
-    last_error: str | None = None
 
 
 def _parsed(reader: Any, data: bytes) -> Iterator[Any]:
@@ -93,7 +83,7 @@ class RedisLink:
         self._settings = settings
         link = self
 
-        class CommandProtocol(txredisapi.RedisProtocol):  # type: ignore[misc,name-defined]
+        class CommandProtocol(txredisapi.RedisProtocol):
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
                 self.whenConnected().addCallback(lambda _: link._commands_up())
@@ -113,7 +103,7 @@ class RedisLink:
                 for reply in _parsed(self._reader, data):
                     self.replyReceived(reply)
 
-        class Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc,name-defined]
+        class Subscriber(txredisapi.SubscriberProtocol):
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
                 if not _lean(self):
                     super().dataReceived(data, unpause)

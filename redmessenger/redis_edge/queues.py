@@ -1,5 +1,5 @@
 """
-The Redis side of the queues, keys and groups, over one command connection.
+Users' queues in Redis, over the daemon's one command connection.
 
 One connection on purpose: Redis runs a connection's commands in the order they
 were sent, so a message queued before a user identifies is always seen by the
@@ -16,21 +16,17 @@ leaves them in Redis: at worst redelivered, never lost.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Protocol
+from typing import Any, Iterable, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from redmessenger.logs import make_logger
-
-
-class RedisCommands(Protocol):
-    """The part of a txredisapi connection handler this module uses."""
-
-    def eval(self, script: bytes, keys: list[Any] = ..., args: list[Any] = ...) -> Deferred[Any]: ...
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]: ...
+from redmessenger.model.keyspace import queue_key
+from redmessenger.redis_edge.commands import RedisCommands
+from redmessenger.redis_edge.errors import translated
+from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
 
 
 class _Entry(NamedTuple):
@@ -41,78 +37,8 @@ class _Entry(NamedTuple):
     entry: bytes
 
 
-def queue_key(uid: str) -> str:
-    return f"rm:users:{uid}:messages"
-
-
-def user_key_key(uid: str) -> str:
-    return f"rm:users:{uid}:key"
-
-
-def members_key(cid: str) -> str:
-    return f"rm:channels:{cid}:subscribers"
-
-
-# A key holding something that is not a list (another program's) is renamed
-# to KEY:invalid:<server time in microseconds>, never overwritten or deleted.
-KEEP_ASIDE = b"""
-local function keep_aside(key)
-  local now = redis.call('TIME')
-  local kept = key .. ':invalid:' .. now[1] .. string.format('%06d', tonumber(now[2]))
-  redis.call('RENAME', key, kept)
-  return kept
-end
-"""
-
-# Appends entries to users' queues, in order.  KEYS: the queues of every
-# entry, entry after entry; ARGV: expiry, length cap, then for each entry the
-# entry and how many of KEYS are its queues.  Returns {dropped, renamed}: lists
-# of {key, entries the length cap dropped} and of {key, kept-aside name}.
-ENQUEUE = KEEP_ASIDE + b"""
-local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
-local dropped, renamed, touched = {}, {}, {}
-local k = 0
-for i = 3, #ARGV, 2 do
-  local entry = ARGV[i]
-  for j = k + 1, k + tonumber(ARGV[i + 1]) do
-    local key = KEYS[j]
-    if not touched[key] then
-      local kind = redis.call('TYPE', key)['ok']
-      if kind ~= 'list' and kind ~= 'none' then
-        renamed[#renamed + 1] = {key, keep_aside(key)}
-      end
-      touched[key] = 0
-    end
-    local length = redis.call('RPUSH', key, entry)
-    if length > maxlen then
-      redis.call('LTRIM', key, length - maxlen, -1)
-      touched[key] = touched[key] + length - maxlen
-    end
-  end
-  k = k + tonumber(ARGV[i + 1])
-end
-for key, count in pairs(touched) do
-  redis.call('EXPIRE', key, ttl)
-  if count > 0 then dropped[#dropped + 1] = {key, count} end
-end
-return {dropped, renamed}
-"""
-
-# Drops the ARGV[1] entries the previous batch delivered, then returns
-# {length, the next ARGV[2] entries}; {-1, kept-aside name} if the key was not a
-# list (kept aside, and the handover ends).
-TAKE = KEEP_ASIDE + b"""
-local delivered, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return {0, {}} end
-if kind ~= 'list' then return {-1, keep_aside(KEYS[1])} end
-if delivered > 0 then redis.call('LTRIM', KEYS[1], delivered, -1) end
-return {redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, batch - 1)}
-"""
-
-
 class QueueStore:
-    """Queues, user keys and group members in Redis."""
+    """Users' queues in Redis (the core's :class:`~redmessenger.core.ports.Queues`)."""
 
     log = make_logger()
 
@@ -127,11 +53,9 @@ class QueueStore:
         clock: IReactorTime,
         queue_expiry: int,
         queue_max_length: int,
-        lookup_timeout: float = 10.0,
     ) -> None:
         self._redis = redis
         self._clock = clock
-        self._lookup_timeout = lookup_timeout
         self._expiry = queue_expiry
         self._max_length = queue_max_length
         # Entries queued and not sent yet, in order: sent together at the end of the turn.
@@ -207,7 +131,7 @@ class QueueStore:
                 waiter.callback(None)
 
     def drain(self) -> Deferred[None]:
-        """Fires once every queue write so far has been answered by Redis."""
+        """Fires once every queue write (append or trim) so far has been answered by Redis."""
         self.flush()
         if not self._in_flight and not self._backlog:
             return succeed(None)
@@ -281,37 +205,33 @@ class QueueStore:
                 keys=_key_list(self._backlog),
             )
 
-    async def take(self, uid: str, delivered: int, batch: int) -> tuple[int, list[bytes]]:
+    def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         """
         Drop the ``delivered`` oldest entries (written to a socket already) and
         return the queue's length and its next ``batch`` entries.
         """
         self.flush()  # what was queued before must be in the queue this reads
-        length, entries = await self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])
+        d: Deferred[list[Any]] = self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])
+        return translated(d).addCallback(self._taken, uid)
+
+    def _taken(self, reply: list[Any], uid: str) -> tuple[int, list[bytes]]:
+        length, entries = reply
         if length < 0:
             self.log.warn("{key} held something other than a list; kept it as {kept}", key=queue_key(uid), kept=_text(entries))
             return 0, []
-        return length, list(entries)
+        return int(length), list(entries)
 
-    def trim(self, uid: str, delivered: int) -> Deferred[Any]:
+    def trim(self, uid: str, delivered: int) -> Deferred[None]:
         """Drop the ``delivered`` oldest entries of a queue, once they were written to a socket."""
         self.flush()
-        return self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
+        self._in_flight += 1
+        d: Deferred[Any] = self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
+        d.addBoth(self._landed_through)
+        return translated(d).addCallback(lambda _: None)
 
-    async def user_key(self, uid: str) -> bytes | None:
-        """
-        The secret stored at ``rm:users:$uid:key``, or None.  A client waits on
-        it, so it has a deadline even while the link is down (txredisapi holds
-        commands until it reconnects): ``twisted.internet.defer.TimeoutError``.
-        """
-        d = self._redis.execute_command("GET", user_key_key(uid))
-        value = await d.addTimeout(self._lookup_timeout, self._clock)
-        return value if isinstance(value, bytes) else None
-
-    async def members(self, cid: str) -> list[bytes]:
-        """The uids in ``rm:channels:$cid:subscribers`` right now."""
-        members: Iterable[bytes] = await self._redis.execute_command("SMEMBERS", members_key(cid))
-        return list(members)
+    def _landed_through(self, result: Any) -> Any:
+        self._landed(result)
+        return result
 
 
 def _key_list(entries: Iterable[_Entry]) -> str:

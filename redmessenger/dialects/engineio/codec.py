@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Iterable
 
-from redmessenger.transport.leanws import text_frame
+from redmessenger.transport.frames import text_frame
 
 SEPARATOR_V4 = "\x1e"
 
@@ -77,7 +77,7 @@ class EncodedPacket:
     def __init__(self, text: str) -> None:
         self.text = text
         self.utf8 = text.encode("utf-8")
-        #: The WebSocket text frame, written as is to every socket (redmessenger.transport.leanws).
+        #: The WebSocket text frame, written as is to every socket (redmessenger.transport.fastpath).
         self.frame = text_frame(self.utf8)
         self._utf16: int | None = None
         self._prepared: Any = None

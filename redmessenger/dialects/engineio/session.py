@@ -49,6 +49,7 @@ from typing import Callable, Protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from redmessenger.core.admission import ConnectionLimit
 from redmessenger.dialects.engineio.codec import (
     CLOSE,
     NOOP,
@@ -60,7 +61,6 @@ from redmessenger.dialects.engineio.codec import (
     encode_payload,
     open_packet,
 )
-from redmessenger.core.admission import ConnectionLimit
 from redmessenger.logs import make_logger
 
 

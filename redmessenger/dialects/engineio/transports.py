@@ -23,11 +23,19 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from redmessenger.dialects.engineio.session import EngineError, EngineServer, Session
-from redmessenger.dialects.engineio.codec import EncodedPacket, ProtocolError, decode_packet, decode_payload, jsonp_unescape, jsonp_wrap
-from redmessenger.transport.leanws import Corks, LeanServerProtocol, OpenSockets, upgrade_to_websocket
 from redmessenger.core.admission import OriginPolicy
+from redmessenger.dialects.engineio.codec import (
+    EncodedPacket,
+    ProtocolError,
+    decode_packet,
+    decode_payload,
+    jsonp_unescape,
+    jsonp_wrap,
+)
+from redmessenger.dialects.engineio.session import EngineError, EngineServer, Session
 from redmessenger.logs import make_logger
+from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_websocket
+from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 
 PATH = "/socket.io"
 
@@ -42,11 +50,6 @@ def parse_version(value: str | None) -> int:
     if value == "3":
         return 3
     raise EngineError(400, EngineError.UNSUPPORTED_VERSION, "Unsupported protocol version")
-
-
-def _peer(transport: Any) -> str:
-    peer = transport.getPeer() if transport is not None else None
-    return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
 
 
 # -- long-polling ----------------------------------------------------------------------------
@@ -246,7 +249,7 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
     def write(self, packet: EncodedPacket) -> bool:
         if self.state != self.STATE_OPEN:
             return False
-        if self.raw_frames:  # the hot path: the packet's frame, built once, into the turn's cork (redmessenger.transport.leanws)
+        if self.raw_frames:  # the hot path: the packet's frame, built once, into the turn's cork (redmessenger.transport.fastpath)
             self.write_frame(packet.frame)
         else:
             self.sendPreparedMessage(packet.prepared(self.factory))
@@ -257,16 +260,15 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
             self.send_ping_token(token)
 
     def close(self, code: int, reason: str) -> None:
-        """sendCloseFrame, not sendClose: Autobahn's sendClose refuses standard codes such as 1001."""
         if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code, reason.encode("utf-8")[:120], isReply=False)
+            self.close_with(code, reason)
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
 
     # -- Autobahn callbacks ---------------------------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        self._peer_text = _peer(self.transport)
+        self._peer_text = peer_text(self.transport)
         params = request.params
         try:
             self._version = parse_version(_first(params, "EIO"))
@@ -340,14 +342,14 @@ def _first(params: dict[str, list[str]], name: str) -> str | None:
 class EngineIOWebSocketFactory(WebSocketServerFactory):
     """Builds Engine.IO WebSockets; Autobahn checks the frame sizes."""
 
-    protocol = EngineIOWebSocketProtocol
+    protocol = EngineIOWebSocketProtocol  # type: ignore[assignment]  # Autobahn's factory is not generic over its protocol
 
     def __init__(self, server: EngineServer, **options: Any) -> None:
         super().__init__()
         self.server = server
         #: WebSockets whose handshake completed and that have not closed yet.
         self.sockets = OpenSockets()
-        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.transport.leanws).
+        #: Sockets with frames waiting for the end of the reactor turn.
         self.corks = Corks(server.clock)
         self.setProtocolOptions(**options)
 

@@ -1,0 +1,1 @@
+"""The plain WebSocket dialect at ``rm_route`` (docs/protocol.md)."""

@@ -21,50 +21,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
-from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
-from redmessenger.core.dispatcher import Dispatcher
+from redmessenger.core.admission import ConnectionLimit, OriginPolicy
+from redmessenger.core.hub import Hub
+from redmessenger.core.sessions import ClientSession
+from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.transport.leanws import Corks, LeanServerProtocol, OpenSockets, text_frame
-from redmessenger.core.admission import ConnectionLimit, OriginPolicy
-from redmessenger.logs import make_logger
-from redmessenger.core.presence import Attachment
-
-_AWAITING_ID, _VERIFYING, _IDENTIFIED = range(3)
+from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_websocket
+from redmessenger.transport.frames import text_frame
+from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 
 #: Message._encodings keys of the plain dialect's frames, by bubble value.
 _FRAME_KEYS = {True: ("ws", True), False: ("ws", False)}
+
+REACHABLE_TEXT = b"Hey, you're connected!"
 
 
 def _frame_of(message: Message, bubble: bool) -> bytes:
     return text_frame(message.envelope_json(bubble))
 
 
-def close_reason(text: str) -> str:
-    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 §5.5)."""
-    encoded = text.encode("utf-8")
-    if len(encoded) <= 123:
-        return text
-    return encoded[:120].decode("utf-8", "ignore") + "..."
-
-
 class PlainWebSocketProtocol(LeanServerProtocol):
-    """One client socket speaking the plain dialect; a MessageSink for the dispatcher."""
+    """One client socket speaking the plain dialect: the ClientLink of its session."""
 
     _log = make_logger()
     factory: PlainWebSocketFactory
 
     def __init__(self) -> None:
         super().__init__()
-        self._stage = _AWAITING_ID
-        self._attachment: Attachment | None = None
-        self._identify_timer: IDelayedCall | None = None
+        self._session: ClientSession | None = None
         self._peer_text = "?"
         # Pings sent and not answered yet: (sequence number, sent at, waiter).
         # A list: rarely more than two, and an empty deque costs 760 bytes a socket.
@@ -75,7 +69,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         #: A conn_limit slot taken at the handshake, given back in onClose.
         self._holds_slot = False
 
-    # -- MessageSink ---------------------------------------------------------------
+    # -- ClientLink ------------------------------------------------------------------
 
     @property
     def client_address(self) -> str:
@@ -90,7 +84,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             return False
         if self.raw_frames:
             # The hot path: framed once per message and bubble value, shared by
-            # every socket, and written without Autobahn (redmessenger.transport.leanws).
+            # every socket, and written without Autobahn (redmessenger.transport.fastpath).
             self.write_frame(message.encoded(_FRAME_KEYS[bubble], _frame_of, message, bubble))
         else:
             # permessage-deflate compresses per socket; Autobahn frames it
@@ -106,14 +100,22 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._send_ping(waiter)
         return waiter
 
+    def accepted(self, uid: str) -> None:
+        pass  # the plain dialect has no answer to an identifier: the queue follows
+
+    def refuse(self, error: ClientError) -> None:
+        self.close_with(error.code, error.reason)
+
+    # -- pings -----------------------------------------------------------------------
+
     def _send_ping(self, waiter: Deferred[bool] | None) -> None:
         self._ping_sequence += 1
         self._pings.append((self._ping_sequence, self.factory.clock.seconds(), waiter))
         self.send_ping_token(self._ping_sequence)
 
-    def pong_received(self, sequence: int) -> None:
+    def pong_received(self, token: int) -> None:
         pings = self._pings
-        while pings and pings[0][0] <= sequence:
+        while pings and pings[0][0] <= token:
             _, self._answered_at, waiter = pings.pop(0)
             if waiter is not None:
                 waiter.callback(True)
@@ -140,10 +142,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     # -- Autobahn callbacks ----------------------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        from autobahn.websocket.types import ConnectionDeny
-
-        peer = self.transport.getPeer()
-        self._peer_text = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        self._peer_text = peer_text(self.transport)
         if request.path != self.factory.route:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no WebSocket at {request.path}")
         if not self.factory.origins.allows(request.origin):
@@ -154,95 +153,44 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._holds_slot = True
 
     def onOpen(self) -> None:
-        self.factory.sockets.add(self)
-        self._log.info(
-            "New connection {peer} on {listen}! Waiting for ID...", peer=self._peer_text, listen=self.factory.listen_label
-        )
-        self._identify_timer = self.factory.clock.callLater(self.factory.identify_timeout, self._identify_timed_out)
+        factory = self.factory
+        factory.sockets.add(self)
+        self._session = ClientSession(factory.hub, self, factory.clock, factory.identify_timeout)
+        self._session.opened(factory.listen_label)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        try:
-            if isBinary:
-                raise ClientError(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send the identifier as text")
-            if self._stage != _AWAITING_ID:
-                raise ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its identifier already")
-        except ClientError as e:
-            self._refuse(e)
+        session = self._session
+        if session is None:
             return
-        self._stage = _VERIFYING
-        self._cancel_timer()
+        if isBinary:
+            session.refuse(ClientError(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send the identifier as text"))
+            return
         # Autobahn has validated the frame as UTF-8 already.
-        d = ensureDeferred(self.factory.dispatcher.identify(self, payload.decode("utf-8")))
-        d.addCallbacks(self._identified, self._identify_failed)
+        session.identify(payload.decode("utf-8"))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._cancel_timer()
-        if self._attachment is not None:
+        session, self._session = self._session, None
+        if session is not None:
             # A clean close we started means the client read every frame sent
             # before our close frame: nothing it was sent is unconfirmed.
-            self.factory.dispatcher.detach(self._attachment, received_all=bool(wasClean and self.closedByMe))
-            self._attachment = None
-        # after detach: a handover waiting on a pong then finds the socket gone
+            session.closed(received_all=bool(wasClean and self.closedByMe))
+        # after closed(): a handover waiting on a pong then finds the socket gone
         self._fail_pings()
         self.factory.sockets.closed(self)
         if self._holds_slot:
             self._holds_slot = False
             self.factory.limit.release()
 
-    # -- identification ------------------------------------------------------------
-
-    def _identified(self, attachment: Attachment | None) -> None:
-        if attachment is None:  # closed while the key was being checked
-            return
-        self._stage = _IDENTIFIED
-        self._attachment = attachment
-        if not self.writable:  # closed in the meantime; onClose has run already
-            self.factory.dispatcher.detach(attachment)
-            self._attachment = None
-
-    def _identify_failed(self, failure: Failure) -> None:
-        if failure.check(ClientError):
-            self._refuse(failure.value)
-            return
-        self._log.failure("Identifying {peer} failed", failure, peer=self._peer_text)
-        self._refuse(ClientError(CloseCode.TRY_AGAIN_LATER, "internal error; try again later"))
-
-    def _identify_timed_out(self) -> None:
-        self._identify_timer = None
-        self._refuse(
-            ClientError(CloseCode.IDENTIFY_TIMEOUT, f"no identifier within {self.factory.identify_timeout:g} seconds")
-        )
-
-    def _refuse(self, error: ClientError) -> None:
-        """The one place a client mistake becomes a close frame."""
-        self._log.info("Closing {peer}: {error}", peer=self._peer_text, error=str(error))
-        self.factory.dispatcher.refused(error.code)
-        self._cancel_timer()
-        self.close_with(error.code, error.reason)
-
-    def close_with(self, code: CloseCode, reason: str) -> None:
-        """
-        Start the close handshake.  sendCloseFrame, not sendClose: Autobahn's
-        sendClose refuses the standard codes (1001, 1003, 1013) we need.
-        """
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(int(code), close_reason(reason).encode("utf-8"), isReply=False)
-
-    def _cancel_timer(self) -> None:
-        if self._identify_timer is not None and self._identify_timer.active():
-            self._identify_timer.cancel()
-        self._identify_timer = None
-
 
 class PlainWebSocketFactory(WebSocketServerFactory):
     """Builds plain-dialect sockets; holds what they share."""
 
-    protocol = PlainWebSocketProtocol
+    protocol = PlainWebSocketProtocol  # type: ignore[assignment]  # Autobahn's factory is not generic over its protocol
 
     def __init__(
         self,
         *,
-        dispatcher: Dispatcher,
+        hub: Hub,
         clock: IReactorTime,
         route: str,
         identify_timeout: float,
@@ -253,7 +201,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.dispatcher = dispatcher
+        self.hub = hub
         self.clock = clock
         self.route = route
         self.identify_timeout = identify_timeout
@@ -264,7 +212,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         #: conn_limit, shared with the Socket.IO dialect.
         self.limit = limit if limit is not None else ConnectionLimit(10000)
         self.origins = OriginPolicy(allowed_origins)
-        #: Sockets with frames waiting for the end of the reactor turn (redmessenger.transport.leanws).
+        #: Sockets with frames waiting for the end of the reactor turn.
         self.corks = Corks(clock)
         # One loop for every socket rather than a timer each.
         self._keep_alive = LoopingCall(self._ping_all)
@@ -287,9 +235,6 @@ class PlainWebSocketFactory(WebSocketServerFactory):
             except Exception:
                 socket._log.failure("Keep-alive of {peer} failed", peer=socket.client_address)
 
-    def frame(self, message: Message, bubble: bool) -> Any:
-        return self.prepareMessage(message.envelope_json(bubble), isBinary=False)
-
     def close_all(self, code: CloseCode, reason: str) -> Deferred[None]:
         """
         Close every open socket (at shutdown, so that clients reconnect
@@ -298,3 +243,25 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         for socket in list(self.sockets):
             socket.close_with(code, reason)
         return self.sockets.when_empty()
+
+
+class RouteResource(Resource):
+    """``rm_route``: a WebSocket when asked to upgrade, else a reachability text (as the Node.js program answered)."""
+
+    isLeaf = True
+
+    def __init__(self, factory: PlainWebSocketFactory) -> None:
+        super().__init__()
+        self._websocket = WebSocketResource(factory)
+
+    def render(self, request: Request) -> bytes | int:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if upgrade.lower() == b"websocket":
+            return upgrade_to_websocket(self._websocket, request)
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return b""
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return REACHABLE_TEXT

@@ -1,0 +1,21 @@
+"""Totals since start, kept by the core and read by operators (status, /metrics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counters:
+    """What the core has done since start; plain integers, incremented on the reactor thread."""
+
+    published: int = 0
+    delivered: int = 0
+    queued: int = 0
+    handed_over: int = 0
+    identified: int = 0
+    #: Sockets refused or closed for a client mistake, by CloseCode name.
+    refused: dict[str, int] = field(default_factory=dict)
+
+    def refusal(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1

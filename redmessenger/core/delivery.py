@@ -1,0 +1,108 @@
+"""
+Delivery (SPEC §3 rules 1 and 2, §2's bubble): a message for some uids goes to
+each one's live sockets, the oldest with the bubble, or to the queues of those
+who have none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from redmessenger.core.confirmations import Confirmations
+from redmessenger.core.counters import Counters
+from redmessenger.core.ports import Queues
+from redmessenger.core.presence import Presence, Sent, User
+from redmessenger.logs import informing, make_logger
+from redmessenger.model.envelope import Message
+from redmessenger.model.keyspace import queue_key
+
+
+class Delivery:
+    """Fans a message out to online sockets and hands the rest to the queues."""
+
+    log = make_logger()
+
+    def __init__(
+        self,
+        presence: Presence,
+        queues: Queues,
+        confirmations: Confirmations,
+        counters: Counters,
+        clock: IReactorTime,
+    ) -> None:
+        self._presence = presence
+        self._queues = queues
+        self._confirmations = confirmations
+        self._counters = counters
+        self._clock = clock
+        #: Called once per message delivered live (the latency histogram, redmessenger.ops.metrics).
+        self.on_live_delivery: Callable[[Message], None] = _ignore
+
+    def deliver(self, message: Message, uids: Sequence[str]) -> None:
+        """To the live sockets of each uid, else to its queue."""
+        offline = []
+        get_user = self._presence.get
+        # What every recipient with a single socket keeps until it confirms:
+        # the same record for all of them (a group fans out to thousands).
+        alone = Sent(message, True, False)
+        now = self._clock.seconds()
+        delivered = 0
+        for uid in uids:
+            user = get_user(uid)
+            if user is not None and self.deliver_live(user, message, alone, now):
+                delivered += 1
+            else:
+                offline.append(uid)
+        self._counters.delivered += delivered
+        if delivered:
+            self.on_live_delivery(message)
+        if offline:
+            self.queue(offline, message)
+
+    def deliver_live(self, user: User, message: Message, alone: Sent | None = None, now: float | None = None) -> bool:
+        """
+        Give a message to each of the user's sockets, the oldest with the bubble.
+        False if none took it (all closing): the caller queues it.  ``alone``:
+        the record to keep if the user has one socket (Sent is never modified,
+        so one per message serves every such recipient).  ``now``: the clock,
+        read once per message by the caller.
+        """
+        if now is None:
+            now = self._clock.seconds()
+        attachments = user.attachments
+        shared = len(attachments) > 1
+        bubble = True
+        taken = False
+        confirmations = self._confirmations
+        for attachment in attachments:
+            sent = alone if alone is not None and not shared else Sent(message, bubble, shared)
+            if attachment.held is not None:
+                attachment.held.append(sent)
+                taken = True
+            elif attachment.sink.send_message(message, bubble):
+                attachment.unconfirmed.append(sent)
+                confirmations.sent(attachment, now)
+                taken = True
+            bubble = False
+        return taken
+
+    def redeliver(self, uid: str, messages: Iterable[Message]) -> None:
+        """Messages a socket of ``uid`` lost: to the user's other sockets, else back to the queue, in order."""
+        for message in messages:
+            user = self._presence.get(uid)
+            if user is None or not self.deliver_live(user, message):
+                self.queue([uid], message)
+
+    def queue(self, uids: list[str], message: Message) -> None:
+        """Keep a message in the queues of users who are not online."""
+        self._counters.queued += len(uids)
+        if informing():
+            for uid in uids:
+                self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
+        self._queues.enqueue(uids, message.queue_entry())
+
+
+def _ignore(message: Message) -> None:
+    pass

@@ -1,0 +1,188 @@
+"""
+Queue handover (SPEC §3 rules 3 and 4): when a socket identifies, the user's
+queue goes to it, oldest first, a batch at a time, before any live message.
+
+A batch leaves Redis only once the client confirmed it (trimmed with the next
+read), so a client that drops keeps everything it did not confirm.  One
+handover per user at a time; a socket that identifies after the one receiving
+the queue went away (a page reload) takes the rest over once the old handover
+has settled.  Live messages for a socket waiting for (or receiving) the queue
+are held in ``Attachment.held`` and released after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+
+from redmessenger.core.confirmations import Confirmations
+from redmessenger.core.counters import Counters
+from redmessenger.core.delivery import Delivery
+from redmessenger.core.ports import Queues
+from redmessenger.core.presence import Attachment, Presence
+from redmessenger.logs import debugging, make_logger
+from redmessenger.model.envelope import (
+    Message,
+    UnreadableEntry,
+    message_from_entry,
+    message_from_unreadable,
+)
+from redmessenger.model.keyspace import user_channel
+
+
+@dataclass(eq=False)
+class _Handover:
+    """The user's queue on its way to one socket; one per user at a time."""
+
+    attachment: Attachment
+    done: Deferred[None] | None = None
+    delivered: int = 0
+    #: A socket of the same user that identified after this one went away.
+    next: Attachment | None = None
+
+
+class Handovers:
+    """The queues being handed over, one per user."""
+
+    log = make_logger()
+
+    def __init__(
+        self,
+        presence: Presence,
+        queues: Queues,
+        delivery: Delivery,
+        confirmations: Confirmations,
+        counters: Counters,
+        clock: IReactorTime,
+        batch: int,
+        on_settled: Callable[[], None],
+    ) -> None:
+        self._presence = presence
+        self._queues = queues
+        self._delivery = delivery
+        self._confirmations = confirmations
+        self._counters = counters
+        self._clock = clock
+        self._batch = batch
+        self._on_settled = on_settled
+        self._running: dict[str, _Handover] = {}
+
+    @property
+    def running(self) -> int:
+        """Handovers under way (users whose queue is on its way to a socket)."""
+        return len(self._running)
+
+    def identified(self, attachment: Attachment) -> None:
+        """A socket just identified: hand it the queue, or let it wait for the running handover."""
+        handover = self._running.get(attachment.uid)
+        if handover is None:
+            self._start(attachment)
+        elif not handover.attachment.attached and handover.next is None:
+            # The socket receiving the queue went away (a page reload): this one
+            # takes the queue over once the old handover has settled.
+            handover.next = attachment
+            attachment.held = []
+
+    def stop(self, timeout: float) -> Deferred[Any]:
+        """
+        Let running handovers finish their bookkeeping (trims, held messages),
+        for at most ``timeout`` seconds: with Redis away they cannot.
+        """
+        running = [h.done for h in self._running.values() if h.done is not None]
+        waiting: Deferred[Any] = DeferredList(running, consumeErrors=True)
+        waiting.addTimeout(timeout, self._clock)
+        return waiting.addErrback(
+            lambda f: self.log.warn("{count} queue handovers unfinished at shutdown", count=len(self._running))
+        )
+
+    def _start(self, attachment: Attachment) -> None:
+        handover = _Handover(attachment)
+        self._running[attachment.uid] = handover
+        if attachment.held is None:
+            attachment.held = []
+        d = ensureDeferred(self._hand_over(handover))
+        handover.done = d
+        d.addErrback(lambda f: self.log.failure("Handing the queue of {uid} over failed", f, uid=attachment.uid))
+
+    async def _hand_over(self, handover: _Handover) -> None:
+        """Deliver the user's queue to one socket, oldest first, a batch at a time."""
+        attachment = handover.attachment
+        uid, sink = attachment.uid, attachment.sink
+        batch = self._batch
+        confirmed = 0  # confirmed by the client, not yet trimmed from Redis
+        try:
+            length, entries = await self._queues.take(uid, 0, batch)
+            if length:
+                self.log.info("rm.users.{uid} has {count} messages enqueued, purging!", uid=uid, count=length)
+            while entries and attachment.attached:
+                sent = 0
+                # Who carries the bubble changes only between reactor turns, not within this loop.
+                bubble = self._presence.carries_bubble(attachment)
+                for raw in entries:
+                    message = self._read_entry(uid, raw)
+                    if not attachment.attached or not sink.send_message(message, bubble):
+                        break
+                    sent += 1
+                if not sent or not await sink.confirm():
+                    break
+                confirmed = sent
+                handover.delivered += sent
+                if sent < len(entries) or len(entries) < batch:
+                    break
+                # TAKE trims them; if its reply is lost, whether it ran is unknown:
+                # better sent twice (they stay) than trimmed twice (undelivered ones lost).
+                trimming, confirmed = confirmed, 0
+                length, entries = await self._queues.take(uid, trimming, batch)
+        finally:
+            if confirmed:
+                self._queues.trim(uid, confirmed).addErrback(
+                    lambda f: self.log.failure("Could not trim {count} delivered entries of {uid}", f, uid=uid, count=confirmed)
+                )
+            self._counters.handed_over += handover.delivered
+            self._finish(handover)
+
+    def _read_entry(self, uid: str, raw: bytes) -> Message:
+        try:
+            message, problem = message_from_entry(raw)
+        except UnreadableEntry as e:
+            self.log.warn(
+                "{uid}: queue entry is not an envelope ({why}); delivering its bytes as the payload", uid=uid, why=str(e)
+            )
+            return message_from_unreadable(raw, user_channel(uid), int(self._clock.seconds() * 1000))
+        if problem is not None:
+            self.log.warn("{uid}: queue entry from {source}: {problem}", uid=uid, source=message.source, problem=problem)
+        if debugging():
+            self.log.debug("{uid}: Purging message from {source}", uid=uid, source=message.source)
+        return message
+
+    def _finish(self, handover: _Handover) -> None:
+        """Release the live messages held back during the handover; pass the turn on if it was cut short."""
+        attachment = handover.attachment
+        del self._running[attachment.uid]
+        if attachment.attached:
+            self._release_held(attachment)
+        elif handover.delivered:
+            self.log.info(
+                "{uid}: socket closed during the handover after {count} messages; the rest stays queued",
+                uid=attachment.uid,
+                count=handover.delivered,
+            )
+        following = handover.next
+        if following is not None and following.attached:
+            self._start(following)
+        if not self._running:
+            self._on_settled()
+
+    def _release_held(self, attachment: Attachment) -> None:
+        held, attachment.held = attachment.held or [], None
+        for sent in held:
+            if attachment.sink.send_message(sent.message, sent.bubble):
+                attachment.unconfirmed.append(sent)
+            elif not sent.delivered_elsewhere:
+                self._delivery.queue([attachment.uid], sent.message)
+        if attachment.unconfirmed:
+            self._confirmations.want(attachment)

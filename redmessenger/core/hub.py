@@ -1,0 +1,171 @@
+"""
+The core's one entry point: what the Redis edge feeds it (PUBLISHes) and what
+client sessions ask of it (identify, detach).  It composes the rooms of the
+core and holds no rule of its own beyond identification:
+
+- :mod:`~redmessenger.core.routing`: PUBLISHes to (message, recipients), in order;
+- :mod:`~redmessenger.core.delivery`: to live sockets with the bubble, or to queues;
+- :mod:`~redmessenger.core.confirmations`: live messages kept until confirmed;
+- :mod:`~redmessenger.core.handover`: a user's queue to a socket that identified;
+- :mod:`~redmessenger.core.presence`: who is online.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from redmessenger.core.confirmations import Confirmations
+from redmessenger.core.counters import Counters
+from redmessenger.core.delivery import Delivery
+from redmessenger.core.handover import Handovers
+from redmessenger.core.ports import (
+    Directory,
+    MessageSink,
+    Queues,
+    StoreError,
+    StoreUnavailable,
+)
+from redmessenger.core.presence import Attachment, Presence
+from redmessenger.core.routing import Router
+from redmessenger.logs import make_logger
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.model.identity import parse_identifier
+
+
+class Hub:
+    """Routes published messages to online sockets and offline queues; identifies sockets and hands them their queue."""
+
+    log = make_logger()
+
+    def __init__(
+        self,
+        queues: Queues,
+        directory: Directory,
+        clock: IReactorTime,
+        *,
+        secure_mode: bool = False,
+        handover_batch: int = 500,
+        user_socket_limit: int | None = None,
+    ) -> None:
+        self._clock = clock
+        self._queues = queues
+        self._directory = directory
+        self._secure_mode = secure_mode
+        self._idle_waiters: list[Deferred[None]] = []
+        self.counters = Counters()
+        self.presence = Presence(user_socket_limit)
+        self.confirmations = Confirmations(clock)
+        self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock)
+        self.router = Router(directory, self.delivery.deliver, self.counters, clock, self._settled)
+        self.handovers = Handovers(
+            self.presence, queues, self.delivery, self.confirmations, self.counters, clock, handover_batch, self._settled
+        )
+
+    # -- from Redis ------------------------------------------------------------------
+
+    def on_publish(self, channel: bytes, payload: bytes) -> None:
+        """A PUBLISH arrived on ``rm.users.*`` or ``rm.channels.*``."""
+        self.router.on_publish(channel, payload)
+
+    def set_live_delivery_observer(self, observer: Callable[[Message], None]) -> None:
+        """Called once per message delivered live, on the hot path (the latency histogram)."""
+        self.delivery.on_live_delivery = observer
+
+    # -- from client sessions -----------------------------------------------------------
+
+    async def identify(self, sink: MessageSink, identifier: str) -> Attachment | None:
+        """
+        Identify a socket and start handing it the user's queue.  Raises
+        :class:`ClientError` for a bad identifier or key; returns None if the
+        socket went away in the meantime.
+        """
+        ident = parse_identifier(identifier)
+        if self._secure_mode:
+            await self._check_key(ident.uid, ident.key)
+        if not sink.writable:
+            return None
+        attachment = self.presence.attach(ident.uid, sink)
+        self.counters.identified += 1
+        self.log.info("Assigning id {uid} to socket {peer}.", uid=ident.uid, peer=sink.client_address)
+        self.handovers.identified(attachment)
+        return attachment
+
+    async def _check_key(self, uid: str, key: str | None) -> None:
+        try:
+            stored = await self._directory.user_key(uid)
+        except StoreUnavailable:
+            raise ClientError(CloseCode.TRY_AGAIN_LATER, "Redis is unreachable; try again later") from None
+        except StoreError as e:
+            self.log.error("Cannot read the key of {uid}: {why}", uid=uid, why=str(e))
+            stored = None
+        # compare_digest's time does not depend on where the bytes differ.
+        given = (key or "").encode("utf-8")
+        if stored is None or not key or not hmac.compare_digest(stored, given):
+            raise ClientError(CloseCode.BAD_KEY, "authentication failed: wrong or missing key")
+
+    def detach(self, attachment: Attachment, received_all: bool = False) -> None:
+        """
+        A socket closed: forget it, and deliver again (or queue) the live
+        messages only it had and never confirmed (``received_all``: the dialect
+        knows the client read everything written).  Its queue entries that were
+        not confirmed are still in Redis: the handover only trims confirmed ones.
+        """
+        if not attachment.attached:
+            return
+        self.presence.detach(attachment)
+        orphans = []
+        if not received_all:
+            orphans += [sent.message for sent in attachment.unconfirmed if not sent.delivered_elsewhere]
+        orphans += [sent.message for sent in attachment.held or () if not sent.delivered_elsewhere]
+        attachment.unconfirmed.clear()
+        attachment.held = None
+        if orphans:
+            self.log.info(
+                "{uid}: {count} messages were not confirmed by {peer} before it closed; delivering them again",
+                uid=attachment.uid,
+                count=len(orphans),
+                peer=attachment.sink.client_address,
+            )
+            self.delivery.redeliver(attachment.uid, orphans)
+
+    def refused(self, reason: CloseCode) -> None:
+        """A client was refused or closed for a mistake (counted by reason)."""
+        self.counters.refusal(reason.name)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether a handover is running or a group message waits for its members."""
+        return bool(self.handovers.running or self.router.waiting)
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        Fires once no handover runs, no message waits for a group's members, and
+        every queue write made so far has been answered by Redis.
+        """
+        if self.busy:
+            waiter: Deferred[None] = Deferred()
+            self._idle_waiters.append(waiter)
+            return waiter.addCallback(lambda _: self.when_idle())
+        return self._queues.drain()
+
+    def _settled(self) -> None:
+        if not self.busy:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def stop(self, timeout: float = 5.0) -> Deferred[Any]:
+        """Stop timers and retries; let running handovers settle, for at most ``timeout`` seconds."""
+        self.router.stop()
+        self.confirmations.stop()
+        if not self.handovers.running:
+            return succeed(None)
+        return self.handovers.stop(timeout)

@@ -1,0 +1,97 @@
+"""
+The interfaces through which the core reaches the outside: a client connection
+(whatever its dialect), the queues, and the directory of user keys and group
+members (both in Redis, implemented by :mod:`redmessenger.redis_edge`).
+
+Errors cross this boundary as the two exceptions below, never as a Redis
+client's own types: the core does not know which client the edge uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached right now (no connection, or no answer in time): try again later."""
+
+
+class StoreError(Exception):
+    """Redis refused a command (a key of another type, a script error): trying again will not help."""
+
+
+class MessageSink(Protocol):
+    """What delivery needs of a client connection, whatever its wire dialect."""
+
+    @property
+    def client_address(self) -> str:
+        """``host:port`` of the client, for logs."""
+
+    @property
+    def writable(self) -> bool:
+        """Whether messages can still be written to the client."""
+
+    def send_message(self, message: Message, bubble: bool) -> bool:
+        """Write the message to the client; False if the connection is already gone."""
+
+    def confirm(self) -> Deferred[bool]:
+        """
+        Fires True once the client has shown it received everything written so
+        far (a WebSocket pong, the next poll), False if it went away first.
+        """
+
+
+class ClientLink(MessageSink, Protocol):
+    """What a client session needs of its connection besides delivery: the dialect's way of talking back."""
+
+    def accepted(self, uid: str) -> None:
+        """The identifier was accepted (Socket.IO acknowledges it; the plain dialect says nothing)."""
+
+    def refuse(self, error: ClientError) -> None:
+        """Tell the client what it did wrong, the dialect's way, and end the connection."""
+
+
+class Queues(Protocol):
+    """Users' queues (``rm:users:$uid:messages``)."""
+
+    @property
+    def backlog(self) -> int:
+        """Entries kept in memory until Redis accepts them."""
+
+    def enqueue(self, uids: list[str], entry: bytes) -> None:
+        """Append an entry to the queues of ``uids``, in order with earlier calls; never fails (kept until written)."""
+
+    def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
+        """Drop the ``delivered`` oldest entries, then the queue's length and its next ``batch`` entries."""
+
+    def trim(self, uid: str, delivered: int) -> Deferred[None]:
+        """Drop the ``delivered`` oldest entries."""
+
+    def drain(self) -> Deferred[None]:
+        """Fires once every entry enqueued so far has been answered by Redis."""
+
+
+class Directory(Protocol):
+    """What the application keeps in Redis about users and groups."""
+
+    def user_key(self, uid: str) -> Deferred[bytes | None]:
+        """The secret at ``rm:users:$uid:key``, or None; fails with StoreUnavailable within a deadline."""
+
+    def members(self, cid: str) -> Deferred[list[bytes]]:
+        """The members of group ``cid`` right now (StoreUnavailable while Redis is away)."""
+
+
+@dataclass
+class LinkState:
+    """What operators and /health need to know about the link to Redis (kept by the edge)."""
+
+    subscribed: bool = False
+    commands_connected: bool = False
+    reconnects: int = 0
+    last_error: str | None = None

@@ -1,0 +1,159 @@
+"""
+Routing: a PUBLISH on ``rm.users.$uid`` or ``rm.channels.$cid`` becomes a
+message and its list of recipients, in the order the messages were published.
+
+Order (SPEC §3): published messages are delivered strictly in the order the
+subscriber received them.  A group message needs its member list from Redis
+first; the messages behind it wait in the inbox until it is resolved (the
+lookups themselves are pipelined), so a group message published before a user
+message reaches that user before it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from redmessenger.core.counters import Counters
+from redmessenger.core.ports import Directory, StoreUnavailable
+from redmessenger.logs import debugging, make_logger
+from redmessenger.model.envelope import Message, decode_payload
+from redmessenger.model.keyspace import (
+    GROUP_CHANNEL_PREFIX,
+    USER_CHANNEL_PREFIX,
+    valid_name,
+)
+
+Deliver = Callable[[Message, Sequence[str]], None]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A published message waiting for its recipients to be known."""
+
+    message: Message
+    uids: list[str] | None = None
+    label: str = ""
+
+
+class Router:
+    """Turns PUBLISHes into (message, recipients), in publish order, and hands them to ``deliver``."""
+
+    log = make_logger()
+
+    #: Seconds between attempts to read a group's members while Redis is away.
+    lookup_retry_delay = 1.0
+
+    def __init__(
+        self,
+        directory: Directory,
+        deliver: Deliver,
+        counters: Counters,
+        clock: IReactorTime,
+        on_settled: Callable[[], None],
+    ) -> None:
+        self._directory = directory
+        self._deliver = deliver
+        self._counters = counters
+        self._clock = clock
+        self._on_settled = on_settled
+        self._inbox: deque[_Pending] = deque()
+        #: Member lookups waiting to be retried while Redis is away.
+        self._retries: set[IDelayedCall] = set()
+        self._stopping = False
+
+    @property
+    def waiting(self) -> int:
+        """Messages waiting for a group's members (and the messages behind them)."""
+        return len(self._inbox)
+
+    def on_publish(self, channel: bytes, payload: bytes) -> None:
+        """A PUBLISH arrived on ``rm.users.*`` or ``rm.channels.*``."""
+        self._counters.published += 1
+        if channel.startswith(USER_CHANNEL_PREFIX):
+            uid = valid_name(channel[len(USER_CHANNEL_PREFIX) :])
+            if uid is None:
+                self.log.warn("Ignoring a message on {channel!r}: not a valid uid", channel=channel)
+                return
+            if debugging():
+                self.log.debug("New message from channel {channel}", channel=channel.decode())
+            message = self._message(channel, payload)
+            if not self._inbox:
+                self._deliver(message, (uid,))
+            else:
+                self._inbox.append(_Pending(message, [uid]))
+        elif channel.startswith(GROUP_CHANNEL_PREFIX):
+            cid = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :])
+            if cid is None:
+                self.log.warn("Ignoring a message on {channel!r}: not a valid group id", channel=channel)
+                return
+            if debugging():
+                self.log.debug("New message from channel {channel}", channel=channel.decode())
+            pending = _Pending(self._message(channel, payload), label=cid)
+            self._inbox.append(pending)
+            self._look_up_members(pending, cid)
+
+    def stop(self) -> None:
+        """Stop retrying member lookups (the link to Redis is going away)."""
+        self._stopping = True
+        for call in self._retries:
+            call.cancel()
+        self._retries.clear()
+
+    def _message(self, channel: bytes, payload: bytes) -> Message:
+        text, valid = decode_payload(payload)
+        if not valid:
+            self.log.warn(
+                "Payload of {length} bytes on {channel} is not valid UTF-8; delivering it with U+FFFD replacements",
+                length=len(payload),
+                channel=channel.decode("ascii"),
+            )
+        return Message(channel.decode("ascii"), int(self._clock.seconds() * 1000), text)
+
+    def _look_up_members(self, pending: _Pending, cid: str) -> None:
+        d = self._directory.members(cid)
+        d.addCallbacks(self._members_found, self._members_failed, callbackArgs=(pending,), errbackArgs=(pending, cid))
+
+    def _members_found(self, members: list[bytes], pending: _Pending) -> None:
+        uids = []
+        for member in members:
+            uid = valid_name(member)
+            if uid is None:
+                self.log.warn(
+                    "Skipping member {member!r} of group {cid}: not a valid uid", member=member, cid=pending.label
+                )
+            else:
+                uids.append(uid)
+        pending.uids = uids
+        self._drain()
+
+    def _members_failed(self, failure: Failure, pending: _Pending, cid: str) -> None:
+        if failure.check(StoreUnavailable) and not self._stopping:
+            self.log.warn(
+                "Could not read the members of group {cid} ({why}); retrying", cid=cid, why=failure.getErrorMessage()
+            )
+
+            def retry() -> None:
+                self._retries.discard(call)
+                self._look_up_members(pending, cid)
+
+            call = self._clock.callLater(self.lookup_retry_delay, retry)
+            self._retries.add(call)
+            return
+        self.log.failure("Could not read the members of group {cid}; the message reaches nobody", failure, cid=cid)
+        pending.uids = []
+        self._drain()
+
+    def _drain(self) -> None:
+        inbox = self._inbox
+        while inbox:
+            uids = inbox[0].uids
+            if uids is None:
+                break
+            self._deliver(inbox.popleft().message, uids)
+        if not inbox:
+            self._on_settled()

@@ -1,0 +1,133 @@
+"""
+One client, from its connection to its close, whatever its wire dialect: the
+client state machine both dialects drive.
+
+    AWAITING_ID --identify()--> VERIFYING --accepted--> IDENTIFIED
+         |                          |
+         +--refuse()/timeout--------+--------------------> REFUSED
+    any --closed()--> CLOSED
+
+A dialect decodes its frames and calls :meth:`ClientSession.identify` or
+:meth:`ClientSession.refuse`; the session answers through the dialect's
+:class:`~redmessenger.core.ports.ClientLink` (``accepted``, ``refuse``) and
+delivers through it as a :class:`~redmessenger.core.ports.MessageSink`.  Every
+refusal goes through :meth:`ClientSession.refuse`: one log line, one count, one
+report to the client.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from redmessenger.core.hub import Hub
+from redmessenger.core.ports import ClientLink
+from redmessenger.core.presence import Attachment
+from redmessenger.logs import make_logger
+from redmessenger.model.errors import ClientError, CloseCode
+
+
+class Stage(Enum):
+    AWAITING_ID = "awaiting identifier"
+    VERIFYING = "verifying"
+    IDENTIFIED = "identified"
+    REFUSED = "refused"
+    CLOSED = "closed"
+
+
+class ClientSession:
+    """The state of one client connection, and the one place its mistakes are handled."""
+
+    log = make_logger()
+
+    def __init__(self, hub: Hub, link: ClientLink, clock: IReactorTime, identify_timeout: float) -> None:
+        self._hub = hub
+        self._link = link
+        self._clock = clock
+        self._identify_timeout = identify_timeout
+        self.stage = Stage.AWAITING_ID
+        self.attachment: Attachment | None = None
+        self._timer: IDelayedCall | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.stage is Stage.REFUSED
+
+    def opened(self, listen: str, **fields: object) -> None:
+        """The connection is open: log it, and start waiting for the identifier."""
+        self.log.info(
+            "New connection {peer} on {listen}! Waiting for ID...", peer=self._link.client_address, listen=listen, **fields
+        )
+        self._timer = self._clock.callLater(self._identify_timeout, self._timed_out)
+
+    @property
+    def awaiting_identifier(self) -> bool:
+        return self.stage is Stage.AWAITING_ID
+
+    def identify(self, identifier: object) -> None:
+        """The client sent its identifier (``uid``, ``uid:`` or ``uid:key``)."""
+        if self.stage is not Stage.AWAITING_ID:
+            if self.stage is not Stage.CLOSED:
+                self.refuse(ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its identifier already"))
+            return
+        if not isinstance(identifier, str):
+            self.refuse(ClientError(CloseCode.INVALID_IDENTIFIER, "the identifier must be a string 'uid:key'"))
+            return
+        self.stage = Stage.VERIFYING
+        self._cancel_timer()
+        d = ensureDeferred(self._hub.identify(self._link, identifier))
+        d.addCallbacks(self._identified, self._identify_failed)
+        d.addErrback(lambda f: self.log.failure("After identifying {peer}", f, peer=self._link.client_address))
+
+    def refuse(self, error: ClientError) -> None:
+        """The one place a client mistake is handled: logged, counted, reported by the dialect."""
+        if self.stage in (Stage.REFUSED, Stage.CLOSED):
+            return
+        self.stage = Stage.REFUSED
+        self._cancel_timer()
+        self.log.info("Closing {peer}: {error}", peer=self._link.client_address, error=str(error))
+        self._hub.refused(error.code)
+        self._link.refuse(error)
+
+    def closed(self, received_all: bool = False) -> None:
+        """
+        The connection is gone.  ``received_all``: the dialect knows the client
+        read everything written (so nothing it was sent is unconfirmed).
+        """
+        self.stage = Stage.CLOSED
+        self._cancel_timer()
+        attachment, self.attachment = self.attachment, None
+        if attachment is not None:
+            self._hub.detach(attachment, received_all=received_all)
+
+    # -- identification ------------------------------------------------------------
+
+    def _identified(self, attachment: Attachment | None) -> None:
+        if attachment is None:  # gone while the key was being checked
+            return
+        if self.stage is not Stage.VERIFYING or not self._link.writable:
+            # refused or closed meanwhile (closed() has run already)
+            self._hub.detach(attachment)
+            return
+        self.stage = Stage.IDENTIFIED
+        self.attachment = attachment
+        self._link.accepted(attachment.uid)
+
+    def _identify_failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, ClientError):
+            self.refuse(failure.value)
+            return
+        self.log.failure("Identifying {peer} failed", failure, peer=self._link.client_address)
+        self.refuse(ClientError(CloseCode.TRY_AGAIN_LATER, "internal error; try again later"))
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.refuse(ClientError(CloseCode.IDENTIFY_TIMEOUT, f"no identifier within {self._identify_timeout:g} seconds"))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None

@@ -1,0 +1,63 @@
+"""
+Every Redis key and pub/sub channel name RedMessenger reads or writes, and the
+grammar of the names in them (SPEC §1): the one place they are spelled out.
+
+They are the Node.js RedMessenger's, so that either program can take over the
+other's data.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+#: A uid or a group id: 1-128 letters, digits and ``_-.@`` (SPEC §4).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+
+#: PUBLISH here delivers to user ``$uid``.
+USER_CHANNEL_PREFIX = b"rm.users."
+#: PUBLISH here delivers to every member of group ``$cid``.
+GROUP_CHANNEL_PREFIX = b"rm.channels."
+#: What the daemon subscribes to (PSUBSCRIBE).
+SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*"]
+
+#: Matches every user's queue (the manhole's SCAN for the longest queues).
+QUEUE_KEY_PATTERN = b"rm:users:*:messages"
+
+
+def user_channel(uid: str) -> str:
+    """``rm.users.$uid``: the ``source`` of a message published to one user."""
+    return f"rm.users.{uid}"
+
+
+def queue_key(uid: str) -> str:
+    """``rm:users:$uid:messages``: the user's queue of undelivered messages, oldest first."""
+    return f"rm:users:{uid}:messages"
+
+
+def user_key_key(uid: str) -> str:
+    """``rm:users:$uid:key``: the user's secret, checked in ``secure_mode``."""
+    return f"rm:users:{uid}:key"
+
+
+def members_key(cid: str) -> str:
+    """``rm:channels:$cid:subscribers``: the uids of group ``$cid`` (kept by the application)."""
+    return f"rm:channels:{cid}:subscribers"
+
+
+def uid_of_queue_key(key: bytes | str) -> str:
+    """The uid in ``rm:users:$uid:messages`` (the key as it is if it is not one)."""
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if text.startswith("rm:users:") and text.endswith(":messages"):
+        return text[len("rm:users:") : -len(":messages")]
+    return text
+
+
+@lru_cache(maxsize=16384)  # once per member of a group, per message: the same names again and again
+def valid_name(raw: bytes) -> str | None:
+    """A uid or group id from a channel name or a set member, if it is one."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if NAME_PATTERN.fullmatch(text) else None

@@ -1,0 +1,159 @@
+"""
+The operators' view of a running daemon: :class:`DaemonView` (what ops may
+read, handed over by the wiring), :class:`Snapshot` (its state at one moment)
+and the text of the manhole's ``status()``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from redmessenger import __version__
+from redmessenger.core.counters import Counters
+from redmessenger.core.ports import LinkState
+
+#: The longest queues: (uid and length, longest first; queues scanned; whether the scan finished).
+LongestQueues = Callable[[int], Awaitable[tuple[list[tuple[str, int]], int, bool]]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The configuration as operators read it in a status screen (nothing here changes at run time)."""
+
+    redis: str
+    listen: str
+    route: str
+    secure_mode: bool
+    conn_limit: int
+
+
+@dataclass(frozen=True)
+class DaemonView:
+    """A narrow, read-only view of the running daemon: the one thing ops modules are given."""
+
+    clock: IReactorTime
+    settings: Settings
+    counters: Counters
+    link: LinkState
+    started_at: Callable[[], float | None]
+    running: Callable[[], bool]
+    connections: Callable[[], int]
+    connections_refused: Callable[[], int]
+    sockets_open: Callable[[], int]
+    socketio_sessions: Callable[[], int]
+    sockets_identified: Callable[[], int]
+    users_online: Callable[[], int]
+    handovers_running: Callable[[], int]
+    queue_backlog: Callable[[], int]
+    longest_queues: LongestQueues
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state at one moment, as operators want to read it."""
+
+    started_at: float | None
+    uptime: float
+    connections: int
+    connections_refused: int
+    sockets_open: int
+    socketio_sessions: int
+    sockets_identified: int
+    users_online: int
+    handovers_running: int
+    queue_backlog: int
+    counters: Counters
+    link: LinkState
+    running: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.running and self.link.subscribed and self.link.commands_connected
+
+    @property
+    def unhealthy_reason(self) -> str | None:
+        """Why a load balancer should not send clients here, or None."""
+        if not self.running:
+            return "shutting down"
+        why = f" (last error: {self.link.last_error})" if self.link.last_error else ""
+        if not self.link.commands_connected:
+            return "Redis command connection down" + why
+        if not self.link.subscribed:
+            return "not subscribed to Redis pub/sub" + why
+        return None
+
+
+def snapshot(view: DaemonView) -> Snapshot:
+    """Read the daemon's state; cheap enough for every scrape (one pass over online users)."""
+    started = view.started_at()
+    return Snapshot(
+        started_at=started,
+        uptime=0.0 if started is None else view.clock.seconds() - started,
+        connections=view.connections(),
+        connections_refused=view.connections_refused(),
+        sockets_open=view.sockets_open(),
+        socketio_sessions=view.socketio_sessions(),
+        sockets_identified=view.sockets_identified(),
+        users_online=view.users_online(),
+        handovers_running=view.handovers_running(),
+        queue_backlog=view.queue_backlog(),
+        counters=view.counters,
+        link=view.link,
+        running=view.running(),
+    )
+
+
+async def status_text(view: DaemonView, limit: int = 10) -> str:
+    """The manhole's ``status()``: one screen of what an operator asks first."""
+    state = snapshot(view)
+    settings = view.settings
+    link = state.link
+    counters = state.counters
+
+    def up(flag: bool) -> str:
+        return "up" if flag else "DOWN"
+
+    started = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.started_at)) if state.started_at is not None else "-"
+    )
+    lines = [
+        f"RedMessenger {__version__}, pid {os.getpid()}, up {duration(state.uptime)} (since {started})",
+        f"Health:     {'ok' if state.healthy else 'UNAVAILABLE: ' + str(state.unhealthy_reason)}",
+        f"Redis:      {settings.redis}; subscriber {up(link.subscribed)}, "
+        f"commands {up(link.commands_connected)}; reconnects {link.reconnects}; last error: {link.last_error or '-'}",
+        f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
+        f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "
+        f"identified; {state.connections} of conn_limit {settings.conn_limit} in use, {state.connections_refused} refused",
+        f"Users:      {state.users_online} online; {state.handovers_running} queue handovers running",
+        f"Since start: {counters.published} published, {counters.delivered} delivered live, "
+        f"{counters.queued} queued, {counters.handed_over} handed over from queues",
+        f"Identified: {counters.identified}; refused: "
+        + (", ".join(f"{reason} {count}" for reason, count in sorted(counters.refused.items())) or "none"),
+        f"Waiting for Redis: {state.queue_backlog} queue entries",
+    ]
+    if not link.commands_connected:
+        lines.append("Longest queues: unknown (the Redis command connection is down)")
+    else:
+        try:
+            queues, scanned, complete = await view.longest_queues(limit)
+        except Exception as e:  # a status screen reports, it does not raise
+            lines.append(f"Longest queues: unknown ({e})")
+        else:
+            scope = f"of {scanned} queues" if complete else f"of the first {scanned} queues scanned"
+            lines.append(f"Longest queues ({scope}):" if queues else "Longest queues: none, every queue is empty")
+            lines.extend(f"  {uid:<40} {length:>9}" for uid, length in queues)
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """``3d 04:05:06``: how operators read an uptime."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"

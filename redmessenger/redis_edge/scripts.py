@@ -1,0 +1,63 @@
+"""
+The Lua scripts the daemon runs in Redis: each is one atomic step, so a daemon
+killed between two steps leaves every queue whole (at worst delivered twice).
+"""
+
+from __future__ import annotations
+
+# A key holding something that is not a list (another program's) is renamed
+# to KEY:invalid:<server time in microseconds>, never overwritten or deleted.
+KEEP_ASIDE = b"""
+local function keep_aside(key)
+  local now = redis.call('TIME')
+  local kept = key .. ':invalid:' .. now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('RENAME', key, kept)
+  return kept
+end
+"""
+
+# Appends entries to users' queues, in order.  KEYS: the queues of every
+# entry, entry after entry; ARGV: expiry, length cap, then for each entry the
+# entry and how many of KEYS are its queues.  Returns {dropped, renamed}: lists
+# of {key, entries the length cap dropped} and of {key, kept-aside name}.
+ENQUEUE = KEEP_ASIDE + b"""
+local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local dropped, renamed, touched = {}, {}, {}
+local k = 0
+for i = 3, #ARGV, 2 do
+  local entry = ARGV[i]
+  for j = k + 1, k + tonumber(ARGV[i + 1]) do
+    local key = KEYS[j]
+    if not touched[key] then
+      local kind = redis.call('TYPE', key)['ok']
+      if kind ~= 'list' and kind ~= 'none' then
+        renamed[#renamed + 1] = {key, keep_aside(key)}
+      end
+      touched[key] = 0
+    end
+    local length = redis.call('RPUSH', key, entry)
+    if length > maxlen then
+      redis.call('LTRIM', key, length - maxlen, -1)
+      touched[key] = touched[key] + length - maxlen
+    end
+  end
+  k = k + tonumber(ARGV[i + 1])
+end
+for key, count in pairs(touched) do
+  redis.call('EXPIRE', key, ttl)
+  if count > 0 then dropped[#dropped + 1] = {key, count} end
+end
+return {dropped, renamed}
+"""
+
+# Drops the ARGV[1] entries the previous batch delivered, then returns
+# {length, the next ARGV[2] entries}; {-1, kept-aside name} if the key was not a
+# list (kept aside, and the handover ends).
+TAKE = KEEP_ASIDE + b"""
+local delivered, batch = tonumber(ARGV[1]), tonumber(ARGV[2])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return {0, {}} end
+if kind ~= 'list' then return {-1, keep_aside(KEYS[1])} end
+if delivered > 0 then redis.call('LTRIM', KEYS[1], delivered, -1) end
+return {redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, batch - 1)}
+"""

@@ -1,0 +1,384 @@
+"""
+The hot path of the server's WebSockets, shared by both dialects, and the only
+module that reads Twisted's and Autobahn's internals.
+
+Autobahn does the handshakes, the close handshake, every client frame but a
+pong, and permessage-deflate when it is configured.  What a busy daemon does
+most is cheaper done here, measured by ``bench/`` (docs/performance.md):
+
+- A message's text frame is built once and written as bytes to every socket:
+  Autobahn's ``sendData`` formats a debug log line per call, debug on or off.
+- Writes wait until the end of the reactor turn (:class:`~redmessenger.transport.sockets.Corks`)
+  and leave in one ``send()`` per socket, sent at once when nothing is
+  buffered before them (:func:`send_now`).
+- Pongs, nearly all a client sends once identified, are read without
+  Autobahn's frame machinery (~20 µs each).
+- An idle socket keeps little: Autobahn's 29 protocol options are read from
+  the factory instead of being copied onto every connection, the raw handshake
+  is dropped once open, the send queue is a list and the byte counters are
+  shared, and :func:`upgrade_to_websocket` lets go of the HTTP request: 14.8 KB
+  of server memory per idle identified socket became 7.5 KB (bench case d).
+
+None of this is public API.  :func:`self_test` runs at start, in memory, over
+everything the fast path relies on; if any of it is missing after an upgrade
+of Twisted or Autobahn, :func:`disable` switches the fast path off as a whole
+and every socket uses Autobahn's and Twisted's public API (slower, same
+behaviour).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, cast
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
+from twisted.internet.tcp import Server
+from twisted.web.server import Request
+
+from redmessenger.logs import make_logger
+from redmessenger.transport.frames import (
+    close_reason,
+    ping_frame,
+    read_pongs,
+    text_frame,
+)
+
+log = make_logger()
+
+
+class _Switch:
+    """Whether the fast path is on; :func:`disable` turns it off for every socket at once."""
+
+    enabled = True
+    #: Why it was switched off, for operators.
+    reason: str | None = None
+
+
+SWITCH = _Switch()
+
+#: send_now reads these attributes of Twisted's TCP transport.
+_SERVER_INTERNALS = ("TLS", "dataBuffer", "_tempDataLen", "disconnecting", "_writeDisconnected", "writeSomeData")
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    ``transport.write(data)``, but sent at once when nothing is buffered before
+    it, as libuv's ``uv_try_write`` does for Node.js: no epoll_ctl, no waiting
+    for the next reactor turn.  What the kernel does not take is buffered by
+    Twisted as usual, so order and back pressure are unchanged.
+    """
+    if (
+        not SWITCH.enabled
+        or type(transport) is not Server  # TLS, or a test's transport: the ordinary path
+        or transport.TLS
+        or transport.dataBuffer
+        or transport._tempDataLen
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+    ):
+        transport.write(data)
+        return
+    sent = transport.writeSomeData(data)
+    if type(sent) is int:  # else an exception: the connection is lost, and Twisted's write path finds out
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+class _FactoryOption:
+    """
+    An Autobahn protocol option, read from the factory.  Autobahn copies its
+    options onto every connection unless the protocol has them already: found
+    here on the class, they cost a connection nothing.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return self
+        return getattr(instance.factory, self.name)
+
+
+class LeanServerProtocol(WebSocketServerProtocol):
+    """
+    The base of both dialects' sockets: Autobahn's protocol with the fast paths
+    above while :data:`SWITCH` is on.  Its factory has a ``corks`` attribute (a
+    :class:`~redmessenger.transport.sockets.Corks`); subclasses implement
+    :meth:`pong_received`.
+    """
+
+    CONFIG_ATTRS: list[str] = []  # read from the factory: see _FactoryOption
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Frames written this reactor turn, sent together at its end.
+        self._corked: list[bytes] | None = None
+
+    @property
+    def raw_frames(self) -> bool:
+        """Whether frames can be written as prepared bytes (fast path on, no permessage-deflate, nothing queued by Autobahn)."""
+        return SWITCH.enabled and self._perMessageCompress is None and not self.send_queue
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write a complete frame (see :func:`~redmessenger.transport.frames.text_frame`); only when :attr:`raw_frames`."""
+        corked = self._corked
+        if corked is None:
+            self._corked = [frame]
+            self.factory.corks.add(self)
+        else:
+            corked.append(frame)
+
+    def flush(self) -> None:
+        """Send what waits in the cork (the factory's Corks call this at the end of the turn)."""
+        corked, self._corked = self._corked, None
+        if corked:
+            send_now(self.transport, corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own frames (close, pong, handshake) go after ours.
+        if self._corked is not None:
+            self.flush()
+        super().sendData(data, sync, chopsize)
+
+    def send_ping_token(self, token: int) -> None:
+        """A ping carrying ``token`` (8 bytes); the pong brings it back to :meth:`pong_received`."""
+        if self.raw_frames:
+            self.write_frame(ping_frame(token))
+        else:
+            self.sendPing(struct.pack(">Q", token))
+
+    def pong_received(self, token: int) -> None:
+        """A pong to one of our pings (or an unsolicited one with an 8-byte payload)."""
+        raise NotImplementedError
+
+    def close_with(self, code: int, reason: str) -> None:
+        """
+        Start the close handshake.  sendCloseFrame, not sendClose: Autobahn's
+        sendClose refuses the standard codes (1001, 1003, 1013) we need.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(int(code), close_reason(reason), isReply=False)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Whole pongs read here; anything else, or Autobahn midway through a frame: Autobahn's way.
+        if SWITCH.enabled and self.state == self.STATE_OPEN and not self.data and self.current_frame is None:
+            tokens = read_pongs(data)
+            if tokens is not None:
+                for token in tokens:
+                    self.pong_received(token)
+                return
+        super().dataReceived(data)
+
+    def onPong(self, payload: bytes) -> None:
+        if len(payload) == 8:
+            self.pong_received(struct.unpack(">Q", payload)[0])
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        if SWITCH.enabled:
+            # What Autobahn gives each connection and an idle one never needs in
+            # its own copy: a deque for frames queued behind a synchronous send
+            # (760 bytes empty, and always empty here) and byte counters nothing reads.
+            self.send_queue = _SendQueue()  # type: ignore[assignment]
+            self.trafficStats = _SHARED_TRAFFIC_STATS
+
+    def _onOpen(self) -> None:
+        if SWITCH.enabled:
+            # Autobahn keeps the raw handshake (request, response, parsed headers)
+            # for the socket's lifetime; nothing reads it after the handshake.
+            self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
+            self.http_headers = {}
+            self.http_status_line = self.http_request_uri = self.http_request_host = self._wskey = None  # type: ignore[assignment]
+            self.http_request_params = _NO_PARAMS  # type: ignore[assignment]
+            self.websocket_protocols = self.websocket_extensions = ()  # type: ignore[assignment]
+        super()._onOpen()
+
+    def _onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if SWITCH.enabled:
+            # The unmasking state of the message's last frame, kept until the next frame otherwise.
+            self.current_frame_masker = None
+        super()._onMessage(payload, isBinary)
+
+
+class _SendQueue(list[Any]):
+    """Autobahn's send queue as a list: the few methods it uses, a tenth of an empty deque's size."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+_SHARED_TRAFFIC_STATS = TrafficStats()
+_NO_PARAMS: Mapping[str, list[str]] = MappingProxyType({})
+
+
+def _install_factory_options(install: bool) -> None:
+    # Autobahn copies the options named in CONFIG_ATTRS onto each connection: none while they are read from the factory.
+    LeanServerProtocol.CONFIG_ATTRS = [] if install else list(WebSocketServerProtocol.CONFIG_ATTRS)
+    for option in WebSocketServerProtocol.CONFIG_ATTRS:
+        if install:
+            setattr(LeanServerProtocol, option, _FactoryOption(option))
+        elif isinstance(LeanServerProtocol.__dict__.get(option), _FactoryOption):
+            delattr(LeanServerProtocol, option)
+
+
+_install_factory_options(True)
+
+
+def upgrade_to_websocket(resource: WebSocketResource, request: Request) -> bytes | int:
+    """
+    Hand the request's connection to a WebSocket protocol, and let go of the
+    HTTP side: Autobahn takes the transport over but leaves the HTTPChannel
+    registered as its producer, which kept the channel, the never-finished
+    Request, their headers and buffers alive (several KB and ~30 objects for
+    the garbage collector to walk) for as long as the WebSocket was open.
+    """
+    channel = request.channel
+    transport = getattr(channel, "transport", None)
+    rendered: bytes | int = resource.render(request)
+    if transport is not None and getattr(transport, "producer", None) is channel:
+        transport.unregisterProducer()
+    return rendered
+
+
+# -- the switch --------------------------------------------------------------------
+
+
+def disable(reason: str) -> None:
+    """Switch the fast path off for every socket: Autobahn's and Twisted's public API from now on."""
+    if SWITCH.enabled:
+        log.warn("WebSocket fast path off ({reason}): using Autobahn's public API, slower", reason=reason)
+    SWITCH.enabled = False
+    SWITCH.reason = reason
+    _install_factory_options(False)
+
+
+def enable() -> None:
+    """Switch the fast path back on (tests run both ways)."""
+    SWITCH.enabled = True
+    SWITCH.reason = None
+    _install_factory_options(True)
+
+
+def self_test(reactor: Any) -> bool:
+    """
+    Check, in memory, everything the fast path reads of Twisted and Autobahn;
+    switch it off (:func:`disable`) if anything is missing.  Returns whether it is on.
+    """
+    if not SWITCH.enabled:
+        return False
+    try:
+        _check_twisted(reactor)
+        _check_autobahn()
+    except Exception as e:
+        disable(f"self-test: {type(e).__name__}: {e}")
+        return False
+    return True
+
+
+class _SelfTestFailed(Exception):
+    pass
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise _SelfTestFailed(what)
+
+
+def _check_twisted(reactor: Any) -> None:
+    """A real TCP transport over a socket pair has what send_now reads, and send_now sends through it."""
+    from twisted.internet.protocol import Protocol
+
+    left, right = socket.socketpair()
+    transport = None
+    try:
+        left.setblocking(False)
+        transport = Server(left, Protocol(), ("127.0.0.1", 0), cast(Any, None), 0, reactor)
+        transport.stopReading()  # the constructor registered it with the reactor
+        missing = [name for name in _SERVER_INTERNALS if not hasattr(transport, name)]
+        _require(not missing, f"Twisted's TCP transport lacks {missing}")
+        send_now(transport, b"self-test")
+        _require(not transport.dataBuffer and not transport._tempDataLen, "send_now left data in Twisted's buffer")
+        right.settimeout(1)
+        _require(right.recv(64) == b"self-test", "send_now did not reach the socket")
+    finally:
+        if transport is not None:
+            transport.stopReading()
+        left.close()
+        right.close()
+
+
+class _Probe(LeanServerProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+        self.tokens: list[int] = []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.received.append(payload)
+
+    def pong_received(self, token: int) -> None:
+        self.tokens.append(token)
+
+
+_HANDSHAKE = (
+    b"GET /self-test HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _check_autobahn() -> None:
+    """A lean socket completes a handshake, writes a frame, reads a pong and a text frame, in memory."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from redmessenger.transport.sockets import Corks
+
+    clock = Clock()
+    factory = WebSocketServerFactory()
+    factory.protocol = _Probe
+    factory.corks = Corks(clock)  # type: ignore[attr-defined]
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0, maxFramePayloadSize=4096)
+    probe = factory.buildProtocol(None)
+    _require(isinstance(probe, _Probe), "the factory did not build the probe")
+    assert isinstance(probe, _Probe)
+    transport = StringTransport()
+    probe.makeConnection(transport)
+    try:
+        _require(getattr(probe, "maxFramePayloadSize", None) == 4096, "protocol options are not read from the factory")
+        probe.dataReceived(_HANDSHAKE)
+        _require(transport.value().startswith(b"HTTP/1.1 101"), "the handshake was not accepted")
+        _require(probe.state == probe.STATE_OPEN, "the socket is not open after the handshake")
+        _require(probe.http_request_data is None and isinstance(probe.send_queue, _SendQueue), "per-socket state was not trimmed")
+        transport.clear()
+        _require(probe.raw_frames, "raw frames are not possible on a plain socket")
+        probe.write_frame(text_frame(b"self-test"))
+        clock.advance(0)
+        _require(transport.value() == text_frame(b"self-test"), "a corked frame was not written")
+        probe.dataReceived(_masked(0xA, struct.pack(">Q", 42)))
+        _require(probe.tokens == [42], "a pong was not read by the fast path")
+        probe.dataReceived(_masked(0x1, b"hello"))
+        _require(probe.received == [b"hello"], "a text frame did not reach onMessage")
+        probe.dataReceived(_masked(0xA, struct.pack(">Q", 43)))
+        _require(probe.tokens == [42, 43], "a pong after a text frame was not read")
+    finally:
+        probe.connectionLost(Failure(ConnectionDone()))

@@ -1,0 +1,77 @@
+"""The configuration: defaults, the seed's file, and a clear error naming the key for anything wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from redmessenger.daemon.config import Config, ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_the_node_programs_where_it_had_them() -> None:
+    config = parse_config({})
+    assert (config.ws_port, config.rm_route, config.queue_expiry, config.secure_mode) == (8080, "/rm", 604800, False)
+    assert config.listen_endpoint == "tcp:8080:backlog=1024"
+
+
+def test_the_nodejs_config_file_loads_unchanged(tmp_path: Path) -> None:
+    seed = {
+        "redis_host": "nm-hackathon", "redis_port": 6379, "ws_port": 8080, "secure_mode": True,
+        "rm_route": "/rm", "queue_expiry": 604800, "conn_limit": 6, "cluster": {"enabled": True, "max_threads": 2},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(seed))
+    config = load_config(path)
+    assert config.redis_host == "nm-hackathon" and config.secure_mode and config.conn_limit == 6
+
+
+def test_the_shipped_config_is_valid() -> None:
+    config = load_config(ROOT / "etc" / "redmessenger.json")
+    assert isinstance(config, Config) and config.embedded_redis
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"redis_prot": 6379}, "redis_prot"),
+        ({"redis_port": "6379"}, "redis_port"),
+        ({"redis_port": 70000}, "redis_port"),
+        ({"ws_port": True}, "ws_port"),
+        ({"secure_mode": "yes"}, "secure_mode"),
+        ({"rm_route": "rm"}, "rm_route"),
+        ({"rm_route": "/rm/"}, "rm_route"),
+        ({"rm_route": "/socket.io"}, "rm_route"),
+        ({"queue_expiry": 0}, "queue_expiry"),
+        ({"conn_limit": -1}, "conn_limit"),
+        ({"listen": "tcp:notaport"}, "listen"),
+        ({"listen": "bogus:1"}, "listen"),
+        ({"allowed_origins": "*"}, "allowed_origins"),
+        ({"identify_timeout": 0}, "identify_timeout"),
+        ({"max_frame_bytes": 10}, "max_frame_bytes"),
+        ({"user_socket_limit": 0}, "user_socket_limit"),
+        ({"queue_max_length": 0}, "queue_max_length"),
+        ({"log_level": "loud"}, "log_level"),
+        ({"redis_db": 99}, "redis_db"),
+        ({"embedded_redis": True, "redis_host": "10.0.0.5"}, "redis_host"),
+        ({"redis_username": "u"}, "redis_username"),
+    ],
+)
+def test_a_bad_value_is_an_error_that_names_the_key(raw: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(raw)
+    assert str(raised.value).startswith(key + ":")
+
+
+def test_not_json_and_not_an_object_are_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ nope")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_config([1, 2])

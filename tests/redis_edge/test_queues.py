@@ -1,0 +1,117 @@
+"""
+The order in which QueueStore sends its commands (pure logic: a recording
+stand-in for the connection).  What Redis then makes of them is tested against
+a real server in test_delivery.py and test_redis_outage.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
+
+from ..fakes import connection_lost, make_store, sent_entries
+
+
+def test_a_turns_queue_writes_go_out_together_at_its_end() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a", "b"], b"one")
+    store.enqueue(["a"], b"two")
+    assert commands.sent == [], "nothing is sent before the end of the turn"
+    clock.advance(0)
+    assert commands.sent == [
+        ("EVAL", ENQUEUE, ["rm:users:a:messages", "rm:users:b:messages", "rm:users:a:messages"], [60, 100, b"one", 2, b"two", 1])
+    ]
+
+
+def test_a_queue_read_never_overtakes_writes_queued_before_it() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"one")
+    ensureDeferred(store.take("a", 0, 10))
+    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, TAKE]
+    store.enqueue(["a"], b"two")
+    store.trim("a", 1)
+    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, TAKE, ENQUEUE, "LTRIM"]
+    clock.advance(0)
+    assert len(commands.sent) == 4, "the end of the turn finds nothing left to send"
+    assert not clock.getDelayedCalls()
+
+
+def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> None:
+    store, commands, clock = make_store(writes_per_call=3)
+    store.enqueue(["a", "b"], b"1")
+    store.enqueue(["c", "d"], b"2")  # would make 4: a new call
+    store.enqueue(["e"], b"3")
+    store.enqueue(["f", "g", "h", "i"], b"4")  # more than the limit alone: a call of its own
+    clock.advance(0)
+    assert [c[3][2:] for c in commands.sent] == [[b"1", 2], [b"2", 2, b"3", 1], [b"4", 4]]
+
+
+def test_drain_waits_for_writes_not_sent_yet() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"one")
+    drained = store.drain()
+    assert len(commands.sent) == 1, "drain sends what waits for the end of the turn"
+    assert not drained.called
+    commands.replies[0].callback([[], []])
+    assert drained.called
+
+
+def test_entries_queued_while_a_write_fails_wait_behind_it() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    store.enqueue(["a"], b"2")  # pending when the write of 1 fails
+    commands.replies[0].errback(connection_lost())
+    store.enqueue(["a"], b"3")
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"]], "nothing overtakes the failed write"
+    assert store.backlog == 3
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands) == [[b"1"], [b"1", b"2", b"3"]]
+    commands.replies[1].callback([[], []])
+    assert store.backlog == 0 and not clock.getDelayedCalls()
+
+
+def test_writes_failing_out_of_order_are_retried_in_the_order_they_were_queued() -> None:
+    store, commands, clock = make_store(writes_per_call=1)
+    for entry in (b"1", b"2", b"3"):
+        store.enqueue(["a"], entry)
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"], [b"2"], [b"3"]]
+    commands.replies[2].errback(connection_lost())
+    commands.replies[0].errback(connection_lost())
+    commands.replies[1].errback(connection_lost())
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands)[3:] == [[b"1"], [b"2"], [b"3"]]
+
+
+def test_a_write_failing_after_stop_is_reported_not_retried() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    store.stop()
+    assert sent_entries(commands) == [[b"1"]], "stop sends what is pending"
+    commands.replies[0].errback(connection_lost())
+    assert store.backlog == 0 and not clock.getDelayedCalls()
+
+
+def test_a_write_failing_at_once_mid_flush_keeps_the_rest_behind_it() -> None:
+    store, commands, clock = make_store(writes_per_call=1)
+    for entry in (b"1", b"2", b"3"):
+        store.enqueue(["a"], entry)
+    original = commands._record
+
+    def refuse(command: tuple[Any, ...]) -> Deferred[Any]:
+        d = original(command)
+        d.errback(connection_lost())  # as txredisapi does when it cannot send at all
+        return d
+
+    commands._record = refuse  # type: ignore[method-assign]
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"]], "after the first call fails, the rest is not sent"
+    assert store.backlog == 3
+    commands._record = original  # type: ignore[method-assign]
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands)[1:] == [[b"1"], [b"2"], [b"3"]]

@@ -1,0 +1,103 @@
+"""
+Redis going away never kills the daemon or its sockets: it reconnects with
+backoff, resubscribes, and writes what it could not queue while Redis was away.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+
+from redmessenger.model.errors import CloseCode
+
+from ..conftest import sleep, wait_until
+
+QUEUE = "rm:users:{}:messages"
+
+
+def first_occurrences(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return [i for i in items if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_redis_restarted_under_traffic_loses_nothing(daemon_factory, private_redis):
+    daemon = await daemon_factory(redis_port=private_redis.port, redis_timeout=2)
+    online = await daemon.client("online")
+    await daemon.idle()
+    redis = private_redis.client()
+
+    published: list[str] = []
+
+    def burst(start: int, count: int) -> None:
+        pipe = redis.pipeline(transaction=False)
+        for i in range(start, start + count):
+            pipe.publish("rm.users.online", f"m{i}")
+            pipe.publish("rm.users.offline", f"m{i}")
+        receivers = pipe.execute()
+        # only what the daemon's subscriber received is its responsibility
+        for i, (to_online, to_offline) in zip(range(start, start + count), zip(receivers[::2], receivers[1::2])):
+            assert to_online == to_offline == 1
+            published.append(f"m{i}")
+
+    burst(0, 300)
+    await sleep(0.005)  # the daemon is in the middle of reading and queueing them
+    private_redis.stop()
+    await wait_until(lambda: not daemon.service.link.state.subscribed, what="the daemon to notice")
+    assert online.protocol.state == online.protocol.STATE_OPEN, "sockets outlive Redis"
+
+    private_redis.start()
+    redis = private_redis.client()
+    await wait_until(lambda: daemon.service.link.ready, timeout=20, what="reconnected and resubscribed")
+    assert daemon.service.link.state.reconnects >= 1
+    burst(300, 100)
+
+    await wait_until(lambda: len(online.received) >= len(published), timeout=10, what="live messages")
+    assert [m["payload"] for m in online.received] == published
+
+    await wait_until(lambda: daemon.service.store.backlog == 0, timeout=10, what="the backlog written")
+    await daemon.idle()
+    await wait_until(lambda: redis.llen(QUEUE.format("offline")) >= len(published), timeout=10, what="queued")
+    queued = [json.loads(e)["payload"] for e in redis.lrange(QUEUE.format("offline"), 0, -1)]
+    assert first_occurrences(queued) == published, "nothing lost, order kept"
+    # A write whose reply was lost with the connection is written again: at most those repeat.
+    assert len(queued) - len(published) <= 300
+    online.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_identify_while_redis_is_down_in_secure_mode_says_try_again_later(daemon_factory, private_redis):
+    daemon = await daemon_factory(redis_port=private_redis.port, secure_mode=True, redis_timeout=0.5)
+    private_redis.stop()
+    await wait_until(lambda: not daemon.service.link.state.commands_connected, what="the link to drop")
+    client = await daemon.client()
+    client.send("user1:key")
+    code, _ = await client.close_code(timeout=10)
+    assert code == CloseCode.TRY_AGAIN_LATER == 1013
+    private_redis.start()
+    await wait_until(lambda: daemon.service.link.ready, timeout=20, what="reconnected")
+    # The lookup that timed out must not have broken the link for what follows.
+    private_redis.client().set("rm:users:user1:key", "key")
+    again = await daemon.client()
+    again.send("user1:key")
+    await daemon.until(lambda: daemon.service.presence.get("user1") is not None, timeout=10, what="identified")
+    again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_handed_over_once_redis_is_back(daemon_factory, private_redis):
+    """A socket that identifies while Redis is away gets its queue when Redis returns."""
+    daemon = await daemon_factory(redis_port=private_redis.port)
+    redis = private_redis.client()
+    redis.rpush(QUEUE.format("user1"), json.dumps({"v": 1, "source": "rm.users.user1", "timestamp": 1, "payload": "kept"}))
+    private_redis.stop()
+    await wait_until(lambda: not daemon.service.link.state.commands_connected, what="the link to drop")
+    client = await daemon.client()
+    client.send("user1")
+    await sleep(0.2)
+    private_redis.start()
+    assert (await client.next(timeout=20))["payload"] == "kept"
+    client.close()

@@ -182,3 +182,25 @@ async def test_a_new_poll_after_the_probe_gets_the_packets_waiting_for_it(daemon
     await ws.send("5")
     await identify(ws, "user1")
     await ws.close()
+
+
+# -- 2. polling once upgraded ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [4, 3])
+@pytest_twisted.ensureDeferred
+async def test_polling_with_an_upgraded_sid_is_refused_with_400(daemon, version):
+    """The suite's "ignores HTTP requests with same sid after upgrade"."""
+    sid = await handshake(daemon.port, version)
+    query = f"EIO={version}&transport=polling&sid={sid}"
+    ws = await Socket.open(daemon.port, version, sid)
+    await upgrade(ws, version)
+    code, body = await request(daemon.port, "GET", query)
+    assert code == 400 and json.loads(body)["code"] == 3
+    code, body = await request(daemon.port, "POST", query, payload(version, "6"))
+    assert code == 400 and json.loads(body)["code"] == 3
+    # the session is undisturbed
+    await identify(ws, "user1")
+    session = daemon.service.socketio.engine.get(sid)
+    assert session is not None and session.transport == "websocket" and session.is_open
+    await ws.close()

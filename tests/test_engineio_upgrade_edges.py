@@ -204,3 +204,57 @@ async def test_polling_with_an_upgraded_sid_is_refused_with_400(daemon, version)
     session = daemon.service.socketio.engine.get(sid)
     assert session is not None and session.transport == "websocket" and session.is_open
     await ws.close()
+
+
+# -- 3. another WebSocket with the sid -------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["upgraded", "probing"])
+@pytest.mark.parametrize("version", [4, 3])
+@pytest_twisted.ensureDeferred
+async def test_another_websocket_with_the_sid_is_closed_and_the_session_goes_on(daemon, redis, version, when):
+    """
+    The suite's "ignores WebSocket connection with same sid after upgrade"
+    ("probing": opened between ``3probe`` and ``5``).  The first WebSocket keeps
+    the session: a message published to its user arrives there once.
+    """
+    sid = await handshake(daemon.port, version)
+    first = await Socket.open(daemon.port, version, sid)
+    if when == "upgraded":
+        await upgrade(first, version)
+    else:
+        await first.send("2probe")
+        assert await first.recv() == "3probe"
+    second = await Socket.open(daemon.port, version, sid)
+    assert await second.closed_by_server() == 1000
+    if when == "probing":
+        await first.send("5", f"40{NAMESPACE},")
+        assert (await first.recv()).startswith(f"40{NAMESPACE},")
+    await identify(first, "user1")
+    session = daemon.service.socketio.engine.get(sid)
+    assert session is not None and session.transport == "websocket" and session.is_open
+    user = daemon.service.presence.get("user1")
+    assert user is not None and len(user.attachments) == 1
+    assert daemon.service.limit.in_use == 1
+    publish(redis, "rm.users.user1", "one")
+    publish(redis, "rm.users.user1", "two")
+    received = [event(await first.recv()), event(await first.recv())]
+    assert [(name, envelope["payload"]) for name, envelope in received] == [("message", "one"), ("message", "two")]
+    # nothing else is on its way: the answer to a round trip comes next, with no duplicate before it
+    await first.send("40/other,")
+    assert (await first.recv()).startswith("44/other,")
+    await first.close()
+    await wait_until(lambda: daemon.service.presence.get("user1") is None, 5, "user1 offline")
+
+
+@pytest.mark.parametrize("sid", ["unknown", "other-revision"])
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_with_an_unknown_sid_is_still_refused_with_400(daemon, sid):
+    from websockets.exceptions import InvalidStatus
+
+    if sid == "other-revision":
+        sid = await handshake(daemon.port, 3)
+    with pytest.raises(InvalidStatus) as refused:
+        await Socket.open(daemon.port, 4, sid)
+    assert refused.value.response.status_code == 400
+    assert len(daemon.service.socketio.engine) == (1 if sid != "unknown" else 0)

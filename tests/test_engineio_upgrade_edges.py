@@ -120,7 +120,7 @@ class Socket:
         await deferToThread(self._context.__exit__, None, None, None)
 
 
-async def upgrade(ws: Socket, version: int) -> None:
+async def upgrade(ws: Socket) -> None:
     """
     Probe, upgrade, and connect to the namespace over the WebSocket: its answer
     shows the client that the server has switched the session to the WebSocket.
@@ -194,7 +194,7 @@ async def test_polling_with_an_upgraded_sid_is_refused_with_400(daemon, version)
     sid = await handshake(daemon.port, version)
     query = f"EIO={version}&transport=polling&sid={sid}"
     ws = await Socket.open(daemon.port, version, sid)
-    await upgrade(ws, version)
+    await upgrade(ws)
     code, body = await request(daemon.port, "GET", query)
     assert code == 400 and json.loads(body)["code"] == 3
     code, body = await request(daemon.port, "POST", query, payload(version, "6"))
@@ -221,7 +221,7 @@ async def test_another_websocket_with_the_sid_is_closed_and_the_session_goes_on(
     sid = await handshake(daemon.port, version)
     first = await Socket.open(daemon.port, version, sid)
     if when == "upgraded":
-        await upgrade(first, version)
+        await upgrade(first)
     else:
         await first.send("2probe")
         assert await first.recv() == "3probe"

@@ -291,3 +291,30 @@ def test_packets_buffered_during_the_upgrade_go_before_the_ones_written_after():
     session.confirm().addCallback(confirmed.append)
     session.websocket_pong(ws, ws.pings[-1])
     assert confirmed == [True] and session.all_confirmed
+
+
+def test_a_poll_after_the_probe_is_answered_at_once_until_the_probe_ends():
+    """Clients that poll again after ``3probe`` (not socket.io-client) get a noop, or what is buffered, at once."""
+    clock, server, session = make(4)
+    session.poll(Poll())  # the handshake
+    ws = FakeWebSocket()
+    session.attach_probe(ws)
+    before = Poll()
+    session.poll(before)
+    assert before.answers == [], "before the probe's ping, a GET waits as usual"
+    session.websocket_packet(ws, Packet(PacketType.PING, "probe"))
+    assert before.answers == [b"6"]
+    again = Poll()
+    session.poll(again)
+    assert again.answers == [b"6"], "a new GET after 3probe is answered at once"
+    session.send(message("buffered"))
+    with_packet = Poll()
+    session.poll(with_packet)
+    assert with_packet.answers == [b"4buffered"]
+    clock.advance(SETTINGS.upgrade_timeout)  # no upgrade packet: the probe is closed
+    session.websocket_closed(ws)
+    after = Poll()
+    session.poll(after)
+    assert after.answers == [] and session.transport == "polling", "polling goes on as before"
+    session.send(message("polled"))
+    assert after.answers == [b"4polled"]

@@ -17,7 +17,8 @@ The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=
    pending GET whose connection drops ends the session (the client is gone).
    With revision 3, ``j=N`` asks for JSONP.
 3. **Upgrade.**  The client opens a WebSocket with its ``sid`` and sends ``2probe``;
-   the server answers ``3probe`` and releases the pending GET with a ``6`` (noop);
+   the server answers ``3probe`` and releases the pending GET with a ``6`` (noop),
+   as it answers at once any GET that comes until the upgrade;
    the client sends ``5`` and from then on everything goes over the WebSocket,
    starting with whatever was buffered.  No ``5`` within ``upgrade_timeout`` closes
    the probe; the session stays on polling.
@@ -163,6 +164,8 @@ class Session:
         self._settings = server.settings
         self._websocket = websocket
         self._probe: WebSocketTransport | None = None
+        #: Whether the probe answered ``3probe``: the client is to stop polling.
+        self._probed = False
         self._poll: PollRequest | None = None
         #: Packets waiting for a poll (or the upgrade); always empty once on a WebSocket.
         self._buffer: deque[EncodedPacket] = deque()
@@ -282,7 +285,11 @@ class Session:
         # A client polls again only once it processed the previous response.
         self._confirm_upto(self._written)
         self._poll = request
-        self._flush()
+        if self._probe is not None and self._probed:
+            # Told to stop polling: this GET only ends the polling transport (engine.io answers it too).
+            self._release_poll()
+        else:
+            self._flush()
 
     def poll_lost(self, request: PollRequest) -> None:
         """The connection of a pending GET dropped: the client is gone (engine.io does the same)."""
@@ -307,6 +314,7 @@ class Session:
         if not self.can_probe(self.version):
             return False
         self._probe = websocket
+        self._probed = False
         self._upgrade_timer = self._clock.callLater(self._settings.upgrade_timeout, self._upgrade_timed_out)
         return True
 
@@ -334,12 +342,9 @@ class Session:
     def _on_probe_packet(self, websocket: WebSocketTransport, packet: Packet) -> None:
         if packet.type is PacketType.PING and packet.data == "probe":
             websocket.write(PROBE_PONG)
-            if self._poll is not None:
-                # Release the pending GET so that the client can pause polling.
-                if self._buffer:
-                    self._flush()
-                else:
-                    self._answer_poll([NOOP])
+            self._probed = True
+            # Release the pending GET so that the client can pause polling.
+            self._release_poll()
         elif packet.type is PacketType.UPGRADE:
             self._upgrade(websocket)
         else:
@@ -449,6 +454,15 @@ class Session:
         self._answer_poll(taken)
         if self.state is State.CLOSING and not buffer:
             self._finish(self._closing_reason, client_gone=False)
+
+    def _release_poll(self) -> None:
+        """Answer the pending GET now: with what waits in the buffer, or a noop."""
+        if self._poll is None:
+            return
+        if self._buffer:
+            self._flush()
+        else:
+            self._answer_poll([NOOP])
 
     def _answer_poll(self, packets: list[EncodedPacket]) -> None:
         request, self._poll = self._poll, None

@@ -279,8 +279,9 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
         sid = _first(params, "sid")
         if sid is not None:
             session = self.factory.server.get(sid)
-            if session is None or not session.can_probe(self._version):
+            if session is None or session.version != self._version:
                 raise ConnectionDeny(400, "Session ID unknown")
+            # One upgrading or upgraded already: accepted, and closed in onOpen (as engine.io does).
             self._session = session
         elif self.factory.server.reserve():
             self._reserved = True

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from .conftest import HOST, publish, wait_until
-from .httpclient import read_body
+from ..conftest import HOST, publish, wait_until
+from ..httpclient import read_body
 
 PATH = "/socket.io/"
 NAMESPACE = "/rm"

@@ -1,6 +1,6 @@
 """
 Real Socket.IO clients in child processes, driven from the reactor (spawnProcess,
-never blocking it): Node's socket.io-client 4.x and 2.x running the seed's client
+never blocking it): Node's socket.io-client 4.x, 2.x and 1.x running the seed's client
 code (tests/js/seed_client.js), python-socketio (tests/py_sio_client.py), and
 headless Chromium (tests/js/browser.js).  Each prints one JSON event per line.
 """
@@ -36,6 +36,7 @@ def ensure_node_modules() -> None:
     node_binary()
     if (
         not (JS_DIR / "node_modules" / "socket.io-client-v2").is_dir()
+        or not (JS_DIR / "node_modules" / "socket.io-client-v1").is_dir()
         or not (JS_DIR / "node_modules" / "playwright-core").is_dir()
     ):
         npm = shutil.which("npm")
@@ -144,7 +145,7 @@ def spawn(name: str, argv: list[str], cwd: Path | None = None, env: dict[str, st
 
 
 def node_client(url: str, uid: str, key: str = "", generation: str = "v4", **options: Any) -> ClientProcess:
-    """The seed's client code in Node.js with socket.io-client 4.x ("v4") or 2.x ("v2")."""
+    """The seed's client code in Node.js with socket.io-client 4.x ("v4"), 2.x ("v2") or 1.x ("v1")."""
     config = {"url": url, "uid": uid, "key": key, "generation": generation, "options": options}
     return spawn(f"node-{generation}", [node_binary(), str(JS_DIR / "seed_client.js"), json.dumps(config)], cwd=JS_DIR)
 

@@ -1,6 +1,6 @@
 """
 The Socket.IO dialect (SPEC §4) against real, independent clients: the seed's
-client code on Node's socket.io-client 4.x (Engine.IO 4) and 2.x (Engine.IO 3),
+client code on Node's socket.io-client 4.x (Engine.IO 4), 2.x and 1.x (Engine.IO 3),
 and python-socketio; over WebSocket only, long-polling only, and polling
 upgraded to WebSocket.  The same core and rules as the plain dialect.
 """
@@ -67,7 +67,7 @@ def attached(daemon: Any, uid: str) -> int:
 # -- the seed's client, both generations, every transport ------------------------------------
 
 
-@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest.mark.parametrize("generation", ["v4", "v2", "v1"])
 @pytest.mark.parametrize("transport", ["websocket", "polling", "upgrade"])
 @pytest_twisted.ensureDeferred
 async def test_seed_client_gets_its_queue_then_live_messages(daemon, redis, clients, generation, transport):

@@ -442,10 +442,12 @@ class Session:
         taken: list[EncodedPacket] = []
         size = 0
         buffer = self._buffer
-        while buffer and (not taken or size + len(buffer[0].utf8) <= limit):
+        # revision 3's text payloads carry the packets' ASCII form, up to 6 bytes a character
+        ascii = self.version < 4
+        while buffer and (not taken or size + len(buffer[0].ascii if ascii else buffer[0].utf8) <= limit):
             packet = buffer.popleft()
             taken.append(packet)
-            size += len(packet.utf8) + 8
+            size += len(packet.ascii if ascii else packet.utf8) + 8
         self._answer_poll(taken)
         if self.state is State.CLOSING and not buffer:
             self._finish(self._closing_reason, client_gone=False)

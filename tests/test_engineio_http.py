@@ -80,6 +80,22 @@ async def test_handshake_v3_connects_to_the_main_namespace_at_once(daemon):
     assert packets[1:] == ["40"], "Socket.IO protocol 4: the server connects every client to '/'"
 
 
+@pytest_twisted.ensureDeferred
+async def test_v3_text_payloads_are_ascii(daemon, redis):
+    """``b64=1`` (and JSONP): each packet's non-ASCII characters as JSON escapes, read alike by 1.x and 2.x."""
+    sid, _ = await handshake(daemon.port, 3)
+    query = f"EIO=3&transport=polling&sid={sid}"
+    await request(daemon.port, "POST", query, b'6:40/rm,28:42/rm,["identifier","user1"]')
+    await wait_until(lambda: daemon.service.presence.get("user1") is not None, 5, "user1 online")
+    assert v3_packets((await request(daemon.port, "GET", query))[2]) == ["40/rm,"]
+    redis.publish("rm.users.user1", b"clef \xf0\x9d\x84\x9e, bad \xff")
+    code, headers, body = await request(daemon.port, "GET", query)
+    assert headers["content-type"] == "text/plain; charset=UTF-8"
+    assert body.isascii() and b"clef \\ud834\\udd1e, bad \\ufffd" in body
+    (event,) = v3_packets(body)
+    assert json.loads(event.removeprefix("42/rm,"))[1]["payload"] == "clef \U0001d11e, bad \ufffd"
+
+
 @pytest.mark.parametrize(
     "method, query, status, code",
     [

@@ -14,11 +14,15 @@ Packet (both revisions)::
 
 A WebSocket frame carries one packet.  A long-polling body (a *payload*) carries several:
 
-- revision 3: ``<length>:<packet>`` repeated, the length counted in UTF-16 code
+- revision 3, text: ``<length>:<packet>`` repeated, the length counted in UTF-16 code
   units as JavaScript's ``String.length`` counts them (``"€"`` is ``2:4€``);
   ``b<type><base64>`` marks a binary packet; with JSONP (query ``j=N``) the server
   answers ``___eio[N]("<payload as a JSON string>");`` and the client POSTs a form
   field ``d=<payload>`` whose newlines it escaped as ``\\n`` (and ``\\n`` as ``\\\\n``);
+- revision 3, binary (a client with XHR2, which said so by not sending ``b64=1`` at
+  its handshake): for each packet ``0x00`` (text; ``0x01`` is binary data), the
+  length *in bytes* as one byte per decimal digit, ``0xFF``, then the packet in UTF-8
+  (``"€"`` is ``00 04 ff 34 e2 82 ac``), sent as ``application/octet-stream``;
 - revision 4: packets joined by the record separator ``\\x1e``; ``b<base64>`` marks a binary packet.
 
 What revision 3 clients read (issue 12).  engine.io 1.x, the server of
@@ -31,10 +35,13 @@ client it talks to.  So a revision-3 text payload carries each packet's ASCII fo
 decodings leave as it is, and JSON.parse turns back into the character.  That is
 exact because the packets RedMessenger sends are Socket.IO packets whose non-ASCII
 characters are all inside JSON strings (``rm_route`` is ASCII; only a namespace a
-client asked for, echoed when it is refused, could be otherwise).
+client asked for, echoed when it is refused, could be otherwise).  Clients with XHR2
+get the binary form, which 1.x and 2.x decode alike, as UTF-8: 1.x turns a *text*
+response into a string with one ``String.fromCharCode.apply`` over all its bytes,
+which overflows the browser's stack past about 150 KB.
 
-RedMessenger sends text only, so the binary forms are recognised and refused,
-never produced.
+RedMessenger sends text only, so binary packets (``b...``, ``0x01``) are recognised
+in what clients send and refused, never produced.
 """
 
 from __future__ import annotations
@@ -222,10 +229,21 @@ def jsonp_unescape(data: str) -> str:
 # -- encoding what the server sends -------------------------------------------------------
 
 
-def encode_payload(version: int, packets: Iterable[EncodedPacket]) -> bytes:
-    """A long-polling body carrying ``packets`` in order: revision 4's in UTF-8, revision 3's in ASCII."""
+#: Decimal digits as the byte values 0-9, for the lengths of revision 3's binary payloads.
+_DIGIT_BYTES = bytes.maketrans(b"0123456789", bytes(range(10)))
+
+
+def encode_payload(version: int, packets: Iterable[EncodedPacket], binary: bool = False) -> bytes:
+    """
+    A long-polling body carrying ``packets`` in order: revision 4's in UTF-8;
+    revision 3's in ASCII, or its binary form if ``binary`` (for a client with XHR2).
+    """
     if version >= 4:
         return b"\x1e".join(packet.utf8 for packet in packets)
+    if binary:
+        return b"".join(
+            b"\x00%s\xff%s" % ((b"%d" % len(packet.utf8)).translate(_DIGIT_BYTES), packet.utf8) for packet in packets
+        )
     return b"".join(b"%d:%s" % (len(packet.ascii), packet.ascii) for packet in packets)
 
 

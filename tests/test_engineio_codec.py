@@ -118,28 +118,40 @@ def test_v3_text_payloads_carry_ascii_with_json_escapes():
     assert encode_payload(4, [packet]) == text.encode("utf-8")
 
 
+def test_v3_binary_payloads_count_bytes():
+    """The protocol document's example (``00 04 ff 34 e2 82 ac``), and a length of several digits."""
+    assert encode_payload(3, packets("4€"), binary=True) == bytes.fromhex("00 04 ff 34 e2 82 ac")
+    long = "4" + "😀" * 30  # 121 bytes
+    assert encode_payload(3, packets("3", long), binary=True) == (
+        bytes.fromhex("00 01 ff") + b"3" + bytes.fromhex("00 01 02 01 ff") + long.encode()
+    )
+
+
 #: Decodes payloads with the parsers of the real clients: engine.io-parser 1.3.2
 #: (socket.io-client 1.7) and 2.2 (2.x), each as Node.js and as a browser bundle load them,
-#: given what engine.io-client hands them: the response's text.
+#: given what engine.io-client hands them: an ArrayBuffer for a binary response, else the text.
 DECODE_WITH_REAL_PARSERS = r"""
-const [parserDir, file, hexBody] = JSON.parse(process.argv[1]);
+const [parserDir, file, hexBody, binary] = JSON.parse(process.argv[1]);
 const parser = require(parserDir + "/lib/" + file);
-const data = Buffer.from(hexBody, "hex").toString("utf8");
+const body = Buffer.from(hexBody, "hex");
+let data = body.toString("utf8");
+if (binary) data = file === "browser.js" ? body.buffer.slice(body.byteOffset, body.byteOffset + body.length) : body;
 const decoded = [];
 parser.decodePayload(data, function (packet) { decoded.push(packet); });
 process.stdout.write(JSON.stringify(decoded));
 """
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
 @pytest.mark.parametrize("file", ["index.js", "browser.js"])
 @pytest.mark.parametrize("generation", ["v1", "v2"])
-def test_v3_payloads_decode_exactly_with_the_real_client_parsers(generation, file):
+def test_v3_payloads_decode_exactly_with_the_real_client_parsers(generation, file, binary):
     ensure_node_modules()
     parser_dir = JS_DIR / "node_modules" / f"socket.io-client-{generation}" / "node_modules" / "engine.io-parser"
     texts = [as_delivered(payload) for payload in HARD_PAYLOADS] + ["x" * 20_000, "plain"]
     sent = [EncodedPacket("4" + json.dumps(["message", text], ensure_ascii=False)) for text in texts]
-    body = encode_payload(3, sent)
-    decoded = json.loads(run_node(DECODE_WITH_REAL_PARSERS, [str(parser_dir), file, body.hex()]))
+    body = encode_payload(3, sent, binary=binary)
+    decoded = json.loads(run_node(DECODE_WITH_REAL_PARSERS, [str(parser_dir), file, body.hex(), binary]))
     assert [packet["type"] for packet in decoded] == ["message"] * len(texts), decoded[:1]
     assert [json.loads(packet["data"])[1] for packet in decoded] == texts
 

@@ -126,8 +126,8 @@ async def test_python_socketio_client(daemon, redis, clients, transports):
 async def test_engineio3_clients_get_a_big_queue_and_every_character(daemon, redis, clients, generation, transport):
     """
     Issue 12: socket.io-client 1.x and 2.x over long-polling (in Node.js: XHR
-    without binary support, ``b64=1``; tests/test_socketio_browser.py has JSONP)
-    and over WebSocket receive a queue of 300 KB, and payloads with astral
+    without binary support, ``b64=1``; tests/test_socketio_browser.py has XHR2 and
+    JSONP) and over WebSocket receive a queue of 300 KB, and payloads with astral
     characters or published as invalid UTF-8, exactly: nothing lost, doubled or
     reordered, and the messages after the hard ones still arrive.
     """
@@ -153,6 +153,7 @@ async def test_engineio3_clients_get_a_big_queue_and_every_character(daemon, red
     assert got == expected
     (session,) = daemon.service.socketio.engine.sessions()
     assert session.version == 3 and session.transport == transport
+    assert not session.supports_binary, "Node's XMLHttpRequest has no responseType: b64=1, text payloads"
     await daemon.idle()
     assert not redis.exists(QUEUE.format("user1")), "every message confirmed"
 

@@ -2,8 +2,8 @@
 End to end in a real browser: headless Chromium loads a page (served from another
 origin, so CORS is exercised) with a Socket.IO client and the seed's client code,
 unmodified, and sees a queued message and a live one arrive; and socket.io-client
-1.x and 2.x receive a long queue and every character over Engine.IO 3's text
-long-polling variants (forceBase64, JSONP).
+1.x and 2.x receive a long queue and every character over each of Engine.IO 3's
+long-polling variants (XHR2, forceBase64, JSONP).
 """
 
 from __future__ import annotations
@@ -179,20 +179,22 @@ TROUBLES = {"disconnect", "error", "engine_error", "reconnect_attempt", "pageerr
 @pytest.mark.parametrize(
     "options, jsonp, b64",
     [
+        ({"transports": ["polling"]}, False, False),  # XHR2: binary payloads
         ({"transports": ["polling"], "forceBase64": True}, False, True),  # XHR, b64=1: text payloads
         ({"transports": ["polling"], "forceJSONP": True}, True, True),  # JSONP
     ],
-    ids=["b64", "jsonp"],
+    ids=["xhr2", "b64", "jsonp"],
 )
 @pytest_twisted.ensureDeferred
 async def test_engineio3_polling_in_chromium_delivers_a_big_queue_and_every_character(
     daemon, redis, browser, generation, options, jsonp, b64
 ):
     """
-    Issue 12: socket.io-client 1.x and 2.x over the text long-polling variants
-    of a browser receive a queue of 300 KB and payloads with astral characters
-    or published as invalid UTF-8, exactly: nothing lost, doubled or reordered,
-    and the messages after them still arrive.
+    Issue 12: socket.io-client 1.x and 2.x over every long-polling variant a
+    browser can use receive a queue of 300 KB (engine.io-client 1.8 used to fail
+    with "Maximum call stack size exceeded" on a text response that large) and
+    payloads with astral characters or published as invalid UTF-8, exactly:
+    nothing lost, doubled or reordered, and the messages after them still arrive.
     """
     queue = big_queue()
     for text in queue:
@@ -220,5 +222,6 @@ async def test_engineio3_polling_in_chromium_delivers_a_big_queue_and_every_char
     assert (opened["transport"], opened["jsonp"], opened["b64"]) == ("polling", jsonp, b64)
     (session,) = daemon.service.socketio.engine.sessions()
     assert session.version == 3 and session.transport == "polling"
+    assert session.supports_binary is not b64, "XHR2 reads binary payloads"
     await daemon.idle()
     assert not redis.exists("rm:users:user1:messages"), "every message confirmed"

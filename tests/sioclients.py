@@ -1,6 +1,6 @@
 """
 Real Socket.IO clients in child processes, driven from the reactor (spawnProcess,
-never blocking it): Node's socket.io-client 4.x and 2.x running the seed's client
+never blocking it): Node's socket.io-client 4.x, 2.x and 1.x running the seed's client
 code (tests/js/seed_client.js), python-socketio (tests/py_sio_client.py), and
 headless Chromium (tests/js/browser.js).  Each prints one JSON event per line.
 """
@@ -23,6 +23,34 @@ from twisted.python.failure import Failure
 JS_DIR = Path(__file__).parent / "js"
 CHROMIUM = "/usr/bin/chromium"
 
+#: What every client must receive exactly, whatever its framing (issue 12): characters outside the
+#: Basic Multilingual Plane (two UTF-16 code units, four UTF-8 bytes), characters of two and three
+#: UTF-8 bytes, JavaScript's line separators, JSON's escapes, and published bytes that are not UTF-8
+#: (delivered with U+FFFD, the second one an encoded lone surrogate).
+HARD_PAYLOADS: list[str | bytes] = [
+    "emoji \U0001f600 and \U0001f4a9",
+    "clef \U0001d11e",
+    b"not UTF-8: \xff\xfe \xc3( end",
+    b"a surrogate: \xed\xa0\x80 end",
+    "caf\u00e9 \u20ac \u00ff",
+    "separators \u2028 \u2029",
+    'nul \x00, "quotes", \\n and a newline\n',
+]
+
+
+def as_delivered(payload: str | bytes) -> str:
+    """The payload a client receives for ``payload`` published as is (invalid UTF-8 replaced by U+FFFD)."""
+    return payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+
+
+def big_queue(count: int = 500, size: int = 600) -> list[str | bytes]:
+    """``count`` payloads of about ``size`` characters (300 KB of envelopes by default), HARD_PAYLOADS among them."""
+    texts: list[str | bytes] = [f"q{i:04d} " + "x" * size for i in range(count)]
+    step = count // (len(HARD_PAYLOADS) + 1)
+    for n, hard in enumerate(HARD_PAYLOADS):
+        texts.insert((n + 1) * step + n, hard)
+    return texts
+
 
 def node_binary() -> str:
     node = shutil.which("node")
@@ -36,6 +64,7 @@ def ensure_node_modules() -> None:
     node_binary()
     if (
         not (JS_DIR / "node_modules" / "socket.io-client-v2").is_dir()
+        or not (JS_DIR / "node_modules" / "socket.io-client-v1").is_dir()
         or not (JS_DIR / "node_modules" / "playwright-core").is_dir()
     ):
         npm = shutil.which("npm")
@@ -144,7 +173,7 @@ def spawn(name: str, argv: list[str], cwd: Path | None = None, env: dict[str, st
 
 
 def node_client(url: str, uid: str, key: str = "", generation: str = "v4", **options: Any) -> ClientProcess:
-    """The seed's client code in Node.js with socket.io-client 4.x ("v4") or 2.x ("v2")."""
+    """The seed's client code in Node.js with socket.io-client 4.x ("v4"), 2.x ("v2") or 1.x ("v1")."""
     config = {"url": url, "uid": uid, "key": key, "generation": generation, "options": options}
     return spawn(f"node-{generation}", [node_binary(), str(JS_DIR / "seed_client.js"), json.dumps(config)], cwd=JS_DIR)
 

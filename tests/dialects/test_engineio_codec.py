@@ -28,6 +28,9 @@ from redmessenger.model.envelope import Message
 from redmessenger.transport.frames import text_frame
 from redmessenger.dialects.socketio.codec import SIOPacket, SIOProtocolError, SIOType, decode_sio, encode_sio, message_packet
 
+from ..node import run_node
+from ..sioclients import HARD_PAYLOADS, JS_DIR, as_delivered, ensure_node_modules
+
 
 def packets(*texts: str) -> list[EncodedPacket]:
     return [EncodedPacket(t) for t in texts]
@@ -92,11 +95,65 @@ def test_v3_payload_vectors():
 
 def test_v3_lengths_count_utf16_code_units_as_javascript_does():
     # "€" is one UTF-16 unit (3 UTF-8 bytes): the v4 document's example "2:4€"
-    assert encode_payload(3, packets("4€")) == "2:4€".encode()
+    assert decode_payload(3, "2:4€") == [Packet(PacketType.MESSAGE, "€")]
     # an astral character is two units, one Python character
     assert utf16_length("4😀") == 3
-    assert encode_payload(3, packets("4😀", "4a")) == "3:4😀2:4a".encode()
     assert decode_payload(3, "3:4😀2:4a") == [Packet(PacketType.MESSAGE, "😀"), Packet(PacketType.MESSAGE, "a")]
+
+
+def test_v3_text_payloads_carry_ascii_with_json_escapes():
+    """
+    Issue 12: engine.io-client 1.8 UTF-8-decodes each packet of a text payload once
+    more, 3.x does not; ASCII reads the same to both, and JSON's escapes give back
+    every character (astral ones as surrogate pairs, as JavaScript has them).
+    """
+    text = '42/rm,["message",{"payload":"é € 😀 𝄞 \ufffd \u2028 \\"\\\\"}]'
+    (packet,) = packets(text)
+    assert packet.ascii == (
+        b'42/rm,["message",{"payload":"\\u00e9 \\u20ac \\ud83d\\ude00 \\ud834\\udd1e \\ufffd \\u2028 \\"\\\\"}]'
+    )
+    assert json.loads(packet.ascii[6:]) == json.loads(text[6:])
+    assert encode_payload(3, packets('42["m","€"]', "3")) == b'16:42["m","\\u20ac"]1:3'
+    assert packet.utf8 == text.encode("utf-8"), "WebSocket frames and revision 4 keep UTF-8"
+    assert encode_payload(4, [packet]) == text.encode("utf-8")
+
+
+def test_v3_binary_payloads_count_bytes():
+    """The protocol document's example (``00 04 ff 34 e2 82 ac``), and a length of several digits."""
+    assert encode_payload(3, packets("4€"), binary=True) == bytes.fromhex("00 04 ff 34 e2 82 ac")
+    long = "4" + "😀" * 30  # 121 bytes
+    assert encode_payload(3, packets("3", long), binary=True) == (
+        bytes.fromhex("00 01 ff") + b"3" + bytes.fromhex("00 01 02 01 ff") + long.encode()
+    )
+
+
+#: Decodes payloads with the parsers of the real clients: engine.io-parser 1.3.2
+#: (socket.io-client 1.7) and 2.2 (2.x), each as Node.js and as a browser bundle load them,
+#: given what engine.io-client hands them: an ArrayBuffer for a binary response, else the text.
+DECODE_WITH_REAL_PARSERS = r"""
+const [parserDir, file, hexBody, binary] = JSON.parse(process.argv[1]);
+const parser = require(parserDir + "/lib/" + file);
+const body = Buffer.from(hexBody, "hex");
+let data = body.toString("utf8");
+if (binary) data = file === "browser.js" ? body.buffer.slice(body.byteOffset, body.byteOffset + body.length) : body;
+const decoded = [];
+parser.decodePayload(data, function (packet) { decoded.push(packet); });
+process.stdout.write(JSON.stringify(decoded));
+"""
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+@pytest.mark.parametrize("file", ["index.js", "browser.js"])
+@pytest.mark.parametrize("generation", ["v1", "v2"])
+def test_v3_payloads_decode_exactly_with_the_real_client_parsers(generation, file, binary):
+    ensure_node_modules()
+    parser_dir = JS_DIR / "node_modules" / f"socket.io-client-{generation}" / "node_modules" / "engine.io-parser"
+    texts = [as_delivered(payload) for payload in HARD_PAYLOADS] + ["x" * 20_000, "plain"]
+    sent = [EncodedPacket("4" + json.dumps(["message", text], ensure_ascii=False)) for text in texts]
+    body = encode_payload(3, sent, binary=binary)
+    decoded = json.loads(run_node(DECODE_WITH_REAL_PARSERS, [str(parser_dir), file, body.hex(), binary]))
+    assert [packet["type"] for packet in decoded] == ["message"] * len(texts), decoded[:1]
+    assert [json.loads(packet["data"])[1] for packet in decoded] == texts
 
 
 @pytest.mark.parametrize("bad", ["abc", "5:4a", "x:4a", ":4", "2:4a3", "2"])

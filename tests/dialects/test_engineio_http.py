@@ -49,8 +49,21 @@ def v3_packets(body: bytes) -> list[str]:
     return packets
 
 
+def v3_binary_packets(body: bytes) -> list[str]:
+    """Split a revision-3 binary payload: ``00 <length in bytes, a byte per digit> ff <packet in UTF-8>`` repeated."""
+    packets = []
+    while body:
+        assert body[0] == 0, "text packets only"
+        separator = body.index(0xFF)
+        length = int("".join(str(digit) for digit in body[1:separator]))
+        packets.append(body[separator + 1 : separator + 1 + length].decode("utf-8"))
+        body = body[separator + 1 + length :]
+    return packets
+
+
 async def handshake(port: int, version: int) -> tuple[str, list[str]]:
-    code, headers, body = await request(port, "GET", f"EIO={version}&transport=polling")
+    """A session with text payloads: revision 3 clients without XHR2 send ``b64=1``."""
+    code, headers, body = await request(port, "GET", f"EIO={version}&transport=polling&b64=1")
     assert code == 200
     packets = v3_packets(body) if version == 3 else body.decode().split("\x1e")
     return json.loads(packets[0][1:])["sid"], packets
@@ -72,12 +85,57 @@ async def test_handshake_v4(daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_handshake_v3_connects_to_the_main_namespace_at_once(daemon):
-    code, headers, body = await request(daemon.port, "GET", "EIO=3&transport=polling")
+    code, headers, body = await request(daemon.port, "GET", "EIO=3&transport=polling&b64=1")
     assert code == 200
+    assert headers["content-type"] == "text/plain; charset=UTF-8"
     packets = v3_packets(body)
     handshake = json.loads(packets[0][1:])
     assert set(handshake) == {"sid", "upgrades", "pingInterval", "pingTimeout"}
     assert packets[1:] == ["40"], "Socket.IO protocol 4: the server connects every client to '/'"
+
+
+@pytest_twisted.ensureDeferred
+async def test_v3_clients_with_xhr2_get_binary_payloads(daemon, redis):
+    """
+    As engine.io does: a revision-3 handshake without ``b64=1`` comes from a client
+    with XHR2, and every response of its session is a binary payload, lengths in
+    bytes (issue 12: engine.io-client 1.8 cannot read a large text response).
+    """
+    code, headers, body = await request(daemon.port, "GET", "EIO=3&transport=polling")
+    assert code == 200
+    assert headers["content-type"] == "application/octet-stream"
+    packets = v3_binary_packets(body)
+    sid = json.loads(packets[0][1:])["sid"]
+    assert body.startswith(b"\x00" + bytes(int(d) for d in str(len(packets[0]))) + b"\xff0{")
+    assert packets[1:] == ["40"]
+    query = f"EIO=3&transport=polling&sid={sid}"
+    code, _, body = await request(daemon.port, "POST", query, b'6:40/rm,28:42/rm,["identifier","user1"]')
+    assert (code, body) == (200, b"ok")
+    await wait_until(lambda: daemon.service.presence.get("user1") is not None, 5, "user1 online")
+    code, _, body = await request(daemon.port, "GET", query)
+    assert v3_binary_packets(body) == ["40/rm,"]
+    redis.publish("rm.users.user1", "clef \U0001d11e, caf\u00e9")
+    code, headers, body = await request(daemon.port, "GET", query)
+    assert headers["content-type"] == "application/octet-stream"
+    (event,) = v3_binary_packets(body)
+    assert json.loads(event.removeprefix("42/rm,"))[1]["payload"] == "clef \U0001d11e, caf\u00e9"
+    assert body[1:4] == bytes(int(d) for d in str(len(event.encode()))) and body[4] == 0xFF, "bytes, not characters"
+
+
+@pytest_twisted.ensureDeferred
+async def test_v3_text_payloads_are_ascii(daemon, redis):
+    """``b64=1`` (and JSONP): each packet's non-ASCII characters as JSON escapes, read alike by 1.x and 2.x."""
+    sid, _ = await handshake(daemon.port, 3)
+    query = f"EIO=3&transport=polling&sid={sid}"
+    await request(daemon.port, "POST", query, b'6:40/rm,28:42/rm,["identifier","user1"]')
+    await wait_until(lambda: daemon.service.presence.get("user1") is not None, 5, "user1 online")
+    assert v3_packets((await request(daemon.port, "GET", query))[2]) == ["40/rm,"]
+    redis.publish("rm.users.user1", b"clef \xf0\x9d\x84\x9e, bad \xff")
+    code, headers, body = await request(daemon.port, "GET", query)
+    assert headers["content-type"] == "text/plain; charset=UTF-8"
+    assert body.isascii() and b"clef \\ud834\\udd1e, bad \\ufffd" in body
+    (event,) = v3_packets(body)
+    assert json.loads(event.removeprefix("42/rm,"))[1]["payload"] == "clef \U0001d11e, bad \ufffd"
 
 
 @pytest.mark.parametrize(
@@ -159,7 +217,7 @@ async def test_overlapping_polls_end_the_session(daemon):
 
 @pytest_twisted.ensureDeferred
 async def test_jsonp_polling_v3(daemon):
-    code, headers, body = await request(daemon.port, "GET", "EIO=3&transport=polling&j=2")
+    code, headers, body = await request(daemon.port, "GET", "EIO=3&transport=polling&j=2&b64=1")
     assert code == 200
     assert headers["content-type"] == "text/javascript; charset=UTF-8"
     text = body.decode()

@@ -34,8 +34,9 @@ class Handler:
 
 
 class Poll:
-    def __init__(self) -> None:
+    def __init__(self, binary: bool = False) -> None:
         self.answers: list[bytes] = []
+        self.binary = binary
 
     def answer(self, payload: bytes) -> None:
         self.answers.append(payload)
@@ -62,9 +63,11 @@ class FakeWebSocket:
             self.closed = (code, reason)
 
 
-def make(version: int, websocket: FakeWebSocket | None = None, limit: int = 10) -> tuple[Clock, EngineServer, Session]:
+def make(
+    version: int, websocket: FakeWebSocket | None = None, limit: int = 10, settings: EngineSettings = SETTINGS
+) -> tuple[Clock, EngineServer, Session]:
     clock = Clock()
-    server = EngineServer(SETTINGS, clock, ConnectionLimit(limit), Handler)
+    server = EngineServer(settings, clock, ConnectionLimit(limit), Handler)
     assert server.reserve()
     return clock, server, server.open_session(version, "127.0.0.1:1234", websocket)
 
@@ -111,6 +114,26 @@ def test_v3_heartbeat_is_the_clients_and_any_packet_keeps_the_session():
     clock.advance(45.1)
     assert session.state is State.CLOSED and session.close_reason == "ping timeout"
     assert not clock.getDelayedCalls()
+
+
+def test_v3_polls_of_a_client_with_xhr2_are_answered_with_binary_payloads():
+    """Issue 12: the poll says which form its client reads; a long queue still goes out over several polls."""
+    from dataclasses import replace
+
+    clock, server, session = make(3, settings=replace(SETTINGS, max_poll_bytes=1000))
+    binary = Poll(binary=True)
+    session.poll(binary)
+    assert binary.answers[0].startswith(b"\x00\x09\x07\xff0{")
+    for _ in range(8):
+        session.send(message('2["m","' + "😀" * 30 + '"]'))  # 130 bytes, 370 ASCII characters
+    text = Poll()
+    session.poll(text)
+    assert text.answers[0].isascii() and text.answers[0].count(b"370:4") == 2, "ASCII counted, not UTF-8"
+    binary = Poll(binary=True)
+    session.poll(binary)
+    assert binary.answers[0].count(b"\x00\x01\x03\x00\xff4") == 6, "the rest, in bytes"
+    assert not session._buffer
+    session.abort("test")
 
 
 def test_polling_confirmation_is_the_next_poll():

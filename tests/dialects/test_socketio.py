@@ -1,6 +1,6 @@
 """
 The Socket.IO dialect (SPEC §4) against real, independent clients: the seed's
-client code on Node's socket.io-client 4.x (Engine.IO 4) and 2.x (Engine.IO 3),
+client code on Node's socket.io-client 4.x (Engine.IO 4), 2.x and 1.x (Engine.IO 3),
 and python-socketio; over WebSocket only, long-polling only, and polling
 upgraded to WebSocket.  The same core and rules as the plain dialect.
 """
@@ -14,7 +14,15 @@ import pytest
 import pytest_twisted
 
 from ..conftest import HOST, publish, wait_until
-from ..sioclients import ClientProcess, ensure_node_modules, node_client, python_client
+from ..sioclients import (
+    HARD_PAYLOADS,
+    ClientProcess,
+    as_delivered,
+    big_queue,
+    ensure_node_modules,
+    node_client,
+    python_client,
+)
 
 QUEUE = "rm:users:{}:messages"
 
@@ -67,7 +75,7 @@ def attached(daemon: Any, uid: str) -> int:
 # -- the seed's client, both generations, every transport ------------------------------------
 
 
-@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest.mark.parametrize("generation", ["v4", "v2", "v1"])
 @pytest.mark.parametrize("transport", ["websocket", "polling", "upgrade"])
 @pytest_twisted.ensureDeferred
 async def test_seed_client_gets_its_queue_then_live_messages(daemon, redis, clients, generation, transport):
@@ -110,6 +118,44 @@ async def test_python_socketio_client(daemon, redis, clients, transports):
     envelopes = [e["message"] for e in await client.expect("message", 2)]
     assert payloads(envelopes) == ["queued", "live"]
     assert envelopes[1]["bubble"] is True
+
+
+@pytest.mark.parametrize("generation", ["v1", "v2"])
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+@pytest_twisted.ensureDeferred
+async def test_engineio3_clients_get_a_big_queue_and_every_character(daemon, redis, clients, generation, transport):
+    """
+    Issue 12: socket.io-client 1.x and 2.x over long-polling (in Node.js: XHR
+    without binary support, ``b64=1``; tests/test_socketio_browser.py has XHR2 and
+    JSONP) and over WebSocket receive a queue of 300 KB, and payloads with astral
+    characters or published as invalid UTF-8, exactly: nothing lost, doubled or
+    reordered, and the messages after the hard ones still arrive.
+    """
+    queue = big_queue()
+    await queued(daemon, redis, "user1", queue)
+    client = node_client(rm_url(daemon), "user1", generation=generation, transports=[transport])
+    clients.append(client)
+
+    def troubles() -> list[dict[str, Any]]:
+        return [e for e in client.events if e["event"] in ("disconnect", "error", "reconnect_attempt")]
+
+    await client.until(lambda: len(client.messages()) >= len(queue) or troubles(), "the queue", timeout=30)
+    assert not troubles(), f"the session broke: {troubles()[:4]}"
+    await wait_until(lambda: attached(daemon, "user1") == 1, 5, "user1 online")
+    live = [*HARD_PAYLOADS, "the last one"]
+    for text in live:
+        publish(redis, "rm.users.user1", text)
+    await client.until(lambda: len(client.messages()) >= len(queue) + len(live) or troubles(), "the live messages")
+    assert not troubles(), f"the session broke: {troubles()[:4]}"
+    expected = [as_delivered(text) for text in queue + live]
+    got = payloads(client.messages())
+    assert [text[:16] for text in got] == [text[:16] for text in expected]
+    assert got == expected
+    (session,) = daemon.service.socketio.engine.sessions()
+    assert session.version == 3 and session.transport == transport
+    assert not session.supports_binary, "Node's XMLHttpRequest has no responseType: b64=1, text payloads"
+    await daemon.idle()
+    assert not redis.exists(QUEUE.format("user1")), "every message confirmed"
 
 
 # -- mistakes, reported the way Socket.IO reports errors ---------------------------------------

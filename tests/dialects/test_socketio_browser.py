@@ -1,7 +1,9 @@
 """
 End to end in a real browser: headless Chromium loads a page (served from another
 origin, so CORS is exercised) with a Socket.IO client and the seed's client code,
-unmodified, and sees a queued message and a live one arrive.
+unmodified, and sees a queued message and a live one arrive; and socket.io-client
+1.x and 2.x receive a long queue and every character over each of Engine.IO 3's
+long-polling variants (XHR2, forceBase64, JSONP).
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ import pytest
 import pytest_twisted
 
 from ..conftest import HOST, publish, wait_until
-from ..sioclients import CHROMIUM, JS_DIR, ClientProcess, ensure_node_modules, node_binary, spawn
+from ..sioclients import (
+    CHROMIUM,
+    HARD_PAYLOADS,
+    JS_DIR,
+    ClientProcess,
+    as_delivered,
+    big_queue,
+    ensure_node_modules,
+    node_binary,
+    spawn,
+)
 
 CLIENT_BUNDLES = {
     "v4": JS_DIR / "node_modules" / "socket.io-client" / "dist" / "socket.io.js",
     "v2": JS_DIR / "node_modules" / "socket.io-client-v2" / "dist" / "socket.io.js",
+    "v1": JS_DIR / "node_modules" / "socket.io-client-v1" / "dist" / "socket.io.js",
 }
 
 # The page's own code around the seed's client: io() with the test's options,
@@ -36,10 +49,16 @@ PAGE = """<!doctype html>
     var socket = realIo(url, Object.assign({}, options, more || {}));
     socket.io.on("open", function () {
       var engine = socket.io.engine, query = engine.transport.query || {};
-      __report({event: "open", transport: engine.transport.name, jsonp: query.j !== undefined});
+      __report({event: "open", transport: engine.transport.name, jsonp: query.j !== undefined,
+                b64: engine.transport.supportsBinary === false});
       engine.on("upgrade", function (transport) { __report({event: "upgrade", transport: transport.name}); });
+      engine.on("error", function (e) {
+        __report({event: "engine_error", message: String(e && e.message), description: String(e && e.description)});
+      });
     });
     socket.on("error", function (data) { __report({event: "error", data: data}); });
+    socket.on("disconnect", function (reason) { __report({event: "disconnect", reason: String(reason)}); });
+    socket.io.on("reconnect_attempt", function (n) { __report({event: "reconnect_attempt", attempt: n}); });
     return socket;
   };
 })();
@@ -150,3 +169,59 @@ async def test_the_seed_client_in_chromium(daemon, redis, browser, generation, o
         await page.expect("upgrade", timeout=15)
     await wait_until(lambda: session.transport == transport, 15, f"the session on {transport}")
     assert not page.of("pageerror") and not page.of("error")
+
+
+#: Events of a page that mean its session broke: the client would reconnect and fetch the queue again.
+TROUBLES = {"disconnect", "error", "engine_error", "reconnect_attempt", "pageerror"}
+
+
+@pytest.mark.parametrize("generation", ["v1", "v2"])
+@pytest.mark.parametrize(
+    "options, jsonp, b64",
+    [
+        ({"transports": ["polling"]}, False, False),  # XHR2: binary payloads
+        ({"transports": ["polling"], "forceBase64": True}, False, True),  # XHR, b64=1: text payloads
+        ({"transports": ["polling"], "forceJSONP": True}, True, True),  # JSONP
+    ],
+    ids=["xhr2", "b64", "jsonp"],
+)
+@pytest_twisted.ensureDeferred
+async def test_engineio3_polling_in_chromium_delivers_a_big_queue_and_every_character(
+    daemon, redis, browser, generation, options, jsonp, b64
+):
+    """
+    Issue 12: socket.io-client 1.x and 2.x over every long-polling variant a
+    browser can use receive a queue of 300 KB (engine.io-client 1.8 used to fail
+    with "Maximum call stack size exceeded" on a text response that large) and
+    payloads with astral characters or published as invalid UTF-8, exactly:
+    nothing lost, doubled or reordered, and the messages after them still arrive.
+    """
+    queue = big_queue()
+    for text in queue:
+        publish(redis, "rm.users.user1", text)
+    await wait_until(lambda: redis.llen("rm:users:user1:messages") == len(queue), 5, "the queue written")
+
+    def troubles() -> list[dict[str, Any]]:
+        return [e for e in page.events if e["event"] in TROUBLES]
+
+    page = browser(generation, f"http://{HOST}:{daemon.port}{daemon.service.config.rm_route}", options)
+    await page.until(lambda: len(page.of("message")) >= len(queue) or troubles(), "the queue", timeout=60)
+    assert not troubles(), f"the session broke: {troubles()[:4]}"
+    await wait_until(lambda: daemon.service.presence.get("user1") is not None, 10, "user1 online")
+    live = [*HARD_PAYLOADS, "the last one"]
+    for text in live:
+        publish(redis, "rm.users.user1", text)
+    await page.until(lambda: len(page.of("message")) >= len(queue) + len(live) or troubles(), "the live messages")
+    assert not troubles(), f"the session broke: {troubles()[:4]}"
+    expected = [as_delivered(text) for text in queue + live]
+    got = [e["message"]["payload"] for e in page.of("message")]
+    assert [text[:16] for text in got] == [text[:16] for text in expected]
+    assert got == expected
+
+    (opened,) = page.of("open")
+    assert (opened["transport"], opened["jsonp"], opened["b64"]) == ("polling", jsonp, b64)
+    (session,) = daemon.service.socketio.engine.sessions()
+    assert session.version == 3 and session.transport == "polling"
+    assert session.supports_binary is not b64, "XHR2 reads binary payloads"
+    await daemon.idle()
+    assert not redis.exists("rm:users:user1:messages"), "every message confirmed"

@@ -2,7 +2,7 @@
 // with a real socket.io-client, and reports what happens, for the Python tests.
 //
 //   node seed_client.js '{"url": "http://127.0.0.1:8080/rm", "uid": "user1", "key": "",
-//                         "generation": "v4" | "v2", "options": {...io() options...}}'
+//                         "generation": "v4" | "v2" | "v1", "options": {...io() options...}}'
 //
 // stdout: one JSON object per line, {"event": NAME, ...}: log (the seed's console.log),
 // open, upgrade, connect, message, error, connect_error, disconnect, reconnect_attempt.
@@ -15,7 +15,8 @@ const readline = require("readline");
 const vm = require("vm");
 
 const args = JSON.parse(process.argv[2]);
-const realIo = require(args.generation === "v2" ? "socket.io-client-v2" : "socket.io-client");
+const MODULES = { v4: "socket.io-client", v2: "socket.io-client-v2", v1: "socket.io-client-v1" };
+const realIo = require(MODULES[args.generation]);
 
 function report(event, fields) {
   process.stdout.write(JSON.stringify(Object.assign({ event: event }, fields || {})) + "\n");

@@ -14,15 +14,34 @@ Packet (both revisions)::
 
 A WebSocket frame carries one packet.  A long-polling body (a *payload*) carries several:
 
-- revision 3: ``<length>:<packet>`` repeated, the length counted in UTF-16 code
+- revision 3, text: ``<length>:<packet>`` repeated, the length counted in UTF-16 code
   units as JavaScript's ``String.length`` counts them (``"€"`` is ``2:4€``);
   ``b<type><base64>`` marks a binary packet; with JSONP (query ``j=N``) the server
   answers ``___eio[N]("<payload as a JSON string>");`` and the client POSTs a form
   field ``d=<payload>`` whose newlines it escaped as ``\\n`` (and ``\\n`` as ``\\\\n``);
+- revision 3, binary (a client with XHR2, which said so by not sending ``b64=1`` at
+  its handshake): for each packet ``0x00`` (text; ``0x01`` is binary data), the
+  length *in bytes* as one byte per decimal digit, ``0xFF``, then the packet in UTF-8
+  (``"€"`` is ``00 04 ff 34 e2 82 ac``), sent as ``application/octet-stream``;
 - revision 4: packets joined by the record separator ``\\x1e``; ``b<base64>`` marks a binary packet.
 
-RedMessenger sends text only, so the binary forms are recognised and refused,
-never produced.
+What revision 3 clients read (issue 12).  engine.io 1.x, the server of
+socket.io-client 1.x, UTF-8-encoded every packet of a text payload once more and
+counted its length in bytes; engine.io 3, the server of 2.x, does neither.  Their
+clients decode text payloads the two ways, and nothing tells the server which
+client it talks to.  So a revision-3 text payload carries each packet's ASCII form
+(:attr:`EncodedPacket.ascii`): every non-ASCII character written as a JSON
+``\\uXXXX`` escape (a character outside the BMP as its surrogate pair), which both
+decodings leave as it is, and JSON.parse turns back into the character.  That is
+exact because the packets RedMessenger sends are Socket.IO packets whose non-ASCII
+characters are all inside JSON strings (``rm_route`` is ASCII; only a namespace a
+client asked for, echoed when it is refused, could be otherwise).  Clients with XHR2
+get the binary form, which 1.x and 2.x decode alike, as UTF-8: 1.x turns a *text*
+response into a string with one ``String.fromCharCode.apply`` over all its bytes,
+which overflows the browser's stack past about 150 KB.
+
+RedMessenger sends text only, so binary packets (``b...``, ``0x01``) are recognised
+in what clients send and refused, never produced.
 """
 
 from __future__ import annotations
@@ -72,14 +91,14 @@ class EncodedPacket:
     up front, so that a delivery on a WebSocket only copies a reference.
     """
 
-    __slots__ = ("text", "utf8", "frame", "_utf16", "_prepared")
+    __slots__ = ("text", "utf8", "frame", "_ascii", "_prepared")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.utf8 = text.encode("utf-8")
         #: The WebSocket text frame, written as is to every socket (redmessenger.transport.fastpath).
         self.frame = text_frame(self.utf8)
-        self._utf16: int | None = None
+        self._ascii: bytes | None = None
         self._prepared: Any = None
 
     @classmethod
@@ -91,11 +110,15 @@ class EncodedPacket:
         return f"<EncodedPacket {shown!r}>"
 
     @property
-    def utf16_length(self) -> int:
-        """The length a revision-3 payload announces (JavaScript's ``String.length``)."""
-        if self._utf16 is None:
-            self._utf16 = utf16_length(self.text)
-        return self._utf16
+    def ascii(self) -> bytes:
+        """
+        The packet in a revision-3 text payload: every non-ASCII character as a JSON
+        ``\\uXXXX`` escape (see the module's documentation), so that its length is
+        the same in bytes and in UTF-16 code units.  Computed once, on first use.
+        """
+        if self._ascii is None:
+            self._ascii = ascii_escaped(self.text).encode("ascii")
+        return self._ascii
 
     def prepared(self, factory: Any) -> Any:
         """The WebSocket frame, framed once by Autobahn and sent as is on every socket."""
@@ -110,6 +133,18 @@ PING = EncodedPacket.of(PacketType.PING)
 PONG = EncodedPacket.of(PacketType.PONG)
 NOOP = EncodedPacket.of(PacketType.NOOP)
 PROBE_PONG = EncodedPacket.of(PacketType.PONG, "probe")
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+#: json's C string escaper, quotes included: for runs of non-ASCII characters only.
+_escape_ascii = json.encoder.encode_basestring_ascii
+
+
+def ascii_escaped(text: str) -> str:
+    """``text`` with each non-ASCII character as JSON's ``\\uXXXX`` (UTF-16: astral characters as surrogate pairs)."""
+    if text.isascii():
+        return text
+    return _NON_ASCII.sub(lambda run: _escape_ascii(run.group())[1:-1], text)
 
 
 def utf16_length(text: str) -> int:
@@ -194,11 +229,22 @@ def jsonp_unescape(data: str) -> str:
 # -- encoding what the server sends -------------------------------------------------------
 
 
-def encode_payload(version: int, packets: Iterable[EncodedPacket]) -> bytes:
-    """A long-polling body (UTF-8) carrying ``packets`` in order."""
+#: Decimal digits as the byte values 0-9, for the lengths of revision 3's binary payloads.
+_DIGIT_BYTES = bytes.maketrans(b"0123456789", bytes(range(10)))
+
+
+def encode_payload(version: int, packets: Iterable[EncodedPacket], binary: bool = False) -> bytes:
+    """
+    A long-polling body carrying ``packets`` in order: revision 4's in UTF-8;
+    revision 3's in ASCII, or its binary form if ``binary`` (for a client with XHR2).
+    """
     if version >= 4:
         return b"\x1e".join(packet.utf8 for packet in packets)
-    return b"".join(b"%d:%s" % (packet.utf16_length, packet.utf8) for packet in packets)
+    if binary:
+        return b"".join(
+            b"\x00%s\xff%s" % ((b"%d" % len(packet.utf8)).translate(_DIGIT_BYTES), packet.utf8) for packet in packets
+        )
+    return b"".join(b"%d:%s" % (len(packet.ascii), packet.ascii) for packet in packets)
 
 
 def jsonp_wrap(index: str, payload: bytes) -> bytes:

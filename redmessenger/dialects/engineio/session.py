@@ -113,6 +113,9 @@ class SessionHandler(Protocol):
 class PollRequest(Protocol):
     """A pending long-polling GET; answered exactly once, unless its connection dropped."""
 
+    #: Answer with revision 3's binary payload (a client with XHR2; see redmessenger.dialects.engineio.codec).
+    binary: bool
+
     def answer(self, payload: bytes) -> None:
         """Write ``payload`` (framed for the session's revision) as the response and finish it."""
 
@@ -152,11 +155,14 @@ class Session:
         version: int,
         peer: str,
         websocket: WebSocketTransport | None,
+        supports_binary: bool = False,
     ) -> None:
         self.server = server
         self.sid = sid
         self.version = version
         self.peer = peer
+        #: Revision 3: the client can read binary payloads (XHR2), having sent no ``b64=1`` at its handshake.
+        self.supports_binary = supports_binary
         self.state = State.OPEN
         #: Why the session ended (``ping timeout``, ``transport close``, ``client close``...), once it has.
         self.close_reason: str | None = None
@@ -447,10 +453,12 @@ class Session:
         taken: list[EncodedPacket] = []
         size = 0
         buffer = self._buffer
-        while buffer and (not taken or size + len(buffer[0].utf8) <= limit):
+        # revision 3's text payloads carry the packets' ASCII form, up to 6 bytes a character
+        ascii = self.version < 4 and not self._poll.binary
+        while buffer and (not taken or size + len(buffer[0].ascii if ascii else buffer[0].utf8) <= limit):
             packet = buffer.popleft()
             taken.append(packet)
-            size += len(packet.utf8) + 8
+            size += len(packet.ascii if ascii else packet.utf8) + 8
         self._answer_poll(taken)
         if self.state is State.CLOSING and not buffer:
             self._finish(self._closing_reason, client_gone=False)
@@ -467,7 +475,7 @@ class Session:
     def _answer_poll(self, packets: list[EncodedPacket]) -> None:
         request, self._poll = self._poll, None
         if request is not None:
-            request.answer(encode_payload(self.version, packets))
+            request.answer(encode_payload(self.version, packets, request.binary))
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -558,12 +566,14 @@ class EngineServer:
         """Give back a slot whose session never opened."""
         self.limit.release()
 
-    def open_session(self, version: int, peer: str, websocket: WebSocketTransport | None = None) -> Session:
+    def open_session(
+        self, version: int, peer: str, websocket: WebSocketTransport | None = None, supports_binary: bool = False
+    ) -> Session:
         """Open a session on a slot taken with :meth:`reserve`; the session gives it back when it ends."""
         sid = secrets.token_urlsafe(15)
         while sid in self._sessions:  # pragma: no cover - 120 random bits
             sid = secrets.token_urlsafe(15)
-        session = Session(self, sid, version, peer, websocket)
+        session = Session(self, sid, version, peer, websocket, supports_binary)
         self._sessions[sid] = session
         session.start()
         return session

@@ -41,6 +41,8 @@ PATH = "/socket.io"
 
 _TEXT = b"text/plain; charset=UTF-8"
 _JAVASCRIPT = b"text/javascript; charset=UTF-8"
+#: Exactly this: engine.io-client 3 compares the whole header before reading the body as an ArrayBuffer.
+_BINARY = b"application/octet-stream"
 
 
 def parse_version(value: str | None) -> int:
@@ -58,11 +60,12 @@ def parse_version(value: str | None) -> int:
 class _PendingPoll:
     """A GET waiting for packets; a :class:`~redmessenger.dialects.engineio.session.PollRequest`."""
 
-    __slots__ = ("request", "jsonp")
+    __slots__ = ("request", "jsonp", "binary")
 
-    def __init__(self, request: Request, jsonp: str | None) -> None:
+    def __init__(self, request: Request, jsonp: str | None, binary: bool = False) -> None:
         self.request = request
         self.jsonp = jsonp
+        self.binary = binary and jsonp is None
 
     def answer(self, payload: bytes) -> None:
         request = self.request
@@ -70,7 +73,7 @@ class _PendingPoll:
             request.setHeader(b"content-type", _JAVASCRIPT)
             payload = jsonp_wrap(self.jsonp, payload)
         else:
-            request.setHeader(b"content-type", _TEXT)
+            request.setHeader(b"content-type", _BINARY if self.binary else _TEXT)
         request.setHeader(b"content-length", b"%d" % len(payload))
         request.write(payload)
         request.finish()
@@ -126,7 +129,9 @@ class EngineIOResource(Resource):
         if sid is None:
             if request.method != b"GET":
                 raise EngineError(400, EngineError.BAD_HANDSHAKE_METHOD, "Bad handshake method")
-            return self._handshake(request, version, jsonp)
+            # engine.io's rule: a revision-3 client without b64=1 reads binary payloads (JSONP never does)
+            binary = version == 3 and jsonp is None and not query.get("b64")
+            return self._handshake(request, version, jsonp, binary)
         session = self._server.get(sid)
         if session is None or session.version != version:
             raise EngineError(400, EngineError.SESSION_UNKNOWN, "Session ID unknown")
@@ -137,16 +142,16 @@ class EngineIOResource(Resource):
             return self._post(request, session, jsonp)
         raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: method not allowed")
 
-    def _handshake(self, request: Request, version: int, jsonp: str | None) -> int:
+    def _handshake(self, request: Request, version: int, jsonp: str | None, binary: bool) -> int:
         if not self._server.reserve():
             raise EngineError(503, EngineError.BAD_REQUEST, "maximum number of connections reached")
         address = request.getClientAddress()
         peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
-        session = self._server.open_session(version, peer)
+        session = self._server.open_session(version, peer, supports_binary=binary)
         return self._poll(request, session, jsonp)
 
     def _poll(self, request: Request, session: Session, jsonp: str | None) -> int:
-        pending = _PendingPoll(request, jsonp)
+        pending = _PendingPoll(request, jsonp, session.supports_binary)
         session.poll(pending)
         if not request.finished:
             request.notifyFinish().addErrback(self._poll_lost, session, pending)

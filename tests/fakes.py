@@ -119,3 +119,103 @@ class MemoryDirectory:
                 d.callback(list(self.groups.get(cid, [])))
                 return
         raise AssertionError(f"no lookup of {cid} is waiting")
+
+
+class MemoryQueues:
+    """
+    The core's Queues port in memory: each user's queue a list of entries.
+    Reads (take) are answered at once, or held for the test to answer
+    (``hold_takes``), so that a test can act in the middle of a handover.
+    """
+
+    backlog = 0
+
+    def __init__(self) -> None:
+        self.queues: dict[str, list[bytes]] = {}
+        self.hold_takes = False
+        self.held: list[tuple[Deferred[tuple[int, list[bytes]]], str, int, int]] = []
+        self.trims: list[tuple[str, int]] = []
+
+    def enqueue(self, uids: list[str], entry: bytes) -> None:
+        for uid in uids:
+            self.queues.setdefault(uid, []).append(entry)
+
+    def payloads(self, uid: str) -> list[str]:
+        import json
+
+        return [json.loads(entry)["payload"] for entry in self.queues.get(uid, [])]
+
+    def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
+        d: Deferred[tuple[int, list[bytes]]] = Deferred()
+        if self.hold_takes:
+            self.held.append((d, uid, delivered, batch))
+        else:
+            d.callback(self._take(uid, delivered, batch))
+        return d
+
+    def answer_take(self) -> None:
+        d, uid, delivered, batch = self.held.pop(0)
+        d.callback(self._take(uid, delivered, batch))
+
+    def _take(self, uid: str, delivered: int, batch: int) -> tuple[int, list[bytes]]:
+        queue = self.queues.get(uid, [])
+        del queue[:delivered]
+        return len(queue), list(queue[:batch])
+
+    def trim(self, uid: str, delivered: int) -> Deferred[None]:
+        self.trims.append((uid, delivered))
+        del self.queues.get(uid, [])[:delivered]
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+    def drain(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+
+class Socket(Sink):
+    """A Sink that can close: then it takes nothing more and its confirmations fail."""
+
+    def __init__(self, clock: Clock, name: str = "") -> None:
+        super().__init__(clock)
+        self.name = name
+        self.client_address = f"127.0.0.1:{name or 1}"
+        self.messages: list[tuple[str, bool]] = []
+
+    def send_message(self, message: Message, bubble: bool) -> bool:
+        if not self.writable:
+            return False
+        self.messages.append((message.payload, bubble))
+        return super().send_message(message, bubble)
+
+    def payloads(self) -> list[str]:
+        return [payload for payload, _ in self.messages]
+
+    def close(self) -> None:
+        self.writable = False
+        asked, self.asked = self.asked, []
+        for d in asked:
+            if not d.called:
+                d.callback(False)
+
+    def confirm_all(self) -> None:
+        asked, self.asked = self.asked, []
+        for d in asked:
+            d.callback(True)
+
+
+class Link(Socket):
+    """A Socket that is also a ClientLink: records what the session tells the client."""
+
+    def __init__(self, clock: Clock, name: str = "") -> None:
+        super().__init__(clock, name)
+        self.accepted_uids: list[str] = []
+        self.refusals: list[tuple[int, str]] = []
+
+    def accepted(self, uid: str) -> None:
+        self.accepted_uids.append(uid)
+
+    def refuse(self, error: Any) -> None:
+        self.refusals.append((int(error.code), error.reason))

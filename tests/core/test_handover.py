@@ -1,7 +1,7 @@
 """
-The handover's Redis commands when a reply is lost (pure logic: a recording
-stand-in for the connection).  Handovers against a real server, with clients
-dropping midway, are in test_delivery.py.
+Queue handover (pure logic: the queues in memory, or a recording stand-in for
+the Redis connection where the exact commands matter).  Handovers against a
+real server, with real clients dropping midway, are in tests/test_delivery.py.
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.testing import Clock
 
 from redmessenger.core.hub import Hub
+from redmessenger.core.presence import Attachment
 from redmessenger.redis_edge.scripts import TAKE
 
-from ..fakes import MemoryDirectory, Sink, connection_lost, make_store
+from ..fakes import MemoryDirectory, MemoryQueues, Sink, Socket, connection_lost, make_store
 
 
 def entry(n: int) -> bytes:
@@ -34,3 +36,114 @@ def test_a_batch_whose_trim_may_have_run_is_never_trimmed_again() -> None:
     commands.replies[-1].errback(connection_lost())
     assert [c for c in commands.sent if c[0] == "LTRIM"] == []
     assert handover.called
+
+
+def setting(batch: int = 2) -> tuple[Hub, MemoryQueues, Clock]:
+    queues, clock = MemoryQueues(), Clock()
+    hub = Hub(queues, MemoryDirectory(), clock, handover_batch=batch)
+    return hub, queues, clock
+
+
+def identify(hub: Hub, socket: Socket, uid: str = "u") -> Attachment:
+    d = ensureDeferred(hub.identify(socket, uid))
+    attachment = d.result
+    assert isinstance(attachment, Attachment)
+    return attachment
+
+
+def queue(queues: MemoryQueues, *payloads: str, uid: str = "u") -> None:
+    for payload in payloads:
+        queues.enqueue([uid], json.dumps({"v": 1, "source": f"rm.users.{uid}", "timestamp": 1, "payload": payload}).encode())
+
+
+def test_the_queue_goes_out_a_batch_at_a_time_each_trimmed_once_confirmed() -> None:
+    hub, queues, clock = setting(batch=2)
+    queue(queues, "a", "b", "c", "d", "e")
+    socket = Socket(clock)
+    identify(hub, socket)
+    assert socket.payloads() == ["a", "b"] and queues.payloads("u") == ["a", "b", "c", "d", "e"]
+    socket.confirm_all()
+    assert socket.payloads() == ["a", "b", "c", "d"] and queues.payloads("u") == ["c", "d", "e"]
+    socket.confirm_all()
+    assert socket.payloads() == ["a", "b", "c", "d", "e"] and queues.payloads("u") == ["e"]
+    socket.confirm_all()
+    assert queues.payloads("u") == [] and queues.trims == [("u", 1)]
+    assert hub.handovers.running == 0 and hub.counters.handed_over == 5
+
+
+def test_live_messages_wait_for_the_queue_and_follow_it_in_order() -> None:
+    hub, queues, clock = setting(batch=2)
+    queue(queues, "q1", "q2", "q3")
+    socket = Socket(clock)
+    identify(hub, socket)
+    hub.on_publish(b"rm.users.u", b"live1")
+    hub.on_publish(b"rm.users.u", b"live2")
+    assert socket.payloads() == ["q1", "q2"], "live messages are held during the handover"
+    socket.confirm_all()
+    socket.confirm_all()
+    assert socket.payloads() == ["q1", "q2", "q3", "live1", "live2"]
+    assert [sent.message.payload for sent in hub.presence.get("u").attachments[0].unconfirmed] == ["live1", "live2"]
+
+
+def test_a_socket_that_drops_mid_handover_leaves_what_it_did_not_confirm_queued() -> None:
+    hub, queues, clock = setting(batch=2)
+    queue(queues, "a", "b", "c", "d", "e")
+    socket = Socket(clock)
+    attachment = identify(hub, socket)
+    socket.confirm_all()  # a, b confirmed; c, d sent
+    hub.on_publish(b"rm.users.u", b"live")
+    socket.close()  # c, d never confirmed
+    hub.detach(attachment)
+    assert queues.payloads("u") == ["c", "d", "e", "live"], "the unconfirmed batch stays, the held live message is queued behind"
+    assert hub.handovers.running == 0
+
+
+def test_a_page_reload_takes_the_rest_of_the_queue_over_in_order() -> None:
+    """The socket receiving the queue goes; the user's next socket gets the rest, then what was published meanwhile."""
+    hub, queues, clock = setting(batch=2)
+    queue(queues, "a", "b", "c", "d", "e")
+    queues.hold_takes = True
+    old = Socket(clock, "old")
+    old_attachment = identify(hub, old)
+    queues.answer_take()
+    old.confirm_all()  # a, b confirmed: the next TAKE (trimming them) is held
+    old.close()
+    hub.detach(old_attachment)
+    new = Socket(clock, "new")
+    identify(hub, new)
+    hub.on_publish(b"rm.users.u", b"live")
+    assert new.payloads() == [], "the new socket waits for the old handover to settle"
+    queues.answer_take()  # the old handover's read: trims a, b; the old socket is gone
+    queues.answer_take()  # the new socket's handover starts
+    assert new.payloads() == ["c", "d"]
+    new.confirm_all()
+    queues.answer_take()
+    assert new.payloads() == ["c", "d", "e"]
+    new.confirm_all()
+    assert new.payloads() == ["c", "d", "e", "live"]
+    assert queues.payloads("u") == [] and hub.handovers.running == 0
+
+
+def test_the_second_tab_of_a_user_waits_for_the_queue_and_gets_live_messages_after_it() -> None:
+    hub, queues, clock = setting(batch=10)
+    queue(queues, "q")
+    queues.hold_takes = True
+    first, second = Socket(clock, "first"), Socket(clock, "second")
+    identify(hub, first)
+    identify(hub, second)
+    hub.on_publish(b"rm.users.u", b"live")
+    assert second.messages == [("live", False)], "the second tab is not part of the handover: live messages reach it"
+    queues.answer_take()
+    first.confirm_all()
+    assert first.messages == [("q", True), ("live", True)], "the queue first, then what was held; the oldest tab has the bubble"
+
+
+def test_the_handover_keeps_a_stopped_daemon_waiting_at_most_its_timeout() -> None:
+    hub, queues, clock = setting()
+    queue(queues, "a")
+    queues.hold_takes = True
+    identify(hub, Socket(clock))
+    stopped = hub.stop(timeout=5)
+    assert not stopped.called
+    clock.advance(5)
+    assert stopped.called

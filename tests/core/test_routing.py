@@ -1,0 +1,118 @@
+"""
+Routing (pure logic, on a fake clock): PUBLISHes become (message, recipients)
+in publish order, group members are looked up, and lookups are retried while
+Redis is away.  The same against a real server is in tests/test_delivery.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.testing import Clock
+
+from redmessenger.core.counters import Counters
+from redmessenger.core.routing import Router
+from redmessenger.model.envelope import Message
+
+from ..fakes import MemoryDirectory
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, list[str]]] = []
+        self.settled = 0
+
+    def deliver(self, message: Message, uids: Sequence[str]) -> None:
+        self.delivered.append((message.payload, list(uids)))
+
+    def on_settled(self) -> None:
+        self.settled += 1
+
+
+def router() -> tuple[Router, MemoryDirectory, Recorder, Clock, Counters]:
+    directory, recorder, clock, counters = MemoryDirectory(), Recorder(), Clock(), Counters()
+    return Router(directory, recorder.deliver, counters, clock, recorder.on_settled), directory, recorder, clock, counters
+
+
+def test_a_user_message_goes_at_once_with_its_publish_time() -> None:
+    routing, _, recorder, clock, counters = router()
+    clock.advance(12.5)
+    routing.on_publish(b"rm.users.user1", b"hi")
+    assert recorder.delivered == [("hi", ["user1"])]
+    assert counters.published == 1
+
+
+def test_a_group_message_waits_for_its_members_and_so_do_the_messages_behind_it() -> None:
+    routing, directory, recorder, _, _ = router()
+    directory.groups["cats"] = [b"user1", b"user2"]
+    directory.hold_members = True
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    routing.on_publish(b"rm.users.user1", b"after the meow")
+    assert recorder.delivered == [] and routing.waiting == 2
+    directory.answer_members("cats")
+    assert recorder.delivered == [("meow", ["user1", "user2"]), ("after the meow", ["user1"])]
+    assert routing.waiting == 0 and recorder.settled == 1
+
+
+def test_lookups_answered_out_of_order_still_deliver_in_publish_order() -> None:
+    routing, directory, recorder, _, _ = router()
+    directory.groups = {"a": [b"u"], "b": [b"u"]}
+    directory.hold_members = True
+    routing.on_publish(b"rm.channels.a", b"first")
+    routing.on_publish(b"rm.channels.b", b"second")
+    directory.answer_members("b")
+    assert recorder.delivered == []
+    directory.answer_members("a")
+    assert [payload for payload, _ in recorder.delivered] == ["first", "second"]
+
+
+def test_a_lookup_is_retried_while_redis_is_away_and_nothing_behind_it_overtakes() -> None:
+    routing, directory, recorder, clock, _ = router()
+    directory.groups["cats"] = [b"user1"]
+    directory.unavailable = True
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    routing.on_publish(b"rm.users.user1", b"later")
+    assert directory.lookups == ["cats"] and recorder.delivered == []
+    clock.advance(routing.lookup_retry_delay)
+    assert directory.lookups == ["cats", "cats"], "retried after lookup_retry_delay"
+    directory.unavailable = False
+    clock.advance(routing.lookup_retry_delay)
+    assert recorder.delivered == [("meow", ["user1"]), ("later", ["user1"])]
+    assert not clock.getDelayedCalls()
+
+
+def test_stop_cancels_the_retries() -> None:
+    routing, directory, _, clock, _ = router()
+    directory.unavailable = True
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    assert len(clock.getDelayedCalls()) == 1
+    routing.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_a_lookup_redis_refuses_reaches_nobody_and_lets_the_rest_through() -> None:
+    from twisted.internet.defer import fail
+
+    from redmessenger.core.ports import StoreError
+
+    routing, directory, recorder, _, _ = router()
+    directory.members = lambda cid: fail(StoreError("WRONGTYPE"))  # type: ignore[method-assign]
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    routing.on_publish(b"rm.users.user1", b"next")
+    assert recorder.delivered == [("meow", []), ("next", ["user1"])]
+
+
+def test_names_outside_the_grammar_are_skipped() -> None:
+    routing, directory, recorder, _, counters = router()
+    directory.groups["cats"] = [b"user1", b"not valid", b"\xff", b"user2"]
+    routing.on_publish(b"rm.users.not valid", b"x")
+    routing.on_publish(b"rm.channels.not/valid", b"x")
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    assert recorder.delivered == [("meow", ["user1", "user2"])]
+    assert counters.published == 3
+
+
+def test_a_payload_that_is_not_utf8_is_delivered_with_replacements() -> None:
+    routing, _, recorder, _, _ = router()
+    routing.on_publish(b"rm.users.u", b"caf\xe9")
+    assert recorder.delivered == [("caf\ufffd", ["u"])]

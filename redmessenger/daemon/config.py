@@ -141,7 +141,7 @@ def _route(key: str, value: Any) -> str:
     route = _text(key, value)
     if not _ROUTE.match(route) or route.endswith("/") and route != "/" or "//" in route:
         raise ConfigError(f"{key}: expected a path such as \"/rm\", got {route!r}")
-    if route.startswith(("/socket.io", "/health", "/metrics")):
+    if route.startswith(("/socket.io", "/health", "/metrics", "/redmessenger")):
         raise ConfigError(f"{key}: {route!r} is reserved for the daemon's own routes")
     return route
 

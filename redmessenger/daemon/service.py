@@ -39,7 +39,9 @@ from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.link import RedisLink, RedisSettings
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
-from redmessenger.transport.http import RootResource, make_site
+from redmessenger.transport.http import RootResource, StaticFile, make_site
+
+JAVASCRIPT = b"application/javascript; charset=utf-8"
 
 #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
 SHUTDOWN_TIMEOUT = 5.0
@@ -139,6 +141,7 @@ class RedMessengerService(OrderedServices):
         self.root.route(SOCKETIO_PATH, self.socketio.resource)
         self.root.route("/health", HealthResource(self.view))
         self.root.route("/metrics", self.metrics.resource)
+        self.root.route("/redmessenger-legacy.js", StaticFile.shipped("redmessenger-legacy.js", JAVASCRIPT))
 
         # -- the service tree, in start order --
         self.embedded: Any = None

@@ -110,8 +110,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     chromium = chromium_available()
     opened: list[tuple[ClientProcess, PageServer]] = []
 
-    def open_page(generation: str, daemon_url: str, options: dict[str, Any]) -> ClientProcess:
-        page = PAGE % {"options": json.dumps(options), "url": json.dumps(daemon_url)}
+    def open_page(generation: str, daemon_url: str, options: dict[str, Any], page: str | None = None) -> ClientProcess:
+        page = (page or PAGE) % {"options": json.dumps(options), "url": json.dumps(daemon_url)}
         server = PageServer(
             {
                 b"/": (b"text/html; charset=utf-8", page.encode()),
@@ -225,3 +225,40 @@ async def test_engineio3_polling_in_chromium_delivers_a_big_queue_and_every_char
     assert session.supports_binary is not b64, "XHR2 reads binary payloads"
     await daemon.idle()
     assert not redis.exists("rm:users:user1:messages"), "every message confirmed"
+
+
+# The legacy client as the daemon serves it, loaded from the daemon by a page of another origin.
+SERVED_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>RedMessenger</title></head>
+<body>
+<script src="/socket.io.js"></script>
+<script src="%(script)s"></script>
+<script>
+var messenger = new RedMessenger(%%(url)s, "user1", "%(key)s");
+messenger.onMessage = function (message) { __report({event: "message", message: message}); };
+messenger.onError = function (error) { __report({event: "client_error", error: error}); };
+</script>
+</body></html>
+"""
+
+
+@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest_twisted.ensureDeferred
+async def test_the_served_legacy_client_delivers_and_shows_a_wrong_key(daemon_factory, redis, browser, generation):
+    """Issue 12: the client the README tells users to load is served, and a wrong key reaches the page's onError."""
+    daemon = await daemon_factory(secure_mode=True)
+    redis.set("rm:users:user1:key", "right")
+    publish(redis, "rm.users.user1", "queued while away")
+    await wait_until(lambda: redis.llen("rm:users:user1:messages") == 1, 5, "the message queued")
+    url = f"http://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
+    script = f"http://{HOST}:{daemon.port}/redmessenger-legacy.js"
+
+    wrong = browser(generation, url, {}, SERVED_PAGE % {"script": script, "key": "wrong"})
+    (reported,) = await wrong.expect("client_error", timeout=30)
+    assert reported["error"]["code"] == 4401 and reported["error"]["name"] == "BAD_KEY"
+    assert not wrong.of("message")
+
+    right = browser(generation, url, {}, SERVED_PAGE % {"script": script, "key": "right"})
+    (message,) = await right.expect("message", timeout=30)
+    assert message["message"]["payload"] == "queued while away"
+    assert not right.of("client_error") and not right.of("pageerror")

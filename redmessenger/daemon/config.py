@@ -36,8 +36,10 @@ class Config:
     conn_limit: int = 10000
 
     # -- listening -------------------------------------------------------------
+    #: The address ``ws_port`` listens on (``""``: every interface, as the Node.js program did).
+    ws_interface: str = ""
     #: A Twisted server endpoint string (``tcp:8080:interface=127.0.0.1``,
-    #: ``ssl:8443:privateKey=key.pem:certKey=cert.pem``); overrides ``ws_port``.
+    #: ``ssl:8443:privateKey=key.pem:certKey=cert.pem``); overrides ``ws_port`` and ``ws_interface``.
     listen: str | None = None
     #: Origins allowed to open a WebSocket (``["*"]``: any; wildcards allowed).
     allowed_origins: tuple[str, ...] = ("*",)
@@ -88,7 +90,23 @@ class Config:
     @property
     def listen_endpoint(self) -> str:
         """The endpoint string the WebSocket server listens on."""
-        return self.listen if self.listen is not None else f"tcp:{self.ws_port}:backlog=1024"
+        if self.listen is not None:
+            return self.listen
+        # endpoint strings escape the colons of an IPv6 address
+        interface = ":interface=" + self.ws_interface.replace(":", "\\:") if self.ws_interface else ""
+        return f"tcp:{self.ws_port}:backlog=1024{interface}"
+
+    @property
+    def listen_label(self) -> str:
+        """Where clients connect, as the log lines say it (``*:8080`` for every interface)."""
+        if self.listen is not None:
+            return self.listen
+        return f"{self.ws_interface or '*'}:{self.ws_port}"
+
+    @property
+    def open_to_anyone(self) -> bool:
+        """Listening beyond loopback with ``secure_mode`` off: whoever reaches the port can read any user's queue."""
+        return not self.secure_mode and not on_loopback(self.listen_endpoint)
 
 
 _ROUTE = re.compile(r"^/[A-Za-z0-9_.~/-]*$")
@@ -198,30 +216,47 @@ def _check_manhole(config: Config) -> None:
         raise ConfigError("manhole_password_file: needed when manhole is set")
     if config.manhole_allow_remote:
         return
-    from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
-    from twisted.internet.testing import MemoryReactor
-
-    endpoint = serverFromString(MemoryReactor(), config.manhole)
-    if isinstance(endpoint, UNIXServerEndpoint):
-        return
-    interface = getattr(endpoint, "_interface", None)
-    if interface == "localhost":
-        return
-    try:
-        loopback = interface is not None and ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not on_loopback(config.manhole):
         raise ConfigError(
             f"manhole: {config.manhole!r} is not on a loopback interface; add interface=127.0.0.1 "
             "or set manhole_allow_remote to true"
         )
 
 
+def on_loopback(endpoint_string: str) -> bool:
+    """Whether a server endpoint string listens on loopback only (or on a unix socket)."""
+    from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    endpoint = serverFromString(MemoryReactor(), endpoint_string)
+    if isinstance(endpoint, UNIXServerEndpoint):
+        return True
+    interface = getattr(endpoint, "_interface", None)
+    if interface == "localhost":
+        return True
+    try:
+        return interface is not None and ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+def _interface(key: str, value: Any) -> str:
+    if value == "":
+        return ""
+    address = _text(key, value)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if address != "localhost":
+            raise ConfigError(f"{key}: expected an IP address such as \"127.0.0.1\" (or \"\" for every interface), got {value!r}") from None
+    return address
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "redis_host": _text,
     "redis_port": _integer(1, 65535),
     "ws_port": _integer(0, 65535),
+    "ws_interface": _interface,
     "secure_mode": _boolean,
     "rm_route": _route,
     "queue_expiry": _integer(1),

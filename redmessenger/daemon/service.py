@@ -107,7 +107,7 @@ class RedMessengerService(OrderedServices):
         # -- the dialects, on one port --
         #: conn_limit, counted over both dialects together (redmessenger.core.admission).
         self.limit = ConnectionLimit(config.conn_limit)
-        listen_label = config.listen if config.listen is not None else f"*:{config.ws_port}"
+        listen_label = config.listen_label
         self.websockets = PlainWebSocketFactory(
             hub=self.hub,
             clock=reactor,
@@ -192,6 +192,13 @@ class RedMessengerService(OrderedServices):
             route=self.config.rm_route,
             secure=self.config.secure_mode,
         )
+        if self.config.open_to_anyone:
+            self.log.warn(
+                "Listening beyond loopback ({listen}) with secure_mode off: anyone who reaches this port can read "
+                "and drain any user's queue. Set secure_mode (and keys in rm:users:$uid:key), or listen on loopback "
+                "behind a proxy that authenticates (README, Running it in production)",
+                listen=self.config.listen_label,
+            )
 
     def stopService(self) -> Deferred[None]:
         d = super().stopService()

@@ -75,3 +75,33 @@ def test_not_json_and_not_an_object_are_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="JSON object"):
         parse_config([1, 2])
+
+
+def test_the_shipped_config_listens_on_loopback_only() -> None:
+    config = load_config(ROOT / "etc" / "redmessenger.json")
+    assert config.listen_endpoint == "tcp:8080:backlog=1024:interface=127.0.0.1"
+    assert config.listen_label == "127.0.0.1:8080"
+    assert not config.open_to_anyone
+
+
+@pytest.mark.parametrize(
+    "raw, open_to_anyone",
+    [
+        ({}, True),  # every interface, as the Node.js program did
+        ({"secure_mode": True}, False),
+        ({"ws_interface": "127.0.0.1"}, False),
+        ({"ws_interface": "::1"}, False),
+        ({"ws_interface": "10.0.0.7"}, True),
+        ({"listen": "tcp:8080:interface=127.0.0.1"}, False),
+        ({"listen": "tcp:8080"}, True),
+        ({"listen": "unix:/run/redmessenger.sock"}, False),
+    ],
+)
+def test_open_to_anyone_means_beyond_loopback_without_keys(raw: dict, open_to_anyone: bool) -> None:
+    assert parse_config(raw).open_to_anyone is open_to_anyone
+
+
+@pytest.mark.parametrize("value", ["example.com", 127, "127.0.0.1:80", None])
+def test_ws_interface_is_an_address(value: object) -> None:
+    with pytest.raises(ConfigError, match="ws_interface"):
+        parse_config({"ws_interface": value})

@@ -4,17 +4,19 @@ queue goes to it, oldest first, a batch at a time, before any live message.
 
 A batch leaves Redis only once the client confirmed it (trimmed with the next
 read), so a client that drops keeps everything it did not confirm.  One
-handover per user at a time; a socket that identifies after the one receiving
-the queue went away (a page reload) takes the rest over once the old handover
-has settled.  Live messages for a socket waiting for (or receiving) the queue
-are held in ``Attachment.held`` and released after it.
+handover per user at a time.  The user's sockets that identify while it runs
+wait for it: their live messages are held (``Attachment.held``) and released
+once the queue is through, so that no socket sees a newer message before an
+older one.  If the socket receiving the queue goes away midway (a page reload,
+a tab closed), the rest goes on to the first socket waiting, or else to the
+user's oldest socket: nothing stays stranded in Redis while the user is online.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
-from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -23,7 +25,7 @@ from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
 from redmessenger.core.ports import Queues
-from redmessenger.core.presence import Attachment, Presence
+from redmessenger.core.presence import Attachment, Presence, Sent
 from redmessenger.logs import debugging, make_logger
 from redmessenger.model.envelope import (
     Message,
@@ -41,8 +43,10 @@ class _Handover:
     attachment: Attachment
     done: Deferred[None] | None = None
     delivered: int = 0
-    #: A socket of the same user that identified after this one went away.
-    next: Attachment | None = None
+    #: Sockets of the same user that identified while this handover ran, oldest first.
+    waiting: list[Attachment] = field(default_factory=list)
+    #: The socket stopped taking messages or confirming them: it is going away.
+    cut_short: bool = False
 
 
 class Handovers:
@@ -81,11 +85,9 @@ class Handovers:
         handover = self._running.get(attachment.uid)
         if handover is None:
             self._start(attachment)
-        elif not handover.attachment.attached and handover.next is None:
-            # The socket receiving the queue went away (a page reload): this one
-            # takes the queue over once the old handover has settled.
-            handover.next = attachment
+        else:
             attachment.held = []
+            handover.waiting.append(attachment)
 
     def stop(self, timeout: float) -> Deferred[Any]:
         """
@@ -99,8 +101,8 @@ class Handovers:
             lambda f: self.log.warn("{count} queue handovers unfinished at shutdown", count=len(self._running))
         )
 
-    def _start(self, attachment: Attachment) -> None:
-        handover = _Handover(attachment)
+    def _start(self, attachment: Attachment, waiting: list[Attachment] | None = None) -> None:
+        handover = _Handover(attachment, waiting=waiting or [])
         self._running[attachment.uid] = handover
         if attachment.held is None:
             attachment.held = []
@@ -125,9 +127,11 @@ class Handovers:
                 for raw in entries:
                     message = self._read_entry(uid, raw)
                     if not attachment.attached or not sink.send_message(message, bubble):
+                        handover.cut_short = True
                         break
                     sent += 1
                 if not sent or not await sink.confirm():
+                    handover.cut_short = True
                     break
                 confirmed = sent
                 handover.delivered += sent
@@ -160,26 +164,47 @@ class Handovers:
         return message
 
     def _finish(self, handover: _Handover) -> None:
-        """Release the live messages held back during the handover; pass the turn on if it was cut short."""
+        """Release the live messages held back during the handover; pass the rest on if it was cut short."""
         attachment = handover.attachment
-        del self._running[attachment.uid]
-        if attachment.attached:
+        uid = attachment.uid
+        del self._running[uid]
+        waiting = [other for other in handover.waiting if other.attached]
+        if attachment.attached and not handover.cut_short:
             self._release_held(attachment)
-        elif handover.delivered:
-            self.log.info(
-                "{uid}: socket closed during the handover after {count} messages; the rest stays queued",
-                uid=attachment.uid,
-                count=handover.delivered,
-            )
-        following = handover.next
-        if following is not None and following.attached:
-            self._start(following)
+            for other in waiting:
+                self._release_held(other)
+        else:
+            # Its held live messages go with it: Hub.detach delivers them to the others or queues them.
+            successor = waiting.pop(0) if waiting else self._oldest_socket(uid, besides=attachment)
+            if successor is not None:
+                self.log.info(
+                    "{uid}: socket closed during the handover after {count} messages; {peer} takes the rest over",
+                    uid=uid,
+                    count=handover.delivered,
+                    peer=successor.sink.client_address,
+                )
+                self._start(successor, waiting)
+            elif handover.delivered:
+                self.log.info(
+                    "{uid}: socket closed during the handover after {count} messages; the rest stays queued",
+                    uid=uid,
+                    count=handover.delivered,
+                )
         if not self._running:
             self._on_settled()
 
+    def _oldest_socket(self, uid: str, besides: Attachment) -> Attachment | None:
+        user = self._presence.get(uid)
+        others = [other for other in user.attachments if other is not besides] if user is not None else []
+        return others[0] if others else None
+
     def _release_held(self, attachment: Attachment) -> None:
         held, attachment.held = attachment.held or [], None
+        # If the socket that had the bubble went away before these reached it, this one has it now.
+        carrier = self._presence.carries_bubble(attachment)
         for sent in held:
+            if carrier and not sent.bubble:
+                sent = Sent(sent.message, True, sent.delivered_elsewhere)
             if attachment.sink.send_message(sent.message, sent.bubble):
                 attachment.unconfirmed.append(sent)
             elif not sent.delivered_elsewhere:

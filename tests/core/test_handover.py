@@ -132,10 +132,49 @@ def test_the_second_tab_of_a_user_waits_for_the_queue_and_gets_live_messages_aft
     identify(hub, first)
     identify(hub, second)
     hub.on_publish(b"rm.users.u", b"live")
-    assert second.messages == [("live", False)], "the second tab is not part of the handover: live messages reach it"
+    assert second.messages == [], "the second tab waits while the queue goes to the first"
     queues.answer_take()
     first.confirm_all()
     assert first.messages == [("q", True), ("live", True)], "the queue first, then what was held; the oldest tab has the bubble"
+    assert second.messages == [("live", False)]
+
+
+def test_when_the_tab_receiving_the_queue_drops_the_waiting_tab_gets_the_rest_then_the_live_ones() -> None:
+    """Issue 13: tab B stayed online but never got the rest of the queue; now it takes it over, in order."""
+    hub, queues, clock = setting(batch=3)
+    queue(queues, *(f"q{i}" for i in range(10)))
+    a, b = Socket(clock, "a"), Socket(clock, "b")
+    a_attachment = identify(hub, a)
+    identify(hub, b)
+    a.confirm_all()  # q0-q2 confirmed; q3-q5 sent
+    hub.on_publish(b"rm.users.u", b"live1")
+    hub.detach(a_attachment)  # the dialects detach first, then fail what waited for a confirmation
+    a.close()  # q3-q5 never confirmed
+    hub.on_publish(b"rm.users.u", b"live2")
+    for _ in range(4):
+        b.confirm_all()
+    assert b.payloads() == [f"q{i}" for i in range(3, 10)] + ["live1", "live2"]
+    assert a.payloads() == [f"q{i}" for i in range(6)]
+    assert queues.payloads("u") == [] and hub.handovers.running == 0
+    assert [payload for payload, bubble in b.messages if bubble] == b.payloads(), "b is the oldest socket now"
+
+
+def test_when_the_tab_receiving_the_queue_drops_an_older_tab_takes_the_rest_over() -> None:
+    """Nothing stays stranded in Redis while the user has a socket (entries left there by an outage, say)."""
+    hub, queues, clock = setting(batch=2)
+    older = Socket(clock, "older")
+    identify(hub, older)
+    queue(queues, "left", "over", "from", "before")
+    newer = Socket(clock, "newer")
+    newer_attachment = identify(hub, newer)
+    assert newer.payloads() == ["left", "over"]
+    newer.close()
+    hub.detach(newer_attachment)
+    hub.on_publish(b"rm.users.u", b"live")
+    older.confirm_all()
+    older.confirm_all()
+    assert older.payloads() == ["left", "over", "from", "before", "live"]
+    assert queues.payloads("u") == []
 
 
 def test_the_handover_keeps_a_stopped_daemon_waiting_at_most_its_timeout() -> None:

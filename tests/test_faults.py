@@ -1,0 +1,55 @@
+"""
+Faults, counted exactly (SPEC §10): what a user's tabs receive when one of them
+fails in the middle of a delivery.  Real daemon, real valkey-server, real clients.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest_twisted
+
+from .conftest import publish, wait_until
+
+QUEUE = "rm:users:{}:messages"
+
+
+def payloads(received: list[dict]) -> list[str]:
+    return [m["payload"] for m in received]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tab_that_drops_mid_handover_leaves_the_rest_to_the_tab_that_stays(daemon_factory, redis):
+    """
+    Issue 13, item 1: tab A receives a long queue, tab B of the same user is
+    online, A drops midway: B gets the rest of the queue, in order, before the
+    live messages published meanwhile; nothing is lost, and the only repeats are
+    A's one unconfirmed batch.
+    """
+    daemon = await daemon_factory(handover_batch=100)
+    total = 3000
+    pipe = redis.pipeline(transaction=False)
+    for i in range(total):
+        pipe.rpush(QUEUE.format("user1"), json.dumps({"v": 1, "source": "rm.users.user1", "timestamp": i, "payload": f"q{i}"}))
+    pipe.execute()
+
+    a = await daemon.client()
+    a.drop_after(1000)  # no close handshake, in the middle of the queue
+    a.send("user1")
+    await daemon.until(lambda: len(a.received) >= 1, what="A receiving the queue")
+    b = await daemon.client("user1")
+    publish(redis, "rm.users.user1", "live1")
+    await a.close_code()
+    publish(redis, "rm.users.user1", "live2")
+
+    queue = [f"q{i}" for i in range(total)]
+    await wait_until(lambda: payloads(b.received)[-1:] == ["live2"], 20, "B to receive the rest and the live messages")
+    got_a, got_b = payloads(a.received), payloads(b.received)
+    assert got_a == queue[: len(got_a)], "A got the head of the queue, in order"
+    first_for_b = queue.index(got_b[0])
+    assert got_b == queue[first_for_b:] + ["live1", "live2"], "B got the rest, in order, then the live messages"
+    assert first_for_b <= len(got_a), "nothing lost between them"
+    assert len(got_a) - first_for_b <= 100, "only A's unconfirmed batch is sent twice"
+    await daemon.idle()
+    assert not redis.exists(QUEUE.format("user1")), "nothing left behind in Redis"
+    b.close()

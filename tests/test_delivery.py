@@ -9,7 +9,7 @@ import json
 
 import pytest_twisted
 
-from .conftest import publish, sleep, wait_until
+from .conftest import publish, wait_until
 
 QUEUE = "rm:users:{}:messages"
 
@@ -192,7 +192,10 @@ async def test_two_tabs_identifying_at_once_never_both_receive_the_queue(daemon,
     await daemon.idle()
     publish(redis, "rm.users.user1", "after")
     await wait_until(lambda: len(a.received) + len(b.received) >= 302, what="the queue and one live message per tab")
-    await sleep(0.1)
+    # Until both tabs confirmed what they were sent: they have read all of it, nothing more is coming.
+    await daemon.idle()
+    tabs = daemon.service.presence.get("user1").attachments
+    await daemon.until(lambda: all(not t.unconfirmed and not t.confirming for t in tabs), what="both tabs confirmed")
     counts = sorted([len(a.received), len(b.received)])
     assert counts == [1, 301], counts
     receiver = a if len(a.received) == 301 else b

@@ -28,6 +28,18 @@ class ThreadedClient:
     def __init__(self, ws: _CountingConnection) -> None:
         self.ws = ws
         self.received: list[Any] = []
+        #: Frames that came compressed (RSV1 set: permessage-deflate), whatever their kind.
+        self.compressed_frames = 0
+        for extension in ws.protocol.extensions:
+            if extension.name == "permessage-deflate":
+                decode = extension.decode
+
+                def counting(frame: Frame, *, max_size: int | None = None, decode: Any = decode) -> Frame:
+                    if frame.rsv1:
+                        self.compressed_frames += 1
+                    return decode(frame, max_size=max_size)  # type: ignore[no-any-return]
+
+                extension.decode = counting  # type: ignore[method-assign]
 
     @classmethod
     async def connect(cls, url: str, **options: Any) -> ThreadedClient:

@@ -217,13 +217,6 @@ async def wait_until(condition: Any, timeout: float = 5.0, what: str = "conditio
         await deferLater(reactor, 0.01, lambda: None)
 
 
-async def sleep(seconds: float) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, seconds, lambda: None)
-
-
 async def start_daemon(redis_port: int, **overrides: Any) -> Daemon:
     from twisted.internet import reactor
 
@@ -256,8 +249,16 @@ async def daemon_factory(redis_server: RedisServer) -> AsyncIterator[Any]:
     for daemon in started:
         if daemon.service.running:
             await daemon.service.stopService()
-    if started:
-        await sleep(0.05)  # client sockets closed by the daemon finish their close handshakes
+    for daemon in started:  # client sockets closed by the daemon finish their close handshakes
+        await wait_until(lambda: not _connections_to(daemon.port), 5, f"test clients of port {daemon.port} to close")
+
+
+def _connections_to(port: int) -> list[Any]:
+    """The test's own TCP connections (clients in this process) still open to ``port``."""
+    from twisted.internet import reactor, tcp
+
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    return [s for s in selectables if isinstance(s, tcp.Client) and s.connected and s.getPeer().port == port]
 
 
 @pytest_twisted.async_yield_fixture

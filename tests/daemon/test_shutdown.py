@@ -120,7 +120,8 @@ async def test_sigterm_under_traffic_loses_no_message(redis: valkey.Valkey, redi
         # twistd stops cleanly, then re-raises SIGTERM on itself (systemd counts that as success)
         assert await daemon.ended(60) == f"signal {signal.SIGTERM}", daemon.output
         took = reactor.seconds() - signalled
-        await sleep(0.2)  # a few PUBLISHes nobody hears, for good measure
+        # a few PUBLISHes nobody hears, for good measure: the daemon must not count on them
+        await wait_until(lambda: sum(1 for _, _, receivers in publisher.sent if not receivers) >= 20, 10, "unheard PUBLISHes")
         publisher.stop.set()
         await publishing
         closes = {uid: await client.close_code() for uid, client in clients.items()}
@@ -135,7 +136,7 @@ async def test_sigterm_under_traffic_loses_no_message(redis: valkey.Valkey, redi
 
     heard = sum(1 for _, _, receivers in publisher.sent if receivers)
     unheard = len(publisher.sent) - heard
-    assert heard >= 400 and unheard >= 1, (heard, unheard)
+    assert heard >= 400, (heard, unheard)
     summary = []
     for uid in ONLINE + OFFLINE + ["backlog"]:
         expected = publisher.expected(uid)

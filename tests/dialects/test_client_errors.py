@@ -12,7 +12,7 @@ import pytest_twisted
 
 from redmessenger.model.errors import CloseCode
 
-from ..conftest import publish, sleep
+from ..conftest import publish
 from ..httpclient import http_get
 
 QUEUE = "rm:users:{}:messages"
@@ -137,8 +137,7 @@ async def test_conn_limit_refuses_the_next_handshake_with_503(daemon_factory):
     # Nothing of the refused connection stays: after one closes, a new one gets in.
     first.close()
     await first.close_code()
-    await daemon.until(lambda: len(daemon.service.websockets.sockets) == 1)
-    await sleep(0.05)
+    await daemon.until(lambda: len(daemon.service.websockets.sockets) == 1 and daemon.service.limit.in_use == 1)
     assert await handshake_status(daemon.url) == 101
     second.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from autobahn.twisted.websocket import WebSocketServerFactory
 
 from redmessenger.dialects.engineio.codec import (
     BinaryNotSupported,
@@ -248,5 +249,8 @@ def test_message_packet_is_built_once_per_message_and_bubble():
     )
     assert "\x1e" not in first.text, "JSON escapes the v4 record separator"
     assert message_packet(message, "/", False).text.startswith('42["message",')
-    assert first.frame is first.frame, "one WebSocket frame per packet, written as is to every socket"
-    assert first.frame == text_frame(first.text.encode("utf-8"))
+    assert first.frame == text_frame(first.text.encode("utf-8")), "one WebSocket frame per packet, written as is to every socket"
+    # sockets that cannot take the raw frame (permessage-deflate) share one prepared by Autobahn
+    factory = WebSocketServerFactory()
+    prepared = first.prepared(factory)
+    assert first.prepared(factory) is prepared and prepared.payload == first.utf8

@@ -293,7 +293,7 @@ def test_a_write_the_websocket_refuses_is_neither_sent_nor_awaited():
     assert session.all_confirmed
     ws.closed = (1006, "")  # closing: the session learns it from websocket_closed, a little later
     assert not session.send(message("lost"))
-    assert session.all_confirmed, "the dispatcher keeps the message: nothing to wait for"
+    assert session.all_confirmed, "the core keeps the message: nothing to wait for"
     confirmed: list[bool] = []
     session.confirm().addCallback(confirmed.append)
     assert confirmed == [True]

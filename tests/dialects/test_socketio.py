@@ -442,7 +442,7 @@ async def test_order_and_confirmations_across_the_upgrade(daemon_factory, redis,
     await wait_until(lambda: len(session._buffer) == 10, 5, "live messages buffered during the upgrade")
     (attachment,) = daemon.service.presence.get("user1").attachments
     delay = daemon.service.hub.confirmations.confirm_delay
-    await wait_until(lambda: session._waiters, delay + 5, "the dispatcher asking for a confirmation")
+    await wait_until(lambda: session._waiters, delay + 5, "the core asking for a confirmation")
     assert len(attachment.unconfirmed) == 10, "nothing confirmed while it waits in the buffer"
     assert len(client.messages()) == len(queue)
 
@@ -464,7 +464,7 @@ async def test_order_and_confirmations_across_the_upgrade(daemon_factory, redis,
 async def test_what_a_frozen_websocket_client_was_sent_stays_unconfirmed(daemon_factory, redis, clients, generation):
     """
     Confirmation accounting on the WebSocket send path: messages written to a
-    client that answers nothing are not confirmed when the dispatcher asks, so
+    client that answers nothing are not confirmed when the core asks, so
     the next socket gets them once this one is gone.
     """
     daemon = await daemon_factory()
@@ -478,7 +478,7 @@ async def test_what_a_frozen_websocket_client_was_sent_stays_unconfirmed(daemon_
     for i in range(3):
         publish(redis, "rm.users.user1", f"m{i}")
     delay = daemon.service.hub.confirmations.confirm_delay
-    await wait_until(lambda: session._waiters, delay + 5, "the dispatcher asking the frozen client for a confirmation")
+    await wait_until(lambda: session._waiters, delay + 5, "the core asking the frozen client for a confirmation")
     assert len(attachment.unconfirmed) == 3 and not session.all_confirmed
     await first.stop()
     await wait_until(lambda: attached(daemon, "user1") == 0, 10, "user1 offline")

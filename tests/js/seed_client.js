@@ -5,7 +5,7 @@
 //                         "generation": "v4" | "v2" | "v1", "options": {...io() options...}}'
 //
 // stdout: one JSON object per line, {"event": NAME, ...}: log (the seed's console.log),
-// open, upgrade, connect, message, error, connect_error, disconnect, reconnect_attempt.
+// open, upgrade, connect, message, error, connect_error, disconnect, reconnect_attempt, ping, pong.
 // stdin: one JSON command per line: {"cmd": "emit", "args": [...]}, {"cmd": "close"}, {"cmd": "exit"}.
 "use strict";
 
@@ -32,6 +32,13 @@ function observe(s) {
     engine.on("upgrade", function (transport) {
       report("upgrade", { transport: transport.name });
     });
+  });
+  // heartbeats: 4.x reports each ping of the server (it answers it), 2.x each pong to its own ping
+  manager.on("ping", function () {
+    report("ping");
+  });
+  manager.on("pong", function () {
+    report("pong");
   });
   manager.on("reconnect_attempt", function (attempt) {
     report("reconnect_attempt", { attempt: attempt });

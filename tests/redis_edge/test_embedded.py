@@ -17,6 +17,8 @@ import txredisapi
 
 from redmessenger.redis_edge.embedded import CONFIG_FILE_NAME, EmbeddedRedisError, EmbeddedRedisService
 
+from ..conftest import wait_until
+
 HOST = "127.0.0.1"
 
 
@@ -38,13 +40,6 @@ async def connect(port: int, password: str | None = None) -> txredisapi.Connecti
     return await txredisapi.Connection(
         HOST, port, reconnect=False, charset=None, convertNumbers=False, password=password
     )
-
-
-async def sleep(seconds: float) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, seconds, lambda: None)
 
 
 def process_exists(pid: int) -> bool:
@@ -159,8 +154,6 @@ async def test_port_in_use(port: int, tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_killed_child_is_restarted(port: int, tmp_path: Path) -> None:
-    from twisted.internet import reactor
-
     service = make_service(port, tmp_path)
     service.startService()
     try:
@@ -169,10 +162,7 @@ async def test_killed_child_is_restarted(port: int, tmp_path: Path) -> None:
         assert killed is not None
         os.kill(killed, signal.SIGKILL)
 
-        deadline = reactor.seconds() + 10
-        while service.pid in (None, killed):
-            assert reactor.seconds() < deadline, "the child was not restarted"
-            await sleep(0.05)
+        await wait_until(lambda: service.pid not in (None, killed), 10, "the child to be restarted")
         await service.whenReady()
 
         conn = await connect(port)

@@ -12,7 +12,7 @@ import pytest_twisted
 
 from redmessenger.model.errors import CloseCode
 
-from ..conftest import sleep, wait_until
+from ..conftest import wait_until
 
 QUEUE = "rm:users:{}:messages"
 
@@ -43,10 +43,19 @@ async def test_redis_restarted_under_traffic_loses_nothing(daemon_factory, priva
             assert to_online == to_offline == 1
             published.append(f"m{i}")
 
+    # Redis stops when the daemon is in the middle of reading and queueing them: at the 200th of 600.
+    hub = daemon.service.hub
+    on_publish = hub.on_publish
+
+    def stop_redis_midway(channel: bytes, payload: bytes) -> None:
+        on_publish(channel, payload)
+        if hub.counters.published == 200:
+            private_redis.stop()
+
+    hub.on_publish = stop_redis_midway  # type: ignore[method-assign]
     burst(0, 300)
-    await sleep(0.005)  # the daemon is in the middle of reading and queueing them
-    private_redis.stop()
     await wait_until(lambda: not daemon.service.link.state.subscribed, what="the daemon to notice")
+    del hub.on_publish
     assert online.protocol.state == online.protocol.STATE_OPEN, "sockets outlive Redis"
 
     private_redis.start()
@@ -97,7 +106,7 @@ async def test_queue_handed_over_once_redis_is_back(daemon_factory, private_redi
     await wait_until(lambda: not daemon.service.link.state.commands_connected, what="the link to drop")
     client = await daemon.client()
     client.send("user1")
-    await sleep(0.2)
+    await daemon.until(lambda: daemon.service.presence.get("user1") is not None, what="identified while Redis is away")
     private_redis.start()
     assert (await client.next(timeout=20))["payload"] == "kept"
     client.close()

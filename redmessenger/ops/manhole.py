@@ -215,7 +215,6 @@ class ManholeService(Service):
 
     def __init__(self, endpoint: str, password_file: str, namespace: dict[str, Any], reactor: Any) -> None:
         self.endpoint = endpoint
-        self.password_file = password_file
         self.checker = PasswordChecker(read_password_file(password_file))
         self._factory = _TelnetFactory(Portal(_Realm(namespace), [self.checker]))
         self._listening: IService = strports.service(endpoint, self._factory, reactor=reactor)

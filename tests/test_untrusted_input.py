@@ -79,6 +79,32 @@ async def test_invalid_group_members_are_skipped_without_writing_odd_keys(daemon
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_group_key_of_the_wrong_type_is_kept_aside_with_one_warning_and_no_traceback(daemon, redis):
+    """Issue 13, item 6: WRONGTYPE on SMEMBERS logged a critical traceback for every message."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        redis.set("rm:channels:g:subscribers", "the application's string")
+        client = await daemon.client("user1")
+        publish(redis, "rm.channels.g", "to nobody")
+        publish(redis, "rm.users.user1", "after it")
+        assert (await client.next())["payload"] == "after it"
+        redis.sadd("rm:channels:g:subscribers", "user1")
+        publish(redis, "rm.channels.g", "to the group again")
+        assert (await client.next())["payload"] == "to the group again"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (kept,) = redis.keys("rm:channels:g:subscribers:invalid:*")
+    assert redis.get(kept) == b"the application's string"
+    assert not [e for e in events if e.get("log_failure") is not None or e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn and "held something other than a set" in e.get("log_format", "")]
+    assert len(warnings) == 1
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_garbage_queue_entries_are_delivered_as_payloads_and_nothing_after_them_is_lost(daemon, redis):
     good = json.dumps({"v": 1, "source": "rm.users.user1", "timestamp": 5, "payload": "good"})
     entries = [b"not json", b"[1, 2]", b'{"source": 1}', b"\xff\xfe", good.encode(), b'{"payload": "no source"}']

@@ -11,18 +11,17 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
-from redmessenger.model.keyspace import (
-    QUEUE_KEY_PATTERN,
-    members_key,
-    uid_of_queue_key,
-    user_key_key,
-)
+from redmessenger.logs import make_logger
+from redmessenger.model.keyspace import QUEUE_KEY_PATTERN, members_key, uid_of_queue_key, user_key_key
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
+from redmessenger.redis_edge.scripts import MEMBERS
 
 
 class Directory:
     """User keys and group members, read over the command connection."""
+
+    log = make_logger()
 
     def __init__(self, redis: RedisCommands, clock: IReactorTime, lookup_timeout: float = 10.0) -> None:
         self._redis = redis
@@ -40,9 +39,24 @@ class Directory:
         return translated(d).addCallback(lambda value: value if isinstance(value, bytes) else None)
 
     def members(self, cid: str) -> Deferred[list[bytes]]:
-        """The uids in ``rm:channels:$cid:subscribers`` right now."""
-        d: Deferred[Any] = self._redis.execute_command("SMEMBERS", members_key(cid))
-        return translated(d).addCallback(list)
+        """
+        The uids in ``rm:channels:$cid:subscribers`` right now.  A key of another
+        type is kept aside under a new name (and the group has no members).
+        """
+        key = members_key(cid)
+        d: Deferred[Any] = self._redis.eval(MEMBERS, [key], [])
+        return translated(d).addCallback(self._members, key)
+
+    def _members(self, reply: list[Any], key: str) -> list[bytes]:
+        kept_aside, found = reply
+        if kept_aside:
+            self.log.warn(
+                "{key} held something other than a set; kept it as {kept}; the group has no members until it is a set",
+                key=key,
+                kept=found.decode("utf-8", "replace") if isinstance(found, bytes) else found,
+            )
+            return []
+        return list(found)
 
 
 async def longest_queues(

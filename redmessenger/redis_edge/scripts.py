@@ -61,3 +61,13 @@ if kind ~= 'list' then return {-1, keep_aside(KEYS[1])} end
 if delivered > 0 then redis.call('LTRIM', KEYS[1], delivered, -1) end
 return {redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, batch - 1)}
 """
+
+# A group's members: {0, members} for a set (or no key), {1, kept-aside name}
+# for a key of another type (the application's mistake: kept aside, and the
+# message reaches nobody, rather than an error for every message).
+MEMBERS = KEEP_ASIDE + b"""
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'set' then return {0, redis.call('SMEMBERS', KEYS[1])} end
+if kind == 'none' then return {0, {}} end
+return {1, keep_aside(KEYS[1])}
+"""

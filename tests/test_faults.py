@@ -53,3 +53,26 @@ async def test_a_tab_that_drops_mid_handover_leaves_the_rest_to_the_tab_that_sta
     await daemon.idle()
     assert not redis.exists(QUEUE.format("user1")), "nothing left behind in Redis"
     b.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_delivered_again_keeps_its_id(daemon, redis):
+    """SPEC §10: every envelope has an id, the same when a message comes again, so clients drop duplicates."""
+    first = await daemon.client("user1")
+    await daemon.idle()
+    first.protocol.sendPong = lambda payload: None  # confirms nothing
+    for i in range(3):
+        publish(redis, "rm.users.user1", f"m{i}")
+    live = await first.receive(3)
+    first.drop()
+    await daemon.until(lambda: daemon.service.presence.get("user1") is None)
+    await daemon.idle()
+    assert redis.llen(QUEUE.format("user1")) == 3, "requeued, unconfirmed"
+    second = await daemon.client("user1")
+    again = await second.receive(3)
+    assert [m["id"] for m in again] == [m["id"] for m in live]
+    assert [m["payload"] for m in again] == ["m0", "m1", "m2"]
+    assert len({m["id"] for m in live}) == 3
+    publish(redis, "rm.users.user1", "m3")
+    assert (await second.next())["id"] not in {m["id"] for m in live}
+    second.close()

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Directory, StoreUnavailable
 from redmessenger.logs import debugging, make_logger
-from redmessenger.model.envelope import Message, decode_payload
+from redmessenger.model.envelope import Message, MessageIds, decode_payload
 from redmessenger.model.keyspace import (
     GROUP_CHANNEL_PREFIX,
     USER_CHANNEL_PREFIX,
@@ -62,6 +62,7 @@ class Router:
         self._clock = clock
         self._on_settled = on_settled
         self._inbox: deque[_Pending] = deque()
+        self._ids = MessageIds()
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
         self._stopping = False
@@ -112,7 +113,7 @@ class Router:
                 length=len(payload),
                 channel=channel.decode("ascii"),
             )
-        return Message(channel.decode("ascii"), int(self._clock.seconds() * 1000), text)
+        return Message(channel.decode("ascii"), int(self._clock.seconds() * 1000), text, self._ids.next())
 
     def _look_up_members(self, pending: _Pending, cid: str) -> None:
         d = self._directory.members(cid)

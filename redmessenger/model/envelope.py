@@ -5,12 +5,22 @@ a user's queue keeps in Redis.
 A published message is turned into a :class:`Message` once; every encoding of
 it (the envelope JSON with and without the bubble, the queue entry, a wire
 dialect's frame) is computed at most once and shared by every socket it goes to.
+
+Every message has an ``id`` (SPEC §10), kept in its queue entry, so that a
+message delivered again (after a dropped connection, a crash) carries the same
+id and clients can drop the duplicate.  Ids are opaque strings of at most 64
+ASCII characters: ``<daemon run>.<n>`` for what the daemon received, ``h-<hash>``
+for a queue entry that had none (written by the Node.js program or by hand),
+derived from the entry's bytes so that it stays the same each time it is read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import re
+import secrets
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
@@ -29,16 +39,17 @@ _MISSING = object()
 class Message:
     """One message on its way to one or many users; caches its encodings."""
 
-    __slots__ = ("source", "timestamp", "payload", "_encodings")
+    __slots__ = ("id", "source", "timestamp", "payload", "_encodings")
 
-    def __init__(self, source: str, timestamp: int, payload: str) -> None:
+    def __init__(self, source: str, timestamp: int, payload: str, id: str) -> None:
+        self.id = id
         self.source = source
         self.timestamp = timestamp
         self.payload = payload
         self._encodings: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
-        return f"<Message {self.source} @{self.timestamp} {len(self.payload)} chars>"
+        return f"<Message {self.id} {self.source} @{self.timestamp} {len(self.payload)} chars>"
 
     def envelope_json(self, bubble: bool) -> bytes:
         """The envelope as UTF-8 JSON, computed once per value of ``bubble``."""
@@ -49,7 +60,7 @@ class Message:
         return self.encoded(
             "entry",
             lambda: _dumps(
-                {"v": ENTRY_VERSION, "source": self.source, "timestamp": self.timestamp, "payload": self.payload}
+                {"v": ENTRY_VERSION, "id": self.id, "source": self.source, "timestamp": self.timestamp, "payload": self.payload}
             ).encode("utf-8"),
         )
 
@@ -69,9 +80,32 @@ def _envelope_json(message: Message, bubble: bool) -> bytes:
     # What _dumps() of the envelope as a dict gives, byte for byte, in a quarter
     # of the time: the strings go through the same C escaper.
     return (
-        f'{{"source":{_quote(message.source)},"timestamp":{message.timestamp},'
+        f'{{"id":{_quote(message.id)},"source":{_quote(message.source)},"timestamp":{message.timestamp},'
         f'"bubble":{"true" if bubble else "false"},"payload":{_quote(message.payload)}}}'
     ).encode("utf-8")
+
+
+class MessageIds:
+    """
+    Ids for the messages one daemon run receives: ``<run>.<n>``, the run a
+    random 10-character tag (so that ids never repeat across restarts or
+    daemons), ``n`` counting from 1.
+    """
+
+    def __init__(self, run: str | None = None) -> None:
+        self.run = run if run is not None else secrets.token_hex(5)
+        self._next = itertools.count(1).__next__
+
+    def next(self) -> str:
+        return f"{self.run}.{self._next()}"
+
+
+def entry_id(raw: bytes) -> str:
+    """The id of a queue entry that carries none: the same for the same bytes, every time it is read."""
+    return "h-" + hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+_MAX_ID = 64
 
 
 def decode_payload(raw: bytes) -> tuple[str, bool]:
@@ -153,7 +187,7 @@ def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
         raise UnreadableEntry(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise UnreadableEntry(f"a JSON {type(obj).__name__}, not an object")
-    source, timestamp, payload = obj.get("source"), obj.get("timestamp"), obj.get("payload")
+    source, timestamp, payload, message_id = obj.get("source"), obj.get("timestamp"), obj.get("payload"), obj.get("id")
     if not isinstance(source, str) or not isinstance(payload, str):
         raise UnreadableEntry("no string 'source' and 'payload'")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
@@ -164,7 +198,9 @@ def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
             payload = decode_uri(payload)
         except URIError as e:
             problem = f"Node.js-era entry with a malformed URI escape ({e}); payload delivered as stored"
-    return Message(source, int(timestamp), payload), problem
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= _MAX_ID or not message_id.isascii():
+        message_id = entry_id(raw)
+    return Message(source, int(timestamp), payload, message_id), problem
 
 
 def message_from_unreadable(raw: bytes, source: str, now_ms: int) -> Message:
@@ -172,4 +208,4 @@ def message_from_unreadable(raw: bytes, source: str, now_ms: int) -> Message:
     Wrap an entry that is not an envelope so that it is still delivered, not lost:
     its bytes become the payload, as if just published on the user's channel.
     """
-    return Message(source, now_ms, decode_payload(raw)[0])
+    return Message(source, now_ms, decode_payload(raw)[0], entry_id(raw))

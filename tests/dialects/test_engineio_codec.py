@@ -233,7 +233,7 @@ def test_socketio_decoding_details():
 
 
 def test_message_packet_is_built_once_per_message_and_bubble():
-    message = Message("rm.users.user1", 1438480701712, 'Hello, "world"\x1e!')
+    message = Message("rm.users.user1", 1438480701712, 'Hello, "world"\x1e!', "run.1")
     first = message_packet(message, "/rm", True)
     assert message_packet(message, "/rm", True) is first
     assert message_packet(message, "/rm", False) is not first
@@ -244,7 +244,7 @@ def test_message_packet_is_built_once_per_message_and_bubble():
         "/rm",
         [
             "message",
-            {"source": "rm.users.user1", "timestamp": 1438480701712, "bubble": True, "payload": 'Hello, "world"\x1e!'},
+            {"id": "run.1", "source": "rm.users.user1", "timestamp": 1438480701712, "bubble": True, "payload": 'Hello, "world"\x1e!'},
         ],
     )
     assert "\x1e" not in first.text, "JSON escapes the v4 record separator"

@@ -522,5 +522,5 @@ def test_a_refused_client_cannot_connect_again() -> None:
     clock.advance(1.0)  # no identifier in time: refused
     connection.on_message("0/rm,")
     assert not connection.writable
-    assert not connection.send_message(Message("rm.users.user1", 1, "too late"), True)
+    assert not connection.send_message(Message("rm.users.user1", 1, "too late", "run.1"), True)
     assert hub.counters.refused == {"IDENTIFY_TIMEOUT": 1}

@@ -40,18 +40,18 @@ def test_decode_uri_matches_javascript() -> None:
 
 
 def test_envelope_json_is_built_once_per_bubble_value() -> None:
-    message = Message("rm.users.u", 12, "007")
+    message = Message("rm.users.u", 12, "007", "run.1")
     first = message.envelope_json(True)
     assert message.envelope_json(True) is first
-    assert json.loads(first) == {"source": "rm.users.u", "timestamp": 12, "bubble": True, "payload": "007"}
+    assert json.loads(first) == {"id": "run.1", "source": "rm.users.u", "timestamp": 12, "bubble": True, "payload": "007"}
     assert json.loads(message.envelope_json(False))["bubble"] is False
     assert message.queue_entry() is message.queue_entry()
 
 
 def test_queue_entries_round_trip_and_keep_source_and_timestamp() -> None:
-    message = Message("rm.channels.cats", 1438480701712, "100% %20 ☕")
+    message = Message("rm.channels.cats", 1438480701712, "100% %20 ☕", "run.2")
     again, problem = message_from_entry(message.queue_entry())
-    assert (again.source, again.timestamp, again.payload) == (message.source, message.timestamp, message.payload)
+    assert (again.id, again.source, again.timestamp, again.payload) == (message.id, message.source, message.timestamp, message.payload)
     assert problem is None
 
 
@@ -71,3 +71,30 @@ def test_entries_that_are_not_envelopes_are_reported(raw: bytes) -> None:
 def test_payload_bytes_that_are_not_utf8_are_replaced_not_refused() -> None:
     assert decode_payload(b"a\xffb") == ("a\ufffdb", False)
     assert decode_payload("é".encode()) == ("é", True)
+
+
+def test_ids_of_one_run_are_distinct_and_two_runs_never_share_one() -> None:
+    from redmessenger.model.envelope import MessageIds
+
+    first, second = MessageIds(), MessageIds()
+    ids = [first.next() for _ in range(1000)] + [second.next() for _ in range(1000)]
+    assert len(set(ids)) == 2000
+    assert all(len(i) <= 64 and i.isascii() for i in ids)
+    assert first.next() == f"{first.run}.1001"
+
+
+def test_an_entry_without_an_id_gets_the_same_one_each_time_it_is_read() -> None:
+    node_era = json.dumps({"source": "rm.users.u", "timestamp": 1, "bubble": True, "payload": "hi"}).encode()
+    (a, _), (b, _) = message_from_entry(node_era), message_from_entry(node_era)
+    assert a.id == b.id and a.id.startswith("h-")
+    other = json.dumps({"source": "rm.users.u", "timestamp": 2, "bubble": True, "payload": "hi"}).encode()
+    assert message_from_entry(other)[0].id != a.id
+    from redmessenger.model.envelope import message_from_unreadable
+
+    assert message_from_unreadable(b"garbage", "rm.users.u", 5).id == message_from_unreadable(b"garbage", "rm.users.u", 9).id
+
+
+@pytest.mark.parametrize("bad", [None, 7, "", "x" * 65, "é"])
+def test_an_entry_whose_id_is_not_one_gets_a_derived_id(bad: object) -> None:
+    raw = json.dumps({"v": 1, "id": bad, "source": "rm.users.u", "timestamp": 1, "payload": "p"}).encode()
+    assert message_from_entry(raw)[0].id.startswith("h-")

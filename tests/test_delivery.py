@@ -33,7 +33,7 @@ async def test_offline_messages_are_queued_then_delivered_in_order_on_identify(d
     assert second["payload"] == "My life is a spicy pepper..."
     assert first["bubble"] is True
     assert isinstance(first["timestamp"], int) and before <= first["timestamp"] <= second["timestamp"]
-    assert set(first) == {"source", "timestamp", "bubble", "payload"}
+    assert set(first) == {"id", "source", "timestamp", "bubble", "payload"}
     await daemon.idle()
     assert not redis.exists(QUEUE.format("user1")), "a delivered and confirmed queue is emptied"
     client.close()

@@ -73,7 +73,7 @@ async def test_queued_and_live_messages_arrive_intact_and_in_order_over_permessa
     assert payloads(got) == queued, "the queue, intact and in order (five batches, each confirmed)"
     assert [m["timestamp"] for m in got] == [1000 + n for n in range(len(queued))]
     assert all(m["source"] == "rm.users.user1" and m["bubble"] is True for m in got)
-    assert set(got[0]) == {"source", "timestamp", "bubble", "payload"}
+    assert set(got[0]) == {"id", "source", "timestamp", "bubble", "payload"}
     await daemon.idle()
     assert not redis.exists(QUEUE.format("user1")), "every batch confirmed by a pong, and trimmed"
 

@@ -208,10 +208,9 @@ def test_upgrade_to_websocket():
     session.confirm().addCallback(confirmed.append)
     session.websocket_packet(ws, Packet(PacketType.UPGRADE))
     assert session.transport == "websocket"
-    assert ws.written[1:] == ["4buffered"]
-    assert ws.pings == [session._written]
-    assert confirmed == []
-    session.websocket_pong(ws, ws.pings[0])
+    assert ws.written[1:] == ["4buffered", "2"], "the buffer, then an Engine.IO ping to confirm it"
+    assert ws.pings == [] and confirmed == []
+    session.websocket_packet(ws, Packet(PacketType.PONG))
     assert confirmed == [True]
     with pytest.raises(EngineError):
         session.check_polling()
@@ -269,7 +268,8 @@ def test_shutdown_closes_websockets_with_1001():
     assert len(server) == 0 and not clock.getDelayedCalls()
 
 
-def test_websocket_confirmations_count_what_was_written_before_each_ping():
+def test_websocket_confirmations_count_what_was_written_before_each_engineio_ping():
+    """Revision 4: the page's JavaScript answers Engine.IO pings, in order, after the packets before them."""
     clock, server, session = make(4, ws := FakeWebSocket())
     session.send(message("a"))
     session.send(message("b"))
@@ -278,10 +278,52 @@ def test_websocket_confirmations_count_what_was_written_before_each_ping():
     session.send(message("c"))
     second: list[bool] = []
     session.confirm().addCallback(second.append)
-    assert ws.written == [ws.written[0], "4a", "4b", "4c"] and ws.written[0].startswith("0{")
+    assert ws.written[1:] == ["4a", "4b", "2", "4c", "2"] and ws.written[0].startswith("0{")
+    session.websocket_packet(ws, Packet(PacketType.PONG))
+    assert first == [True] and second == [] and not session.all_confirmed, "c was written after the first ping"
+    session.websocket_packet(ws, Packet(PacketType.PONG))
+    assert second == [True] and session.all_confirmed
+
+
+def test_a_websocket_pong_confirms_nothing_on_revision_4():
+    """Issue 13: a browser answers WebSocket pings for a page frozen in the back/forward cache."""
+    clock, server, session = make(4, ws := FakeWebSocket())
+    session.send(message("a"))
+    confirmed: list[bool] = []
+    session.confirm().addCallback(confirmed.append)
+    session.websocket_pong(ws, 10**9)
+    assert confirmed == [] and not session.all_confirmed
+    assert ws.pings == [], "no WebSocket ping is asked for"
+
+
+def test_the_heartbeat_ping_confirms_too_and_keeps_the_order_of_pongs():
+    clock, server, session = make(4, ws := FakeWebSocket())
+    session.send(message("a"))
+    clock.advance(SETTINGS.ping_interval)  # the heartbeat's ping, after "a"
+    session.send(message("b"))
+    confirmed: list[bool] = []
+    session.confirm().addCallback(confirmed.append)  # a second ping, after "b"
+    assert ws.written[1:] == ["4a", "2", "4b", "2"]
+    session.websocket_packet(ws, Packet(PacketType.PONG))
+    assert confirmed == [] and session._confirmed == 3, "the heartbeat's pong confirms the open packet, a and itself"
+    session.websocket_packet(ws, Packet(PacketType.PONG))
+    assert confirmed == [True]
+    session.websocket_packet(ws, Packet(PacketType.PONG))  # one too many: ignored
+    assert session.all_confirmed and session.state is State.OPEN
+
+
+def test_revision_3_confirms_with_websocket_pings():
+    """Revision 3 has no ping the server can send: a WebSocket ping (the documented limit: a frozen page seems to answer)."""
+    clock, server, session = make(3, ws := FakeWebSocket())
+    session.send(message("a"))
+    first: list[bool] = []
+    session.confirm().addCallback(first.append)
+    session.send(message("b"))
+    second: list[bool] = []
+    session.confirm().addCallback(second.append)
     assert len(ws.pings) == 2 and ws.pings[0] < ws.pings[1]
     session.websocket_pong(ws, ws.pings[0])
-    assert first == [True] and second == [] and not session.all_confirmed, "c was written after the first ping"
+    assert first == [True] and second == []
     session.websocket_pong(ws, ws.pings[1])
     assert second == [True] and session.all_confirmed
 
@@ -289,7 +331,7 @@ def test_websocket_confirmations_count_what_was_written_before_each_ping():
 def test_a_write_the_websocket_refuses_is_neither_sent_nor_awaited():
     clock, server, session = make(4, ws := FakeWebSocket())
     session.confirm()
-    session.websocket_pong(ws, ws.pings[0])  # the open packet
+    session.websocket_packet(ws, Packet(PacketType.PONG))  # confirms the open packet
     assert session.all_confirmed
     ws.closed = (1006, "")  # closing: the session learns it from websocket_closed, a little later
     assert not session.send(message("lost"))
@@ -312,7 +354,7 @@ def test_packets_buffered_during_the_upgrade_go_before_the_ones_written_after():
     assert ws.written == ["3probe", "4first", "4second", "4third"]
     confirmed: list[bool] = []
     session.confirm().addCallback(confirmed.append)
-    session.websocket_pong(ws, ws.pings[-1])
+    session.websocket_packet(ws, Packet(PacketType.PONG))
     assert confirmed == [True] and session.all_confirmed
 
 

@@ -92,7 +92,7 @@ async def test_seed_client_gets_its_queue_then_live_messages(daemon, redis, clie
     envelopes = [e["message"] for e in messages]
     assert payloads(envelopes) == ["Hello, world!", "My life is a spicy pepper...", "live one"]
     assert all(e["source"] == "rm.users.user1" and e["bubble"] is True for e in envelopes)
-    assert set(envelopes[0]) == {"source", "timestamp", "bubble", "payload"}
+    assert set(envelopes[0]) == {"id", "source", "timestamp", "bubble", "payload"}
     logs = [e["text"] for e in client.of("log")]
     assert logs[:2] == ["Connected to RedMessenger!", "Authenticating..."]
 
@@ -483,6 +483,39 @@ async def test_what_a_frozen_websocket_client_was_sent_stays_unconfirmed(daemon_
     await first.stop()
     await wait_until(lambda: attached(daemon, "user1") == 0, 10, "user1 offline")
     second = node_client(rm_url(daemon), "user1", generation="v2" if generation == "v4" else "v4")
+    clients.append(second)
+    await second.expect("message", 3)
+    assert payloads(second.messages()) == ["m0", "m1", "m2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_frozen_in_the_back_forward_cache_confirms_nothing(daemon_factory, redis, clients):
+    """
+    Issue 13, item 3: a frozen page's browser answers WebSocket pings by itself,
+    so those must not confirm anything.  Engine.IO 4 sessions confirm with
+    Engine.IO pings, which only the page's JavaScript answers: what the frozen
+    page was sent goes to the user's next socket once it is gone.
+    """
+    daemon = await daemon_factory()
+    first = node_client(rm_url(daemon), "user1", generation="v4", transports=["websocket"])
+    clients.append(first)
+    await wait_until(lambda: attached(daemon, "user1") == 1, 10, "user1 online")
+    await daemon.idle()
+    (session,) = daemon.service.socketio.engine.sessions()
+    (attachment,) = daemon.service.presence.get("user1").attachments
+    first.command(cmd="freeze_page")
+    await first.expect("frozen")
+    for i in range(3):
+        publish(redis, "rm.users.user1", f"m{i}")
+    await first.until(lambda: len(first.of("ignored")) >= 3, "the frozen page to ignore the three messages")
+    delay = daemon.service.hub.confirmations.confirm_delay
+    await wait_until(lambda: session._waiters, delay + 5, "the core asking for a confirmation")
+    await first.until(lambda: first.of("ws_ping") or [e for e in first.of("ignored") if e["packet"] == "2"], "the request to arrive")
+    assert not first.of("ws_ping"), "no WebSocket ping: the browser would answer it for the frozen page"
+    assert len(attachment.unconfirmed) == 3 and not session.all_confirmed
+    await first.stop()
+    await wait_until(lambda: attached(daemon, "user1") == 0, 10, "user1 offline")
+    second = node_client(rm_url(daemon), "user1", generation="v4")
     clients.append(second)
     await second.expect("message", 3)
     assert payloads(second.messages()) == ["m0", "m1", "m2"]

@@ -6,7 +6,8 @@
 //
 // stdout: one JSON object per line, {"event": NAME, ...}: log (the seed's console.log),
 // open, upgrade, connect, message, error, connect_error, disconnect, reconnect_attempt, ping, pong.
-// stdin: one JSON command per line: {"cmd": "emit", "args": [...]}, {"cmd": "close"}, {"cmd": "exit"}.
+// stdin: one JSON command per line: {"cmd": "emit", "args": [...]}, {"cmd": "freeze_page"}, {"cmd": "close"},
+// {"cmd": "exit"}.
 "use strict";
 
 const fs = require("fs");
@@ -80,6 +81,20 @@ readline.createInterface({ input: process.stdin }).on("line", function (line) {
   const command = JSON.parse(line);
   if (command.cmd === "emit") {
     socket.emit.apply(socket, command.args);
+  } else if (command.cmd === "freeze_page") {
+    // A page frozen in the browser's back/forward cache: its JavaScript runs no
+    // more, but the browser keeps the WebSocket and answers WebSocket pings by
+    // itself (here: the ws library does, before any JavaScript of ours).
+    const engine = socket.io.engine;
+    engine.transport.onData = function (data) {
+      report("ignored", { packet: String(data).slice(0, 1) });
+    };
+    if (engine.transport.ws && engine.transport.ws.on) {
+      engine.transport.ws.on("ping", function () {
+        report("ws_ping");
+      });
+    }
+    report("frozen", { transport: engine.transport.name });
   } else if (command.cmd === "close") {
     socket.close();
   } else if (command.cmd === "exit") {

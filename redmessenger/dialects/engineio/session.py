@@ -33,10 +33,12 @@ The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=
 Delivery (SPEC §3.4): :meth:`Session.confirm` fires True once the client has shown
 it received every packet sent so far.  With polling, the next GET is that proof
 (a client polls again only after it processed the previous response), and so is
-the upgrade packet (sent only once the last poll is processed); on a WebSocket, a
-WebSocket ping's pong (every WebSocket client answers them by itself).  Packets
-still buffered when a session ends were never delivered: the dispatcher keeps the
-messages among them (they were never confirmed).
+the upgrade packet (sent only once the last poll is processed); on a WebSocket,
+revision 4: the pong to an Engine.IO ping (the page's JavaScript answers it, a page
+frozen in the back/forward cache does not); revision 3, which has no ping the server
+can send: a WebSocket ping's pong (which a browser answers by itself, the documented
+limit).  Packets still buffered when a session ends were never delivered: the core
+keeps the messages among them (they were never confirmed).
 """
 
 from __future__ import annotations
@@ -179,6 +181,9 @@ class Session:
         self._sent = 0
         self._confirmed = 0
         self._waiters: deque[tuple[int, Deferred[bool]]] = deque()
+        #: Revision 4: for each Engine.IO ping sent and not answered yet, the packets sent before it.
+        #: The client's JavaScript answers each ping in order, after the packets before it.
+        self._pings: deque[int] = deque()
         self._ping_timer: IDelayedCall | None = None
         self._timeout_timer: IDelayedCall | None = None
         self._upgrade_timer: IDelayedCall | None = None
@@ -243,7 +248,14 @@ class Session:
         else:
             self._waiters.append((target, waiter))
             if self._websocket is not None:
-                self._websocket.ping(self._written)
+                if self.version >= 4:
+                    # An Engine.IO ping, which the page's JavaScript answers: a page
+                    # frozen in the back/forward cache does not, though its browser
+                    # still answers WebSocket pings by itself.
+                    self._push_ping()
+                else:
+                    # Revision 3 has no ping the server sends: a WebSocket ping it is.
+                    self._websocket.ping(self._written)
         return waiter
 
     @property
@@ -334,8 +346,13 @@ class Session:
             self._on_probe_packet(websocket, packet)
 
     def websocket_pong(self, websocket: WebSocketTransport, token: int) -> None:
-        """A pong to :meth:`WebSocketTransport.ping`: the client read everything written before the ping."""
-        if websocket is self._websocket:
+        """
+        A pong to :meth:`WebSocketTransport.ping`: the client read everything
+        written before the ping.  Revision 3 only: its browser answers it by
+        itself, so a page frozen in the back/forward cache seems to confirm
+        (docs/protocol.md); revision 4 confirms with Engine.IO pings.
+        """
+        if websocket is self._websocket and self.version < 4:
             self._confirm_upto(min(token, self._written))
 
     def websocket_closed(self, websocket: WebSocketTransport) -> None:
@@ -379,7 +396,10 @@ class Session:
         if self.state is State.CLOSING:
             self._finish(self._closing_reason, client_gone=False)
         elif self._waiters:
-            websocket.ping(self._written)
+            if self.version >= 4:
+                self._push_ping()
+            else:
+                websocket.ping(self._written)
 
     def _upgrade_timed_out(self) -> None:
         self._upgrade_timer = None
@@ -405,6 +425,8 @@ class Session:
             self._push(EncodedPacket.of(PacketType.PONG, packet.data) if packet.data else _PONG)
         elif kind is PacketType.PONG:
             if self.version >= 4:
+                if self._pings:
+                    self._confirm_upto(min(self._pings.popleft(), self._written))
                 self._cancel("_timeout_timer")
                 if self._ping_timer is None and self.state is not State.CLOSED:
                     self._ping_timer = self._clock.callLater(self._settings.ping_interval, self._ping)
@@ -419,8 +441,13 @@ class Session:
 
     def _ping(self) -> None:
         self._ping_timer = None
-        self._push(PING)
+        self._push_ping()
         self._timeout_timer = self._clock.callLater(self._settings.ping_timeout, self._timed_out)
+
+    def _push_ping(self) -> None:
+        """Revision 4: a ping (the heartbeat's, or a confirmation's); its pong confirms it and what was sent before it."""
+        if self._push(PING):
+            self._pings.append(self._sent)
 
     def _reset_timeout(self) -> None:
         if self._timeout_timer is not None and self._timeout_timer.active():

@@ -18,6 +18,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 USER_CHANNEL_PREFIX = b"rm.users."
 #: PUBLISH here delivers to every member of group ``$cid``.
 GROUP_CHANNEL_PREFIX = b"rm.channels."
+#: The ``source`` of a group message starts with this (the channel's prefix, as text).
+GROUP_SOURCE_PREFIX = GROUP_CHANNEL_PREFIX.decode("ascii")
 #: What the daemon subscribes to (PSUBSCRIBE).
 SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*"]
 

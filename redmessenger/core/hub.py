@@ -35,7 +35,7 @@ from redmessenger.core.routing import Router
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.model.identity import parse_identifier
+from redmessenger.model.identity import Identifier, parse_identifier
 
 
 class Hub:
@@ -79,13 +79,13 @@ class Hub:
 
     # -- from client sessions -----------------------------------------------------------
 
-    async def identify(self, sink: MessageSink, identifier: str) -> Attachment | None:
+    async def identify(self, sink: MessageSink, identifier: str | Identifier) -> Attachment | None:
         """
         Identify a socket and start handing it the user's queue.  Raises
         :class:`ClientError` for a bad identifier or key; returns None if the
         socket went away in the meantime.
         """
-        ident = parse_identifier(identifier)
+        ident = parse_identifier(identifier) if isinstance(identifier, str) else identifier
         if self._secure_mode:
             await self._check_key(ident.uid, ident.key)
         if not sink.writable:

@@ -255,3 +255,31 @@ async def test_refusals_are_counted_by_reason(daemon):
     client.send("bad uid")
     await client.close_code()
     assert daemon.service.hub.counters.refused == {"INVALID_IDENTIFIER": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_websocket_disconnect_is_logged_with_its_uid_and_code(daemon):
+    # Socket.IO sessions logged their end; a plain WebSocket's went unsaid (issue 12)
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("redmessenger.dialects.plain"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        identified = await daemon.client("user1")
+        peer = identified.protocol.transport.getHost()
+        identified.close()
+        anonymous = await daemon.client()
+        stranger = anonymous.protocol.transport.getHost()
+        anonymous.drop()
+        await daemon.until(lambda: len(lines) == 2, what="two close lines")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert sorted(lines) == sorted([
+        f"Connection {peer.host}:{peer.port} of user1 closed (1000)",
+        f"Connection {stranger.host}:{stranger.port} closed (1006)",  # gone without a close frame
+    ])

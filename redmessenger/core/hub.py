@@ -52,6 +52,7 @@ class Hub:
         secure_mode: bool = False,
         handover_batch: int = 500,
         user_socket_limit: int | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self._clock = clock
         self._queues = queues
@@ -62,7 +63,15 @@ class Hub:
         self.presence = Presence(user_socket_limit)
         self.confirmations = Confirmations(clock)
         self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock)
-        self.router = Router(directory, self.delivery.deliver, self.counters, clock, self._settled)
+        self.router = Router(
+            directory,
+            self.delivery.deliver,
+            self.counters,
+            clock,
+            self._settled,
+            max_payload=max_payload_bytes,
+            keep_aside=queues.keep_aside,
+        )
         self.handovers = Handovers(
             self.presence, queues, self.delivery, self.confirmations, self.counters, clock, handover_batch, self._settled
         )

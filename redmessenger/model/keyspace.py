@@ -47,6 +47,14 @@ def members_key(cid: str) -> str:
     return f"rm:channels:{cid}:subscribers"
 
 
+def oversize_key(channel: str) -> str:
+    """
+    ``rm:oversize:$channel``: messages published on ``channel`` with a payload larger
+    than ``max_payload_bytes``, kept aside (not delivered), oldest first, as published.
+    """
+    return f"rm:oversize:{channel}"
+
+
 def uid_of_queue_key(key: bytes | str) -> str:
     """The uid in ``rm:users:$uid:messages`` (the key as it is if it is not one)."""
     text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key

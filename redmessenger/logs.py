@@ -28,9 +28,9 @@ _info = True
 class _Logger(Logger):
     """
     A Logger whose ``debug()`` and ``info()`` return at once while their level
-    is off: they are called per message (info once per offline recipient, as
-    the Node.js RedMessenger logged), and a filtered event still cost ~3 µs to
-    build (a dict, a clock read, the predicate's namespace walk).
+    is off: they are called per message (info once per message queued, debug
+    once per offline member of a group), and a filtered event still cost ~3 µs
+    to build (a dict, a clock read, the predicate's namespace walk).
     """
 
     def debug(self, format: str | None = None, **kwargs: object) -> None:
@@ -48,7 +48,7 @@ def debugging() -> bool:
 
 
 def informing() -> bool:
-    """Whether info events are kept: guard a per-recipient info() loop."""
+    """Whether info events are kept: guard a per-message info() whose arguments cost something to compute."""
     return _info
 
 

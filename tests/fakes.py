@@ -135,10 +135,15 @@ class MemoryQueues:
         self.hold_takes = False
         self.held: list[tuple[Deferred[tuple[int, list[bytes]]], str, int, int]] = []
         self.trims: list[tuple[str, int]] = []
+        #: Oversize messages kept aside, by channel (rm:oversize:$channel).
+        self.aside: dict[str, list[bytes]] = {}
 
     def enqueue(self, uids: list[str], entry: bytes) -> None:
         for uid in uids:
             self.queues.setdefault(uid, []).append(entry)
+
+    def keep_aside(self, channel: str, payload: bytes) -> None:
+        self.aside.setdefault(channel, []).append(payload)
 
     def payloads(self, uid: str) -> list[str]:
         import json

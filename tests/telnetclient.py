@@ -15,13 +15,15 @@ _ESCAPES = re.compile(rb"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Za-z0-9]|[A-Za-z=>])")
 class _Terminal(telnet.TelnetProtocol):
     """Accepts what a line-mode telnet client accepts (server echo, no go-ahead), refuses the rest."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = True) -> None:
+        #: Whether to let the server echo (and so hide the password); some clients refuse.
+        self.echo = echo
         self.raw = b""
         self.changed: Deferred[None] | None = None
         self.closed: Deferred[None] = Deferred()
 
     def enableRemote(self, option: bytes) -> bool:
-        return option in (telnet.ECHO, telnet.SGA)
+        return option == telnet.SGA or (self.echo and option == telnet.ECHO)
 
     def disableRemote(self, option: bytes) -> None:
         pass
@@ -99,12 +101,13 @@ class TelnetClient:
         self._terminal.transport.loseConnection()
 
 
-async def connect_telnet(host: str, port: int) -> TelnetClient:
+async def connect_telnet(host: str, port: int, echo: bool = True) -> TelnetClient:
+    """``echo=False``: a client that refuses to let the server echo (it shows what is typed itself)."""
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint
     from twisted.internet.protocol import Factory
 
-    terminal = _Terminal()
+    terminal = _Terminal(echo)
     factory = Factory.forProtocol(lambda: telnet.TelnetTransport(lambda: terminal))
     await TCP4ClientEndpoint(reactor, host, port, timeout=5).connect(factory)
     return TelnetClient(terminal)

@@ -13,6 +13,8 @@ class Counters:
     delivered: int = 0
     queued: int = 0
     handed_over: int = 0
+    #: Messages not delivered because their payload exceeded max_payload_bytes (kept aside in Redis).
+    oversize: int = 0
     identified: int = 0
     #: Sockets refused or closed for a client mistake, by CloseCode name.
     refused: dict[str, int] = field(default_factory=dict)

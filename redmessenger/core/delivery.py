@@ -14,9 +14,9 @@ from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Queues
 from redmessenger.core.presence import Presence, Sent, User
-from redmessenger.logs import informing, make_logger
+from redmessenger.logs import debugging, informing, make_logger
 from redmessenger.model.envelope import Message
-from redmessenger.model.keyspace import queue_key
+from redmessenger.model.keyspace import GROUP_SOURCE_PREFIX, queue_key
 
 
 class Delivery:
@@ -96,11 +96,28 @@ class Delivery:
                 self.queue([uid], message)
 
     def queue(self, uids: list[str], message: Message) -> None:
-        """Keep a message in the queues of users who are not online."""
+        """
+        Keep a message in the queues of users who are not online.  Logged once
+        per message at info: a user's message names its queue (the Node.js
+        RedMessenger's line), a group message gives the number of members it was
+        queued for; the group's queues one by one are debug lines.
+        """
         self._counters.queued += len(uids)
         if informing():
-            for uid in uids:
-                self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
+            if message.source.startswith(GROUP_SOURCE_PREFIX):
+                count = len(uids)
+                self.log.info(
+                    "{channel}: queued for {count} offline {members}",
+                    channel=message.source,
+                    count=count,
+                    members="member" if count == 1 else "members",
+                )
+                if debugging():
+                    for uid in uids:
+                        self.log.debug("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
+            else:
+                for uid in uids:
+                    self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
         self._queues.enqueue(uids, message.queue_entry())
 
 

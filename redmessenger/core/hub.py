@@ -35,7 +35,7 @@ from redmessenger.core.routing import Router
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.model.identity import parse_identifier
+from redmessenger.model.identity import Identifier, parse_identifier
 
 
 class Hub:
@@ -52,6 +52,7 @@ class Hub:
         secure_mode: bool = False,
         handover_batch: int = 500,
         user_socket_limit: int | None = None,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self._clock = clock
         self._queues = queues
@@ -62,7 +63,15 @@ class Hub:
         self.presence = Presence(user_socket_limit)
         self.confirmations = Confirmations(clock)
         self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock)
-        self.router = Router(directory, self.delivery.deliver, self.counters, clock, self._settled)
+        self.router = Router(
+            directory,
+            self.delivery.deliver,
+            self.counters,
+            clock,
+            self._settled,
+            max_payload=max_payload_bytes,
+            keep_aside=queues.keep_aside,
+        )
         self.handovers = Handovers(
             self.presence, queues, self.delivery, self.confirmations, self.counters, clock, handover_batch, self._settled
         )
@@ -79,13 +88,13 @@ class Hub:
 
     # -- from client sessions -----------------------------------------------------------
 
-    async def identify(self, sink: MessageSink, identifier: str) -> Attachment | None:
+    async def identify(self, sink: MessageSink, identifier: str | Identifier) -> Attachment | None:
         """
         Identify a socket and start handing it the user's queue.  Raises
         :class:`ClientError` for a bad identifier or key; returns None if the
         socket went away in the meantime.
         """
-        ident = parse_identifier(identifier)
+        ident = parse_identifier(identifier) if isinstance(identifier, str) else identifier
         if self._secure_mode:
             await self._check_key(ident.uid, ident.key)
         if not sink.writable:

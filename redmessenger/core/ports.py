@@ -67,6 +67,12 @@ class Queues(Protocol):
     def enqueue(self, uids: list[str], entry: bytes) -> None:
         """Append an entry to the queues of ``uids``, in order with earlier calls; never fails (kept until written)."""
 
+    def keep_aside(self, channel: str, payload: bytes) -> None:
+        """
+        Keep a message that will not be delivered (its payload is too large) at
+        ``rm:oversize:$channel``, as published; never fails (kept until written).
+        """
+
     def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         """Drop the ``delivered`` oldest entries, then the queue's length and its next ``batch`` entries."""
 

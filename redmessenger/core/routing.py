@@ -7,10 +7,16 @@ subscriber received them.  A group message needs its member list from Redis
 first; the messages behind it wait in the inbox until it is resolved (the
 lookups themselves are pipelined), so a group message published before a user
 message reaches that user before it.
+
+Size (issue 12): a payload larger than ``max_payload`` bytes is checked once, as it
+arrives, and goes to nobody: a client whose frame limit is below a queued entry
+refuses it (1009) at every reconnect and never gets past it.  It is kept aside in
+Redis (``rm:oversize:$channel``), logged and counted, never silently dropped.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,10 +31,13 @@ from redmessenger.model.envelope import Message, MessageIds, decode_payload
 from redmessenger.model.keyspace import (
     GROUP_CHANNEL_PREFIX,
     USER_CHANNEL_PREFIX,
+    oversize_key,
     valid_name,
 )
 
 Deliver = Callable[[Message, Sequence[str]], None]
+#: Keeps a message that is not delivered (its payload is too large) aside: channel, payload as published.
+KeepAside = Callable[[str, bytes], None]
 
 
 @dataclass(eq=False)
@@ -55,17 +64,31 @@ class Router:
         counters: Counters,
         clock: IReactorTime,
         on_settled: Callable[[], None],
+        *,
+        max_payload: int | None = None,
+        keep_aside: KeepAside | None = None,
     ) -> None:
+        if max_payload is not None and keep_aside is None:
+            raise ValueError("max_payload needs keep_aside: an oversize message must go somewhere")
         self._directory = directory
         self._deliver = deliver
         self._counters = counters
         self._clock = clock
         self._on_settled = on_settled
+        self._max_payload = max_payload
+        # One comparison per message on the hot path, whether or not there is a limit.
+        self._size_limit = max_payload if max_payload is not None else sys.maxsize
+        self._keep_aside = keep_aside
         self._inbox: deque[_Pending] = deque()
         self._ids = MessageIds()
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
         self._stopping = False
+
+    @property
+    def max_payload(self) -> int | None:
+        """Largest payload delivered, in bytes (None: no limit)."""
+        return self._max_payload
 
     @property
     def waiting(self) -> int:
@@ -80,6 +103,9 @@ class Router:
             if uid is None:
                 self.log.warn("Ignoring a message on {channel!r}: not a valid uid", channel=channel)
                 return
+            if len(payload) > self._size_limit:
+                self._oversize(channel, payload)
+                return
             if debugging():
                 self.log.debug("New message from channel {channel}", channel=channel.decode())
             message = self._message(channel, payload)
@@ -91,6 +117,9 @@ class Router:
             cid = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :])
             if cid is None:
                 self.log.warn("Ignoring a message on {channel!r}: not a valid group id", channel=channel)
+                return
+            if len(payload) > self._size_limit:
+                self._oversize(channel, payload)
                 return
             if debugging():
                 self.log.debug("New message from channel {channel}", channel=channel.decode())
@@ -104,6 +133,20 @@ class Router:
         for call in self._retries:
             call.cancel()
         self._retries.clear()
+
+    def _oversize(self, channel: bytes, payload: bytes) -> None:
+        name = channel.decode("ascii")  # a valid channel name: ASCII
+        self._counters.oversize += 1
+        self.log.warn(
+            "Message of {size} bytes on {channel} is larger than max_payload_bytes ({limit}): "
+            "not delivered, kept aside in {key}",
+            size=len(payload),
+            channel=name,
+            limit=self.max_payload,
+            key=oversize_key(name),
+        )
+        assert self._keep_aside is not None  # checked in __init__
+        self._keep_aside(name, payload)
 
     def _message(self, channel: bytes, payload: bytes) -> Message:
         text, valid = decode_payload(payload)

@@ -28,6 +28,7 @@ from redmessenger.core.ports import ClientLink
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.model.identity import parse_identifier
 
 
 class Stage(Enum):
@@ -50,6 +51,8 @@ class ClientSession:
         self._identify_timeout = identify_timeout
         self.stage = Stage.AWAITING_ID
         self.attachment: Attachment | None = None
+        #: The uid the client named, once its identifier parsed (accepted or not: refusals name it).
+        self.uid: str | None = None
         self._timer: IDelayedCall | None = None
 
     @property
@@ -76,9 +79,15 @@ class ClientSession:
         if not isinstance(identifier, str):
             self.refuse(ClientError(CloseCode.INVALID_IDENTIFIER, "the identifier must be a string 'uid:key'"))
             return
+        try:
+            ident = parse_identifier(identifier)
+        except ClientError as e:
+            self.refuse(e)
+            return
+        self.uid = ident.uid
         self.stage = Stage.VERIFYING
         self._cancel_timer()
-        d = ensureDeferred(self._hub.identify(self._link, identifier))
+        d = ensureDeferred(self._hub.identify(self._link, ident))
         d.addCallbacks(self._identified, self._identify_failed)
         d.addErrback(lambda f: self.log.failure("After identifying {peer}", f, peer=self._link.client_address))
 
@@ -88,7 +97,10 @@ class ClientSession:
             return
         self.stage = Stage.REFUSED
         self._cancel_timer()
-        self.log.info("Closing {peer}: {error}", peer=self._link.client_address, error=str(error))
+        if self.uid is None:
+            self.log.info("Closing {peer}: {error}", peer=self._link.client_address, error=str(error))
+        else:
+            self.log.info("Closing {peer} of {uid}: {error}", peer=self._link.client_address, uid=self.uid, error=str(error))
         self._hub.refused(error.code)
         self._link.refuse(error)
 

@@ -72,6 +72,9 @@ class Config:
     queue_max_length: int = 100000
     #: Queue entries read from Redis per round trip while handing a queue over.
     handover_batch: int = 500
+    #: Largest payload a PUBLISH may carry, in bytes; a larger one is kept aside at
+    #: ``rm:oversize:$channel`` instead of delivered (docs/protocol.md, *Message size*).
+    max_payload_bytes: int = 1024 * 1024
 
     log_level: str = "info"
 
@@ -277,6 +280,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "user_socket_limit": _optional(_integer(1)),
     "queue_max_length": _integer(1),
     "handover_batch": _integer(1, 100000),
+    # Redis's own limit on a string (proto-max-bulk-len's default) is 512 MiB
+    "max_payload_bytes": _integer(1, 512 * 1024 * 1024),
     "log_level": _log_level,
     "manhole": _optional(_manhole),
     "manhole_password_file": _optional(_password_file),

@@ -101,6 +101,7 @@ class RedMessengerService(OrderedServices):
             secure_mode=config.secure_mode,
             handover_batch=config.handover_batch,
             user_socket_limit=config.user_socket_limit,
+            max_payload_bytes=config.max_payload_bytes,
         )
         self.presence = self.hub.presence
 

@@ -18,6 +18,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 USER_CHANNEL_PREFIX = b"rm.users."
 #: PUBLISH here delivers to every member of group ``$cid``.
 GROUP_CHANNEL_PREFIX = b"rm.channels."
+#: The ``source`` of a group message starts with this (the channel's prefix, as text).
+GROUP_SOURCE_PREFIX = GROUP_CHANNEL_PREFIX.decode("ascii")
 #: What the daemon subscribes to (PSUBSCRIBE).
 SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*"]
 
@@ -43,6 +45,14 @@ def user_key_key(uid: str) -> str:
 def members_key(cid: str) -> str:
     """``rm:channels:$cid:subscribers``: the uids of group ``$cid`` (kept by the application)."""
     return f"rm:channels:{cid}:subscribers"
+
+
+def oversize_key(channel: str) -> str:
+    """
+    ``rm:oversize:$channel``: messages published on ``channel`` with a payload larger
+    than ``max_payload_bytes``, kept aside (not delivered), oldest first, as published.
+    """
+    return f"rm:oversize:{channel}"
 
 
 def uid_of_queue_key(key: bytes | str) -> str:

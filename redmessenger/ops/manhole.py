@@ -21,6 +21,7 @@ running daemon's parts for closer looks.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
@@ -64,7 +65,8 @@ class PasswordChecker:
         matched = hmac.compare_digest(expected if expected is not None else b"\0" * 32, password)
         if expected is not None and matched:
             return succeed(username)
-        self.log.warn("Manhole login refused for {user!r}", user=username)
+        # as text: a user name is bytes on the wire, and b'...' is no way to show it
+        self.log.warn("Manhole login refused for {user!r}", user=username.decode("utf-8", "replace"))
         return fail(UnauthorizedLogin())
 
 
@@ -98,16 +100,21 @@ class _Login(telnet.AuthenticatingTelnetProtocol):
         self._telnet.write(b"Password: ")
         return "Password"
 
-    def telnet_Password(self, line: bytes) -> str:
+    def telnet_Password(self, line: bytes) -> None:
         username, password = self.username, line
         del self.username
+        # Lines typed while the login runs are dropped.  The state is set here, not
+        # returned: the login can end before this returns (a client that refused the
+        # echo answers nothing to wont(), so login() runs at once) and set the next
+        # state itself, and conch warns "state changed and new state returned" when a
+        # handler returns a state after one was set.
+        self.state = "Discard"
 
         def login(_: Any) -> None:
             d = self.portal.login(creds.UsernamePassword(username, password), None, telnet.ITelnetProtocol)
             d.addCallbacks(self._cbLogin, self._ebLogin)
 
         self._telnet.wont(telnet.ECHO).addErrback(_ignore_refusal).addCallback(login)
-        return "Discard"
 
     def _ebLogin(self, failure: Failure) -> None:
         self.failures += 1
@@ -120,6 +127,19 @@ class _Login(telnet.AuthenticatingTelnetProtocol):
 
 class _Bootstrap(telnet.TelnetBootstrapProtocol):
     """Conch's terminal bootstrap, quiet when a client refuses an option (most refuse LINEMODE)."""
+
+    def __init__(self, *args: Any, on_lost: Callable[[], None] = lambda: None) -> None:
+        super().__init__(*args)
+        self._on_lost = on_lost
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Conch's logout is never called: its login protocol hands the transport over to
+        # this avatar (transport.protocol = avatar), and its own connectionLost never runs.
+        try:
+            super().connectionLost(reason)
+        finally:
+            on_lost, self._on_lost = self._on_lost, lambda: None
+            on_lost()
 
     def connectionMade(self) -> None:
         transport: Any = self.transport  # a TelnetTransport (typed as a bare ITransport by Twisted)
@@ -175,8 +195,13 @@ class _Realm:
             raise NotImplementedError("the manhole speaks telnet only")
         user = avatarId.decode("utf-8", "replace") if isinstance(avatarId, bytes) else "anonymous"
         self.log.info("Manhole session opened for {user}", user=user)
-        avatar = _Bootstrap(insults.ServerProtocol, _Manhole, self._namespace)
-        return telnet.ITelnetProtocol, avatar, lambda: self.log.info("Manhole session closed for {user}", user=user)
+        avatar = _Bootstrap(
+            insults.ServerProtocol,
+            _Manhole,
+            self._namespace,
+            on_lost=lambda: self.log.info("Manhole session closed for {user}", user=user),
+        )
+        return telnet.ITelnetProtocol, avatar, lambda: None
 
 
 class _Session(telnet.TelnetTransport):

@@ -97,6 +97,11 @@ class DaemonCollector:
         yield CounterMetricFamily(
             prefix + "messages_handed_over", "Queued messages written to a socket after it identified", counters.handed_over
         )
+        yield CounterMetricFamily(
+            prefix + "messages_oversize",
+            "Messages not delivered because their payload exceeded max_payload_bytes (kept aside in rm:oversize:*)",
+            counters.oversize,
+        )
 
         connected = GaugeMetricFamily(
             prefix + "redis_connected", "1 while the Redis connection is up (and subscribed)", labels=["connection"]

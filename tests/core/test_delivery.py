@@ -6,6 +6,9 @@ leaves unconfirmed goes to the user's other sockets or back to the queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import Clock
 
@@ -137,3 +140,59 @@ def test_when_idle_waits_for_group_lookups() -> None:
     assert not idle.called
     directory.answer_members("cats")
     assert idle.called
+
+
+# -- what the log says (issue 12: a line per queued recipient flooded it) --------------
+
+
+def logged_lines(level: str, publish: Callable[[Hub], None]) -> list[tuple[str, str]]:
+    """(level, text) of each event the core logs at ``level`` while ``publish`` runs."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from redmessenger.logs import set_level
+
+    hub, _, directory, _ = setting()
+    directory.groups["cats"] = [f"user{i}".encode() for i in range(500)]
+    directory.groups["solo"] = [b"user1"]
+    seen: list[tuple[str, str]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("redmessenger.core"):
+            seen.append((event["log_level"].name, formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        set_level(level)
+        publish(hub)
+    finally:
+        set_level("info")
+        globalLogPublisher.removeObserver(observe)
+    return seen
+
+
+def five_to_the_group(hub: Hub) -> None:
+    for i in range(5):
+        hub.on_publish(b"rm.channels.cats", f"meow {i}".encode())
+
+
+def test_a_group_message_is_one_info_line_however_many_members_are_offline() -> None:
+    lines = logged_lines("info", five_to_the_group)
+    assert lines == [("info", "rm.channels.cats: queued for 500 offline members")] * 5
+
+
+def test_at_debug_each_offline_member_of_a_group_has_its_line() -> None:
+    lines = logged_lines("debug", five_to_the_group)
+    per_member = [text for level, text in lines if level == "debug" and text.startswith("Client is not online")]
+    assert len(per_member) == 2500
+    assert per_member[:2] == [
+        "Client is not online, queueing message in Redis (rm:users:user0:messages)",
+        "Client is not online, queueing message in Redis (rm:users:user1:messages)",
+    ]
+    assert lines.count(("info", "rm.channels.cats: queued for 500 offline members")) == 5
+
+
+def test_a_message_to_one_user_keeps_the_seeds_info_line() -> None:
+    lines = logged_lines("info", lambda hub: hub.on_publish(b"rm.users.user1", b"hi"))
+    assert lines == [("info", "Client is not online, queueing message in Redis (rm:users:user1:messages)")]
+    one = logged_lines("info", lambda hub: hub.on_publish(b"rm.channels.solo", b"hi"))
+    assert one == [("info", "rm.channels.solo: queued for 1 offline member")]

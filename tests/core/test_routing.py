@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from twisted.internet.testing import Clock
 
 from redmessenger.core.counters import Counters
@@ -116,3 +117,50 @@ def test_a_payload_that_is_not_utf8_is_delivered_with_replacements() -> None:
     routing, _, recorder, _, _ = router()
     routing.on_publish(b"rm.users.u", b"caf\xe9")
     assert recorder.delivered == [("caf\ufffd", ["u"])]
+
+
+# -- max_payload_bytes (issue 12: a queued entry too big for a client blocked its queue) --
+
+
+def limited(limit: int) -> tuple[Router, MemoryDirectory, Recorder, Counters, dict[str, list[bytes]]]:
+    directory, recorder, counters = MemoryDirectory(), Recorder(), Counters()
+    aside: dict[str, list[bytes]] = {}
+    routing = Router(
+        directory,
+        recorder.deliver,
+        counters,
+        Clock(),
+        recorder.on_settled,
+        max_payload=limit,
+        keep_aside=lambda channel, payload: aside.setdefault(channel, []).append(payload),
+    )
+    return routing, directory, recorder, counters, aside
+
+
+def test_a_payload_over_the_limit_is_kept_aside_as_published_and_counted() -> None:
+    routing, directory, recorder, counters, aside = limited(10)
+    directory.groups["cats"] = [b"user1"]
+    routing.on_publish(b"rm.users.user1", b"x" * 11)
+    routing.on_publish(b"rm.channels.cats", b"\xff" * 11)  # any bytes: kept as they came
+    routing.on_publish(b"rm.users.user1", b"y" * 10)  # at the limit: delivered
+    assert recorder.delivered == [("y" * 10, ["user1"])]
+    assert aside == {"rm.users.user1": [b"x" * 11], "rm.channels.cats": [b"\xff" * 11]}
+    assert directory.lookups == [], "an oversize group message needs no members"
+    assert (counters.published, counters.oversize) == (3, 2)
+
+
+def test_an_oversize_message_does_not_disturb_the_order_of_the_others() -> None:
+    routing, directory, recorder, _, aside = limited(10)
+    directory.groups["cats"] = [b"user1"]
+    directory.hold_members = True
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    routing.on_publish(b"rm.users.user1", b"z" * 100)
+    routing.on_publish(b"rm.users.user1", b"after")
+    directory.answer_members("cats")
+    assert recorder.delivered == [("meow", ["user1"]), ("after", ["user1"])]
+    assert aside == {"rm.users.user1": [b"z" * 100]} and routing.waiting == 0
+
+
+def test_a_limit_needs_somewhere_to_keep_oversize_messages() -> None:
+    with pytest.raises(ValueError, match="keep_aside"):
+        Router(MemoryDirectory(), Recorder().deliver, Counters(), Clock(), lambda: None, max_payload=10)

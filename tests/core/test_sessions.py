@@ -6,6 +6,9 @@ stage.  Each dialect's framing of the same is tested with real clients in tests/
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import Clock
 
@@ -123,3 +126,53 @@ def test_redis_away_is_the_only_store_failure_that_asks_to_retry() -> None:
     directory.user_key = lambda uid: fail(StoreUnavailable("timeout"))  # type: ignore[method-assign]
     client.identify("user1:x")
     assert [code for code, _ in link.refusals] == [CloseCode.TRY_AGAIN_LATER]
+
+
+# -- the refusal's log line names the uid the client gave (issue 12) -----------------
+
+
+def refusal_lines(act: Callable[[ClientSession, Hub, MemoryDirectory, Clock], None], secure: bool = False) -> list[str]:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "redmessenger.core.sessions.ClientSession" and "Closing" in event["log_format"]:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        client, _, hub, directory, clock = session(secure_mode=secure)
+        act(client, hub, directory, clock)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return seen
+
+
+def test_a_wrong_key_is_logged_with_the_uid() -> None:
+    def wrong_key(client: ClientSession, hub: Hub, directory: MemoryDirectory, clock: Clock) -> None:
+        directory.keys["user1"] = b"s3cret"
+        client.identify("user1:wrong")
+
+    assert refusal_lines(wrong_key, secure=True) == [
+        "Closing 127.0.0.1:1 of user1: BAD_KEY (4401): authentication failed: wrong or missing key"
+    ]
+
+
+def test_a_second_identifier_is_logged_with_the_uid_of_the_first() -> None:
+    def twice(client: ClientSession, hub: Hub, directory: MemoryDirectory, clock: Clock) -> None:
+        client.identify("user1")
+        client.identify("user2")
+
+    assert refusal_lines(twice) == [
+        "Closing 127.0.0.1:1 of user1: ALREADY_IDENTIFIED (4409): this socket has sent its identifier already"
+    ]
+
+
+def test_a_refusal_before_any_uid_says_none() -> None:
+    def silent(client: ClientSession, hub: Hub, directory: MemoryDirectory, clock: Clock) -> None:
+        clock.advance(10)
+
+    assert refusal_lines(silent) == ["Closing 127.0.0.1:1: IDENTIFY_TIMEOUT (4408): no identifier within 10 seconds"]
+    bad = refusal_lines(lambda client, *_: client.identify("a b"))
+    assert bad == ["Closing 127.0.0.1:1: INVALID_IDENTIFIER (4400): invalid uid 'a b': 1-128 letters, digits or _-.@"]

@@ -18,6 +18,11 @@ def test_defaults_are_the_node_programs_where_it_had_them() -> None:
     assert config.listen_endpoint == "tcp:8080:backlog=1024"
 
 
+def test_max_payload_bytes_is_a_generous_mebibyte_unless_set() -> None:
+    assert parse_config({}).max_payload_bytes == 1048576
+    assert parse_config({"max_payload_bytes": 65536}).max_payload_bytes == 65536
+
+
 def test_the_nodejs_config_file_loads_unchanged(tmp_path: Path) -> None:
     seed = {
         "redis_host": "nm-hackathon", "redis_port": 6379, "ws_port": 8080, "secure_mode": True,
@@ -54,6 +59,10 @@ def test_the_shipped_config_is_valid() -> None:
         ({"max_frame_bytes": 10}, "max_frame_bytes"),
         ({"user_socket_limit": 0}, "user_socket_limit"),
         ({"queue_max_length": 0}, "queue_max_length"),
+        ({"max_payload_bytes": 0}, "max_payload_bytes"),
+        ({"max_payload_bytes": "1MB"}, "max_payload_bytes"),
+        ({"max_payload_bytes": None}, "max_payload_bytes"),
+        ({"max_payload_bytes": 512 * 1024 * 1024 + 1}, "max_payload_bytes"),
         ({"log_level": "loud"}, "log_level"),
         ({"redis_db": 99}, "redis_db"),
         ({"embedded_redis": True, "redis_host": "10.0.0.5"}, "redis_host"),

@@ -116,3 +116,95 @@ def test_the_installed_daemon_serves_the_seed_scenario(running_daemon: tuple[int
         "rm.users.user1 has 2 messages enqueued, purging!",
     ):
         assert line in text, line
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def code_blocks(section: str, language: str) -> list[list[str]]:
+    """The lines of each fenced block of ``language`` ("" for a block with none)."""
+    blocks, current, inside = [], [], None
+    for line in section.splitlines():
+        if line.startswith("```"):
+            if inside is None:
+                inside, current = line[3:].strip(), []
+            else:
+                if inside == language:
+                    blocks.append(current)
+                inside = None
+        elif inside is not None:
+            current.append(line)
+    return blocks
+
+
+def test_the_readmes_trying_it_works_copied_line_by_line(installed: Path, running_daemon: tuple[int, int, Path]) -> None:
+    """
+    Issue 12: its websocat step failed, and it needed redis-cli. Every command of
+    the README's "Trying it", run as written in the freshly installed virtualenv
+    (its ports made the test's own), does what the text says; the log tells the
+    story the README shows.
+    """
+    import queue
+    import re
+    import threading
+
+    ws_port, redis_port, log = running_daemon
+    section = readme_section("Trying it")
+
+    def as_here(command: str) -> str:
+        return command.replace(".venv/", f"{installed}/").replace("6390", str(redis_port)).replace("8080", str(ws_port))
+
+    commands = [as_here(line) for block in code_blocks(section, "sh") for line in block]
+    client_commands = [c for c in commands if " -m websockets " in c]
+    assert len(client_commands) == 1, commands
+    received: queue.Queue[str] = queue.Queue()
+    client = None
+
+    def envelopes(count: int) -> list[dict]:
+        got = []
+        while len(got) < count:
+            line = received.get(timeout=20)
+            match = re.search(r"< (\{.*\})", line)
+            if match:
+                got.append(json.loads(match.group(1)))
+        return got
+
+    try:
+        for command in commands:
+            if command in client_commands:
+                client = subprocess.Popen(
+                    command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+                threading.Thread(target=lambda: [received.put(line) for line in client.stdout], daemon=True).start()
+                client.stdin.write("user1\n")  # "type user1 and Enter"
+                client.stdin.flush()
+                queued = envelopes(2)
+                assert [m["payload"] for m in queued] == ["Hello, world!", "My life is a spicy pepper..."]
+                assert all(m["source"] == "rm.users.user1" for m in queued)
+                continue
+            subprocess.run(command, shell=True, check=True, timeout=300, capture_output=True)
+            if "rm.channels.cats" in command:
+                (meow,) = envelopes(1)
+                assert (meow["source"], meow["payload"], meow["bubble"]) == ("rm.channels.cats", "Meow!", True)
+        assert client is not None
+        client.stdin.close()  # Ctrl-D
+        assert client.wait(20) == 0
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+    queue_ = valkey.Valkey(port=redis_port).lrange("rm:users:user2:messages", 0, -1)
+    assert [json.loads(entry)["payload"] for entry in queue_] == ["Meow!"]
+
+    (story,) = [block for block in code_blocks(section, "") if any("Assigning id" in line for line in block)]
+    patterns = [
+        re.escape(line).replace(re.escape("127.0.0.1:63769"), r"127\.0\.0\.1:\d+").replace(re.escape(":8080"), f":{ws_port}")
+        for line in story
+    ]
+    deadline = time.monotonic() + 10
+    while not all(re.search(pattern, log.read_text()) for pattern in patterns):
+        assert time.monotonic() < deadline, [p for p in patterns if not re.search(p, log.read_text())]
+        time.sleep(0.1)

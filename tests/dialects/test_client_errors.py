@@ -64,6 +64,25 @@ async def test_longest_valid_uid_and_every_allowed_character_are_accepted(daemon
     client.close()
 
 
+@pytest.mark.parametrize(
+    "typed, secure", [("user1\n", False), ("user1\r\n", False), ("user1:s3cret\n", True)], ids=["lf", "crlf", "key-lf"]
+)
+@pytest_twisted.ensureDeferred
+async def test_an_identifier_typed_in_a_terminal_with_its_line_end_is_accepted(daemon_factory, redis, typed, secure):
+    # websocat sends "user1\n" when user1 + Enter is typed: it used to be closed with 4400 (issue 12)
+    daemon = await daemon_factory(secure_mode=secure)
+    redis.set("rm:users:user1:key", "s3cret")
+    publish(redis, "rm.users.user1", "queued")
+    await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == 1)
+    client = await daemon.client()
+    client.send(typed)
+    assert (await client.next())["payload"] == "queued"
+    publish(redis, "rm.users.user1", "live")
+    assert (await client.next())["payload"] == "live"
+    assert daemon.service.hub.counters.refused == {}
+    client.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_binary_frame_is_refused_with_1003(daemon):
     client = await daemon.client()
@@ -235,3 +254,31 @@ async def test_refusals_are_counted_by_reason(daemon):
     client.send("bad uid")
     await client.close_code()
     assert daemon.service.hub.counters.refused == {"INVALID_IDENTIFIER": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_websocket_disconnect_is_logged_with_its_uid_and_code(daemon):
+    # Socket.IO sessions logged their end; a plain WebSocket's went unsaid (issue 12)
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("redmessenger.dialects.plain"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        identified = await daemon.client("user1")
+        peer = identified.protocol.transport.getHost()
+        identified.close()
+        anonymous = await daemon.client()
+        stranger = anonymous.protocol.transport.getHost()
+        anonymous.drop()
+        await daemon.until(lambda: len(lines) == 2, what="two close lines")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert sorted(lines) == sorted([
+        f"Connection {peer.host}:{peer.port} of user1 closed (1000)",
+        f"Connection {stranger.host}:{stranger.port} closed (1006)",  # gone without a close frame
+    ])

@@ -298,3 +298,52 @@ async def test_an_abandoned_handshake_is_timed_out(daemon_factory):
     assert len(daemon.service.socketio.engine) == 2
     await wait_until(lambda: len(daemon.service.socketio.engine) == 0, 5, "both sessions timed out")
     assert daemon.service.limit.in_use == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_polling_over_one_connection_are_told_apart_in_the_log(daemon):
+    # A browser's polling requests share keep-alive connections: several sessions, one host:port.
+    # Their log lines name the session id (issue 12: they showed the same peer and nothing else).
+    import re
+    from io import BytesIO
+    from typing import Any
+
+    from twisted.internet import reactor
+    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 1
+    agent = Agent(reactor, connectTimeout=5, pool=pool)
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("redmessenger"):
+            lines.append(formatEvent(event))
+
+    async def send(method: bytes, query: str, body: bytes | None = None) -> bytes:
+        producer = FileBodyProducer(BytesIO(body)) if body is not None else None
+        d = agent.request(method, f"http://{HOST}:{daemon.port}{PATH}?{query}".encode(), None, producer)
+        response = await d.addTimeout(10, reactor)
+        return await read_body(response)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        sids = []
+        for uid in ("user1", "user2"):
+            sid = json.loads((await send(b"GET", "EIO=4&transport=polling"))[1:])["sid"]
+            identify = b'40/rm,\x1e42/rm,["identifier","%s"]' % uid.encode()
+            posted = await send(b"POST", f"EIO=4&transport=polling&sid={sid}", identify)
+            assert posted == b"ok"
+            sids.append(sid)
+        await wait_until(lambda: len(daemon.service.presence) == 2, 5, "both users online")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await pool.closeCachedConnections()
+    opened = [re.fullmatch(r"New connection (\S+) \(Socket\.IO session (\S+)\) on .*", line) for line in lines]
+    opened_by = [(m.group(1), m.group(2)) for m in opened if m]
+    assert [sid for _, sid in opened_by] == sids
+    assert opened_by[0][0] == opened_by[1][0], "one keep-alive connection: one host:port"
+    peer = opened_by[0][0]
+    for uid, sid in zip(("user1", "user2"), sids):
+        assert f"Assigning id {uid} to socket {peer} (Socket.IO session {sid})." in lines

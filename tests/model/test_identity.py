@@ -35,3 +35,19 @@ def test_the_refusal_shows_at_most_40_characters_of_a_long_uid() -> None:
 @pytest.mark.parametrize("uid", ["a", "user_1", "x" * 128, "a.b@c-d"])
 def test_good_uids_pass(uid: str) -> None:
     assert parse_identifier(uid).uid == uid
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_one_line_end_after_the_identifier_is_not_part_of_it(line_end: str) -> None:
+    # websocat and other terminal clients send the Enter that ends the typed line (issue 12)
+    assert parse_identifier("user1" + line_end).uid == "user1"
+    ident = parse_identifier("user1:s3cret" + line_end)
+    assert (ident.uid, ident.key) == ("user1", "s3cret")
+    assert parse_identifier("user1:" + line_end).key is None
+
+
+@pytest.mark.parametrize("text", ["user1\n\n", "user1\r", " user1\n", "user1 \n", "user1\t", "user1\n:key"])
+def test_other_whitespace_is_still_a_bad_uid(text: str) -> None:
+    with pytest.raises(ClientError) as refused:
+        parse_identifier(text)
+    assert refused.value.code is CloseCode.INVALID_IDENTIFIER

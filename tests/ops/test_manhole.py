@@ -212,3 +212,44 @@ async def test_stopping_the_daemon_closes_manhole_sessions(
     await session.closed()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((HOST, port), timeout=2).close()
+
+
+@pytest.mark.parametrize("echo", [True, False], ids=["client-lets-server-echo", "client-refuses-echo"])
+@pytest_twisted.ensureDeferred
+async def test_logins_log_clean_lines_and_no_telnet_warning(
+    daemon_factory: Any, redis: valkey.Valkey, tmp_path: Path, echo: bool
+) -> None:
+    # A login logged conch's "state changed and new state returned" warning (when the login
+    # ended before the password line's handler returned), and a refused one showed the user
+    # as b'...' (issue 12); the session's end was never logged.
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[tuple[str, str]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append((event["log_level"].name, formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        daemon, port = await manhole_daemon(daemon_factory, tmp_path)
+        session = await connect_telnet(HOST, port, echo=echo)
+        for password in ("wrong", "s3cret"):
+            await session.expect("Username: ")
+            session.type("ops")
+            await session.expect("Password: ")
+            session.type(password)
+        await session.expect(">>> ")
+        session.type("1 + 1")
+        await session.expect("2")
+        session.close()
+        await session.closed()
+        await daemon.until(lambda: ("info", "Manhole session closed for ops") in lines, what="the session's end")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    manhole = [line for line in lines if "anhole" in line[1] and "listening" not in line[1]]
+    assert manhole == [
+        ("warn", "Manhole login refused for 'ops'"),
+        ("info", "Manhole session opened for ops"),
+        ("info", "Manhole session closed for ops"),
+    ]
+    assert not [line for line in lines if "state changed" in line[1]]

@@ -180,3 +180,51 @@ def test_non_loopback_host_is_refused(host: str, tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="loopback"):
         EmbeddedRedisService(reactor=reactor, host=host, port=6379, data_dir=tmp_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_servers_own_lines_are_debug_but_its_warnings(port: int, tmp_path: Path) -> None:
+    # Its start-up banner and notices flooded the daemon's log at info (issue 12)
+    from twisted.logger import globalLogPublisher
+
+    from redmessenger.logs import set_level
+
+    seen: list[tuple[str, str]] = []
+
+    def observe(event: dict) -> None:
+        if str(event.get("log_format", "")).startswith("valkey-server: "):
+            seen.append((event["log_level"].name, event["line"]))
+
+    service = make_service(port, tmp_path / "data")
+    globalLogPublisher.addObserver(observe)
+    try:
+        set_level("debug")
+        service.startService()
+        await service.whenReady()
+        started = len(seen)
+        await service.stopService()
+    finally:
+        set_level("info")
+        globalLogPublisher.removeObserver(observe)
+    levels = dict((line, level) for level, line in seen)
+    ready = [line for line in levels if "Ready to accept connections" in line]
+    assert ready and levels[ready[0]] == "debug", seen
+    for level, line in seen[:started]:
+        assert level == ("warn" if " # " in line else "debug"), (level, line)
+    # told to stop, its "ready to exit" (at its warning level) is no warning of ours
+    stopping = seen[started:]
+    assert all(level == ("info" if " # " in line else "debug") for level, line in stopping), stopping
+
+
+def test_server_lines_are_read_by_their_level() -> None:
+    from redmessenger.redis_edge.embedded import _SERVER_LINE
+
+    def level(line: str) -> str | None:
+        match = _SERVER_LINE.match(line)
+        return None if match is None else (match.group(1) or "signal")
+
+    assert level("27327:M 30 Nov 2026 02:13:40.182 # WARNING Memory overcommit must be enabled!") == "#"
+    assert level("27327:M 30 Nov 2026 02:13:40.217 * Ready to accept connections tcp") == "*"
+    assert level("1:C 1 Jan 2026 00:00:00.000 - verbose") == "-"
+    assert level("27327:signal-handler (1796004821) Received SIGTERM scheduling shutdown...") == "signal"
+    assert level("=== VALKEY BUG REPORT START: Cut & paste starting from here ===") is None

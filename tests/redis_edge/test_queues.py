@@ -115,3 +115,25 @@ def test_a_write_failing_at_once_mid_flush_keeps_the_rest_behind_it() -> None:
     commands._record = original  # type: ignore[method-assign]
     clock.advance(store.retry_delay)
     assert sent_entries(commands)[1:] == [[b"1"], [b"2"], [b"3"]]
+
+
+def test_an_oversize_message_kept_aside_goes_with_the_queue_writes_and_survives_redis_away() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"one")
+    store.keep_aside("rm.users.a", b"\xff" * 5000)
+    store.enqueue(["a"], b"two")
+    clock.advance(0)
+    assert commands.sent == [
+        (
+            "EVAL",
+            ENQUEUE,
+            ["rm:users:a:messages", "rm:oversize:rm.users.a", "rm:users:a:messages"],
+            [60, 100, b"one", 1, b"\xff" * 5000, 1, b"two", 1],
+        )
+    ]
+    commands.replies[0].errback(connection_lost())
+    assert store.backlog == 3, "kept in memory while Redis is away, as queue entries are"
+    clock.advance(store.retry_delay)
+    assert commands.sent[1] == commands.sent[0]
+    commands.replies[1].callback([[], []])
+    assert store.backlog == 0

@@ -372,8 +372,9 @@ class Session:
             self._upgrade(websocket)
         else:
             self.log.info(
-                "{peer}: unexpected packet {type} during the upgrade; closing the probe",
+                "{peer}: unexpected packet {type} during the upgrade of session {sid}; closing the probe",
                 peer=self.peer,
+                sid=self.sid,
                 type=packet.type.name,
             )
             self._probe = None
@@ -406,8 +407,9 @@ class Session:
         probe, self._probe = self._probe, None
         if probe is not None:
             self.log.info(
-                "{peer}: no upgrade packet within {timeout}s; closing the probe",
+                "{peer}: no upgrade packet within {timeout}s for session {sid}; closing the probe",
                 peer=self.peer,
+                sid=self.sid,
                 timeout=self._settings.upgrade_timeout,
             )
             probe.close(1000, "upgrade timeout")
@@ -435,7 +437,9 @@ class Session:
         elif kind is PacketType.NOOP:
             pass
         else:  # OPEN, or UPGRADE on an established transport
-            self.log.info("{peer}: unexpected {type} packet; ignored", peer=self.peer, type=kind.name)
+            self.log.info(
+                "{peer}: unexpected {type} packet in session {sid}; ignored", peer=self.peer, sid=self.sid, type=kind.name
+            )
 
     # -- heartbeat -----------------------------------------------------------------------------
 

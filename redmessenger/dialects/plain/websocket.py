@@ -171,6 +171,17 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         session, self._session = self._session, None
         if session is not None:
+            # One line per connection, as its opening has ("New connection ...").
+            if session.uid is None:
+                self._log.info("Connection {peer} closed ({code})", peer=self._peer_text, code=code, reason=reason)
+            else:
+                self._log.info(
+                    "Connection {peer} of {uid} closed ({code})",
+                    peer=self._peer_text,
+                    uid=session.uid,
+                    code=code,
+                    reason=reason,
+                )
             # A clean close we started means the client read every frame sent
             # before our close frame: nothing it was sent is unconfirmed.
             session.closed(received_all=bool(wasClean and self.closedByMe))

@@ -80,12 +80,16 @@ class SocketIOConnection:
         self._client = ClientSession(owner.hub, self, owner.clock, owner.identify_timeout)
         #: The acknowledgement id of the identifier event, answered once it is accepted.
         self._ack: int | None = None
+        # The peer alone does not tell sessions apart: long-polling requests of several
+        # sessions share a browser's keep-alive connections, hence one host:port.
+        self._address = f"{session.peer} (Socket.IO session {session.sid})"
 
     # -- ClientLink ------------------------------------------------------------------------------
 
     @property
     def client_address(self) -> str:
-        return self._session.peer
+        """The Engine.IO handshake's ``host:port`` and the session id, for logs."""
+        return self._address
 
     @property
     def writable(self) -> bool:
@@ -135,7 +139,11 @@ class SocketIOConnection:
     def on_open(self) -> None:
         owner = self._owner
         self._client.opened(
-            owner.listen_label, dialect="socket.io", transport=self._session.transport, eio=self._session.version
+            owner.listen_label,
+            dialect="socket.io",
+            transport=self._session.transport,
+            eio=self._session.version,
+            sid=self._session.sid,
         )
         if self.protocol == 4:
             # Protocol 4: the server connects every client to "/" at once.
@@ -147,13 +155,13 @@ class SocketIOConnection:
         try:
             packet = decode_sio(data)
         except SIOProtocolError as e:
-            self.log.info("{peer}: not a Socket.IO packet ({why}); closing", peer=self._session.peer, why=str(e))
+            self.log.info("{peer}: not a Socket.IO packet ({why}); closing", peer=self._address, why=str(e))
             self._session.abort("protocol error", code=1002)
             return
         try:
             self._on_packet(packet)
         except Exception:
-            self.log.failure("Handling a Socket.IO packet from {peer} failed", peer=self._session.peer)
+            self.log.failure("Handling a Socket.IO packet from {peer} failed", peer=self._address)
             self._session.abort("internal error", code=1011)
 
     def on_close(self, reason: str) -> None:
@@ -169,7 +177,7 @@ class SocketIOConnection:
             self._on_connect(packet.nsp)
         elif packet.nsp != namespace or not self._connected:
             self.log.debug(
-                "{peer}: ignoring a {type} packet for {nsp}", peer=self._session.peer, type=kind.name, nsp=packet.nsp
+                "{peer}: ignoring a {type} packet for {nsp}", peer=self._address, type=kind.name, nsp=packet.nsp
             )
         elif kind is SIOType.EVENT:
             self._on_event(packet)
@@ -186,7 +194,7 @@ class SocketIOConnection:
         if nsp != namespace:
             if self.protocol == 4 and nsp == "/":
                 return  # connected to "/" at the handshake already
-            self.log.info("{peer}: refusing namespace {nsp}", peer=self._session.peer, nsp=nsp)
+            self.log.info("{peer}: refusing namespace {nsp}", peer=self._address, nsp=nsp)
             data: Any = {"message": "Invalid namespace"} if self.protocol == 5 else "Invalid namespace"
             self._send(SIOPacket(SIOType.CONNECT_ERROR, nsp, data))
             return
@@ -201,11 +209,11 @@ class SocketIOConnection:
     def _on_event(self, packet: SIOPacket) -> None:
         args = packet.data
         if not isinstance(args, list) or not args or not isinstance(args[0], str):
-            self.log.info("{peer}: malformed event; closing", peer=self._session.peer)
+            self.log.info("{peer}: malformed event; closing", peer=self._address)
             self._session.abort("protocol error", code=1002)
             return
         if args[0] != "identifier":
-            self.log.debug("{peer}: ignoring event {name!r}", peer=self._session.peer, name=args[0][:40])
+            self.log.debug("{peer}: ignoring event {name!r}", peer=self._address, name=args[0][:40])
             return
         if self._client.awaiting_identifier:
             self._ack = packet.id

@@ -48,7 +48,7 @@ from redmessenger.transport.frames import (
     text_frame,
 )
 
-log = make_logger()
+log = make_logger(__name__)
 
 
 class _Switch:

@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from redmessenger.logs import make_logger
 
-log = make_logger()
+log = make_logger(__name__)
 
 
 class Flushable(Protocol):

@@ -76,3 +76,48 @@ async def test_a_message_delivered_again_keeps_its_id(daemon, redis):
     publish(redis, "rm.users.user1", "m3")
     assert (await second.next())["id"] not in {m["id"] for m in live}
     second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_that_stops_reading_is_given_up_and_loses_nothing(daemon_factory, redis):
+    """
+    Issue 13, item 2: a socket that stopped reading held everything it was
+    sent.  Past max_pending_bytes it is given up (4413), and what it was sent
+    and did not confirm is queued, in order, with what came after.
+    """
+    daemon = await daemon_factory(max_pending_bytes=64 * 1024)
+    client = await daemon.client("user1")
+    await daemon.idle()
+    client.protocol.transport.pauseProducing()  # reads nothing more: no pong either
+    total = 200
+    payload = "x" * 1000
+    for i in range(total):
+        publish(redis, "rm.users.user1", f"{i:03d}{payload}")
+    await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == total, 10, "everything queued")
+    queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format("user1"), 0, -1)]
+    assert queued == [f"{i:03d}" for i in range(total)], "in order, none lost, none twice"
+    assert daemon.service.presence.get("user1") is None
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    assert daemon.service.hub.budget.used == 0
+    client.protocol.transport.resumeProducing()
+    code, _ = await client.close_code(timeout=10)
+    assert code in (4413, None), "told why, if the close frame got through before the close handshake timed out"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_memory_held_for_a_frozen_socket_stays_bounded(daemon_factory, redis):
+    """The daemon never holds more than max_pending_bytes (and one message) for a socket that reads nothing."""
+    daemon = await daemon_factory(max_pending_bytes=128 * 1024)
+    client = await daemon.client("user1")
+    await daemon.idle()
+    client.protocol.transport.pauseProducing()
+    peak = 0
+    for i in range(2000):
+        publish(redis, "rm.users.user1", f"{i:04d}" + "y" * 2000)
+        if i % 50 == 0:
+            await daemon.until(lambda: daemon.service.hub.counters.published > i, what="the daemon reading")
+            peak = max(peak, daemon.service.hub.budget.used)
+    await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == 2000, 20, "everything queued")
+    assert 0 < peak <= 128 * 1024 + 2200
+    client.protocol.transport.resumeProducing()
+    await client.close_code(timeout=10)

@@ -24,6 +24,7 @@ from collections import deque
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from redmessenger.core.budget import Budget
 from redmessenger.core.presence import Attachment
 
 
@@ -38,8 +39,9 @@ class Confirmations:
     #: Seconds: sockets due for a confirmation within this of each other are asked in the same turn.
     confirm_tick = 0.01
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, budget: Budget) -> None:
         self._clock = clock
+        self._budget = budget
         #: Sockets to ask: (by when, the socket, its ask_from then), in that
         #: order since the delay is the same for all.  An entry whose ask_from
         #: no longer matches the socket's is spent: a message carried the request.
@@ -94,6 +96,7 @@ class Confirmations:
         if not received or not attachment.attached:
             return  # Hub.detach has taken care of what was unconfirmed
         unconfirmed = attachment.unconfirmed
+        self._budget.give_back(attachment, sum(sent.message.weight for sent in unconfirmed[:count]))
         del unconfirmed[:count]
         if unconfirmed:
             self.want(attachment)

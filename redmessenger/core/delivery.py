@@ -13,9 +13,11 @@ from twisted.internet.interfaces import IReactorTime
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Queues
-from redmessenger.core.presence import Presence, Sent, User
+from redmessenger.core.budget import Budget
+from redmessenger.core.presence import Attachment, Presence, Sent, User
 from redmessenger.logs import debugging, informing, make_logger
 from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import GROUP_SOURCE_PREFIX, queue_key
 
 
@@ -31,14 +33,18 @@ class Delivery:
         confirmations: Confirmations,
         counters: Counters,
         clock: IReactorTime,
+        budget: Budget,
     ) -> None:
         self._presence = presence
         self._queues = queues
         self._confirmations = confirmations
+        self._budget = budget
         self._counters = counters
         self._clock = clock
         #: Called once per message delivered live (the latency histogram, redmessenger.ops.metrics).
         self.on_live_delivery: Callable[[Message], None] = _ignore
+        #: Called with a socket to give up as too slow (Hub.abandon).
+        self.on_too_slow: Callable[[Attachment, ClientError], None] = _ignore_slow
 
     def deliver(self, message: Message, uids: Sequence[str]) -> None:
         """To the live sockets of each uid, else to its queue."""
@@ -72,21 +78,47 @@ class Delivery:
         if now is None:
             now = self._clock.seconds()
         attachments = user.attachments
+        if not attachments:
+            return False
         shared = len(attachments) > 1
         bubble = True
-        taken = False
         confirmations = self._confirmations
+        take = self._budget.take
+        weight = message.weight
+        slow = None
         for attachment in attachments:
             sent = alone if alone is not None and not shared else Sent(message, bubble, shared)
-            if attachment.held is not None:
-                attachment.held.append(sent)
-                taken = True
+            held = attachment.held
+            if held is not None:
+                held.append(sent)
             elif attachment.sink.send_message(message, bubble):
                 attachment.unconfirmed.append(sent)
                 confirmations.sent(attachment, now)
-                taken = True
+            else:
+                # Closing: kept for it, so that when it is gone the message goes
+                # to the user's other sockets or the queue after what it did not confirm.
+                attachment.held = [sent]
+            if not take(attachment, weight):
+                slow = [attachment] if slow is None else slow + [attachment]
             bubble = False
-        return taken
+        if slow is not None:
+            for attachment in slow:
+                self._too_slow(attachment)
+        return True
+
+    def _too_slow(self, attachment: Attachment) -> None:
+        if attachment.abandoned:
+            return
+        attachment.abandoned = True
+        budget = self._budget
+        self.on_too_slow(
+            attachment,
+            ClientError(
+                CloseCode.TOO_SLOW,
+                f"{attachment.pending_bytes} bytes sent and not confirmed (limit {budget.per_socket}; "
+                f"daemon {budget.used} of {budget.total})",
+            ),
+        )
 
     def redeliver(self, uid: str, messages: Iterable[Message]) -> None:
         """Messages a socket of ``uid`` lost: to the user's other sockets, else back to the queue, in order."""
@@ -122,4 +154,8 @@ class Delivery:
 
 
 def _ignore(message: Message) -> None:
+    pass
+
+
+def _ignore_slow(attachment: Attachment, error: ClientError) -> None:
     pass

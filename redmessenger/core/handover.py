@@ -21,6 +21,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
+from redmessenger.core.budget import Budget
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
@@ -64,7 +65,9 @@ class Handovers:
         clock: IReactorTime,
         batch: int,
         on_settled: Callable[[], None],
+        budget: Budget,
     ) -> None:
+        self._budget = budget
         self._presence = presence
         self._queues = queues
         self._delivery = delivery
@@ -202,12 +205,14 @@ class Handovers:
         held, attachment.held = attachment.held or [], None
         # If the socket that had the bubble went away before these reached it, this one has it now.
         carrier = self._presence.carries_bubble(attachment)
-        for sent in held:
+        for i, sent in enumerate(held):
             if carrier and not sent.bubble:
                 sent = Sent(sent.message, True, sent.delivered_elsewhere)
             if attachment.sink.send_message(sent.message, sent.bubble):
                 attachment.unconfirmed.append(sent)
-            elif not sent.delivered_elsewhere:
-                self._delivery.queue([attachment.uid], sent.message)
+                continue
+            # Closing: the rest waits for it to be gone (Hub.detach delivers it again, in order).
+            attachment.held = [sent] + held[i + 1 :]
+            break
         if attachment.unconfirmed:
             self._confirmations.want(attachment)

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from redmessenger.core.budget import Budget
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
@@ -53,6 +54,8 @@ class Hub:
         handover_batch: int = 500,
         user_socket_limit: int | None = None,
         max_payload_bytes: int | None = None,
+        max_pending_bytes: int = 8 << 20,
+        memory_budget_bytes: int = 256 << 20,
     ) -> None:
         self._clock = clock
         self._queues = queues
@@ -61,8 +64,10 @@ class Hub:
         self._idle_waiters: list[Deferred[None]] = []
         self.counters = Counters()
         self.presence = Presence(user_socket_limit)
-        self.confirmations = Confirmations(clock)
-        self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock)
+        self.budget = Budget(max_pending_bytes, memory_budget_bytes)
+        self.confirmations = Confirmations(clock, self.budget)
+        self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock, self.budget)
+        self.delivery.on_too_slow = self.abandon
         self.router = Router(
             directory,
             self.delivery.deliver,
@@ -73,7 +78,15 @@ class Hub:
             keep_aside=queues.keep_aside,
         )
         self.handovers = Handovers(
-            self.presence, queues, self.delivery, self.confirmations, self.counters, clock, handover_batch, self._settled
+            self.presence,
+            queues,
+            self.delivery,
+            self.confirmations,
+            self.counters,
+            clock,
+            handover_batch,
+            self._settled,
+            self.budget,
         )
 
     # -- from Redis ------------------------------------------------------------------
@@ -132,6 +145,8 @@ class Hub:
         if not received_all:
             orphans += [sent.message for sent in attachment.unconfirmed if not sent.delivered_elsewhere]
         orphans += [sent.message for sent in attachment.held or () if not sent.delivered_elsewhere]
+        if attachment.pending_bytes:
+            self.budget.give_back(attachment, attachment.pending_bytes)
         attachment.unconfirmed.clear()
         attachment.held = None
         if orphans:
@@ -142,6 +157,15 @@ class Hub:
                 peer=attachment.sink.client_address,
             )
             self.delivery.redeliver(attachment.uid, orphans)
+
+    def abandon(self, attachment: Attachment, error: ClientError) -> None:
+        """
+        Give a socket up (too slow): what it was sent and did not confirm goes to
+        the user's other sockets or back to the queue now, in order, and its
+        connection is told to end.
+        """
+        self.detach(attachment)
+        attachment.sink.abandon(error)
 
     def refused(self, reason: CloseCode) -> None:
         """A client was refused or closed for a mistake (counted by reason)."""

@@ -46,6 +46,9 @@ class MessageSink(Protocol):
         far (a WebSocket pong, the next poll), False if it went away first.
         """
 
+    def abandon(self, error: ClientError) -> None:
+        """The core gives up on this client (it reads too slowly): end its connection, telling it ``error``."""
+
 
 class ClientLink(MessageSink, Protocol):
     """What a client session needs of its connection besides delivery: the dialect's way of talking back."""

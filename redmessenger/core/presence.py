@@ -42,6 +42,10 @@ class Attachment:
     #: A list (confirmed ones leave from the front in one slice): an empty
     #: deque costs 760 bytes, and an idle socket holds this for its lifetime.
     unconfirmed: list[Sent] = field(default_factory=list)
+    #: The weight of the messages in ``held`` and ``unconfirmed`` (see redmessenger.core.budget).
+    pending_bytes: int = 0
+    #: The core gave this socket up (too slow); its connection is closing.
+    abandoned: bool = False
     #: A confirmation is under way (at most one per socket at a time).
     confirming: bool = False
     #: While a confirmation is wanted and not asked for yet: from when a

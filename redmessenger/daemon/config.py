@@ -75,6 +75,10 @@ class Config:
     #: Largest payload a PUBLISH may carry, in bytes; a larger one is kept aside at
     #: ``rm:oversize:$channel`` instead of delivered (docs/protocol.md, *Message size*).
     max_payload_bytes: int = 1024 * 1024
+    #: Bytes a socket may be sent and not confirm before it is closed as too slow (4413).
+    max_pending_bytes: int = 8 * 1024 * 1024
+    #: Bytes all sockets together may be sent and not confirm; past it the slowest are closed (4413).
+    memory_budget_bytes: int = 256 * 1024 * 1024
 
     log_level: str = "info"
 
@@ -282,6 +286,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "handover_batch": _integer(1, 100000),
     # Redis's own limit on a string (proto-max-bulk-len's default) is 512 MiB
     "max_payload_bytes": _integer(1, 512 * 1024 * 1024),
+    "max_pending_bytes": _integer(64 * 1024),
+    "memory_budget_bytes": _integer(1024 * 1024),
     "log_level": _log_level,
     "manhole": _optional(_manhole),
     "manhole_password_file": _optional(_password_file),

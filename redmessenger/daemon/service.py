@@ -102,6 +102,8 @@ class RedMessengerService(OrderedServices):
             handover_batch=config.handover_batch,
             user_socket_limit=config.user_socket_limit,
             max_payload_bytes=config.max_payload_bytes,
+            max_pending_bytes=config.max_pending_bytes,
+            memory_budget_bytes=config.memory_budget_bytes,
         )
         self.presence = self.hub.presence
 
@@ -286,6 +288,8 @@ class RedMessengerService(OrderedServices):
             users_online=lambda: len(presence),
             handovers_running=lambda: self.hub.handovers.running,
             queue_backlog=lambda: self.store.backlog,
+            pending_bytes=lambda: self.hub.budget.used,
+            budget_bites=lambda: self.hub.budget.bites,
             longest_queues=lambda limit: longest_queues(self.link.commands, limit),
         )
 

@@ -29,6 +29,9 @@ T = TypeVar("T")
 #: by the Node.js RedMessenger, whose payloads are ``encodeURI``-encoded.
 ENTRY_VERSION = 1
 
+#: An envelope's bytes besides its payload (field names, id, source, timestamp), roughly.
+ENVELOPE_OVERHEAD = 160
+
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: The string escaper _dumps uses (ensure_ascii=False): C-accelerated.
 _quote = json.encoder.encode_basestring
@@ -39,13 +42,15 @@ _MISSING = object()
 class Message:
     """One message on its way to one or many users; caches its encodings."""
 
-    __slots__ = ("id", "source", "timestamp", "payload", "_encodings")
+    __slots__ = ("id", "source", "timestamp", "payload", "weight", "_encodings")
 
     def __init__(self, source: str, timestamp: int, payload: str, id: str) -> None:
         self.id = id
         self.source = source
         self.timestamp = timestamp
         self.payload = payload
+        #: About what the message costs to hold for a socket, in bytes: its payload and an envelope's overhead.
+        self.weight = len(payload) + ENVELOPE_OVERHEAD
         self._encodings: dict[Any, Any] = {}
 
     def __repr__(self) -> str:

@@ -103,6 +103,18 @@ class DaemonCollector:
             counters.oversize,
         )
 
+        view = self._view
+        yield GaugeMetricFamily(
+            prefix + "pending_bytes",
+            "Bytes sent to sockets (or held for them) and not confirmed yet, about (bounded by memory_budget_bytes)",
+            view.pending_bytes(),
+        )
+        yield CounterMetricFamily(
+            prefix + "budget_closes",
+            "Sockets closed as too slow because the daemon was past memory_budget_bytes",
+            view.budget_bites(),
+        )
+
         connected = GaugeMetricFamily(
             prefix + "redis_connected", "1 while the Redis connection is up (and subscribed)", labels=["connection"]
         )

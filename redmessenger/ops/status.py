@@ -50,6 +50,9 @@ class DaemonView:
     users_online: Callable[[], int]
     handovers_running: Callable[[], int]
     queue_backlog: Callable[[], int]
+    #: Bytes sent to sockets and not confirmed yet (redmessenger.core.budget), and sockets closed for the budget.
+    pending_bytes: Callable[[], int]
+    budget_bites: Callable[[], int]
     longest_queues: LongestQueues
 
 

@@ -66,13 +66,18 @@ def test_a_group_reaches_online_members_live_and_offline_members_queued() -> Non
     assert queues.payloads("off") == ["meow"] and "on" not in queues.queues
 
 
-def test_a_socket_that_is_closing_does_not_count_as_online() -> None:
+def test_a_message_for_a_closing_socket_waits_for_it_to_go_then_follows_what_it_did_not_confirm() -> None:
+    """A socket closing (its close handshake under way) takes nothing more; once gone, its messages go back in order."""
     hub, queues, _, clock = setting()
     socket = Socket(clock)
-    online(hub, socket)
+    attachment = online(hub, socket)
+    hub.on_publish(b"rm.users.u", b"sent")
     socket.writable = False  # closing, not detached yet
-    hub.on_publish(b"rm.users.u", b"hi")
-    assert queues.payloads("u") == ["hi"]
+    hub.on_publish(b"rm.users.u", b"while closing")
+    assert queues.queues == {}, "not queued ahead of the unconfirmed one"
+    hub.detach(attachment)
+    assert queues.payloads("u") == ["sent", "while closing"]
+    assert hub.budget.used == 0 and attachment.pending_bytes == 0
 
 
 def test_a_message_the_other_socket_has_too_is_not_delivered_again() -> None:

@@ -7,6 +7,8 @@ upgraded to WebSocket.  The same core and rules as the plain dialect.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -519,6 +521,26 @@ async def test_a_page_frozen_in_the_back_forward_cache_confirms_nothing(daemon_f
     clients.append(second)
     await second.expect("message", 3)
     assert payloads(second.messages()) == ["m0", "m1", "m2"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_client_is_given_up_past_max_pending_bytes_and_loses_nothing(daemon_factory, redis, clients, transport):
+    """Issue 13, item 2, on Socket.IO: a session whose client stopped reading is ended; its messages are queued in order."""
+    daemon = await daemon_factory(max_pending_bytes=64 * 1024)
+    client = node_client(rm_url(daemon), "user1", generation="v4", transports=[transport])
+    clients.append(client)
+    await wait_until(lambda: attached(daemon, "user1") == 1, 10, "user1 online")
+    await daemon.idle()
+    client.freeze()
+    for i in range(150):
+        publish(redis, "rm.users.user1", f"{i:03d}" + "z" * 1000)
+    await wait_until(lambda: redis.llen(QUEUE.format("user1")) == 150, 10, "everything queued")
+    queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format("user1"), 0, -1)]
+    assert queued == [f"{i:03d}" for i in range(150)]
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    assert len(daemon.service.socketio.engine) == 0, "the session ended at once"
+    client.thaw()
 
 
 def test_a_refused_client_cannot_connect_again() -> None:

@@ -100,6 +100,10 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._send_ping(waiter)
         return waiter
 
+    def abandon(self, error: ClientError) -> None:
+        if self._session is not None:
+            self._session.refuse(error)
+
     def accepted(self, uid: str) -> None:
         pass  # the plain dialect has no answer to an identifier: the queue follows
 

@@ -105,6 +105,11 @@ class SocketIOConnection:
     def confirm(self) -> Deferred[bool]:
         return self._session.confirm()
 
+    def abandon(self, error: ClientError) -> None:
+        # The report, then the end at once: a client this far behind reads neither soon.
+        self._client.refuse(error)
+        self._session.abort(error.code.name.lower(), code=int(error.code))
+
     def accepted(self, uid: str) -> None:
         if self._ack is not None:
             self._send(SIOPacket(SIOType.ACK, self._owner.namespace, [{"uid": uid}], self._ack))

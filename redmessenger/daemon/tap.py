@@ -2,16 +2,20 @@
 ``twistd redmessenger``: command-line options and the service they make.
 
 The configuration is read and checked here, before anything listens: a bad key
-becomes a ``UsageError`` naming it, and twistd exits 1 with that message.
+stops twistd with one line naming the file and the key, and exit status 1.
 """
 
 from __future__ import annotations
 
+import json
+import platform
+from dataclasses import fields
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from redmessenger import __version__
 from redmessenger.daemon.config import Config, ConfigError, load_config
 from redmessenger.ops.tuning import tune_garbage_collector
 
@@ -23,11 +27,48 @@ class Options(usage.Options):
         ["config", "c", "etc/redmessenger.json", "Path of the JSON configuration file."],
     ]
 
+    def opt_version(self) -> None:
+        """Display RedMessenger's version and exit."""
+        import twisted
+
+        print(f"RedMessenger {__version__} (Twisted {twisted.__version__}, Python {platform.python_version()})")
+        raise SystemExit(0)
+
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width) + configuration_help()
+
     def postOptions(self) -> None:
         try:
             self["parsed"] = load_config(self["config"])
         except ConfigError as e:
-            raise usage.UsageError(f"configuration: {e}") from None
+            # Not a UsageError: twistd would print its whole usage text before the
+            # one line that matters.  SystemExit prints the line and exits 1.
+            raise SystemExit(configuration_error(self["config"], e)) from None
+
+
+def configuration_error(path: str, error: ConfigError) -> str:
+    """The one line twistd prints for a configuration it cannot use: the file, then the key and what is wrong."""
+    message = str(error)
+    return f"redmessenger: {message}" if path in message else f"redmessenger: {path}: {message}"
+
+
+def configuration_help() -> str:
+    """``--help``'s last part: where the keys are explained, and each key with its default."""
+    width = max(len(f.name) for f in fields(Config)) + 1
+    lines = [
+        "",
+        "The configuration file is a JSON object; every key is optional. The Configuration",
+        "section of README.md says what each key means; docs/operations.md covers running",
+        "it as a service. The keys and their defaults:",
+    ]
+    for f in fields(Config):
+        if f.name == "source":
+            continue
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)
+        lines.append(f"  {f.name:<{width}} {json.dumps(default)}")
+    return "\n".join(lines) + "\n"
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

@@ -75,3 +75,21 @@ def test_not_json_and_not_an_object_are_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="JSON object"):
         parse_config([1, 2])
+
+
+@pytest.mark.parametrize(
+    "key, suggestion",
+    [("redis_prot", "redis_port"), ("ws-port", "ws_port"), ("Secure_Mode", "secure_mode"), ("queue_expiery", "queue_expiry")],
+)
+def test_a_misspelt_key_gets_a_did_you_mean(key: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({key: 1})
+    assert str(raised.value) == f"{key}: unknown configuration key; did you mean {suggestion}?"
+
+
+def test_a_key_like_no_other_lists_the_known_keys() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"frobnicate": 1})
+    message = str(raised.value)
+    assert message.startswith("frobnicate: unknown configuration key (known keys: allowed_origins, ")
+    assert "did you mean" not in message and "\n" not in message

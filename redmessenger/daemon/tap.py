@@ -3,12 +3,17 @@
 
 The configuration is read and checked here, before anything listens: a bad key
 stops twistd with one line naming the file and the key, and exit status 1.
+A start that fails later (a port in use, the embedded server exiting) is also
+one line and exit status 1 (:func:`exit_once_stopped`).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import platform
+import sys
 from dataclasses import fields
 from typing import Any
 
@@ -83,5 +88,52 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     set_level(config.log_level)
     service = RedMessengerService(config, reactor)
     service.config_path = options["config"]  # SIGHUP re-reads it (redmessenger.daemon.reload)
+    service.on_start_failure = lambda: exit_once_stopped(reactor, 1)
     tune_garbage_collector(reactor)
     return service
+
+
+#: The status the process ends with, once a start failed under twistd.
+_exit_status: int | None = None
+
+
+def exit_once_stopped(reactor: Any, status: int) -> None:
+    """
+    Stop the reactor (the services stop as for SIGTERM), and end the process
+    with ``status`` once twistd is done.
+
+    twistd exits 0 however the reactor was stopped (Twisted #11335), so that
+    systemd's ``Restart=on-failure`` would never retry.  The status is set at
+    the very end: from an exit handler, after twistd removed its pid file and
+    stopped logging.  ``os._exit`` is the only way to choose the status there;
+    it skips the exit handlers registered before this one (the standard
+    ``logging`` module's flush, which nothing here uses), and the standard
+    streams are flushed first.  For a failure before the reactor runs, see
+    :class:`~redmessenger.daemon.service.StartFailed`.
+    """
+    global _exit_status
+    if _exit_status is None:
+        atexit.register(_exit_with_status)
+    _exit_status = status
+    reactor.callWhenRunning(_stop, reactor)
+
+
+def _stop(reactor: Any) -> None:
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # already stopping
+
+
+def _exit_with_status() -> None:
+    if _exit_status is None:
+        return
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(_exit_status)

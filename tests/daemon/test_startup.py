@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -128,3 +129,43 @@ async def test_in_process_a_failed_start_stops_the_service_and_says_why(tmp_path
     finally:
         if service.running:
             await service.stopService()
+
+
+# -- Redis unreachable at start: not a failed start, but said clearly ---------------------------------
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_redis_unreachable_at_start_is_a_warning_with_its_cause_and_a_stop_logs_no_traceback(
+    tmp_path: Path,
+) -> None:
+    from ..httpclient import http_get
+    from ..twistdprocess import Twistd
+    from ..wsclient import connect_client
+
+    redis_port = free_port()  # nothing listens there
+    daemon = Twistd(tmp_path, redis_port)
+    daemon.start()
+    try:
+        await wait_until(lambda: "Scheduling retry 2 " in daemon.output, 20, "two failed attempts per connection")
+        warnings = [line for line in daemon.output.splitlines() if "#warn]" in line]
+        assert len(warnings) == 1, daemon.output  # the retries are not each a warning
+        assert f"Cannot reach Redis at {HOST}:{redis_port} (" in warnings[0] and "Connection refused" in warnings[0]
+
+        code, _, body = await http_get(daemon.port, "/health")
+        reason = json.loads(body)["reason"]
+        assert code == 503 and reason.startswith("Redis command connection down (last error: "), reason
+        assert "Connection refused" in reason, reason
+
+        # a user comes: their queue handover waits for Redis when the stop comes
+        client = await connect_client(daemon.url)
+        client.send("user1")
+        await wait_until(lambda: "Assigning id user1" in daemon.output, 10, "the identification")
+        daemon.signal("TERM")
+        assert await daemon.ended(30) == f"signal {signal.SIGTERM}", daemon.output
+        await client.close_code()
+    finally:
+        await daemon.stop()
+    assert "RedMessenger stopped" in daemon.output
+    assert "Traceback" not in daemon.output, daemon.output
+    assert "#critical]" not in daemon.output and "#error]" not in daemon.output, daemon.output

@@ -65,6 +65,22 @@ def test_a_busy_ws_port_names_ws_port(squatter: int, tmp_path: Path) -> None:
     assert f"ws_port tcp:{squatter}:backlog=1024: cannot listen on *:{squatter}: Address already in use" in line
 
 
+def test_a_busy_manhole_port_names_manhole(squatter: int, tmp_path: Path) -> None:
+    passwords = tmp_path / "manhole.passwd"
+    passwords.write_text("ops:secret\n")
+    passwords.chmod(0o600)
+    config = {
+        "redis_port": free_port(),
+        "listen": f"tcp:{free_port()}:interface={HOST}",
+        "manhole": squatter,
+        "manhole_password_file": str(passwords),
+    }
+    code, output = run_twistd(config, tmp_path)
+    assert code == 1, output
+    [line] = serious(output)
+    assert f"manhole tcp:{squatter}:interface=127.0.0.1: cannot listen on 127.0.0.1:{squatter}: Address already in use" in line
+
+
 def test_a_busy_embedded_redis_port_is_one_line_and_exit_1(squatter: int, tmp_path: Path) -> None:
     config = {
         "embedded_redis": True,

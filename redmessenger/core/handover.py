@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.budget import Budget
@@ -77,6 +77,7 @@ class Handovers:
         self._batch = batch
         self._on_settled = on_settled
         self._running: dict[str, _Handover] = {}
+        self._stopping = False
 
     @property
     def running(self) -> int:
@@ -95,14 +96,22 @@ class Handovers:
     def stop(self, timeout: float) -> Deferred[Any]:
         """
         Let running handovers finish their bookkeeping (trims, held messages),
-        for at most ``timeout`` seconds: with Redis away they cannot.
+        for at most ``timeout`` seconds: with Redis away they cannot, and are
+        cancelled (one warning; what they did not deliver stays queued).
         """
+        self._stopping = True
         running = [h.done for h in self._running.values() if h.done is not None]
         waiting: Deferred[Any] = DeferredList(running, consumeErrors=True)
-        waiting.addTimeout(timeout, self._clock)
-        return waiting.addErrback(
-            lambda f: self.log.warn("{count} queue handovers unfinished at shutdown", count=len(self._running))
-        )
+
+        def cut_short(result: Any, timeout: float) -> None:
+            self.log.warn(
+                "{count} queue handovers unfinished {timeout}s into the shutdown (Redis does not answer);"
+                " what they did not deliver stays queued",
+                count=len(running),
+                timeout=timeout,
+            )
+
+        return waiting.addTimeout(timeout, self._clock, onTimeoutCancel=cut_short)
 
     def _start(self, attachment: Attachment, waiting: list[Attachment] | None = None) -> None:
         handover = _Handover(attachment, waiting=waiting or [])
@@ -111,7 +120,12 @@ class Handovers:
             attachment.held = []
         d = ensureDeferred(self._hand_over(handover))
         handover.done = d
-        d.addErrback(lambda f: self.log.failure("Handing the queue of {uid} over failed", f, uid=attachment.uid))
+        d.addErrback(self._failed, attachment.uid)
+
+    def _failed(self, failure: Any, uid: str) -> None:
+        if self._stopping and failure.check(CancelledError):
+            return  # cut short by stop(), which says so
+        self.log.failure("Handing the queue of {uid} over failed", failure, uid=uid)
 
     async def _hand_over(self, handover: _Handover) -> None:
         """Deliver the user's queue to one socket, oldest first, a batch at a time."""

@@ -7,6 +7,7 @@ start with a message naming the key, instead of surfacing hours later.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -301,6 +302,15 @@ _IGNORED_LEGACY_KEYS = frozenset({"cluster"})
 assert set(_CHECKS) == {f.name for f in fields(Config)} - {"source"}
 
 
+def _unknown_key(key: str) -> str:
+    """The error for a key we do not know: the likeliest intended key, or else all of them."""
+    spelt = {name.lower(): name for name in _CHECKS}
+    close = difflib.get_close_matches(key.lower().replace("-", "_"), list(spelt), n=1)
+    if close:
+        return f"{key}: unknown configuration key; did you mean {spelt[close[0]]}?"
+    return f"{key}: unknown configuration key (known keys: {', '.join(sorted(_CHECKS))})"
+
+
 def parse_config(raw: Any, source: str = "<inline>") -> Config:
     """Validate a decoded JSON object and return the configuration it describes."""
     if not isinstance(raw, dict):
@@ -311,7 +321,7 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
             continue
         check = _CHECKS.get(key)
         if check is None:
-            raise ConfigError(f"{key}: unknown configuration key (known keys: {', '.join(sorted(_CHECKS))})")
+            raise ConfigError(_unknown_key(key))
         values[key] = check(key, value)
     config = Config(source=source, **values)
     if config.embedded_redis and config.redis_host not in ("127.0.0.1", "localhost", "::1"):

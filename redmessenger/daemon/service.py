@@ -5,7 +5,9 @@ order, each stop awaited before the next begins.
 
 Start: the clients' port is opened in the privileged phase (a port in use is
 fatal at once), then the embedded Redis if configured (waited for), the Redis
-link, the dialects' timers, the manhole, SIGHUP.  Stop, the reverse: stop
+link, the dialects' timers, the manhole, SIGHUP.  A start that cannot complete
+is one critical line naming what and where, then a stop (under twistd, exit
+status 1: see :mod:`redmessenger.daemon.tap`).  Stop, the reverse: stop
 accepting; close every socket (1001; their unconfirmed messages are queued again
 as they close); let queue handovers settle; leave Redis once what it sent us is
 handled and our queue writes have landed; stop the embedded server last.
@@ -20,6 +22,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from redmessenger.core.admission import ConnectionLimit
@@ -45,6 +48,25 @@ JAVASCRIPT = b"application/javascript; charset=utf-8"
 
 #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
 SHUTDOWN_TIMEOUT = 5.0
+
+
+class StartFailed(SystemExit, Exception):
+    """
+    The daemon cannot start, raised before the reactor runs; ``str()`` is one line
+    naming what failed and where (logged, critical, before it is raised).
+
+    Both an ``Exception`` and a ``SystemExit`` with status 1: twistd catches
+    ``Exception`` around the start to tell a daemonizing parent (which prints
+    ``str()`` and exits 1) and remove its pid file, then re-raises it, and
+    Python ends on a ``SystemExit`` without printing a traceback.
+    """
+
+    def __init__(self, line: str) -> None:
+        super().__init__(1)
+        self.line = line
+
+    def __str__(self) -> str:
+        return self.line
 
 
 class OrderedServices(MultiService):
@@ -89,6 +111,12 @@ class RedMessengerService(OrderedServices):
         self.started_at: float | None = None
         #: The configuration file when run by twistd: SIGHUP re-reads it (redmessenger.daemon.reload).
         self.config_path: str | None = None
+        #: Why the start failed (one line), once it has.
+        self.start_failure: str | None = None
+        #: Called once a start failed after the privileged phase (the reason is logged and in
+        #: ``start_failure``).  By default the service stops; twistd's tap stops the reactor
+        #: and makes the process exit with status 1.
+        self.on_start_failure: Callable[[], object] = self.stopService
 
         # -- Redis and the core --
         self.link = RedisLink(reactor, redis_settings(config), on_message=self._on_publish)
@@ -182,8 +210,41 @@ class RedMessengerService(OrderedServices):
 
     def privilegedStartService(self) -> None:
         fit_open_files_limit(self.config.conn_limit)
-        # Children open their ports here: a port in use (or a bad certificate) is fatal at start.
-        super().privilegedStartService()
+        if self.embedded is not None:
+            try:
+                self.embedded.check_port()
+            except OSError as e:
+                where = f"{self.embedded.host}:{self.embedded.port}"
+                raise self._cannot_start(f"embedded_redis: cannot listen on {where} (redis_port): {e.strerror}") from None
+        # Children open their ports here: a port in use is fatal at start.
+        Service.privilegedStartService(self)
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except CannotListenError as e:
+                raise self._cannot_start(self._cannot_listen(child, e)) from None
+
+    def _cannot_start(self, why: str) -> StartFailed:
+        self.start_failure = why
+        self.log.critical("RedMessenger cannot start: {why}", why=why)
+        return StartFailed(why)
+
+    def _cannot_listen(self, child: IService, error: CannotListenError) -> str:
+        """``<key> <endpoint>: cannot listen on <address>: <reason>``, for the clients' port or the manhole's."""
+        if child is self.listening:
+            key = "listen" if self.config.listen is not None else "ws_port"
+            endpoint = self.config.listen_endpoint
+        elif child is self.manhole:
+            key, endpoint = "manhole", str(self.config.manhole)
+        else:
+            raise error
+        if error.interface is None and isinstance(error.port, str):
+            where = error.port  # a UNIX socket's path
+        else:
+            where = f"{error.interface or '*'}:{error.port}"
+        reason = error.socketError
+        why = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        return f"{key} {endpoint}: cannot listen on {where}: {why}"
 
     def startService(self) -> None:
         self.started_at = self.reactor.seconds()
@@ -214,9 +275,14 @@ class RedMessengerService(OrderedServices):
         self.embedded.whenReady().addCallbacks(lambda _: self.link.start(), self._embedded_failed)
 
     def _embedded_failed(self, failure: Failure) -> None:
-        self.log.critical("The embedded Redis server did not start: {why}", why=failure.getErrorMessage())
-        if self.reactor.running:
-            self.reactor.stop()
+        if not self.running:
+            return  # stopped while the server was starting: nothing failed
+        from redmessenger.redis_edge.embedded import EmbeddedRedisError
+
+        why = failure.value.summary if isinstance(failure.value, EmbeddedRedisError) else failure.getErrorMessage()
+        self.start_failure = f"embedded_redis: {why}"
+        self.log.critical("RedMessenger cannot start: {why}", why=self.start_failure)
+        self.on_start_failure()
 
     def _close_sockets(self) -> Deferred[None]:
         """Close every client socket (1001), so that clients reconnect elsewhere; their unconfirmed messages go back."""

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
 from collections import deque
 from pathlib import Path
 from typing import Any, cast
@@ -68,7 +69,20 @@ _SERVER_LINE = re.compile(r"\d+:(?:[A-Z] \d{1,2} [A-Za-z]{3} \d{4} [\d:.]+ ([.*#
 
 
 class EmbeddedRedisError(Exception):
-    """The embedded server could not be started (or did not become ready)."""
+    """
+    The embedded server could not be started (or did not become ready).
+
+    ``str()`` has the details (the server's last output lines); ``summary`` is
+    one line for the log: what happened and the server's last words.
+    """
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary if summary is not None else message.splitlines()[0]
+
+
+#: The prefix of valkey-server's log lines: ``pid:role date time level``.
+_SERVER_LOG_PREFIX = re.compile(r"^\d+:[A-Z] +\d+ \w+ \d+ [\d:.]+ [.*#-] ")
 
 
 class _Reactor(_TypingProtocol):
@@ -316,6 +330,7 @@ class EmbeddedRedisService(Service):
         self._probe_attempt: Deferred[int | None] | None = None
         self._open_probes: set[_ReadinessProbe] = set()
         self._terminating = False  # SIGTERM sent by stopService: the exit is expected
+        self._was_ready = False  # a child answered PING since startService (else a dying child is a failed start)
         # The readiness of the current (or latest) child: None while unknown.
         self._ready: Failure | bool | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -351,10 +366,22 @@ class EmbeddedRedisService(Service):
         self._ready_waiters.append(d)
         return d
 
+    def check_port(self) -> None:
+        """
+        Raise the ``OSError`` of ``bind()`` if another program listens on
+        host:port already: the server would exit at once.  A check before
+        starting, for a clear error; the server's own failure is still reported.
+        """
+        family = socket.AF_INET6 if ipaddress.ip_address(self.host).version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+            s.bind((self.host, self.port))
+
     def startService(self) -> None:
         """Start the child; see whenReady() to know when it accepts commands."""
         super().startService()
         self._ready = None
+        self._was_ready = False
         if self._process is None:
             self._spawn()
         # else: the previous child is still stopping; _processEnded starts the next one.
@@ -440,9 +467,11 @@ class EmbeddedRedisService(Service):
                 protocol, self.binary, args, env=dict(os.environ), path=str(self.data_dir)
             )
         except Exception as e:
-            log.failure("Cannot start {binary} in {dir}", binary=self.binary, dir=str(self.data_dir))
+            # whenReady()'s waiters report it: one line here
+            log.warn("Cannot start {binary} in {dir}: {why}", binary=self.binary, dir=str(self.data_dir), why=str(e))
             self._set_ready(Failure(EmbeddedRedisError(
-                f"{self.binary} on port {self.port}: cannot start it in {self.data_dir}: {e}"
+                f"{self.binary} on port {self.port}: cannot start it in {self.data_dir}: {e}",
+                f"cannot start {Path(self.binary).name} in {self.data_dir}: {e}",
             )))
             return
         self._protocol = protocol
@@ -483,8 +512,15 @@ class EmbeddedRedisService(Service):
         code = getattr(reason.value, "exitCode", None)
         signal = getattr(reason.value, "signal", None)
         failed = self._ready is None and not expected
+        # A child that never answered PING since startService is a failed start:
+        # whenReady()'s waiters hear of it, and it is not restarted.
+        restart = expected or self._was_ready
         if expected:
             log.info("valkey-server (pid {pid}) stopped", pid=pid)
+        elif not restart:
+            log.warn(
+                "valkey-server (pid {pid}) exited before it was ready ({how})", pid=pid, how=_exit_text(code, signal)
+            )
         elif self.running:
             if self._ready is True:
                 self._ready = None  # whenReady() now waits for the restarted child
@@ -493,15 +529,13 @@ class EmbeddedRedisService(Service):
                 " restarting it in {delay}s",
                 pid=pid, code=code, signal=signal, delay=self.restart_delay,
             )
-        if self.running and self._restart_call is None:
+        if self.running and self._restart_call is None and restart:
             # if expected: stopService, then startService while it was stopping
             delay = 0.0 if expected else self.restart_delay
             self._restart_call = self._reactor.callLater(delay, self._spawn)
         # Last, once our state is consistent: the waiters' callbacks may call us back.
         if failed:
-            self._set_ready(Failure(EmbeddedRedisError(self._describe(
-                f"exited (exit code {code}, signal {signal}) before answering PING"
-            ))))
+            self._set_ready(Failure(self._error(f"exited ({_exit_text(code, signal)}) before answering PING")))
         waiters, self._exit_waiters = self._exit_waiters, []
         for d in waiters:
             d.callback(None)
@@ -534,11 +568,11 @@ class EmbeddedRedisService(Service):
                 log.info("valkey-server (pid {pid}) is ready on {host}:{port}", pid=pid, host=self.host, port=self.port)
                 self._set_ready(True)
             elif self._reactor.seconds() >= deadline:
-                error = EmbeddedRedisError(self._describe(
+                error = self._error(
                     f"did not answer PING within {self.ready_timeout}s"
                     + (f" (pid {server_pid} answered instead)" if server_pid is not None else "")
-                ))
-                log.error("Embedded Redis server not ready: {error}", error=str(error))
+                )
+                log.warn("Embedded Redis server not ready: {error}", error=error.summary)  # the waiters report it
                 self._set_ready(Failure(error))
             else:
                 self._probe_call = self._reactor.callLater(self.probe_interval, self._probe, generation, pid, deadline)
@@ -557,6 +591,8 @@ class EmbeddedRedisService(Service):
 
     def _set_ready(self, result: Failure | bool) -> None:
         self._ready = result
+        if result is True:
+            self._was_ready = True
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
             if isinstance(result, Failure):
@@ -564,8 +600,18 @@ class EmbeddedRedisService(Service):
             else:
                 d.callback(None)
 
-    def _describe(self, problem: str) -> str:
-        """An error message naming the binary, the port and the child's last words."""
+    def _error(self, problem: str) -> EmbeddedRedisError:
+        """
+        The error naming the binary, the address and the child's last words:
+        all its kept output lines in the message, the last one in the summary.
+        """
         lines = list(self._protocol.lines) if self._protocol is not None else []
         output = "\n".join("    " + line for line in lines) if lines else "    (no output)"
-        return f"{self.binary} on {self.host}:{self.port} {problem}; its last output:\n{output}"
+        summary = f"{Path(self.binary).name} on {self.host}:{self.port} {problem}"
+        if lines:
+            summary += ": " + _SERVER_LOG_PREFIX.sub("", lines[-1])
+        return EmbeddedRedisError(f"{self.binary} on {self.host}:{self.port} {problem}; its last output:\n{output}", summary)
+
+
+def _exit_text(code: int | None, signal: int | None) -> str:
+    return f"signal {signal}" if signal is not None else f"exit code {code}"

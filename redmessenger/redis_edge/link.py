@@ -7,6 +7,10 @@ connection, since Redis forgets subscriptions with the connection.  Replies are
 raw bytes (``charset=None``, ``convertNumbers=False``): a payload such as
 ``007`` must reach the client as it was published.
 
+While Redis cannot be reached, the first failed attempt is a warning with its
+cause, then one a minute (each connection retries every few seconds), and
+``/health`` shows the latest cause.
+
 txredisapi is imported inside functions: importing it installs the default
 reactor, which must not happen before twistd has chosen one.
 """
@@ -17,9 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from redmessenger.core.ports import LinkState
 from redmessenger.logs import make_logger
@@ -30,6 +36,9 @@ if TYPE_CHECKING:
 
 #: Bytes the subscriber reads from Redis per reactor turn (Twisted's default: 64 KB).
 SUBSCRIBER_READ_SIZE = 1 << 20
+
+#: Seconds between two warnings while Redis stays unreachable.
+UNREACHABLE_REMINDER = 60.0
 
 OnMessage = Callable[[bytes, bytes], None]
 
@@ -60,6 +69,58 @@ def _lean(protocol: Any) -> bool:
     return hasattr(protocol, "_reader") and protocol.charset is None and not protocol.convertNumbers
 
 
+class Outage:
+    """
+    The failed attempts to reach Redis since it was last reached, and which of
+    them to warn about: the first, a new cause, and one a minute while it lasts.
+    """
+
+    def __init__(self, clock: IReactorTime, remind_every: float = UNREACHABLE_REMINDER) -> None:
+        self._clock = clock
+        self._remind_every = remind_every
+        #: Failed attempts (of both connections) since Redis was last reached.
+        self.failures = 0
+        self.began: float | None = None
+        self._warned_at = 0.0
+        self._warned_why: str | None = None
+
+    def failed(self, why: str) -> bool:
+        """One more failed attempt; whether it deserves a warning."""
+        now = self._clock.seconds()
+        self.failures += 1
+        if self.began is None:
+            self.began = now
+        if why == self._warned_why and now - self._warned_at < self._remind_every:
+            return False
+        self._warned_at, self._warned_why = now, why
+        return True
+
+    def over(self) -> int:
+        """Redis was reached: the failed attempts it took (0 if none), and a fresh start."""
+        failures, self.failures, self.began, self._warned_why = self.failures, 0, None, None
+        return failures
+
+
+@implementer(IStreamClientEndpoint)
+class _Attempts:
+    """An endpoint that tells ``failed`` why each connection attempt failed (a stop's cancellation aside)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        return self._endpoint.connect(protocolFactory).addErrback(self._report)
+
+    def _report(self, failure: Failure) -> Failure:
+        if not failure.check(CancelledError):
+            self._failed(failure)
+        return failure
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+
 def _endpoint(reactor: Any, settings: RedisSettings) -> IStreamClientEndpoint:
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, settings.host, settings.port, timeout=settings.timeout)
     if settings.tls:
@@ -78,10 +139,36 @@ class RedisLink:
         import txredisapi
 
         self.state = LinkState()
+        self.outage = Outage(reactor)
+        #: Why txredisapi gave up on a new connection (AUTH or SELECT failed): the cause of its loss.
+        self._refusal: str | None = None
         self._stopping = False
         self._reactor = reactor
         self._settings = settings
         link = self
+
+        class KeepTrying:
+            """
+            txredisapi stops reconnecting for good when AUTH or SELECT fails on a
+            new connection, be it a refusal or a reply that never came (a Redis not
+            up yet behind a proxy).  Keep trying, with the usual backoff; keep the
+            reason as the cause of the connection's loss.  (txredisapi's QUIT and
+            SHUTDOWN stop trying too; the daemon sends neither.)
+            """
+
+            def stopTrying(self) -> Any:
+                from twisted.internet.defer import succeed
+
+                return succeed(None)
+
+            def connectionError(self, why: str) -> None:
+                link._refusal = why  # nobody waits on the factory's Deferred (isLazy): no errback
+
+        class Commands(KeepTrying, txredisapi.RedisFactory):
+            pass
+
+        class Subscribers(KeepTrying, txredisapi.SubscriberFactory):
+            pass
 
         class CommandProtocol(txredisapi.RedisProtocol):
             def connectionMade(self) -> Any:
@@ -127,9 +214,7 @@ class RedisLink:
                 return d
 
             def _subscribe(self) -> None:
-                self.psubscribe(PATTERNS).addCallbacks(
-                    lambda _: link._subscribed(), lambda f: link.log.failure("PSUBSCRIBE failed", f)
-                )
+                self.psubscribe(PATTERNS).addCallbacks(lambda _: link._subscribed(), link._psubscribe_failed)
 
             def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
                 # An exception escaping here would make Twisted drop the
@@ -143,7 +228,7 @@ class RedisLink:
                 link._unsubscribed(why)
                 super().connectionLost(why)
 
-        self._commands = txredisapi.RedisFactory(
+        self._commands = Commands(
             f"{settings.host}:{settings.port}",
             settings.db,
             1,  # one connection: commands run in the order they are sent
@@ -155,7 +240,7 @@ class RedisLink:
             username=settings.username,
         )
         self._commands.protocol = CommandProtocol
-        self._subscriber = txredisapi.SubscriberFactory(isLazy=True)
+        self._subscriber = Subscribers(isLazy=True)
         self._subscriber.protocol = Subscriber
         self._subscriber.charset = None
         self._subscriber.convertNumbers = False
@@ -181,8 +266,8 @@ class RedisLink:
             db=self._settings.db,
             tls=", TLS" if self._settings.tls else "",
         )
-        self._commands.startConnecting(_endpoint(self._reactor, self._settings))
-        self._subscriber.startConnecting(_endpoint(self._reactor, self._settings))
+        self._commands.startConnecting(_Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
+        self._subscriber.startConnecting(_Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
 
     def unsubscribe(self) -> Deferred[Any]:
         """
@@ -218,8 +303,38 @@ class RedisLink:
 
     # -- state, logged ------------------------------------------------------------
 
+    def _attempt_failed(self, why: Failure) -> None:
+        """A connection attempt failed, or a connection closed before it was of use."""
+        refusal, self._refusal = self._refusal, None
+        if self._stopping:
+            return
+        self.state.last_error = refusal or why.getErrorMessage()
+        first = self.outage.failures == 0
+        if not self.outage.failed(self.state.last_error):
+            return
+        where = f"{self._settings.host}:{self._settings.port}"
+        if first:
+            self.log.warn(
+                "Cannot reach Redis at {where} ({why}); retrying every few seconds", where=where, why=self.state.last_error
+            )
+        else:
+            self.log.warn(
+                "Still cannot reach Redis at {where} after {count} attempts in {seconds:.0f}s ({why}); retrying",
+                where=where,
+                count=self.outage.failures,
+                seconds=self._reactor.seconds() - (self.outage.began or 0.0),
+                why=self.state.last_error,
+            )
+
+    def _reached(self) -> None:
+        failures = self.outage.over()
+        if failures:
+            where = f"{self._settings.host}:{self._settings.port}"
+            self.log.info("Reached Redis at {where} after {count} failed attempts", where=where, count=failures)
+
     def _commands_up(self) -> None:
         self.state.commands_connected = True
+        self._reached()
         self.log.info("Redis command connection up")
 
     def _commands_down(self, why: Any) -> None:
@@ -227,14 +342,27 @@ class RedisLink:
             self.state.reconnects += 1
             self.state.last_error = why.getErrorMessage()
             self.log.warn("Redis command connection lost ({why}); reconnecting", why=self.state.last_error)
+        elif not self.state.commands_connected:
+            self._attempt_failed(why)
         self.state.commands_connected = False
 
     def _subscribed(self) -> None:
         self.state.subscribed = True
+        self._reached()
         self.log.info("Subscribed to {patterns} on Redis", patterns=" and ".join(p.decode() for p in PATTERNS))
+
+    def _psubscribe_failed(self, failure: Failure) -> None:
+        from txredisapi import ResponseError
+
+        if failure.check(ResponseError):  # Redis said no (an ACL, say): it will not change by itself
+            self.state.last_error = failure.getErrorMessage()
+            self.log.error("Redis refused PSUBSCRIBE: {why}", why=self.state.last_error)
+        # else the connection was lost: that is reported where it is seen (_unsubscribed)
 
     def _unsubscribed(self, why: Any) -> None:
         if self.state.subscribed and not self._stopping:
             self.state.last_error = why.getErrorMessage()
             self.log.warn("Redis subscriber connection lost ({why}); reconnecting", why=self.state.last_error)
+        elif not self.state.subscribed:
+            self._attempt_failed(why)
         self.state.subscribed = False

@@ -186,3 +186,27 @@ def test_the_handover_keeps_a_stopped_daemon_waiting_at_most_its_timeout() -> No
     assert not stopped.called
     clock.advance(5)
     assert stopped.called
+
+
+def test_a_handover_cut_short_by_the_stop_is_one_warning_not_a_failure() -> None:
+    """Redis does not answer (it is away): the stop cancels the read; that is routine, not a traceback."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub, queues, clock = setting()
+        queue(queues, "a", uid="u1")
+        queue(queues, "b", uid="u2")
+        queues.hold_takes = True
+        identify(hub, Socket(clock), "u1")
+        identify(hub, Socket(clock), "u2")
+        stopped = hub.stop(timeout=5)
+        clock.advance(5)
+        assert stopped.called
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "log_failure" in e], [e["log_format"] for e in events if "log_failure" in e]
+    warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
+    assert [(e["log_level"], e["count"]) for e in warnings] == [(LogLevel.warn, 2)], warnings
+    assert queues.payloads("u1") == ["a"] and queues.payloads("u2") == ["b"], "the queues stay"

@@ -114,3 +114,21 @@ def test_open_to_anyone_means_beyond_loopback_without_keys(raw: dict, open_to_an
 def test_ws_interface_is_an_address(value: object) -> None:
     with pytest.raises(ConfigError, match="ws_interface"):
         parse_config({"ws_interface": value})
+
+
+@pytest.mark.parametrize(
+    "key, suggestion",
+    [("redis_prot", "redis_port"), ("ws-port", "ws_port"), ("Secure_Mode", "secure_mode"), ("queue_expiery", "queue_expiry")],
+)
+def test_a_misspelt_key_gets_a_did_you_mean(key: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({key: 1})
+    assert str(raised.value) == f"{key}: unknown configuration key; did you mean {suggestion}?"
+
+
+def test_a_key_like_no_other_lists_the_known_keys() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"frobnicate": 1})
+    message = str(raised.value)
+    assert message.startswith("frobnicate: unknown configuration key (known keys: allowed_origins, ")
+    assert "did you mean" not in message and "\n" not in message

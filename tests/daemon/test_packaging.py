@@ -1,7 +1,9 @@
 """
 The package as users get it: ``pip install .`` into a fresh virtualenv, then
 ``twistd`` finds the plugin, refuses a bad configuration naming the key, and
-serves the seed's scenario on the embedded server.
+serves the seed's scenario on the embedded server.  And as developers get it:
+``pip install -e .`` (what scripts/test and scripts/bench run), with no
+deprecated editable mode, still lets ``twistd`` find the plugin.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,44 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the project installed the way users install it."""
     return install_into_fresh_venv(tmp_path_factory.mktemp("venv"))
+
+
+@pytest.fixture(scope="module")
+def editable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A fresh virtualenv with this checkout installed the way scripts/test installs it (and pip's output)."""
+    venv = tmp_path_factory.mktemp("editable")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-e", str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return venv, result.stdout + result.stderr
+
+
+def test_the_scripts_use_a_plain_editable_install() -> None:
+    for script in ("scripts/test", "scripts/bench"):
+        text = (ROOT / script).read_text()
+        assert "pip install --quiet -e " in text, script
+        assert "editable_mode" not in text, f"{script} asks for a particular editable mode"
+
+
+def test_a_plain_editable_install_lets_twistd_find_the_plugin(editable: tuple[Path, str], tmp_path: Path) -> None:
+    venv, pip_output = editable
+    assert "editable mode is transitional" not in pip_output and "Compat editable" not in pip_output, pip_output
+    listed = twistd(venv, "--help", cwd=tmp_path)  # cwd elsewhere: only the install can make it visible
+    assert listed.returncode == 0 and "redmessenger" in listed.stdout, listed.stdout + listed.stderr
+    # the code runs from the checkout: an edit needs no reinstall
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import redmessenger.daemon.tap as t; print(t.__file__)"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert Path(where.stdout.strip()).resolve() == ROOT / "redmessenger" / "daemon" / "tap.py", where.stderr
+
+
+def test_the_test_venv_finds_the_plugin(tmp_path: Path) -> None:
+    listed = twistd(Path(sys.executable).parent.parent, "--help", cwd=tmp_path)
+    assert "redmessenger" in listed.stdout, listed.stdout + listed.stderr
 
 
 def twistd(venv: Path, *args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:

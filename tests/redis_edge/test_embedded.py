@@ -133,6 +133,8 @@ async def test_password(port: int, tmp_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_port_in_use(port: int, tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
     squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         squatter.bind((HOST, port))
@@ -146,10 +148,25 @@ async def test_port_in_use(port: int, tmp_path: Path) -> None:
             assert str(port) in message
             assert service.binary in message
             assert "Address already in use" in message
+            assert "\n" not in raised.value.summary and str(port) in raised.value.summary
+            # a failed start is reported, not retried: no child, no restart scheduled
+            assert service.pid is None
+            assert not [c for c in reactor.getDelayedCalls() if getattr(c.func, "__func__", None) is EmbeddedRedisService._spawn]
         finally:
             await service.stopService()
     finally:
         squatter.close()
+
+
+def test_check_port_sees_another_listener(port: int, tmp_path: Path) -> None:
+    service = make_service(port, tmp_path)
+    service.check_port()  # free
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind((HOST, port))
+        squatter.listen(5)
+        with pytest.raises(OSError) as raised:
+            service.check_port()
+        assert raised.value.strerror == "Address already in use"
 
 
 @pytest_twisted.ensureDeferred

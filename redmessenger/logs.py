@@ -57,6 +57,11 @@ def make_logger(namespace: str | None = None) -> Logger:
     return _Logger(namespace=namespace, observer=OBSERVER)
 
 
+def quiet_namespace(namespace: str, level: str = "warn") -> None:
+    """Keep only events at ``level`` and above from loggers of ``namespace`` made with :func:`make_logger`."""
+    LEVELS.setLogLevelForNamespace(namespace, LogLevel.levelWithName(level))
+
+
 def set_level(name: str) -> None:
     """Set the level of every ``redmessenger.*`` logger (``debug`` shows payload metadata)."""
     global _debug, _info

@@ -23,7 +23,11 @@ SLOW_SHARE = 8
 
 
 class Budget:
-    """Bytes sent (or held) and not confirmed, per socket (``Attachment.pending_bytes``) and in all (:attr:`used`)."""
+    """
+    Bytes sent (or held) and not confirmed, per socket (``Attachment.pending_bytes``)
+    and in all (:attr:`used`).  Delivery counts what it sends (inline: once per
+    delivery) and calls :meth:`over` for a socket past its share.
+    """
 
     log = make_logger()
 
@@ -35,26 +39,20 @@ class Budget:
         self.bites = 0
         self._biting = False
 
-    def take(self, attachment: Attachment, weight: int) -> bool:
-        """Count a message against the socket and the daemon; False if the socket is to be given up."""
-        pending = attachment.pending_bytes + weight
-        attachment.pending_bytes = pending
-        self.used += weight
-        if pending > self.per_socket:
-            return False
-        if self.used > self.total and pending > self.per_socket // SLOW_SHARE:
-            self.bites += 1
-            if not self._biting:
-                self._biting = True
-                self.log.warn(
-                    "Memory budget reached: {used} bytes sent to sockets and not confirmed (memory_budget_bytes "
-                    "{total}); closing the slowest sockets (those holding over {floor} bytes)",
-                    used=self.used,
-                    total=self.total,
-                    floor=self.per_socket // SLOW_SHARE,
-                )
-            return False
-        return True
+    def over(self, attachment: Attachment) -> None:
+        """A socket is past its share: count it if the daemon's budget is why, and say so once."""
+        if attachment.pending_bytes > self.per_socket:
+            return
+        self.bites += 1
+        if not self._biting:
+            self._biting = True
+            self.log.warn(
+                "Memory budget reached: {used} bytes sent to sockets and not confirmed (memory_budget_bytes "
+                "{total}); closing the slowest sockets (those holding over {floor} bytes)",
+                used=self.used,
+                total=self.total,
+                floor=self.per_socket // SLOW_SHARE,
+            )
 
     def give_back(self, attachment: Attachment, weight: int) -> None:
         """Confirmed, delivered elsewhere or queued: no longer held for this socket."""

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
+from redmessenger.core.budget import SLOW_SHARE, Budget
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Queues
-from redmessenger.core.budget import Budget
 from redmessenger.core.presence import Attachment, Presence, Sent, User
 from redmessenger.logs import debugging, informing, make_logger
 from redmessenger.model.envelope import Message
@@ -83,8 +83,11 @@ class Delivery:
         shared = len(attachments) > 1
         bubble = True
         confirmations = self._confirmations
-        take = self._budget.take
+        # Budget.take, inlined: this runs once per delivery.
+        budget = self._budget
+        per_socket, total, floor = budget.per_socket, budget.total, budget.per_socket // SLOW_SHARE
         weight = message.weight
+        used = budget.used
         slow = None
         for attachment in attachments:
             sent = alone if alone is not None and not shared else Sent(message, bubble, shared)
@@ -93,16 +96,25 @@ class Delivery:
                 held.append(sent)
             elif attachment.sink.send_message(message, bubble):
                 attachment.unconfirmed.append(sent)
-                confirmations.sent(attachment, now)
+                # Confirmations.sent, inlined
+                if not attachment.confirming:
+                    confirmations.want(attachment)
+                elif now >= attachment.ask_from:
+                    confirmations.ask_now(attachment)
             else:
                 # Closing: kept for it, so that when it is gone the message goes
                 # to the user's other sockets or the queue after what it did not confirm.
                 attachment.held = [sent]
-            if not take(attachment, weight):
+            pending = attachment.pending_bytes + weight
+            attachment.pending_bytes = pending
+            used += weight
+            if pending > per_socket or (used > total and pending > floor):
                 slow = [attachment] if slow is None else slow + [attachment]
             bubble = False
+        budget.used = used
         if slow is not None:
             for attachment in slow:
+                budget.over(attachment)
                 self._too_slow(attachment)
         return True
 

@@ -77,6 +77,7 @@ class Hub:
             max_payload=max_payload_bytes,
             keep_aside=queues.keep_aside,
         )
+        self.on_publish = self.router.on_publish  # type: ignore[method-assign]
         self.handovers = Handovers(
             self.presence,
             queues,
@@ -92,7 +93,7 @@ class Hub:
     # -- from Redis ------------------------------------------------------------------
 
     def on_publish(self, channel: bytes, payload: bytes) -> None:
-        """A PUBLISH arrived on ``rm.users.*`` or ``rm.channels.*``."""
+        """A PUBLISH arrived on ``rm.users.*`` or ``rm.channels.*`` (the router's, bound in __init__: one call less a message)."""
         self.router.on_publish(channel, payload)
 
     def set_live_delivery_observer(self, observer: Callable[[Message], None]) -> None:

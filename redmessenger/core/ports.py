@@ -104,3 +104,8 @@ class LinkState:
     commands_connected: bool = False
     reconnects: int = 0
     last_error: str | None = None
+    #: Since when (reactor time) the subscriber has been away after losing its connection, if it is.
+    unsubscribed_since: float | None = None
+    #: Seconds without a subscription since start (after the first), and the last such gap.
+    unsubscribed_seconds: float = 0.0
+    last_gap: float | None = None

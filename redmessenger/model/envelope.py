@@ -99,10 +99,11 @@ class MessageIds:
 
     def __init__(self, run: str | None = None) -> None:
         self.run = run if run is not None else secrets.token_hex(5)
+        self._prefix = self.run + "."
         self._next = itertools.count(1).__next__
 
     def next(self) -> str:
-        return f"{self.run}.{self._next()}"
+        return self._prefix + str(self._next())
 
 
 def entry_id(raw: bytes) -> str:

@@ -124,6 +124,21 @@ class DaemonCollector:
         yield CounterMetricFamily(
             prefix + "redis_reconnects", "Times the Redis link was lost and had to reconnect", state.link.reconnects
         )
+        link = state.link
+        away = link.unsubscribed_seconds
+        if link.unsubscribed_since is not None:
+            away += self._view.clock.seconds() - link.unsubscribed_since
+        yield CounterMetricFamily(
+            prefix + "redis_unsubscribed_seconds",
+            "Seconds the subscriber was away after losing its connection (a PUBLISH then reaches nobody here)",
+            away,
+        )
+        if link.last_gap is not None:
+            yield GaugeMetricFamily(
+                prefix + "redis_last_resubscribe_seconds",
+                "How long the last loss of the subscriber's connection lasted, until PSUBSCRIBE was answered again",
+                link.last_gap,
+            )
 
 
 class LatencyHistogram:

@@ -12,7 +12,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.logs import make_logger
-from redmessenger.model.keyspace import QUEUE_KEY_PATTERN, members_key, uid_of_queue_key, user_key_key
+from redmessenger.model.keyspace import (
+    QUEUE_KEY_PATTERN,
+    members_key,
+    uid_of_queue_key,
+    user_key_key,
+)
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import MEMBERS

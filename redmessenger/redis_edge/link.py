@@ -8,7 +8,7 @@ raw bytes (``charset=None``, ``convertNumbers=False``): a payload such as
 ``007`` must reach the client as it was published.
 
 While Redis cannot be reached, the first failed attempt is a warning with its
-cause, then one a minute (each connection retries every few seconds), and
+cause, then one a minute (each connection retries at once, then every second), and
 ``/health`` shows the latest cause.
 
 txredisapi is imported inside functions: importing it installs the default
@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -36,6 +40,10 @@ if TYPE_CHECKING:
 
 #: Bytes the subscriber reads from Redis per reactor turn (Twisted's default: 64 KB).
 SUBSCRIBER_READ_SIZE = 1 << 20
+
+#: Seconds before the first attempt to reconnect, and between attempts at most (doubling in between).
+RECONNECT_FIRST_DELAY = 0.05
+RECONNECT_MAX_DELAY = 1.0
 
 #: Seconds between two warnings while Redis stays unreachable.
 UNREACHABLE_REMINDER = 60.0
@@ -247,7 +255,13 @@ class RedisLink:
         self._subscriber.password = settings.password
         self._subscriber.username = settings.username
         for factory in (self._commands, self._subscriber):
-            factory.maxDelay = 5  # seconds between attempts, at most
+            # Back at once when Redis is (a restart takes a second or two), then
+            # an attempt a second: PUBLISHes made while the subscriber is away
+            # reach nobody, so every second counts.  An attempt is one TCP connect.
+            factory.initialDelay = RECONNECT_FIRST_DELAY
+            factory.factor = 2.0
+            factory.maxDelay = RECONNECT_MAX_DELAY
+        _quiet_retry_lines()
 
     @property
     def commands(self) -> "txredisapi.ConnectionHandler":
@@ -315,7 +329,7 @@ class RedisLink:
         where = f"{self._settings.host}:{self._settings.port}"
         if first:
             self.log.warn(
-                "Cannot reach Redis at {where} ({why}); retrying every few seconds", where=where, why=self.state.last_error
+                "Cannot reach Redis at {where} ({why}); retrying every second", where=where, why=self.state.last_error
             )
         else:
             self.log.warn(
@@ -348,6 +362,12 @@ class RedisLink:
 
     def _subscribed(self) -> None:
         self.state.subscribed = True
+        since, self.state.unsubscribed_since = self.state.unsubscribed_since, None
+        if since is not None:
+            gap = self._reactor.seconds() - since
+            self.state.last_gap = gap
+            self.state.unsubscribed_seconds += gap
+            self.log.info("Subscribed again after {gap:.2f}s without a subscription", gap=gap)
         self._reached()
         self.log.info("Subscribed to {patterns} on Redis", patterns=" and ".join(p.decode() for p in PATTERNS))
 
@@ -361,8 +381,27 @@ class RedisLink:
 
     def _unsubscribed(self, why: Any) -> None:
         if self.state.subscribed and not self._stopping:
+            # From now until PSUBSCRIBE is answered again, a PUBLISH reaches nobody here.
+            self.state.unsubscribed_since = self._reactor.seconds()
             self.state.last_error = why.getErrorMessage()
             self.log.warn("Redis subscriber connection lost ({why}); reconnecting", why=self.state.last_error)
         elif not self.state.subscribed:
             self._attempt_failed(why)
         self.state.subscribed = False
+
+
+def _quiet_retry_lines() -> None:
+    """
+    Twisted's ClientService logs "Scheduling retry ..." at info for every attempt:
+    twice a second per connection during an outage.  The link says what matters
+    itself (a warning with the cause, then one a minute: :class:`Outage`), so
+    ClientService's lines go through a logger filtered at warn.  (ClientService
+    has no per-instance logger to give it; txredisapi builds the instances.)
+    """
+    from twisted.application.internet import ClientService
+
+    from redmessenger.logs import quiet_namespace
+
+    namespace = "twisted.application.internet.ClientService"
+    ClientService._log = make_logger(namespace)
+    quiet_namespace(namespace)

@@ -42,9 +42,11 @@ from twisted.web.server import Request
 
 from redmessenger.logs import make_logger
 from redmessenger.transport.frames import (
+    PONG,
     close_reason,
     ping_frame,
     read_pongs,
+    read_small_frames,
     text_frame,
 )
 
@@ -170,15 +172,33 @@ class LeanServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(int(code), close_reason(reason), isReply=False)
 
+    def small_text(self, payload: bytes) -> None:
+        """A small text frame read by the fast path, one :meth:`takes_small_text` accepted."""
+        raise NotImplementedError
+
     def dataReceived(self, data: bytes) -> None:
-        # Whole pongs read here; anything else, or Autobahn midway through a frame: Autobahn's way.
+        # Whole pongs (and small texts a subclass takes) read here; anything
+        # else, or Autobahn midway through a frame: Autobahn's way.
         if SWITCH.enabled and self.state == self.STATE_OPEN and not self.data and self.current_frame is None:
             tokens = read_pongs(data)
             if tokens is not None:
                 for token in tokens:
                     self.pong_received(token)
                 return
+            frames = read_small_frames(data)
+            if frames is not None and all(opcode == PONG or self.takes_small_text(payload) for opcode, payload in frames):
+                for opcode, payload in frames:
+                    if opcode == PONG:
+                        if len(payload) == 8:
+                            self.pong_received(int.from_bytes(payload, "big"))
+                    else:
+                        self.small_text(payload)
+                return
         super().dataReceived(data)
+
+    def takes_small_text(self, payload: bytes) -> bool:
+        """Whether :meth:`small_text` handles this payload (checked for a whole read before any is handled)."""
+        return False
 
     def onPong(self, payload: bytes) -> None:
         if len(payload) == 8:
@@ -325,12 +345,19 @@ class _Probe(LeanServerProtocol):
         super().__init__()
         self.received: list[bytes] = []
         self.tokens: list[int] = []
+        self.fast: list[bytes] = []
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.received.append(payload)
 
     def pong_received(self, token: int) -> None:
         self.tokens.append(token)
+
+    def takes_small_text(self, payload: bytes) -> bool:
+        return payload == b"fast"
+
+    def small_text(self, payload: bytes) -> None:
+        self.fast.append(payload)
 
 
 _HANDSHAKE = (
@@ -380,5 +407,8 @@ def _check_autobahn() -> None:
         _require(probe.received == [b"hello"], "a text frame did not reach onMessage")
         probe.dataReceived(_masked(0xA, struct.pack(">Q", 43)))
         _require(probe.tokens == [42, 43], "a pong after a text frame was not read")
+        probe.dataReceived(_masked(0x1, b"fast") + _masked(0xA, struct.pack(">Q", 44)))
+        _require(probe.fast == [b"fast"] and probe.tokens == [42, 43, 44], "a small text was not read by the fast path")
+        _require(probe.received == [b"hello"], "a text frame the fast path took reached onMessage too")
     finally:
         probe.connectionLost(Failure(ConnectionDone()))

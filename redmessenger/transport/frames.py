@@ -44,6 +44,43 @@ def read_pongs(data: bytes) -> list[int] | None:
     return tokens
 
 
+#: Opcodes of the frames :func:`read_small_frames` reads.
+TEXT, PONG = 0x1, 0xA
+
+
+def read_small_frames(data: bytes) -> list[tuple[int, bytes]] | None:
+    """
+    ``data`` as (opcode, unmasked payload) pairs if it is nothing but whole,
+    unfragmented, masked text or pong frames of at most 125 bytes each (what a
+    client sends most once identified: pongs, Engine.IO's ``3``, acks); else None,
+    for Autobahn to read.  Text payloads are not checked for UTF-8 here.
+    """
+    frames = []
+    end = len(data)
+    position = 0
+    while position < end:
+        if end - position < 6:
+            return None
+        first, second = data[position], data[position + 1]
+        opcode = first & 0x0F
+        length = second & 0x7F
+        if first & 0xF0 != 0x80 or opcode not in (TEXT, PONG) or not second & 0x80 or length > 125:
+            return None
+        start = position + 6
+        stop = start + length
+        if stop > end:
+            return None
+        mask = data[position + 2 : start]
+        if length:
+            repeated = (mask * (length // 4 + 1))[:length]
+            payload = (int.from_bytes(data[start:stop], "big") ^ int.from_bytes(repeated, "big")).to_bytes(length, "big")
+        else:
+            payload = b""
+        frames.append((opcode, payload))
+        position = stop
+    return frames if frames else None
+
+
 def close_reason(text: str) -> bytes:
     """``text`` as a close frame's reason: cut to fit, never in the middle of a character."""
     encoded = text.encode("utf-8")

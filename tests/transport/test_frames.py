@@ -37,3 +37,30 @@ def test_close_reason_is_cut_to_123_bytes_between_characters() -> None:
     reason.decode("utf-8")  # whole characters only
     assert close_reason("short") == b"short"
     assert close_reason("€" * 41) == ("€" * 41).encode(), "exactly 123 bytes fit"
+
+
+def masked(opcode: int, payload: bytes, mask: bytes = b"\x0a\x0b\x0c\x0d") -> bytes:
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_small_text_and_pong_frames_are_read_whole() -> None:
+    from redmessenger.transport.frames import PONG, TEXT, read_small_frames
+
+    data = masked(TEXT, b"3") + masked(PONG, (7).to_bytes(8, "big")) + masked(TEXT, "é€".encode()) + masked(TEXT, b"")
+    assert read_small_frames(data) == [(TEXT, b"3"), (PONG, (7).to_bytes(8, "big")), (TEXT, "é€".encode()), (TEXT, b"")]
+    assert read_small_frames(masked(TEXT, b"x" * 125)) == [(TEXT, b"x" * 125)]
+
+
+def test_anything_else_is_left_to_autobahn() -> None:
+    from redmessenger.transport.frames import TEXT, read_small_frames
+
+    whole = masked(TEXT, b"3")
+    assert read_small_frames(b"") is None
+    assert read_small_frames(whole[:-1]) is None, "a partial frame"
+    assert read_small_frames(whole + whole[:3]) is None, "a whole frame and the start of the next"
+    assert read_small_frames(b"\x01\x81" + whole[2:]) is None, "not FIN: a fragment"
+    assert read_small_frames(b"\x82\x81" + whole[2:]) is None, "binary"
+    assert read_small_frames(b"\x88\x80" + b"\x00" * 4) is None, "close"
+    assert read_small_frames(b"\x81\x01" + b"3") is None, "unmasked"
+    assert read_small_frames(b"\xc1\x81" + whole[2:]) is None, "a reserved bit (permessage-deflate) set"
+    assert read_small_frames(b"\x81\xfe\x00\x7e" + b"\x00" * 130) is None, "longer than 125"

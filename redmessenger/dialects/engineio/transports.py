@@ -26,6 +26,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from redmessenger.core.admission import OriginPolicy
 from redmessenger.dialects.engineio.codec import (
     EncodedPacket,
+    Packet,
+    PacketType,
     ProtocolError,
     decode_packet,
     decode_payload,
@@ -40,6 +42,7 @@ from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 PATH = "/socket.io"
 
 _TEXT = b"text/plain; charset=UTF-8"
+_PONG = Packet(PacketType.PONG)
 _JAVASCRIPT = b"text/javascript; charset=UTF-8"
 #: Exactly this: engine.io-client 3 compares the whole header before reading the body as an ArrayBuffer.
 _BINARY = b"application/octet-stream"
@@ -326,6 +329,15 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
         session = self._session
         if session is not None:
             session.websocket_pong(self, token)
+
+    def takes_small_text(self, payload: bytes) -> bool:
+        # Engine.IO 4's pong, the answer to every ping the session sends to confirm: read without Autobahn.
+        return payload == b"3" and self._session is not None
+
+    def small_text(self, payload: bytes) -> None:
+        session = self._session
+        if session is not None:
+            session.websocket_packet(self, _PONG)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._reserved:  # closed before onOpen: the session never existed

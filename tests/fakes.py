@@ -62,6 +62,7 @@ class Sink:
 
     client_address = "127.0.0.1:1"
     writable = True
+    acknowledges = False
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock

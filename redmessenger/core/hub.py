@@ -114,6 +114,9 @@ class Hub:
         if not sink.writable:
             return None
         attachment = self.presence.attach(ident.uid, sink)
+        if sink.acknowledges:
+            # Its acks confirm live messages (acknowledged): a request is never under way, never asked.
+            attachment.confirming = True
         self.counters.identified += 1
         self.log.info("Assigning id {uid} to socket {peer}.", uid=ident.uid, peer=sink.client_address)
         self.handovers.identified(attachment)
@@ -158,6 +161,20 @@ class Hub:
                 peer=attachment.sink.client_address,
             )
             self.delivery.redeliver(attachment.uid, orphans)
+
+    def acknowledged(self, attachment: Attachment, message_id: str) -> None:
+        """
+        The client's code handled the message ``message_id`` and everything sent
+        to this socket before it: those live messages are confirmed.  (Queue
+        entries are confirmed through :meth:`MessageSink.confirm` by the handover.)
+        """
+        unconfirmed = attachment.unconfirmed
+        for index, sent in enumerate(unconfirmed):
+            if sent.message.id == message_id:
+                done = unconfirmed[: index + 1]
+                del unconfirmed[: index + 1]
+                self.budget.give_back(attachment, sum(s.message.weight for s in done))
+                return
 
     def abandon(self, attachment: Attachment, error: ClientError) -> None:
         """

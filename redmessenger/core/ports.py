@@ -37,6 +37,14 @@ class MessageSink(Protocol):
     def writable(self) -> bool:
         """Whether messages can still be written to the client."""
 
+    @property
+    def acknowledges(self) -> bool:
+        """
+        Whether the client's code acknowledges messages by id (it then reports
+        them with :meth:`redmessenger.core.hub.Hub.acknowledged`, and is never
+        asked to confirm live messages).
+        """
+
     def send_message(self, message: Message, bubble: bool) -> bool:
         """Write the message to the client; False if the connection is already gone."""
 

@@ -28,7 +28,7 @@ from redmessenger.core.ports import ClientLink
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.model.identity import parse_identifier
+from redmessenger.model.identity import Identifier, parse_identifier
 
 
 class Stage(Enum):
@@ -71,19 +71,22 @@ class ClientSession:
         return self.stage is Stage.AWAITING_ID
 
     def identify(self, identifier: object) -> None:
-        """The client sent its identifier (``uid``, ``uid:`` or ``uid:key``)."""
+        """The client sent its identifier: ``uid``, ``uid:`` or ``uid:key``, or one a dialect parsed already."""
         if self.stage is not Stage.AWAITING_ID:
             if self.stage is not Stage.CLOSED:
                 self.refuse(ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its identifier already"))
             return
-        if not isinstance(identifier, str):
+        if isinstance(identifier, Identifier):
+            ident = identifier
+        elif not isinstance(identifier, str):
             self.refuse(ClientError(CloseCode.INVALID_IDENTIFIER, "the identifier must be a string 'uid:key'"))
             return
-        try:
-            ident = parse_identifier(identifier)
-        except ClientError as e:
-            self.refuse(e)
-            return
+        else:
+            try:
+                ident = parse_identifier(identifier)
+            except ClientError as e:
+                self.refuse(e)
+                return
         self.uid = ident.uid
         self.stage = Stage.VERIFYING
         self._cancel_timer()
@@ -103,6 +106,11 @@ class ClientSession:
             self.log.info("Closing {peer} of {uid}: {error}", peer=self._link.client_address, uid=self.uid, error=str(error))
         self._hub.refused(error.code)
         self._link.refuse(error)
+
+    def acknowledged(self, message_id: str) -> None:
+        """The client's code acknowledged ``message_id`` and what came before it (protocols that ack by id)."""
+        if self.attachment is not None:
+            self._hub.acknowledged(self.attachment, message_id)
 
     def closed(self, received_all: bool = False) -> None:
         """

@@ -24,6 +24,7 @@ class CloseCode(IntEnum):
     BAD_KEY = 4401  # secure_mode: the key is missing or does not match rm:users:$uid:key
     IDENTIFY_TIMEOUT = 4408  # no identifier within identify_timeout seconds
     ALREADY_IDENTIFIED = 4409  # a second identifier (or any other frame) on an identified socket
+    BAD_FRAME = 4422  # a session frame that is not what the protocol allows there (not JSON, unknown type, bad field)
     TOO_SLOW = 4413  # more than max_pending_bytes sent to the socket and not confirmed: it reads too slowly
     TOO_MANY_SOCKETS = 4429  # the uid already holds user_socket_limit sockets
 

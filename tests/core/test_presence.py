@@ -13,6 +13,7 @@ from redmessenger.core.presence import Presence
 class Sink:
     client_address = "127.0.0.1:1"
     writable = True
+    acknowledges = False
 
     def send_message(self, message: Message, bubble: bool) -> bool:
         return True

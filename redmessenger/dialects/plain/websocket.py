@@ -33,6 +33,8 @@ from twisted.web.server import Request
 from redmessenger.core.admission import ConnectionLimit, OriginPolicy
 from redmessenger.core.hub import Hub
 from redmessenger.core.sessions import ClientSession
+from redmessenger.dialects.plain import frames
+from redmessenger.dialects.plain.acks import AckLedger
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
@@ -40,14 +42,19 @@ from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_webso
 from redmessenger.transport.frames import text_frame
 from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 
-#: Message._encodings keys of the plain dialect's frames, by bubble value.
+#: Message._encodings keys of the plain dialect's frames, by bubble value: legacy, and version 1.
 _FRAME_KEYS = {True: ("ws", True), False: ("ws", False)}
+_V1_FRAME_KEYS = {True: ("ws1", True), False: ("ws1", False)}
 
 REACHABLE_TEXT = b"Hey, you're connected!"
 
 
 def _frame_of(message: Message, bubble: bool) -> bytes:
     return text_frame(message.envelope_json(bubble))
+
+
+def _v1_frame_of(message: Message, bubble: bool) -> bytes:
+    return text_frame(frames.message_frame_payload(message, bubble))
 
 
 class PlainWebSocketProtocol(LeanServerProtocol):
@@ -68,6 +75,10 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._answered_at = 0.0
         #: A conn_limit slot taken at the handshake, given back in onClose.
         self._holds_slot = False
+        #: Protocol version 1 (the first frame was a JSON hello): messages are confirmed by acks, not pings.
+        self._acks: AckLedger | None = None
+        #: Version 1: the uid to welcome, until the welcome is written (before anything else).
+        self._welcome: str | None = None
 
     # -- ClientLink ------------------------------------------------------------------
 
@@ -79,9 +90,17 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     def writable(self) -> bool:
         return self.state == self.STATE_OPEN
 
+    @property
+    def acknowledges(self) -> bool:
+        return self._acks is not None
+
     def send_message(self, message: Message, bubble: bool) -> bool:
         if self.state != self.STATE_OPEN:
             return False
+        acks = self._acks
+        if acks is not None:
+            self._send_v1(message, bubble, acks)
+            return True
         if self.raw_frames:
             # The hot path: framed once per message and bubble value, shared by
             # every socket, and written without Autobahn (redmessenger.transport.fastpath).
@@ -91,8 +110,31 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             self.sendMessage(message.envelope_json(bubble), isBinary=False)
         return True
 
+    def _send_v1(self, message: Message, bubble: bool, acks: AckLedger) -> None:
+        if self._welcome is not None:
+            self._send_welcome()
+        if self.raw_frames:
+            self.write_frame(message.encoded(_V1_FRAME_KEYS[bubble], _v1_frame_of, message, bubble))
+        else:
+            self.sendMessage(frames.message_frame_payload(message, bubble), isBinary=False)
+        acks.written(message.id)
+
+    def _send_welcome(self) -> None:
+        uid, self._welcome = self._welcome, None
+        if uid is not None and self.state == self.STATE_OPEN:
+            payload = frames.welcome(uid)
+            if self.raw_frames:
+                self.write_frame(text_frame(payload))
+            else:
+                self.sendMessage(payload, isBinary=False)
+
     def confirm(self) -> Deferred[bool]:
-        """A ping; its pong shows the client has read every frame sent before it."""
+        """
+        Legacy: a ping; its pong shows the client has read every frame sent
+        before it.  Version 1: the client's ack of the last message sent.
+        """
+        if self._acks is not None:
+            return self._acks.confirm()
         waiter: Deferred[bool] = Deferred()
         if self.state != self.STATE_OPEN:
             waiter.callback(False)
@@ -105,7 +147,9 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             self._session.refuse(error)
 
     def accepted(self, uid: str) -> None:
-        pass  # the plain dialect has no answer to an identifier: the queue follows
+        # The legacy protocol has no answer to an identifier (the queue follows); version 1 welcomes.
+        if self._acks is not None:
+            self._send_welcome()
 
     def refuse(self, error: ClientError) -> None:
         self.close_with(error.code, error.reason)
@@ -170,7 +214,46 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             session.refuse(ClientError(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send the identifier as text"))
             return
         # Autobahn has validated the frame as UTF-8 already.
-        session.identify(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
+        if self._acks is None and session.awaiting_identifier and frames.is_session_frame(text):
+            self._acks = AckLedger()
+        if self._acks is not None:
+            self._on_frame(session, text)
+        else:
+            session.identify(text)
+
+    def _on_frame(self, session: ClientSession, text: str) -> None:
+        """A frame of a version-1 session."""
+        try:
+            frame = frames.parse_frame(text)
+        except ClientError as e:
+            session.refuse(e)
+            return
+        if isinstance(frame, frames.Ack):
+            if session.awaiting_identifier:
+                session.refuse(ClientError(CloseCode.BAD_FRAME, "the first frame must be a hello"))
+            elif self._acks is not None and self._acks.ack(frame.id):
+                session.acknowledged(frame.id)
+        elif session.awaiting_identifier:
+            self._welcome = frame.identifier.uid
+            session.identify(frame.identifier)
+        else:
+            session.refuse(ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its hello already"))
+
+    def takes_small_text(self, payload: bytes) -> bool:
+        # Version 1's acks, most of what such a client sends: read without Autobahn's frame machinery.
+        return self._acks is not None and payload.startswith(b'{"type":"ack"')
+
+    def small_text(self, payload: bytes) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            session.refuse(ClientError(CloseCode.BAD_FRAME, "not UTF-8"))
+            return
+        self._on_frame(session, text)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         session, self._session = self._session, None
@@ -187,10 +270,13 @@ class PlainWebSocketProtocol(LeanServerProtocol):
                     reason=reason,
                 )
             # A clean close we started means the client read every frame sent
-            # before our close frame: nothing it was sent is unconfirmed.
-            session.closed(received_all=bool(wasClean and self.closedByMe))
-        # after closed(): a handover waiting on a pong then finds the socket gone
+            # before our close frame: nothing it was sent is unconfirmed.  Not
+            # for version 1, where only what the client's code acked counts.
+            session.closed(received_all=bool(wasClean and self.closedByMe and self._acks is None))
+        # after closed(): a handover waiting on a pong (or an ack) then finds the socket gone
         self._fail_pings()
+        if self._acks is not None:
+            self._acks.fail()
         self.factory.sockets.closed(self)
         if self._holds_slot:
             self._holds_slot = False

@@ -92,6 +92,10 @@ class SocketIOConnection:
         return self._address
 
     @property
+    def acknowledges(self) -> bool:
+        return False
+
+    @property
     def writable(self) -> bool:
         return self._connected and self._session.is_open
 

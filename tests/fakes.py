@@ -48,7 +48,7 @@ def make_store(**attributes: Any) -> tuple[QueueStore, RecordingCommands, Clock]
 
 def sent_entries(commands: RecordingCommands) -> list[list[bytes]]:
     """The entries of each ENQUEUE call, in the order the calls were made."""
-    return [c[3][2::2] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
+    return [c[3][2::3] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
 
 
 def connection_lost() -> Failure:
@@ -139,12 +139,18 @@ class MemoryQueues:
         #: Oversize messages kept aside, by channel (rm:oversize:$channel).
         self.aside: dict[str, list[bytes]] = {}
 
-    def enqueue(self, uids: list[str], entry: bytes) -> None:
+    def enqueue(self, uids: list[str], entry: bytes, again: bool = False, written: Any = None) -> None:
         for uid in uids:
-            self.queues.setdefault(uid, []).append(entry)
+            queue = self.queues.setdefault(uid, [])
+            if not (again and entry in queue):
+                queue.append(entry)
+        if written is not None:
+            written()
 
-    def keep_aside(self, channel: str, payload: bytes) -> None:
+    def keep_aside(self, channel: str, payload: bytes, written: Any = None) -> None:
         self.aside.setdefault(channel, []).append(payload)
+        if written is not None:
+            written()
 
     def payloads(self, uid: str) -> list[str]:
         import json

@@ -25,7 +25,7 @@ from collections import deque
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from redmessenger.core.budget import Budget
-from redmessenger.core.presence import Attachment
+from redmessenger.core.presence import Attachment, confirmed
 
 
 class Confirmations:
@@ -96,7 +96,7 @@ class Confirmations:
         if not received or not attachment.attached:
             return  # Hub.detach has taken care of what was unconfirmed
         unconfirmed = attachment.unconfirmed
-        self._budget.give_back(attachment, sum(sent.message.weight for sent in unconfirmed[:count]))
+        self._budget.give_back(attachment, confirmed(attachment.uid, unconfirmed[:count]))
         del unconfirmed[:count]
         if unconfirmed:
             self.want(attachment)

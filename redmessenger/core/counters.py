@@ -15,6 +15,9 @@ class Counters:
     handed_over: int = 0
     #: Messages not delivered because their payload exceeded max_payload_bytes (kept aside in Redis).
     oversize: int = 0
+    #: Entries read from the durable intake stream, and acknowledged there once safe.
+    intake: int = 0
+    intake_acked: int = 0
     identified: int = 0
     #: Sockets refused or closed for a client mistake, by CloseCode name.
     refused: dict[str, int] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from redmessenger.core.budget import SLOW_SHARE, Budget
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Queues
-from redmessenger.core.presence import Attachment, Presence, Sent, User
+from redmessenger.core.presence import Attachment, Copies, Presence, Sent, User
 from redmessenger.logs import debugging, informing, make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
@@ -52,7 +52,9 @@ class Delivery:
         get_user = self._presence.get
         # What every recipient with a single socket keeps until it confirms:
         # the same record for all of them (a group fans out to thousands).
-        alone = Sent(message, True, False)
+        alone = Sent(message, True, None)
+        if message.ticket is not None:
+            message.ticket.expect(uids)
         now = self._clock.seconds()
         delivered = 0
         for uid in uids:
@@ -81,6 +83,7 @@ class Delivery:
         if not attachments:
             return False
         shared = len(attachments) > 1
+        copies = Copies(len(attachments)) if shared else None
         bubble = True
         confirmations = self._confirmations
         # Budget.take, inlined: this runs once per delivery.
@@ -90,7 +93,7 @@ class Delivery:
         used = budget.used
         slow = None
         for attachment in attachments:
-            sent = alone if alone is not None and not shared else Sent(message, bubble, shared)
+            sent = alone if alone is not None and copies is None else Sent(message, bubble, copies)
             held = attachment.held
             if held is not None:
                 held.append(sent)
@@ -162,7 +165,14 @@ class Delivery:
             else:
                 for uid in uids:
                     self.log.info("Client is not online, queueing message in Redis ({key})", key=queue_key(uid), uid=uid)
-        self._queues.enqueue(uids, message.queue_entry())
+        ticket = message.ticket
+        if ticket is None:
+            self._queues.enqueue(uids, message.queue_entry())
+        else:
+            recipients = list(uids)
+            self._queues.enqueue(
+                recipients, message.queue_entry(), again=ticket.again, written=lambda: ticket.settle_all(recipients)
+            )
 
 
 def _ignore(message: Message) -> None:

@@ -226,7 +226,7 @@ class Handovers:
         carrier = self._presence.carries_bubble(attachment)
         for i, sent in enumerate(held):
             if carrier and not sent.bubble:
-                sent = Sent(sent.message, True, sent.delivered_elsewhere)
+                sent = Sent(sent.message, True, sent.copies)
             if attachment.sink.send_message(sent.message, sent.bubble):
                 attachment.unconfirmed.append(sent)
                 continue

@@ -24,6 +24,7 @@ from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
 from redmessenger.core.handover import Handovers
+from redmessenger.core.intake import IntakeTicket
 from redmessenger.core.ports import (
     Directory,
     MessageSink,
@@ -31,7 +32,7 @@ from redmessenger.core.ports import (
     StoreError,
     StoreUnavailable,
 )
-from redmessenger.core.presence import Attachment, Presence
+from redmessenger.core.presence import Attachment, Presence, confirmed, lost
 from redmessenger.core.routing import Router
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
@@ -62,6 +63,8 @@ class Hub:
         self._directory = directory
         self._secure_mode = secure_mode
         self._idle_waiters: list[Deferred[None]] = []
+        #: Called with an intake entry's id once every recipient's copy is safe (the intake reader acknowledges it).
+        self.intake_done: Callable[[str], None] = _ignore_entry
         self.counters = Counters()
         self.presence = Presence(user_socket_limit)
         self.budget = Budget(max_pending_bytes, memory_budget_bytes)
@@ -95,6 +98,19 @@ class Hub:
     def on_publish(self, channel: bytes, payload: bytes) -> None:
         """A PUBLISH arrived on ``rm.users.*`` or ``rm.channels.*`` (the router's, bound in __init__: one call less a message)."""
         self.router.on_publish(channel, payload)
+
+    def on_intake(self, entry_id: str, channel: bytes, payload: bytes, timestamp: int, again: bool) -> str | None:
+        """
+        An entry of the durable intake stream (``again``: read again after a
+        crash).  Routed as a PUBLISH; ``intake_done(entry_id)`` is called once
+        every recipient's copy is safe.  Returns why it cannot be routed, or None.
+        """
+        ticket = IntakeTicket(entry_id, self._intake_settled, again)
+        return self.router.on_intake(channel, payload, timestamp, ticket)
+
+    def _intake_settled(self, entry_id: str) -> None:
+        self.counters.intake_acked += 1
+        self.intake_done(entry_id)
 
     def set_live_delivery_observer(self, observer: Callable[[Message], None]) -> None:
         """Called once per message delivered live, on the hot path (the latency histogram)."""
@@ -145,10 +161,11 @@ class Hub:
         if not attachment.attached:
             return
         self.presence.detach(attachment)
-        orphans = []
-        if not received_all:
-            orphans += [sent.message for sent in attachment.unconfirmed if not sent.delivered_elsewhere]
-        orphans += [sent.message for sent in attachment.held or () if not sent.delivered_elsewhere]
+        if received_all:
+            confirmed(attachment.uid, attachment.unconfirmed)
+            orphans = lost(attachment.held or [])
+        else:
+            orphans = lost(attachment.unconfirmed + (attachment.held or []))
         if attachment.pending_bytes:
             self.budget.give_back(attachment, attachment.pending_bytes)
         attachment.unconfirmed.clear()
@@ -173,7 +190,7 @@ class Hub:
             if sent.message.id == message_id:
                 done = unconfirmed[: index + 1]
                 del unconfirmed[: index + 1]
-                self.budget.give_back(attachment, sum(s.message.weight for s in done))
+                self.budget.give_back(attachment, confirmed(attachment.uid, done))
                 return
 
     def abandon(self, attachment: Attachment, error: ClientError) -> None:
@@ -220,3 +237,7 @@ class Hub:
         if not self.handovers.running:
             return succeed(None)
         return self.handovers.stop(timeout)
+
+
+def _ignore_entry(entry_id: str) -> None:
+    pass

@@ -9,6 +9,7 @@ client's own types: the core does not know which client the edge uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,10 +76,17 @@ class Queues(Protocol):
     def backlog(self) -> int:
         """Entries kept in memory until Redis accepts them."""
 
-    def enqueue(self, uids: list[str], entry: bytes) -> None:
-        """Append an entry to the queues of ``uids``, in order with earlier calls; never fails (kept until written)."""
+    def enqueue(
+        self, uids: list[str], entry: bytes, again: bool = False, written: Callable[[], None] | None = None
+    ) -> None:
+        """
+        Append an entry to the queues of ``uids``, in order with earlier calls;
+        never fails (kept until written).  ``again``: it may be in some of them
+        already (read again after a crash): pushed only where it is not.
+        ``written``: called once Redis has it.
+        """
 
-    def keep_aside(self, channel: str, payload: bytes) -> None:
+    def keep_aside(self, channel: str, payload: bytes, written: Callable[[], None] | None = None) -> None:
         """
         Keep a message that will not be delivered (its payload is too large) at
         ``rm:oversize:$channel``, as published; never fails (kept until written).

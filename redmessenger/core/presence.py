@@ -15,6 +15,20 @@ from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 
 
+class Copies:
+    """
+    The copies of one message given to a user's several sockets: when one of
+    them goes away unconfirmed, the message is delivered again (or queued) only
+    if none of the others confirmed it and none still holds it.
+    """
+
+    __slots__ = ("holders", "confirmed")
+
+    def __init__(self, holders: int) -> None:
+        self.holders = holders
+        self.confirmed = False
+
+
 @dataclass(eq=False, slots=True)
 class Sent:
     """
@@ -24,9 +38,42 @@ class Sent:
 
     message: Message
     bubble: bool
-    #: Whether another socket of the user got it too: if this socket goes away,
-    #: only the messages nobody else received are delivered again or queued.
-    delivered_elsewhere: bool
+    #: The user's copies, when several sockets got it; None when this is the only one.
+    copies: Copies | None
+
+
+def confirmed(uid: str, done: list[Sent]) -> int:
+    """
+    A socket of ``uid`` confirmed these: no other copy is needed, and a message
+    from the durable intake has this recipient safe.  Returns their weight.
+    """
+    weight = 0
+    for sent in done:
+        message = sent.message
+        weight += message.weight
+        if sent.copies is not None:
+            sent.copies.confirmed = True
+        if message.ticket is not None:
+            message.ticket.settle(uid)
+    return weight
+
+
+def lost(sents: list[Sent]) -> list[Message]:
+    """
+    A socket went away with these unconfirmed: the messages that must go again
+    (to the user's other sockets or the queue), in order: those no other socket
+    confirmed or still holds.
+    """
+    again = []
+    for sent in sents:
+        copies = sent.copies
+        if copies is None:
+            again.append(sent.message)
+            continue
+        copies.holders -= 1
+        if not copies.confirmed and copies.holders <= 0:
+            again.append(sent.message)
+    return again
 
 
 @dataclass(eq=False)

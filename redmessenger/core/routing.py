@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Directory, StoreUnavailable
 from redmessenger.logs import debugging, make_logger
-from redmessenger.model.envelope import Message, MessageIds, decode_payload
+from redmessenger.model.envelope import Message, MessageIds, Ticket, decode_payload
 from redmessenger.model.keyspace import (
     GROUP_CHANNEL_PREFIX,
     USER_CHANNEL_PREFIX,
@@ -37,7 +37,7 @@ from redmessenger.model.keyspace import (
 
 Deliver = Callable[[Message, Sequence[str]], None]
 #: Keeps a message that is not delivered (its payload is too large) aside: channel, payload as published.
-KeepAside = Callable[[str, bytes], None]
+KeepAside = Callable[[str, bytes, Callable[[], None] | None], None]
 
 
 @dataclass(eq=False)
@@ -127,6 +127,38 @@ class Router:
             self._inbox.append(pending)
             self._look_up_members(pending, cid)
 
+    def on_intake(self, channel: bytes, payload: bytes, timestamp: int, ticket: Ticket) -> str | None:
+        """
+        An entry of the durable intake: routed as a PUBLISH on ``channel`` would
+        be, its id the entry's (``ticket.entry_id``), its timestamp when Redis
+        took it.  Returns why it cannot be routed (the caller keeps it aside), or None.
+        """
+        self._counters.published += 1
+        self._counters.intake += 1
+        if channel.startswith(USER_CHANNEL_PREFIX):
+            name, group = valid_name(channel[len(USER_CHANNEL_PREFIX) :]), False
+        elif channel.startswith(GROUP_CHANNEL_PREFIX):
+            name, group = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :]), True
+        else:
+            return "not an rm.users.* or rm.channels.* channel"
+        if name is None:
+            return "not a valid uid or group id"
+        if len(payload) > self._size_limit:
+            self._oversize(channel, payload, lambda: ticket.expect(()))
+            return None
+        text, valid = decode_payload(payload)
+        message = Message(channel.decode("ascii"), timestamp, text, ticket.entry_id)
+        message.ticket = ticket
+        if group:
+            pending = _Pending(message, label=name)
+            self._inbox.append(pending)
+            self._look_up_members(pending, name)
+        elif not self._inbox:
+            self._deliver(message, (name,))
+        else:
+            self._inbox.append(_Pending(message, [name]))
+        return None
+
     def stop(self) -> None:
         """Stop retrying member lookups (the link to Redis is going away)."""
         self._stopping = True
@@ -134,7 +166,7 @@ class Router:
             call.cancel()
         self._retries.clear()
 
-    def _oversize(self, channel: bytes, payload: bytes) -> None:
+    def _oversize(self, channel: bytes, payload: bytes, written: Callable[[], None] | None = None) -> None:
         name = channel.decode("ascii")  # a valid channel name: ASCII
         self._counters.oversize += 1
         self.log.warn(
@@ -146,7 +178,7 @@ class Router:
             key=oversize_key(name),
         )
         assert self._keep_aside is not None  # checked in __init__
-        self._keep_aside(name, payload)
+        self._keep_aside(name, payload, written)
 
     def _message(self, channel: bytes, payload: bytes) -> Message:
         text, valid = decode_payload(payload)

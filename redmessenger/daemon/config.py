@@ -81,6 +81,12 @@ class Config:
     #: Bytes all sockets together may be sent and not confirm; past it the slowest are closed (4413).
     memory_budget_bytes: int = 256 * 1024 * 1024
 
+    #: Read the durable intake stream (rm:intake) as well as pub/sub (docs/protocol.md, *The durable intake*).
+    intake: bool = True
+    #: This daemon's name in the intake's consumer group; the same across restarts, so that it reads
+    #: again what it had not finished.  Default: the host name and ws_port.
+    node_id: str | None = None
+
     log_level: str = "info"
 
     # -- operations (docs/operations.md) -------------------------------------------
@@ -110,6 +116,15 @@ class Config:
         if self.listen is not None:
             return self.listen
         return f"{self.ws_interface or '*'}:{self.ws_port}"
+
+    @property
+    def consumer_name(self) -> str:
+        """The intake consumer's name: ``node_id``, or the host name and the port."""
+        if self.node_id is not None:
+            return self.node_id
+        import socket
+
+        return f"{socket.gethostname()}:{self.ws_port if self.listen is None else self.listen}"
 
     @property
     def open_to_anyone(self) -> bool:
@@ -289,6 +304,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "max_payload_bytes": _integer(1, 512 * 1024 * 1024),
     "max_pending_bytes": _integer(64 * 1024),
     "memory_budget_bytes": _integer(1024 * 1024),
+    "intake": _boolean,
+    "node_id": _optional(_text),
     "log_level": _log_level,
     "manhole": _optional(_manhole),
     "manhole_password_file": _optional(_password_file),

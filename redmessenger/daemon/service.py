@@ -39,7 +39,8 @@ from redmessenger.ops.metrics import Metrics
 from redmessenger.ops.status import DaemonView, Settings
 from redmessenger.ops.tuning import fit_open_files_limit
 from redmessenger.redis_edge.directory import Directory, longest_queues
-from redmessenger.redis_edge.link import RedisLink, RedisSettings
+from redmessenger.redis_edge.intake import IntakeReader
+from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink, RedisSettings
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
@@ -134,6 +135,17 @@ class RedMessengerService(OrderedServices):
             memory_budget_bytes=config.memory_budget_bytes,
         )
         self.presence = self.hub.presence
+        self.intake: IntakeReader | None = None
+        if config.intake:
+            self.intake = IntakeReader(
+                self.link.reading,
+                self.link.commands,
+                reactor,
+                config.consumer_name,
+                self.hub.on_intake,
+                block=INTAKE_BLOCK_SECONDS,
+            )
+            self.hub.intake_done = self.intake.done
 
         # -- the dialects, on one port --
         #: conn_limit, counted over both dialects together (redmessenger.core.admission).
@@ -189,6 +201,7 @@ class RedMessengerService(OrderedServices):
             self.embedded.setServiceParent(self)
         _Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
         _Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
+        _Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
         _Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
         self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
         self.listening.setName("listening")
@@ -270,9 +283,31 @@ class RedMessengerService(OrderedServices):
 
     def _start_redis(self) -> None:
         if self.embedded is None:
-            self.link.start()
+            self._start_link()
             return
-        self.embedded.whenReady().addCallbacks(lambda _: self.link.start(), self._embedded_failed)
+        self.embedded.whenReady().addCallbacks(lambda _: self._start_link(), self._embedded_failed)
+
+    def _start_link(self) -> None:
+        self.link.start()
+        if self.intake is not None:
+            self.link.start_reading()
+            self.intake.start()
+
+    def _stop_intake(self) -> Deferred[None] | None:
+        """Stop reading the intake; once the queue writes of the closed sockets have landed, acknowledge what is safe."""
+        if self.intake is None:
+            return None
+        return ensureDeferred(self._settle_intake(self.intake))
+
+    async def _settle_intake(self, intake: IntakeReader) -> None:
+        intake.stop()
+        await self.store.drain().addTimeout(SHUTDOWN_TIMEOUT, self.reactor).addErrback(lambda f: None)
+        await intake.flush().addTimeout(SHUTDOWN_TIMEOUT, self.reactor).addErrback(lambda f: None)
+        if intake.in_flight:
+            self.log.info(
+                "{count} intake entries not safe yet at shutdown stay pending: read again at the next start",
+                count=intake.in_flight,
+            )
 
     def _embedded_failed(self, failure: Failure) -> None:
         if not self.running:
@@ -355,6 +390,7 @@ class RedMessengerService(OrderedServices):
             handovers_running=lambda: self.hub.handovers.running,
             queue_backlog=lambda: self.store.backlog,
             pending_bytes=lambda: self.hub.budget.used,
+            intake_in_flight=lambda: self.intake.in_flight if self.intake is not None else 0,
             budget_bites=lambda: self.hub.budget.bites,
             longest_queues=lambda limit: longest_queues(self.link.commands, limit),
         )

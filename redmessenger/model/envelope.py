@@ -21,9 +21,23 @@ import itertools
 import json
 import re
 import secrets
-from typing import Any, Callable, TypeVar
+from collections.abc import Iterable
+from typing import Any, Callable, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Ticket(Protocol):
+    """What a message from the durable intake carries: told when a recipient's copy is safe."""
+
+    entry_id: str
+    again: bool
+
+    def expect(self, uids: Iterable[str]) -> None: ...
+
+    def settle(self, uid: str) -> None: ...
+
+    def settle_all(self, uids: Iterable[str]) -> None: ...
 
 #: Marks queue entries written by this daemon; entries without it were written
 #: by the Node.js RedMessenger, whose payloads are ``encodeURI``-encoded.
@@ -42,7 +56,7 @@ _MISSING = object()
 class Message:
     """One message on its way to one or many users; caches its encodings."""
 
-    __slots__ = ("id", "source", "timestamp", "payload", "weight", "_encodings")
+    __slots__ = ("id", "source", "timestamp", "payload", "weight", "ticket", "_encodings")
 
     def __init__(self, source: str, timestamp: int, payload: str, id: str) -> None:
         self.id = id
@@ -51,6 +65,8 @@ class Message:
         self.payload = payload
         #: About what the message costs to hold for a socket, in bytes: its payload and an envelope's overhead.
         self.weight = len(payload) + ENVELOPE_OVERHEAD
+        #: Read from the durable intake: told when each recipient's copy is safe (redmessenger.core.intake).
+        self.ticket: Ticket | None = None
         self._encodings: dict[Any, Any] = {}
 
     def __repr__(self) -> str:

@@ -71,3 +71,10 @@ def valid_name(raw: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     return text if NAME_PATTERN.fullmatch(text) else None
+
+#: The durable intake: a stream the application XADDs to (``channel``, ``payload`` fields),
+#: read by the daemons' consumer group (SPEC §10, docs/protocol.md *The durable intake*).
+INTAKE_STREAM = "rm:intake"
+INTAKE_GROUP = "redmessenger"
+#: Intake entries that cannot be delivered (no channel, a channel that is not RedMessenger's): kept here, as JSON.
+INTAKE_INVALID = "rm:intake:invalid"

@@ -104,6 +104,17 @@ class DaemonCollector:
         )
 
         view = self._view
+        yield CounterMetricFamily(
+            prefix + "intake_read", "Entries read from the durable intake stream (rm:intake)", counters.intake
+        )
+        yield CounterMetricFamily(
+            prefix + "intake_acknowledged",
+            "Intake entries acknowledged: every recipient's copy delivered and confirmed, or queued",
+            counters.intake_acked,
+        )
+        yield GaugeMetricFamily(
+            prefix + "intake_in_flight", "Intake entries read and not acknowledged yet", view.intake_in_flight()
+        )
         yield GaugeMetricFamily(
             prefix + "pending_bytes",
             "Bytes sent to sockets (or held for them) and not confirmed yet, about (bounded by memory_budget_bytes)",

@@ -52,6 +52,8 @@ class DaemonView:
     queue_backlog: Callable[[], int]
     #: Bytes sent to sockets and not confirmed yet (redmessenger.core.budget), and sockets closed for the budget.
     pending_bytes: Callable[[], int]
+    #: Intake entries read and not safe (acknowledged) yet.
+    intake_in_flight: Callable[[], int]
     budget_bites: Callable[[], int]
     longest_queues: LongestQueues
 

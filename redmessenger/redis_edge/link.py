@@ -45,6 +45,9 @@ SUBSCRIBER_READ_SIZE = 1 << 20
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 1.0
 
+#: Seconds a read of the intake stream waits for new entries (XREADGROUP BLOCK).
+INTAKE_BLOCK_SECONDS = 1.0
+
 #: Seconds between two warnings while Redis stays unreachable.
 UNREACHABLE_REMINDER = 60.0
 
@@ -198,6 +201,16 @@ class RedisLink:
                 for reply in _parsed(self._reader, data):
                     self.replyReceived(reply)
 
+        class ReadingProtocol(txredisapi.RedisProtocol):
+            """The intake stream's connection: blocking reads (XREADGROUP ... BLOCK), raw replies."""
+
+            def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+                if not _lean(self) or self.inTransaction:
+                    super().dataReceived(data, unpause)
+                    return
+                for reply in _parsed(self._reader, data):
+                    self.replyReceived(reply)
+
         class Subscriber(txredisapi.SubscriberProtocol):
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
                 if not _lean(self):
@@ -248,13 +261,28 @@ class RedisLink:
             username=settings.username,
         )
         self._commands.protocol = CommandProtocol
+        # A connection of its own for the intake stream: its reads block (BLOCK),
+        # which must not hold up the commands behind them.
+        self._reading = Commands(
+            f"{settings.host}:{settings.port}",
+            settings.db,
+            1,
+            isLazy=True,
+            charset=None,
+            password=settings.password,
+            replyTimeout=settings.timeout + INTAKE_BLOCK_SECONDS,
+            convertNumbers=False,
+            username=settings.username,
+        )
+        self._reading.protocol = ReadingProtocol
+        self._reading_started = False
         self._subscriber = Subscribers(isLazy=True)
         self._subscriber.protocol = Subscriber
         self._subscriber.charset = None
         self._subscriber.convertNumbers = False
         self._subscriber.password = settings.password
         self._subscriber.username = settings.username
-        for factory in (self._commands, self._subscriber):
+        for factory in (self._commands, self._subscriber, self._reading):
             # Back at once when Redis is (a restart takes a second or two), then
             # an attempt a second: PUBLISHes made while the subscriber is away
             # reach nobody, so every second counts.  An attempt is one TCP connect.
@@ -267,6 +295,17 @@ class RedisLink:
     def commands(self) -> "txredisapi.ConnectionHandler":
         """The command connection; commands sent while it is down wait for it."""
         return self._commands.handler
+
+    @property
+    def reading(self) -> "txredisapi.ConnectionHandler":
+        """The intake stream's connection (see :meth:`start_reading`)."""
+        return self._reading.handler
+
+    def start_reading(self) -> None:
+        """Open the intake stream's connection (only when the intake is on)."""
+        if not self._reading_started:
+            self._reading_started = True
+            self._reading.startConnecting(_Attempts(_endpoint(self._reactor, self._settings), lambda why: None))
 
     @property
     def ready(self) -> bool:
@@ -313,7 +352,8 @@ class RedisLink:
         from twisted.internet.defer import gatherResults
 
         self._stopping = True
-        return gatherResults([self._subscriber.disconnect(), self._commands.disconnect()], consumeErrors=True)
+        factories: list[Any] = [self._subscriber, self._commands] + ([self._reading] if self._reading_started else [])
+        return gatherResults([factory.disconnect() for factory in factories], consumeErrors=True)
 
     # -- state, logged ------------------------------------------------------------
 

@@ -16,7 +16,7 @@ leaves them in Redis: at worst redelivered, never lost.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -35,6 +35,10 @@ class _Entry(NamedTuple):
     seq: int
     keys: list[str]
     entry: bytes
+    #: It may be in those queues already (read again after a crash): pushed only where it is not.
+    again: bool = False
+    #: Called once Redis has it.
+    written: Callable[[], None] | None = None
 
 
 class QueueStore:
@@ -77,24 +81,27 @@ class QueueStore:
         """Entries waiting for Redis to come back."""
         return len(self._backlog)
 
-    def enqueue(self, uids: list[str], entry: bytes) -> None:
+    def enqueue(
+        self, uids: list[str], entry: bytes, again: bool = False, written: Callable[[], None] | None = None
+    ) -> None:
         """
         Append an entry to the queues of ``uids`` (who are offline).  Sent at the
         end of this reactor turn with the others of the turn, or earlier if a
-        queue is read first; kept in memory while Redis is away.
+        queue is read first; kept in memory while Redis is away.  ``again``: it
+        may be there already (not pushed twice).  ``written``: called once Redis has it.
         """
-        self._pending.append(_Entry(self._next_seq, [queue_key(uid) for uid in uids], entry))
+        self._pending.append(_Entry(self._next_seq, [queue_key(uid) for uid in uids], entry, again, written))
         self._next_seq += 1
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
-    def keep_aside(self, channel: str, payload: bytes) -> None:
+    def keep_aside(self, channel: str, payload: bytes, written: Callable[[], None] | None = None) -> None:
         """
         Keep an oversize message at ``rm:oversize:$channel`` (a list, with the queues'
         expiry and length cap), in order with the queue writes, kept in memory while
         Redis is away: what is kept aside is no more lost than what is queued.
         """
-        self._pending.append(_Entry(self._next_seq, [oversize_key(channel)], payload))
+        self._pending.append(_Entry(self._next_seq, [oversize_key(channel)], payload, False, written))
         self._next_seq += 1
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
@@ -128,10 +135,10 @@ class QueueStore:
         args: list[Any] = [self._expiry, self._max_length]
         for item in batch:
             keys += item.keys
-            args += (item.entry, len(item.keys))
+            args += (item.entry, len(item.keys), "1" if item.again else "0")
         self._in_flight += 1
         d = self._redis.eval(ENQUEUE, keys, args)
-        d.addCallbacks(self._enqueued, self._enqueue_failed, errbackArgs=(batch,))
+        d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._landed)
 
     def _landed(self, _: object) -> None:
@@ -150,7 +157,13 @@ class QueueStore:
         self._drain_waiters.append(waiter)
         return waiter
 
-    def _enqueued(self, result: list[Any]) -> None:
+    def _enqueued(self, result: list[Any], batch: list[_Entry]) -> None:
+        for item in batch:
+            if item.written is not None:
+                try:
+                    item.written()
+                except Exception:
+                    self.log.failure("After writing a queue entry")
         dropped, renamed = result
         for key, kept in renamed:
             self.log.warn("{key} held something other than a list; kept it as {kept}", key=_text(key), kept=_text(kept))

@@ -18,15 +18,17 @@ end
 
 # Appends entries to users' queues, in order.  KEYS: the queues of every
 # entry, entry after entry; ARGV: expiry, length cap, then for each entry the
-# entry and how many of KEYS are its queues.  Returns {dropped, renamed}: lists
-# of {key, entries the length cap dropped} and of {key, kept-aside name}.
+# entry, how many of KEYS are its queues, and "1" if it may be there already
+# (a message read again from the intake stream after a crash: not pushed twice).
+# Returns {dropped, renamed}: lists of {key, entries the length cap dropped}
+# and of {key, kept-aside name}.
 ENQUEUE = KEEP_ASIDE + b"""
 local ttl, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
 local dropped, renamed, touched = {}, {}, {}
 local k = 0
-for i = 3, #ARGV, 2 do
-  local entry = ARGV[i]
-  for j = k + 1, k + tonumber(ARGV[i + 1]) do
+for i = 3, #ARGV, 3 do
+  local entry, count, again = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+  for j = k + 1, k + count do
     local key = KEYS[j]
     if not touched[key] then
       local kind = redis.call('TYPE', key)['ok']
@@ -35,13 +37,15 @@ for i = 3, #ARGV, 2 do
       end
       touched[key] = 0
     end
-    local length = redis.call('RPUSH', key, entry)
-    if length > maxlen then
-      redis.call('LTRIM', key, length - maxlen, -1)
-      touched[key] = touched[key] + length - maxlen
+    if not (again and redis.call('LPOS', key, entry)) then
+      local length = redis.call('RPUSH', key, entry)
+      if length > maxlen then
+        redis.call('LTRIM', key, length - maxlen, -1)
+        touched[key] = touched[key] + length - maxlen
+      end
     end
   end
-  k = k + tonumber(ARGV[i + 1])
+  k = k + count
 end
 for key, count in pairs(touched) do
   redis.call('EXPIRE', key, ttl)
@@ -70,4 +74,23 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind == 'set' then return {0, redis.call('SMEMBERS', KEYS[1])} end
 if kind == 'none' then return {0, {}} end
 return {1, keep_aside(KEYS[1])}
+"""
+
+# Acknowledges intake entries and removes them from the stream (XACK + XDEL),
+# and keeps the ones that cannot be delivered in a list first.  KEYS: the
+# stream, the list for invalid entries; ARGV: the group, the number of good
+# ids, the good ids, then (id, JSON of its fields) pairs of invalid entries.
+INTAKE_DONE = b"""
+local group, good = ARGV[1], tonumber(ARGV[2])
+local ids = {}
+for i = 3, 2 + good do ids[#ids + 1] = ARGV[i] end
+for i = 3 + good, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+  ids[#ids + 1] = ARGV[i]
+end
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+return #ids
 """

@@ -132,7 +132,7 @@ def limited(limit: int) -> tuple[Router, MemoryDirectory, Recorder, Counters, di
         Clock(),
         recorder.on_settled,
         max_payload=limit,
-        keep_aside=lambda channel, payload: aside.setdefault(channel, []).append(payload),
+        keep_aside=lambda channel, payload, written=None: aside.setdefault(channel, []).append(payload),
     )
     return routing, directory, recorder, counters, aside
 

@@ -22,7 +22,7 @@ def test_a_turns_queue_writes_go_out_together_at_its_end() -> None:
     assert commands.sent == [], "nothing is sent before the end of the turn"
     clock.advance(0)
     assert commands.sent == [
-        ("EVAL", ENQUEUE, ["rm:users:a:messages", "rm:users:b:messages", "rm:users:a:messages"], [60, 100, b"one", 2, b"two", 1])
+        ("EVAL", ENQUEUE, ["rm:users:a:messages", "rm:users:b:messages", "rm:users:a:messages"], [60, 100, b"one", 2, "0", b"two", 1, "0"])
     ]
 
 
@@ -46,7 +46,7 @@ def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> N
     store.enqueue(["e"], b"3")
     store.enqueue(["f", "g", "h", "i"], b"4")  # more than the limit alone: a call of its own
     clock.advance(0)
-    assert [c[3][2:] for c in commands.sent] == [[b"1", 2], [b"2", 2, b"3", 1], [b"4", 4]]
+    assert [c[3][2:] for c in commands.sent] == [[b"1", 2, "0"], [b"2", 2, "0", b"3", 1, "0"], [b"4", 4, "0"]]
 
 
 def test_drain_waits_for_writes_not_sent_yet() -> None:
@@ -128,7 +128,7 @@ def test_an_oversize_message_kept_aside_goes_with_the_queue_writes_and_survives_
             "EVAL",
             ENQUEUE,
             ["rm:users:a:messages", "rm:oversize:rm.users.a", "rm:users:a:messages"],
-            [60, 100, b"one", 1, b"\xff" * 5000, 1, b"two", 1],
+            [60, 100, b"one", 1, "0", b"\xff" * 5000, 1, "0", b"two", 1, "0"],
         )
     ]
     commands.replies[0].errback(connection_lost())
@@ -137,3 +137,18 @@ def test_an_oversize_message_kept_aside_goes_with_the_queue_writes_and_survives_
     assert commands.sent[1] == commands.sent[0]
     commands.replies[1].callback([[], []])
     assert store.backlog == 0
+
+
+def test_the_enqueue_script_pushes_an_entry_read_again_only_where_it_is_not(redis) -> None:
+    """Against a real server: an intake entry read again after a crash is not queued twice (LPOS)."""
+    from redmessenger.redis_edge.scripts import ENQUEUE as script
+
+    enqueue = redis.register_script(script)
+    a, b = "rm:users:a:messages", "rm:users:b:messages"
+    enqueue(keys=[a], args=[60, 100, b"e1", 1, "0"])  # a had it queued before the crash; b had not
+    enqueue(keys=[a, b, b], args=[60, 100, b"e1", 2, "1", b"e2", 1, "0"])
+    assert redis.lrange(a, 0, -1) == [b"e1"]
+    assert redis.lrange(b, 0, -1) == [b"e1", b"e2"]
+    enqueue(keys=[b], args=[60, 100, b"e2", 1, "0"])  # not read again: pushed, whatever is there
+    assert redis.lrange(b, 0, -1) == [b"e1", b"e2", b"e2"]
+    assert 0 < redis.ttl(a) <= 60

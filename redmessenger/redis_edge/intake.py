@@ -1,0 +1,266 @@
+"""
+The durable intake (SPEC §10): a Redis stream (``rm:intake``) the application
+XADDs messages to, read by the daemons' consumer group.
+
+Unlike a bare PUBLISH, an entry Redis accepted is kept until a daemon has made
+every recipient's copy safe (delivered and confirmed, or queued): only then is
+it acknowledged (XACK) and removed from the stream (XDEL).  A daemon that dies
+before that leaves the entry pending under its consumer name; at its next start
+it reads its pending entries again (and claims entries other consumers left
+pending for ``claim_idle`` seconds), so nothing accepted by Redis is lost while
+no daemon runs, nor when one is killed.  What is read again may reach a socket
+twice (same id: clients drop the copy); it is queued once.
+
+An entry has two fields, ``channel`` (``rm.users.$uid`` or ``rm.channels.$cid``)
+and ``payload`` (any bytes)::
+
+    XADD rm:intake * channel rm.users.user1 payload "Hello, world!"
+
+An entry that cannot be delivered (a field missing, a channel that is not
+RedMessenger's) is acknowledged and kept, as JSON, in ``rm:intake:invalid``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from redmessenger.logs import make_logger
+from redmessenger.model.keyspace import INTAKE_GROUP, INTAKE_INVALID, INTAKE_STREAM
+from redmessenger.redis_edge.commands import RedisCommands
+from redmessenger.redis_edge.scripts import INTAKE_DONE
+
+#: An entry to route: (entry id, channel, payload, timestamp in ms, read again?) -> why it cannot be, or None.
+OnEntry = Callable[[str, bytes, bytes, int, bool], "str | None"]
+
+#: Ids acknowledged per script call at most (Lua's unpack has a limit).
+ACKS_PER_CALL = 1000
+
+
+class IntakeReader:
+    """Reads the intake stream as one consumer of the group; acknowledges entries once the core says they are safe."""
+
+    log = make_logger()
+
+    def __init__(
+        self,
+        reading: RedisCommands,
+        commands: RedisCommands,
+        clock: IReactorTime,
+        consumer: str,
+        on_entry: OnEntry,
+        *,
+        batch: int = 500,
+        block: float = 1.0,
+        claim_idle: float = 60.0,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._reading = reading
+        self._commands = commands
+        self._clock = clock
+        self.consumer = consumer
+        self._on_entry = on_entry
+        self._batch = batch
+        self._block_ms = max(1, int(block * 1000))
+        self._claim_idle_ms = int(claim_idle * 1000)
+        self._retry_delay = retry_delay
+        #: Entries read and not acknowledged yet (the core holds them).
+        self._in_flight: set[str] = set()
+        self._done: list[str] = []
+        self._invalid: list[tuple[str, bytes]] = []
+        self._flush_call: IDelayedCall | None = None
+        self._stopping = False
+        self._running: Deferred[None] | None = None
+        self._wait: Deferred[None] | None = None
+        #: Entries read, and acknowledged, since start (for operators).
+        self.read = 0
+        self.acknowledged = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def start(self) -> None:
+        self._stopping = False
+        self._running = ensureDeferred(self._run())
+        self._running.addErrback(lambda f: self.log.failure("Reading the intake stream stopped", f))
+
+    def stop(self) -> None:
+        """
+        Stop reading.  A read under way ends within ``block`` seconds, or when the
+        link closes; what it brings is handled, and acknowledged if it becomes
+        safe before the link closes (else read again at the next start).
+        """
+        self._stopping = True
+        if self._wait is not None and not self._wait.called:
+            self._wait.callback(None)
+
+    def done(self, entry_id: str) -> None:
+        """Every recipient's copy of this entry is safe: acknowledge it (with the others of this reactor turn)."""
+        self._in_flight.discard(entry_id)
+        self._done.append(entry_id)
+        self._schedule_flush()
+
+    def flush(self) -> Deferred[Any]:
+        """Acknowledge what is done so far; fires once Redis has answered (a failure is logged: they stay pending)."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        calls = []
+        while self._done or self._invalid:
+            good, self._done = self._done[:ACKS_PER_CALL], self._done[ACKS_PER_CALL:]
+            bad, self._invalid = self._invalid[: ACKS_PER_CALL - len(good)], self._invalid[ACKS_PER_CALL - len(good) :]
+            args: list[Any] = [INTAKE_GROUP, len(good), *good]
+            for entry_id, fields in bad:
+                args += (entry_id, fields)
+            d: Deferred[Any] = self._commands.eval(INTAKE_DONE, [INTAKE_STREAM, INTAKE_INVALID], args)
+            d.addCallback(self._acknowledged, len(good) + len(bad))
+            d.addErrback(self._ack_failed, len(good) + len(bad))
+            calls.append(d)
+        if not calls:
+            return succeed(None)
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults(calls, consumeErrors=True)
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        recovering = True
+        while not self._stopping:
+            try:
+                if recovering:
+                    await self._create_group()
+                    await self._claim_abandoned()
+                    await self._read_pending()
+                    recovering = False
+                reply = await self._reading.execute_command(
+                    "XREADGROUP", "GROUP", INTAKE_GROUP, self.consumer, "COUNT", self._batch,
+                    "BLOCK", self._block_ms, "STREAMS", INTAKE_STREAM, ">",
+                )
+                self._handle(reply, again=False)
+            except Exception as e:
+                if self._stopping:
+                    break
+                self.log.warn("Reading the intake stream failed ({why}); trying again", why=str(e) or type(e).__name__)
+                # After a lost connection, a reply may have been lost too: what it
+                # carried is pending under our name and unknown to us.  Read it.
+                recovering = True
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """``retry_delay`` seconds, or less if the reader is stopped meanwhile."""
+        wait: Deferred[None] = Deferred()
+        self._wait = wait
+        call = self._clock.callLater(self._retry_delay, wait.callback, None)
+        try:
+            await wait
+        finally:
+            if call.active():
+                call.cancel()
+            self._wait = None
+
+    async def _create_group(self) -> None:
+        """The group, reading from the start of the stream (entries added before any daemon ran are read too)."""
+        try:
+            await self._reading.execute_command("XGROUP", "CREATE", INTAKE_STREAM, INTAKE_GROUP, "0", "MKSTREAM")
+        except Exception as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _claim_abandoned(self) -> None:
+        """Entries pending for ``claim_idle`` seconds under any consumer (a daemon gone under another name) become ours."""
+        cursor: Any = b"0-0"
+        while True:
+            reply = await self._reading.execute_command(
+                "XAUTOCLAIM", INTAKE_STREAM, INTAKE_GROUP, self.consumer, self._claim_idle_ms, cursor, "COUNT", self._batch, "JUSTID"
+            )
+            cursor = reply[0]
+            if cursor in (b"0-0", "0-0") or self._stopping:
+                return
+
+    async def _read_pending(self) -> None:
+        """Our own pending entries (read before a crash, or a lost reply), that the core does not hold."""
+        last: Any = b"0"
+        while not self._stopping:
+            reply = await self._reading.execute_command(
+                "XREADGROUP", "GROUP", INTAKE_GROUP, self.consumer, "COUNT", self._batch, "STREAMS", INTAKE_STREAM, last
+            )
+            entries = _entries(reply)
+            if not entries:
+                return
+            self._handle(reply, again=True)
+            last = entries[-1][0]
+
+    def _handle(self, reply: Any, again: bool) -> None:
+        for raw_id, fields in _entries(reply):
+            entry_id = raw_id.decode("ascii") if isinstance(raw_id, bytes) else str(raw_id)
+            if entry_id in self._in_flight:
+                continue  # the core holds it already (read again after a lost connection)
+            self.read += 1
+            if fields is None:  # deleted from the stream while pending: nothing to deliver
+                self._done.append(entry_id)
+                self._schedule_flush()
+                continue
+            values = dict(zip(fields[::2], fields[1::2]))
+            channel, payload = values.get(b"channel"), values.get(b"payload")
+            why: str | None
+            if not isinstance(channel, bytes) or not isinstance(payload, bytes):
+                why = "no 'channel' and 'payload' fields"
+            else:
+                self._in_flight.add(entry_id)
+                try:
+                    why = self._on_entry(entry_id, channel, payload, _milliseconds(entry_id), again)
+                except Exception:
+                    self.log.failure("Routing intake entry {id} failed", id=entry_id)
+                    why = "internal error"
+                if why is not None:
+                    self._in_flight.discard(entry_id)
+            if why is not None:
+                self.log.warn("Intake entry {id} cannot be delivered ({why}); kept in {key}", id=entry_id, why=why, key=INTAKE_INVALID)
+                record = {"id": entry_id, "why": why, "fields": {_text(k): _text(v) for k, v in values.items()}}
+                self._invalid.append((entry_id, json.dumps(record).encode("utf-8")))
+                self._schedule_flush()
+
+    # -- acknowledging -------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def _acknowledged(self, result: Any, count: int) -> None:
+        self.acknowledged += count
+
+    def _ack_failed(self, failure: Any, count: int) -> None:
+        # They stay pending in Redis: read again at the next start (queued once, delivered again with the same id).
+        self.log.warn(
+            "Could not acknowledge {count} intake entries ({why}); they will be read again at the next start",
+            count=count,
+            why=failure.getErrorMessage(),
+        )
+
+
+def _entries(reply: Any) -> list[tuple[Any, Any]]:
+    """The (id, fields) of an XREADGROUP reply: [[stream, [[id, [field, value, ...] or nil], ...]]], or nil."""
+    if not reply:
+        return []
+    entries: list[tuple[Any, Any]] = []
+    for _stream, items in reply:
+        for item in items or ():
+            entries.append((item[0], item[1]))
+    return entries
+
+
+def _milliseconds(entry_id: str) -> int:
+    """When Redis took the entry: the first part of its id."""
+    head, _, _ = entry_id.partition("-")
+    return int(head) if head.isdigit() else 0
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

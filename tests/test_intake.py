@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 
 from .conftest import wait_until
+from .wsclient import AckingClient
 
 STREAM, GROUP, QUEUE = "rm:intake", "redmessenger", "rm:users:{}:messages"
 
@@ -153,32 +154,6 @@ async def test_an_entry_left_by_a_daemon_of_another_name_is_claimed_once_idle_lo
     await daemon_factory(node_id="node-y")
     await wait_until(lambda: pending(redis) == 0, 10, "claimed and handled")
     assert [e["id"] for e in queued(redis, "user1")] == [entry_id]
-
-
-class AckingClient:
-    """A version-1 client that acknowledges every message as its code handles it, across daemons."""
-
-    def __init__(self, uid: str) -> None:
-        self.uid = uid
-        self.received: list[dict] = []
-        self.client = None
-
-    async def connect(self, url: str) -> None:
-        from .wsclient import connect_client
-
-        client = await connect_client(url)
-        handle = client.protocol.onMessage
-
-        def on_message(payload: bytes, is_binary: bool) -> None:
-            handle(payload, is_binary)
-            frame = json.loads(payload)
-            if frame.get("type") == "message":
-                self.received.append(frame)
-                client.send(json.dumps({"type": "ack", "id": frame["id"]}))
-
-        client.protocol.onMessage = on_message  # type: ignore[method-assign]
-        client.send(json.dumps({"type": "hello", "v": 1, "uid": self.uid}))
-        self.client = client
 
 
 @pytest.mark.slow

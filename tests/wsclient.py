@@ -107,3 +107,27 @@ async def connect_client(url: str, origin: str | None = None, timeout: float = 5
     await endpoint.connect(factory)
     protocol = await factory.opened
     return WebSocketClient(protocol)
+
+
+class AckingClient:
+    """A version-1 client that acknowledges every message as its code handles it, across daemons."""
+
+    def __init__(self, uid: str) -> None:
+        self.uid = uid
+        self.received: list[dict] = []
+        self.client = None
+
+    async def connect(self, url: str) -> None:
+        client = await connect_client(url)
+        handle = client.protocol.onMessage
+
+        def on_message(payload: bytes, is_binary: bool) -> None:
+            handle(payload, is_binary)
+            frame = json.loads(payload)
+            if frame.get("type") == "message":
+                self.received.append(frame)
+                client.send(json.dumps({"type": "ack", "id": frame["id"]}))
+
+        client.protocol.onMessage = on_message  # type: ignore[method-assign]
+        client.send(json.dumps({"type": "hello", "v": 1, "uid": self.uid}))
+        self.client = client

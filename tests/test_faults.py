@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
 
 from .conftest import publish, wait_until
@@ -121,3 +122,53 @@ async def test_the_memory_held_for_a_frozen_socket_stays_bounded(daemon_factory,
     assert 0 < peak <= 128 * 1024 + 2200
     client.protocol.transport.resumeProducing()
     await client.close_code(timeout=10)
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_kill_9_in_the_middle_of_a_handover_loses_no_queued_message(redis, redis_server, tmp_path):
+    """
+    The daemon is killed with SIGKILL while it hands a 20,000-entry queue over
+    to an acking client; a new daemon hands over what is left.  Every entry
+    arrives, in order on each connection; only the batch in flight at the kill
+    comes twice (same ids).
+    """
+    from .twistdprocess import Twistd
+    from .wsclient import AckingClient
+
+    total, batch = 20000, 500
+    pipe = redis.pipeline(transaction=False)
+    for start in range(0, total, 1000):
+        pipe.rpush(
+            QUEUE.format("user1"),
+            *[json.dumps({"v": 1, "id": f"q{i}", "source": "rm.users.user1", "timestamp": i, "payload": f"q{i}"}) for i in range(start, start + 1000)],
+        )
+    pipe.execute()
+    first = Twistd(tmp_path, redis_server.port, ping_interval=0, handover_batch=batch, node_id="k1")
+    second = None
+    client = AckingClient("user1")
+    try:
+        first.start()
+        await first.healthy()
+        await client.connect(first.url)
+        await wait_until(lambda: len(client.received) >= 6000, 30, "a good part of the queue")
+        first.signal("KILL")
+        assert await first.ended() == "signal 9"
+        before = len(client.received)
+        second = Twistd(tmp_path, redis_server.port, ping_interval=0, handover_batch=batch, node_id="k1")
+        second.start()
+        await second.healthy()
+        await client.connect(second.url)
+        await wait_until(lambda: client.received and client.received[-1]["payload"] == f"q{total - 1}", 60, "the end of the queue")
+        await wait_until(lambda: not redis.exists(QUEUE.format("user1")), 10, "the queue trimmed as acked")
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()
+    ids = [m["id"] for m in client.received]
+    assert set(ids) == {f"q{i}" for i in range(total)}, "nothing lost"
+    first_run, second_run = ids[:before], ids[before:]
+    assert first_run == [f"q{i}" for i in range(len(first_run))], "in order"
+    restart = int(second_run[0][1:])
+    assert second_run == [f"q{i}" for i in range(restart, total)], "the rest, in order, from the last confirmed batch"
+    assert 0 <= len(first_run) - restart <= 2 * batch, "only what the killed daemon had not seen acked comes twice"

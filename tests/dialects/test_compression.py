@@ -10,7 +10,6 @@ Node's socket.io-client over WebSocket.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ import pytest_twisted
 
 from ..conftest import HOST, publish
 from ..pyws import ThreadedClient
-from ..sioclients import ClientProcess, ensure_node_modules, node_client
+from ..sioclients import node_client
 
 QUEUE = "rm:users:{}:messages"
 
@@ -134,19 +133,6 @@ async def test_clients_without_compression_work_on_the_same_daemon(daemon_factor
 
 
 # -- Socket.IO over a compressed WebSocket -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def node_modules() -> None:
-    ensure_node_modules()
-
-
-@pytest_twisted.async_yield_fixture
-async def clients(node_modules: None) -> AsyncIterator[list[ClientProcess]]:
-    started: list[ClientProcess] = []
-    yield started
-    for process in started:
-        await process.stop()
 
 
 @pytest.mark.parametrize("generation", ["v4", "v2"])

@@ -14,7 +14,6 @@ the client does).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ import pytest_twisted
 
 from ..conftest import HOST, publish, wait_until
 from ..pyws import ThreadedClient
-from ..sioclients import ClientProcess, ensure_node_modules, node_client
+from ..sioclients import node_client
 from ..wsclient import WebSocketClient
 
 QUEUE = "rm:users:{}:messages"
@@ -230,20 +229,6 @@ async def test_a_silent_client_is_dropped_and_what_it_did_not_confirm_is_queued(
 
 
 # -- Socket.IO: the Engine.IO heartbeat ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def node_modules() -> None:
-    ensure_node_modules()
-
-
-@pytest_twisted.async_yield_fixture
-async def clients(node_modules: None) -> AsyncIterator[list[ClientProcess]]:
-    """Client processes started by the test; all killed at the end."""
-    started: list[ClientProcess] = []
-    yield started
-    for process in started:
-        await process.stop()
 
 
 def rm_url(daemon: Any) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,10 +17,8 @@ import pytest_twisted
 from ..conftest import HOST, publish, wait_until
 from ..sioclients import (
     HARD_PAYLOADS,
-    ClientProcess,
     as_delivered,
     big_queue,
-    ensure_node_modules,
     node_client,
     python_client,
 )
@@ -34,20 +31,6 @@ TRANSPORTS = {
     "polling": ({"transports": ["polling"]}, "polling"),
     "upgrade": ({}, "websocket"),
 }
-
-
-@pytest.fixture(scope="session")
-def node_modules() -> None:
-    ensure_node_modules()
-
-
-@pytest_twisted.async_yield_fixture
-async def clients(node_modules: None) -> AsyncIterator[list[ClientProcess]]:
-    """Client processes started by the test; all killed at the end."""
-    started: list[ClientProcess] = []
-    yield started
-    for process in started:
-        await process.stop()
 
 
 def base_url(daemon: Any) -> str:
@@ -545,7 +528,6 @@ async def test_a_frozen_client_is_given_up_past_max_pending_bytes_and_loses_noth
 
 def test_a_refused_client_cannot_connect_again() -> None:
     """Refused clients get nothing more: not even by connecting to the namespace a second time."""
-    from twisted.internet.task import Clock
 
     from redmessenger.dialects.engineio.session import EngineSettings
     from redmessenger.model.envelope import Message

@@ -181,16 +181,7 @@ class RedisLink:
         class Subscribers(KeepTrying, txredisapi.SubscriberFactory):
             pass
 
-        class CommandProtocol(txredisapi.RedisProtocol):
-            def connectionMade(self) -> Any:
-                d = super().connectionMade()
-                self.whenConnected().addCallback(lambda _: link._commands_up())
-                return d
-
-            def connectionLost(self, why: Any) -> None:
-                link._commands_down(why)
-                super().connectionLost(why)
-
+        class RawReplies(txredisapi.RedisProtocol):
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
                 if not _lean(self) or self.inTransaction:
                     super().dataReceived(data, unpause)
@@ -201,15 +192,15 @@ class RedisLink:
                 for reply in _parsed(self._reader, data):
                     self.replyReceived(reply)
 
-        class ReadingProtocol(txredisapi.RedisProtocol):
-            """The intake stream's connection: blocking reads (XREADGROUP ... BLOCK), raw replies."""
+        class CommandProtocol(RawReplies):
+            def connectionMade(self) -> Any:
+                d = super().connectionMade()
+                self.whenConnected().addCallback(lambda _: link._commands_up())
+                return d
 
-            def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-                if not _lean(self) or self.inTransaction:
-                    super().dataReceived(data, unpause)
-                    return
-                for reply in _parsed(self._reader, data):
-                    self.replyReceived(reply)
+            def connectionLost(self, why: Any) -> None:
+                link._commands_down(why)
+                super().connectionLost(why)
 
         class Subscriber(txredisapi.SubscriberProtocol):
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
@@ -249,32 +240,25 @@ class RedisLink:
                 link._unsubscribed(why)
                 super().connectionLost(why)
 
-        self._commands = Commands(
-            f"{settings.host}:{settings.port}",
-            settings.db,
-            1,  # one connection: commands run in the order they are sent
-            isLazy=True,
-            charset=None,
-            password=settings.password,
-            replyTimeout=settings.timeout,
-            convertNumbers=False,
-            username=settings.username,
-        )
-        self._commands.protocol = CommandProtocol
-        # A connection of its own for the intake stream: its reads block (BLOCK),
-        # which must not hold up the commands behind them.
-        self._reading = Commands(
-            f"{settings.host}:{settings.port}",
-            settings.db,
-            1,
-            isLazy=True,
-            charset=None,
-            password=settings.password,
-            replyTimeout=settings.timeout + INTAKE_BLOCK_SECONDS,
-            convertNumbers=False,
-            username=settings.username,
-        )
-        self._reading.protocol = ReadingProtocol
+        def commands_factory(protocol: Any, reply_timeout: float) -> Any:
+            factory = Commands(
+                f"{settings.host}:{settings.port}",
+                settings.db,
+                1,  # one connection: commands run in the order they are sent
+                isLazy=True,
+                charset=None,
+                password=settings.password,
+                replyTimeout=reply_timeout,
+                convertNumbers=False,
+                username=settings.username,
+            )
+            factory.protocol = protocol
+            return factory
+
+        self._commands = commands_factory(CommandProtocol, settings.timeout)
+        # A connection of its own for the intake stream: its reads block (XREADGROUP
+        # ... BLOCK), which must not hold up the commands behind them.
+        self._reading = commands_factory(RawReplies, settings.timeout + INTAKE_BLOCK_SECONDS)
         self._reading_started = False
         self._subscriber = Subscribers(isLazy=True)
         self._subscriber.protocol = Subscriber

@@ -186,6 +186,8 @@ class Hub:
         entries are confirmed through :meth:`MessageSink.confirm` by the handover.)
         """
         unconfirmed = attachment.unconfirmed
+        if not unconfirmed:
+            return  # a queue entry's ack (the handover's batch), or a repeat
         for index, sent in enumerate(unconfirmed):
             if sent.message.id == message_id:
                 done = unconfirmed[: index + 1]

@@ -147,6 +147,12 @@ class Router:
             self._oversize(channel, payload, lambda: ticket.expect(()))
             return None
         text, valid = decode_payload(payload)
+        if not valid:
+            self.log.warn(
+                "Payload of {length} bytes of intake entry {id} is not valid UTF-8; delivering it with U+FFFD replacements",
+                length=len(payload),
+                id=ticket.entry_id,
+            )
         message = Message(channel.decode("ascii"), timestamp, text, ticket.entry_id)
         message.ticket = ticket
         if group:

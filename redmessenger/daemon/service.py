@@ -44,6 +44,7 @@ from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink, RedisS
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
+from redmessenger.transport.sockets import Corks
 
 JAVASCRIPT = b"application/javascript; charset=utf-8"
 
@@ -120,7 +121,12 @@ class RedMessengerService(OrderedServices):
         self.on_start_failure: Callable[[], object] = self.stopService
 
         # -- Redis and the core --
-        self.link = RedisLink(reactor, redis_settings(config), on_message=self._on_publish)
+        #: The sockets' writes of a reactor turn, for both dialects: sent together at the
+        #: end of each read of the subscriber, or of the turn.
+        self.corks = Corks(reactor)
+        self.link = RedisLink(
+            reactor, redis_settings(config), on_message=self._on_publish, on_read=(self.corks.hold, self._end_of_read)
+        )
         self.store = QueueStore(self.link.commands, reactor, config.queue_expiry, config.queue_max_length)
         self.directory = Directory(self.link.commands, reactor, lookup_timeout=config.redis_timeout)
         self.hub = Hub(
@@ -160,6 +166,7 @@ class RedMessengerService(OrderedServices):
             ping_interval=config.ping_interval,
             allowed_origins=config.allowed_origins,
             limit=self.limit,
+            corks=self.corks,
             **websocket_options(config),
         )
         self.socketio = SocketIOServer(
@@ -172,6 +179,7 @@ class RedMessengerService(OrderedServices):
             settings=engine_settings(config),
             allowed_origins=config.allowed_origins,
             websocket_options=websocket_options(config),
+            corks=self.corks,
         )
 
         # -- what operators see --
@@ -218,6 +226,11 @@ class RedMessengerService(OrderedServices):
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
         self.hub.on_publish(channel, payload)
+
+    def _end_of_read(self) -> None:
+        """A read of the subscriber is over: the sockets' frames go out, then the queue writes."""
+        self.corks.release()
+        self.store.flush()
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ OnEntry = Callable[[str, bytes, bytes, int, bool], "str | None"]
 
 #: Ids acknowledged per script call at most (Lua's unpack has a limit).
 ACKS_PER_CALL = 1000
+#: Seconds acknowledgements wait to go out together.
+ACK_DELAY = 0.01
 
 
 class IntakeReader:
@@ -230,8 +232,9 @@ class IntakeReader:
     # -- acknowledging -------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
+        # A few milliseconds late, so that one call acknowledges what many turns made safe.
         if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+            self._flush_call = self._clock.callLater(ACK_DELAY, self.flush)
 
     def _acknowledged(self, result: Any, count: int) -> None:
         self.acknowledged += count

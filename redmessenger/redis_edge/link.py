@@ -38,8 +38,9 @@ from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
 if TYPE_CHECKING:
     import txredisapi
 
-#: Bytes the subscriber reads from Redis per reactor turn (Twisted's default: 64 KB).
+#: Bytes the subscriber reads from Redis per reactor turn at most (Twisted's default: 64 KB), and at least.
 SUBSCRIBER_READ_SIZE = 1 << 20
+SUBSCRIBER_MIN_READ_SIZE = 1 << 16
 
 #: Seconds before the first attempt to reconnect, and between attempts at most (doubling in between).
 RECONNECT_FIRST_DELAY = 0.05
@@ -146,10 +147,19 @@ class RedisLink:
 
     log = make_logger()
 
-    def __init__(self, reactor: Any, settings: RedisSettings, on_message: OnMessage) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        settings: RedisSettings,
+        on_message: OnMessage,
+        on_read: tuple[Callable[[], None], Callable[[], None]] | None = None,
+    ) -> None:
         import txredisapi
 
         self.state = LinkState()
+        #: Called before and after the subscriber handles one read from Redis: the
+        #: writes of all its messages go out together at its end (no timed call per read).
+        self._read_started, self._read_ended = on_read if on_read is not None else (_nothing, _nothing)
         self.outage = Outage(reactor)
         #: Why txredisapi gave up on a new connection (AUTH or SELECT failed): the cause of its loss.
         self._refusal: str | None = None
@@ -210,17 +220,37 @@ class RedisLink:
                 # The live path: each published message goes from hiredis
                 # straight to messageReceived (txredisapi would first copy
                 # it through tryConvertData and two more dispatch steps).
-                for reply in _parsed(self._reader, data):
-                    if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
-                        self.messageReceived(reply[1], reply[2], reply[3])
-                    else:
-                        self.replyReceived(reply)
+                link._read_started()
+                try:
+                    for reply in _parsed(self._reader, data):
+                        if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
+                            self.messageReceived(reply[1], reply[2], reply[3])
+                        else:
+                            self.replyReceived(reply)
+                finally:
+                    link._read_ended()
+                    self._fit_read_size(len(data))
+
+            def _fit_read_size(self, read: int) -> None:
+                # What the next read may take: a read that filled the buffer
+                # doubles it (a burst: several frames a socket per read, sent
+                # together), a small one halves it back.  CPython allocates
+                # the whole size per read, and glibc maps and unmaps anything
+                # above 128 KB: 1 MB per 700-byte read cost ~8 µs a message at
+                # a steady rate.
+                transport = self.transport
+                size = getattr(transport, "bufferSize", None)
+                if size is None:
+                    return
+                if read >= size:
+                    if size < SUBSCRIBER_READ_SIZE:
+                        transport.bufferSize = size * 2
+                elif read < size >> 3 and size > SUBSCRIBER_MIN_READ_SIZE:
+                    transport.bufferSize = size >> 1
 
             def connectionMade(self) -> Any:
-                # Read more than Twisted's 64 KB a turn: under a burst each
-                # socket then gets several frames per turn, sent in one write.
                 if hasattr(self.transport, "bufferSize"):
-                    self.transport.bufferSize = SUBSCRIBER_READ_SIZE
+                    self.transport.bufferSize = SUBSCRIBER_MIN_READ_SIZE
                 d = super().connectionMade()
                 self.whenConnected().addCallback(lambda _: self._subscribe())
                 return d
@@ -429,3 +459,7 @@ def _quiet_retry_lines() -> None:
     namespace = "twisted.application.internet.ClientService"
     ClientService._log = make_logger(namespace)
     quiet_namespace(namespace)
+
+
+def _nothing() -> None:
+    pass

@@ -55,11 +55,27 @@ class Corks:
         self._clock = clock
         self._sockets: list[Flushable] = []
         self._call: IDelayedCall | None = None
+        #: While held (a read from Redis under way), no timed call: :meth:`release` sends at its end.
+        self._held = False
 
     def add(self, socket: Flushable) -> None:
         self._sockets.append(socket)
-        if self._call is None:
+        if self._call is None and not self._held:
             self._call = self._clock.callLater(0, self._flush)
+
+    def hold(self) -> None:
+        """A read is starting whose writes :meth:`release` sends at its end, without a timed call per read."""
+        self._held = True
+
+    def release(self) -> None:
+        """The read that :meth:`hold` announced is over: send what it wrote."""
+        self._held = False
+        if self._sockets:
+            if self._call is not None:
+                if self._call.active():
+                    self._call.cancel()
+                self._call = None
+            self._flush()
 
     def _flush(self) -> None:
         self._call = None

@@ -69,3 +69,41 @@ def test_a_socket_gone_fails_who_waits() -> None:
     ledger.confirm().addCallback(waited.append)
     ledger.fail()
     assert waited == [False]
+
+
+def test_two_messages_with_one_id_on_a_socket_are_both_confirmed_by_its_ack() -> None:
+    """Two byte-identical queue entries share their derived id: acking it must not fail (it raised KeyError)."""
+    ledger = AckLedger()
+    ledger.written("h-same")
+    ledger.written("h-same")
+    ledger.written("later")
+    waited = []
+    ledger.confirm().addCallback(waited.append)
+    assert ledger.ack("h-same") and ledger.unacknowledged == 1
+    assert not ledger.ack("h-same"), "both confirmed already"
+    assert ledger.ack("later") and waited == [True]
+
+
+def test_a_long_run_of_acks_keeps_the_ledger_small() -> None:
+    ledger = AckLedger()
+    for i in range(1000):
+        ledger.written(f"m{i}")
+        assert ledger.ack(f"m{i}")
+    assert ledger.unacknowledged == 0 and len(ledger._pending) < 64 and not ledger._seq_of
+
+
+def test_the_compact_ack_is_read_without_json_and_anything_else_is_left_to_the_parser() -> None:
+    assert frames.compact_ack(b'{"type":"ack","id":"3f9a0c1b2e.41"}') == "3f9a0c1b2e.41"
+    assert frames.compact_ack(b'{"type":"ack","id":"1700000000000-0"}') == "1700000000000-0"
+    for other in (
+        b'{"type": "ack", "id": "x"}',  # spaces: parse_frame reads it
+        b'{"type":"ack","id":"a\\"b"}',
+        b'{"type":"ack","id":"a\\\\b"}',
+        b'{"type":"ack","id":""}',
+        b'{"type":"ack","id":"' + b"x" * 65 + b'"}',
+        b'{"type":"ack","id":"\xc3\xa9"}',
+        b'{"type":"ack","id":"a\x01"}',
+        b'{"type":"ack","id":"x","more":1}',
+    ):
+        assert frames.compact_ack(other) is None, other
+    assert frames.parse_frame('{"type":"ack","id":"a\\"b"}') == frames.Ack('a"b'), "what the compact reader leaves, the parser reads"

@@ -169,3 +169,18 @@ async def test_binary_is_refused_on_a_version_1_session(daemon, redis):
     client = await v1_client(daemon)
     client.send_binary(b'{"type":"ack","id":"x"}')
     assert (await client.close_code())[0] == CloseCode.UNSUPPORTED_DATA
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_identical_queue_entries_sharing_an_id_are_acked_without_harm(daemon, redis):
+    """Two byte-identical entries without an id share the derived one; acking it used to drop the socket (KeyError)."""
+    node_era = json.dumps({"source": "rm.users.user1", "timestamp": 1, "bubble": True, "payload": "twice"})
+    redis.rpush(QUEUE.format("user1"), node_era, node_era)
+    client = await v1_client(daemon)
+    first, second = await client.receive(2)
+    assert first["id"] == second["id"] and first["payload"] == second["payload"] == "twice"
+    client.send(ack(second["id"]))
+    await daemon.until(lambda: not redis.exists(QUEUE.format("user1")), what="the queue trimmed")
+    publish(redis, "rm.users.user1", "after")
+    assert (await client.next())["payload"] == "after", "the socket is still there"
+    client.close()

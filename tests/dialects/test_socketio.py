@@ -371,7 +371,12 @@ async def test_shutdown_closes_sessions_and_clients_come_back(daemon_factory, re
     assert session.close_reason == "server shutting down"
     assert not daemon.service.socketio.websockets.sockets, "the WebSockets closed before the daemon stopped"
     (disconnect,) = await client.expect("disconnect")
-    assert disconnect["reason"] == "transport close", "not a server disconnect: the client reconnects"
+    # Over WebSocket the close frame says so; over polling the close packet
+    # reaches the client only if a poll was pending when the daemon stopped,
+    # else its next poll finds the port closed: "transport error".  Either way
+    # it is not a server disconnect ("io server disconnect"), so it reconnects.
+    expected = {"transport close"} if transport == "websocket" else {"transport close", "transport error"}
+    assert disconnect["reason"] in expected, "not a server disconnect: the client reconnects"
     await client.expect("reconnect_attempt")
 
 

@@ -362,13 +362,13 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
 
     protocol = EngineIOWebSocketProtocol  # type: ignore[assignment]  # Autobahn's factory is not generic over its protocol
 
-    def __init__(self, server: EngineServer, **options: Any) -> None:
+    def __init__(self, server: EngineServer, corks: Corks | None = None, **options: Any) -> None:
         super().__init__()
         self.server = server
         #: WebSockets whose handshake completed and that have not closed yet.
         self.sockets = OpenSockets()
         #: Sockets with frames waiting for the end of the reactor turn.
-        self.corks = Corks(server.clock)
+        self.corks = corks if corks is not None else Corks(server.clock)
         self.setProtocolOptions(**options)
 
     def all_closed(self) -> Deferred[None]:

@@ -88,6 +88,25 @@ def _hello(obj: dict[str, Any]) -> Hello:
     return Hello(Identifier(parsed.uid, key or None))
 
 
+_ACK_HEAD = b'{"type":"ack","id":"'
+_ACK_TAIL = b'"}'
+
+
+def compact_ack(payload: bytes) -> str | None:
+    """
+    The id of an ack written exactly ``{"type":"ack","id":"<id>"}`` (no spaces,
+    an id of printable ASCII without quote or backslash), else None: then
+    :func:`parse_frame` reads it.  The common case, without a JSON parse.
+    """
+    if not (payload.startswith(_ACK_HEAD) and payload.endswith(_ACK_TAIL)):
+        return None
+    raw = payload[len(_ACK_HEAD) : -len(_ACK_TAIL)]
+    if not 0 < len(raw) <= MAX_ID or b'"' in raw or b"\\" in raw or not raw.isascii():
+        return None
+    text = raw.decode("ascii")
+    return text if text.isprintable() else None
+
+
 def welcome(uid: str) -> bytes:
     return _dumps({"type": "welcome", "v": VERSION, "uid": uid}).encode("utf-8")
 

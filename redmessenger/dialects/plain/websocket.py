@@ -248,6 +248,13 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         session = self._session
         if session is None:
             return
+        message_id = frames.compact_ack(payload)
+        if message_id is not None and not session.awaiting_identifier:
+            # The common ack, as a client library writes it: no JSON parse.
+            acks = self._acks
+            if acks is not None and acks.ack(message_id):
+                session.acknowledged(message_id)
+            return
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -299,6 +306,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         ping_interval: float = 25.0,
         allowed_origins: tuple[str, ...] = ("*",),
         limit: ConnectionLimit | None = None,
+        corks: Corks | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -314,7 +322,7 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         self.limit = limit if limit is not None else ConnectionLimit(10000)
         self.origins = OriginPolicy(allowed_origins)
         #: Sockets with frames waiting for the end of the reactor turn.
-        self.corks = Corks(clock)
+        self.corks = corks if corks is not None else Corks(clock)
         # One loop for every socket rather than a timer each.
         self._keep_alive = LoopingCall(self._ping_all)
         self._keep_alive.clock = clock

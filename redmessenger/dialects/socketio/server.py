@@ -17,6 +17,7 @@ from redmessenger.dialects.engineio.transports import (
 from redmessenger.dialects.socketio.codec import packet_key
 from redmessenger.dialects.socketio.connection import SocketIOConnection
 from redmessenger.logs import make_logger
+from redmessenger.transport.sockets import Corks
 
 
 class SocketIOServer:
@@ -36,6 +37,7 @@ class SocketIOServer:
         settings: EngineSettings,
         allowed_origins: tuple[str, ...],
         websocket_options: dict[str, Any],
+        corks: Corks | None = None,
     ) -> None:
         self.hub = hub
         self.clock = clock
@@ -45,7 +47,7 @@ class SocketIOServer:
         self.identify_timeout = identify_timeout
         self.listen_label = listen_label
         self.engine = EngineServer(settings, clock, limit, lambda session: SocketIOConnection(session, self))
-        self.websockets = EngineIOWebSocketFactory(self.engine, **websocket_options)
+        self.websockets = EngineIOWebSocketFactory(self.engine, corks, **websocket_options)
         self.resource = EngineIOResource(self.engine, self.websockets, OriginPolicy(allowed_origins))
 
     def close_all(self) -> Deferred[None]:

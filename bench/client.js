@@ -20,6 +20,12 @@
  * Client drivers (see DRIVERS), per dialect; `client` in the spec picks one
  * (default: the first), and the `started` event names the one running:
  *   plain     ws                Node's `ws`: the identifier frame, then one envelope per frame.
+ *   plain-v1  ws                Node's `ws`, protocol version 1 (docs/protocol.md): a JSON hello,
+ *                               the welcome awaited, then `{"type":"message","id":...}` frames,
+ *                               each acknowledged once checked: `ack` in the spec is `every`
+ *                               (default: an ack per message, as the browser library acks after
+ *                               each handler returns) or `burst` (one ack, of the last id, per
+ *                               socket and event-loop turn: acks are cumulative).
  *   socketio  lean              Engine.IO 4 + Socket.IO 5 spoken directly over `ws` (WebSocket
  *                               transport only): the default, about as cheap as `ws` for plain.
  *             socket.io-client  socket.io-client 4, as browsers' code uses it (WebSocket transport
@@ -47,6 +53,24 @@ function emit(event) {
 // -- client drivers: how one dialect connects, identifies and receives ---------
 
 const wsBase = opts.base.replace(/^http/, 'ws');
+const ACK_MODE = opts.ack || 'every';
+if (ACK_MODE !== 'every' && ACK_MODE !== 'burst') throw new Error(`unknown ack mode ${ACK_MODE}`);
+
+/* ack: burst: the sockets with an ack to send at the end of this event-loop turn. */
+let ackBacklog = [];
+/** plain-v1: acks sent since the last report (how many messages an ack covered). */
+let acksSent = 0;
+function flushAcks() {
+  const backlog = ackBacklog;
+  ackBacklog = [];
+  for (const state of backlog) {
+    state.queued = false;
+    if (state.ws.readyState === 1) {
+      state.ws.send(JSON.stringify({ type: 'ack', id: state.id }));
+      acksSent += 1;
+    }
+  }
+}
 
 const DRIVERS = {
   plain: {
@@ -59,6 +83,68 @@ const DRIVERS = {
         on.ready();
       });
       ws.on('message', (data) => on.envelope(JSON.parse(data)));
+      ws.on('close', (code, reason) => on.close(`${code} ${reason}`));
+      ws.on('error', (err) => on.error(err.message));
+      return () => ws.close(1000);
+    },
+  },
+  'plain-v1': {
+    /*
+     * Protocol version 1 of the plain dialect (docs/protocol.md, redmessenger/dialects/plain/frames.py):
+     *   client {"type":"hello","v":1,"uid":"..."}          first frame
+     *   server {"type":"welcome","v":1,"uid":"..."}        before anything else: ready
+     *   server {"type":"message","id":"...",...envelope}   the queue, then live messages
+     *   client {"type":"ack","id":"..."}                   once the envelope is checked (cumulative)
+     * The ack is built as a client library would (JSON.stringify of an object); it is what the
+     * daemon's fast path reads (`{"type":"ack"` first).  Nothing but acks confirms: WebSocket pings
+     * (answered by `ws` itself) only show the peer is there.
+     */
+    ws(sock, on) {
+      const WebSocket = require('ws');
+      const ws = new WebSocket(wsBase + opts.route, { handshakeTimeout: 30000 });
+      let helloAt = 0;
+      let welcomed = false;
+      const acks = { ws, id: null, queued: false }; // ack: burst
+      const ack = ACK_MODE === 'every'
+        ? (id) => {
+          ws.send(JSON.stringify({ type: 'ack', id }));
+          acksSent += 1;
+        }
+        : (id) => {
+          acks.id = id;
+          if (!acks.queued) {
+            acks.queued = true;
+            if (ackBacklog.length === 0) setImmediate(flushAcks);
+            ackBacklog.push(acks);
+          }
+        };
+      ws.on('open', () => {
+        helloAt = now();
+        ws.send(JSON.stringify({ type: 'hello', v: 1, uid: sock.uid }));
+      });
+      ws.on('message', (data, isBinary) => {
+        if (isBinary) return on.problem(`${sock.uid}: unexpected binary frame`);
+        let frame;
+        try {
+          frame = JSON.parse(data);
+        } catch (err) {
+          return on.problem(`${sock.uid}: unparsable frame ${String(data).slice(0, 200)}`);
+        }
+        if (frame.type === 'message') {
+          if (!welcomed) on.problem(`${sock.uid}: a message before the welcome`);
+          if (typeof frame.id !== 'string' || !frame.id) return on.problem(`${sock.uid}: a message without an id`);
+          on.envelope(frame);
+          if (ws.readyState === 1) ack(frame.id); // not on a socket we are closing
+        } else if (frame.type === 'welcome') {
+          if (welcomed || frame.v !== 1 || frame.uid !== sock.uid) {
+            return on.problem(`${sock.uid}: unexpected welcome ${String(data).slice(0, 200)}`);
+          }
+          welcomed = true;
+          on.ready(helloAt);
+        } else {
+          on.problem(`${sock.uid}: unexpected frame ${String(data).slice(0, 200)}`);
+        }
+      });
       ws.on('close', (code, reason) => on.close(`${code} ${reason}`));
       ws.on('error', (err) => on.error(err.message));
       return () => ws.close(1000);
@@ -275,10 +361,16 @@ function openSocket(uid) {
       }
     };
     sock.close = openDriver(sock, {
-      ready() {
+      /* identified; `sentAt`: when the identifier went (version 1 waits for the welcome) */
+      ready(sentAt) {
         sock.ready = true;
-        sock.identSentAt = now();
+        sock.identSentAt = sentAt || now();
         settle(true);
+      },
+      /* the server broke the protocol (after the socket opened) */
+      problem(text) {
+        strayCount += 1;
+        if (strays.length < MAX_ERRORS) strays.push(text);
       },
       envelope(env) {
         received(sock, env);
@@ -371,8 +463,10 @@ function report(name, withLatencies) {
     latencies: rounded,
     loop_delay_p99_ms: lateness(loopDelay.percentile(99)),
     loop_delay_max_ms: lateness(loopDelay.max),
+    acks_sent: acksSent,
   });
   strayCount = 0;
+  acksSent = 0;
   loopDelay.reset();
 }
 
@@ -383,6 +477,7 @@ const commands = {
   /* Announce a phase before it is published: its uids, sockets per uid, envelopes per socket. */
   expect(cmd) {
     loopDelay.reset();
+    acksSent = 0;
     phases.set(cmd.phase, {
       uids: cmd.uids,
       tabs: cmd.tabs || 1,
@@ -423,4 +518,4 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   });
 });
 process.stdin.on('end', () => process.exit(0));
-emit({ event: 'started', pid: process.pid, dialect: opts.dialect, client: clientName });
+emit({ event: 'started', pid: process.pid, dialect: opts.dialect, client: clientName, ack: opts.dialect === 'plain-v1' ? ACK_MODE : null });

@@ -20,11 +20,23 @@
  * Client drivers (see DRIVERS), per dialect; `client` in the spec picks one
  * (default: the first), and the `started` event names the one running:
  *   plain     ws                Node's `ws`: the identifier frame, then one envelope per frame.
+ *   plain-v1  ws                Node's `ws`, protocol version 1 (docs/protocol.md): a JSON hello,
+ *                               the welcome awaited, then `{"type":"message","id":...}` frames,
+ *                               each acknowledged once checked: `ack` in the spec is `every`
+ *                               (default: an ack per message, as the browser library acks after
+ *                               each handler returns) or `burst` (one ack, of the last id, per
+ *                               socket and event-loop turn: acks are cumulative).
  *   socketio  lean              Engine.IO 4 + Socket.IO 5 spoken directly over `ws` (WebSocket
  *                               transport only): the default, about as cheap as `ws` for plain.
  *             socket.io-client  socket.io-client 4, as browsers' code uses it (WebSocket transport
  *                               only): about a third more CPU per envelope.
  * Adding one is adding an entry.
+ *
+ * The soak (bench/soak.py) adds users that reconnect now and then (`churn`):
+ * they are tallied per user across their sockets, and a message a socket closed
+ * without acknowledging comes again on the next one (same id, same seq): such a
+ * copy is counted (`copies`), not an error.  A gap or a message out of order
+ * still is.  `progress` reports a phase's counts while it runs.
  */
 
 const readline = require('readline');
@@ -47,6 +59,24 @@ function emit(event) {
 // -- client drivers: how one dialect connects, identifies and receives ---------
 
 const wsBase = opts.base.replace(/^http/, 'ws');
+const ACK_MODE = opts.ack || 'every';
+if (ACK_MODE !== 'every' && ACK_MODE !== 'burst') throw new Error(`unknown ack mode ${ACK_MODE}`);
+
+/* ack: burst: the sockets with an ack to send at the end of this event-loop turn. */
+let ackBacklog = [];
+/** plain-v1: acks sent since the last report (how many messages an ack covered). */
+let acksSent = 0;
+function flushAcks() {
+  const backlog = ackBacklog;
+  ackBacklog = [];
+  for (const state of backlog) {
+    state.queued = false;
+    if (state.ws.readyState === 1) {
+      state.ws.send(JSON.stringify({ type: 'ack', id: state.id }));
+      acksSent += 1;
+    }
+  }
+}
 
 const DRIVERS = {
   plain: {
@@ -59,6 +89,68 @@ const DRIVERS = {
         on.ready();
       });
       ws.on('message', (data) => on.envelope(JSON.parse(data)));
+      ws.on('close', (code, reason) => on.close(`${code} ${reason}`));
+      ws.on('error', (err) => on.error(err.message));
+      return () => ws.close(1000);
+    },
+  },
+  'plain-v1': {
+    /*
+     * Protocol version 1 of the plain dialect (docs/protocol.md, redmessenger/dialects/plain/frames.py):
+     *   client {"type":"hello","v":1,"uid":"..."}          first frame
+     *   server {"type":"welcome","v":1,"uid":"..."}        before anything else: ready
+     *   server {"type":"message","id":"...",...envelope}   the queue, then live messages
+     *   client {"type":"ack","id":"..."}                   once the envelope is checked (cumulative)
+     * The ack is built as a client library would (JSON.stringify of an object); it is what the
+     * daemon's fast path reads (`{"type":"ack"` first).  Nothing but acks confirms: WebSocket pings
+     * (answered by `ws` itself) only show the peer is there.
+     */
+    ws(sock, on) {
+      const WebSocket = require('ws');
+      const ws = new WebSocket(wsBase + opts.route, { handshakeTimeout: 30000 });
+      let helloAt = 0;
+      let welcomed = false;
+      const acks = { ws, id: null, queued: false }; // ack: burst
+      const ack = ACK_MODE === 'every'
+        ? (id) => {
+          ws.send(JSON.stringify({ type: 'ack', id }));
+          acksSent += 1;
+        }
+        : (id) => {
+          acks.id = id;
+          if (!acks.queued) {
+            acks.queued = true;
+            if (ackBacklog.length === 0) setImmediate(flushAcks);
+            ackBacklog.push(acks);
+          }
+        };
+      ws.on('open', () => {
+        helloAt = now();
+        ws.send(JSON.stringify({ type: 'hello', v: 1, uid: sock.uid }));
+      });
+      ws.on('message', (data, isBinary) => {
+        if (isBinary) return on.problem(`${sock.uid}: unexpected binary frame`);
+        let frame;
+        try {
+          frame = JSON.parse(data);
+        } catch (err) {
+          return on.problem(`${sock.uid}: unparsable frame ${String(data).slice(0, 200)}`);
+        }
+        if (frame.type === 'message') {
+          if (!welcomed) on.problem(`${sock.uid}: a message before the welcome`);
+          if (typeof frame.id !== 'string' || !frame.id) return on.problem(`${sock.uid}: a message without an id`);
+          on.envelope(frame);
+          if (ws.readyState === 1) ack(frame.id); // not on a socket we are closing
+        } else if (frame.type === 'welcome') {
+          if (welcomed || frame.v !== 1 || frame.uid !== sock.uid) {
+            return on.problem(`${sock.uid}: unexpected welcome ${String(data).slice(0, 200)}`);
+          }
+          welcomed = true;
+          on.ready(helloAt);
+        } else {
+          on.problem(`${sock.uid}: unexpected frame ${String(data).slice(0, 200)}`);
+        }
+      });
       ws.on('close', (code, reason) => on.close(`${code} ${reason}`));
       ws.on('error', (err) => on.error(err.message));
       return () => ws.close(1000);
@@ -190,23 +282,38 @@ if (!openDriver) throw new Error(`unknown client ${clientName} for dialect ${opt
 const users = new Map();
 const phases = new Map();
 
-class Sock {
+/** What one socket (or, for users that reconnect, one user) received: per channel the last seq, and a count. */
+class Tally {
+  constructor() {
+    this.streams = new Map(); // source -> {phase, seq}: the last seq seen on that channel in that phase
+    this.phase = null; // the phase counted in `count`
+    this.count = 0;
+  }
+
+  received(name) {
+    return this.phase === name ? this.count : 0;
+  }
+}
+
+class Sock extends Tally {
   constructor(uid, live) {
+    super();
     this.uid = uid;
     this.live = live; // the uid's live sockets here, oldest first (shared)
     this.ready = false;
     this.closing = false;
     this.closed = false;
     this.identSentAt = 0;
-    this.streams = new Map(); // source -> {phase, seq}: the last seq seen on that channel in that phase
-    this.phase = null; // the phase counted in `count`
-    this.count = 0;
     this.close = null;
   }
+}
 
-  received(name) {
-    return this.phase === name ? this.count : 0;
-  }
+/** uid -> its Tally, for the users of a phase tallied per user (the soak's reconnecting users). */
+const userTallies = new Map();
+function userTally(uid) {
+  let tally = userTallies.get(uid);
+  if (tally === undefined) userTallies.set(uid, (tally = new Tally()));
+  return tally;
 }
 
 function phaseError(phase, text) {
@@ -231,16 +338,22 @@ function received(sock, env) {
     if (strays.length < MAX_ERRORS) strays.push(`${sock.uid}: unexpected ${JSON.stringify(env).slice(0, 200)}`);
     return;
   }
-  let stream = sock.streams.get(env.source);
+  const tally = phase.perUser !== null && phase.perUser.has(sock.uid) ? userTally(sock.uid) : sock;
+  let stream = tally.streams.get(env.source);
   if (stream === undefined) {
     stream = { phase: name, seq: -1 };
-    sock.streams.set(env.source, stream);
+    tally.streams.set(env.source, stream);
   } else if (stream.phase !== name) {
     stream.phase = name;
     stream.seq = -1;
   }
   const last = stream.seq;
   if (seq !== last + 1) {
+    if (seq <= last && tally !== sock) {
+      // sent again after a socket of this user closed without acknowledging it: a copy
+      phase.copies += 1;
+      return;
+    }
     phaseError(phase, seq <= last
       ? `${sock.uid}: ${env.source} seq ${seq} after ${last} (doubled or out of order)`
       : `${sock.uid}: ${env.source} seq ${seq} after ${last} (missing or out of order)`);
@@ -249,11 +362,11 @@ function received(sock, env) {
   const oldest = sock.live[0] === sock;
   if (env.bubble !== oldest) phaseError(phase, `${sock.uid}: bubble ${env.bubble} on a socket that is ${oldest ? '' : 'not '}the oldest`);
   if (typeof env.timestamp !== 'number') phaseError(phase, `${sock.uid}: no numeric timestamp`);
-  if (sock.phase !== name) {
-    sock.phase = name;
-    sock.count = 0;
+  if (tally.phase !== name) {
+    tally.phase = name;
+    tally.count = 0;
   }
-  sock.count += 1;
+  tally.count += 1;
   if (phase.latencies !== null) phase.latencies.push(t - parseFloat(payload.slice(bar2 + 1)));
   if (phase.count === 0) phase.first = t;
   phase.count += 1;
@@ -275,10 +388,16 @@ function openSocket(uid) {
       }
     };
     sock.close = openDriver(sock, {
-      ready() {
+      /* identified; `sentAt`: when the identifier went (version 1 waits for the welcome) */
+      ready(sentAt) {
         sock.ready = true;
-        sock.identSentAt = now();
+        sock.identSentAt = sentAt || now();
         settle(true);
+      },
+      /* the server broke the protocol (after the socket opened) */
+      problem(text) {
+        strayCount += 1;
+        if (strays.length < MAX_ERRORS) strays.push(text);
       },
       envelope(env) {
         received(sock, env);
@@ -341,8 +460,9 @@ function report(name, withLatencies) {
   for (const uid of phase.uids) {
     const live = users.get(uid) || [];
     if (live.length !== phase.tabs) phaseError(phase, `${uid}: ${live.length} live sockets, expected ${phase.tabs}`);
-    for (const sock of live) {
-      const got = sock.received(name);
+    const tallies = phase.perUser !== null && phase.perUser.has(uid) ? [userTally(uid)] : live;
+    for (const tally of tallies) {
+      const got = tally.received(name);
       if (got !== phase.perSocket) missing.push(`${uid}: received ${got} of ${phase.perSocket}`);
     }
   }
@@ -369,11 +489,38 @@ function report(name, withLatencies) {
     errors: phase.errors.concat(strays.splice(0)),
     error_count: phase.errorCount + strayCount,
     latencies: rounded,
+    copies: phase.copies,
+    reconnects: churn.reconnects,
     loop_delay_p99_ms: lateness(loopDelay.percentile(99)),
     loop_delay_max_ms: lateness(loopDelay.max),
+    acks_sent: acksSent,
   });
   strayCount = 0;
+  acksSent = 0;
   loopDelay.reset();
+}
+
+// -- churn (the soak): users that go away and come back ---------------------------
+
+const churn = { running: false, uids: [], timers: new Set(), cycles: new Set(), reconnects: 0, failed: 0 };
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function churnLater(uid, delayMs, everyMs, gapMs) {
+  const timer = setTimeout(() => {
+    churn.timers.delete(timer);
+    const cycle = (async () => {
+      await closeSockets((users.get(uid) || []).slice());
+      await sleep(gapMs * Math.random()); // offline meanwhile: its messages are queued
+      if (await openSocket(uid)) churn.reconnects += 1;
+      else churn.failed += 1;
+    })();
+    churn.cycles.add(cycle);
+    cycle.finally(() => {
+      churn.cycles.delete(cycle);
+      if (churn.running) churnLater(uid, everyMs * (0.5 + Math.random()), everyMs, gapMs);
+    });
+  }, delayMs);
+  churn.timers.add(timer);
 }
 
 const commands = {
@@ -383,6 +530,7 @@ const commands = {
   /* Announce a phase before it is published: its uids, sockets per uid, envelopes per socket. */
   expect(cmd) {
     loopDelay.reset();
+    acksSent = 0;
     phases.set(cmd.phase, {
       uids: cmd.uids,
       tabs: cmd.tabs || 1,
@@ -394,8 +542,46 @@ const commands = {
       errors: [],
       errorCount: 0,
       latencies: cmd.latency ? [] : null,
+      // users tallied per user, across reconnections (the soak's churn); copies sent again
+      perUser: cmd.per_user ? new Set(cmd.per_user) : null,
+      copies: 0,
     });
     emit({ event: 'expecting', phase: cmd.phase });
+  },
+  /* A phase's counts so far, while it runs (the soak). */
+  progress(cmd) {
+    const phase = phases.get(cmd.phase);
+    emit({
+      event: 'progress',
+      phase: cmd.phase,
+      count: phase ? phase.count : 0,
+      expect: phase ? phase.expect : 0,
+      copies: phase ? phase.copies : 0,
+      error_count: (phase ? phase.errorCount : 0) + strayCount,
+      errors: (phase ? phase.errors : []).concat(strays).slice(0, 5),
+      reconnects: churn.reconnects,
+      reconnects_failed: churn.failed,
+      acks_sent: acksSent,
+    });
+  },
+  /* These users close their socket and open a new one every `every_s` (jittered), `gap_s` at most apart. */
+  churn(cmd) {
+    churn.running = true;
+    churn.uids = cmd.uids;
+    for (const uid of cmd.uids) churnLater(uid, cmd.every_s * 1000 * Math.random(), cmd.every_s * 1000, cmd.gap_s * 1000);
+    emit({ event: 'churning', users: cmd.uids.length });
+  },
+  /* Stop reconnecting; once the cycles under way end, every churning user has a socket again. */
+  async churn_stop() {
+    churn.running = false;
+    for (const timer of churn.timers) clearTimeout(timer);
+    churn.timers.clear();
+    await Promise.all([...churn.cycles]);
+    for (const uid of churn.uids) {
+      const live = users.get(uid) || [];
+      if (live.length === 0 && !(await openSocket(uid))) churn.failed += 1;
+    }
+    emit({ event: 'churn_stopped', reconnects: churn.reconnects, failed: churn.failed });
   },
   report(cmd) {
     report(cmd.phase, cmd.latencies);
@@ -423,4 +609,4 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   });
 });
 process.stdin.on('end', () => process.exit(0));
-emit({ event: 'started', pid: process.pid, dialect: opts.dialect, client: clientName });
+emit({ event: 'started', pid: process.pid, dialect: opts.dialect, client: clientName, ack: opts.dialect === 'plain-v1' ? ACK_MODE : null });

@@ -1,8 +1,8 @@
 """
 The RedMessenger benchmarks: the daemon as a real process, a real Redis, real clients.
 
-    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d] [--dialects plain,socketio]
-                                  [--socketio-client lean|socket.io-client]
+    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d,i] [--dialects plain,plain-v1,socketio]
+                                  [--socketio-client lean|socket.io-client] [--v1-ack every|burst]
 
 (``scripts/bench`` prepares everything and runs this.)  Daemon, Redis
 (valkey-server) and load generator share one machine and talk over loopback.
@@ -15,16 +15,38 @@ b   one group of the same 1,000 online users, 200 messages: deliveries/s.
 bubbles  not timed: 50 users open a second tab, then close the first; the
     bubble must sit on the oldest socket and move when it closes.
 c   10,000 queued messages for one user: time from identify to the last delivered.
-d   (plain only, its own daemon) 10,000 idle identified connections: server
-    memory per connection (VmRSS growth over the fresh idle daemon's),
+d   (plain and plain-v1, its own daemon) 10,000 idle identified connections:
+    server memory per connection (VmRSS growth over the fresh idle daemon's),
     connections set up per second.
+i   (not in the default --cases; runs last) case a through the durable intake:
+    the same 20,000 messages pipelined the same way, each ``XADD rm:intake *
+    channel rm.users.$uid payload ...`` instead of a PUBLISH: delivered
+    messages/s and latency (to the last message received, as a), and the CPU
+    of the daemon and of Redis per message until the daemon has acknowledged
+    and deleted every entry (XREADGROUP, XACK + XDEL: the stream's whole
+    cost); checked at the end: the stream empty, nothing pending in the group
+    (``XPENDING rm:intake redmessenger``), nothing set aside as invalid.  Its
+    ratios to a (``ratio_to_a``) are against case a of the same run, and a's
+    lines carry Redis's CPU per message (``redis_us_per_msg``) to compare.
+
+Dialects (``--dialects``, default plain,socketio): ``plain`` (the identifier
+frame; pongs confirm), ``plain-v1`` (protocol version 1, docs/protocol.md: a
+JSON hello, the welcome awaited, every message carries an id and is confirmed
+only by the client's ack; cases a, ap, b, bubbles, c, d, i all run, with the
+same checks; in c the queue goes batch by batch, each confirmed by the ack of
+its last message), ``socketio``.  plain-v1 clients ack every message once they
+have checked it (``--v1-ack every``, the default: what the browser library does,
+an ack after each handler returns), or once per socket and event-loop turn, the
+last id received (``--v1-ack burst``: acks are cumulative); each line records
+``ack`` and ``acks_sent``.  The table holds plain-v1's server CPU per message
+(a) and per delivery (b) to within 15% of plain's (issue 13: acks and ids).
 
 Every phase is checked: each socket got exactly its messages, in order, none
 doubled, bubbles right; a run that fails a check is reported as failed, however
 fast.  In the same run a bare PSUBSCRIBE client (bench/ceiling.py) receives the
 same stream: the daemon's rate is given as a ratio of it.  The load generator
 is bench/client.js, one Node process by default (four for d): Node's ``ws`` for
-the plain dialect; for Socket.IO a lean Engine.IO 4 / Socket.IO 5 client of its
+the plain dialects; for Socket.IO a lean Engine.IO 4 / Socket.IO 5 client of its
 own on ``ws`` (WebSocket transport), or socket.io-client 4 with
 ``--socketio-client socket.io-client`` (about a third more CPU per envelope:
 in b it saturates its core and becomes the bottleneck).  Each result line names
@@ -35,6 +57,9 @@ event loop ran (it adds to the latencies it measures).
 
 Output: one JSON line per case and run (``--out``), then a table of medians and
 spreads (also written next to it as ``.md``).
+
+The soak (an hour at a steady rate, the daemon's memory over time) is
+bench/soak.py, not part of these runs.
 """
 
 from __future__ import annotations
@@ -71,6 +96,14 @@ GROUP = "bench"
 WAIT = 120.0  # seconds any one step may take before the run is declared failed
 #: bench/client.js's Socket.IO drivers, the default first
 SOCKETIO_CLIENTS = ("lean", "socket.io-client")
+#: How the plain-v1 load generator acknowledges (bench/client.js), the default first: an ack per
+#: message, or one per socket and event-loop turn (the last id of what arrived: acks are cumulative)
+V1_ACKS = ("every", "burst")
+#: The dialects bench/client.js speaks
+DIALECTS = ("plain", "plain-v1", "socketio")
+#: The durable intake (docs/protocol.md): the stream and the daemons' consumer group
+INTAKE_STREAM = "rm:intake"
+INTAKE_GROUP = "redmessenger"
 
 USERS = 1000
 DIRECT = 20000
@@ -224,15 +257,34 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 class Stack:
     """A fresh valkey-server, the daemon (twistd), the ceiling client and the load generator."""
 
-    def __init__(self, workdir: Path, dialect: str, workers: int, client: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        dialect: str,
+        workers: int,
+        client: str | None = None,
+        *,
+        ack: str | None = None,
+        worker_dialects: list[str] | None = None,
+        ceiling: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.dialect = dialect
         #: the client driver of bench/client.js (None: the dialect's default); set to the one running once started
         self.client = client
+        #: plain-v1: how its clients acknowledge (V1_ACKS; None: bench/client.js's default)
+        self.ack = ack
+        #: each worker's dialect (the soak mixes them); default: ``dialect`` for all
+        self.worker_dialects = worker_dialects or [dialect] * workers
+        #: the bare PSUBSCRIBE client (the soak runs without it)
+        self.with_ceiling = ceiling
+        #: daemon configuration keys over the benchmark's own
+        self.extra_config = config or {}
         self.redis_port = free_port()
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
-        self.n_workers = workers
+        self.n_workers = len(self.worker_dialects)
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         self.ceiling: Child | None = None
@@ -259,14 +311,16 @@ class Stack:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.redis = self._connect_redis()
-        self.ceiling = Child("ceiling", [sys.executable, "ceiling.py", str(self.redis_port)], self.workdir / "ceiling.log")
-        self.ceiling.wait("ready", 10)
+        if self.with_ceiling:
+            self.ceiling = Child("ceiling", [sys.executable, "ceiling.py", str(self.redis_port)], self.workdir / "ceiling.log")
+            self.ceiling.wait("ready", 10)
         config = {
             "redis_host": HOST,
             "redis_port": self.redis_port,
             "listen": f"tcp:{self.port}:interface={HOST}:backlog=1024",
             "log_level": "warn",
             "conn_limit": 2 * IDLE,
+            **self.extra_config,
         }
         path = self.workdir / "redmessenger.json"
         path.write_text(json.dumps(config))
@@ -276,14 +330,20 @@ class Stack:
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
             )
         self._wait_daemon()
-        for i in range(self.n_workers):
-            spec = {"base": self.base, "route": "/rm", "dialect": self.dialect}
-            if self.client is not None:
+        for i, dialect in enumerate(self.worker_dialects):
+            spec = {"base": self.base, "route": "/rm", "dialect": dialect}
+            if self.client is not None and dialect == self.dialect:
                 spec["client"] = self.client
+            if self.ack is not None and dialect == "plain-v1":
+                spec["ack"] = self.ack
             worker = Child(f"client{i}", ["node", "client.js", json.dumps(spec)], self.workdir / f"client{i}.log")
             self.workers.append(worker)
-        for worker in self.workers:
-            self.client = worker.wait("started", 10).get("client", self.client)
+        for worker, dialect in zip(self.workers, self.worker_dialects):
+            started = worker.wait("started", 10)
+            if dialect == self.dialect:
+                self.client = started.get("client", self.client)
+                if dialect == "plain-v1":
+                    self.ack = started.get("ack", self.ack)
 
     def _connect_redis(self) -> Redis:
         deadline = time.monotonic() + 10
@@ -298,8 +358,9 @@ class Stack:
                 time.sleep(0.02)
 
     def _wait_daemon(self) -> None:
-        """Until the daemon listens and is subscribed (a probe PUBLISH reaches two subscribers)."""
+        """Until the daemon listens and is subscribed (a probe PUBLISH reaches it and the ceiling client)."""
         assert self.redis is not None and self.daemon is not None
+        subscribers = 2 if self.with_ceiling else 1
         deadline = time.monotonic() + 20
         while True:
             if self.daemon.poll() is not None:
@@ -307,7 +368,7 @@ class Stack:
             try:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     pass
-                if self.redis.call("PUBLISH", f"rm.channels.{GROUP}-probe", "probe") >= 2:
+                if self.redis.call("PUBLISH", f"rm.channels.{GROUP}-probe", "probe") >= subscribers:
                     return
             except OSError:
                 pass
@@ -375,6 +436,8 @@ class Stack:
             "latencies": [x for r in reports for x in (r.get("latencies") or [])],
             "loop_delay_p99_ms": max(r["loop_delay_p99_ms"] for r in reports),
             "loop_delay_max_ms": max(r["loop_delay_max_ms"] for r in reports),
+            # plain-v1: acks the clients sent in the phase
+            "acks_sent": sum(r.get("acks_sent") or 0 for r in reports),
         }
         if timed_out:
             merged["errors"].insert(0, f"timed out after {timeout:g}s")
@@ -397,15 +460,34 @@ class Stack:
         return self.ceiling.wait("report", 30, phase=phase)
 
     def usage(self) -> Usage:
-        assert self.daemon is not None and self.redis_proc is not None and self.ceiling is not None
+        assert self.daemon is not None and self.redis_proc is not None
         return Usage(
             time.time(),
             cpu_seconds(self.daemon.pid),
             cpu_seconds(self.redis_proc.pid),
             sum(cpu_seconds(w.pid) for w in self.workers),
-            cpu_seconds(self.ceiling.pid),
+            cpu_seconds(self.ceiling.pid) if self.ceiling is not None else 0.0,
             *machine_ticks(),
         )
+
+    def intake_state(self) -> tuple[int, int]:
+        """(entries in the intake stream, entries pending in the daemons' consumer group)."""
+        assert self.redis is not None
+        length = self.redis.call("XLEN", INTAKE_STREAM)
+        try:
+            pending = self.redis.call("XPENDING", INTAKE_STREAM, INTAKE_GROUP)[0]
+        except Exception as e:  # no group yet: the daemon never read the stream
+            raise BenchError(f"XPENDING {INTAKE_STREAM} {INTAKE_GROUP}: {e}") from None
+        return int(length), int(pending)
+
+    def wait_intake_settled(self, timeout: float = 30.0) -> tuple[int, int]:
+        """Until the intake stream is empty and nothing is pending (or time runs out); the last reading."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.intake_state()
+            if state == (0, 0) or time.monotonic() > deadline:
+                return state
+            time.sleep(0.01)
 
     def daemon_rss_kb(self) -> int:
         assert self.daemon is not None
@@ -443,6 +525,7 @@ class Usage:
             "server_pct": round(100 * (self.daemon - before.daemon) / wall, 1),
             "server_cpu_s": round(self.daemon - before.daemon, 3),
             "redis_pct": round(100 * (self.redis - before.redis) / wall, 1),
+            "redis_cpu_s": round(self.redis - before.redis, 3),
             "loadgen_pct": round(100 * (self.loadgen - before.loadgen) / wall, 1),
             "ceiling_pct": round(100 * (self.ceiling - before.ceiling) / wall, 1),
         }
@@ -477,6 +560,8 @@ class Result:
             self.errors.append(text)
 
     def check_received(self, what: str, report: dict[str, Any]) -> None:
+        if report.get("acks_sent"):  # plain-v1: how many messages an ack covered
+            self.numbers["acks_sent"] = self.numbers.get("acks_sent", 0) + report["acks_sent"]
         self.check(report["count"] == report["expect"], f"{what}: received {report['count']} of {report['expect']}")
         self.check(report["error_count"] == 0, f"{what}: {report['error_count']} errors: {report['errors'][:5]}")
         if report["count"] == report["expect"] and report["error_count"] == 0:
@@ -556,6 +641,8 @@ def case_direct(stack: Stack, result: Result, uids: list[str], phase: str, count
         ceiling_p99_ms=ceiling["p99_ms"] and round(ceiling["p99_ms"], 3),
         publish_s=round((pub["t_last"] - pub["t_first"]) / 1000, 3),
         server_us_per_msg=round(1e6 * cpu["server_cpu_s"] / count, 1),
+        # PUBLISH's share of Redis's work (compare case i, the durable intake)
+        redis_us_per_msg=round(1e6 * cpu["redis_cpu_s"] / count, 1),
         cpu=cpu,
         publisher_cpu_s=round(pub["cpu_s"], 3),
         # how late the load generator's event loop ran: it adds to the latencies above
@@ -564,6 +651,68 @@ def case_direct(stack: Stack, result: Result, uids: list[str], phase: str, count
     )
     if result.numbers["msgs_per_s"] and result.numbers["ceiling_msgs_per_s"]:
         result.numbers["ratio"] = round(result.numbers["msgs_per_s"] / result.numbers["ceiling_msgs_per_s"], 3)
+
+
+def case_intake(stack: Stack, result: Result, uids: list[str], reference: Result | None) -> None:
+    """
+    i: case a through the durable intake: the same 20,000 direct messages,
+    pipelined the same way, each an ``XADD rm:intake * channel rm.users.$uid
+    payload ...`` instead of a PUBLISH.  Timed to the last message received, as
+    a; the CPU of the daemon and of Redis until the daemon has acknowledged and
+    deleted every entry (the stream empty, nothing pending in its group): the
+    stream's whole cost (XADD, XREADGROUP, XACK + XDEL).  ``reference``: case a
+    of the same run, if it ran and passed (the ratios).
+    """
+    assert stack.redis is not None
+    count = DIRECT
+    parts = stack.split(uids)
+    stack.expect("i", parts, per_socket=count // len(uids), latency=True)
+    before = stack.usage()
+    pub = stack.publish(phase="i", users=uids, count=count, intake=True)
+    report = stack.finish("i", parts, latencies=True)
+    delivered = stack.usage()
+    length, pending = stack.wait_intake_settled()
+    settled_at = time.time() * 1000
+    after = stack.usage()
+    result.check(pub["sent"] == count, f"publisher sent {pub['sent']} of {count}")
+    result.check(pub["entry_ids"] == count, f"{pub['entry_ids']} of {count} XADDs answered with an entry id: {pub['odd_replies']}")
+    result.check_received("i", report)
+    # once every message was received (and, for plain-v1, acknowledged): nothing left in Redis
+    result.check(length == 0, f"i: {length} entries still in {INTAKE_STREAM}")
+    result.check(pending == 0, f"i: {pending} entries still pending (XPENDING {INTAKE_STREAM} {INTAKE_GROUP})")
+    invalid = stack.redis.call("LLEN", f"{INTAKE_STREAM}:invalid")
+    result.check(invalid == 0, f"i: {invalid} entries set aside in {INTAKE_STREAM}:invalid")
+    cpu = after.since(before)
+    at_last = delivered.since(before)
+    lat = report["latencies"]
+    result.numbers.update(
+        messages=count,
+        msgs_per_s=rate(count, pub["t_first"], report["last"]),
+        p50_ms=percentile(lat, 0.50),
+        p99_ms=percentile(lat, 0.99),
+        max_ms=percentile(lat, 1.0),
+        publish_s=round((pub["t_last"] - pub["t_first"]) / 1000, 3),
+        # from the first XADD until the stream is empty and nothing pending (confirmations, XACK + XDEL)
+        settled_s=round((settled_at - pub["t_first"]) / 1000, 3),
+        # until settled: every part of the intake's work
+        server_us_per_msg=round(1e6 * cpu["server_cpu_s"] / count, 1),
+        redis_us_per_msg=round(1e6 * cpu["redis_cpu_s"] / count, 1),
+        # until the last message was received, as case a counts
+        server_us_per_msg_at_last=round(1e6 * at_last["server_cpu_s"] / count, 1),
+        redis_us_per_msg_at_last=round(1e6 * at_last["redis_cpu_s"] / count, 1),
+        cpu=cpu,
+        cpu_at_last=at_last,
+        publisher_cpu_s=round(pub["cpu_s"], 3),
+        client_loop_delay_p99_ms=round(report["loop_delay_p99_ms"], 2),
+        client_loop_delay_max_ms=round(report["loop_delay_max_ms"], 2),
+    )
+    ref = reference.numbers if reference is not None and not reference.errors else None
+    if ref and ref.get("msgs_per_s") and result.numbers["msgs_per_s"]:
+        # against case a, PUBLISH, in the same run on the same daemon
+        result.numbers["ratio_to_a"] = round(result.numbers["msgs_per_s"] / ref["msgs_per_s"], 3)
+        result.numbers["a_msgs_per_s"] = ref["msgs_per_s"]
+        result.numbers["a_server_us_per_msg"] = ref["server_us_per_msg"]
+        result.numbers["a_redis_us_per_msg"] = ref.get("redis_us_per_msg")
 
 
 def case_group(stack: Stack, result: Result, uids: list[str]) -> None:
@@ -713,8 +862,8 @@ def case_idle(stack: Stack, result: Result) -> None:
 # -- runs -----------------------------------------------------------------------------------------
 
 
-def run_case(stack: Stack, result: Result, uids: list[str]) -> None:
-    """One of the cases that run on the 1,000 connected users' daemon."""
+def run_case(stack: Stack, result: Result, uids: list[str], done: dict[str, Result]) -> None:
+    """One of the cases that run on the 1,000 connected users' daemon (``done``: the cases run before, this run)."""
     if result.case == "a":
         case_direct(stack, result, uids, "a", DIRECT, 0)
     elif result.case == "ap":
@@ -725,6 +874,8 @@ def run_case(stack: Stack, result: Result, uids: list[str]) -> None:
         case_bubbles(stack, result, uids[:TABS_USERS])
     elif result.case == "c":
         case_queue(stack, result)
+    elif result.case == "i":
+        case_intake(stack, result, uids, done.get("a"))
 
 
 class Profiler:
@@ -762,35 +913,43 @@ def run_dialect(
     profile: Path | None = None,
     quiet: tuple[float, float] = (25.0, 60.0),
     socketio_client: str | None = None,
+    v1_ack: str | None = None,
 ) -> bool:
-    """One run of the cases that need the 1,000 users (and c), then d on a daemon of its own."""
-    main_cases = [c for c in ("a", "ap", "b", "bubbles", "c") if c in cases]
+    """One run of the cases that need the 1,000 users (and c, and i last), then d on a daemon of its own."""
+    main_cases = [c for c in ("a", "ap", "b", "bubbles", "c", "i") if c in cases]
+    ack = v1_ack if dialect == "plain-v1" else None
     if main_cases:
         background = wait_for_quiet(*quiet)
         path = workdir / f"{dialect}-{run}"
         path.mkdir()
         client = socketio_client if dialect == "socketio" else None
-        with Stack(path, dialect, workers, client) as stack:
+        with Stack(path, dialect, workers, client, ack=ack) as stack:
             if dialect == "socketio" and not stack.serves_socketio():
                 return False
             uids = [f"u{i}" for i in range(USERS)]
             connected, report = warm_up(stack, uids, "warm")
             if connected["failed"] or report["count"] != report["expect"] or report["error_count"]:
                 raise BenchError(f"{USERS} users did not all connect: {connected}, {report['errors'][:5]}")
+            done: dict[str, Result] = {}
             for case in main_cases:
                 result = Result(case, dialect, run, stack.client, background_pct=background)
+                if stack.ack is not None:
+                    result.numbers["ack"] = stack.ack
                 try:
                     with Profiler(profile, stack, f"{case}-{dialect}-{run}"):
-                        run_case(stack, result, uids)
+                        run_case(stack, result, uids, done)
                 except (BenchError, TimeoutError) as e:
                     result.errors.append(f"{type(e).__name__}: {e}")
+                done[case] = result
                 emit(result)
-    if "d" in cases and dialect == "plain":
+    if "d" in cases and dialect in ("plain", "plain-v1"):
         path = workdir / f"{dialect}-{run}-d"
         path.mkdir()
         background = wait_for_quiet(*quiet)
-        with Stack(path, dialect, max(4, workers)) as stack:
+        with Stack(path, dialect, max(4, workers), ack=ack) as stack:
             result = Result("d", dialect, run, stack.client, background_pct=background)
+            if stack.ack is not None:
+                result.numbers["ack"] = stack.ack
             try:
                 with Profiler(profile, stack, f"d-{dialect}-{run}"):
                     case_idle(stack, result)
@@ -841,6 +1000,7 @@ ROWS = [
     ("a", "p99_ms", "a: latency p99", "ms"),
     ("a", "ratio", "a: ratio to bare PSUBSCRIBE", ""),
     ("a", "server_us_per_msg", "a: server CPU per message", "µs"),
+    ("a", "redis_us_per_msg", "a: Redis CPU per message (shown when i ran)", "µs"),
     ("ap", "p50_ms", "a′: latency p50 @5k/s", "ms"),
     ("ap", "p99_ms", "a′: latency p99 @5k/s", "ms"),
     ("ap", "max_ms", "a′: latency max @5k/s", "ms"),
@@ -848,10 +1008,23 @@ ROWS = [
     ("b", "server_us_per_delivery", "b: server CPU per delivery", "µs"),
     ("c", "seconds", "c: identify → last of 10,000 queued", "s"),
     ("c", "ceiling_seconds", "c: bare client reading the queue", "s"),
+    ("i", "msgs_per_s", "i: delivered messages/s, XADD rm:intake", ""),
+    ("i", "ratio_to_a", "i: ratio to a (PUBLISH), same run", ""),
+    ("i", "p50_ms", "i: latency p50", "ms"),
+    ("i", "p99_ms", "i: latency p99", "ms"),
+    ("i", "server_us_per_msg", "i: server CPU per message (until settled)", "µs"),
+    ("i", "redis_us_per_msg", "i: Redis CPU per message (until settled)", "µs"),
+    ("i", "settled_s", "i: first XADD → stream empty, nothing pending", "s"),
     ("d", "kb_per_conn", "d: server memory per idle connection", "KB"),
     ("d", "conns_per_s", "d: connections set up/s", ""),
     ("bubbles", "ok", "bubbles: second tabs, then the oldest closed (not timed)", ""),
 ]
+
+
+#: rows shown only along with a case: (case, metric) -> that case
+ROWS_WITH = {("a", "redis_us_per_msg"): "i"}
+#: plain-v1 (acks and ids) against plain: server CPU per message and per delivery within 15%
+V1_CPU_SHARE = 1.15
 
 
 def metric(line: dict[str, Any], name: str) -> float | None:
@@ -877,6 +1050,9 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case, name, label, unit in ROWS:
+        along = ROWS_WITH.get((case, name))
+        if along is not None and not any(l["case"] == along for l in lines):
+            continue
         for dialect in dialects:
             runs = [l for l in lines if l["case"] == case and l["dialect"] == dialect]
             if dialect in pending and case in ("a", "ap", "b", "c"):
@@ -905,6 +1081,15 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
                     target_text, holds = "≥ 80% of plain", f"{'yes' if share >= 0.8 else 'NO'} ({share:.0%})"
                 else:
                     target_text, holds = "≥ 80% of plain", "?"
+            elif dialect == "plain-v1" and name in ("server_us_per_msg", "server_us_per_delivery") and case in ("a", "b"):
+                plain = [v for l in lines if l["case"] == case and l["dialect"] == "plain" and l["ok"]
+                         if (v := metric(l, name)) is not None]
+                target_text = f"≤ {V1_CPU_SHARE:.0%} of plain"
+                if plain and median is not None:
+                    share = median / statistics.median(plain)
+                    holds = f"{'yes' if share <= V1_CPU_SHARE else 'NO'} ({share:.0%})"
+                else:
+                    holds = "?"
             elif target is not None:
                 op, goal = target
                 target_text = f"{op.replace('>=', '≥').replace('<=', '≤')} {fmt(goal)}{(' ' + unit) if unit else ''}"
@@ -923,8 +1108,13 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="runs of every case (the table shows medians)")
-    parser.add_argument("--cases", default="a,ap,b,bubbles,c,d")
-    parser.add_argument("--dialects", default="plain,socketio")
+    parser.add_argument("--cases", default="a,ap,b,bubbles,c,d", help="a,ap,b,bubbles,c,d (the default), and i")
+    parser.add_argument("--dialects", default="plain,socketio", help="plain, plain-v1, socketio (default: plain,socketio)")
+    parser.add_argument(
+        "--v1-ack", choices=V1_ACKS, default=V1_ACKS[0],
+        help="how plain-v1 clients acknowledge: every (default: an ack per message, as the browser library acks "
+        "after each handler) or burst (one ack per socket and event-loop turn, of the last id); recorded as `ack`",
+    )
     parser.add_argument("--workers", type=int, default=1, help="load-generating Node processes (d uses at least 4)")
     parser.add_argument(
         "--socketio-client", choices=SOCKETIO_CLIENTS, default=SOCKETIO_CLIENTS[0],
@@ -946,6 +1136,9 @@ def main() -> int:
     args = parser.parse_args()
     cases = args.cases.split(",")
     dialects = args.dialects.split(",")
+    unknown = [d for d in dialects if d not in DIALECTS] + [c for c in cases if c not in ("a", "ap", "b", "bubbles", "c", "d", "i")]
+    if unknown:
+        parser.error(f"unknown dialect or case: {', '.join(unknown)}")
 
     # 10,000 connections need more descriptors than the usual default of 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -978,7 +1171,7 @@ def main() -> int:
                         continue
                     if not run_dialect(
                         dialect, run, cases, workdir, args.workers, emit, args.profile, (args.quiet_below, args.quiet_wait),
-                        args.socketio_client,
+                        args.socketio_client, args.v1_ack,
                     ):
                         print(f"# {dialect}: the daemon does not serve it (yet): rows pending", file=sys.stderr)
                         pending.append(dialect)
@@ -994,7 +1187,7 @@ def main() -> int:
         f"Twisted {info['twisted']}, Autobahn {info['autobahn']}, Node {info['node']}; "
         f"load average {info['load_avg']} before, {machine_load()} after; {elapsed:.0f} s"
     )
-    clients = sorted({f"{l['dialect']}: {l['client']}" for l in lines if l.get("client")})
+    clients = sorted({f"{l['dialect']}: {l['client']}" + (f" (ack {l['ack']})" if l.get("ack") else "") for l in lines if l.get("client")})
     if clients:
         header += f"; load generator: {', '.join(clients)}"
     noise = sorted({(l["dialect"], l["run"], l["case"] == "d"): l["background_pct"] for l in lines if l.get("background_pct") is not None}.values())

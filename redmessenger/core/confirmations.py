@@ -25,7 +25,7 @@ from collections import deque
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from redmessenger.core.budget import Budget
-from redmessenger.core.presence import Attachment, confirmed
+from redmessenger.core.presence import Attachment, Sent, confirmed
 
 
 class Confirmations:
@@ -69,8 +69,9 @@ class Confirmations:
 
     def ask_now(self, attachment: Attachment) -> None:
         attachment.ask_from = math.inf
-        count = len(attachment.unconfirmed)
-        attachment.sink.confirm().addCallback(self._confirmed, attachment, count)
+        unconfirmed = attachment.unconfirmed
+        last = unconfirmed[-1] if unconfirmed else None
+        attachment.sink.confirm().addCallback(self._confirmed, attachment, last)
 
     def stop(self) -> None:
         self._stopped = True
@@ -91,12 +92,20 @@ class Confirmations:
             delay = max(queue[0][0] - self._clock.seconds(), self.confirm_tick)
             self._call = self._clock.callLater(delay, self._ask_due)
 
-    def _confirmed(self, received: bool, attachment: Attachment, count: int) -> None:
+    def _confirmed(self, received: bool, attachment: Attachment, last: Sent | None) -> None:
         attachment.confirming = False
         if not received or not attachment.attached:
             return  # Hub.detach has taken care of what was unconfirmed
         unconfirmed = attachment.unconfirmed
-        self._budget.give_back(attachment, confirmed(attachment.uid, unconfirmed[:count]))
-        del unconfirmed[:count]
+        # Up to the last one sent before the request (acks by id may have trimmed some meanwhile: Hub.acknowledged).
+        count = 0
+        if last is not None:
+            for index in range(len(unconfirmed) - 1, -1, -1):
+                if unconfirmed[index] is last:
+                    count = index + 1
+                    break
+        if count:
+            self._budget.give_back(attachment, confirmed(attachment.uid, unconfirmed[:count]))
+            del unconfirmed[:count]
         if unconfirmed:
             self.want(attachment)

@@ -130,9 +130,6 @@ class Hub:
         if not sink.writable:
             return None
         attachment = self.presence.attach(ident.uid, sink)
-        if sink.acknowledges:
-            # Its acks confirm live messages (acknowledged): a request is never under way, never asked.
-            attachment.confirming = True
         self.counters.identified += 1
         self.log.info("Assigning id {uid} to socket {peer}.", uid=ident.uid, peer=sink.client_address)
         self.handovers.identified(attachment)

@@ -42,8 +42,8 @@ class MessageSink(Protocol):
     def acknowledges(self) -> bool:
         """
         Whether the client's code acknowledges messages by id (it then reports
-        them with :meth:`redmessenger.core.hub.Hub.acknowledged`, and is never
-        asked to confirm live messages).
+        them with :meth:`redmessenger.core.hub.Hub.acknowledged` as they come,
+        and :meth:`confirm` asks it for an ack).
         """
 
     def send_message(self, message: Message, bubble: bool) -> bool:

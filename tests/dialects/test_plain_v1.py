@@ -25,6 +25,16 @@ def ack(message_id: str) -> str:
     return json.dumps({"type": "ack", "id": message_id})
 
 
+async def receive(client, count: int) -> list[dict]:
+    """The next ``count`` messages, past the server's sync requests."""
+    got: list[dict] = []
+    while len(got) < count:
+        frame = await client.next()
+        if frame.get("type") != "sync":
+            got.append(frame)
+    return got
+
+
 async def v1_client(daemon, uid: str = "user1", key: str | None = None):
     client = await daemon.client()
     client.send(hello(uid, key))
@@ -40,14 +50,14 @@ async def test_the_queue_comes_after_the_welcome_and_leaves_redis_once_acknowled
         publish(redis, "rm.users.user1", f"q{i}")
     await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == 5)
     client = await v1_client(daemon)
-    batch = await client.receive(3)
+    batch = await receive(client, 3)
     assert [m["type"] for m in batch] == ["message"] * 3
     assert [m["payload"] for m in batch] == ["q0", "q1", "q2"]
     assert {"id", "source", "timestamp", "bubble", "payload", "type"} == set(batch[0])
     assert daemon.service.hub.handovers.running == 1, "the handover waits for the client's ack"
     assert redis.llen(QUEUE.format("user1")) == 5, "nothing leaves Redis before the client's code acknowledged it"
     client.send(ack(batch[-1]["id"]))  # cumulative: the whole batch
-    rest = await client.receive(2)
+    rest = await receive(client, 2)
     assert [m["payload"] for m in rest] == ["q3", "q4"]
     client.send(ack(rest[-1]["id"]))
     await daemon.until(lambda: not redis.exists(QUEUE.format("user1")), what="the queue trimmed")
@@ -61,7 +71,7 @@ async def test_what_the_client_code_did_not_acknowledge_comes_again_though_its_s
     await daemon.idle()
     for i in range(5):
         publish(redis, "rm.users.user1", f"m{i}")
-    got = await client.receive(5)
+    got = await receive(client, 5)
     client.send(ack(got[2]["id"]))  # m0-m2 handled; m3, m4 not
     (attachment,) = daemon.service.presence.get("user1").attachments
     await daemon.until(lambda: len(attachment.unconfirmed) == 2, what="m0-m2 confirmed by the ack")
@@ -81,7 +91,7 @@ async def test_an_ack_naming_an_unknown_id_changes_nothing(daemon, redis):
     client = await v1_client(daemon)
     await daemon.idle()
     publish(redis, "rm.users.user1", "m0")
-    (m0,) = await client.receive(1)
+    (m0,) = await receive(client, 1)
     client.send(ack("not-one-of-mine"))
     client.send(ack(m0["id"]))
     client.send(ack(m0["id"]))  # twice: harmless
@@ -97,8 +107,8 @@ async def test_a_legacy_client_beside_a_version_1_client_of_the_same_user(daemon
     v1 = await v1_client(daemon)
     legacy = await daemon.client("user1")
     publish(redis, "rm.users.user1", "both")
-    (a,) = await v1.receive(1)
-    (b,) = await legacy.receive(1)
+    (a,) = await receive(v1, 1)
+    (b,) = await receive(legacy, 1)
     assert a["type"] == "message" and "type" not in b
     assert a["id"] == b["id"] and a["bubble"] is True and b["bubble"] is False
     v1.close()
@@ -156,7 +166,7 @@ async def test_a_bad_later_frame_is_refused_and_the_user_keeps_the_message(daemo
     client = await v1_client(daemon)
     await daemon.idle()
     publish(redis, "rm.users.user1", "unacknowledged")
-    await client.receive(1)
+    await receive(client, 1)
     client.send(later)
     assert (await client.close_code())[0] == code
     await daemon.until(lambda: daemon.service.presence.get("user1") is None)
@@ -177,10 +187,45 @@ async def test_two_identical_queue_entries_sharing_an_id_are_acked_without_harm(
     node_era = json.dumps({"source": "rm.users.user1", "timestamp": 1, "bubble": True, "payload": "twice"})
     redis.rpush(QUEUE.format("user1"), node_era, node_era)
     client = await v1_client(daemon)
-    first, second = await client.receive(2)
+    first, second = await receive(client, 2)
     assert first["id"] == second["id"] and first["payload"] == second["payload"] == "twice"
     client.send(ack(second["id"]))
     await daemon.until(lambda: not redis.exists(QUEUE.format("user1")), what="the queue trimmed")
     publish(redis, "rm.users.user1", "after")
-    assert (await client.next())["payload"] == "after", "the socket is still there"
+    assert (await receive(client, 1))[0]["payload"] == "after", "the socket is still there"
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_acks_only_when_asked_gets_the_whole_queue_and_confirms_live_messages(daemon_factory, redis):
+    """The server asks (a sync) when it needs a confirmation: a client may ack only then, with the last id it handled."""
+    daemon = await daemon_factory(handover_batch=2)
+    for i in range(5):
+        publish(redis, "rm.users.user1", f"q{i}")
+    await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == 5)
+    client = await v1_client(daemon)
+    got: list[str] = []
+    last = None
+    syncs_after: list[int] = []  # how many messages had come when each sync came
+
+    async def serve_until(done) -> None:
+        nonlocal last
+        while not done():
+            frame = await client.next()
+            if frame["type"] == "sync":
+                syncs_after.append(len(got))
+                client.send(ack(last))
+            else:
+                got.append(frame["payload"])
+                last = frame["id"]
+
+    await serve_until(lambda: len(got) == 5 and syncs_after[-1:] == [5])
+    assert got == ["q0", "q1", "q2", "q3", "q4"]
+    assert syncs_after == [2, 4, 5], "one request per batch of the queue, after it"
+    await daemon.until(lambda: not redis.exists(QUEUE.format("user1")), what="the queue trimmed as acked")
+    publish(redis, "rm.users.user1", "live")
+    await serve_until(lambda: syncs_after[-1] == 6)  # the live message, then the request that covers it
+    (attachment,) = daemon.service.presence.get("user1").attachments
+    await daemon.until(lambda: not attachment.unconfirmed, what="the live message confirmed")
+    assert got[-1] == "live"
     client.close()

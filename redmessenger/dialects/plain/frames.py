@@ -15,6 +15,7 @@ Server to client::
 
     {"type": "welcome", "v": 1, "uid": "user1"}
     {"type": "message", "id": ..., "source": ..., "timestamp": ..., "bubble": ..., "payload": ...}
+    {"type": "sync"}                                         ack what you have handled
 
 No I/O here: parsing and building only.
 """
@@ -105,6 +106,10 @@ def compact_ack(payload: bytes) -> str | None:
         return None
     text = raw.decode("ascii")
     return text if text.isprintable() else None
+
+
+#: The server asks for an ack: the client answers with an ack of the last message it has handled.
+SYNC = b'{"type":"sync"}'
 
 
 def welcome(uid: str) -> bytes:

@@ -122,19 +122,24 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     def _send_welcome(self) -> None:
         uid, self._welcome = self._welcome, None
         if uid is not None and self.state == self.STATE_OPEN:
-            payload = frames.welcome(uid)
-            if self.raw_frames:
-                self.write_frame(text_frame(payload))
-            else:
-                self.sendMessage(payload, isBinary=False)
+            self._send_raw(frames.welcome(uid))
+
+    def _send_raw(self, payload: bytes) -> None:
+        if self.raw_frames:
+            self.write_frame(text_frame(payload))
+        else:
+            self.sendMessage(payload, isBinary=False)
 
     def confirm(self) -> Deferred[bool]:
         """
         Legacy: a ping; its pong shows the client has read every frame sent
         before it.  Version 1: the client's ack of the last message sent.
         """
-        if self._acks is not None:
-            return self._acks.confirm()
+        acks = self._acks
+        if acks is not None:
+            if acks.unacknowledged and self.state == self.STATE_OPEN:
+                self._send_raw(frames.SYNC)
+            return acks.confirm()
         waiter: Deferred[bool] = Deferred()
         if self.state != self.STATE_OPEN:
             waiter.callback(False)

@@ -24,8 +24,9 @@
  *                               the welcome awaited, then `{"type":"message","id":...}` frames,
  *                               each acknowledged once checked: `ack` in the spec is `every`
  *                               (default: an ack per message, as the browser library acks after
- *                               each handler returns) or `burst` (one ack, of the last id, per
- *                               socket and event-loop turn: acks are cumulative).
+ *                               each handler returns), `burst` (one ack, of the last id, per
+ *                               socket and event-loop turn: acks are cumulative) or `sync` (an
+ *                               ack of the last id only when the server asks: {"type":"sync"}).
  *   socketio  lean              Engine.IO 4 + Socket.IO 5 spoken directly over `ws` (WebSocket
  *                               transport only): the default, about as cheap as `ws` for plain.
  *             socket.io-client  socket.io-client 4, as browsers' code uses it (WebSocket transport
@@ -60,7 +61,7 @@ function emit(event) {
 
 const wsBase = opts.base.replace(/^http/, 'ws');
 const ACK_MODE = opts.ack || 'every';
-if (ACK_MODE !== 'every' && ACK_MODE !== 'burst') throw new Error(`unknown ack mode ${ACK_MODE}`);
+if (ACK_MODE !== 'every' && ACK_MODE !== 'burst' && ACK_MODE !== 'sync') throw new Error(`unknown ack mode ${ACK_MODE}`);
 
 /* ack: burst: the sockets with an ack to send at the end of this event-loop turn. */
 let ackBacklog = [];
@@ -110,8 +111,10 @@ const DRIVERS = {
       const ws = new WebSocket(wsBase + opts.route, { handshakeTimeout: 30000 });
       let helloAt = 0;
       let welcomed = false;
-      const acks = { ws, id: null, queued: false }; // ack: burst
-      const ack = ACK_MODE === 'every'
+      const acks = { ws, id: null, queued: false }; // ack: burst; sync: the last id, acked when asked
+      const ack = ACK_MODE === 'sync'
+        ? (id) => { acks.id = id; }
+        : ACK_MODE === 'every'
         ? (id) => {
           ws.send(JSON.stringify({ type: 'ack', id }));
           acksSent += 1;
@@ -141,6 +144,12 @@ const DRIVERS = {
           if (typeof frame.id !== 'string' || !frame.id) return on.problem(`${sock.uid}: a message without an id`);
           on.envelope(frame);
           if (ws.readyState === 1) ack(frame.id); // not on a socket we are closing
+        } else if (frame.type === 'sync') {
+          // The server asks what was handled: every mode answers (every and burst have acked already, harmlessly).
+          if (acks.id !== null && ws.readyState === 1) {
+            ws.send(JSON.stringify({ type: 'ack', id: acks.id }));
+            acksSent += 1;
+          }
         } else if (frame.type === 'welcome') {
           if (welcomed || frame.v !== 1 || frame.uid !== sock.uid) {
             return on.problem(`${sock.uid}: unexpected welcome ${String(data).slice(0, 200)}`);

@@ -2,7 +2,7 @@
 The RedMessenger benchmarks: the daemon as a real process, a real Redis, real clients.
 
     .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d,i] [--dialects plain,plain-v1,socketio]
-                                  [--socketio-client lean|socket.io-client] [--v1-ack every|burst]
+                                  [--socketio-client lean|socket.io-client] [--v1-ack every|burst|sync]
 
 (``scripts/bench`` prepares everything and runs this.)  Daemon, Redis
 (valkey-server) and load generator share one machine and talk over loopback.
@@ -37,7 +37,9 @@ same checks; in c the queue goes batch by batch, each confirmed by the ack of
 its last message), ``socketio``.  plain-v1 clients ack every message once they
 have checked it (``--v1-ack every``, the default: what the browser library does,
 an ack after each handler returns), or once per socket and event-loop turn, the
-last id received (``--v1-ack burst``: acks are cumulative); each line records
+last id received (``--v1-ack burst``: acks are cumulative), or only when the
+server asks for one (``--v1-ack sync``: an ack of the last id per ``{"type":"sync"}``,
+the cheapest, as legacy clients answer pings); each line records
 ``ack`` and ``acks_sent``.  The table holds plain-v1's server CPU per message
 (a) and per delivery (b) to within 15% of plain's (issue 13: acks and ids).
 
@@ -98,7 +100,7 @@ WAIT = 120.0  # seconds any one step may take before the run is declared failed
 SOCKETIO_CLIENTS = ("lean", "socket.io-client")
 #: How the plain-v1 load generator acknowledges (bench/client.js), the default first: an ack per
 #: message, or one per socket and event-loop turn (the last id of what arrived: acks are cumulative)
-V1_ACKS = ("every", "burst")
+V1_ACKS = ("every", "burst", "sync")
 #: The dialects bench/client.js speaks
 DIALECTS = ("plain", "plain-v1", "socketio")
 #: The durable intake (docs/protocol.md): the stream and the daemons' consumer group

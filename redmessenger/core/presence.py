@@ -76,7 +76,7 @@ def lost(sents: list[Sent]) -> list[Message]:
     return again
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Attachment:
     """One identified socket of a user."""
 

@@ -43,6 +43,8 @@ class ClientSession:
     """The state of one client connection, and the one place its mistakes are handled."""
 
     log = make_logger()
+    # One per connection, for its lifetime: no instance dict (bench case d).
+    __slots__ = ("_hub", "_link", "_clock", "_identify_timeout", "stage", "attachment", "uid", "_timer")
 
     def __init__(self, hub: Hub, link: ClientLink, clock: IReactorTime, identify_timeout: float) -> None:
         self._hub = hub

@@ -62,6 +62,11 @@ class PlainWebSocketProtocol(LeanServerProtocol):
 
     _log = make_logger()
     factory: PlainWebSocketFactory
+    # Set on the instance only for version-1 sessions: a legacy socket keeps no entry for them.
+    #: Protocol version 1 (the first frame was a JSON hello): messages are confirmed by acks, not pings.
+    _acks: AckLedger | None = None
+    #: Version 1: the uid to welcome, until the welcome is written (before anything else).
+    _welcome: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,10 +80,6 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._answered_at = 0.0
         #: A conn_limit slot taken at the handshake, given back in onClose.
         self._holds_slot = False
-        #: Protocol version 1 (the first frame was a JSON hello): messages are confirmed by acks, not pings.
-        self._acks: AckLedger | None = None
-        #: Version 1: the uid to welcome, until the welcome is written (before anything else).
-        self._welcome: str | None = None
 
     # -- ClientLink ------------------------------------------------------------------
 

@@ -64,14 +64,15 @@ json_values = st.recursive(
 @st.composite
 def deep_json(draw: Any) -> str:
     """JSON nested deeper than any parser's stack, balanced or not: arrays, objects, mixed."""
-    depth = draw(st.integers(1, 4000) | st.sampled_from([100_000]))
+    # around Python's recursion limit (1000), and within a 4096-byte frame (max_frame_bytes' default)
+    depth = draw(st.sampled_from([600, 1000, 1300, 2000, 4000, 100_000]) | st.integers(1, 4000))
     kind = draw(st.sampled_from(["array", "object", "mixed"]))
     if kind == "array":
         opening, closing = "[" * depth, "]" * depth
     elif kind == "object":
         opening, closing = '{"a":' * depth, "}" * depth
-    else:
-        opening, closing = '[{"a":' * (depth // 2), "}]" * (depth // 2)
+    else:  # an object first, as a session frame starts, then 3 bytes a level
+        opening, closing = '{"a":[' * (depth // 2), "]}" * (depth // 2)
     return opening + draw(st.sampled_from(["1", '"x"', ""])) + (closing if draw(st.booleans()) else "")
 
 
@@ -277,7 +278,117 @@ def errors_logged() -> Iterator[list[dict[str, Any]]]:
         globalLogPublisher.removeObserver(observe)
 
 
+@contextmanager
+def events_logged() -> Iterator[list[dict[str, Any]]]:
+    """Collects every event logged while open."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 def describe(events: list[dict[str, Any]]) -> str:
     from twisted.logger import formatEvent
 
     return "; ".join(f"{formatEvent(e)} {e.get('log_failure') or ''}" for e in events)
+
+
+# -- a WebSocket server protocol in memory ------------------------------------------------------
+
+#: Autobahn's own timers off: an in-memory socket must leave no delayed call in the reactor.
+IN_MEMORY_OPTIONS = {
+    "openHandshakeTimeout": 0,
+    "closeHandshakeTimeout": 0,
+    "autoPingInterval": 0,
+    "maxFramePayloadSize": 4096,
+    "maxMessagePayloadSize": 4096,
+    "failByDrop": False,
+}
+
+
+def handshake(path: bytes) -> bytes:
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+
+class InMemoryWebSocket:
+    """
+    A server protocol from ``factory`` over a StringTransport, its handshake
+    done: bytes in with :meth:`feed`, the server's frames out with :meth:`frames`.
+    When the server closes the transport, the connection is lost (as TCP would
+    tell it) before the next read.
+    """
+
+    def __init__(self, factory: Any, clock: Any, path: bytes) -> None:
+        from twisted.internet.address import IPv4Address
+
+        self.clock = clock
+        self.protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = _TCPLikeTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.protocol.makeConnection(self.transport)
+        self.lost = False
+        self.protocol.dataReceived(handshake(path))
+        self.clock.advance(0)
+        response, _, _ = self.transport.value().partition(b"\r\n\r\n")
+        self.response = response
+        self._start = len(response) + 4
+
+    @property
+    def opened(self) -> bool:
+        return self.response.startswith(b"HTTP/1.1 101 ")
+
+    @property
+    def closing(self) -> bool:
+        """Whether the server has sent its close frame."""
+        return any(frame.opcode == CLOSE for frame in self.frames()[0])
+
+    def feed(self, chunk: bytes) -> None:
+        if self.lost:
+            return
+        self.protocol.dataReceived(chunk)  # an exception here fails the test
+        self.settle()
+
+    def settle(self) -> None:
+        """One reactor turn (the corks, the core's work), then the connection lost if the server closed it."""
+        self.clock.advance(0)
+        if self.transport.disconnecting and not self.lost:
+            self.lose()
+
+    def lose(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        if not self.lost:
+            self.lost = True
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+            self.clock.advance(0)
+
+    def frames(self) -> tuple[list[Frame], bytes]:
+        """The server's frames so far, and what follows them (should be nothing)."""
+        return decode_frames(self.transport.value()[self._start :])
+
+
+def _tcp_like_transport() -> type:
+    from twisted.internet.testing import StringTransport
+
+    class TCPLikeTransport(StringTransport):
+        """
+        A StringTransport that, like Twisted's TCP transport, lets a protocol
+        unregister a producer when none is registered: Autobahn does so each time
+        it drops a connection (the daemon's sockets have none: upgrade_to_websocket
+        unregistered the HTTP channel).
+        """
+
+        def unregisterProducer(self) -> None:
+            self.producer = None
+
+    return TCPLikeTransport
+
+
+_TCPLikeTransport: Any = _tcp_like_transport()

@@ -21,7 +21,6 @@ from redmessenger.dialects.engineio.codec import (
     Packet,
     PacketType,
     ProtocolError,
-    ascii_escaped,
     decode_packet,
     decode_payload,
     encode_payload,

@@ -254,3 +254,23 @@ def test_an_entry_nested_deeper_than_the_stack_is_unreadable() -> None:
     """Found by the fuzz test above: json.loads raised RecursionError, not UnreadableEntry."""
     with pytest.raises(UnreadableEntry):
         message_from_entry(b"[" * 100_000)
+
+
+@fuzz(300)
+@given(
+    st.text(max_size=40),
+    st.integers(0, 2**63),
+    st.text(max_size=200) | st.lists(st.sampled_from(['"', "\\", "\n", "\x00", "\u2028", "\ud7ff", "\U0001d11e", "é"]), max_size=20).map("".join),
+    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64),
+    st.booleans(),
+)
+def test_an_envelope_is_json_carrying_the_message(source: str, timestamp: int, payload: str, message_id: str, bubble: bool) -> None:
+    """The hand-built envelope (docs/protocol.md, *The envelope*) is the JSON of its fields, in their order."""
+    from redmessenger.dialects.plain.frames import message_frame_payload
+
+    message = Message(source, timestamp, payload, message_id)
+    fields = {"id": message_id, "source": source, "timestamp": timestamp, "bubble": bubble, "payload": payload}
+    envelope = message.envelope_json(bubble)
+    assert json.loads(envelope) == fields and list(json.loads(envelope)) == list(fields)
+    assert envelope == json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert json.loads(message_frame_payload(message, bubble)) == {"type": "message", **fields}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import secrets
 from collections.abc import Iterable
@@ -205,7 +206,7 @@ def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
     """
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested deeper than the stack
         raise UnreadableEntry(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise UnreadableEntry(f"a JSON {type(obj).__name__}, not an object")
@@ -214,6 +215,8 @@ def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
         raise UnreadableEntry("no string 'source' and 'payload'")
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
         raise UnreadableEntry("no numeric 'timestamp'")
+    if isinstance(timestamp, float) and not math.isfinite(timestamp):  # JSON's Infinity, NaN, 1e400: no int()
+        raise UnreadableEntry("'timestamp' is not a finite number")
     problem = None
     if obj.get("v") is None:
         try:

@@ -60,7 +60,7 @@ def parse_frame(text: str) -> Hello | Ack:
     """A client's frame; a frame the protocol does not allow raises :class:`ClientError` (4422, or 4400 for a bad uid)."""
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
         raise _bad("not JSON") from None
     if not isinstance(obj, dict):
         raise _bad("expected a JSON object")

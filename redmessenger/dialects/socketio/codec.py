@@ -67,7 +67,7 @@ def decode_sio(text: str) -> SIOPacket:
     if kind in (SIOType.BINARY_EVENT, SIOType.BINARY_ACK):
         dash = text.find("-", position)
         digits = text[position:dash] if dash >= 0 else ""
-        if not digits.isascii() or not digits.isdigit():
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 15:  # int() refuses > 4300 digits
             raise SIOProtocolError("binary packet without an attachment count")
         attachments, position = int(digits), dash + 1
     nsp = "/"
@@ -86,7 +86,7 @@ def decode_sio(text: str) -> SIOPacket:
     if position < end:
         try:
             data = json.loads(text[position:])
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
             raise SIOProtocolError("payload is not JSON") from None
     return SIOPacket(kind, nsp, data, ack_id, attachments)
 

@@ -52,6 +52,24 @@ INTAKE_BLOCK_SECONDS = 1.0
 #: Seconds between two warnings while Redis stays unreachable.
 UNREACHABLE_REMINDER = 60.0
 
+
+def next_read_size(size: int, read: int) -> int:
+    """
+    How much the subscriber's next read may take, after a read of ``read`` bytes
+    into ``size``.  A read that filled the buffer means a burst: the next takes
+    the most at once (each read ends with one ``send()`` per socket written to,
+    so a burst read in small pieces costs a send per message; doubling step by
+    step cost a 20,000-message burst four extra reads and ~4,000 sends).  A small
+    read halves it back: CPython allocates the whole size per read, and glibc
+    maps and unmaps anything above 128 KB, so 1 MB per 700-byte read cost ~8 µs
+    a message at a steady rate.
+    """
+    if read >= size:
+        return SUBSCRIBER_READ_SIZE
+    if read < size >> 3 and size > SUBSCRIBER_MIN_READ_SIZE:
+        return max(size >> 1, SUBSCRIBER_MIN_READ_SIZE)
+    return size
+
 OnMessage = Callable[[bytes, bytes], None]
 
 
@@ -153,6 +171,7 @@ class RedisLink:
         settings: RedisSettings,
         on_message: OnMessage,
         on_read: tuple[Callable[[], None], Callable[[], None]] | None = None,
+        direct: tuple[bytes, Callable[[bytes], None]] | None = None,
     ) -> None:
         import txredisapi
 
@@ -232,21 +251,10 @@ class RedisLink:
                     self._fit_read_size(len(data))
 
             def _fit_read_size(self, read: int) -> None:
-                # What the next read may take: a read that filled the buffer
-                # doubles it (a burst: several frames a socket per read, sent
-                # together), a small one halves it back.  CPython allocates
-                # the whole size per read, and glibc maps and unmaps anything
-                # above 128 KB: 1 MB per 700-byte read cost ~8 µs a message at
-                # a steady rate.
                 transport = self.transport
                 size = getattr(transport, "bufferSize", None)
-                if size is None:
-                    return
-                if read >= size:
-                    if size < SUBSCRIBER_READ_SIZE:
-                        transport.bufferSize = size * 2
-                elif read < size >> 3 and size > SUBSCRIBER_MIN_READ_SIZE:
-                    transport.bufferSize = size >> 1
+                if size is not None:
+                    transport.bufferSize = next_read_size(size, read)
 
             def connectionMade(self) -> Any:
                 if hasattr(self.transport, "bufferSize"):
@@ -256,13 +264,20 @@ class RedisLink:
                 return d
 
             def _subscribe(self) -> None:
-                self.psubscribe(PATTERNS).addCallbacks(lambda _: link._subscribed(), link._psubscribe_failed)
+                d = self.psubscribe(PATTERNS)
+                if direct is not None:
+                    # This daemon's own channel (the application's answers): SUBSCRIBE, not a pattern.
+                    d.addCallback(lambda _: self.subscribe([direct[0]]))
+                d.addCallbacks(lambda _: link._subscribed(), link._psubscribe_failed)
 
-            def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+            def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
                 # An exception escaping here would make Twisted drop the
                 # subscriber connection: contain it.
                 try:
-                    on_message(channel, message)
+                    if pattern is None and direct is not None:
+                        direct[1](message)
+                    else:
+                        on_message(channel, message)
                 except Exception:
                     link.log.failure("Handling a message on {channel!r} failed", channel=channel)
 

@@ -16,7 +16,15 @@ import pytest_twisted
 from twisted.internet.testing import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from redmessenger.redis_edge.link import UNREACHABLE_REMINDER, Outage, RedisLink, RedisSettings
+from redmessenger.redis_edge.link import (
+    SUBSCRIBER_MIN_READ_SIZE,
+    SUBSCRIBER_READ_SIZE,
+    UNREACHABLE_REMINDER,
+    Outage,
+    RedisLink,
+    RedisSettings,
+    next_read_size,
+)
 
 from ..conftest import HOST, RedisServer, free_port, wait_until
 
@@ -35,6 +43,20 @@ def test_an_outage_warns_at_first_on_a_new_cause_and_then_once_a_minute() -> Non
     assert outage.over() == 5
     assert outage.over() == 0
     assert outage.failed("timed out"), "a new outage warns again"
+
+
+def test_the_subscriber_read_size_jumps_to_the_most_in_a_burst_and_halves_back_when_reads_are_small() -> None:
+    low, high = SUBSCRIBER_MIN_READ_SIZE, SUBSCRIBER_READ_SIZE
+    assert next_read_size(low, low) == high, "a full read: a burst, read the most at once"
+    assert next_read_size(high, high) == high
+    assert next_read_size(high, 700) == high >> 1, "a small read halves"
+    assert next_read_size(high, high >> 3) == high, "an eighth or more keeps the size"
+    assert next_read_size(low, 700) == low, "never below the least"
+    assert next_read_size(low + 1, 10) == low
+    sizes = [high]
+    while sizes[-1] > low:
+        sizes.append(next_read_size(sizes[-1], 700))
+    assert sizes == [high >> n for n in range(len(sizes))] and sizes[-1] == low
 
 
 @pytest.fixture

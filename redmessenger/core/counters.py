@@ -19,6 +19,8 @@ class Counters:
     intake: int = 0
     intake_acked: int = 0
     identified: int = 0
+    #: Version-1 sessions admitted without a uid (channels only).
+    anonymous: int = 0
     #: Sockets refused or closed for a client mistake, by CloseCode name.
     refused: dict[str, int] = field(default_factory=dict)
 

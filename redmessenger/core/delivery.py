@@ -1,7 +1,9 @@
 """
 Delivery (SPEC §3 rules 1 and 2, §2's bubble): a message for some uids goes to
 each one's live sockets, the oldest with the bubble, or to the queues of those
-who have none.
+who have none.  A message on a channel also goes to the sockets that subscribed
+to it (SPEC §7, live only), except those that got it as a member's and the one
+that published it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.budget import SLOW_SHARE, Budget
+from redmessenger.core.channels import Channels
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Queues
-from redmessenger.core.presence import Attachment, Copies, Presence, Sent, User
+from redmessenger.core.presence import SUBSCRIBED, Attachment, Copies, Presence, Sent, User
 from redmessenger.logs import debugging, informing, make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
@@ -45,9 +48,19 @@ class Delivery:
         self.on_live_delivery: Callable[[Message], None] = _ignore
         #: Called with a socket to give up as too slow (Hub.abandon).
         self.on_too_slow: Callable[[Attachment, ClientError], None] = _ignore_slow
+        #: The channels' subscribers (SPEC §7), when clients may subscribe.
+        self.channels: Channels | None = None
 
-    def deliver(self, message: Message, uids: Sequence[str]) -> None:
-        """To the live sockets of each uid, else to its queue."""
+    def deliver(self, message: Message, uids: Sequence[str], channel: str | None = None) -> None:
+        """
+        To the live sockets of each uid, else to its queue; a message on
+        ``channel`` also to the sockets that subscribed to it.
+        """
+        exclude = None
+        channels = self.channels
+        if channels is not None and message.sender is not None:
+            # A client's publish: not back to the socket that sent it (SPEC §7.4).
+            exclude = channels.client(message.sender.client_id)
         offline = []
         get_user = self._presence.get
         # What every recipient with a single socket keeps until it confirms:
@@ -59,23 +72,35 @@ class Delivery:
         delivered = 0
         for uid in uids:
             user = get_user(uid)
-            if user is not None and self.deliver_live(user, message, alone, now):
+            if user is not None and self.deliver_live(user, message, alone, now, exclude):
                 delivered += 1
             else:
                 offline.append(uid)
+        if channel is not None and channels is not None:
+            readers = channels.readers(channel)
+            if readers:
+                delivered += self._to_subscribers(message, readers, uids, exclude, now)
         self._counters.delivered += delivered
         if delivered:
             self.on_live_delivery(message)
         if offline:
             self.queue(offline, message)
 
-    def deliver_live(self, user: User, message: Message, alone: Sent | None = None, now: float | None = None) -> bool:
+    def deliver_live(
+        self,
+        user: User,
+        message: Message,
+        alone: Sent | None = None,
+        now: float | None = None,
+        exclude: Attachment | None = None,
+    ) -> bool:
         """
         Give a message to each of the user's sockets, the oldest with the bubble.
         False if none took it (all closing): the caller queues it.  ``alone``:
         the record to keep if the user has one socket (Sent is never modified,
         so one per message serves every such recipient).  ``now``: the clock,
-        read once per message by the caller.
+        read once per message by the caller.  ``exclude``: the socket that
+        published it (it counts as delivered there).
         """
         if now is None:
             now = self._clock.seconds()
@@ -93,6 +118,8 @@ class Delivery:
         used = budget.used
         slow = None
         for attachment in attachments:
+            if attachment is exclude:
+                continue
             sent = alone if alone is not None and copies is None else Sent(message, bubble, copies)
             held = attachment.held
             if held is not None:
@@ -120,6 +147,47 @@ class Delivery:
                 budget.over(attachment)
                 self._too_slow(attachment)
         return True
+
+    def _to_subscribers(
+        self,
+        message: Message,
+        readers: dict[Attachment, None],
+        members: Sequence[str],
+        exclude: Attachment | None,
+        now: float,
+    ) -> int:
+        """
+        The channel's subscribers that did not get the message as a member's:
+        live only (nothing to deliver again if they go), no bubble, held and
+        confirmed like any live message, so that their memory is bounded.
+        """
+        member_set = set(members) if members else ()
+        sent = Sent(message, False, SUBSCRIBED)
+        budget = self._budget
+        weight = message.weight
+        count = 0
+        slow = []
+        for attachment in readers:
+            if attachment is exclude or (attachment.uid and attachment.uid in member_set):
+                continue
+            if attachment.held is not None:
+                attachment.held.append(sent)
+            elif attachment.sink.send_message(message, False):
+                attachment.unconfirmed.append(sent)
+                self._confirmations.sent(attachment, now)
+            else:
+                continue  # closing: live only, nothing to keep
+            count += 1
+            attachment.pending_bytes += weight
+            budget.used += weight
+            if attachment.pending_bytes > budget.per_socket or (
+                budget.used > budget.total and attachment.pending_bytes > budget.per_socket // SLOW_SHARE
+            ):
+                slow.append(attachment)
+        for attachment in slow:
+            budget.over(attachment)
+            self._too_slow(attachment)
+        return count
 
     def _too_slow(self, attachment: Attachment) -> None:
         if attachment.abandoned:

@@ -20,12 +20,14 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.budget import Budget
+from redmessenger.core.channels import Channels
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
 from redmessenger.core.handover import Handovers
 from redmessenger.core.intake import IntakeTicket
 from redmessenger.core.ports import (
+    Application,
     Directory,
     MessageSink,
     Queues,
@@ -57,6 +59,12 @@ class Hub:
         max_payload_bytes: int | None = None,
         max_pending_bytes: int = 8 << 20,
         memory_budget_bytes: int = 256 << 20,
+        application: Application | None = None,
+        answers_to: str = "",
+        public_key: str | None = None,
+        subscription_timeout: float = 5.0,
+        client_publish_max_bytes: int = 3072,
+        client_publish_rate: float = 20.0,
     ) -> None:
         self._clock = clock
         self._queues = queues
@@ -71,6 +79,19 @@ class Hub:
         self.confirmations = Confirmations(clock, self.budget)
         self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock, self.budget)
         self.delivery.on_too_slow = self.abandon
+        self._public_key = public_key
+        #: Channels clients ask for (SPEC §7); None when the daemon was not given a way to reach the application.
+        self.channels: Channels | None = None
+        if application is not None:
+            self.channels = Channels(
+                application,
+                clock,
+                reply_to=answers_to,
+                timeout=subscription_timeout,
+                max_publish_bytes=client_publish_max_bytes,
+                publish_rate=client_publish_rate,
+            )
+            self.delivery.channels = self.channels
         self.router = Router(
             directory,
             self.delivery.deliver,
@@ -135,6 +156,19 @@ class Hub:
         self.handovers.identified(attachment)
         return attachment
 
+    def check_public_key(self, given: object) -> None:
+        """A version-1 session's public key (SPEC §7.5): refused (4401) if one is configured and this is not it."""
+        expected = self._public_key
+        if expected is None:
+            return
+        if not isinstance(given, str) or not hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8")):
+            raise ClientError(CloseCode.BAD_KEY, "wrong or missing public key")
+
+    def connect(self, sink: MessageSink) -> Attachment:
+        """Admit a socket that does not identify as a user: it may only subscribe to channels."""
+        self.counters.anonymous += 1
+        return Attachment("", sink)
+
     async def _check_key(self, uid: str, key: str | None) -> None:
         try:
             stored = await self._directory.user_key(uid)
@@ -157,6 +191,8 @@ class Hub:
         """
         if not attachment.attached:
             return
+        if self.channels is not None:
+            self.channels.drop(attachment)
         self.presence.detach(attachment)
         if received_all:
             confirmed(attachment.uid, attachment.unconfirmed)

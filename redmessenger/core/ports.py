@@ -15,6 +15,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
+from redmessenger.model.channels import Answer, Sender, SubscriptionRequest
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError
 
@@ -62,8 +63,11 @@ class MessageSink(Protocol):
 class ClientLink(MessageSink, Protocol):
     """What a client session needs of its connection besides delivery: the dialect's way of talking back."""
 
-    def accepted(self, uid: str) -> None:
-        """The identifier was accepted (Socket.IO acknowledges it; the plain dialect says nothing)."""
+    def accepted(self, uid: str | None) -> None:
+        """
+        The identifier was accepted (Socket.IO acknowledges it; the plain dialect
+        says nothing, or welcomes a version-1 session); None: an anonymous session.
+        """
 
     def refuse(self, error: ClientError) -> None:
         """Tell the client what it did wrong, the dialect's way, and end the connection."""
@@ -110,6 +114,25 @@ class Directory(Protocol):
 
     def members(self, cid: str) -> Deferred[list[bytes]]:
         """The members of group ``cid`` right now (StoreUnavailable while Redis is away)."""
+
+
+class NobodyListening(Exception):
+    """No application reads the subscription requests (the request stream has no consumer group)."""
+
+
+class Application(Protocol):
+    """The application, as the daemon reaches it through Redis: asked about subscriptions, given clients' publishes."""
+
+    def ask(self, request: SubscriptionRequest) -> Deferred[Answer]:
+        """
+        Hand the request to the application; fires with its answer.  Fails with
+        :class:`NobodyListening` at once if no application reads requests, and
+        :class:`StoreUnavailable` while Redis is away.  The caller cancels it
+        (``Deferred.cancel``) when it stops waiting.
+        """
+
+    def publish(self, cid: str, sender: Sender, payload: str) -> Deferred[None]:
+        """Publish a client's message on channel ``cid`` for every daemon (StoreUnavailable while Redis is away)."""
 
 
 @dataclass

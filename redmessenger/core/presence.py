@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from redmessenger.core.ports import MessageSink
+from redmessenger.model.channels import Mode
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 
@@ -27,6 +28,12 @@ class Copies:
     def __init__(self, holders: int) -> None:
         self.holders = holders
         self.confirmed = False
+
+
+#: The "copies" of a message a socket got as a channel's subscriber: live only
+#: (SPEC §7), so a socket that goes away with it unconfirmed loses nothing to redeliver.
+SUBSCRIBED = Copies(0)
+SUBSCRIBED.confirmed = True
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +77,8 @@ def lost(sents: list[Sent]) -> list[Message]:
         if copies is None:
             again.append(sent.message)
             continue
+        if copies is SUBSCRIBED:
+            continue
         copies.holders -= 1
         if not copies.confirmed and copies.holders <= 0:
             again.append(sent.message)
@@ -78,7 +87,10 @@ def lost(sents: list[Sent]) -> list[Message]:
 
 @dataclass(eq=False, slots=True)
 class Attachment:
-    """One identified socket of a user."""
+    """
+    One admitted socket: identified as a user's, or anonymous (``uid`` empty:
+    a version-1 session without a uid, which can only subscribe to channels).
+    """
 
     uid: str
     sink: MessageSink
@@ -99,6 +111,10 @@ class Attachment:
     #: message written to the socket may carry the request along (see Confirmations).
     ask_from: float = math.inf
     attached: bool = True
+    #: The connection's client id (SPEC §7.1), given when it first asks for a channel.
+    client_id: str | None = None
+    #: Its channel subscriptions (granted) and their modes; None until the first.
+    channels: dict[str, Mode] | None = None
 
 
 @dataclass(eq=False)
@@ -146,6 +162,8 @@ class Presence:
         if not attachment.attached:
             return
         attachment.attached = False
+        if not attachment.uid:
+            return  # anonymous: never registered
         user = self._users[attachment.uid]
         user.attachments.remove(attachment)
         if not user.attachments:

@@ -27,15 +27,19 @@ from twisted.python.failure import Failure
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Directory, StoreUnavailable
 from redmessenger.logs import debugging, make_logger
+from redmessenger.model.channels import BadClientPublish, parse_client_publish
 from redmessenger.model.envelope import Message, MessageIds, Ticket, decode_payload
 from redmessenger.model.keyspace import (
+    CLIENT_CHANNEL_PREFIX,
     GROUP_CHANNEL_PREFIX,
     USER_CHANNEL_PREFIX,
+    group_channel,
     oversize_key,
     valid_name,
 )
 
-Deliver = Callable[[Message, Sequence[str]], None]
+#: Delivers a message to uids (and, for a channel's message, to the channel's subscribers).
+Deliver = Callable[[Message, Sequence[str], str | None], None]
 #: Keeps a message that is not delivered (its payload is too large) aside: channel, payload as published.
 KeepAside = Callable[[str, bytes, Callable[[], None] | None], None]
 
@@ -110,7 +114,7 @@ class Router:
                 self.log.debug("New message from channel {channel}", channel=channel.decode())
             message = self._message(channel, payload)
             if not self._inbox:
-                self._deliver(message, (uid,))
+                self._deliver(message, (uid,), None)
             else:
                 self._inbox.append(_Pending(message, [uid]))
         elif channel.startswith(GROUP_CHANNEL_PREFIX):
@@ -126,6 +130,8 @@ class Router:
             pending = _Pending(self._message(channel, payload), label=cid)
             self._inbox.append(pending)
             self._look_up_members(pending, cid)
+        elif channel.startswith(CLIENT_CHANNEL_PREFIX):
+            self._client_publish(channel, payload)
 
     def on_intake(self, channel: bytes, payload: bytes, timestamp: int, ticket: Ticket) -> str | None:
         """
@@ -160,10 +166,28 @@ class Router:
             self._inbox.append(pending)
             self._look_up_members(pending, name)
         elif not self._inbox:
-            self._deliver(message, (name,))
+            self._deliver(message, (name,), None)
         else:
             self._inbox.append(_Pending(message, [name]))
         return None
+
+    def _client_publish(self, channel: bytes, payload: bytes) -> None:
+        """What a client published on a channel (SPEC §7.4), as a daemon wrote it: to the channel's members and subscribers."""
+        cid = valid_name(channel[len(CLIENT_CHANNEL_PREFIX) :])
+        try:
+            if cid is None:
+                raise BadClientPublish("not a valid channel name")
+            sender, text = parse_client_publish(payload)
+        except BadClientPublish as e:
+            self.log.warn("Ignoring a message on {channel!r}: {why} (only daemons publish there)", channel=channel, why=str(e))
+            return
+        if len(payload) > self._size_limit:
+            self._oversize(channel, payload)
+            return
+        message = Message(group_channel(cid), int(self._clock.seconds() * 1000), text, self._ids.next(), sender)
+        pending = _Pending(message, label=cid)
+        self._inbox.append(pending)
+        self._look_up_members(pending, cid)
 
     def stop(self) -> None:
         """Stop retrying member lookups (the link to Redis is going away)."""
@@ -236,6 +260,7 @@ class Router:
             uids = inbox[0].uids
             if uids is None:
                 break
-            self._deliver(inbox.popleft().message, uids)
+            pending = inbox.popleft()
+            self._deliver(pending.message, uids, pending.label or None)
         if not inbox:
             self._on_settled()

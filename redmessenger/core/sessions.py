@@ -3,9 +3,15 @@ One client, from its connection to its close, whatever its wire dialect: the
 client state machine both dialects drive.
 
     AWAITING_ID --identify()--> VERIFYING --accepted--> IDENTIFIED
-         |                          |
+         |
+         +--anonymous()----------------------------------> IDENTIFIED (no uid: channels only)
          +--refuse()/timeout--------+--------------------> REFUSED
     any --closed()--> CLOSED
+
+Once IDENTIFIED, a session may ask for channels (SPEC §7): :meth:`ClientSession.subscribe`,
+:meth:`~ClientSession.unsubscribe`, :meth:`~ClientSession.publish`; a request that
+cannot be granted fails with :class:`~redmessenger.model.channels.RequestError`,
+which the dialect reports in its reply to that request (the connection stays).
 
 A dialect decodes its frames and calls :meth:`ClientSession.identify` or
 :meth:`ClientSession.refuse`; the session answers through the dialect's
@@ -19,14 +25,19 @@ from __future__ import annotations
 
 from enum import Enum
 
-from twisted.internet.defer import ensureDeferred
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from redmessenger.core.channels import Channels
 from redmessenger.core.hub import Hub
 from redmessenger.core.ports import ClientLink
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
+from redmessenger.model import channels as rules
+from redmessenger.model.channels import Mode, RequestError
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import Identifier, parse_identifier
 
@@ -95,6 +106,60 @@ class ClientSession:
         d = ensureDeferred(self._hub.identify(self._link, ident))
         d.addCallbacks(self._identified, self._identify_failed)
         d.addErrback(lambda f: self.log.failure("After identifying {peer}", f, peer=self._link.client_address))
+
+    def anonymous(self) -> None:
+        """The client asked to be admitted without a uid (a version-1 hello without one): channels only."""
+        if self.stage is not Stage.AWAITING_ID:
+            if self.stage is not Stage.CLOSED:
+                self.refuse(ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its identifier already"))
+            return
+        self._cancel_timer()
+        self.stage = Stage.IDENTIFIED
+        self.attachment = self._hub.connect(self._link)
+        self._link.accepted(None)
+
+    def check_public_key(self, given: object) -> bool:
+        """A version-1 hello's public key: False (and the socket refused) if it is wrong."""
+        try:
+            self._hub.check_public_key(given)
+        except ClientError as e:
+            self.refuse(e)
+            return False
+        return True
+
+    # -- channels (SPEC §7) --------------------------------------------------------------
+
+    def subscribe(self, channel: object, client_auth: object = None) -> Deferred[Mode]:
+        """Ask for ``channel``: fires with the mode the application granted, or fails with RequestError."""
+        try:
+            channels, attachment = self._channels()
+        except RequestError as e:
+            failed: Deferred[Any] = fail(e)
+            return failed
+        return channels.subscribe(attachment, channel, client_auth)
+
+    def unsubscribe(self, channel: object) -> None:
+        """Stop receiving ``channel`` (raises RequestError if not subscribed)."""
+        channels, attachment = self._channels()
+        channels.unsubscribe(attachment, channel)
+
+    def publish(self, channel: object, payload: str) -> Deferred[None]:
+        """Publish ``payload`` (JSON text) on ``channel``: fires once Redis took it, or fails with RequestError."""
+        try:
+            channels, attachment = self._channels()
+        except RequestError as e:
+            failed: Deferred[Any] = fail(e)
+            return failed
+        return channels.publish(attachment, channel, payload)
+
+    def _channels(self) -> tuple[Channels, Attachment]:
+        channels = self._hub.channels
+        if channels is None:
+            raise RequestError(rules.DENIED, "channels are not enabled on this server")
+        attachment = self.attachment
+        if self.stage is not Stage.IDENTIFIED or attachment is None:
+            raise RequestError(rules.NOT_READY, "wait for the welcome before asking for channels")
+        return channels, attachment
 
     def refuse(self, error: ClientError) -> None:
         """The one place a client mistake is handled: logged, counted, reported by the dialect."""

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import json
 import re
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -86,6 +87,18 @@ class Config:
     #: This daemon's name in the intake's consumer group; the same across restarts, so that it reads
     #: again what it had not finished.  Default: the host name and ws_port.
     node_id: str | None = None
+
+    # -- channels clients ask for (SPEC §7, docs/protocol.md *Channels*) ----------------
+    #: The application's public key: version-1 clients present it in their hello (``null``: not checked).
+    #: Also from the environment: ``REDMESSENGER_PKEY``.
+    public_key: str | None = None
+    #: Seconds the application has to answer a subscription request; then it is denied.
+    subscription_timeout: float = 5.0
+    #: Largest message a client may publish on a channel, in bytes (its JSON text).  The whole
+    #: frame must also fit in ``max_frame_bytes``: raise both together.
+    client_publish_max_bytes: int = 3 * 1024
+    #: Messages a connection may publish per second (bursts of as many).
+    client_publish_rate: float = 20.0
 
     log_level: str = "info"
 
@@ -306,6 +319,10 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "memory_budget_bytes": _integer(1024 * 1024),
     "intake": _boolean,
     "node_id": _optional(_text),
+    "public_key": _optional(_text),
+    "subscription_timeout": _number(0, strictly_positive=True),
+    "client_publish_max_bytes": _integer(1, 16 * 1024 * 1024),
+    "client_publish_rate": _number(0, strictly_positive=True),
     "log_level": _log_level,
     "manhole": _optional(_manhole),
     "manhole_password_file": _optional(_password_file),
@@ -340,6 +357,8 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
         if check is None:
             raise ConfigError(_unknown_key(key))
         values[key] = check(key, value)
+    if "public_key" not in values and os.environ.get("REDMESSENGER_PKEY"):
+        values["public_key"] = os.environ["REDMESSENGER_PKEY"]
     config = Config(source=source, **values)
     if config.embedded_redis and config.redis_host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"redis_host: the embedded server listens on loopback only, got {config.redis_host!r}")

@@ -15,6 +15,7 @@ handled and our queue writes have landed; stop the embedded server last.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,12 @@ from redmessenger.dialects.plain.websocket import PlainWebSocketFactory, RouteRe
 from redmessenger.dialects.socketio.server import SocketIOServer
 from redmessenger.logs import make_logger
 from redmessenger.model.errors import CloseCode
+from redmessenger.model.keyspace import answers_channel
 from redmessenger.ops.health import HealthResource
 from redmessenger.ops.metrics import Metrics
 from redmessenger.ops.status import DaemonView, Settings
 from redmessenger.ops.tuning import fit_open_files_limit
+from redmessenger.redis_edge.application import RedisApplication
 from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.intake import IntakeReader
 from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink, RedisSettings
@@ -124,9 +127,16 @@ class RedMessengerService(OrderedServices):
         #: The sockets' writes of a reactor turn, for both dialects: sent together at the
         #: end of each read of the subscriber, or of the turn.
         self.corks = Corks(reactor)
+        #: Answers to this daemon's subscription requests come on a channel of its own (one per run).
+        self.answers_channel = answers_channel(secrets.token_hex(8))
         self.link = RedisLink(
-            reactor, redis_settings(config), on_message=self._on_publish, on_read=(self.corks.hold, self._end_of_read)
+            reactor,
+            redis_settings(config),
+            on_message=self._on_publish,
+            on_read=(self.corks.hold, self._end_of_read),
+            direct=(self.answers_channel.encode("ascii"), self._on_answer),
         )
+        self.application = RedisApplication(self.link.commands)
         self.store = QueueStore(self.link.commands, reactor, config.queue_expiry, config.queue_max_length)
         self.directory = Directory(self.link.commands, reactor, lookup_timeout=config.redis_timeout)
         self.hub = Hub(
@@ -139,6 +149,12 @@ class RedMessengerService(OrderedServices):
             max_payload_bytes=config.max_payload_bytes,
             max_pending_bytes=config.max_pending_bytes,
             memory_budget_bytes=config.memory_budget_bytes,
+            application=self.application,
+            answers_to=self.answers_channel,
+            public_key=config.public_key,
+            subscription_timeout=config.subscription_timeout,
+            client_publish_max_bytes=config.client_publish_max_bytes,
+            client_publish_rate=config.client_publish_rate,
         )
         self.presence = self.hub.presence
         self.intake: IntakeReader | None = None
@@ -226,6 +242,9 @@ class RedMessengerService(OrderedServices):
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
         self.hub.on_publish(channel, payload)
+
+    def _on_answer(self, payload: bytes) -> None:
+        self.application.on_answer(payload)
 
     def _end_of_read(self) -> None:
         """A read of the subscriber is over: the sockets' frames go out, then the queue writes."""

@@ -25,6 +25,8 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, Callable, Protocol, TypeVar
 
+from redmessenger.model.channels import Sender
+
 T = TypeVar("T")
 
 
@@ -57,9 +59,9 @@ _MISSING = object()
 class Message:
     """One message on its way to one or many users; caches its encodings."""
 
-    __slots__ = ("id", "source", "timestamp", "payload", "weight", "ticket", "_encodings")
+    __slots__ = ("id", "source", "timestamp", "payload", "weight", "ticket", "sender", "_encodings")
 
-    def __init__(self, source: str, timestamp: int, payload: str, id: str) -> None:
+    def __init__(self, source: str, timestamp: int, payload: str, id: str, sender: Sender | None = None) -> None:
         self.id = id
         self.source = source
         self.timestamp = timestamp
@@ -68,6 +70,8 @@ class Message:
         self.weight = len(payload) + ENVELOPE_OVERHEAD
         #: Read from the durable intake: told when each recipient's copy is safe (redmessenger.core.intake).
         self.ticket: Ticket | None = None
+        #: A client's publish on a channel (SPEC §7.4): who sent it; None for what the application published.
+        self.sender = sender
         self._encodings: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
@@ -83,6 +87,7 @@ class Message:
             "entry",
             lambda: _dumps(
                 {"v": ENTRY_VERSION, "id": self.id, "source": self.source, "timestamp": self.timestamp, "payload": self.payload}
+                | _sender_fields(self.sender)
             ).encode("utf-8"),
         )
 
@@ -101,10 +106,39 @@ class Message:
 def _envelope_json(message: Message, bubble: bool) -> bytes:
     # What _dumps() of the envelope as a dict gives, byte for byte, in a quarter
     # of the time: the strings go through the same C escaper.
+    sender = message.sender
+    if sender is not None:
+        return _dumps(
+            {
+                "id": message.id,
+                "source": message.source,
+                "timestamp": message.timestamp,
+                "bubble": bubble,
+                "payload": message.payload,
+            }
+            | _sender_fields(sender)
+        ).encode("utf-8")
     return (
         f'{{"id":{_quote(message.id)},"source":{_quote(message.source)},"timestamp":{message.timestamp},'
         f'"bubble":{"true" if bubble else "false"},"payload":{_quote(message.payload)}}}'
     ).encode("utf-8")
+
+
+def _sender_fields(sender: Sender | None) -> dict[str, Any]:
+    """A client's publish names who sent it (``sender``); nothing for the application's messages."""
+    if sender is None:
+        return {}
+    return {"sender": {"client_id": sender.client_id, "uid": sender.uid}}
+
+
+def _sender_of(obj: dict[str, Any]) -> Sender | None:
+    raw = obj.get("sender")
+    if not isinstance(raw, dict):
+        return None
+    client_id, uid = raw.get("client_id"), raw.get("uid")
+    if not isinstance(client_id, str) or (uid is not None and not isinstance(uid, str)):
+        return None
+    return Sender(client_id, uid)
 
 
 class MessageIds:
@@ -225,7 +259,7 @@ def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
             problem = f"Node.js-era entry with a malformed URI escape ({e}); payload delivered as stored"
     if not isinstance(message_id, str) or not 0 < len(message_id) <= _MAX_ID or not message_id.isascii():
         message_id = entry_id(raw)
-    return Message(source, int(timestamp), payload, message_id), problem
+    return Message(source, int(timestamp), payload, message_id, _sender_of(obj)), problem
 
 
 def message_from_unreadable(raw: bytes, source: str, now_ms: int) -> Message:

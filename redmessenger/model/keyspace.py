@@ -20,8 +20,15 @@ USER_CHANNEL_PREFIX = b"rm.users."
 GROUP_CHANNEL_PREFIX = b"rm.channels."
 #: The ``source`` of a group message starts with this (the channel's prefix, as text).
 GROUP_SOURCE_PREFIX = GROUP_CHANNEL_PREFIX.decode("ascii")
+#: A client's publish on channel ``$cid`` (SPEC §7.4), as a daemon writes it: a JSON object naming the sender.
+CLIENT_CHANNEL_PREFIX = b"rm.client.channels."
 #: What the daemon subscribes to (PSUBSCRIBE).
-SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*"]
+SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*", CLIENT_CHANNEL_PREFIX + b"*"]
+
+#: Subscription requests to the application (SPEC §7.1): a stream its workers read through a consumer group.
+REQUESTS_STREAM = "rm:requests"
+#: Requests kept in the stream at most (older ones are trimmed; each has a deadline long past).
+REQUESTS_MAXLEN = 10000
 
 #: Matches every user's queue (the manhole's SCAN for the longest queues).
 QUEUE_KEY_PATTERN = b"rm:users:*:messages"
@@ -30,6 +37,21 @@ QUEUE_KEY_PATTERN = b"rm:users:*:messages"
 def user_channel(uid: str) -> str:
     """``rm.users.$uid``: the ``source`` of a message published to one user."""
     return f"rm.users.{uid}"
+
+
+def group_channel(cid: str) -> str:
+    """``rm.channels.$cid``: the ``source`` of a message on channel (group) ``$cid``."""
+    return f"rm.channels.{cid}"
+
+
+def client_channel(cid: str) -> str:
+    """``rm.client.channels.$cid``: where a daemon publishes what a client publishes on ``$cid``."""
+    return f"rm.client.channels.{cid}"
+
+
+def answers_channel(run: str) -> str:
+    """``rm.answers.$run``: where the application answers one daemon's subscription requests."""
+    return f"rm.answers.{run}"
 
 
 def queue_key(uid: str) -> str:

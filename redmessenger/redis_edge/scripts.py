@@ -94,3 +94,18 @@ if #ids > 0 then
 end
 return #ids
 """
+
+# A subscription request for the application (SPEC §7.1), added to the stream
+# KEYS[1] only if an application reads it (a consumer group exists); returns 1
+# if added, 0 if nobody listens.  ARGV: the stream's approximate length cap,
+# then the entry's fields and values.
+REQUEST = b"""
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then
+  return 0
+end
+if #redis.call('XINFO', 'GROUPS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+return 1
+"""

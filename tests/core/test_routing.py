@@ -23,7 +23,7 @@ class Recorder:
         self.delivered: list[tuple[str, list[str]]] = []
         self.settled = 0
 
-    def deliver(self, message: Message, uids: Sequence[str]) -> None:
+    def deliver(self, message: Message, uids: Sequence[str], channel: str | None = None) -> None:
         self.delivered.append((message.payload, list(uids)))
 
     def on_settled(self) -> None:

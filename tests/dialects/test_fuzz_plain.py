@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from redmessenger.core.admission import ConnectionLimit
 from redmessenger.core.hub import Hub
-from redmessenger.dialects.plain.frames import Ack, Hello, parse_frame
+from redmessenger.dialects.plain.frames import Ack, Frame, Hello, Publish, Subscribe, Unsubscribe, parse_frame
 from redmessenger.dialects.plain.websocket import PlainWebSocketFactory
 from redmessenger.model.envelope import Message, decode_payload
 from redmessenger.model.errors import ClientError, CloseCode
@@ -60,13 +60,22 @@ message_ids = st.text(min_size=1, max_size=10) | st.sampled_from([0, 1, 64, 65])
 @st.composite
 def session_objects(draw: Any) -> dict[str, Any]:
     """A hello, an ack, or another object, each field right or wrong, sometimes missing."""
-    kind = draw(st.sampled_from(["hello", "ack", "other"]))
+    kind = draw(st.sampled_from(["hello", "ack", "request", "other"]))
     if kind == "hello":
         fields: dict[str, Any] = {
             "type": "hello",
             "v": draw(st.sampled_from([1, 1, 1, 2, 0, "1", 1.0, True, None])),
             "uid": draw(uids | uids.map(lambda u: u + draw(st.sampled_from([":", ":k", "\n", "\r\n", " "]))) | awkward_text | json_values),
             "key": draw(st.none() | st.text(max_size=10) | json_values),
+            "pkey": draw(st.none() | st.text(max_size=10) | json_values),
+        }
+    elif kind == "request":
+        fields = {
+            "type": draw(st.sampled_from(["subscribe", "unsubscribe", "publish"])),
+            "ref": draw(st.integers(-2, 2**53 + 1) | st.text(max_size=70) | json_values),
+            "channel": draw(uids | awkward_text | json_values),
+            "client_auth": draw(st.text(max_size=10) | json_values),
+            "message": draw(json_values),
         }
     elif kind == "ack":
         fields = {"type": "ack", "id": draw(message_ids | json_values)}
@@ -78,9 +87,23 @@ def session_objects(draw: Any) -> dict[str, Any]:
     return obj
 
 
-def expected_frame(obj: Any) -> Hello | Ack | int:
-    """docs/protocol.md, *Version 1*: the frame, or the close code its refusal carries."""
+def expected_frame(obj: Any) -> Frame | int:
+    """docs/protocol.md, *Version 1* and *Channels*: the frame, or the close code its refusal carries."""
     if not isinstance(obj, dict):
+        return CloseCode.BAD_FRAME
+    kind = obj.get("type")
+    if kind in ("subscribe", "unsubscribe", "publish"):
+        ref = obj.get("ref")
+        if type(ref) is str and 1 <= len(ref) <= 64 or type(ref) is int and 0 <= ref <= 2**53 - 1:
+            if kind == "subscribe":
+                return Subscribe(ref, obj.get("channel"), obj.get("client_auth"))
+            if kind == "unsubscribe":
+                return Unsubscribe(ref, obj.get("channel"))
+            try:  # the message as compact JSON text; NaN and Infinity are not JSON
+                message = json.dumps(obj["message"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            except (KeyError, ValueError):
+                message = None
+            return Publish(ref, obj.get("channel"), message)
         return CloseCode.BAD_FRAME
     if obj.get("type") == "ack":
         message_id = obj.get("id")
@@ -89,9 +112,13 @@ def expected_frame(obj: Any) -> Hello | Ack | int:
         return CloseCode.BAD_FRAME
     if obj.get("type") != "hello":
         return CloseCode.BAD_FRAME
-    uid, key = obj.get("uid"), obj.get("key")
+    uid, key, pkey = obj.get("uid"), obj.get("key"), obj.get("pkey")
     # 'v' must be 1; a JSON 1.0 is 1, and so (leniently, not documented) is true
-    if obj.get("v") != 1 or not isinstance(uid, str) or not (key is None or isinstance(key, str)):
+    if obj.get("v") != 1 or not (pkey is None or isinstance(pkey, str)):
+        return CloseCode.BAD_FRAME
+    if uid is None:  # no uid: channels only; a key without a uid is a mistake
+        return Hello(None, pkey) if key is None else CloseCode.BAD_FRAME
+    if not isinstance(uid, str) or not (key is None or isinstance(key, str)):
         return CloseCode.BAD_FRAME
     try:
         # the identifier's grammar, its one trailing line end included (leniently: JSON has no typed Enter)
@@ -100,7 +127,7 @@ def expected_frame(obj: Any) -> Hello | Ack | int:
         return CloseCode.INVALID_IDENTIFIER
     if ":" in uid:
         return CloseCode.INVALID_IDENTIFIER
-    return Hello(type(identifier)(identifier.uid, key or None))
+    return Hello(type(identifier)(identifier.uid, key or None), pkey)
 
 
 @st.composite

@@ -131,7 +131,7 @@ async def test_secure_mode_checks_the_hello_key(daemon_factory, redis):
     [
         ("{not json", CloseCode.BAD_FRAME),
         ('{"type": "hello", "v": 2, "uid": "user1"}', CloseCode.BAD_FRAME),
-        ('{"type": "hello", "v": 1}', CloseCode.BAD_FRAME),
+        ('{"type": "hello", "v": 1, "key": "k"}', CloseCode.BAD_FRAME),  # a key needs a uid
         ('{"type": "hello", "v": 1, "uid": 7}', CloseCode.BAD_FRAME),
         ('{"type": "hello", "v": 1, "uid": "user1", "key": 7}', CloseCode.BAD_FRAME),
         ('{"type": "hello", "v": 1, "uid": "bad uid"}', CloseCode.INVALID_IDENTIFIER),

@@ -10,7 +10,9 @@ def test_the_node_js_names() -> None:
     assert keyspace.user_key_key("user1") == "rm:users:user1:key"
     assert keyspace.members_key("cats") == "rm:channels:cats:subscribers"
     assert keyspace.user_channel("user1") == "rm.users.user1"
-    assert keyspace.SUBSCRIPTION_PATTERNS == [b"rm.users.*", b"rm.channels.*"]
+    assert keyspace.SUBSCRIPTION_PATTERNS[:2] == [b"rm.users.*", b"rm.channels.*"]
+    # what clients publish on channels (SPEC §7.4), written by daemons only
+    assert keyspace.SUBSCRIPTION_PATTERNS[2:] == [b"rm.client.channels.*"]
 
 
 def test_uid_of_queue_key_reverses_queue_key() -> None:

@@ -7,15 +7,21 @@ is ``uid``/``uid:key`` speaks the legacy protocol (docs/protocol.md).
 
 Client to server::
 
-    {"type": "hello", "v": 1, "uid": "user1", "key": "..."}   first, once
-    {"type": "ack", "id": "<a message id>"}                  every message sent
-                                                             up to this one is handled
+    {"type": "hello", "v": 1, "uid": "user1", "key": "...", "pkey": "..."}   first, once;
+                                                     uid, key, pkey optional
+    {"type": "ack", "id": "<a message id>"}          every message sent
+                                                     up to this one is handled
+    {"type": "subscribe", "ref": 1, "channel": "c", "client_auth": "..."}
+    {"type": "unsubscribe", "ref": 2, "channel": "c"}
+    {"type": "publish", "ref": 3, "channel": "c", "message": <any JSON>}
 
 Server to client::
 
-    {"type": "welcome", "v": 1, "uid": "user1"}
+    {"type": "welcome", "v": 1, "uid": "user1"}      (uid null: no uid, channels only)
     {"type": "message", "id": ..., "source": ..., "timestamp": ..., "bubble": ..., "payload": ...}
-    {"type": "sync"}                                         ack what you have handled
+    {"type": "sync"}                                 ack what you have handled
+    {"type": "reply", "ref": 1, "ok": true, "mode": "read_write"}
+    {"type": "reply", "ref": 2, "ok": false, "error": {"code": "denied", "reason": "..."}}
 
 No I/O here: parsing and building only.
 """
@@ -26,6 +32,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from redmessenger.model.channels import Mode
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import Identifier, parse_identifier
@@ -35,11 +42,41 @@ VERSION = 1
 MAX_ID = 64
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_strict_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+#: The longest string ``ref`` a request may carry; a number ref must be an integer JavaScript holds exactly.
+MAX_REF = 64
+MAX_SAFE_INTEGER = 2**53 - 1
 
 
 @dataclass(frozen=True)
 class Hello:
-    identifier: Identifier
+    #: None: no uid (an anonymous session: channels only).
+    identifier: Identifier | None
+    #: The public key the client presented (checked by the core when one is configured).
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    ref: str | int
+    channel: object
+    client_auth: object
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    ref: str | int
+    channel: object
+
+
+@dataclass(frozen=True)
+class Publish:
+    ref: str | int
+    channel: object
+    #: The message as compact JSON text; None if the frame had no ``message``.
+    payload: str | None
 
 
 @dataclass(frozen=True)
@@ -56,7 +93,10 @@ def _bad(reason: str) -> ClientError:
     return ClientError(CloseCode.BAD_FRAME, reason)
 
 
-def parse_frame(text: str) -> Hello | Ack:
+Frame = Hello | Ack | Subscribe | Unsubscribe | Publish
+
+
+def parse_frame(text: str) -> Frame:
     """A client's frame; a frame the protocol does not allow raises :class:`ClientError` (4422, or 4400 for a bad uid)."""
     try:
         obj = json.loads(text)
@@ -72,13 +112,42 @@ def parse_frame(text: str) -> Hello | Ack:
         return Ack(message_id)
     if kind == "hello":
         return _hello(obj)
+    if kind in ("subscribe", "unsubscribe", "publish"):
+        return _request(kind, obj)
     raise _bad(f"unknown frame type {str(kind)[:32]!r}" if isinstance(kind, str) else "no 'type'")
 
 
+def _request(kind: str, obj: dict[str, Any]) -> Subscribe | Unsubscribe | Publish:
+    """A channel request; only a missing or bad ``ref`` is the frame's fault (4422): the rest is answered in the reply."""
+    ref = obj.get("ref")
+    if isinstance(ref, bool) or not (
+        (isinstance(ref, str) and 0 < len(ref) <= MAX_REF) or (isinstance(ref, int) and 0 <= ref <= MAX_SAFE_INTEGER)
+    ):
+        raise _bad(f"{kind}: 'ref' must be a string of 1-{MAX_REF} characters or an integer from 0 to 2^53-1")
+    channel = obj.get("channel")
+    if kind == "subscribe":
+        return Subscribe(ref, channel, obj.get("client_auth"))
+    if kind == "unsubscribe":
+        return Unsubscribe(ref, channel)
+    payload = None
+    if "message" in obj:
+        try:
+            payload = _strict_dumps(obj["message"])
+        except (ValueError, RecursionError):  # NaN or Infinity (not JSON), or nested deeper than the stack
+            payload = None
+    return Publish(ref, channel, payload)
+
+
 def _hello(obj: dict[str, Any]) -> Hello:
-    version, uid, key = obj.get("v"), obj.get("uid"), obj.get("key")
+    version, uid, key, public_key = obj.get("v"), obj.get("uid"), obj.get("key"), obj.get("pkey")
     if version != VERSION:
         raise _bad(f"hello: 'v' must be {VERSION}")
+    if public_key is not None and not isinstance(public_key, str):
+        raise _bad("hello: 'pkey' must be a string")
+    if uid is None:
+        if key is not None:
+            raise _bad("hello: a 'key' needs a 'uid'")
+        return Hello(None, public_key)
     if not isinstance(uid, str):
         raise _bad("hello: 'uid' must be a string")
     if key is not None and not isinstance(key, str):
@@ -86,7 +155,7 @@ def _hello(obj: dict[str, Any]) -> Hello:
     parsed = parse_identifier(uid)  # 4400 for a bad uid, as on the legacy protocol
     if ":" in uid:
         raise ClientError(CloseCode.INVALID_IDENTIFIER, f"invalid uid {uid[:40]!r}: 1-128 letters, digits or _-.@")
-    return Hello(Identifier(parsed.uid, key or None))
+    return Hello(Identifier(parsed.uid, key or None), public_key)
 
 
 _ACK_HEAD = b'{"type":"ack","id":"'
@@ -112,7 +181,20 @@ def compact_ack(payload: bytes) -> str | None:
 SYNC = b'{"type":"sync"}'
 
 
-def welcome(uid: str) -> bytes:
+def reply(ref: str | int, mode: Mode | None = None) -> bytes:
+    """A request granted (``mode``: what a subscription may do)."""
+    obj: dict[str, Any] = {"type": "reply", "ref": ref, "ok": True}
+    if mode is not None:
+        obj["mode"] = mode.value
+    return _dumps(obj).encode("utf-8")
+
+
+def error_reply(ref: str | int, code: str, reason: str) -> bytes:
+    """A request refused, with a code from docs/protocol.md (*Channels*) and a reason."""
+    return _dumps({"type": "reply", "ref": ref, "ok": False, "error": {"code": code, "reason": reason}}).encode("utf-8")
+
+
+def welcome(uid: str | None) -> bytes:
     return _dumps({"type": "welcome", "v": VERSION, "uid": uid}).encode("utf-8")
 
 

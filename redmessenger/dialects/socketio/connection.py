@@ -114,7 +114,7 @@ class SocketIOConnection:
         self._client.refuse(error)
         self._session.abort(error.code.name.lower(), code=int(error.code))
 
-    def accepted(self, uid: str) -> None:
+    def accepted(self, uid: str | None) -> None:
         if self._ack is not None:
             self._send(SIOPacket(SIOType.ACK, self._owner.namespace, [{"uid": uid}], self._ack))
 

@@ -1,0 +1,281 @@
+"""
+Channels that clients ask for (SPEC §7), end to end: a real daemon, a real
+valkey-server, Autobahn clients speaking the plain dialect's version 1, and an
+application answering at the Redis level as docs/protocol.md tells it to.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from redmessenger.model.errors import CloseCode
+
+from .appworker import AppWorker, permit
+from .conftest import publish
+
+
+def hello(uid: str | None = None, **more: Any) -> str:
+    return json.dumps({"type": "hello", "v": 1, **({"uid": uid} if uid else {}), **more})
+
+
+class Session:
+    """A version-1 client: requests with refs, replies matched, messages and syncs apart."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.ref = 0
+        self.replies: dict[Any, dict] = {}
+        self.messages: list[dict] = []
+
+    async def pump(self, until: Any, timeout: float = 5.0) -> None:
+        while not until():
+            frame = await self.client.next(timeout)
+            if frame.get("type") == "reply":
+                self.replies[frame["ref"]] = frame
+            elif frame.get("type") == "message":
+                self.messages.append(frame)
+                self.client.send(json.dumps({"type": "ack", "id": frame["id"]}))
+
+    async def request(self, kind: str, timeout: float = 5.0, **fields: Any) -> dict:
+        self.ref += 1
+        ref = self.ref
+        self.client.send(json.dumps({"type": kind, "ref": ref, **fields}))
+        await self.pump(lambda: ref in self.replies, timeout)
+        return self.replies.pop(ref)
+
+    async def subscribe(self, channel: Any, **fields: Any) -> dict:
+        return await self.request("subscribe", channel=channel, **fields)
+
+    async def receive(self, count: int) -> list[dict]:
+        await self.pump(lambda: len(self.messages) >= count)
+        got, self.messages = self.messages[:count], self.messages[count:]
+        return got
+
+
+async def session(daemon: Any, uid: str | None = None, **more: Any) -> Session:
+    client = await daemon.client()
+    client.send(hello(uid, **more))
+    welcome = await client.next()
+    assert welcome == {"type": "welcome", "v": 1, "uid": uid}
+    return Session(client)
+
+
+@pytest.fixture
+def app(redis_server: Any, redis: Any) -> Iterator[Any]:
+    """Start application workers with a policy; stopped after the test."""
+    workers: list[AppWorker] = []
+
+    def start(policy: Any = None, **kwargs: Any) -> AppWorker:
+        worker = AppWorker(redis_server.port, policy or permit(), **kwargs).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def error(reply: dict) -> str:
+    assert reply["ok"] is False, reply
+    assert reply["error"]["reason"], reply
+    return reply["error"]["code"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_permitted_subscriber_receives_the_channel_and_the_app_saw_every_field(daemon_factory, redis, app):
+    worker = app(lambda request: {"permit": "read_write"})
+    daemon = await daemon_factory()
+    alice = await session(daemon, "alice")
+    reply = await alice.subscribe("room", client_auth="session-token-1")
+    assert reply == {"type": "reply", "ref": 1, "ok": True, "mode": "read_write"}
+    [request] = worker.requests
+    assert set(request) == {"id", "channel", "client_auth", "client_id", "uid", "reply_to", "deadline"}
+    assert (request["channel"], request["client_auth"], request["uid"]) == ("room", "session-token-1", "alice")
+    assert request["client_id"] and request["reply_to"].startswith("rm.answers.")
+    publish(redis, "rm.channels.room", "hello room")
+    [message] = await alice.receive(1)
+    assert (message["source"], message["payload"], message["bubble"]) == ("rm.channels.room", "hello room", False)
+    assert "sender" not in message, "the application's messages name no sender"
+    assert daemon.service.hub.channels.permitted == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_mode_does_what_it_says_and_nothing_more(daemon_factory, redis, app):
+    modes = {"r": "read_only", "w": "write_only", "rw": "read_write"}
+    app(lambda request: {"permit": modes[request["client_auth"]]})
+    daemon = await daemon_factory()
+    reader, writer, both = [await session(daemon) for _ in range(3)]
+    assert (await reader.subscribe("c", client_auth="r"))["mode"] == "read_only"
+    assert (await writer.subscribe("c", client_auth="w"))["mode"] == "write_only"
+    assert (await both.subscribe("c", client_auth="rw"))["mode"] == "read_write"
+
+    # read_only: a publish is refused and goes nowhere
+    assert error(await reader.request("publish", channel="c", message="from the reader")) == "read_only"
+    # write_only: may publish; read_write and read_only subscribers get it, the sender does not
+    assert (await writer.request("publish", channel="c", message={"n": 1}))["ok"] is True
+    publish(redis, "rm.channels.c", "from the app")
+    for client in (reader, both):
+        got = await client.receive(2)
+        assert [m["payload"] for m in got] == ['{"n":1}', "from the app"], "the refused publish reached nobody"
+        assert got[0]["sender"] == {"client_id": got[0]["sender"]["client_id"], "uid": None}
+        assert "sender" not in got[1]
+    # the write_only socket receives nothing from the channel: the next thing it sees is its own reply
+    assert (await writer.request("unsubscribe", channel="c"))["ok"] is True
+    assert writer.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_by_the_app_by_silence_and_when_nobody_listens(daemon_factory, redis, app):
+    daemon = await daemon_factory(subscription_timeout=0.3)
+    nobody = await session(daemon)
+    reply = await nobody.subscribe("room")
+    assert error(reply) == "denied" and "no application" in reply["error"]["reason"]
+
+    app(lambda request: None if request["channel"] == "silent" else {"deny": "members only"})
+    client = await session(daemon)
+    reply = await client.subscribe("room")
+    assert error(reply) == "denied" and reply["error"]["reason"] == "members only"
+    reply = await client.subscribe("silent")
+    assert error(reply) == "denied" and "did not answer within 0.3 seconds" in reply["error"]["reason"]
+    channels = daemon.service.hub.channels
+    assert (channels.denied, channels.timed_out, channels.permitted) == (3, 1, 0)
+    publish(redis, "rm.channels.room", "nobody may read this")
+    publish(redis, "rm.users.fence", "fence")  # nothing for these sockets, in order: the next reply proves none came
+    assert error(await client.request("publish", channel="room", message=1)) == "not_subscribed"
+    assert client.messages == [] and nobody.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_app_workers_answer_each_request_once(daemon_factory, app):
+    first = app(name="worker-1")
+    second = app(name="worker-2", create=False)
+    daemon = await daemon_factory()
+    clients = [await session(daemon) for _ in range(4)]
+    for i in range(20):
+        assert (await clients[i % 4].subscribe(f"ch{i}"))["ok"] is True
+    ids = [r["id"] for r in first.requests + second.requests]
+    assert len(ids) == 20 and len(set(ids)) == 20
+    assert daemon.service.application.stray_answers == 0, "no request was answered twice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_publish_names_its_real_sender_and_is_not_echoed(daemon_factory, app):
+    app()
+    daemon = await daemon_factory()
+    alice, bob, anon = await session(daemon, "alice"), await session(daemon, "bob"), await session(daemon)
+    for client in (alice, bob, anon):
+        assert (await client.subscribe("chat"))["ok"] is True
+    forged = {"text": "hi", "sender": {"client_id": "admin", "uid": "root"}, "source": "rm.users.bob"}
+    assert (await alice.request("publish", channel="chat", message=forged))["ok"] is True
+    for client in (bob, anon):
+        [message] = await client.receive(1)
+        assert json.loads(message["payload"]) == forged, "the message is the client's JSON value, unchanged"
+        assert message["source"] == "rm.channels.chat"
+        assert message["sender"]["uid"] == "alice" and message["sender"]["client_id"] != "admin"
+    assert (await anon.request("publish", channel="chat", message="from nobody"))["ok"] is True
+    for client in (alice, bob):
+        [message] = await client.receive(1)
+        assert message["payload"] == '"from nobody"' and message["sender"]["uid"] is None
+    assert alice.messages == [] and anon.messages == [], "nobody got their own message back"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_subscribed_gets_each_message_once_and_offline_members_get_it_queued(daemon_factory, redis, app):
+    app()
+    redis.sadd("rm:channels:team:subscribers", "alice", "carol")  # carol is offline
+    daemon = await daemon_factory()
+    alice, anon = await session(daemon, "alice"), await session(daemon)
+    for client in (alice, anon):
+        assert (await client.subscribe("team"))["ok"] is True
+    publish(redis, "rm.channels.team", "one")
+    assert (await anon.request("publish", channel="team", message="two"))["ok"] is True
+    got = await alice.receive(2)
+    assert [m["payload"] for m in got] == ["one", '"two"']
+    assert got[0]["bubble"] is True, "as a member, alice gets the member's envelope (her only socket: the bubble)"
+    publish(redis, "rm.users.alice", "fence")
+    [fence] = await alice.receive(1)
+    assert fence["payload"] == "fence", "and nothing twice before it"
+    await daemon.idle()
+    queued = [json.loads(e) for e in redis.lrange("rm:users:carol:messages", 0, -1)]
+    assert [(e["payload"], e.get("sender", {}).get("uid", "-")) for e in queued] == [("one", "-"), ('"two"', None)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsubscribe_stops_that_channel_for_that_socket_only(daemon_factory, redis, app):
+    app()
+    daemon = await daemon_factory()
+    first, second = await session(daemon, "u1"), await session(daemon, "u1")
+    for client in (first, second):
+        assert (await client.subscribe("news"))["ok"] is True
+    assert (await first.request("unsubscribe", channel="news"))["ok"] is True
+    assert error(await first.request("unsubscribe", channel="news")) == "not_subscribed"
+    publish(redis, "rm.channels.news", "extra")
+    publish(redis, "rm.users.u1", "fence")
+    assert [m["payload"] for m in await second.receive(2)] == ["extra", "fence"]
+    assert [m["payload"] for m in await first.receive(1)] == ["fence"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_public_key_is_checked_when_configured(daemon_factory):
+    daemon = await daemon_factory(public_key="pk-123")
+    for given in (None, "wrong", 5):
+        client = await daemon.client()
+        client.send(hello("alice", **({"pkey": given} if given is not None else {})))
+        code, reason = await client.close_code()
+        expected = CloseCode.BAD_FRAME if given == 5 else CloseCode.BAD_KEY
+        assert code == expected, (given, code, reason)
+    ok = await session(daemon, "alice", pkey="pk-123")
+    assert ok.client.protocol.state == ok.client.protocol.STATE_OPEN
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_get_a_coded_reply_and_harm_nothing(daemon_factory, redis, app):
+    worker = app()
+    daemon = await daemon_factory(client_publish_max_bytes=100, client_publish_rate=3, max_frame_bytes=16384)
+    client, other = await session(daemon), await session(daemon)
+    assert (await other.subscribe("ok"))["ok"] is True
+    for channel in (None, "", "a b", "x" * 129, 7, ["room"], "ü"):
+        assert error(await client.subscribe(channel)) == "invalid_channel", channel
+    assert error(await client.subscribe("ok", client_auth=5)) == "invalid_request"
+    assert error(await client.subscribe("ok", client_auth="x" * 5000)) == "invalid_request"
+    assert len(worker.requests) == 1, "no bad request reached the application"
+    assert (await client.subscribe("ok"))["ok"] is True
+    assert error(await client.subscribe("ok")) == "already_subscribed"
+    assert error(await client.request("publish", channel="ok")) == "invalid_request"
+    assert error(await client.request("publish", channel="ok", message="x" * 200)) == "too_large"
+    results = [await client.request("publish", channel="ok", message=i) for i in range(5)]
+    assert [r["ok"] for r in results].count(True) == 3 and error(results[-1]) == "rate_limited"
+    got = await other.receive(3)
+    assert [m["payload"] for m in got] == ["0", "1", "2"], "only the accepted publishes went out, in order"
+    # a request without a usable ref cannot be answered: the socket is closed (4422); the other is unharmed
+    client.client.send(json.dumps({"type": "subscribe", "channel": "ok"}))
+    code, _ = await client.client.close_code()
+    assert code == CloseCode.BAD_FRAME
+    publish(redis, "rm.channels.ok", "still here")
+    assert [m["payload"] for m in await other.receive(1)] == ["still here"]
+    assert daemon.service.hub.channels.readers("ok") is not None and len(daemon.service.hub.channels.readers("ok")) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_that_never_acknowledges_is_given_up_and_its_memory_returned(daemon_factory, redis, app):
+    app()
+    daemon = await daemon_factory(max_pending_bytes=65536)
+    silent, reader = await session(daemon), await session(daemon)
+    for client in (silent, reader):
+        assert (await client.subscribe("firehose"))["ok"] is True
+    got = []
+    for burst in range(10):  # 100 x ~1.2 KB held for the silent one, which never acks; the reader acks as it goes
+        for i in range(burst * 10, burst * 10 + 10):
+            publish(redis, "rm.channels.firehose", f"{i:04d}" + "x" * 1000)
+        got += await reader.receive(10)
+    code, reason = await silent.client.close_code()
+    assert code == CloseCode.TOO_SLOW, (code, reason)
+    assert [m["payload"][:4] for m in got] == [f"{i:04d}" for i in range(100)], "the reader lost nothing"
+    hub = daemon.service.hub
+    await daemon.until(lambda: hub.budget.used == 0, what="every byte held for the sockets given back")
+    assert len(hub.channels.readers("firehose")) == 1

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,6 +41,9 @@ from redmessenger.model import channels as rules
 from redmessenger.model.channels import Mode, RequestError
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import Identifier, parse_identifier
+
+
+T = TypeVar("T")
 
 
 class Stage(Enum):
@@ -131,12 +135,7 @@ class ClientSession:
 
     def subscribe(self, channel: object, client_auth: object = None) -> Deferred[Mode]:
         """Ask for ``channel``: fires with the mode the application granted, or fails with RequestError."""
-        try:
-            channels, attachment = self._channels()
-        except RequestError as e:
-            failed: Deferred[Any] = fail(e)
-            return failed
-        return channels.subscribe(attachment, channel, client_auth)
+        return self._asking(lambda channels, attachment: channels.subscribe(attachment, channel, client_auth))
 
     def unsubscribe(self, channel: object) -> None:
         """Stop receiving ``channel`` (raises RequestError if not subscribed)."""
@@ -145,12 +144,15 @@ class ClientSession:
 
     def publish(self, channel: object, payload: str) -> Deferred[None]:
         """Publish ``payload`` (JSON text) on ``channel``: fires once Redis took it, or fails with RequestError."""
+        return self._asking(lambda channels, attachment: channels.publish(attachment, channel, payload))
+
+    def _asking(self, ask: Callable[[Channels, Attachment], Deferred[T]]) -> Deferred[T]:
         try:
             channels, attachment = self._channels()
         except RequestError as e:
-            failed: Deferred[Any] = fail(e)
+            failed: Deferred[T] = fail(e)
             return failed
-        return channels.publish(attachment, channel, payload)
+        return ask(channels, attachment)
 
     def _channels(self) -> tuple[Channels, Attachment]:
         channels = self._hub.channels

@@ -1,0 +1,117 @@
+"""
+core.channels in memory, on a fake clock: deny by default, the answer's mode,
+the publish checks, subscriptions ending with their connection.  The same
+against a real daemon and Redis is in tests/test_channels.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.testing import Clock
+from twisted.python.failure import Failure
+
+from redmessenger.core.channels import Channels, Rate
+from redmessenger.core.ports import NobodyListening
+from redmessenger.core.presence import Attachment
+from redmessenger.model.channels import Answer, Mode, RequestError, Sender, SubscriptionRequest
+
+
+class Application:
+    """Keeps each request's Deferred for the test to answer; records publishes."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[SubscriptionRequest, Deferred[Answer]]] = []
+        self.published: list[tuple[str, Sender, str]] = []
+
+    def ask(self, request: SubscriptionRequest) -> Deferred[Answer]:
+        d: Deferred[Answer] = Deferred()
+        self.asked.append((request, d))
+        return d
+
+    def publish(self, cid: str, sender: Sender, payload: str) -> Deferred[None]:
+        self.published.append((cid, sender, payload))
+        return succeed(None)
+
+
+def outcome(d: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "not fired yet"
+    result = results[0]
+    if isinstance(result, Failure):
+        assert isinstance(result.value, RequestError), result
+        return result.value.code, result.value.reason
+    return result
+
+
+@pytest.fixture
+def setup() -> tuple[Channels, Application, Clock]:
+    app, clock = Application(), Clock()
+    return Channels(app, clock, reply_to="rm.answers.x", timeout=2.0, publish_rate=2.0, run="r"), app, clock
+
+
+def attachment(uid: str = "") -> Attachment:
+    return Attachment(uid, None)  # type: ignore[arg-type]  # the sink is not used here
+
+
+def test_no_answer_within_the_timeout_is_a_denial_and_a_late_answer_changes_nothing(setup: Any) -> None:
+    channels, app, clock = setup
+    a = attachment("alice")
+    d = channels.subscribe(a, "room", "token")
+    [(request, asked)] = app.asked
+    assert (request.channel, request.client_auth, request.uid, request.reply_to) == ("room", "token", "alice", "rm.answers.x")
+    assert request.deadline == 2000 and request.client_id == a.client_id == "r.1"
+    clock.advance(1.9)
+    assert not d.called
+    clock.advance(0.1)
+    assert outcome(d) == ("denied", "the application did not answer within 2 seconds")
+    assert channels.readers("room") is None and (channels.denied, channels.timed_out) == (1, 1)
+    assert channels.waiting == 0, "the request is forgotten"
+
+
+def test_the_answer_sets_the_mode_and_only_readers_receive(setup: Any) -> None:
+    channels, app, clock = setup
+    reader, writer = attachment(), attachment()
+    r, w = channels.subscribe(reader, "c"), channels.subscribe(writer, "c")
+    app.asked[0][1].callback(Answer(app.asked[0][0].id, Mode.READ_ONLY))
+    app.asked[1][1].callback(Answer(app.asked[1][0].id, Mode.WRITE_ONLY))
+    assert (outcome(r), outcome(w)) == (Mode.READ_ONLY, Mode.WRITE_ONLY)
+    assert list(channels.readers("c") or ()) == [reader]
+    assert outcome(channels.publish(reader, "c", '"x"')) == ("read_only", "the subscription to c is read_only")
+    assert outcome(channels.publish(writer, "c", '"x"')) is None
+    assert app.published == [("c", Sender(writer.client_id or "", None), '"x"')]
+
+
+def test_nobody_listening_is_denied_at_once(setup: Any) -> None:
+    channels, app, clock = setup
+    d = channels.subscribe(attachment(), "c")
+    app.asked[0][1].errback(NobodyListening())
+    code, reason = outcome(d)
+    assert code == "denied" and "no application" in reason
+
+
+def test_a_connection_that_closes_takes_its_subscriptions_with_it(setup: Any) -> None:
+    channels, app, clock = setup
+    a = attachment("u")
+    d = channels.subscribe(a, "c")
+    app.asked[0][1].callback(Answer(app.asked[0][0].id, Mode.READ_WRITE))
+    assert outcome(d) == Mode.READ_WRITE and channels.client("r.1") is a
+    channels.drop(a)
+    assert channels.readers("c") is None and channels.client("r.1") is None and a.channels is None
+    # granted after it closed: refused, nothing registered
+    b = attachment()
+    late = channels.subscribe(b, "c")
+    channels.drop(b)
+    b.attached = False
+    app.asked[1][1].callback(Answer(app.asked[1][0].id, Mode.READ_WRITE))
+    assert outcome(late) == ("denied", "the connection closed") and channels.readers("c") is None
+
+
+def test_the_publish_rate_is_a_token_bucket() -> None:
+    rate = Rate(2.0, now=0.0)
+    assert [rate.take(2.0, 0.0) for _ in range(3)] == [True, True, False]
+    assert rate.take(2.0, 0.49) is False and rate.take(2.0, 0.5) is True
+    assert [rate.take(2.0, 10.0) for _ in range(3)] == [True, True, False], "a long pause saves at most one burst"

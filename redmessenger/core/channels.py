@@ -21,8 +21,6 @@ import itertools
 import secrets
 from collections.abc import Callable
 
-from typing import Any
-
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure

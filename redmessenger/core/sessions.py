@@ -23,9 +23,8 @@ report to the client.
 
 from __future__ import annotations
 
-from enum import Enum
-
 from collections.abc import Callable
+from enum import Enum
 from typing import TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
@@ -41,7 +40,6 @@ from redmessenger.model import channels as rules
 from redmessenger.model.channels import Mode, RequestError
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import Identifier, parse_identifier
-
 
 T = TypeVar("T")
 

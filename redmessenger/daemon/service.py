@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
 from redmessenger.core.admission import ConnectionLimit
 from redmessenger.core.hub import Hub
 from redmessenger.daemon.config import Config
-from redmessenger.dialects.engineio.session import EngineSettings
+from redmessenger.daemon.settings import engine_settings, redis_settings, websocket_options
+from redmessenger.daemon.tree import OrderedServices, StartFailed, Step
 from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
 from redmessenger.dialects.plain.websocket import PlainWebSocketFactory, RouteResource
 from redmessenger.dialects.socketio.server import SocketIOServer
@@ -43,7 +44,7 @@ from redmessenger.ops.tuning import fit_open_files_limit
 from redmessenger.redis_edge.application import RedisApplication
 from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.intake import IntakeReader
-from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink, RedisSettings
+from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
@@ -53,54 +54,6 @@ JAVASCRIPT = b"application/javascript; charset=utf-8"
 
 #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
 SHUTDOWN_TIMEOUT = 5.0
-
-
-class StartFailed(SystemExit, Exception):
-    """
-    The daemon cannot start, raised before the reactor runs; ``str()`` is one line
-    naming what failed and where (logged, critical, before it is raised).
-
-    Both an ``Exception`` and a ``SystemExit`` with status 1: twistd catches
-    ``Exception`` around the start to tell a daemonizing parent (which prints
-    ``str()`` and exits 1) and remove its pid file, then re-raises it, and
-    Python ends on a ``SystemExit`` without printing a traceback.
-    """
-
-    def __init__(self, line: str) -> None:
-        super().__init__(1)
-        self.line = line
-
-    def __str__(self) -> str:
-        return self.line
-
-
-class OrderedServices(MultiService):
-    """Children start in the order they were added and stop in reverse order, one after the other."""
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return ensureDeferred(self._stop_children())
-
-    async def _stop_children(self) -> None:
-        for child in reversed(list(self)):
-            await maybeDeferred(child.stopService)
-
-
-class _Step(Service):
-    """A child service made of a start and a stop function (the wiring's small steps)."""
-
-    def __init__(self, name: str, start: Callable[[], None], stop: Callable[[], Deferred[Any] | None]) -> None:
-        self.setName(name)
-        self._start = start
-        self._stop = stop
-
-    def startService(self) -> None:
-        super().startService()
-        self._start()
-
-    def stopService(self) -> Deferred[Any] | None:
-        super().stopService()
-        return self._stop()
 
 
 class RedMessengerService(OrderedServices):
@@ -223,10 +176,10 @@ class RedMessengerService(OrderedServices):
                 password=config.redis_password,
             )
             self.embedded.setServiceParent(self)
-        _Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
-        _Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
-        _Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
-        _Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
+        Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
+        Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
+        Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
+        Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
         self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
         self.listening.setName("listening")
         self.listening.setServiceParent(self)
@@ -238,7 +191,7 @@ class RedMessengerService(OrderedServices):
             self.manhole = ManholeService(config.manhole, config.manhole_password_file, self._manhole_namespace(), reactor)
             self.manhole.setServiceParent(self)
         self._hangup: Any = None
-        _Step("sighup", self._install_hangup, self._uninstall_hangup).setServiceParent(self)
+        Step("sighup", self._install_hangup, self._uninstall_hangup).setServiceParent(self)
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
         self.hub.on_publish(channel, payload)
@@ -444,55 +397,3 @@ class RedMessengerService(OrderedServices):
             "link": self.link,
             "reactor": self.reactor,
         }
-
-
-def redis_settings(config: Config) -> RedisSettings:
-    return RedisSettings(
-        host=config.redis_host,
-        port=config.redis_port,
-        password=config.redis_password,
-        username=config.redis_username,
-        db=config.redis_db,
-        tls=config.redis_tls,
-        timeout=config.redis_timeout,
-    )
-
-
-def engine_settings(config: Config) -> EngineSettings:
-    """
-    The heartbeat follows ``ping_interval`` (a client silent for about two
-    intervals is dropped, as on the plain dialect); Engine.IO cannot go without
-    one, so ``ping_interval: 0`` means engine.io's own 25 s / 20 s there.
-    """
-    if config.ping_interval > 0:
-        return EngineSettings(
-            ping_interval=config.ping_interval, ping_timeout=config.ping_interval, max_payload=config.max_frame_bytes
-        )
-    return EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=config.max_frame_bytes)
-
-
-def websocket_options(config: Config) -> dict[str, Any]:
-    """Autobahn protocol options derived from the configuration."""
-    options: dict[str, Any] = {
-        "maxFramePayloadSize": config.max_frame_bytes,
-        "maxMessagePayloadSize": config.max_frame_bytes,
-        "openHandshakeTimeout": 10,
-        "closeHandshakeTimeout": 5,
-        "tcpNoDelay": True,
-        # send the close frame (1009, 1007...) before dropping, so the client learns why
-        "failByDrop": False,
-    }
-    if config.websocket_compression:
-        from autobahn.websocket.compress import (
-            PerMessageDeflateOffer,
-            PerMessageDeflateOfferAccept,
-        )
-
-        def accept(offers: list[Any]) -> Any:
-            for offer in offers:
-                if isinstance(offer, PerMessageDeflateOffer):
-                    return PerMessageDeflateOfferAccept(offer)
-            return None
-
-        options["perMessageCompressionAccept"] = accept
-    return options

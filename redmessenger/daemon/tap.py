@@ -109,7 +109,7 @@ def exit_once_stopped(reactor: Any, status: int) -> None:
     it skips the exit handlers registered before this one (the standard
     ``logging`` module's flush, which nothing here uses), and the standard
     streams are flushed first.  For a failure before the reactor runs, see
-    :class:`~redmessenger.daemon.service.StartFailed`.
+    :class:`~redmessenger.daemon.tree.StartFailed`.
     """
     global _exit_status
     if _exit_status is None:

@@ -21,19 +21,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
-    IProtocolFactory,
-    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from redmessenger.core.ports import LinkState
 from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
+from redmessenger.redis_edge.outage import Attempts, Outage
 
 if TYPE_CHECKING:
     import txredisapi
@@ -48,9 +46,6 @@ RECONNECT_MAX_DELAY = 1.0
 
 #: Seconds a read of the intake stream waits for new entries (XREADGROUP BLOCK).
 INTAKE_BLOCK_SECONDS = 1.0
-
-#: Seconds between two warnings while Redis stays unreachable.
-UNREACHABLE_REMINDER = 60.0
 
 
 def next_read_size(size: int, read: int) -> int:
@@ -97,58 +92,6 @@ def _parsed(reader: Any, data: bytes) -> Iterator[Any]:
 def _lean(protocol: Any) -> bool:
     """Whether replies can skip txredisapi's conversions: hiredis parses them, and they stay raw bytes."""
     return hasattr(protocol, "_reader") and protocol.charset is None and not protocol.convertNumbers
-
-
-class Outage:
-    """
-    The failed attempts to reach Redis since it was last reached, and which of
-    them to warn about: the first, a new cause, and one a minute while it lasts.
-    """
-
-    def __init__(self, clock: IReactorTime, remind_every: float = UNREACHABLE_REMINDER) -> None:
-        self._clock = clock
-        self._remind_every = remind_every
-        #: Failed attempts (of both connections) since Redis was last reached.
-        self.failures = 0
-        self.began: float | None = None
-        self._warned_at = 0.0
-        self._warned_why: str | None = None
-
-    def failed(self, why: str) -> bool:
-        """One more failed attempt; whether it deserves a warning."""
-        now = self._clock.seconds()
-        self.failures += 1
-        if self.began is None:
-            self.began = now
-        if why == self._warned_why and now - self._warned_at < self._remind_every:
-            return False
-        self._warned_at, self._warned_why = now, why
-        return True
-
-    def over(self) -> int:
-        """Redis was reached: the failed attempts it took (0 if none), and a fresh start."""
-        failures, self.failures, self.began, self._warned_why = self.failures, 0, None, None
-        return failures
-
-
-@implementer(IStreamClientEndpoint)
-class _Attempts:
-    """An endpoint that tells ``failed`` why each connection attempt failed (a stop's cancellation aside)."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
-        self._endpoint = endpoint
-        self._failed = failed
-
-    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
-        return self._endpoint.connect(protocolFactory).addErrback(self._report)
-
-    def _report(self, failure: Failure) -> Failure:
-        if not failure.check(CancelledError):
-            self._failed(failure)
-        return failure
-
-    def __repr__(self) -> str:
-        return repr(self._endpoint)
 
 
 def _endpoint(reactor: Any, settings: RedisSettings) -> IStreamClientEndpoint:
@@ -334,7 +277,7 @@ class RedisLink:
         """Open the intake stream's connection (only when the intake is on)."""
         if not self._reading_started:
             self._reading_started = True
-            self._reading.startConnecting(_Attempts(_endpoint(self._reactor, self._settings), lambda why: None))
+            self._reading.startConnecting(Attempts(_endpoint(self._reactor, self._settings), lambda why: None))
 
     @property
     def ready(self) -> bool:
@@ -348,8 +291,8 @@ class RedisLink:
             db=self._settings.db,
             tls=", TLS" if self._settings.tls else "",
         )
-        self._commands.startConnecting(_Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
-        self._subscriber.startConnecting(_Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
+        self._commands.startConnecting(Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
+        self._subscriber.startConnecting(Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
 
     def unsubscribe(self) -> Deferred[Any]:
         """

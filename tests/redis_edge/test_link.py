@@ -19,12 +19,11 @@ from twisted.logger import LogLevel, globalLogPublisher
 from redmessenger.redis_edge.link import (
     SUBSCRIBER_MIN_READ_SIZE,
     SUBSCRIBER_READ_SIZE,
-    UNREACHABLE_REMINDER,
-    Outage,
     RedisLink,
     RedisSettings,
     next_read_size,
 )
+from redmessenger.redis_edge.outage import UNREACHABLE_REMINDER, Outage
 
 from ..conftest import HOST, RedisServer, free_port, wait_until
 

@@ -27,8 +27,8 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.web.resource import Resource
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from redmessenger.core.admission import ConnectionLimit, OriginPolicy

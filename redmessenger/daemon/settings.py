@@ -1,0 +1,64 @@
+"""
+The configuration translated into each part's own settings: the Redis link's,
+the Engine.IO heartbeat, Autobahn's protocol options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redmessenger.daemon.config import Config
+from redmessenger.dialects.engineio.session import EngineSettings
+from redmessenger.redis_edge.link import RedisSettings
+
+
+def redis_settings(config: Config) -> RedisSettings:
+    return RedisSettings(
+        host=config.redis_host,
+        port=config.redis_port,
+        password=config.redis_password,
+        username=config.redis_username,
+        db=config.redis_db,
+        tls=config.redis_tls,
+        timeout=config.redis_timeout,
+    )
+
+
+def engine_settings(config: Config) -> EngineSettings:
+    """
+    The heartbeat follows ``ping_interval`` (a client silent for about two
+    intervals is dropped, as on the plain dialect); Engine.IO cannot go without
+    one, so ``ping_interval: 0`` means engine.io's own 25 s / 20 s there.
+    """
+    if config.ping_interval > 0:
+        return EngineSettings(
+            ping_interval=config.ping_interval, ping_timeout=config.ping_interval, max_payload=config.max_frame_bytes
+        )
+    return EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=config.max_frame_bytes)
+
+
+def websocket_options(config: Config) -> dict[str, Any]:
+    """Autobahn protocol options derived from the configuration."""
+    options: dict[str, Any] = {
+        "maxFramePayloadSize": config.max_frame_bytes,
+        "maxMessagePayloadSize": config.max_frame_bytes,
+        "openHandshakeTimeout": 10,
+        "closeHandshakeTimeout": 5,
+        "tcpNoDelay": True,
+        # send the close frame (1009, 1007...) before dropping, so the client learns why
+        "failByDrop": False,
+    }
+    if config.websocket_compression:
+        from autobahn.websocket.compress import (
+            PerMessageDeflateOffer,
+            PerMessageDeflateOfferAccept,
+        )
+
+        def accept(offers: list[Any]) -> Any:
+            for offer in offers:
+                if isinstance(offer, PerMessageDeflateOffer):
+                    return PerMessageDeflateOfferAccept(offer)
+            return None
+
+        options["perMessageCompressionAccept"] = accept
+    return options

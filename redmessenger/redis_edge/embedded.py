@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-from collections import deque
 from pathlib import Path
 from typing import Any, cast
 from typing import Protocol as _TypingProtocol
@@ -23,10 +22,11 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from redmessenger.logs import make_logger
+from redmessenger.redis_edge.readiness import ProbeFactory, ReadinessProbe
+from redmessenger.redis_edge.serverprocess import ServerProcess
 
 log = make_logger(__name__)
 
@@ -58,14 +58,6 @@ def find_server_binary() -> str:
 #: ``requirepass`` lives there (mode 0600) rather than in the child's argv,
 #: where ``ps`` would show it to every local user.
 CONFIG_FILE_NAME = "redmessenger-valkey.conf"
-
-#: How many of the child's last output lines to keep for error messages.
-_OUTPUT_LINES_KEPT = 20
-
-#: A line of valkey-server's log, ``<pid>:<role> 30 Nov 2026 02:13:40.182 <level> <text>``, whose
-#: level is ``.`` debug, ``-`` verbose, ``*`` notice or ``#`` warning; or a line its signal
-#: handler writes, ``<pid>:signal-handler (<time>) <text>`` (a notice).
-_SERVER_LINE = re.compile(r"\d+:(?:[A-Z] \d{1,2} [A-Za-z]{3} \d{4} [\d:.]+ ([.*#-])|signal-handler \(\d+\)) ")
 
 
 class EmbeddedRedisError(Exception):
@@ -124,165 +116,6 @@ def _config_quote(value: str) -> str:
     ) + '"'
 
 
-def _resp_command(*parts: bytes) -> bytes:
-    """One command in RESP (the Redis wire protocol), safe for any argument bytes."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
-
-
-class _ReadinessProbe(Protocol):
-    """
-    Asks the server for ``PING`` and ``INFO server`` (after ``AUTH`` if needed).
-
-    ``result`` fires with the ``process_id`` the server reports once it answered
-    ``+PONG``, or with ``None`` if it is not ready (``-LOADING``, an error...).
-    The pid tells our child apart from some other server that already holds the
-    port (a leftover instance, say), which would answer PING just as well.
-
-    ``open_probes`` holds the probe while its connection is open, so that
-    stopService() can wait for it to be closed for good (an aborted TCP
-    connection finishes closing in a later reactor turn).
-    """
-
-    def __init__(self, password: str | None, open_probes: set[_ReadinessProbe]) -> None:
-        self.result: Deferred[int | None] = Deferred(self._cancel)
-        self._password = password
-        self._buffer = b""
-        self._open_probes = open_probes
-        self._closed_waiters: list[Deferred[None]] = []
-
-    def whenClosed(self) -> Deferred[None]:
-        """Fires once the connection is closed."""
-        d: Deferred[None] = Deferred()
-        self._closed_waiters.append(d)
-        return d
-
-    def connectionMade(self) -> None:
-        self._open_probes.add(self)
-        commands = []
-        if self._password is not None:
-            commands.append(_resp_command(b"AUTH", self._password.encode("utf-8")))
-        commands.append(_resp_command(b"PING"))
-        commands.append(_resp_command(b"INFO", b"server"))
-        assert self.transport is not None
-        self.transport.write(b"".join(commands))
-
-    def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        replies = self._parse()
-        if replies is None:
-            return  # need more bytes
-        *early, ping, info = replies
-        pid: int | None = None
-        if ping == b"+PONG" and isinstance(info, bytes) and not info.startswith(b"-"):
-            for line in info.splitlines():
-                if line.startswith(b"process_id:"):
-                    pid = int(line.split(b":", 1)[1])
-        self._finish(pid)
-
-    def _parse(self) -> list[bytes] | None:
-        """The expected replies (status/error lines, or the bulk body), or None if incomplete."""
-        expected = 3 if self._password is not None else 2
-        replies: list[bytes] = []
-        buffer = self._buffer
-        while len(replies) < expected:
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                return None
-            line, buffer = buffer[:end], buffer[end + 2 :]
-            if line.startswith(b"$"):
-                length = int(line[1:])
-                if length < 0:
-                    replies.append(b"-nil")
-                    continue
-                if len(buffer) < length + 2:
-                    return None
-                replies.append(buffer[:length])
-                buffer = buffer[length + 2 :]
-            else:
-                replies.append(line)
-        return replies
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._open_probes.discard(self)
-        if not self.result.called:
-            self.result.callback(None)
-        waiters, self._closed_waiters = self._closed_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def _finish(self, pid: int | None) -> None:
-        if not self.result.called:
-            self.result.callback(pid)
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def _cancel(self, result: Deferred[int | None]) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-
-class _ProbeFactory(Factory):
-    """Builds the one probe; quiet, or it would log two lines every 0.1 s while starting."""
-
-    noisy = False
-
-    def __init__(self, probe: _ReadinessProbe) -> None:
-        self._probe = probe
-
-    def buildProtocol(self, addr: Any) -> _ReadinessProbe:
-        return self._probe
-
-
-class _ServerProcessProtocol(ProcessProtocol):
-    """Forwards the child's output to the log, line by line, and reports its exit."""
-
-    def __init__(self, service: EmbeddedRedisService) -> None:
-        self._service = service
-        self.pid: int | None = None
-        self._partial: dict[int, bytes] = {}
-        self.lines: deque[str] = deque(maxlen=_OUTPUT_LINES_KEPT)
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.pid = self.transport.pid
-        self.transport.closeStdin()  # the server never reads it
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *complete, rest = (self._partial.get(childFD, b"") + data).split(b"\n")
-        self._partial[childFD] = rest
-        for raw in complete:
-            self._line(childFD, raw)
-
-    def _line(self, childFD: int, raw: bytes) -> None:
-        line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-        if not line:
-            return
-        self.lines.append(line)
-        # The server's own lines are debug, but its warnings: at info, its start-up banner and
-        # notices flooded the log (issue 12); the daemon says itself when it is started, ready, stopped.
-        if childFD == 2:
-            log.warn("valkey-server: {line}", line=line, pid=self.pid)
-            return
-        match = _SERVER_LINE.match(line)
-        if match is None:  # not in its log format (a crash report's raw lines): shown as it was
-            log.info("valkey-server: {line}", line=line, pid=self.pid)
-        elif match.group(1) != "#":
-            log.debug("valkey-server: {line}", line=line, pid=self.pid)
-        elif self._service.stopping:  # its warning level also says "ready to exit, bye bye" when told to stop
-            log.info("valkey-server: {line}", line=line, pid=self.pid)
-        else:
-            log.warn("valkey-server: {line}", line=line, pid=self.pid)
-
-    def processEnded(self, reason: Failure) -> None:
-        for childFD, rest in sorted(self._partial.items()):
-            self._line(childFD, rest)
-        self._partial.clear()
-        self._service._processEnded(self, reason)
-
-
 class EmbeddedRedisService(Service):
     """
     Runs ``valkey-server`` as a child process for as long as the service runs.
@@ -322,13 +155,13 @@ class EmbeddedRedisService(Service):
         self.ready_timeout = ready_timeout
 
         self._process: IProcessTransport | None = None
-        self._protocol: _ServerProcessProtocol | None = None
+        self._protocol: ServerProcess | None = None
         self._generation = 0  # bumped per spawn: late probe results of older children are ignored
         self._restart_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
         self._probe_call: IDelayedCall | None = None
         self._probe_attempt: Deferred[int | None] | None = None
-        self._open_probes: set[_ReadinessProbe] = set()
+        self._open_probes: set[ReadinessProbe] = set()
         self._terminating = False  # SIGTERM sent by stopService: the exit is expected
         self._was_ready = False  # a child answered PING since startService (else a dying child is a failed start)
         # The readiness of the current (or latest) child: None while unknown.
@@ -460,7 +293,7 @@ class EmbeddedRedisService(Service):
         self._generation += 1
         self._terminating = False
         self._ready = None
-        protocol = _ServerProcessProtocol(self)
+        protocol = ServerProcess(lambda: self.stopping, self._processEnded)
         try:
             args = self._arguments()
             self._process = self._reactor.spawnProcess(
@@ -498,7 +331,7 @@ class EmbeddedRedisService(Service):
         )
         self._signal("KILL")
 
-    def _processEnded(self, protocol: _ServerProcessProtocol, reason: Failure) -> None:
+    def _processEnded(self, protocol: ServerProcess, reason: Failure) -> None:
         if protocol is not self._protocol:
             return
         pid = protocol.pid
@@ -555,7 +388,7 @@ class EmbeddedRedisService(Service):
             endpoint = TCP6ClientEndpoint(self._reactor, self.host, self.port, timeout=self.probe_timeout)
         else:
             endpoint = TCP4ClientEndpoint(self._reactor, self.host, self.port, timeout=self.probe_timeout)
-        connected: Deferred[Any] = endpoint.connect(_ProbeFactory(_ReadinessProbe(self._password, self._open_probes)))
+        connected: Deferred[Any] = endpoint.connect(ProbeFactory(ReadinessProbe(self._password, self._open_probes)))
         attempt: Deferred[int | None] = connected.addCallback(lambda probe: probe.result)
         attempt.addTimeout(self.probe_timeout, cast(IReactorTime, self._reactor))
         self._probe_attempt = attempt

@@ -234,7 +234,7 @@ async def test_the_servers_own_lines_are_debug_but_its_warnings(port: int, tmp_p
 
 
 def test_server_lines_are_read_by_their_level() -> None:
-    from redmessenger.redis_edge.embedded import _SERVER_LINE
+    from redmessenger.redis_edge.serverprocess import SERVER_LINE as _SERVER_LINE
 
     def level(line: str) -> str | None:
         match = _SERVER_LINE.match(line)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from redmessenger.daemon.config import Config
-from redmessenger.dialects.engineio.session import EngineSettings
+from redmessenger.dialects.engineio.contract import EngineSettings
 from redmessenger.redis_edge.link import RedisSettings
 
 

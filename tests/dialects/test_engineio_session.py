@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from redmessenger.dialects.engineio.session import EngineError, EngineServer, EngineSettings, Session, State
-from redmessenger.dialects.engineio.codec import EncodedPacket, Packet, PacketType
 from redmessenger.core.admission import ConnectionLimit
+from redmessenger.dialects.engineio.codec import EncodedPacket, Packet, PacketType
+from redmessenger.dialects.engineio.contract import EngineError, EngineSettings
+from redmessenger.dialects.engineio.server import EngineServer
+from redmessenger.dialects.engineio.session import Session, State
 
 SETTINGS = EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=1000, upgrade_timeout=10.0)
 

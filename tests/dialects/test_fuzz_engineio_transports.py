@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from redmessenger.core.admission import ConnectionLimit
 from redmessenger.core.hub import Hub
-from redmessenger.dialects.engineio.session import EngineSettings
+from redmessenger.dialects.engineio.contract import EngineSettings
 from redmessenger.dialects.socketio.server import SocketIOServer
 from redmessenger.model.envelope import Message, decode_payload
 

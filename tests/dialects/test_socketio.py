@@ -534,7 +534,7 @@ async def test_a_frozen_client_is_given_up_past_max_pending_bytes_and_loses_noth
 def test_a_refused_client_cannot_connect_again() -> None:
     """Refused clients get nothing more: not even by connecting to the namespace a second time."""
 
-    from redmessenger.dialects.engineio.session import EngineSettings
+    from redmessenger.dialects.engineio.contract import EngineSettings
     from redmessenger.model.envelope import Message
     from redmessenger.core.admission import ConnectionLimit
     from redmessenger.dialects.socketio.server import SocketIOServer

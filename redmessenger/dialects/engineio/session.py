@@ -43,16 +43,13 @@ keeps the messages among them (they were never confirmed).
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 
-from redmessenger.core.admission import ConnectionLimit
 from redmessenger.dialects.engineio.codec import (
     CLOSE,
     NOOP,
@@ -64,74 +61,16 @@ from redmessenger.dialects.engineio.codec import (
     encode_payload,
     open_packet,
 )
+from redmessenger.dialects.engineio.contract import (
+    EngineError,
+    PollRequest,
+    SessionHandler,
+    WebSocketTransport,
+)
 from redmessenger.logs import make_logger
 
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """What the Engine.IO server announces and enforces; times in seconds."""
-
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    #: Largest POST body or WebSocket frame a client may send, in bytes (``maxPayload``).
-    max_payload: int = 100_000
-    #: Seconds a probing WebSocket has to send the upgrade packet.
-    upgrade_timeout: float = 10.0
-    #: Largest poll response, in bytes: a long queue goes out over several polls.
-    max_poll_bytes: int = 1 << 20
-
-
-class EngineError(Exception):
-    """A request the Engine.IO server refuses: HTTP ``status`` and the engine.io error code and message."""
-
-    #: engine.io's error codes, which clients log.
-    TRANSPORT_UNKNOWN = 0
-    SESSION_UNKNOWN = 1
-    BAD_HANDSHAKE_METHOD = 2
-    BAD_REQUEST = 3
-    FORBIDDEN = 4
-    UNSUPPORTED_VERSION = 5
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class SessionHandler(Protocol):
-    """The layer above (Socket.IO): told about the session's life."""
-
-    def on_open(self) -> None:
-        """The open packet is out; the handler may send its first packets."""
-
-    def on_message(self, data: str) -> None:
-        """A message packet from the client."""
-
-    def on_close(self, reason: str) -> None:
-        """The session ended; confirmations still awaited fail right after this call."""
-
-
-class PollRequest(Protocol):
-    """A pending long-polling GET; answered exactly once, unless its connection dropped."""
-
-    #: Answer with revision 3's binary payload (a client with XHR2; see redmessenger.dialects.engineio.codec).
-    binary: bool
-
-    def answer(self, payload: bytes) -> None:
-        """Write ``payload`` (framed for the session's revision) as the response and finish it."""
-
-
-class WebSocketTransport(Protocol):
-    """A WebSocket carrying (or probing for) a session."""
-
-    def write(self, packet: EncodedPacket) -> bool:
-        """Write one packet as one frame; False (nothing written) once the socket is closing."""
-
-    def ping(self, token: int) -> None:
-        """Send a WebSocket ping (unless closing); its pong comes back as ``Session.websocket_pong(token)``."""
-
-    def close(self, code: int, reason: str) -> None: ...
+if TYPE_CHECKING:
+    from redmessenger.dialects.engineio.server import EngineServer
 
 
 class State(Enum):
@@ -560,60 +499,3 @@ class Session:
 
 
 _PONG = EncodedPacket.of(PacketType.PONG)
-
-
-class EngineServer:
-    """The live sessions by sid, and what they share."""
-
-    log = make_logger()
-
-    def __init__(
-        self,
-        settings: EngineSettings,
-        clock: IReactorTime,
-        limit: ConnectionLimit,
-        handler_factory: Callable[[Session], SessionHandler],
-    ) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.limit = limit
-        self.handler_factory = handler_factory
-        self._sessions: dict[str, Session] = {}
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def get(self, sid: str) -> Session | None:
-        return self._sessions.get(sid)
-
-    def sessions(self) -> list[Session]:
-        return list(self._sessions.values())
-
-    def reserve(self) -> bool:
-        """Take a ``conn_limit`` slot for a session about to open; False: refuse with 503."""
-        return self.limit.acquire()
-
-    def unreserve(self) -> None:
-        """Give back a slot whose session never opened."""
-        self.limit.release()
-
-    def open_session(
-        self, version: int, peer: str, websocket: WebSocketTransport | None = None, supports_binary: bool = False
-    ) -> Session:
-        """Open a session on a slot taken with :meth:`reserve`; the session gives it back when it ends."""
-        sid = secrets.token_urlsafe(15)
-        while sid in self._sessions:  # pragma: no cover - 120 random bits
-            sid = secrets.token_urlsafe(15)
-        session = Session(self, sid, version, peer, websocket, supports_binary)
-        self._sessions[sid] = session
-        session.start()
-        return session
-
-    def _forget(self, session: Session) -> None:
-        if self._sessions.pop(session.sid, None) is session:
-            self.limit.release()
-
-    def close_all(self, reason: str) -> None:
-        """End every session (at shutdown): clients reconnect, undelivered messages go back to their queues."""
-        for session in list(self._sessions.values()):
-            session.abort(reason, code=1001)

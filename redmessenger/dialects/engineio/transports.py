@@ -34,7 +34,9 @@ from redmessenger.dialects.engineio.codec import (
     jsonp_unescape,
     jsonp_wrap,
 )
-from redmessenger.dialects.engineio.session import EngineError, EngineServer, Session
+from redmessenger.dialects.engineio.contract import EngineError
+from redmessenger.dialects.engineio.server import EngineServer
+from redmessenger.dialects.engineio.session import Session
 from redmessenger.logs import make_logger
 from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_websocket
 from redmessenger.transport.sockets import Corks, OpenSockets, peer_text

@@ -9,7 +9,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.admission import ConnectionLimit, OriginPolicy
 from redmessenger.core.hub import Hub
-from redmessenger.dialects.engineio.session import EngineServer, EngineSettings
+from redmessenger.dialects.engineio.contract import EngineSettings
+from redmessenger.dialects.engineio.server import EngineServer
 from redmessenger.dialects.engineio.transports import (
     EngineIOResource,
     EngineIOWebSocketFactory,

@@ -100,38 +100,36 @@ class Router:
         return len(self._inbox)
 
     def on_publish(self, channel: bytes, payload: bytes) -> None:
-        """A PUBLISH arrived on ``rm.users.*`` or ``rm.channels.*``."""
+        """A PUBLISH arrived on ``rm.users.*``, ``rm.channels.*`` or ``rm.client.channels.*``."""
         self._counters.published += 1
         if channel.startswith(USER_CHANNEL_PREFIX):
-            uid = valid_name(channel[len(USER_CHANNEL_PREFIX) :])
-            if uid is None:
-                self.log.warn("Ignoring a message on {channel!r}: not a valid uid", channel=channel)
-                return
-            if len(payload) > self._size_limit:
-                self._oversize(channel, payload)
-                return
-            if debugging():
-                self.log.debug("New message from channel {channel}", channel=channel.decode())
-            message = self._message(channel, payload)
-            if not self._inbox:
-                self._deliver(message, (uid,), None)
-            else:
-                self._inbox.append(_Pending(message, [uid]))
+            name, group = valid_name(channel[len(USER_CHANNEL_PREFIX) :]), False
         elif channel.startswith(GROUP_CHANNEL_PREFIX):
-            cid = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :])
-            if cid is None:
-                self.log.warn("Ignoring a message on {channel!r}: not a valid group id", channel=channel)
-                return
-            if len(payload) > self._size_limit:
-                self._oversize(channel, payload)
-                return
-            if debugging():
-                self.log.debug("New message from channel {channel}", channel=channel.decode())
-            pending = _Pending(self._message(channel, payload), label=cid)
-            self._inbox.append(pending)
-            self._look_up_members(pending, cid)
+            name, group = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :]), True
         elif channel.startswith(CLIENT_CHANNEL_PREFIX):
             self._client_publish(channel, payload)
+            return
+        else:
+            return
+        if name is None:
+            self.log.warn(
+                "Ignoring a message on {channel!r}: not a valid {what}", channel=channel, what="group id" if group else "uid"
+            )
+            return
+        if len(payload) > self._size_limit:
+            self._oversize(channel, payload)
+            return
+        if debugging():
+            self.log.debug("New message from channel {channel}", channel=channel.decode())
+        message = self._message(channel, payload)
+        if group:
+            pending = _Pending(message, label=name)
+            self._inbox.append(pending)
+            self._look_up_members(pending, name)
+        elif not self._inbox:
+            self._deliver(message, (name,), None)
+        else:
+            self._inbox.append(_Pending(message, [name]))
 
     def on_intake(self, channel: bytes, payload: bytes, timestamp: int, ticket: Ticket) -> str | None:
         """

@@ -14,9 +14,11 @@ import pytest
 import pytest_twisted
 
 from redmessenger.model.errors import CloseCode
+from redmessenger.ops.status import status_text
 
 from .appworker import AppWorker, permit
 from .conftest import publish
+from .httpclient import scrape
 
 
 def hello(uid: str | None = None, **more: Any) -> str:
@@ -101,7 +103,7 @@ async def test_a_permitted_subscriber_receives_the_channel_and_the_app_saw_every
     [message] = await alice.receive(1)
     assert (message["source"], message["payload"], message["bubble"]) == ("rm.channels.room", "hello room", False)
     assert "sender" not in message, "the application's messages name no sender"
-    assert daemon.service.hub.channels.permitted == 1
+    assert daemon.service.hub.counters.subscriptions_permitted == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -142,8 +144,15 @@ async def test_denied_by_the_app_by_silence_and_when_nobody_listens(daemon_facto
     assert error(reply) == "denied" and reply["error"]["reason"] == "members only"
     reply = await client.subscribe("silent")
     assert error(reply) == "denied" and "did not answer within 0.3 seconds" in reply["error"]["reason"]
-    channels = daemon.service.hub.channels
-    assert (channels.denied, channels.timed_out, channels.permitted) == (3, 1, 0)
+    counters = daemon.service.hub.counters
+    assert (counters.subscriptions_denied, counters.subscriptions_timed_out, counters.subscriptions_permitted) == (3, 1, 0)
+    metrics = await scrape(daemon.port)
+    outcomes = {o: metrics[f'redmessenger_subscription_requests_total{{outcome="{o}"}}'] for o in ("permitted", "denied", "timed_out")}
+    assert outcomes == {"permitted": 0, "denied": 2, "timed_out": 1}
+    assert metrics["redmessenger_subscription_request_seconds_count"] == 1, "the app's one answer (the others: none)"
+    assert "Channels:   0 subscriptions, 0 requests waiting; since start 0 permitted, 3 denied (1 timed out)" in (
+        await status_text(daemon.service.view)
+    )
     publish(redis, "rm.channels.room", "nobody may read this")
     publish(redis, "rm.users.fence", "fence")  # nothing for these sockets, in order: the next reply proves none came
     assert error(await client.request("publish", channel="room", message=1)) == "not_subscribed"

@@ -25,6 +25,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from redmessenger.core.counters import Counters
 from redmessenger.core.ports import Application, NobodyListening, StoreUnavailable
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
@@ -68,6 +69,7 @@ class Channels:
         self,
         application: Application,
         clock: IReactorTime,
+        counters: Counters,
         *,
         reply_to: str,
         timeout: float = 5.0,
@@ -91,11 +93,8 @@ class Channels:
         run = run if run is not None else secrets.token_hex(5)
         self._client_ids = (f"{run}.{n}" for n in itertools.count(1))
         self._request_ids = (f"{run}.r{n}" for n in itertools.count(1))
-        # Counted for operators (status, /metrics).
-        self.permitted = 0
-        self.denied = 0
-        self.timed_out = 0
-        self.client_publishes = 0
+        #: Counted for operators (status, /metrics).
+        self.counters = counters
         #: Called with the seconds each answered request took (the latency histogram).
         self.on_answer_time: Callable[[float], None] = _ignore
 
@@ -111,7 +110,7 @@ class Channels:
 
     @property
     def subscriptions(self) -> int:
-        """Subscriptions granted and active, in all."""
+        """Subscriptions granted and active, in all (one pass over the connections that asked for channels)."""
         return sum(len(a.channels or ()) for a in self._clients.values())
 
     @property
@@ -157,7 +156,7 @@ class Channels:
         def answered(answer: Answer) -> Mode:
             self.on_answer_time(self._clock.seconds() - now)
             if answer.mode is None:
-                self.denied += 1
+                self.counters.subscriptions_denied += 1
                 self.log.info(
                     "Subscription of {client} to {channel} denied: {reason}",
                     client=request.client_id, channel=name, reason=answer.reason,
@@ -165,7 +164,7 @@ class Channels:
                 raise RequestError(rules.DENIED, answer.reason)
             if not attachment.attached:
                 raise RequestError(rules.DENIED, "the connection closed")
-            self.permitted += 1
+            self.counters.subscriptions_permitted += 1
             self._grant(attachment, name, answer.mode)
             self.log.info(
                 "Subscribed {client} to {channel} ({mode})", client=request.client_id, channel=name, mode=answer.mode.value
@@ -175,9 +174,9 @@ class Channels:
         def failed(failure: Failure) -> Failure:
             if failure.check(RequestError):
                 return failure
-            self.denied += 1
+            self.counters.subscriptions_denied += 1
             if failure.check(CancelledError):
-                self.timed_out += 1
+                self.counters.subscriptions_timed_out += 1
                 reason = f"the application did not answer within {self.timeout:g} seconds"
             elif failure.check(NobodyListening):
                 reason = "no application is answering subscription requests"
@@ -227,7 +226,7 @@ class Channels:
                 raise RequestError(rules.RATE_LIMITED, f"more than {self.publish_rate:g} publishes a second (client_publish_rate)")
         except RequestError as e:
             return fail(e)
-        self.client_publishes += 1
+        self.counters.client_publishes += 1
         sender = Sender(self.client_id(attachment), attachment.uid or None)
         d = self._application.publish(name, sender, payload)
 

@@ -21,6 +21,12 @@ class Counters:
     identified: int = 0
     #: Version-1 sessions admitted without a uid (channels only).
     anonymous: int = 0
+    #: Subscription requests (SPEC §7): granted by the application, denied (by it, or by default), of
+    #: which timed out; and messages clients published on channels.
+    subscriptions_permitted: int = 0
+    subscriptions_denied: int = 0
+    subscriptions_timed_out: int = 0
+    client_publishes: int = 0
     #: Sockets refused or closed for a client mistake, by CloseCode name.
     refused: dict[str, int] = field(default_factory=dict)
 

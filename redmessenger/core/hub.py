@@ -86,6 +86,7 @@ class Hub:
             self.channels = Channels(
                 application,
                 clock,
+                self.counters,
                 reply_to=answers_to,
                 timeout=subscription_timeout,
                 max_publish_bytes=client_publish_max_bytes,

@@ -155,6 +155,8 @@ class RedMessengerService(OrderedServices):
         self.view = self._view()
         self.metrics = Metrics(self.view)
         self.hub.set_live_delivery_observer(self.metrics.observe_delivery)
+        if self.hub.channels is not None:
+            self.hub.channels.on_answer_time = self.metrics.observe_request
 
         self.root = RootResource()
         self.root.route(config.rm_route, RouteResource(self.websockets))
@@ -377,6 +379,8 @@ class RedMessengerService(OrderedServices):
             pending_bytes=lambda: self.hub.budget.used,
             intake_in_flight=lambda: self.intake.in_flight if self.intake is not None else 0,
             budget_bites=lambda: self.hub.budget.bites,
+            subscriptions=lambda: self.hub.channels.subscriptions if self.hub.channels is not None else 0,
+            requests_waiting=lambda: self.hub.channels.waiting if self.hub.channels is not None else 0,
             longest_queues=lambda limit: longest_queues(self.link.commands, limit),
         )
 

@@ -126,6 +126,23 @@ class DaemonCollector:
             view.budget_bites(),
         )
 
+        yield GaugeMetricFamily(
+            prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
+        )
+        yield GaugeMetricFamily(
+            prefix + "subscription_requests_waiting", "Subscription requests waiting for the application", view.requests_waiting()
+        )
+        requests = CounterMetricFamily(
+            prefix + "subscription_requests", "Subscription requests answered, by outcome", labels=["outcome"]
+        )
+        requests.add_metric(["permitted"], counters.subscriptions_permitted)
+        requests.add_metric(["denied"], counters.subscriptions_denied - counters.subscriptions_timed_out)
+        requests.add_metric(["timed_out"], counters.subscriptions_timed_out)
+        yield requests
+        yield CounterMetricFamily(
+            prefix + "client_publishes", "Messages clients published on channels (accepted by the checks)", counters.client_publishes
+        )
+
         connected = GaugeMetricFamily(
             prefix + "redis_connected", "1 while the Redis connection is up (and subscribed)", labels=["connection"]
         )
@@ -199,7 +216,17 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.registry.register(self._latency)
+        self._requests = LatencyHistogram(
+            "redmessenger_subscription_request_seconds",
+            "From asking the application about a subscription to its answer",
+            LATENCY_BUCKETS,
+        )
+        self.registry.register(self._requests)
         self.resource = MetricsResource(self.registry)
+
+    def observe_request(self, seconds: float) -> None:
+        """Called by the core once per subscription request the application answered."""
+        self._requests.observe(seconds)
 
     def observe_delivery(self, message: Message) -> None:
         """Called by the core once per message delivered live, on the hot path: keep it one line."""

@@ -55,6 +55,9 @@ class DaemonView:
     #: Intake entries read and not safe (acknowledged) yet.
     intake_in_flight: Callable[[], int]
     budget_bites: Callable[[], int]
+    #: Channels (SPEC §7): subscriptions active here, requests waiting for the application's answer.
+    subscriptions: Callable[[], int]
+    requests_waiting: Callable[[], int]
     longest_queues: LongestQueues
 
 
@@ -139,6 +142,9 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"{counters.queued} queued, {counters.handed_over} handed over from queues",
         f"Identified: {counters.identified}; refused: "
         + (", ".join(f"{reason} {count}" for reason, count in sorted(counters.refused.items())) or "none"),
+        f"Channels:   {view.subscriptions()} subscriptions, {view.requests_waiting()} requests waiting; since start "
+        f"{counters.subscriptions_permitted} permitted, {counters.subscriptions_denied} denied "
+        f"({counters.subscriptions_timed_out} timed out), {counters.client_publishes} client publishes",
         f"Waiting for Redis: {state.queue_backlog} queue entries",
     ]
     if not link.commands_connected:

@@ -14,6 +14,7 @@ from twisted.internet.testing import Clock
 from twisted.python.failure import Failure
 
 from redmessenger.core.channels import Channels, Rate
+from redmessenger.core.counters import Counters
 from redmessenger.core.ports import NobodyListening
 from redmessenger.core.presence import Attachment
 from redmessenger.model.channels import Answer, Mode, RequestError, Sender, SubscriptionRequest
@@ -50,7 +51,7 @@ def outcome(d: Deferred[Any]) -> Any:
 @pytest.fixture
 def setup() -> tuple[Channels, Application, Clock]:
     app, clock = Application(), Clock()
-    return Channels(app, clock, reply_to="rm.answers.x", timeout=2.0, publish_rate=2.0, run="r"), app, clock
+    return Channels(app, clock, Counters(), reply_to="rm.answers.x", timeout=2.0, publish_rate=2.0, run="r"), app, clock
 
 
 def attachment(uid: str = "") -> Attachment:
@@ -68,7 +69,8 @@ def test_no_answer_within_the_timeout_is_a_denial_and_a_late_answer_changes_noth
     assert not d.called
     clock.advance(0.1)
     assert outcome(d) == ("denied", "the application did not answer within 2 seconds")
-    assert channels.readers("room") is None and (channels.denied, channels.timed_out) == (1, 1)
+    counters = channels.counters
+    assert channels.readers("room") is None and (counters.subscriptions_denied, counters.subscriptions_timed_out) == (1, 1)
     assert channels.waiting == 0, "the request is forgotten"
 
 

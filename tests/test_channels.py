@@ -288,3 +288,65 @@ async def test_a_subscriber_that_never_acknowledges_is_given_up_and_its_memory_r
     hub = daemon.service.hub
     await daemon.until(lambda: hub.budget.used == 0, what="every byte held for the sockets given back")
     assert len(hub.channels.readers("firehose")) == 1
+
+
+# -- the Socket.IO dialect: the same requests as events with acknowledgements, real socket.io-client ----------
+
+
+def sio_channels_client(daemon: Any, generation: str = "v4", **hello: Any) -> Any:
+    from .sioclients import JS_DIR, node_binary, spawn
+
+    config = {"url": f"http://127.0.0.1:{daemon.port}{daemon.service.config.rm_route}", "generation": generation,
+              "hello": {"v": 1, **hello}}  # fmt: skip
+    return spawn(f"channels-{generation}", [node_binary(), str(JS_DIR / "channels_client.js"), json.dumps(config)], cwd=JS_DIR)
+
+
+async def sio_request(client: Any, ref: int, name: str, **data: Any) -> dict:
+    client.command(cmd="request", ref=ref, name=name, data=data)
+    await client.until(lambda: any(e.get("ref") == ref for e in client.of("reply")), f"the reply to {ref}")
+    return next(e["data"] for e in client.of("reply") if e.get("ref") == ref)
+
+
+@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest_twisted.ensureDeferred
+async def test_socketio_clients_subscribe_publish_and_get_coded_refusals(daemon_factory, redis, app, generation):
+    app(lambda request: {"permit": "read_only"} if request["uid"] == "bob" else {"permit": "read_write"})
+    daemon = await daemon_factory(public_key="pk")
+    alice = sio_channels_client(daemon, generation, uid="alice", pkey="pk")
+    bob = sio_channels_client(daemon, generation, uid="bob", pkey="pk")
+    plain = await session(daemon, pkey="pk")  # a plain-dialect subscriber on the same channel
+    try:
+        for client, uid in ((alice, "alice"), (bob, "bob")):
+            [welcome] = await client.expect("welcome")
+            assert welcome["data"] == {"uid": uid}
+        assert await sio_request(alice, 1, "subscribe", channel="room") == {"ok": True, "mode": "read_write"}
+        assert await sio_request(bob, 1, "subscribe", channel="room") == {"ok": True, "mode": "read_only"}
+        assert (await plain.subscribe("room"))["mode"] == "read_write"
+        refused = await sio_request(bob, 2, "publish", channel="room", message="from bob")
+        assert refused["ok"] is False and refused["error"]["code"] == "read_only"
+        assert (await sio_request(alice, 2, "subscribe", channel="a b"))["error"]["code"] == "invalid_channel"
+        assert await sio_request(alice, 3, "publish", channel="room", message={"text": "hi"}) == {"ok": True}
+        publish(redis, "rm.channels.room", "from the app")
+        [first, second] = await plain.receive(2)
+        assert (first["payload"], first["sender"]["uid"], second["payload"]) == ('{"text":"hi"}', "alice", "from the app")
+        await bob.expect("message", 2)
+        assert [m["payload"] for m in bob.messages()] == ['{"text":"hi"}', "from the app"], "the refused one went nowhere"
+        await alice.expect("message", 1)
+        assert [m["payload"] for m in alice.messages()] == ["from the app"], "not her own message back"
+        assert await sio_request(alice, 4, "unsubscribe", channel="room") == {"ok": True}
+    finally:
+        for client in (alice, bob):
+            await client.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socketio_hello_with_a_wrong_public_key_is_refused_with_4401(daemon_factory):
+    daemon = await daemon_factory(public_key="pk")
+    client = sio_channels_client(daemon, pkey="wrong")
+    try:
+        [error] = await client.expect("error")
+        assert error["data"]["code"] == 4401 and error["data"]["name"] == "BAD_KEY"
+        await client.expect("disconnect")
+        assert client.of("welcome") == []
+    finally:
+        await client.stop()

@@ -8,10 +8,10 @@ client state machine both dialects drive.
          +--refuse()/timeout--------+--------------------> REFUSED
     any --closed()--> CLOSED
 
-Once IDENTIFIED, a session may ask for channels (SPEC §7): :meth:`ClientSession.subscribe`,
-:meth:`~ClientSession.unsubscribe`, :meth:`~ClientSession.publish`; a request that
-cannot be granted fails with :class:`~redmessenger.model.channels.RequestError`,
-which the dialect reports in its reply to that request (the connection stays).
+Once IDENTIFIED, a session may ask for channels (SPEC §7): a dialect hands each
+request as it decoded it to :meth:`ClientSession.request`, which answers with the
+fields of the reply (granted, or refused with a code and a reason); the dialect
+only wraps them in its own frame.  A refused request leaves the connection open.
 
 A dialect decodes its frames and calls :meth:`ClientSession.identify` or
 :meth:`ClientSession.refuse`; the session answers through the dialect's
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -39,7 +39,7 @@ from redmessenger.logs import make_logger
 from redmessenger.model import channels as rules
 from redmessenger.model.channels import Mode, RequestError
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.model.identity import Identifier, parse_identifier
+from redmessenger.model.identity import Hello, Identifier, parse_identifier
 
 T = TypeVar("T")
 
@@ -130,6 +130,43 @@ class ClientSession:
         return True
 
     # -- channels (SPEC §7) --------------------------------------------------------------
+
+    def hello(self, hello: Hello) -> None:
+        """A version-1 hello (either dialect): the public key checked, then identified, or admitted without a uid."""
+        if not self.awaiting_identifier:
+            if self.stage is not Stage.CLOSED:
+                self.refuse(ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its hello already"))
+        elif self.check_public_key(hello.public_key):
+            if hello.identifier is None:
+                self.anonymous()
+            else:
+                self.identify(hello.identifier)
+
+    def request(self, kind: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        A channel request (``subscribe``, ``unsubscribe``, ``publish``) with the
+        fields the client sent: fires with the reply's fields, never fails.
+        """
+        try:
+            if kind == "subscribe":
+                d: Deferred[Any] = self.subscribe(fields.get("channel"), fields.get("client_auth"))
+            elif kind == "unsubscribe":
+                self.unsubscribe(fields.get("channel"))
+                d = succeed(None)
+            elif kind == "publish":
+                d = self.publish(fields.get("channel"), rules.message_text(fields))
+            else:
+                raise RequestError(rules.INVALID_REQUEST, f"unknown request {kind[:32]!r}")
+        except RequestError as e:
+            return succeed(rules.refused(e))
+        return d.addCallbacks(rules.granted, self._request_failed)
+
+    def _request_failed(self, failure: Failure) -> dict[str, Any]:
+        error = failure.value
+        if not isinstance(error, RequestError):
+            self.log.failure("A request of {peer} failed", failure, peer=self._link.client_address)
+            error = RequestError(rules.UNAVAILABLE, "internal error; try again later")
+        return rules.refused(error)
 
     def subscribe(self, channel: object, client_auth: object = None) -> Deferred[Mode]:
         """Ask for ``channel``: fires with the mode the application granted, or fails with RequestError."""

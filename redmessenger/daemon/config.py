@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
-import re
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable

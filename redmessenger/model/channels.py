@@ -71,6 +71,32 @@ NOT_READY = "not_ready"  # a request before the session was welcomed
 BAD_GRANT = "bad_grant"  # a grant that is not valid: tampered, expired, for another channel or key
 
 
+#: The requests a session may make, by the name both dialects give them.
+REQUESTS = ("subscribe", "unsubscribe", "publish")
+
+_strict_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def message_text(fields: dict[str, Any]) -> str:
+    """A publish request's ``message`` (any JSON value) as compact JSON text: the payload subscribers get."""
+    if "message" not in fields:
+        raise RequestError(INVALID_REQUEST, "publish: 'message' must be a JSON value")
+    try:
+        return _strict_dumps(fields["message"])
+    except (ValueError, TypeError, RecursionError):  # NaN or Infinity (not JSON), or nested deeper than the stack
+        raise RequestError(INVALID_REQUEST, "publish: 'message' must be a JSON value") from None
+
+
+def granted(mode: Mode | None = None) -> dict[str, Any]:
+    """A reply's fields for a request granted (``mode``: what a subscription may do)."""
+    return {"ok": True, "mode": mode.value} if mode is not None else {"ok": True}
+
+
+def refused(error: RequestError) -> dict[str, Any]:
+    """A reply's fields for a request refused: a code from docs/protocol.md (*Channels*) and a reason."""
+    return {"ok": False, "error": {"code": error.code, "reason": error.reason}}
+
+
 @dataclass(frozen=True)
 class SubscriptionRequest:
     """What the application is asked (SPEC §7.1)."""

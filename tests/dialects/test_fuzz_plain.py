@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from redmessenger.core.admission import ConnectionLimit
 from redmessenger.core.hub import Hub
-from redmessenger.dialects.plain.frames import Ack, Frame, Hello, Publish, Subscribe, Unsubscribe, parse_frame
+from redmessenger.dialects.plain.frames import Ack, Frame, Hello, Request, parse_frame
 from redmessenger.dialects.plain.websocket import PlainWebSocketFactory
 from redmessenger.model.envelope import Message, decode_payload
 from redmessenger.model.errors import ClientError, CloseCode
@@ -95,15 +95,7 @@ def expected_frame(obj: Any) -> Frame | int:
     if kind in ("subscribe", "unsubscribe", "publish"):
         ref = obj.get("ref")
         if type(ref) is str and 1 <= len(ref) <= 64 or type(ref) is int and 0 <= ref <= 2**53 - 1:
-            if kind == "subscribe":
-                return Subscribe(ref, obj.get("channel"), obj.get("client_auth"))
-            if kind == "unsubscribe":
-                return Unsubscribe(ref, obj.get("channel"))
-            try:  # the message as compact JSON text; NaN and Infinity are not JSON
-                message = json.dumps(obj["message"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            except (KeyError, ValueError):
-                message = None
-            return Publish(ref, obj.get("channel"), message)
+            return Request(kind, ref, obj)  # the core reads (and answers) the rest
         return CloseCode.BAD_FRAME
     if obj.get("type") == "ack":
         message_id = obj.get("id")

@@ -32,17 +32,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from redmessenger.model.channels import Mode
+from redmessenger.model.channels import REQUESTS
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.model.identity import Identifier, parse_identifier
+from redmessenger.model.identity import SESSION_VERSION, Hello, parse_hello
 
-VERSION = 1
+VERSION = SESSION_VERSION
 #: The longest message id an ack may name (ids are at most 64 ASCII characters).
 MAX_ID = 64
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_strict_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 #: The longest string ``ref`` a request may carry; a number ref must be an integer JavaScript holds exactly.
@@ -51,32 +50,12 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 
 @dataclass(frozen=True)
-class Hello:
-    #: None: no uid (an anonymous session: channels only).
-    identifier: Identifier | None
-    #: The public key the client presented (checked by the core when one is configured).
-    public_key: str | None = None
+class Request:
+    """A channel request (``subscribe``, ``unsubscribe``, ``publish``): the core reads its fields."""
 
-
-@dataclass(frozen=True)
-class Subscribe:
+    kind: str
     ref: str | int
-    channel: object
-    client_auth: object
-
-
-@dataclass(frozen=True)
-class Unsubscribe:
-    ref: str | int
-    channel: object
-
-
-@dataclass(frozen=True)
-class Publish:
-    ref: str | int
-    channel: object
-    #: The message as compact JSON text; None if the frame had no ``message``.
-    payload: str | None
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -93,7 +72,7 @@ def _bad(reason: str) -> ClientError:
     return ClientError(CloseCode.BAD_FRAME, reason)
 
 
-Frame = Hello | Ack | Subscribe | Unsubscribe | Publish
+Frame = Hello | Ack | Request
 
 
 def parse_frame(text: str) -> Frame:
@@ -111,51 +90,20 @@ def parse_frame(text: str) -> Frame:
             raise _bad("ack: 'id' must be a message id (a string of 1-64 characters)")
         return Ack(message_id)
     if kind == "hello":
-        return _hello(obj)
-    if kind in ("subscribe", "unsubscribe", "publish"):
+        return parse_hello(obj)
+    if kind in REQUESTS:
         return _request(kind, obj)
     raise _bad(f"unknown frame type {str(kind)[:32]!r}" if isinstance(kind, str) else "no 'type'")
 
 
-def _request(kind: str, obj: dict[str, Any]) -> Subscribe | Unsubscribe | Publish:
+def _request(kind: str, obj: dict[str, Any]) -> Request:
     """A channel request; only a missing or bad ``ref`` is the frame's fault (4422): the rest is answered in the reply."""
     ref = obj.get("ref")
     if isinstance(ref, bool) or not (
         (isinstance(ref, str) and 0 < len(ref) <= MAX_REF) or (isinstance(ref, int) and 0 <= ref <= MAX_SAFE_INTEGER)
     ):
         raise _bad(f"{kind}: 'ref' must be a string of 1-{MAX_REF} characters or an integer from 0 to 2^53-1")
-    channel = obj.get("channel")
-    if kind == "subscribe":
-        return Subscribe(ref, channel, obj.get("client_auth"))
-    if kind == "unsubscribe":
-        return Unsubscribe(ref, channel)
-    payload = None
-    if "message" in obj:
-        try:
-            payload = _strict_dumps(obj["message"])
-        except (ValueError, RecursionError):  # NaN or Infinity (not JSON), or nested deeper than the stack
-            payload = None
-    return Publish(ref, channel, payload)
-
-
-def _hello(obj: dict[str, Any]) -> Hello:
-    version, uid, key, public_key = obj.get("v"), obj.get("uid"), obj.get("key"), obj.get("pkey")
-    if version != VERSION:
-        raise _bad(f"hello: 'v' must be {VERSION}")
-    if public_key is not None and not isinstance(public_key, str):
-        raise _bad("hello: 'pkey' must be a string")
-    if uid is None:
-        if key is not None:
-            raise _bad("hello: a 'key' needs a 'uid'")
-        return Hello(None, public_key)
-    if not isinstance(uid, str):
-        raise _bad("hello: 'uid' must be a string")
-    if key is not None and not isinstance(key, str):
-        raise _bad("hello: 'key' must be a string")
-    parsed = parse_identifier(uid)  # 4400 for a bad uid, as on the legacy protocol
-    if ":" in uid:
-        raise ClientError(CloseCode.INVALID_IDENTIFIER, f"invalid uid {uid[:40]!r}: 1-128 letters, digits or _-.@")
-    return Hello(Identifier(parsed.uid, key or None), public_key)
+    return Request(kind, ref, obj)
 
 
 _ACK_HEAD = b'{"type":"ack","id":"'
@@ -181,17 +129,9 @@ def compact_ack(payload: bytes) -> str | None:
 SYNC = b'{"type":"sync"}'
 
 
-def reply(ref: str | int, mode: Mode | None = None) -> bytes:
-    """A request granted (``mode``: what a subscription may do)."""
-    obj: dict[str, Any] = {"type": "reply", "ref": ref, "ok": True}
-    if mode is not None:
-        obj["mode"] = mode.value
-    return _dumps(obj).encode("utf-8")
-
-
-def error_reply(ref: str | int, code: str, reason: str) -> bytes:
-    """A request refused, with a code from docs/protocol.md (*Channels*) and a reason."""
-    return _dumps({"type": "reply", "ref": ref, "ok": False, "error": {"code": code, "reason": reason}}).encode("utf-8")
+def reply(ref: str | int, fields: dict[str, Any]) -> bytes:
+    """The reply to a request: its ``ref`` and the fields the core answered (``ok``, then ``mode`` or ``error``)."""
+    return _dumps({"type": "reply", "ref": ref, **fields}).encode("utf-8")
 
 
 def welcome(uid: str | None) -> bytes:

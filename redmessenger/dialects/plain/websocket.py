@@ -27,7 +27,6 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -37,8 +36,6 @@ from redmessenger.core.sessions import ClientSession
 from redmessenger.dialects.plain import frames
 from redmessenger.dialects.plain.acks import AckLedger
 from redmessenger.logs import make_logger
-from redmessenger.model import channels as rules
-from redmessenger.model.channels import Mode, RequestError
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_websocket
@@ -239,58 +236,22 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             session.refuse(e)
             return
         if isinstance(frame, frames.Hello):
-            if not session.awaiting_identifier:
-                session.refuse(ClientError(CloseCode.ALREADY_IDENTIFIED, "this socket has sent its hello already"))
-            elif session.check_public_key(frame.public_key):
-                if frame.identifier is None:
-                    self._welcome = ""  # welcomed with "uid": null
-                    session.anonymous()
-                else:
-                    self._welcome = frame.identifier.uid
-                    session.identify(frame.identifier)
+            if session.awaiting_identifier:
+                # Welcomed once accepted, before anything else ("" for a session without a uid: "uid": null).
+                self._welcome = frame.identifier.uid if frame.identifier is not None else ""
+            session.hello(frame)
         elif session.awaiting_identifier:
             session.refuse(ClientError(CloseCode.BAD_FRAME, "the first frame must be a hello"))
         elif isinstance(frame, frames.Ack):
             if self._acks is not None and self._acks.ack(frame.id):
                 session.acknowledged(frame.id)
         else:
-            self._request(session, frame)
+            # Channel requests (SPEC §7): each gets one reply with its ref; the socket stays.
+            session.request(frame.kind, frame.fields).addCallback(self._reply, frame.ref)
 
-    # -- channel requests (SPEC §7) ----------------------------------------------------
-
-    def _request(self, session: ClientSession, frame: frames.Subscribe | frames.Unsubscribe | frames.Publish) -> None:
-        """Every request gets a reply: granted, or refused with a code and a reason; the socket stays."""
-        ref = frame.ref
-        try:
-            if isinstance(frame, frames.Subscribe):
-                session.subscribe(frame.channel, frame.client_auth).addCallbacks(
-                    self._granted, self._refused, callbackArgs=(ref,), errbackArgs=(ref,)
-                )
-            elif isinstance(frame, frames.Unsubscribe):
-                session.unsubscribe(frame.channel)
-                self._send_reply(frames.reply(ref))
-            elif frame.payload is None:
-                raise RequestError(rules.INVALID_REQUEST, "publish: 'message' must be a JSON value")
-            else:
-                session.publish(frame.channel, frame.payload).addCallbacks(
-                    self._granted, self._refused, callbackArgs=(ref,), errbackArgs=(ref,)
-                )
-        except RequestError as e:
-            self._send_reply(frames.error_reply(ref, e.code, e.reason))
-
-    def _granted(self, mode: Mode | None, ref: str | int) -> None:
-        self._send_reply(frames.reply(ref, mode))
-
-    def _refused(self, failure: Failure, ref: str | int) -> None:
-        error = failure.value
-        if not isinstance(error, RequestError):
-            self._log.failure("A request of {peer} failed", failure, peer=self._peer_text)
-            error = RequestError(rules.UNAVAILABLE, "internal error; try again later")
-        self._send_reply(frames.error_reply(ref, error.code, error.reason))
-
-    def _send_reply(self, payload: bytes) -> None:
+    def _reply(self, fields: dict[str, Any], ref: str | int) -> None:
         if self.state == self.STATE_OPEN:
-            self._send_raw(payload)
+            self._send_raw(frames.reply(ref, fields))
 
     def takes_small_text(self, payload: bytes) -> bool:
         # Version 1's acks, most of what such a client sends: read without Autobahn's frame machinery.

@@ -26,6 +26,10 @@ Protocol (also in ``docs/protocol.md``), on top of Engine.IO (:mod:`redmessenger
   namespace (``41/rm,``: the client does not reconnect) and ends the session.
   ``TRY_AGAIN_LATER`` (Redis unreachable) ends the session without the disconnect
   packet, so that the client reconnects by itself after its back-off.
+- Version 1 (docs/protocol.md, *Channels*): ``socket.emit('hello', {"v": 1, "pkey": ..., "uid": ...}, ack)``
+  instead of the identifier (``uid`` optional: channels only), then ``subscribe``,
+  ``unsubscribe`` and ``publish`` events with an object and an ack, answered with
+  the plain dialect's reply fields (``{"ok": true, "mode": ...}`` or ``{"ok": false, "error": {...}}``).
 - Other events are ignored.
 
 Delivery (SPEC §3.4) is the core's: it keeps every message until the
@@ -52,8 +56,10 @@ from redmessenger.dialects.socketio.codec import (
     engine_packet,
 )
 from redmessenger.logs import make_logger
+from redmessenger.model.channels import REQUESTS
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.model.identity import parse_hello
 
 if TYPE_CHECKING:
     from redmessenger.dialects.socketio.server import SocketIOServer
@@ -221,12 +227,36 @@ class SocketIOConnection:
             self.log.info("{peer}: malformed event; closing", peer=self._address)
             self._session.abort("protocol error", code=1002)
             return
-        if args[0] != "identifier":
-            self.log.debug("{peer}: ignoring event {name!r}", peer=self._address, name=args[0][:40])
-            return
-        if self._client.awaiting_identifier:
-            self._ack = packet.id
-        self._client.identify(args[1] if len(args) > 1 else None)
+        name, data = args[0], args[1] if len(args) > 1 else None
+        if name == "identifier":
+            if self._client.awaiting_identifier:
+                self._ack = packet.id
+            self._client.identify(data)
+        elif name == "hello":
+            # Version 1 (docs/protocol.md, *Channels*): the plain dialect's hello, as an event.
+            if self._client.awaiting_identifier:
+                self._ack = packet.id
+            if not isinstance(data, dict):
+                self._client.refuse(ClientError(CloseCode.BAD_FRAME, "hello: expected an object"))
+                return
+            try:
+                hello = parse_hello(data)
+            except ClientError as e:
+                self._client.refuse(e)
+                return
+            self._client.hello(hello)
+        elif name in REQUESTS:
+            # Answered through the event's acknowledgement, if it asked for one.
+            fields = data if isinstance(data, dict) else {}
+            reply = self._client.request(name, fields)
+            if packet.id is not None:
+                reply.addCallback(self._reply, packet.id)
+        else:
+            self.log.debug("{peer}: ignoring event {name!r}", peer=self._address, name=name[:40])
+
+    def _reply(self, fields: dict[str, Any], ack: int) -> None:
+        if self._connected and self._session.is_open:
+            self._send(SIOPacket(SIOType.ACK, self._owner.namespace, [fields], ack))
 
     def _send(self, packet: SIOPacket) -> None:
         self._session.send(engine_packet(packet))

@@ -350,3 +350,53 @@ async def test_a_socketio_hello_with_a_wrong_public_key_is_refused_with_4401(dae
         assert client.of("welcome") == []
     finally:
         await client.stop()
+
+
+# -- grants (SPEC §7.5) ------------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_permitted_subscription_comes_with_a_grant_that_resubscribes_without_asking(daemon_factory, app):
+    from redmessenger.model.channels import Mode
+    from redmessenger.model.grants import subscription_grant
+
+    worker = app(lambda request: {"permit": "read_only"})
+    daemon = await daemon_factory(secret_key="s3cret", grant_ttl=600)
+    first = await session(daemon, "alice")
+    reply = await first.subscribe("room")
+    assert reply["mode"] == "read_only" and reply["grant"]
+    grant = reply["grant"]
+    # a reconnect (a new connection of the same user) with the grant: granted here, the application not asked
+    again = await session(daemon, "alice")
+    assert await again.subscribe("room", grant=grant) == {"type": "reply", "ref": 1, "ok": True, "mode": "read_only"}
+    assert len(worker.requests) == 1 and daemon.service.hub.counters.subscriptions_by_grant == 1
+    # refused: another user, another channel, tampered, expired, signed with another key
+    mallory = await session(daemon, "mallory")
+    now = int(daemon.service.reactor.seconds())
+    refusals = {
+        "another user": await mallory.subscribe("room", grant=grant),
+        "another channel": await again.subscribe("lobby", grant=grant),
+        "tampered": await mallory.subscribe("room", grant=grant[:-2] + ("AA" if grant[-2:] != "AA" else "BB")),
+        "expired": await mallory.subscribe("room", grant=subscription_grant("s3cret", "room", Mode.READ_WRITE, now - 1)),
+        "other key": await mallory.subscribe("room", grant=subscription_grant("other", "room", Mode.READ_WRITE, now + 60)),
+    }
+    assert {why: error(reply) for why, reply in refusals.items()} == dict.fromkeys(refusals, "bad_grant")
+    assert len(worker.requests) == 1, "no refused grant reached the application either"
+    assert daemon.service.hub.channels.readers("room") is not None and len(daemon.service.hub.channels.readers("room")) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_identity_grant_identifies_without_the_stored_key(daemon_factory, redis):
+    from redmessenger.model.grants import identity_grant
+
+    daemon = await daemon_factory(secret_key="s3cret", secure_mode=True)
+    now = int(daemon.service.reactor.seconds())
+    client = await session(daemon, "alice", grant=identity_grant("s3cret", "alice", now + 60))
+    publish(redis, "rm.users.alice", "for alice")
+    assert [m["payload"] for m in await client.receive(1)] == ["for alice"]
+    for grant in (identity_grant("s3cret", "bob", now + 60), identity_grant("s3cret", "alice", now - 1), "junk"):
+        refused = await daemon.client()
+        refused.send(hello("alice", grant=grant))
+        code, reason = await refused.close_code()
+        assert code == CloseCode.BAD_KEY, (grant, code, reason)
+    assert redis.exists("rm:users:alice:key") == 0, "no key was ever stored"

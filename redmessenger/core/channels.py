@@ -21,7 +21,7 @@ import itertools
 import secrets
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -30,7 +30,8 @@ from redmessenger.core.ports import Application, NobodyListening, StoreUnavailab
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model import channels as rules
-from redmessenger.model.channels import Answer, Mode, RequestError, Sender, SubscriptionRequest
+from redmessenger.model import grants
+from redmessenger.model.channels import Answer, Mode, RequestError, Sender, Subscribed, SubscriptionRequest
 from redmessenger.model.keyspace import NAME_PATTERN
 
 
@@ -76,6 +77,8 @@ class Channels:
         max_publish_bytes: int = 3072,
         publish_rate: float = 20.0,
         run: str | None = None,
+        secret_key: str | None = None,
+        grant_ttl: int = 3600,
     ) -> None:
         self._application = application
         self._clock = clock
@@ -83,6 +86,9 @@ class Channels:
         self.timeout = timeout
         self.max_publish_bytes = max_publish_bytes
         self.publish_rate = publish_rate
+        #: Signs and checks grants (model/grants.py); None: no grants.
+        self._secret = secret_key
+        self.grant_ttl = grant_ttl
         #: channel -> the attachments that read it (an ordered set), for delivery.
         self._readers: dict[str, dict[Attachment, None]] = {}
         #: (attachment, channel) while its request is under way.
@@ -128,14 +134,21 @@ class Channels:
             self._clients[client_id] = attachment
         return client_id
 
-    def subscribe(self, attachment: Attachment, channel: object, client_auth: object = None) -> Deferred[Mode]:
-        """Ask the application; fires with the mode granted, or fails with :class:`RequestError`."""
+    def subscribe(
+        self, attachment: Attachment, channel: object, client_auth: object = None, grant: object = None
+    ) -> Deferred[Subscribed]:
+        """
+        Subscribe with a grant (checked here, no round trip), or ask the
+        application; fires with what was granted, or fails with :class:`RequestError`.
+        """
         try:
             name = check_channel(channel)
             if client_auth is not None and (not isinstance(client_auth, str) or len(client_auth) > rules.MAX_CLIENT_AUTH):
                 raise RequestError(rules.INVALID_REQUEST, f"'client_auth' must be a string of at most {rules.MAX_CLIENT_AUTH} characters")
             if (attachment, name) in self._asking or (attachment.channels and name in attachment.channels):
                 raise RequestError(rules.ALREADY_SUBSCRIBED, f"already subscribed (or asking) to {name}")
+            if grant is not None:
+                return succeed(self._subscribe_with(attachment, name, grant))
         except RequestError as e:
             return fail(e)
         now = self._clock.seconds()
@@ -153,7 +166,7 @@ class Channels:
         asked = self._application.ask(request)
         timer: IDelayedCall = self._clock.callLater(self.timeout, asked.cancel)
 
-        def answered(answer: Answer) -> Mode:
+        def answered(answer: Answer) -> Subscribed:
             self.on_answer_time(self._clock.seconds() - now)
             if answer.mode is None:
                 self.counters.subscriptions_denied += 1
@@ -169,7 +182,7 @@ class Channels:
             self.log.info(
                 "Subscribed {client} to {channel} ({mode})", client=request.client_id, channel=name, mode=answer.mode.value
             )
-            return answer.mode
+            return Subscribed(answer.mode, self._issue(attachment, name, answer.mode, now))
 
         def failed(failure: Failure) -> Failure:
             if failure.check(RequestError):
@@ -194,7 +207,7 @@ class Channels:
                 timer.cancel()
             return result
 
-        granted: Deferred[Mode] = asked.addCallbacks(answered, failed)
+        granted: Deferred[Subscribed] = asked.addCallbacks(answered, failed)
         granted.addBoth(done)
         return granted
 
@@ -250,6 +263,30 @@ class Channels:
             self._clients.pop(attachment.client_id, None)
 
     # -- inside --------------------------------------------------------------------------
+
+    def _subscribe_with(self, attachment: Attachment, name: str, token: object) -> Subscribed:
+        """A subscription grant presented by the client: valid, for this channel and this uid, or refused."""
+        if self._secret is None:
+            raise RequestError(rules.BAD_GRANT, "this server does not accept grants (no secret_key)")
+        try:
+            grant = grants.verify(self._secret, token, self._clock.seconds())
+        except grants.BadGrant as e:
+            raise RequestError(rules.BAD_GRANT, f"invalid grant: {e}") from None
+        if grant.kind != grants.SUBSCRIPTION or grant.channel != name or grant.mode is None:
+            raise RequestError(rules.BAD_GRANT, f"the grant is not for channel {name}")
+        if grant.uid is not None and grant.uid != attachment.uid:
+            raise RequestError(rules.BAD_GRANT, "the grant is for another user")
+        self.counters.subscriptions_by_grant += 1
+        client_id = self.client_id(attachment)
+        self._grant(attachment, name, grant.mode)
+        self.log.info("Subscribed {client} to {channel} ({mode}, by grant)", client=client_id, channel=name, mode=grant.mode.value)
+        return Subscribed(grant.mode)
+
+    def _issue(self, attachment: Attachment, name: str, mode: Mode, now: float) -> str | None:
+        """The grant a permitted subscription comes with, to subscribe again without asking while it lasts."""
+        if self._secret is None:
+            return None
+        return grants.subscription_grant(self._secret, name, mode, int(now) + self.grant_ttl, attachment.uid or None)
 
     def _grant(self, attachment: Attachment, name: str, mode: Mode) -> None:
         if attachment.channels is None:

@@ -26,6 +26,8 @@ class Counters:
     subscriptions_permitted: int = 0
     subscriptions_denied: int = 0
     subscriptions_timed_out: int = 0
+    #: Subscriptions granted by a grant the client presented (no request to the application).
+    subscriptions_by_grant: int = 0
     client_publishes: int = 0
     #: Sockets refused or closed for a client mistake, by CloseCode name.
     refused: dict[str, int] = field(default_factory=dict)

@@ -37,6 +37,7 @@ from redmessenger.core.ports import (
 from redmessenger.core.presence import Attachment, Presence, confirmed, lost
 from redmessenger.core.routing import Router
 from redmessenger.logs import make_logger
+from redmessenger.model import grants
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import Identifier, parse_identifier
@@ -62,6 +63,8 @@ class Hub:
         application: Application | None = None,
         answers_to: str = "",
         public_key: str | None = None,
+        secret_key: str | None = None,
+        grant_ttl: int = 3600,
         subscription_timeout: float = 5.0,
         client_publish_max_bytes: int = 3072,
         client_publish_rate: float = 20.0,
@@ -80,6 +83,7 @@ class Hub:
         self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock, self.budget)
         self.delivery.on_too_slow = self.abandon
         self._public_key = public_key
+        self._secret_key = secret_key
         #: Channels clients ask for (SPEC §7); None when the daemon was not given a way to reach the application.
         self.channels: Channels | None = None
         if application is not None:
@@ -91,6 +95,8 @@ class Hub:
                 timeout=subscription_timeout,
                 max_publish_bytes=client_publish_max_bytes,
                 publish_rate=client_publish_rate,
+                secret_key=secret_key,
+                grant_ttl=grant_ttl,
             )
             self.delivery.channels = self.channels
         self.router = Router(
@@ -140,14 +146,14 @@ class Hub:
 
     # -- from client sessions -----------------------------------------------------------
 
-    async def identify(self, sink: MessageSink, identifier: str | Identifier) -> Attachment | None:
+    async def identify(self, sink: MessageSink, identifier: str | Identifier, verified: bool = False) -> Attachment | None:
         """
         Identify a socket and start handing it the user's queue.  Raises
         :class:`ClientError` for a bad identifier or key; returns None if the
         socket went away in the meantime.
         """
         ident = parse_identifier(identifier) if isinstance(identifier, str) else identifier
-        if self._secure_mode:
+        if self._secure_mode and not verified:
             await self._check_key(ident.uid, ident.key)
         if not sink.writable:
             return None
@@ -164,6 +170,17 @@ class Hub:
             return
         if not isinstance(given, str) or not hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8")):
             raise ClientError(CloseCode.BAD_KEY, "wrong or missing public key")
+
+    def check_identity_grant(self, uid: str, token: str) -> None:
+        """An identity grant presented instead of the key: signed by our secret key, unexpired, for ``uid`` (else 4401)."""
+        if self._secret_key is None:
+            raise ClientError(CloseCode.BAD_KEY, "this server does not accept grants (no secret_key)")
+        try:
+            grant = grants.verify(self._secret_key, token, self._clock.seconds())
+        except grants.BadGrant as e:
+            raise ClientError(CloseCode.BAD_KEY, f"invalid identity grant: {e}") from None
+        if grant.kind != grants.IDENTITY or grant.uid != uid:
+            raise ClientError(CloseCode.BAD_KEY, f"the grant is not an identity grant for {uid}")
 
     def connect(self, sink: MessageSink) -> Attachment:
         """Admit a socket that does not identify as a user: it may only subscribe to channels."""

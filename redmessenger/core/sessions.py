@@ -37,7 +37,7 @@ from redmessenger.core.ports import ClientLink
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model import channels as rules
-from redmessenger.model.channels import Mode, RequestError
+from redmessenger.model.channels import RequestError, Subscribed
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import Hello, Identifier, parse_identifier
 
@@ -85,7 +85,7 @@ class ClientSession:
     def awaiting_identifier(self) -> bool:
         return self.stage is Stage.AWAITING_ID
 
-    def identify(self, identifier: object) -> None:
+    def identify(self, identifier: object, verified: bool = False) -> None:
         """The client sent its identifier: ``uid``, ``uid:`` or ``uid:key``, or one a dialect parsed already."""
         if self.stage is not Stage.AWAITING_ID:
             if self.stage is not Stage.CLOSED:
@@ -105,7 +105,7 @@ class ClientSession:
         self.uid = ident.uid
         self.stage = Stage.VERIFYING
         self._cancel_timer()
-        d = ensureDeferred(self._hub.identify(self._link, ident))
+        d = ensureDeferred(self._hub.identify(self._link, ident, verified))
         d.addCallbacks(self._identified, self._identify_failed)
         d.addErrback(lambda f: self.log.failure("After identifying {peer}", f, peer=self._link.client_address))
 
@@ -139,6 +139,14 @@ class ClientSession:
         elif self.check_public_key(hello.public_key):
             if hello.identifier is None:
                 self.anonymous()
+            elif hello.grant is not None:
+                try:
+                    self._hub.check_identity_grant(hello.identifier.uid, hello.grant)
+                except ClientError as e:
+                    self.uid = hello.identifier.uid
+                    self.refuse(e)
+                    return
+                self.identify(hello.identifier, verified=True)
             else:
                 self.identify(hello.identifier)
 
@@ -149,7 +157,7 @@ class ClientSession:
         """
         try:
             if kind == "subscribe":
-                d: Deferred[Any] = self.subscribe(fields.get("channel"), fields.get("client_auth"))
+                d: Deferred[Any] = self.subscribe(fields.get("channel"), fields.get("client_auth"), fields.get("grant"))
             elif kind == "unsubscribe":
                 self.unsubscribe(fields.get("channel"))
                 d = succeed(None)
@@ -168,9 +176,9 @@ class ClientSession:
             error = RequestError(rules.UNAVAILABLE, "internal error; try again later")
         return rules.refused(error)
 
-    def subscribe(self, channel: object, client_auth: object = None) -> Deferred[Mode]:
-        """Ask for ``channel``: fires with the mode the application granted, or fails with RequestError."""
-        return self._asking(lambda channels, attachment: channels.subscribe(attachment, channel, client_auth))
+    def subscribe(self, channel: object, client_auth: object = None, grant: object = None) -> Deferred[Subscribed]:
+        """Ask for ``channel`` (or present a grant): fires with what was granted, or fails with RequestError."""
+        return self._asking(lambda channels, attachment: channels.subscribe(attachment, channel, client_auth, grant))
 
     def unsubscribe(self, channel: object) -> None:
         """Stop receiving ``channel`` (raises RequestError if not subscribed)."""

@@ -51,7 +51,7 @@ class Config:
     ping_interval: float = 25.0
 
     # -- Redis -------------------------------------------------------------------
-    redis_password: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
     redis_username: str | None = None
     redis_db: int = 0
     redis_tls: bool = False
@@ -92,6 +92,11 @@ class Config:
     #: The application's public key: version-1 clients present it in their hello (``null``: not checked).
     #: Also from the environment: ``REDMESSENGER_PKEY``.
     public_key: str | None = None
+    #: The secret key shared with the application's servers (never with a browser): signs and checks grants.
+    #: Also from the environment: ``REDMESSENGER_SKEY``.  ``null``: no grants.
+    secret_key: str | None = field(default=None, repr=False)
+    #: Seconds a grant the daemon gives with a permitted subscription lasts.
+    grant_ttl: int = 3600
     #: Seconds the application has to answer a subscription request; then it is denied.
     subscription_timeout: float = 5.0
     #: Largest message a client may publish on a channel, in bytes (its JSON text).  The whole
@@ -320,6 +325,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "intake": _boolean,
     "node_id": _optional(_text),
     "public_key": _optional(_text),
+    "secret_key": _optional(_text),
+    "grant_ttl": _integer(1),
     "subscription_timeout": _number(0, strictly_positive=True),
     "client_publish_max_bytes": _integer(1, 16 * 1024 * 1024),
     "client_publish_rate": _number(0, strictly_positive=True),
@@ -357,8 +364,9 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
         if check is None:
             raise ConfigError(_unknown_key(key))
         values[key] = check(key, value)
-    if "public_key" not in values and os.environ.get("REDMESSENGER_PKEY"):
-        values["public_key"] = os.environ["REDMESSENGER_PKEY"]
+    for key, variable in (("public_key", "REDMESSENGER_PKEY"), ("secret_key", "REDMESSENGER_SKEY")):
+        if key not in values and os.environ.get(variable):
+            values[key] = os.environ[variable]
     config = Config(source=source, **values)
     if config.embedded_redis and config.redis_host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"redis_host: the embedded server listens on loopback only, got {config.redis_host!r}")

@@ -105,6 +105,8 @@ class RedMessengerService(OrderedServices):
             application=self.application,
             answers_to=self.answers_channel,
             public_key=config.public_key,
+            secret_key=config.secret_key,
+            grant_ttl=config.grant_ttl,
             subscription_timeout=config.subscription_timeout,
             client_publish_max_bytes=config.client_publish_max_bytes,
             client_publish_rate=config.client_publish_rate,

@@ -87,9 +87,22 @@ def message_text(fields: dict[str, Any]) -> str:
         raise RequestError(INVALID_REQUEST, "publish: 'message' must be a JSON value") from None
 
 
-def granted(mode: Mode | None = None) -> dict[str, Any]:
-    """A reply's fields for a request granted (``mode``: what a subscription may do)."""
-    return {"ok": True, "mode": mode.value} if mode is not None else {"ok": True}
+@dataclass(frozen=True)
+class Subscribed:
+    """A subscription granted: its mode, and a grant to subscribe again without asking (when the server signs them)."""
+
+    mode: Mode
+    grant: str | None = None
+
+
+def granted(result: Subscribed | None = None) -> dict[str, Any]:
+    """A reply's fields for a request granted (a subscription: its mode, and its grant if any)."""
+    if result is None:
+        return {"ok": True}
+    fields: dict[str, Any] = {"ok": True, "mode": result.mode.value}
+    if result.grant is not None:
+        fields["grant"] = result.grant
+    return fields
 
 
 def refused(error: RequestError) -> dict[str, Any]:

@@ -56,6 +56,8 @@ class Hello:
     identifier: Identifier | None
     #: The public key the client presented (checked by the core when one is configured).
     public_key: str | None = None
+    #: An identity grant (model/grants.py) instead of the key: checked by the daemon alone.
+    grant: str | None = None
 
 
 def parse_hello(obj: dict[str, Any]) -> Hello:
@@ -64,15 +66,19 @@ def parse_hello(obj: dict[str, Any]) -> Hello:
     def bad(reason: str) -> ClientError:
         return ClientError(CloseCode.BAD_FRAME, "hello: " + reason)
 
-    version, uid, key, public_key = obj.get("v"), obj.get("uid"), obj.get("key"), obj.get("pkey")
+    version, uid, key, public_key, grant = obj.get("v"), obj.get("uid"), obj.get("key"), obj.get("pkey"), obj.get("grant")
     if version != SESSION_VERSION:
         raise bad(f"'v' must be {SESSION_VERSION}")
     if public_key is not None and not isinstance(public_key, str):
         raise bad("'pkey' must be a string")
+    if grant is not None and not isinstance(grant, str):
+        raise bad("'grant' must be a string")
     if uid is None:
-        if key is not None:
-            raise bad("a 'key' needs a 'uid'")
+        if key is not None or grant is not None:
+            raise bad("a 'key' or a 'grant' needs a 'uid'")
         return Hello(None, public_key)
+    if key is not None and grant is not None:
+        raise bad("a 'key' or a 'grant', not both")
     if not isinstance(uid, str):
         raise bad("'uid' must be a string")
     if key is not None and not isinstance(key, str):
@@ -80,4 +86,4 @@ def parse_hello(obj: dict[str, Any]) -> Hello:
     parsed = parse_identifier(uid)  # 4400 for a bad uid, as on the legacy protocol
     if ":" in uid:
         raise ClientError(CloseCode.INVALID_IDENTIFIER, f"invalid uid {uid[:40]!r}: 1-128 letters, digits or _-.@")
-    return Hello(Identifier(parsed.uid, key or None), public_key)
+    return Hello(Identifier(parsed.uid, key or None), public_key, grant)

@@ -17,7 +17,7 @@ from redmessenger.core.channels import Channels, Rate
 from redmessenger.core.counters import Counters
 from redmessenger.core.ports import NobodyListening
 from redmessenger.core.presence import Attachment
-from redmessenger.model.channels import Answer, Mode, RequestError, Sender, SubscriptionRequest
+from redmessenger.model.channels import Answer, Mode, RequestError, Sender, Subscribed, SubscriptionRequest
 
 
 class Application:
@@ -80,7 +80,7 @@ def test_the_answer_sets_the_mode_and_only_readers_receive(setup: Any) -> None:
     r, w = channels.subscribe(reader, "c"), channels.subscribe(writer, "c")
     app.asked[0][1].callback(Answer(app.asked[0][0].id, Mode.READ_ONLY))
     app.asked[1][1].callback(Answer(app.asked[1][0].id, Mode.WRITE_ONLY))
-    assert (outcome(r), outcome(w)) == (Mode.READ_ONLY, Mode.WRITE_ONLY)
+    assert (outcome(r), outcome(w)) == (Subscribed(Mode.READ_ONLY), Subscribed(Mode.WRITE_ONLY)), "no secret key: no grant"
     assert list(channels.readers("c") or ()) == [reader]
     assert outcome(channels.publish(reader, "c", '"x"')) == ("read_only", "the subscription to c is read_only")
     assert outcome(channels.publish(writer, "c", '"x"')) is None
@@ -100,7 +100,7 @@ def test_a_connection_that_closes_takes_its_subscriptions_with_it(setup: Any) ->
     a = attachment("u")
     d = channels.subscribe(a, "c")
     app.asked[0][1].callback(Answer(app.asked[0][0].id, Mode.READ_WRITE))
-    assert outcome(d) == Mode.READ_WRITE and channels.client("r.1") is a
+    assert outcome(d) == Subscribed(Mode.READ_WRITE) and channels.client("r.1") is a
     channels.drop(a)
     assert channels.readers("c") is None and channels.client("r.1") is None and a.channels is None
     # granted after it closed: refused, nothing registered

@@ -8,8 +8,8 @@ import pytest
 
 from redmessenger.model.envelope import (
     Message,
-    URIError,
     UnreadableEntry,
+    URIError,
     decode_payload,
     decode_uri,
     message_from_entry,

@@ -134,12 +134,12 @@ async def test_each_mode_does_what_it_says_and_nothing_more(daemon_factory, redi
 @pytest_twisted.ensureDeferred
 async def test_denied_by_the_app_by_silence_and_when_nobody_listens(daemon_factory, redis, app):
     daemon = await daemon_factory(subscription_timeout=0.3)
-    nobody = await session(daemon)
+    nobody = await session(daemon, "u1")
     reply = await nobody.subscribe("room")
     assert error(reply) == "denied" and "no application" in reply["error"]["reason"]
 
     app(lambda request: None if request["channel"] == "silent" else {"deny": "members only"})
-    client = await session(daemon)
+    client = await session(daemon, "u2")
     reply = await client.subscribe("room")
     assert error(reply) == "denied" and reply["error"]["reason"] == "members only"
     reply = await client.subscribe("silent")
@@ -154,9 +154,10 @@ async def test_denied_by_the_app_by_silence_and_when_nobody_listens(daemon_facto
         await status_text(daemon.service.view)
     )
     publish(redis, "rm.channels.room", "nobody may read this")
-    publish(redis, "rm.users.fence", "fence")  # nothing for these sockets, in order: the next reply proves none came
+    for uid, denied in (("u1", nobody), ("u2", client)):
+        publish(redis, f"rm.users.{uid}", "fence")  # after the channel's message, to the same socket: order shows none came
+        assert [m["payload"] for m in await denied.receive(1)] == ["fence"]
     assert error(await client.request("publish", channel="room", message=1)) == "not_subscribed"
-    assert client.messages == [] and nobody.messages == []
 
 
 @pytest_twisted.ensureDeferred
@@ -190,7 +191,10 @@ async def test_a_client_publish_names_its_real_sender_and_is_not_echoed(daemon_f
     for client in (alice, bob):
         [message] = await client.receive(1)
         assert message["payload"] == '"from nobody"' and message["sender"]["uid"] is None
-    assert alice.messages == [] and anon.messages == [], "nobody got their own message back"
+    assert alice.messages == [], "alice did not get her own message back"
+    # anon's next message is a later one of alice's, not its own: it was not echoed either
+    assert (await alice.request("publish", channel="chat", message="fence"))["ok"] is True
+    assert [m["payload"] for m in await anon.receive(1)] == ['"fence"']
 
 
 @pytest_twisted.ensureDeferred
@@ -257,8 +261,13 @@ async def test_bad_requests_get_a_coded_reply_and_harm_nothing(daemon_factory, r
     assert error(await client.subscribe("ok")) == "already_subscribed"
     assert error(await client.request("publish", channel="ok")) == "invalid_request"
     assert error(await client.request("publish", channel="ok", message="x" * 200)) == "too_large"
-    results = [await client.request("publish", channel="ok", message=i) for i in range(5)]
-    assert [r["ok"] for r in results].count(True) == 3 and error(results[-1]) == "rate_limited"
+    refs = [f"p{i}" for i in range(5)]
+    for i, ref in enumerate(refs):  # in one go: the daemon reads them together, the bucket has no time to refill
+        client.client.send(json.dumps({"type": "publish", "ref": ref, "channel": "ok", "message": i}))
+    await client.pump(lambda: all(ref in client.replies for ref in refs))
+    results = [client.replies.pop(ref) for ref in refs]
+    assert [r["ok"] for r in results] == [True, True, True, False, False]
+    assert {error(r) for r in results[3:]} == {"rate_limited"}
     got = await other.receive(3)
     assert [m["payload"] for m in got] == ["0", "1", "2"], "only the accepted publishes went out, in order"
     # a request without a usable ref cannot be answered: the socket is closed (4422); the other is unharmed
@@ -400,3 +409,27 @@ async def test_an_identity_grant_identifies_without_the_stored_key(daemon_factor
         code, reason = await refused.close_code()
         assert code == CloseCode.BAD_KEY, (grant, code, reason)
     assert redis.exists("rm:users:alice:key") == 0, "no key was ever stored"
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_away_answers_unavailable_at_once_and_nothing_goes_out_later(daemon_factory, private_redis):
+    redis = private_redis.client()
+    worker = AppWorker(private_redis.port, permit()).start()
+    try:
+        daemon = await daemon_factory(redis_port=private_redis.port, redis_timeout=0.5)
+        writer, reader = await session(daemon), await session(daemon)
+        for client in (writer, reader):
+            assert (await client.subscribe("room"))["ok"] is True
+    finally:
+        worker.stop()
+    private_redis.stop()
+    await daemon.until(lambda: not daemon.service.link.state.commands_connected, what="the command connection to notice")
+    assert error(await writer.request("publish", channel="room", message="while away")) == "unavailable"
+    assert error(await writer.subscribe("other")) == "unavailable"
+    assert daemon.service.hub.counters.subscriptions_denied == 0, "an outage is not a denial"
+    private_redis.start()
+    await daemon.until(lambda: daemon.service.link.ready, 10, "the link back")
+    assert (await writer.request("publish", channel="room", message="back"))["ok"] is True
+    [message] = await reader.receive(1)
+    assert message["payload"] == '"back"', "the refused publish never went out, before or after"
+    redis.close()

@@ -39,6 +39,12 @@ class Budget:
         self.bites = 0
         self._biting = False
 
+    def charge(self, attachment: Attachment, weight: int) -> bool:
+        """A message is held for the socket: count it; whether the socket is now past its share."""
+        pending = attachment.pending_bytes = attachment.pending_bytes + weight
+        self.used += weight
+        return pending > self.per_socket or (self.used > self.total and pending > self.per_socket // SLOW_SHARE)
+
     def over(self, attachment: Attachment) -> None:
         """A socket is past its share: count it if the daemon's budget is why, and say so once."""
         if attachment.pending_bytes > self.per_socket:

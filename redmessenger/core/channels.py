@@ -21,8 +21,8 @@ import itertools
 import secrets
 from collections.abc import Callable
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from redmessenger.core.counters import Counters
@@ -61,6 +61,10 @@ class Rate:
         return True
 
 
+#: Subscription requests one connection may have waiting for the application at once.
+MAX_ASKING = 16
+
+
 class Channels:
     """The subscriptions of every connection, and the rules of asking for them and publishing on them."""
 
@@ -91,8 +95,10 @@ class Channels:
         self.grant_ttl = grant_ttl
         #: channel -> the attachments that read it (an ordered set), for delivery.
         self._readers: dict[str, dict[Attachment, None]] = {}
-        #: (attachment, channel) while its request is under way.
-        self._asking: set[tuple[Attachment, str]] = set()
+        #: (attachment, channel) -> its request to the application, while under way.
+        self._asking: dict[tuple[Attachment, str], Deferred[Answer]] = {}
+        #: Requests under way per connection (at most MAX_ASKING each).
+        self._asking_of: dict[Attachment, int] = {}
         self._rates: dict[Attachment, Rate] = {}
         #: client_id -> attachment, for the connections that have one (to leave the sender out).
         self._clients: dict[str, Attachment] = {}
@@ -147,6 +153,8 @@ class Channels:
                 raise RequestError(rules.INVALID_REQUEST, f"'client_auth' must be a string of at most {rules.MAX_CLIENT_AUTH} characters")
             if (attachment, name) in self._asking or (attachment.channels and name in attachment.channels):
                 raise RequestError(rules.ALREADY_SUBSCRIBED, f"already subscribed (or asking) to {name}")
+            if grant is None and self._asking_of.get(attachment, 0) >= MAX_ASKING:
+                raise RequestError(rules.RATE_LIMITED, f"{MAX_ASKING} subscription requests are waiting for answers already")
             if grant is not None:
                 return succeed(self._subscribe_with(attachment, name, grant))
         except RequestError as e:
@@ -162,21 +170,16 @@ class Channels:
             deadline=int((now + self.timeout) * 1000),
         )
         key = (attachment, name)
-        self._asking.add(key)
         asked = self._application.ask(request)
-        timer: IDelayedCall = self._clock.callLater(self.timeout, asked.cancel)
+        self._asking[key] = asked
+        self._asking_of[attachment] = self._asking_of.get(attachment, 0) + 1
+        asked.addTimeout(self.timeout, self._clock)
 
         def answered(answer: Answer) -> Subscribed:
             self.on_answer_time(self._clock.seconds() - now)
             if answer.mode is None:
-                self.counters.subscriptions_denied += 1
-                self.log.info(
-                    "Subscription of {client} to {channel} denied: {reason}",
-                    client=request.client_id, channel=name, reason=answer.reason,
-                )  # fmt: skip
+                self._denied(request, answer.reason)
                 raise RequestError(rules.DENIED, answer.reason)
-            if not attachment.attached:
-                raise RequestError(rules.DENIED, "the connection closed")
             self.counters.subscriptions_permitted += 1
             self._grant(attachment, name, answer.mode)
             self.log.info(
@@ -187,33 +190,49 @@ class Channels:
         def failed(failure: Failure) -> Failure:
             if failure.check(RequestError):
                 return failure
-            self.counters.subscriptions_denied += 1
-            if failure.check(CancelledError):
+            if failure.check(CancelledError):  # unsubscribed (or closed) before the answer
+                raise RequestError(rules.CANCELLED, "unsubscribed before the application answered")
+            if failure.check(StoreUnavailable):
+                raise RequestError(rules.UNAVAILABLE, "Redis is unreachable; try again later")
+            if failure.check(TimeoutError):
                 self.counters.subscriptions_timed_out += 1
                 reason = f"the application did not answer within {self.timeout:g} seconds"
             elif failure.check(NobodyListening):
                 reason = "no application is answering subscription requests"
-            elif failure.check(StoreUnavailable):
-                raise RequestError(rules.UNAVAILABLE, "Redis is unreachable; try again later")
             else:
                 self.log.failure("Asking the application about {channel} failed", failure, channel=name)
                 reason = "the request failed"
-            self.log.info("Subscription of {client} to {channel} denied: {reason}", client=request.client_id, channel=name, reason=reason)
+            self._denied(request, reason)
             raise RequestError(rules.DENIED, reason)
 
         def done(result: object) -> object:
-            self._asking.discard(key)
-            if timer.active():
-                timer.cancel()
+            if self._asking.get(key) is asked:
+                del self._asking[key]
+            count = self._asking_of.get(attachment, 1) - 1
+            if count:
+                self._asking_of[attachment] = count
+            else:
+                self._asking_of.pop(attachment, None)
             return result
 
+        asked.addBoth(done)  # first: the request is over before its outcome is read
         granted: Deferred[Subscribed] = asked.addCallbacks(answered, failed)
-        granted.addBoth(done)
         return granted
+
+    def _denied(self, request: SubscriptionRequest, reason: str) -> None:
+        self.counters.subscriptions_denied += 1
+        self.log.info(
+            "Subscription of {client} to {channel} denied: {reason}",
+            client=request.client_id, channel=request.channel, reason=reason,
+        )  # fmt: skip
 
     def unsubscribe(self, attachment: Attachment, channel: object) -> None:
         """Stop ``channel`` for this connection only (raises :class:`RequestError` if it is not subscribed)."""
         name = check_channel(channel)
+        asking = self._asking.pop((attachment, name), None)
+        if asking is not None:
+            asking.cancel()  # its subscribe is answered "cancelled", whatever the application says later
+            return
         if not attachment.channels or name not in attachment.channels:
             raise RequestError(rules.NOT_SUBSCRIBED, f"not subscribed to {name}")
         del attachment.channels[name]
@@ -253,7 +272,10 @@ class Channels:
         return d
 
     def drop(self, attachment: Attachment) -> None:
-        """The connection is gone: its subscriptions end with it."""
+        """The connection is gone: its subscriptions end with it, and its requests under way."""
+        if attachment in self._asking_of:
+            for key in [key for key in self._asking if key[0] is attachment]:
+                self._asking.pop(key).cancel()
         if attachment.channels:
             for name in attachment.channels:
                 self._stop_reading(attachment, name)

@@ -107,11 +107,13 @@ class Delivery:
         attachments = user.attachments
         if not attachments:
             return False
-        shared = len(attachments) > 1
-        copies = Copies(len(attachments)) if shared else None
+        holders = len(attachments)
+        if exclude is not None and exclude in attachments:
+            holders -= 1  # the socket that published it holds no copy
+        copies = Copies(holders) if holders > 1 else None
         bubble = True
         confirmations = self._confirmations
-        # Budget.take, inlined: this runs once per delivery.
+        # Budget.charge, inlined: this runs once per delivery.
         budget = self._budget
         per_socket, total, floor = budget.per_socket, budget.total, budget.per_socket // SLOW_SHARE
         weight = message.weight
@@ -163,7 +165,6 @@ class Delivery:
         """
         member_set = set(members) if members else ()
         sent = Sent(message, False, SUBSCRIBED)
-        budget = self._budget
         weight = message.weight
         count = 0
         slow = []
@@ -176,16 +177,12 @@ class Delivery:
                 attachment.unconfirmed.append(sent)
                 self._confirmations.sent(attachment, now)
             else:
-                continue  # closing: live only, nothing to keep
+                continue  # closing: live only, nothing to keep for it (deliver_live keeps it, to go elsewhere)
             count += 1
-            attachment.pending_bytes += weight
-            budget.used += weight
-            if attachment.pending_bytes > budget.per_socket or (
-                budget.used > budget.total and attachment.pending_bytes > budget.per_socket // SLOW_SHARE
-            ):
+            if self._budget.charge(attachment, weight):
                 slow.append(attachment)
         for attachment in slow:
-            budget.over(attachment)
+            self._budget.over(attachment)
             self._too_slow(attachment)
         return count
 

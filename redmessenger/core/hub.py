@@ -13,6 +13,7 @@ core and holds no rule of its own beyond identification:
 from __future__ import annotations
 
 import hmac
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -68,8 +69,11 @@ class Hub:
         subscription_timeout: float = 5.0,
         client_publish_max_bytes: int = 3072,
         client_publish_rate: float = 20.0,
+        run: str | None = None,
     ) -> None:
         self._clock = clock
+        #: This daemon run's tag: in message ids, client ids, request ids (and, by the wiring, its answers channel).
+        self.run = run if run is not None else secrets.token_hex(5)
         self._queues = queues
         self._directory = directory
         self._secure_mode = secure_mode
@@ -97,6 +101,7 @@ class Hub:
                 publish_rate=client_publish_rate,
                 secret_key=secret_key,
                 grant_ttl=grant_ttl,
+                run=self.run,
             )
             self.delivery.channels = self.channels
         self.router = Router(
@@ -107,6 +112,7 @@ class Hub:
             self._settled,
             max_payload=max_payload_bytes,
             keep_aside=queues.keep_aside,
+            run=self.run,
         )
         self.on_publish = self.router.on_publish  # type: ignore[method-assign]
         self.handovers = Handovers(

@@ -44,6 +44,15 @@ Deliver = Callable[[Message, Sequence[str], str | None], None]
 KeepAside = Callable[[str, bytes, Callable[[], None] | None], None]
 
 
+def _addressee(channel: bytes) -> tuple[str | None, bool] | None:
+    """Who a channel addresses: (the uid or group id if valid, whether a group), or None if not rm.users/rm.channels."""
+    if channel.startswith(USER_CHANNEL_PREFIX):
+        return valid_name(channel[len(USER_CHANNEL_PREFIX) :]), False
+    if channel.startswith(GROUP_CHANNEL_PREFIX):
+        return valid_name(channel[len(GROUP_CHANNEL_PREFIX) :]), True
+    return None
+
+
 @dataclass(eq=False)
 class _Pending:
     """A published message waiting for its recipients to be known."""
@@ -71,6 +80,7 @@ class Router:
         *,
         max_payload: int | None = None,
         keep_aside: KeepAside | None = None,
+        run: str | None = None,
     ) -> None:
         if max_payload is not None and keep_aside is None:
             raise ValueError("max_payload needs keep_aside: an oversize message must go somewhere")
@@ -84,7 +94,7 @@ class Router:
         self._size_limit = max_payload if max_payload is not None else sys.maxsize
         self._keep_aside = keep_aside
         self._inbox: deque[_Pending] = deque()
-        self._ids = MessageIds()
+        self._ids = MessageIds(run)
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
         self._stopping = False
@@ -102,15 +112,12 @@ class Router:
     def on_publish(self, channel: bytes, payload: bytes) -> None:
         """A PUBLISH arrived on ``rm.users.*``, ``rm.channels.*`` or ``rm.client.channels.*``."""
         self._counters.published += 1
-        if channel.startswith(USER_CHANNEL_PREFIX):
-            name, group = valid_name(channel[len(USER_CHANNEL_PREFIX) :]), False
-        elif channel.startswith(GROUP_CHANNEL_PREFIX):
-            name, group = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :]), True
-        elif channel.startswith(CLIENT_CHANNEL_PREFIX):
-            self._client_publish(channel, payload)
+        addressee = _addressee(channel)
+        if addressee is None:
+            if channel.startswith(CLIENT_CHANNEL_PREFIX):
+                self._client_publish(channel, payload)
             return
-        else:
-            return
+        name, group = addressee
         if name is None:
             self.log.warn(
                 "Ignoring a message on {channel!r}: not a valid {what}", channel=channel, what="group id" if group else "uid"
@@ -121,15 +128,7 @@ class Router:
             return
         if debugging():
             self.log.debug("New message from channel {channel}", channel=channel.decode())
-        message = self._message(channel, payload)
-        if group:
-            pending = _Pending(message, label=name)
-            self._inbox.append(pending)
-            self._look_up_members(pending, name)
-        elif not self._inbox:
-            self._deliver(message, (name,), None)
-        else:
-            self._inbox.append(_Pending(message, [name]))
+        self._route(self._message(channel, payload), name, group)
 
     def on_intake(self, channel: bytes, payload: bytes, timestamp: int, ticket: Ticket) -> str | None:
         """
@@ -139,12 +138,10 @@ class Router:
         """
         self._counters.published += 1
         self._counters.intake += 1
-        if channel.startswith(USER_CHANNEL_PREFIX):
-            name, group = valid_name(channel[len(USER_CHANNEL_PREFIX) :]), False
-        elif channel.startswith(GROUP_CHANNEL_PREFIX):
-            name, group = valid_name(channel[len(GROUP_CHANNEL_PREFIX) :]), True
-        else:
+        addressee = _addressee(channel)
+        if addressee is None:
             return "not an rm.users.* or rm.channels.* channel"
+        name, group = addressee
         if name is None:
             return "not a valid uid or group id"
         if len(payload) > self._size_limit:
@@ -159,14 +156,7 @@ class Router:
             )
         message = Message(channel.decode("ascii"), timestamp, text, ticket.entry_id)
         message.ticket = ticket
-        if group:
-            pending = _Pending(message, label=name)
-            self._inbox.append(pending)
-            self._look_up_members(pending, name)
-        elif not self._inbox:
-            self._deliver(message, (name,), None)
-        else:
-            self._inbox.append(_Pending(message, [name]))
+        self._route(message, name, group)
         return None
 
     def _client_publish(self, channel: bytes, payload: bytes) -> None:
@@ -183,9 +173,21 @@ class Router:
             self._oversize(channel, payload)
             return
         message = Message(group_channel(cid), int(self._clock.seconds() * 1000), text, self._ids.next(), sender)
-        pending = _Pending(message, label=cid)
-        self._inbox.append(pending)
-        self._look_up_members(pending, cid)
+        self._route(message, cid, True)
+
+    def _route(self, message: Message, name: str, group: bool) -> None:
+        """
+        A user's message goes at once unless older ones wait (order); a group's
+        waits in the inbox for its members, the lookups pipelined.
+        """
+        if group:
+            pending = _Pending(message, label=name)
+            self._inbox.append(pending)
+            self._look_up_members(pending, name)
+        elif not self._inbox:
+            self._deliver(message, (name,), None)
+        else:
+            self._inbox.append(_Pending(message, [name]))
 
     def stop(self) -> None:
         """Stop retrying member lookups (the link to Redis is going away)."""

@@ -81,7 +81,8 @@ class RedMessengerService(OrderedServices):
         #: end of each read of the subscriber, or of the turn.
         self.corks = Corks(reactor)
         #: Answers to this daemon's subscription requests come on a channel of its own (one per run).
-        self.answers_channel = answers_channel(secrets.token_hex(8))
+        run = secrets.token_hex(5)
+        self.answers_channel = answers_channel(run)
         self.link = RedisLink(
             reactor,
             redis_settings(config),
@@ -89,7 +90,9 @@ class RedMessengerService(OrderedServices):
             on_read=(self.corks.hold, self._end_of_read),
             direct=(self.answers_channel.encode("ascii"), self._on_answer),
         )
-        self.application = RedisApplication(self.link.commands)
+        self.application = RedisApplication(
+            self.link.commands, lambda: self.link.state.commands_connected, reactor, config.redis_timeout
+        )
         self.store = QueueStore(self.link.commands, reactor, config.queue_expiry, config.queue_max_length)
         self.directory = Directory(self.link.commands, reactor, lookup_timeout=config.redis_timeout)
         self.hub = Hub(
@@ -104,6 +107,7 @@ class RedMessengerService(OrderedServices):
             memory_budget_bytes=config.memory_budget_bytes,
             application=self.application,
             answers_to=self.answers_channel,
+            run=run,
             public_key=config.public_key,
             secret_key=config.secret_key,
             grant_ttl=config.grant_ttl,

@@ -66,6 +66,7 @@ TOO_LARGE = "too_large"  # a publish larger than client_publish_max_bytes
 RATE_LIMITED = "rate_limited"  # more publishes than client_publish_rate allows
 UNAVAILABLE = "unavailable"  # Redis is unreachable: try again later
 ALREADY_SUBSCRIBED = "already_subscribed"  # a second subscribe while the first is under way or granted
+CANCELLED = "cancelled"  # unsubscribed before the application answered the subscribe
 INVALID_REQUEST = "invalid_request"  # a field of the wrong type or too long
 NOT_READY = "not_ready"  # a request before the session was welcomed
 BAD_GRANT = "bad_grant"  # a grant that is not valid: tampered, expired, for another channel or key
@@ -165,7 +166,7 @@ def parse_answer(raw: bytes) -> Answer:
         reason = obj["deny"]
         return Answer(request_id, None, reason[:MAX_REASON] if isinstance(reason, str) and reason else "denied")
     permit = obj.get("permit", None)
-    if permit is True or permit == "":
+    if permit is True:
         return Answer(request_id, Mode.READ_WRITE)
     if isinstance(permit, str):
         try:

@@ -14,9 +14,11 @@ port; the exchange is in ``docs/protocol.md``, *Channels: the application's side
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from redmessenger.core.ports import NobodyListening, StoreUnavailable
@@ -40,8 +42,13 @@ class RedisApplication:
 
     log = make_logger()
 
-    def __init__(self, commands: RedisCommands) -> None:
+    def __init__(self, commands: RedisCommands, connected: Callable[[], bool], clock: IReactorTime, timeout: float) -> None:
         self._commands = commands
+        #: Whether the command connection is up: txredisapi keeps commands while it is not, and
+        #: sends them when it is back; a client's publish must fail now (unavailable), not go out late.
+        self._connected = connected
+        self._clock = clock
+        self._timeout = timeout
         #: request id -> who waits for its answer.
         self._waiting: dict[str, Deferred[Answer]] = {}
         #: Answers that matched no waiting request (late, or for another daemon's run), since start.
@@ -54,6 +61,9 @@ class RedisApplication:
             waiting.pop(request.id, None)
 
         answer: Deferred[Answer] = Deferred(canceller=cancel)
+        if not self._connected():
+            answer.errback(StoreUnavailable("the Redis command connection is down"))
+            return answer
         waiting[request.id] = answer
 
         def added(result: Any) -> None:
@@ -87,7 +97,9 @@ class RedisApplication:
                 # Not even this daemon's subscriber heard it (it is reconnecting): it reaches nobody.
                 raise StoreUnavailable("no daemon is subscribed")
 
-        d: Deferred[None] = translated(
-            self._commands.execute_command("PUBLISH", client_channel(cid), client_publish_json(sender, payload))
-        ).addCallback(heard)
+        if not self._connected():
+            return fail(StoreUnavailable("the Redis command connection is down"))
+        sent = self._commands.execute_command("PUBLISH", client_channel(cid), client_publish_json(sender, payload))
+        # Redis slow to answer: the client hears "unavailable" (the PUBLISH may still land: at most once more).
+        d: Deferred[None] = translated(sent.addTimeout(self._timeout, self._clock)).addCallback(heard)
         return d

@@ -100,7 +100,7 @@ return #ids
 # if added, 0 if nobody listens.  ARGV: the stream's approximate length cap,
 # then the entry's fields and values.
 REQUEST = b"""
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then
   return 0
 end
 if #redis.call('XINFO', 'GROUPS', KEYS[1]) == 0 then

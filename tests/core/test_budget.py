@@ -107,3 +107,17 @@ def test_messages_held_during_a_handover_count_too() -> None:
         hub.on_publish(b"rm.users.u", PAYLOAD + str(i).encode())
     assert link.abandoned == [CloseCode.TOO_SLOW]
     assert [p[-1] for p in queues.payloads("u")] == ["q", "0", "1", "2", "3"]
+
+
+def test_charge_counts_the_socket_and_the_daemon_and_says_when_a_socket_is_past_its_share() -> None:
+    from redmessenger.core.budget import SLOW_SHARE, Budget
+    from redmessenger.core.presence import Attachment
+
+    budget = Budget(per_socket=800, total=1000)
+    a, b = Attachment("a", None), Attachment("b", None)  # type: ignore[arg-type]  # no sink needed
+    assert budget.charge(a, 800) is False and (a.pending_bytes, budget.used) == (800, 800)
+    assert budget.charge(a, 1) is True, "past its own limit"
+    assert budget.charge(b, 200) is True, "the daemon past its budget, and b holds more than its floor"
+    assert 200 > 800 // SLOW_SHARE and budget.used == 1001
+    budget.give_back(a, 801)
+    assert budget.charge(b, 1) is False and budget.used == 201

@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import Clock
 from twisted.python.failure import Failure
 
-from redmessenger.core.channels import Channels, Rate
+from redmessenger.core.channels import MAX_ASKING, Channels, Rate
 from redmessenger.core.counters import Counters
-from redmessenger.core.ports import NobodyListening
+from redmessenger.core.ports import NobodyListening, StoreUnavailable
 from redmessenger.core.presence import Attachment
 from redmessenger.model.channels import Answer, Mode, RequestError, Sender, Subscribed, SubscriptionRequest
 
@@ -103,13 +103,44 @@ def test_a_connection_that_closes_takes_its_subscriptions_with_it(setup: Any) ->
     assert outcome(d) == Subscribed(Mode.READ_WRITE) and channels.client("r.1") is a
     channels.drop(a)
     assert channels.readers("c") is None and channels.client("r.1") is None and a.channels is None
-    # granted after it closed: refused, nothing registered
+    # a request still waiting when its connection closes is cancelled: nothing registered, whatever comes later
     b = attachment()
     late = channels.subscribe(b, "c")
     channels.drop(b)
-    b.attached = False
-    app.asked[1][1].callback(Answer(app.asked[1][0].id, Mode.READ_WRITE))
-    assert outcome(late) == ("denied", "the connection closed") and channels.readers("c") is None
+    assert outcome(late) == ("cancelled", "unsubscribed before the application answered")
+    assert app.asked[1][1].called and channels.readers("c") is None and channels.waiting == 0
+
+
+def test_unsubscribing_while_the_application_is_asked_cancels_the_subscribe(setup: Any) -> None:
+    channels, app, clock = setup
+    a = attachment()
+    d = channels.subscribe(a, "c")
+    channels.unsubscribe(a, "c")  # no error: the subscribe under way is what it takes back
+    assert outcome(d) == ("cancelled", "unsubscribed before the application answered")
+    assert channels.readers("c") is None and a.channels is None and channels.waiting == 0
+    counters = channels.counters
+    assert (counters.subscriptions_denied, counters.subscriptions_permitted) == (0, 0)
+
+
+def test_a_connection_may_have_only_so_many_requests_waiting(setup: Any) -> None:
+    channels, app, clock = setup
+    a, b = attachment(), attachment()
+    waiting = [channels.subscribe(a, f"c{i}") for i in range(MAX_ASKING)]
+    assert outcome(channels.subscribe(a, "one-more"))[0] == "rate_limited"
+    assert len(app.asked) == MAX_ASKING, "the one too many never reached the application"
+    assert not channels.subscribe(b, "c0").called, "another connection is not held back"
+    request, asked = app.asked[0]
+    asked.callback(Answer(request.id, Mode.READ_WRITE))
+    assert outcome(waiting[0]) == Subscribed(Mode.READ_WRITE)
+    assert not channels.subscribe(a, "one-more").called, "an answer frees a place"
+
+
+def test_redis_away_is_unavailable_not_a_denial(setup: Any) -> None:
+    channels, app, clock = setup
+    d = channels.subscribe(attachment(), "c")
+    app.asked[0][1].errback(StoreUnavailable("connection lost"))
+    assert outcome(d)[0] == "unavailable"
+    assert channels.counters.subscriptions_denied == 0
 
 
 def test_the_publish_rate_is_a_token_bucket() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
+from redmessenger.core.presence import Presence
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.core.presence import Presence
 
 
 class Sink:

@@ -271,3 +271,20 @@ def publish(redis: valkey.Valkey, channel: str, payload: str | bytes) -> None:
 
 
 ENV_KEEP = os.environ.copy()
+
+
+@pytest.fixture
+def app(redis_server: RedisServer, redis: valkey.Valkey) -> Iterator[Any]:
+    """Start application workers answering subscription requests (tests/appworker.py); stopped after the test."""
+    from .appworker import AppWorker, permit
+
+    workers: list[AppWorker] = []
+
+    def start(policy: Any = None, **kwargs: Any) -> AppWorker:
+        worker = AppWorker(redis_server.port, policy or permit(), **kwargs).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

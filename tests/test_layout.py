@@ -86,7 +86,11 @@ def run_mypy(*arguments: str) -> tuple[str, int]:
 @pytest.mark.slow
 def test_type_hints_check() -> None:
     output, status = run_mypy(
-        "--cache-dir", str(ROOT / ".mypy_cache"), str(ROOT / "redmessenger"), str(ROOT / "twisted" / "plugins" / "redmessenger_plugin.py")
+        "--cache-dir",
+        str(ROOT / ".mypy_cache"),
+        str(ROOT / "redmessenger"),
+        str(ROOT / "twisted" / "plugins" / "redmessenger_plugin.py"),
+        str(ROOT / "clients" / "python" / "redmessenger_app"),  # the application library
     )
     assert status == 0, output
 

@@ -1,0 +1,262 @@
+"""
+The blocking flavour, for WSGI applications (Django, Flask) and scripts: plain
+function calls on valkey-py; the subscription requests and the channel
+subscriptions are served by background threads.  Importing it needs neither
+Twisted nor Autobahn.
+
+    from redmessenger_app.blocking import RedMessenger
+
+    rm = RedMessenger()                        # REDMESSENGER_* from the environment or .env
+    rm.publish("room", {"text": "hi"})         # to the channel's subscribers and members
+    rm.publish_to_user("alice", "hello")       # to alice, queued while she is away
+
+    @rm.on("subscription_request")
+    def authorize(request):
+        if request.client_auth == "ok":
+            request.permit("read_only")
+        else:
+            request.deny("members only")
+
+    rm.start()                                 # the threads; rm.stop() at exit
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+import threading
+from typing import Any, Callable, Optional
+
+from redmessenger_app.protocol import (
+    DEFAULT_GROUP,
+    INTAKE_STREAM,
+    REQUESTS_STREAM,
+    Sender,
+    Settings,
+    SubscriptionRequest,
+    app_message,
+    client_channel,
+    client_message,
+    group_channel,
+    identity_grant,
+    page_tags,
+    payload_of,
+    subscription_grant,
+    user_channel,
+)
+
+log = logging.getLogger("redmessenger_app")
+
+#: What a channel subscription's callback is given: the message, and who sent it (None: the application).
+Callback = Callable[[Any, Optional[Sender]], Any]
+
+
+def _redis_module() -> Any:
+    try:
+        import valkey
+
+        return valkey
+    except ImportError:  # redis-py has the same API
+        import redis
+
+        return redis
+
+
+class RedMessenger:
+    """The application's handle on RedMessenger, over one Redis connection pool."""
+
+    def __init__(
+        self,
+        settings: Optional[Settings] = None,
+        *,
+        redis: Any = None,
+        group: str = DEFAULT_GROUP,
+        consumer: Optional[str] = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.redis = redis if redis is not None else _redis_module().Redis.from_url(self.settings.redis_url)
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._handlers: dict[str, Callable[[SubscriptionRequest], Any]] = {}
+        self._callbacks: dict[str, Callback] = {}
+        self._pubsub: Any = None
+        self._pubsub_thread: Any = None
+        self._stop = threading.Event()
+        self._started = False
+        self._group_ready = False
+        self._requests_thread: Optional[threading.Thread] = None
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, channel: str, message: Any) -> str:
+        """
+        To the channel's subscribers and its members (queued for those away).
+        Through the durable intake: once this returns (the entry's id), the message
+        is kept until a daemon delivered or queued it, even if none runs right now.
+        """
+        return self._add(group_channel(channel), message)
+
+    def publish_to_user(self, uid: str, message: Any) -> str:
+        """To every live socket of ``uid``, or into their queue; durable as :meth:`publish`."""
+        return self._add(user_channel(uid), message)
+
+    def _add(self, channel: str, message: Any) -> str:
+        entry = self.redis.xadd(INTAKE_STREAM, {"channel": channel, "payload": payload_of(message)})
+        return entry.decode("ascii") if isinstance(entry, bytes) else str(entry)
+
+    # -- subscription requests ------------------------------------------------------------------
+
+    def on(self, event: str, handler: Optional[Callable[[SubscriptionRequest], Any]] = None) -> Any:
+        """``on("subscription_request", handler)``, or as a decorator.  The handler calls permit() or deny()."""
+        if event != "subscription_request":
+            raise ValueError(f"unknown event {event!r}: only 'subscription_request'")
+
+        def register(function: Callable[[SubscriptionRequest], Any]) -> Callable[[SubscriptionRequest], Any]:
+            if inspect.iscoroutinefunction(function):
+                raise TypeError("an async handler needs the asyncio flavour (redmessenger_app.aio)")
+            self._handlers[event] = function
+            return function
+
+        return register(handler) if handler is not None else register
+
+    def serve_requests_once(self, block_ms: int = 1000) -> int:
+        """Read and answer the requests waiting (at most 100); how many.  :meth:`start` runs this in a thread."""
+        self._ensure_group()
+        batches = self.redis.xreadgroup(self.group, self.consumer, {REQUESTS_STREAM: ">"}, count=100, block=block_ms)
+        handled = 0
+        for _stream, entries in batches or []:
+            for entry_id, fields in entries:
+                self._handle(fields)
+                self.redis.xack(REQUESTS_STREAM, self.group, entry_id)
+                handled += 1
+        return handled
+
+    def _handle(self, fields: Any) -> None:
+        request = SubscriptionRequest.from_entry(fields, lambda raw: self.redis.publish(request.reply_to, raw))
+        if request.expired:
+            return  # the daemon has denied it already
+        handler = self._handlers.get("subscription_request")
+        if handler is None:
+            request.deny("the application does not answer subscription requests")
+            return
+        try:
+            handler(request)
+        except Exception:
+            log.exception("The subscription_request handler failed for channel %s", request.channel)
+            if request.answer is None:
+                request.deny("the application failed")
+            return
+        if request.answer is None:
+            request.deny("the application did not answer")
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self.redis.xgroup_create(REQUESTS_STREAM, self.group, id="$", mkstream=True)
+        except Exception as e:  # BUSYGROUP: another worker made it; anything else is real
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._group_ready = True
+
+    # -- the application's own channel subscriptions ------------------------------------------
+
+    def subscribe(self, channel: str, callback: Callback) -> None:
+        """
+        ``callback(message, sender)`` for what clients publish on ``channel`` (sender:
+        their client id and uid) and for bare PUBLISHes there (sender None).
+        Messages sent through the durable intake (:meth:`publish`) are not seen here.
+        """
+        self._callbacks[channel] = callback
+        if self._pubsub is not None:
+            self._pubsub.subscribe(**self._handlers_for(channel))
+        elif self._started:
+            self._start_pubsub()
+
+    def unsubscribe(self, channel: str) -> None:
+        self._callbacks.pop(channel, None)
+        if self._pubsub is not None:
+            self._pubsub.unsubscribe(group_channel(channel), client_channel(channel))
+
+    def _handlers_for(self, channel: str) -> dict[str, Callable[[dict[str, Any]], None]]:
+        def from_clients(item: dict[str, Any]) -> None:
+            callback = self._callbacks.get(channel)
+            if callback is not None:
+                message, sender = client_message(item["data"])
+                self._call(callback, message, sender)
+
+        def from_the_app(item: dict[str, Any]) -> None:
+            callback = self._callbacks.get(channel)
+            if callback is not None:
+                self._call(callback, app_message(item["data"]), None)
+
+        return {client_channel(channel): from_clients, group_channel(channel): from_the_app}
+
+    @staticmethod
+    def _call(callback: Callback, message: Any, sender: Optional[Sender]) -> None:
+        try:
+            callback(message, sender)
+        except Exception:
+            log.exception("A channel callback failed")
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self) -> "RedMessenger":
+        """Serve subscription requests (if a handler is set) and channel subscriptions, in background threads."""
+        self._stop.clear()
+        self._started = True
+        if self._callbacks:
+            self._start_pubsub()
+        if "subscription_request" in self._handlers:
+            self._ensure_group()
+            self._requests_thread = threading.Thread(target=self._serve, name="redmessenger-requests", daemon=True)
+            self._requests_thread.start()
+        return self
+
+    def _start_pubsub(self) -> None:
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        for channel in self._callbacks:
+            self._pubsub.subscribe(**self._handlers_for(channel))
+        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=0.1, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.serve_requests_once(block_ms=200)
+            except Exception:
+                if self._stop.is_set():
+                    return
+                log.exception("Reading subscription requests failed; retrying in a second")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._started = False
+        if self._requests_thread is not None:
+            self._requests_thread.join(5)
+            self._requests_thread = None
+        if self._pubsub_thread is not None:
+            self._pubsub_thread.stop()
+            self._pubsub_thread.join(5)
+            self._pubsub_thread = None
+        if self._pubsub is not None:
+            self._pubsub.close()
+            self._pubsub = None
+
+    # -- pages and grants -----------------------------------------------------------------------
+
+    def page_tags(self, script: str = "/redmessenger.js") -> str:
+        return page_tags(self.settings, script)
+
+    def subscription_grant(self, channel: str, mode: str = "read_write", ttl: int = 3600, uid: Optional[str] = None) -> str:
+        return subscription_grant(self._secret(), channel, mode, ttl, uid)
+
+    def identity_grant(self, uid: str, ttl: int = 3600) -> str:
+        return identity_grant(self._secret(), uid, ttl)
+
+    def _secret(self) -> str:
+        if not self.settings.secret_key:
+            raise ValueError("no secret key: set REDMESSENGER_SKEY")
+        return self.settings.secret_key

@@ -227,3 +227,21 @@ def test_page_tags_escape_what_they_are_given() -> None:
     environment = Environment(autoescape=True)
     install(environment, Settings(url="ws://h:1/rm"))
     assert environment.from_string("{{ redmessenger_tags() }}").render().startswith('<meta name="redmessenger-url"')
+
+
+def test_the_django_template_tag_writes_the_tags_from_the_environment(monkeypatch: Any) -> None:
+    import django
+    from django.conf import settings
+
+    monkeypatch.setenv("REDMESSENGER_URL", "wss://rm.example.com/rm")
+    monkeypatch.setenv("REDMESSENGER_PKEY", "pk")
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=["redmessenger_app"],
+            TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
+        )
+        django.setup()
+    from django.template import engines
+
+    html = engines["django"].from_string("<head>{% load redmessenger %}{% redmessenger_tags %}</head>").render({})
+    assert html == "<head>" + page_tags(Settings(url="wss://rm.example.com/rm", public_key="pk")) + "</head>"

@@ -366,3 +366,43 @@ async def test_redis_away_answers_unavailable_at_once_and_nothing_goes_out_later
     [message] = await reader.receive(1)
     assert message["payload"] == '"back"', "the refused publish never went out, before or after"
     redis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_grants_client_auth_and_payloads_never_reach_the_logs(daemon_factory, app):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from redmessenger.logs import set_level
+    from redmessenger.model.grants import identity_grant
+
+    secrets_seen = ["PublicKey-7f3", "SecretKey-9q2", "ClientAuth-5x1", "Payload-8k4"]
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event) + repr(event))
+
+    app(lambda request: {"deny": "no"} if request["channel"] == "shut" else {"permit": "read_write"})
+    globalLogPublisher.addObserver(observe)
+    try:
+        set_level("debug")
+        daemon = await daemon_factory(public_key="PublicKey-7f3", secret_key="SecretKey-9q2", max_frame_bytes=16384)
+        now = int(daemon.service.reactor.seconds())
+        grant = identity_grant("SecretKey-9q2", "alice", now + 60)
+        secrets_seen.append(grant)
+        client = await session(daemon, "alice", pkey="PublicKey-7f3", grant=grant)
+        other = await session(daemon, "alice", pkey="PublicKey-7f3", grant=grant)
+        reply = await client.subscribe("room", client_auth="ClientAuth-5x1")
+        secrets_seen.append(reply["grant"])
+        assert (await other.subscribe("room", grant=reply["grant"]))["ok"] is True
+        assert error(await client.subscribe("shut", client_auth="ClientAuth-5x1")) == "denied"
+        assert (await client.request("publish", channel="room", message="Payload-8k4"))["ok"] is True
+        await other.receive(1)
+        wrong = await daemon.client()
+        wrong.send(hello("bob", pkey="PublicKey-7f3", grant=grant))
+        await wrong.close_code()
+    finally:
+        set_level("info")
+        globalLogPublisher.removeObserver(observe)
+    assert any("Subscribed" in line and "room" in line for line in lines), "the log does say what happened"
+    leaked = [(secret[:12], line[:200]) for line in lines for secret in secrets_seen if secret in line]
+    assert leaked == []

@@ -170,6 +170,7 @@ class RedMessengerService(OrderedServices):
         self.root.route("/health", HealthResource(self.view))
         self.root.route("/metrics", self.metrics.resource)
         self.root.route("/redmessenger-legacy.js", StaticFile.shipped("redmessenger-legacy.js", JAVASCRIPT))
+        self.root.route("/redmessenger.js", StaticFile.shipped("redmessenger.js", JAVASCRIPT))
 
         # -- the service tree, in start order --
         self.embedded: Any = None

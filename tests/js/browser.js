@@ -6,7 +6,8 @@
 //
 // stdout: one JSON object per line: what the page passes to window.__report(...),
 // its console lines ({"event": "console"}), page errors, failed requests, and
-// {"event": "loaded"}.  stdin: {"cmd": "exit"} closes the browser.
+// {"event": "loaded"}.  stdin: {"cmd": "exit"} closes the browser; {"cmd": "eval", "id": N, "code": "..."}
+// evaluates code in the page and reports {"event": "eval", "id": N, "result": ...} (or "error").
 "use strict";
 
 const readline = require("readline");
@@ -43,11 +44,19 @@ async function main() {
       process.exit(code);
     }
   }
+  const page = context.pages()[0] || (await context.newPage());
   readline.createInterface({ input: process.stdin }).on("line", function (line) {
-    if (JSON.parse(line).cmd === "exit") exit(0);
+    const command = JSON.parse(line);
+    if (command.cmd === "exit") exit(0);
+    if (command.cmd === "eval") {
+      // run an expression in the page (awaited if it is a promise); its JSON value or error comes back
+      page.evaluate(command.code).then(
+        function (result) { report("eval", { id: command.id, result: result === undefined ? null : result }); },
+        function (error) { report("eval", { id: command.id, error: String((error && error.message) || error) }); }
+      );
+    }
   });
 
-  const page = context.pages()[0] || (await context.newPage());
   await page.exposeFunction("__report", function (fields) {
     report(fields.event, fields);
   });

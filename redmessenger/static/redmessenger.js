@@ -1,0 +1,354 @@
+/*
+ * RedMessenger's browser library (SPEC §9), served by the daemon at /redmessenger.js.
+ * Plain ES2017, no dependency. The wire protocol it speaks is docs/protocol.md's
+ * "Version 1" and "Channels" over a WebSocket.
+ *
+ *   <meta name="redmessenger-url" content="wss://rm.example.com/rm">   (the Python library's page_tags())
+ *   <meta name="redmessenger-pkey" content="...">
+ *   <script src="https://rm.example.com/redmessenger.js"></script>
+ *
+ *   const rm = new RedMessenger({clientAuth: "session token"});
+ *   const room = await rm.subscribe("room", (data, envelope) => show(data));   // rejected when denied
+ *   await room.publish({text: "hi"});
+ *   await room.unsubscribe();                       // the last one: the connection closes (lazy)
+ *
+ * Personal messages (the uid's, with their bubble): new RedMessenger({uid, key | identityGrant}) and
+ * rm.onMessage((envelope) => ...); rm.notify(envelope, title) raises a desktop notification only where
+ * envelope.bubble is true (one tab of the user's).
+ *
+ * Each message reaches its handler once (ids), one at a time, and is acknowledged after the handler
+ * returned (or its promise settled): a message whose handler did not finish is delivered again.
+ */
+(function (root) {
+  "use strict";
+
+  var FATAL = { 1003: true, 1009: true, 4400: true, 4401: true, 4409: true, 4422: true, 4429: true };
+  var SEEN_KEPT = 5000;
+
+  function meta(name) {
+    var tag = typeof document !== "undefined" && document.querySelector('meta[name="' + name + '"]');
+    return tag ? tag.getAttribute("content") : null;
+  }
+
+  function RequestError(code, reason) {
+    var error = new Error(reason);
+    error.name = "RedMessengerError";
+    error.code = code;
+    return error;
+  }
+
+  function Channel(client, name, handler) {
+    this.name = name;
+    this.mode = null;
+    this._client = client;
+    this._handler = handler;
+    this._grant = null;
+  }
+
+  /** Publish any JSON value on the channel; resolves once the daemon took it, rejects with {code, message}. */
+  Channel.prototype.publish = function (message) {
+    return this._client._request({ type: "publish", channel: this.name, message: message });
+  };
+
+  /** Stop receiving the channel; the last subscription closes the connection (unless connect() was called). */
+  Channel.prototype.unsubscribe = function () {
+    return this._client._unsubscribe(this);
+  };
+
+  function RedMessenger(options) {
+    options = options || {};
+    this.url = options.url || meta("redmessenger-url");
+    this.publicKey = options.publicKey || meta("redmessenger-pkey");
+    this.clientAuth = options.clientAuth || null;
+    this.uid = options.uid || null;
+    this.key = options.key || null;
+    this.identityGrant = options.identityGrant || null;
+    this.state = "disconnected";
+    this._WebSocket = options.WebSocket || root.WebSocket;
+    this._backoff = { first: options.reconnectDelay || 500, max: options.maxReconnectDelay || 15000, attempt: 0 };
+    this._channels = {};
+    this._pending = {};
+    this._ref = 0;
+    this._socket = null;
+    this._forced = false;
+    this._timer = null;
+    this._listeners = { state: [], error: [], message: [] };
+    this._seen = new Set();
+    this._inbox = [];
+    this._handling = false;
+    this._lastHandled = null;
+    this._queued = [];  // requests made while connecting: sent after the welcome
+    if (!this.url) throw new Error("RedMessenger: no URL (the redmessenger-url meta tag, or {url})");
+  }
+
+  RedMessenger.prototype.on = function (event, listener) {
+    if (!this._listeners[event]) throw new Error("RedMessenger: unknown event " + event);
+    this._listeners[event].push(listener);
+    return this;
+  };
+
+  /** Personal messages (rm.users.<uid>): listener(envelope); connects if needed. */
+  RedMessenger.prototype.onMessage = function (listener) {
+    this.on("message", listener);
+    this._ensureConnected();
+    return this;
+  };
+
+  RedMessenger.prototype._emit = function (event, value) {
+    this._listeners[event].forEach(function (listener) {
+      try { listener(value); } catch (e) { setTimeout(function () { throw e; }); }
+    });
+  };
+
+  RedMessenger.prototype._setState = function (state) {
+    if (this.state !== state) { this.state = state; this._emit("state", state); }
+  };
+
+  /** Subscribe: resolves with the Channel once granted, rejects with an Error carrying the refusal's code. */
+  RedMessenger.prototype.subscribe = function (name, handler) {
+    if (this._channels[name]) return Promise.reject(RequestError("already_subscribed", "already subscribed to " + name));
+    var channel = new Channel(this, name, handler || function () {});
+    this._channels[name] = channel;
+    this._ensureConnected();
+    var self = this;
+    return this._askFor(channel).then(function () { return channel; }, function (error) {
+      if (self._channels[name] === channel) delete self._channels[name];
+      self._idle();
+      throw error;
+    });
+  };
+
+  RedMessenger.prototype._askFor = function (channel) {
+    var request = { type: "subscribe", channel: channel.name };
+    if (channel._grant) request.grant = channel._grant;
+    else if (this.clientAuth) request.client_auth = this.clientAuth;
+    var self = this;
+    return this._request(request).then(function (reply) {
+      channel.mode = reply.mode;
+      if (reply.grant) channel._grant = reply.grant;
+      return channel;
+    }, function (error) {
+      if (error.code === "bad_grant" && channel._grant) {  // expired: ask the application again
+        channel._grant = null;
+        return self._askFor(channel);
+      }
+      throw error;
+    });
+  };
+
+  RedMessenger.prototype._unsubscribe = function (channel) {
+    if (this._channels[channel.name] !== channel) return Promise.resolve();
+    delete this._channels[channel.name];
+    var done = this.state === "connected"
+      ? this._request({ type: "unsubscribe", channel: channel.name }).catch(function () {})
+      : Promise.resolve();
+    var self = this;
+    return done.then(function () { self._idle(); });
+  };
+
+  /** Connect now and stay connected (until disconnect()), with or without subscriptions. */
+  RedMessenger.prototype.connect = function () {
+    this._forced = true;
+    this._ensureConnected();
+  };
+
+  RedMessenger.prototype.disconnect = function () {
+    this._forced = false;
+    this._channels = {};
+    this._listeners.message = [];
+    this._close();
+  };
+
+  /** A desktop notification for a personal message, only on the tab that carries its bubble. */
+  RedMessenger.prototype.notify = function (envelope, title, options) {
+    if (!envelope || !envelope.bubble || typeof Notification === "undefined") return null;
+    if (Notification.permission !== "granted") return null;
+    var body = typeof envelope.payload === "string" ? envelope.payload : JSON.stringify(envelope.payload);
+    return new Notification(title || "RedMessenger", Object.assign({ body: body }, options || {}));
+  };
+
+  RedMessenger.prototype._wanted = function () {
+    return this._forced || Object.keys(this._channels).length > 0 || this._listeners.message.length > 0;
+  };
+
+  RedMessenger.prototype._idle = function () {
+    if (!this._wanted()) this._close();
+  };
+
+  RedMessenger.prototype._close = function () {
+    clearTimeout(this._timer);
+    this._timer = null;
+    var socket = this._socket;
+    this._socket = null;
+    this._failPending("disconnected", "the connection was closed");
+    if (socket) { socket.onclose = null; socket.close(1000); }
+    this._setState("disconnected");
+  };
+
+  RedMessenger.prototype._ensureConnected = function () {
+    if (this._socket || this._timer) return;
+    this._open();
+  };
+
+  RedMessenger.prototype._open = function () {
+    var self = this;
+    this._timer = null;
+    this._setState("connecting");
+    var socket = new this._WebSocket(this.url);
+    this._socket = socket;
+    socket.onopen = function () {
+      var hello = { type: "hello", v: 1 };
+      if (self.publicKey) hello.pkey = self.publicKey;
+      if (self.uid) {
+        hello.uid = self.uid;
+        if (self.identityGrant) hello.grant = self.identityGrant;
+        else if (self.key) hello.key = self.key;
+      }
+      socket.send(JSON.stringify(hello));
+    };
+    socket.onmessage = function (event) { self._frame(event.data); };
+    socket.onclose = function (event) { self._closed(socket, event); };
+  };
+
+  RedMessenger.prototype._frame = function (text) {
+    var frame;
+    try { frame = JSON.parse(text); } catch (e) { return; }
+    if (frame.type === "message") {
+      this._inbox.push(frame);
+      this._drain();
+    } else if (frame.type === "reply") {
+      var pending = this._pending[frame.ref];
+      if (!pending) return;
+      delete this._pending[frame.ref];
+      if (frame.ok) pending.resolve(frame);
+      else pending.reject(RequestError(frame.error.code, frame.error.reason));
+    } else if (frame.type === "sync") {
+      if (this._lastHandled && !this._handling) this._send({ type: "ack", id: this._lastHandled });
+    } else if (frame.type === "welcome") {
+      this._backoff.attempt = 0;
+      this._setState("connected");
+      this._resubscribe();
+    }
+  };
+
+  RedMessenger.prototype._resubscribe = function () {
+    var self = this;
+    Object.keys(this._channels).forEach(function (name) {
+      var channel = self._channels[name];
+      if (channel.mode === null) return;  // its first subscribe is on its way (sent once connected)
+      self._askFor(channel).catch(function (error) {
+        if (self._channels[name] === channel) delete self._channels[name];
+        self._emit("error", error);
+      });
+    });
+    // requests made while connecting wait for the welcome
+    var queued = this._queued;
+    this._queued = [];
+    queued.forEach(function (request) { request.send(); });
+  };
+
+  RedMessenger.prototype._request = function (request) {
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var send = function () {
+        var ref = ++self._ref;
+        request.ref = ref;
+        self._pending[ref] = { resolve: resolve, reject: reject };
+        self._send(request);
+      };
+      if (self.state === "connected") send();
+      else self._queued.push({ send: send, reject: reject });
+    });
+  };
+
+  RedMessenger.prototype._send = function (frame) {
+    if (this._socket && this._socket.readyState === 1) this._socket.send(JSON.stringify(frame));
+  };
+
+  RedMessenger.prototype._drain = function () {
+    if (this._handling) return;
+    var frame = this._inbox.shift();
+    if (!frame) return;
+    var self = this;
+    if (this._seen.has(frame.id)) {  // delivered again (after a reconnect): handled already
+      this._acked(frame.id);
+      return this._drain();
+    }
+    this._handling = true;
+    var done = function () {
+      self._remember(frame.id);
+      self._handling = false;
+      self._acked(frame.id);
+      self._drain();
+    };
+    var result;
+    try { result = this._dispatch(frame); } catch (e) { setTimeout(function () { throw e; }); }
+    if (result && typeof result.then === "function") result.then(done, function (e) { done(); setTimeout(function () { throw e; }); });
+    else done();
+  };
+
+  RedMessenger.prototype._dispatch = function (frame) {
+    var source = frame.source || "";
+    var envelope = { id: frame.id, source: source, timestamp: frame.timestamp, bubble: frame.bubble,
+                     payload: frame.payload, sender: frame.sender || null };
+    if (source.indexOf("rm.channels.") === 0) {
+      var channel = this._channels[source.slice("rm.channels.".length)];
+      if (channel) return channel._handler(decode(frame.payload), envelope);
+      return null;
+    }
+    var result = null;
+    this._listeners.message.forEach(function (listener) { result = listener(envelope) || result; });
+    return result;
+  };
+
+  RedMessenger.prototype._remember = function (id) {
+    this._seen.add(id);
+    if (this._seen.size > SEEN_KEPT) this._seen.delete(this._seen.values().next().value);
+  };
+
+  RedMessenger.prototype._acked = function (id) {
+    this._lastHandled = id;
+    this._send({ type: "ack", id: id });
+  };
+
+  RedMessenger.prototype._failPending = function (code, reason) {
+    var pending = this._pending;
+    this._pending = {};
+    if (this._socket === null && !this._wanted()) {
+      var queued = this._queued;
+      this._queued = [];
+      queued.forEach(function (request) { request.reject(RequestError(code, reason)); });
+    }
+    Object.keys(pending).forEach(function (ref) { pending[ref].reject(RequestError(code, reason)); });
+  };
+
+  RedMessenger.prototype._closed = function (socket, event) {
+    if (socket !== this._socket) return;
+    this._socket = null;
+    this._inbox = [];  // not acknowledged: the daemon sends them again
+    this._handling = false;
+    this._failPending("disconnected", "the connection closed (" + event.code + ")");
+    if (FATAL[event.code]) {  // refused (a wrong key, a bad frame): trying again would not help
+      var error = RequestError(event.code, event.reason || "refused");
+      var queued = this._queued;
+      this._queued = [];
+      queued.forEach(function (request) { request.reject(error); });
+      this._emit("error", error);
+      this._setState("disconnected");
+      return;
+    }
+    if (!this._wanted()) { this._setState("disconnected"); return; }
+    this._setState("reconnecting");
+    var backoff = this._backoff;
+    var delay = Math.min(backoff.max, backoff.first * Math.pow(2, backoff.attempt++));
+    var self = this;
+    this._timer = setTimeout(function () { self._open(); }, delay / 2 + Math.random() * delay / 2);
+  };
+
+  function decode(payload) {
+    try { return JSON.parse(payload); } catch (e) { return payload; }
+  }
+
+  RedMessenger.RequestError = RequestError;
+  root.RedMessenger = RedMessenger;
+})(typeof window !== "undefined" ? window : globalThis);

@@ -1,0 +1,168 @@
+// Unit tests of the browser library's own logic (redmessenger/static/redmessenger.js) in Node's test
+// runner, with a scripted WebSocket: ids and duplicates, acks after the handler, grants on reconnect,
+// refusals. Run by tests/test_browser_library.py (node --test).
+"use strict";
+
+const test = require("node:test");
+const assert = require("node:assert");
+const path = require("path");
+
+const LIBRARY = path.join(__dirname, "..", "..", "redmessenger", "static", "redmessenger.js");
+
+function load() {
+  delete require.cache[require.resolve(LIBRARY)];
+  require(LIBRARY);
+  return globalThis.RedMessenger;
+}
+
+// A WebSocket the test plays the server of: sent frames are recorded, server frames pushed with deliver().
+class FakeSocket {
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.readyState = 0;
+    FakeSocket.opened.push(this);
+    setImmediate(() => { this.readyState = 1; this.onopen && this.onopen(); });
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close(code) { this.readyState = 3; this.closedWith = code; }
+  deliver(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+  drop(code, reason) { this.readyState = 3; this.onclose({ code: code, reason: reason || "" }); }
+  last(type) { return this.sent.filter((f) => f.type === type).pop(); }
+}
+FakeSocket.opened = [];
+
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+async function until(condition, what) {
+  for (let turns = 0; turns < 10000; turns++) {
+    if (condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  throw new Error("timed out waiting for " + what);
+}
+
+async function connected(options) {
+  FakeSocket.opened = [];
+  const RedMessenger = load();
+  const rm = new RedMessenger(Object.assign({ url: "ws://x/rm", WebSocket: FakeSocket, reconnectDelay: 1 }, options));
+  return rm;
+}
+
+async function subscribed(rm, name, handler, grant) {
+  const promise = rm.subscribe(name, handler);
+  await tick();
+  const socket = FakeSocket.opened[FakeSocket.opened.length - 1];
+  if (socket.last("hello") && !socket.welcomed) { socket.welcomed = true; socket.deliver({ type: "welcome", v: 1, uid: null }); }
+  await tick();
+  const request = socket.last("subscribe");
+  socket.deliver(Object.assign({ type: "reply", ref: request.ref, ok: true, mode: "read_write" }, grant ? { grant } : {}));
+  return { channel: await promise, socket, request };
+}
+
+function message(id, payload, channel) {
+  return { type: "message", id: id, source: "rm.channels." + (channel || "room"), timestamp: 1, bubble: false,
+           payload: JSON.stringify(payload) };
+}
+
+test("a message delivered twice reaches its handler once, and both are acknowledged", async () => {
+  const rm = await connected();
+  const got = [];
+  const { socket } = await subscribed(rm, "room", (data) => got.push(data));
+  socket.deliver(message("r.1", { n: 1 }));
+  socket.deliver(message("r.1", { n: 1 }));
+  socket.deliver(message("r.2", { n: 2 }));
+  await tick();
+  assert.deepStrictEqual(got, [{ n: 1 }, { n: 2 }]);
+  assert.deepStrictEqual(socket.sent.filter((f) => f.type === "ack").map((f) => f.id), ["r.1", "r.1", "r.2"]);
+});
+
+test("a message is acknowledged only after its handler's promise settles, one at a time", async () => {
+  const rm = await connected();
+  const finish = [];
+  const started = [];
+  const { socket } = await subscribed(rm, "room", (data) => {
+    started.push(data.n);
+    return new Promise((resolve) => finish.push(resolve));
+  });
+  socket.deliver(message("r.1", { n: 1 }));
+  socket.deliver(message("r.2", { n: 2 }));
+  await tick();
+  assert.deepStrictEqual(started, [1], "the second waits for the first");
+  assert.strictEqual(socket.last("ack"), undefined, "nothing acknowledged before the handler is done");
+  socket.deliver({ type: "sync" });
+  assert.strictEqual(socket.last("ack"), undefined, "a sync while a handler runs acknowledges nothing new");
+  finish[0]();
+  await tick();
+  assert.strictEqual(socket.last("ack").id, "r.1");
+  assert.deepStrictEqual(started, [1, 2]);
+  finish[1]();
+  await tick();
+  assert.strictEqual(socket.last("ack").id, "r.2");
+});
+
+test("after a drop the library reconnects and resubscribes with its grant; an expired grant asks again", async () => {
+  const rm = await connected({ clientAuth: "token" });
+  const { socket, request } = await subscribed(rm, "room", () => {}, "GRANT-1");
+  assert.strictEqual(request.client_auth, "token");
+  socket.drop(1006);
+  assert.strictEqual(rm.state, "reconnecting");
+  await until(() => FakeSocket.opened.length === 2 && FakeSocket.opened[1].last("hello"), "the second connection's hello");
+  const again = FakeSocket.opened[FakeSocket.opened.length - 1];
+  assert.notStrictEqual(again, socket);
+  again.deliver({ type: "welcome", v: 1, uid: null });
+  await tick();
+  const resubscribe = again.last("subscribe");
+  assert.deepStrictEqual([resubscribe.channel, resubscribe.grant, resubscribe.client_auth], ["room", "GRANT-1", undefined]);
+  again.deliver({ type: "reply", ref: resubscribe.ref, ok: false, error: { code: "bad_grant", reason: "invalid grant: expired" } });
+  await tick();
+  const asked = again.last("subscribe");
+  assert.deepStrictEqual([asked.grant, asked.client_auth], [undefined, "token"], "asked the application again");
+  assert.strictEqual(rm.state, "connected");
+});
+
+test("a refusal of the connection (4401) is reported and not retried; requests waiting are rejected", async () => {
+  const rm = await connected({ uid: "alice", key: "wrong" });
+  const errors = [];
+  rm.on("error", (error) => errors.push(error.code));
+  const pending = rm.subscribe("room", () => {});
+  await tick();
+  const socket = FakeSocket.opened[0];
+  assert.deepStrictEqual(socket.last("hello"), { type: "hello", v: 1, uid: "alice", key: "wrong" });
+  socket.drop(4401, "authentication failed");
+  await assert.rejects(pending, (error) => error.code === 4401);
+  assert.strictEqual(rm._timer, null, "no second attempt scheduled");
+  assert.strictEqual(FakeSocket.opened.length, 1);
+  assert.deepStrictEqual(errors, [4401]);
+  assert.strictEqual(rm.state, "disconnected");
+});
+
+test("a denied subscribe rejects with the code and reason, and the last subscription's end closes the socket", async () => {
+  const rm = await connected();
+  const { channel, socket } = await subscribed(rm, "room", () => {});
+  const denied = rm.subscribe("secret", () => {});
+  await tick();
+  const ask = socket.last("subscribe");
+  socket.deliver({ type: "reply", ref: ask.ref, ok: false, error: { code: "denied", reason: "members only" } });
+  await assert.rejects(denied, (error) => error.code === "denied" && error.message === "members only");
+  const leaving = channel.unsubscribe();
+  await tick();
+  socket.deliver({ type: "reply", ref: socket.last("unsubscribe").ref, ok: true });
+  await leaving;
+  assert.strictEqual(socket.closedWith, 1000);
+  assert.strictEqual(rm.state, "disconnected");
+});
+
+test("notify() raises a notification only where the message carries the bubble", async () => {
+  const rm = await connected();
+  const shown = [];
+  globalThis.Notification = function (title, options) { shown.push([title, options.body]); };
+  globalThis.Notification.permission = "granted";
+  try {
+    assert.strictEqual(rm.notify({ bubble: false, payload: "x" }, "t"), null);
+    rm.notify({ bubble: true, payload: "hello" }, "New message");
+    assert.deepStrictEqual(shown, [["New message", "hello"]]);
+  } finally {
+    delete globalThis.Notification;
+  }
+});

@@ -1,0 +1,205 @@
+"""
+The browser library (/redmessenger.js, SPEC §9) in headless Chromium, against
+the real daemon, with the real Python library as the application: the page is
+served from another origin with the two meta tags and the daemon's script tag,
+exactly as page_tags() writes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from redmessenger_app import blocking
+from redmessenger_app.protocol import Settings, page_tags
+
+from .browserpage import PageServer, chromium_available
+from .conftest import HOST, publish
+from .sioclients import JS_DIR, ClientProcess, ensure_node_modules, node_binary, spawn
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>page</title>
+%(tags)s
+</head><body>
+<script>
+  // The page's own code, as a user writes it; the test drives it through window.page.
+  window.page = {
+    got: [], personal: [], states: [],
+    make(options) {
+      this.rm = new RedMessenger(options || {});
+      this.rm.on("state", (state) => { this.states.push(state); __report({event: "state", state}); });
+      return true;
+    },
+    async subscribe(name) {
+      try {
+        const channel = await this.rm.subscribe(name, (data, envelope) => {
+          this.got.push({channel: name, data, sender: envelope.sender});
+          __report({event: "got", channel: name, data, sender: envelope.sender});
+        });
+        this[name] = channel;
+        return {ok: true, mode: channel.mode};
+      } catch (error) {
+        return {ok: false, code: error.code, reason: error.message};
+      }
+    },
+    async publish(name, message) {
+      try { await this[name].publish(message); return {ok: true}; }
+      catch (error) { return {ok: false, code: error.code, reason: error.message}; }
+    },
+  };
+</script>
+</body></html>
+"""
+
+
+class Page:
+    """One browser page: eval() runs code in it and returns its result."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, process: ClientProcess) -> None:
+        self.process = process
+
+    async def eval(self, code: str, timeout: float = 15.0) -> Any:
+        call = next(self._ids)
+        self.process.command(cmd="eval", id=call, code=code)
+        await self.process.until(lambda: any(e.get("id") == call for e in self.process.of("eval")), f"eval {call}", timeout)
+        result = next(e for e in self.process.of("eval") if e.get("id") == call)
+        assert "error" not in result, result
+        return result["result"]
+
+    def got(self) -> list[dict[str, Any]]:
+        return self.process.of("got")
+
+
+@pytest_twisted.async_yield_fixture
+async def pages(tmp_path: Path) -> AsyncIterator[Any]:
+    ensure_node_modules()
+    chromium = chromium_available()
+    opened: list[tuple[ClientProcess, PageServer]] = []
+
+    async def open_page(daemon: Any, public_key: str | None = None) -> Page:
+        url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
+        tags = page_tags(Settings(url=url, public_key=public_key))
+        server = PageServer({b"/": (b"text/html; charset=utf-8", (PAGE % {"tags": tags}).encode())})
+        config = {"url": server.url, "userDataDir": str(tmp_path / f"profile{len(opened)}"), "chromium": chromium}
+        process = spawn("chromium", [node_binary(), str(JS_DIR / "browser.js"), json.dumps(config)], cwd=JS_DIR)
+        opened.append((process, server))
+        await process.expect("loaded")
+        return Page(process)
+
+    yield open_page
+    for process, server in opened:
+        if not process.ended.called:
+            process.command(cmd="exit")
+            try:
+                await process.until(process.ended_now, "the browser closed", timeout=15)
+            except AssertionError:
+                pass
+        await process.stop()
+        await server.stop()
+
+
+@pytest.fixture
+def application(redis_server: Any, redis: Any) -> Iterator[blocking.RedMessenger]:
+    """The real Python library as the application: permits by client_auth, counts the requests it saw."""
+    rm = blocking.RedMessenger(Settings(redis_url=f"redis://127.0.0.1:{redis_server.port}/0"))
+    rm.requests = []  # type: ignore[attr-defined]
+
+    @rm.on("subscription_request")
+    def authorize(request: Any) -> None:
+        rm.requests.append(request.channel)  # type: ignore[attr-defined]
+        if request.channel == "secret":
+            request.deny("members only")
+        else:
+            request.permit("read_only" if request.channel == "news" else "read_write")
+
+    rm.start()
+    yield rm
+    rm.stop()
+    rm.redis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_served_script_subscribes_publishes_and_is_refused_with_reasons(daemon_factory, pages, application):
+    daemon = await daemon_factory(public_key="pk-1", secret_key="sk-1")
+    alice, bob = await pages(daemon, "pk-1"), await pages(daemon, "pk-1")
+    for page, auth in ((alice, "alice's session"), (bob, "bob's session")):
+        assert await page.eval(f"page.make({{clientAuth: {json.dumps(auth)}}})") is True
+    assert await alice.eval("page.rm.state") == "disconnected", "lazy: no connection before the first subscribe"
+    assert await alice.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await bob.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await bob.eval("page.subscribe('secret')") == {"ok": False, "code": "denied", "reason": "members only"}
+    assert await bob.eval("page.subscribe('news')") == {"ok": True, "mode": "read_only"}
+    refused = await bob.eval("page.publish('news', 'from bob')")
+    assert refused["ok"] is False and refused["code"] == "read_only"
+
+    assert await alice.eval("page.publish('room', {text: 'hi bob'})") == {"ok": True}
+    await bob.process.expect("got")
+    [got] = bob.got()
+    assert (got["channel"], got["data"]) == ("room", {"text": "hi bob"})
+    assert got["sender"]["uid"] is None and got["sender"]["client_id"]
+
+    application.publish("room", ["from", "the", "app"])
+    for page, count in ((alice, 1), (bob, 2)):
+        await page.process.expect("got", count)
+    assert [g["data"] for g in alice.got()] == [["from", "the", "app"]], "alice did not get her own message"
+
+    assert await alice.eval("page.room.unsubscribe().then(() => page.rm.state)") == "disconnected", (
+        "the last unsubscribe closes the connection"
+    )
+    assert sorted(application.requests) == ["news", "room", "room", "secret"]  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_daemon_is_rejoined_with_grants_and_the_queue_arrives(daemon_factory, pages, application, redis):
+    daemon = await daemon_factory(secret_key="sk-1")
+    page = await pages(daemon)
+    assert await page.eval("page.make({uid: 'alice'}) && (page.rm.onMessage((e) => __report({event: 'personal', e})), true)")
+    assert await page.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    await page.process.until(lambda: page.process.of("state")[-1:] == [{"event": "state", "state": "connected"}], "connected")
+    port = daemon.port
+    await daemon.service.stopService()
+    publish(redis, "rm.users.alice", "queued while the daemon was down")  # nobody hears it: a bare PUBLISH is lost
+    application.publish_to_user("alice", "kept by the intake")  # the durable path: delivered when a daemon is back
+    again = await daemon_factory(secret_key="sk-1", listen=f"tcp:{port}:interface={HOST}")
+    await page.process.until(lambda: len([s for s in page.process.of("state") if s["state"] == "connected"]) == 2,
+                             "the page reconnected", timeout=30)  # fmt: skip
+    await page.process.expect("personal")
+    assert [e["e"]["payload"] for e in page.process.of("personal")] == ['"kept by the intake"']
+    assert application.requests == ["room"], "resubscribed with its grant: the application was not asked again"  # type: ignore[attr-defined]
+    publish(redis, "rm.channels.room", "after the restart")
+    await page.process.expect("got")
+    assert [g["data"] for g in page.got()] == ["after the restart"]
+    assert again.service.hub.counters.subscriptions_by_grant == 1
+
+
+def test_the_library_logic_in_nodes_test_runner() -> None:
+    """tests/js/redmessenger_unit.test.js: ids, acks after the handler, grants on reconnect, refusals, notify()."""
+    import subprocess
+
+    result = subprocess.run(
+        [node_binary(), "--test", str(JS_DIR / "redmessenger_unit.test.js")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "# fail 0" in result.stdout and "# pass 6" in result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_script_is_served_with_an_etag_and_is_the_file_in_the_repository(daemon_factory):
+    from .httpclient import http_get
+
+    daemon = await daemon_factory()
+    shipped = (Path(__file__).resolve().parent.parent / "redmessenger" / "static" / "redmessenger.js").read_bytes()
+    code, headers, body = await http_get(daemon.port, "/redmessenger.js")
+    assert (code, body) == (200, shipped)
+    assert headers.getRawHeaders(b"content-type") == [b"application/javascript; charset=utf-8"]
+    etag = headers.getRawHeaders(b"etag")[0]
+    code, _, body = await http_get(daemon.port, "/redmessenger.js", {b"if-none-match": [etag]})
+    assert (code, body) == (304, b"")

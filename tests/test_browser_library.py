@@ -203,3 +203,22 @@ async def test_the_script_is_served_with_an_etag_and_is_the_file_in_the_reposito
     etag = headers.getRawHeaders(b"etag")[0]
     code, _, body = await http_get(daemon.port, "/redmessenger.js", {b"if-none-match": [etag]})
     assert (code, body) == (304, b"")
+
+
+def test_the_typings_compile_with_typescripts_strict_checks(tmp_path: Path) -> None:
+    """redmessenger.d.ts against tests/js/typings_check.ts (the README's usage); and a misuse is caught."""
+    import shutil
+    import subprocess
+
+    tsc = JS_DIR / "node_modules" / ".bin" / "tsc"
+    flags = ["--noEmit", "--strict", "--target", "es2017", "--lib", "es2017,dom,dom.iterable", "--moduleResolution", "node"]
+    result = subprocess.run([str(tsc), *flags, "typings_check.ts"], cwd=JS_DIR, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    misuse = tmp_path / "misuse.ts"
+    shutil.copy(JS_DIR / "typings_check.ts", misuse)
+    static = (Path(__file__).resolve().parent.parent / "redmessenger" / "static" / "redmessenger").as_posix()
+    misuse.write_text(
+        misuse.read_text().replace("../../redmessenger/static/redmessenger", static).replace('rm.subscribe<{ text: string }>("room"', "rm.subscribe<{ text: string }>(42")
+    )
+    result = subprocess.run([str(tsc), *flags, str(misuse)], cwd=JS_DIR, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "TS2345" in result.stdout, result.stdout

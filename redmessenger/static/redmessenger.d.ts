@@ -1,0 +1,79 @@
+// Type declarations for RedMessenger's browser library (redmessenger.js, served at /redmessenger.js).
+// docs/protocol.md, "Channels", is the wire protocol behind them.
+
+/** A refusal: a reply code ("denied", "read_only", "bad_grant", ...) or a close code (4401, ...). */
+export interface RedMessengerError extends Error {
+  name: "RedMessengerError";
+  code: string | number;
+}
+
+export type Mode = "read_write" | "read_only" | "write_only";
+export type ConnectionState = "disconnected" | "connecting" | "connected" | "reconnecting";
+
+/** Who published a client message (set by the daemon); null for the application's messages. */
+export interface Sender {
+  client_id: string;
+  uid: string | null;
+}
+
+export interface Envelope {
+  id: string;
+  source: string;
+  timestamp: number;
+  /** true on one tab of the user's: raise a desktop notification there only (notify()). */
+  bubble: boolean;
+  payload: string;
+  sender: Sender | null;
+}
+
+/** Called once per message; the message is acknowledged when it returns (or its promise settles). */
+export type ChannelHandler<T = unknown> = (data: T, envelope: Envelope) => void | Promise<void>;
+
+export interface Channel<T = unknown> {
+  readonly name: string;
+  readonly mode: Mode | null;
+  /** Resolves once the daemon took it; rejects with a RedMessengerError (read_only, too_large, ...). */
+  publish(message: unknown): Promise<void>;
+  /** Stops the channel; the last subscription's end closes the connection (unless connect() was called). */
+  unsubscribe(): Promise<void>;
+}
+
+export interface RedMessengerOptions {
+  /** Default: the redmessenger-url meta tag. */
+  url?: string;
+  /** Default: the redmessenger-pkey meta tag. */
+  publicKey?: string;
+  /** Handed to the application with each subscription request. */
+  clientAuth?: string;
+  /** Personal messages: the user's uid, with its key or an identity grant from the application. */
+  uid?: string;
+  key?: string;
+  identityGrant?: string;
+  /** Reconnection back-off, in milliseconds (jittered, doubling up to the maximum). */
+  reconnectDelay?: number;
+  maxReconnectDelay?: number;
+  /** A WebSocket implementation (tests, Node). */
+  WebSocket?: unknown;
+}
+
+export declare class RedMessenger {
+  constructor(options?: RedMessengerOptions);
+  readonly state: ConnectionState;
+  subscribe<T = unknown>(name: string, handler?: ChannelHandler<T>): Promise<Channel<T>>;
+  /** Personal messages (rm.users.<uid>). */
+  onMessage(listener: (envelope: Envelope) => void | Promise<void>): this;
+  on(event: "state", listener: (state: ConnectionState) => void): this;
+  on(event: "error", listener: (error: RedMessengerError) => void): this;
+  on(event: "message", listener: (envelope: Envelope) => void | Promise<void>): this;
+  connect(): void;
+  disconnect(): void;
+  /** A desktop notification for a personal message, only where envelope.bubble is true; null elsewhere. */
+  notify(envelope: Envelope, title?: string, options?: NotificationOptions): Notification | null;
+  static RequestError(code: string | number, reason: string): RedMessengerError;
+}
+
+declare global {
+  interface Window {
+    RedMessenger: typeof RedMessenger;
+  }
+}

@@ -222,3 +222,38 @@ def test_the_typings_compile_with_typescripts_strict_checks(tmp_path: Path) -> N
     )
     result = subprocess.run([str(tsc), *flags, str(misuse)], cwd=JS_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "TS2345" in result.stdout, result.stdout
+
+
+BLOCKED_WEBSOCKET = """
+  // A network that lets no WebSocket through: the connection fails before it opens, as behind such a proxy.
+  window.WebSocket = function () {
+    const socket = {readyState: 0, send() {}, close() {}};
+    setTimeout(() => socket.onclose && socket.onclose({code: 1006, reason: ""}), 10);
+    return socket;
+  };
+  true
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_where_websockets_are_blocked_long_polling_takes_over(daemon_factory, pages, application):
+    daemon = await daemon_factory(public_key="pk-1")
+    open_page, blocked = await pages(daemon, "pk-1"), await pages(daemon, "pk-1")
+    assert await blocked.eval(BLOCKED_WEBSOCKET) is True
+    for page in (open_page, blocked):
+        assert await page.eval("page.make({uid: 'u' + Math.random().toString(36).slice(2)})") is True
+    assert await blocked.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await blocked.eval("page.rm.transport") == "polling"
+    assert await open_page.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await open_page.eval("page.rm.transport") == "websocket"
+    assert await blocked.eval("page.subscribe('secret')") == {"ok": False, "code": "denied", "reason": "members only"}
+    assert await blocked.eval("page.subscribe('news').then(() => page.publish('news', 'no'))") == {
+        "ok": False, "code": "read_only", "reason": "the subscription to news is read_only"
+    }  # fmt: skip
+    assert await open_page.eval("page.publish('room', 'from the websocket page')") == {"ok": True}
+    assert await blocked.eval("page.publish('room', 'from the polling page')") == {"ok": True}
+    application.publish("room", "from the app")
+    await blocked.process.expect("got", 2)
+    await open_page.process.expect("got", 2)
+    assert [g["data"] for g in blocked.got()] == ["from the websocket page", "from the app"]
+    assert [g["data"] for g in open_page.got()] == ["from the polling page", "from the app"]

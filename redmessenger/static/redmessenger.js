@@ -55,6 +55,134 @@
     return this._client._unsubscribe(this);
   };
 
+  /*
+   * Long-polling, for networks that block WebSockets: the daemon's Engine.IO 4 endpoint (/socket.io/) with
+   * the same requests as Socket.IO events with acknowledgements (docs/protocol.md, "Channels" over Socket.IO).
+   * It looks like a WebSocket to the rest of the library: send() takes version-1 frames, onmessage gets
+   * version-1 frames. Messages are confirmed by the next poll, as Engine.IO does; acks are not sent.
+   */
+  function PollingSocket(url) {
+    var parts = new URL(url);
+    this._base = (parts.protocol === "wss:" ? "https:" : "http:") + "//" + parts.host + "/socket.io/?EIO=4&transport=polling";
+    this._nsp = parts.pathname.replace(/\/+$/, "") || "/";
+    this._sid = null;
+    this._acks = {};
+    this._ackId = 0;
+    this._outbox = [];
+    this._posting = false;
+    this.readyState = 0;
+    var self = this;
+    setTimeout(function () { self._handshake(); });
+  }
+
+  PollingSocket.prototype._url = function () {
+    return this._base + (this._sid ? "&sid=" + encodeURIComponent(this._sid) : "") + "&t=" + Date.now().toString(36);
+  };
+
+  PollingSocket.prototype._handshake = function () {
+    var self = this;
+    fetch(this._url()).then(function (response) {
+      if (!response.ok) throw new Error("handshake: HTTP " + response.status);
+      return response.text();
+    }).then(function (text) {
+      var open = JSON.parse(text.split("\x1e")[0].slice(1));
+      self._sid = open.sid;
+      self._post("40" + self._prefix());
+      self._poll();
+    }).catch(function () { self._end(1006, "the polling handshake failed"); });
+  };
+
+  PollingSocket.prototype._prefix = function () {
+    return this._nsp === "/" ? "" : this._nsp + ",";
+  };
+
+  PollingSocket.prototype._poll = function () {
+    if (this.readyState === 3) return;
+    var self = this;
+    fetch(this._url()).then(function (response) {
+      if (!response.ok) throw new Error("poll: HTTP " + response.status);
+      return response.text();
+    }).then(function (text) {
+      text.split("\x1e").forEach(function (packet) { self._packet(packet); });
+      self._poll();
+    }).catch(function () { self._end(1006, "the polling connection was lost"); });
+  };
+
+  PollingSocket.prototype._packet = function (packet) {
+    var kind = packet.charAt(0);
+    if (kind === "2") return this._post("3");  // Engine.IO ping: pong
+    if (kind === "1") return this._end(1001, "the server closed the session");
+    if (kind !== "4") return;
+    var sio = packet.slice(1), type = sio.charAt(0), rest = sio.slice(1), prefix = this._prefix();
+    if (prefix && rest.indexOf(prefix) === 0) rest = rest.slice(prefix.length);
+    var match = /^(\d*)([\[{].*)?$/.exec(rest);
+    var id = match && match[1] ? Number(match[1]) : null;
+    var data = match && match[2] ? JSON.parse(match[2]) : null;
+    if (type === "0") {  // connected to the namespace: the "WebSocket" is open
+      this.readyState = 1;
+      if (this.onopen) this.onopen();
+    } else if (type === "2" && data) {
+      if (data[0] === "message") this._deliver(Object.assign({ type: "message" }, data[1]));
+      else if (data[0] === "error") this._refused = data[1];
+    } else if (type === "3" && id !== null && this._acks[id]) {
+      var answer = this._acks[id];
+      delete this._acks[id];
+      answer(data ? data[0] : null);
+    } else if (type === "1" || type === "4") {
+      var report = this._refused || (type === "4" ? data : null) || {};
+      this._end(report.code || 1000, report.message || "disconnected");
+    }
+  };
+
+  PollingSocket.prototype._deliver = function (frame) {
+    if (this.onmessage) this.onmessage({ data: JSON.stringify(frame) });
+  };
+
+  PollingSocket.prototype.send = function (text) {
+    var frame = JSON.parse(text), self = this;
+    if (frame.type === "ack") return;  // confirmed by the next poll instead
+    var name = frame.type, fields = Object.assign({}, frame), ref = frame.ref;
+    delete fields.type;
+    delete fields.ref;
+    var id = ++this._ackId;
+    this._acks[id] = function (answer) {
+      answer = answer || {};
+      if (name === "hello") self._deliver({ type: "welcome", v: 1, uid: answer.uid === undefined ? null : answer.uid });
+      else self._deliver(Object.assign({ type: "reply", ref: ref }, answer));
+    };
+    this._post("42" + this._prefix() + id + JSON.stringify([name, fields]));
+  };
+
+  PollingSocket.prototype._post = function (packet) {
+    this._outbox.push(packet);
+    if (this._posting || this.readyState === 3) return;
+    this._posting = true;
+    var batch = this._outbox.join("\x1e"), self = this;
+    this._outbox = [];
+    fetch(this._url(), { method: "POST", body: batch, headers: { "content-type": "text/plain;charset=UTF-8" } })
+      .then(function (response) { if (!response.ok) throw new Error("POST: HTTP " + response.status); })
+      .then(function () {
+        self._posting = false;
+        var waiting = self._outbox;  // written meanwhile: the next POST, in order
+        self._outbox = [];
+        if (waiting.length) self._post(waiting.join("\x1e"));
+      })
+      .catch(function () { self._end(1006, "the polling connection was lost"); });
+  };
+
+  PollingSocket.prototype.close = function () {
+    if (this.readyState === 3) return;
+    if (this._sid) this._post("1");
+    this.readyState = 3;
+  };
+
+  PollingSocket.prototype._end = function (code, reason) {
+    if (this.readyState === 3 && this._ended) return;
+    this._ended = true;
+    this.readyState = 3;
+    if (this.onclose) this.onclose({ code: code, reason: reason });
+  };
+
   function RedMessenger(options) {
     options = options || {};
     this.url = options.url || meta("redmessenger-url");
@@ -65,6 +193,10 @@
     this.identityGrant = options.identityGrant || null;
     this.state = "disconnected";
     this._WebSocket = options.WebSocket || root.WebSocket;
+    /** "websocket" first, then "polling" where WebSockets do not get through (or only "polling"). */
+    this.transports = options.transports || ["websocket", "polling"];
+    this.transport = null;
+    this._wsFailures = 0;
     this._backoff = { first: options.reconnectDelay || 500, max: options.maxReconnectDelay || 15000, attempt: 0 };
     this._channels = {};
     this._pending = {};
@@ -194,9 +326,21 @@
     var self = this;
     this._timer = null;
     this._setState("connecting");
-    var socket = new this._WebSocket(this.url);
+    var usePolling = this.transports.indexOf("websocket") < 0 ||
+      (this.transports.indexOf("polling") >= 0 && (this._wsFailures >= 1 || !this._WebSocket));
+    var socket;
+    try {
+      socket = usePolling ? new PollingSocket(this.url) : new this._WebSocket(this.url);
+    } catch (e) {  // a WebSocket constructor that throws (blocked, or none): polling next time
+      this._wsFailures++;
+      socket = new PollingSocket(this.url);
+      usePolling = true;
+    }
+    this.transport = usePolling ? "polling" : "websocket";
+    socket._opened = false;
     this._socket = socket;
     socket.onopen = function () {
+      socket._opened = true;
       var hello = { type: "hello", v: 1 };
       if (self.publicKey) hello.pkey = self.publicKey;
       if (self.uid) {
@@ -206,7 +350,7 @@
       }
       socket.send(JSON.stringify(hello));
     };
-    socket.onmessage = function (event) { self._frame(event.data); };
+    socket.onmessage = function (event) { if (self._socket === socket) self._frame(event.data); };
     socket.onclose = function (event) { self._closed(socket, event); };
   };
 
@@ -324,6 +468,7 @@
 
   RedMessenger.prototype._closed = function (socket, event) {
     if (socket !== this._socket) return;
+    if (!socket._opened && !(socket instanceof PollingSocket)) this._wsFailures++;  // never got through: blocked?
     this._socket = null;
     this._inbox = [];  // not acknowledged: the daemon sends them again
     this._handling = false;

@@ -84,11 +84,11 @@ async def pages(tmp_path: Path) -> AsyncIterator[Any]:
     chromium = chromium_available()
     opened: list[tuple[ClientProcess, PageServer]] = []
 
-    async def open_page(daemon: Any, public_key: str | None = None) -> Page:
+    async def open_page(daemon: Any, public_key: str | None = None, address: str | None = None) -> Page:
         url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
         tags = page_tags(Settings(url=url, public_key=public_key))
         server = PageServer({b"/": (b"text/html; charset=utf-8", (PAGE % {"tags": tags}).encode())})
-        config = {"url": server.url, "userDataDir": str(tmp_path / f"profile{len(opened)}"), "chromium": chromium}
+        config = {"url": address or server.url, "userDataDir": str(tmp_path / f"profile{len(opened)}"), "chromium": chromium}
         process = spawn("chromium", [node_binary(), str(JS_DIR / "browser.js"), json.dumps(config)], cwd=JS_DIR)
         opened.append((process, server))
         await process.expect("loaded")
@@ -257,3 +257,48 @@ async def test_where_websockets_are_blocked_long_polling_takes_over(daemon_facto
     await open_page.process.expect("got", 2)
     assert [g["data"] for g in blocked.got()] == ["from the websocket page", "from the app"]
     assert [g["data"] for g in open_page.got()] == ["from the polling page", "from the app"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_demo_page_chats_between_tabs_queues_personal_messages_and_notifies_one_tab(daemon_factory, pages, redis):
+    import os
+
+    daemon = await daemon_factory(demo=True)
+    demo = f"http://{HOST}:{daemon.port}/demo"
+    redis.publish("rm.users.alice", "while no tab was open")  # alice is offline: queued
+    await daemon.idle()
+    alice = await pages(daemon, address=demo + "?uid=alice")
+    bob = await pages(daemon, address=demo + "?uid=bob")
+    assert await alice.eval("new Promise((r) => { const t = () => window.demo.personal.length ? r(window.demo.personal) : setTimeout(t, 20); t(); })") == [
+        {"payload": "while no tab was open", "bubble": True}
+    ]
+    # both joined demo.chat (permitted by the demo application); alice says something with markup in it
+    joined = "new Promise((r) => { const t = () => window.demo.rm.state === 'connected' && Object.keys(window.demo.rm._channels).length && window.demo.rm._channels['demo.chat'].mode ? r(true) : setTimeout(t, 20); t(); })"
+    for page in (alice, bob):
+        assert await page.eval(joined) is True
+    say = "document.getElementById('text').value = %s; document.querySelector('#chat button').click(); true"
+    lines = "new Promise((r) => { const t = () => window.demo.lines.length >= %d ? r(window.demo.lines) : setTimeout(t, 20); t(); })"
+    await alice.eval(say % json.dumps("Hello Bob, this is Alice's tab."))
+    assert await bob.eval(lines % 1) == [{"who": "alice", "text": "Hello Bob, this is Alice's tab."}]
+    await bob.eval(say % json.dumps("Hi Alice! Heard you on demo.chat."))
+    assert (await alice.eval(lines % 2))[1] == {"who": "bob", "text": "Hi Alice! Heard you on demo.chat."}
+    shot = os.environ.get("REDMESSENGER_DEMO_SCREENSHOT")  # set to docs/demo.png to refresh the docs' picture
+    if shot:
+        alice.process.command(cmd="screenshot", path=str(Path(shot).resolve()))
+        await alice.process.expect("screenshot")
+    # markup in a message is shown as text, never run
+    text = "hi <img src=x onerror=\"__report({event: 'xss'})\">"
+    await alice.eval(say % json.dumps(text))
+    assert (await bob.eval(lines % 3))[2] == {"who": "alice", "text": text}
+    assert await bob.eval("document.querySelectorAll('#log img').length") == 0, "message text is text, never markup"
+    assert text in await bob.eval("document.getElementById('log').textContent")
+    # a second tab of alice's: a personal message notifies on one tab only, the oldest (the bubble's)
+    second = await pages(daemon, address=demo + "?uid=alice")
+    assert await second.eval(joined) is True
+    stub = "window.Notification = function () {}; Notification.permission = 'granted'; true"
+    for page in (alice, second):
+        assert await page.eval(stub) is True
+    redis.publish("rm.users.alice", "ding")
+    latest = "new Promise((r) => { const t = () => window.demo.personal.some((m) => m.payload === 'ding') ? r(window.demo.notified) : setTimeout(t, 20); t(); })"
+    assert (await alice.eval(latest), await second.eval(latest)) == (1, 0)
+    assert alice.process.of("xss") == bob.process.of("xss") == []

@@ -105,6 +105,9 @@ class Config:
     #: Messages a connection may publish per second (bursts of as many).
     client_publish_rate: float = 20.0
 
+    #: Serve a chat demo at /demo, with a built-in application permitting demo* channels to anyone. Off in production.
+    demo: bool = False
+
     log_level: str = "info"
 
     # -- operations (docs/operations.md) -------------------------------------------
@@ -330,6 +333,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "subscription_timeout": _number(0, strictly_positive=True),
     "client_publish_max_bytes": _integer(1, 16 * 1024 * 1024),
     "client_publish_rate": _number(0, strictly_positive=True),
+    "demo": _boolean,
     "log_level": _log_level,
     "manhole": _optional(_manhole),
     "manhole_password_file": _optional(_password_file),

@@ -15,6 +15,7 @@ handled and our queue writes have landed; stop the embedded server last.
 
 from __future__ import annotations
 
+import html
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from redmessenger.ops.metrics import Metrics
 from redmessenger.ops.status import DaemonView, Settings
 from redmessenger.ops.tuning import fit_open_files_limit
 from redmessenger.redis_edge.application import RedisApplication
+from redmessenger.redis_edge.demoapp import DemoApplication
 from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.intake import IntakeReader
 from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
@@ -171,6 +173,13 @@ class RedMessengerService(OrderedServices):
         self.root.route("/metrics", self.metrics.resource)
         self.root.route("/redmessenger-legacy.js", StaticFile.shipped("redmessenger-legacy.js", JAVASCRIPT))
         self.root.route("/redmessenger.js", StaticFile.shipped("redmessenger.js", JAVASCRIPT))
+        #: demo: true: a chat page at /demo and an application permitting demo* channels (redis_edge/demoapp.py).
+        self.demo: DemoApplication | None = None
+        if config.demo:
+            page = StaticFile.shipped("demo.html", b"text/html; charset=utf-8").content
+            page = page.replace(b"<body>", b'<body data-route="' + html.escape(config.rm_route).encode() + b'">', 1)
+            self.root.route("/demo", StaticFile(page, b"text/html; charset=utf-8"))
+            self.demo = DemoApplication(self.link.commands, reactor)
 
         # -- the service tree, in start order --
         self.embedded: Any = None
@@ -200,6 +209,8 @@ class RedMessengerService(OrderedServices):
             self.manhole = ManholeService(config.manhole, config.manhole_password_file, self._manhole_namespace(), reactor)
             self.manhole.setServiceParent(self)
         self._hangup: Any = None
+        if self.demo is not None:
+            Step("demo", self.demo.start, lambda: self.demo.stop() if self.demo is not None else None).setServiceParent(self)
         Step("sighup", self._install_hangup, self._uninstall_hangup).setServiceParent(self)
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:

@@ -60,7 +60,7 @@ class StaticFile(Resource):
 
     def __init__(self, content: bytes, content_type: bytes, max_age: int = 300) -> None:
         super().__init__()
-        self._content = content
+        self.content = content
         self._content_type = content_type
         self._etag = b'"' + hashlib.sha256(content).hexdigest()[:32].encode("ascii") + b'"'
         self._cache_control = b"public, max-age=%d" % max_age
@@ -80,4 +80,4 @@ class StaticFile(Resource):
             request.setResponseCode(304)
             return b""
         request.setHeader(b"content-type", self._content_type)
-        return self._content
+        return self.content

@@ -7,7 +7,8 @@
 // stdout: one JSON object per line: what the page passes to window.__report(...),
 // its console lines ({"event": "console"}), page errors, failed requests, and
 // {"event": "loaded"}.  stdin: {"cmd": "exit"} closes the browser; {"cmd": "eval", "id": N, "code": "..."}
-// evaluates code in the page and reports {"event": "eval", "id": N, "result": ...} (or "error").
+// evaluates code in the page and reports {"event": "eval", "id": N, "result": ...} (or "error");
+// {"cmd": "screenshot", "path": P} saves a PNG of the page.
 "use strict";
 
 const readline = require("readline");
@@ -48,6 +49,12 @@ async function main() {
   readline.createInterface({ input: process.stdin }).on("line", function (line) {
     const command = JSON.parse(line);
     if (command.cmd === "exit") exit(0);
+    if (command.cmd === "screenshot") {
+      page.screenshot({ path: command.path, fullPage: true }).then(
+        function () { report("screenshot", { path: command.path }); },
+        function (error) { report("screenshot", { error: String(error) }); }
+      );
+    }
     if (command.cmd === "eval") {
       // run an expression in the page (awaited if it is a promise); its JSON value or error comes back
       page.evaluate(command.code).then(

@@ -188,7 +188,7 @@ def test_the_library_logic_in_nodes_test_runner() -> None:
         [node_binary(), "--test", str(JS_DIR / "redmessenger_unit.test.js")], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "# fail 0" in result.stdout and "# pass 6" in result.stdout
+    assert "# fail 0" in result.stdout and "# pass 7" in result.stdout
 
 
 @pytest_twisted.ensureDeferred

@@ -24,6 +24,8 @@
 
   var FATAL = { 1003: true, 1009: true, 4400: true, 4401: true, 4409: true, 4422: true, 4429: true };
   var SEEN_KEPT = 5000;
+  // Subscribe requests waiting for the application at once: the daemon refuses more than 16 per connection.
+  var ASKING_AT_ONCE = 8;
 
   function meta(name) {
     var tag = typeof document !== "undefined" && document.querySelector('meta[name="' + name + '"]');
@@ -210,6 +212,8 @@
     this._handling = false;
     this._lastHandled = null;
     this._queued = [];  // requests made while connecting: sent after the welcome
+    this._asking = 0;
+    this._waitingToAsk = [];
     if (!this.url) throw new Error("RedMessenger: no URL (the redmessenger-url meta tag, or {url})");
   }
 
@@ -255,7 +259,8 @@
     if (channel._grant) request.grant = channel._grant;
     else if (this.clientAuth) request.client_auth = this.clientAuth;
     var self = this;
-    return this._request(request).then(function (reply) {
+    var asked = channel._grant ? this._request(request) : this._throttled(request);
+    return asked.then(function (reply) {
       channel.mode = reply.mode;
       if (reply.grant) channel._grant = reply.grant;
       return channel;
@@ -265,6 +270,26 @@
         return self._askFor(channel);
       }
       throw error;
+    });
+  };
+
+  // A subscribe that asks the application waits its turn: at most ASKING_AT_ONCE at a time.
+  RedMessenger.prototype._throttled = function (request) {
+    var self = this;
+    return new Promise(function (resolve) {
+      var go = function () {
+        self._asking++;
+        var answered = self._request(request);
+        var next = function () {
+          self._asking--;
+          var waiting = self._waitingToAsk.shift();
+          if (waiting) waiting();
+        };
+        answered.then(next, next);
+        resolve(answered);
+      };
+      if (self._asking < ASKING_AT_ONCE) go();
+      else self._waitingToAsk.push(go);
     });
   };
 

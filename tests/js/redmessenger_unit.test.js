@@ -166,3 +166,23 @@ test("notify() raises a notification only where the message carries the bubble",
     delete globalThis.Notification;
   }
 });
+
+test("twenty subscribes at once ask the application at most eight at a time", async () => {
+  const rm = await connected();
+  const promises = [];
+  for (let i = 0; i < 20; i++) promises.push(rm.subscribe("c" + i, () => {}));
+  await tick();
+  const socket = FakeSocket.opened[0];
+  socket.deliver({ type: "welcome", v: 1, uid: null });
+  await tick();
+  let answered = 0;
+  while (answered < 20) {
+    const asked = socket.sent.filter((f) => f.type === "subscribe");
+    assert.ok(asked.length - answered <= 8, `${asked.length - answered} waiting at once`);
+    assert.ok(asked.length > answered, "the next one was asked");
+    socket.deliver({ type: "reply", ref: asked[answered].ref, ok: true, mode: "read_write" });
+    answered++;
+    await tick();
+  }
+  assert.strictEqual((await Promise.all(promises)).length, 20);
+});

@@ -245,3 +245,43 @@ def test_the_django_template_tag_writes_the_tags_from_the_environment(monkeypatc
 
     html = engines["django"].from_string("<head>{% load redmessenger %}{% redmessenger_tags %}</head>").render({})
     assert html == "<head>" + page_tags(Settings(url="wss://rm.example.com/rm", public_key="pk")) + "</head>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_twisted_library_in_the_reactor_answers_publishes_and_hears_clients(daemon_factory, redis_server, redis):
+    from twisted.internet.defer import succeed
+
+    from redmessenger_app import twisted as tx
+
+    heard: list[tuple[Any, Any]] = []
+    rm = tx.RedMessenger(settings_for(redis_server.port))
+
+    @rm.on("subscription_request")
+    def authorize(request: Any) -> Any:
+        if request.channel == "async":
+            async def later() -> None:
+                await request.permit("read_only")
+
+            return later()
+        if request.channel == "closed":
+            return succeed(None).addCallback(lambda _: request.deny("closed"))
+        return request.permit()
+
+    rm.subscribe("room", lambda message, sender: heard.append((message, sender.uid if sender else None)))
+    rm.start()
+    try:
+        daemon = await daemon_factory()
+        client = await session(daemon, "carol")
+        assert (await client.subscribe("room"))["mode"] == "read_write"
+        assert (await client.subscribe("async"))["mode"] == "read_only"
+        reply = await client.subscribe("closed")
+        assert error(reply) == "denied" and reply["error"]["reason"] == "closed"
+        entry = await rm.publish_to_user("carol", {"from": "twisted"})
+        [message] = await client.receive(1)
+        assert (message["payload"], message["id"]) == ('{"from":"twisted"}', entry)
+        await daemon.until(lambda: redis.execute_command("PUBSUB", "NUMSUB", "rm.client.channels.room")[1] == 1,
+                           what="the library's subscriber")  # fmt: skip
+        assert (await client.request("publish", channel="room", message=[1, 2]))["ok"] is True
+        await daemon.until(lambda: heard == [([1, 2], "carol")], what="the callback")
+    finally:
+        await rm.stop()

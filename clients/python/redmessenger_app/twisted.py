@@ -1,0 +1,263 @@
+"""
+The Twisted flavour, on txredisapi (as the daemon itself): the same calls as
+the blocking flavour, returning Deferreds; handlers and callbacks may return a
+Deferred or be ``async def``.
+
+    from redmessenger_app.twisted import RedMessenger
+
+    rm = RedMessenger()
+    yield rm.publish("room", {"text": "hi"})      # fires with the intake entry's id
+
+    @rm.on("subscription_request")
+    def authorize(request):
+        return check(request).addCallback(lambda ok: request.permit() if ok else request.deny("no"))
+
+    rm.start()                                     # rm.stop() returns a Deferred
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Optional
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+
+from redmessenger_app.protocol import (
+    DEFAULT_GROUP,
+    INTAKE_STREAM,
+    REQUESTS_STREAM,
+    Sender,
+    Settings,
+    SubscriptionRequest,
+    app_message,
+    client_channel,
+    client_message,
+    group_channel,
+    identity_grant,
+    page_tags,
+    payload_of,
+    subscription_grant,
+    user_channel,
+)
+
+Handler = Callable[[SubscriptionRequest], Any]
+Callback = Callable[[Any, Optional[Sender]], Any]
+
+
+def _connection_arguments(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"the Twisted flavour takes redis:// or rediss:// URLs, not {parts.scheme}://")
+    db = parts.path.lstrip("/")
+    return {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 6379,
+        "dbid": int(db) if db else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "username": unquote(parts.username) if parts.username else None,
+        "ssl_context_factory": parts.scheme == "rediss",
+        "charset": None,  # raw bytes, as the daemon reads them
+        "convertNumbers": False,
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class RedMessenger:
+    """The application's handle on RedMessenger, for Twisted applications."""
+
+    def __init__(
+        self, settings: Optional[Settings] = None, *, group: str = DEFAULT_GROUP, consumer: Optional[str] = None
+    ) -> None:
+        import txredisapi
+
+        self.settings = settings if settings is not None else Settings.from_env()
+        self._arguments = _connection_arguments(self.settings.redis_url)
+        self.redis = txredisapi.lazyConnectionPool(**self._arguments)
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._handler: Optional[Handler] = None
+        self._callbacks: dict[str, Callback] = {}
+        self._reading: Any = None
+        self._subscriber: Any = None
+        self._running = False
+        self._serving: Optional[Deferred[None]] = None
+        self._group_ready = False
+
+    # -- publishing (durable: see the blocking flavour) -----------------------------------------
+
+    def publish(self, channel: str, message: Any) -> Deferred[str]:
+        return self._add(group_channel(channel), message)
+
+    def publish_to_user(self, uid: str, message: Any) -> Deferred[str]:
+        return self._add(user_channel(uid), message)
+
+    def _add(self, channel: str, message: Any) -> Deferred[str]:
+        d: Deferred[Any] = self.redis.execute_command("XADD", INTAKE_STREAM, "*", "channel", channel, "payload", payload_of(message))
+        return d.addCallback(_text)
+
+    # -- subscription requests ------------------------------------------------------------------
+
+    def on(self, event: str, handler: Optional[Handler] = None) -> Any:
+        if event != "subscription_request":
+            raise ValueError(f"unknown event {event!r}: only 'subscription_request'")
+
+        def register(function: Handler) -> Handler:
+            self._handler = function
+            return function
+
+        return register(handler) if handler is not None else register
+
+    async def _serve(self) -> None:
+        import txredisapi
+
+        self._reading = txredisapi.lazyConnection(**self._arguments)
+        while self._running:
+            try:
+                await self._ensure_group()
+                reply = await self._reading.execute_command(
+                    "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 100, "BLOCK", 200, "STREAMS", REQUESTS_STREAM, ">"
+                )
+                for _stream, entries in reply or []:
+                    for entry_id, raw in entries:
+                        fields = dict(zip(raw[::2], raw[1::2])) if raw else {}
+                        await self._handle(fields)
+                        await self.redis.execute_command("XACK", REQUESTS_STREAM, self.group, entry_id)
+            except Exception:
+                if not self._running:
+                    return
+                from twisted.internet import reactor
+                from twisted.internet.task import deferLater
+
+                await deferLater(reactor, 1.0, lambda: None)  # Redis away: try again in a second
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.redis.execute_command("XGROUP", "CREATE", REQUESTS_STREAM, self.group, "$", "MKSTREAM")
+        except Exception as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+        self._group_ready = True
+
+    async def _handle(self, fields: Any) -> None:
+        request = SubscriptionRequest.from_entry(fields, lambda raw: self.redis.execute_command("PUBLISH", request.reply_to, raw))
+        if request.expired:
+            return
+        if self._handler is None:
+            await request.deny("the application does not answer subscription requests")
+            return
+        try:
+            result = self._handler(request)
+            if hasattr(result, "__await__") and not isinstance(result, Deferred):
+                result = ensureDeferred(result)
+            await maybeDeferred(lambda: result)
+        except Exception:
+            if request.answer is None:
+                await request.deny("the application failed")
+            return
+        if request.answer is None:
+            await request.deny("the application did not answer")
+        else:
+            await request.sent
+
+    # -- the application's own channel subscriptions ------------------------------------------
+
+    def subscribe(self, channel: str, callback: Callback) -> None:
+        """As the blocking flavour's; takes effect at :meth:`start`."""
+        self._callbacks[channel] = callback
+
+    def unsubscribe(self, channel: str) -> None:
+        self._callbacks.pop(channel, None)
+
+    def _start_subscriber(self) -> None:
+        import txredisapi
+        from twisted.internet import reactor
+
+        owner = self
+        channels: dict[bytes, tuple[str, bool]] = {}
+        for channel in self._callbacks:
+            channels[client_channel(channel).encode()] = (channel, True)
+            channels[group_channel(channel).encode()] = (channel, False)
+
+        class Subscriber(txredisapi.SubscriberProtocol):
+            def connectionMade(self) -> Any:
+                d = super().connectionMade()
+                self.whenConnected().addCallback(lambda _: self.subscribe(list(channels)))
+                return d
+
+            def messageReceived(self, pattern: Any, name: bytes, data: bytes) -> None:
+                channel, from_clients = channels.get(name, (None, False))
+                callback = owner._callbacks.get(channel) if channel else None
+                if callback is None:
+                    return
+                if from_clients:
+                    message, sender = client_message(data)
+                    result = callback(message, sender)
+                else:
+                    result = callback(app_message(data), None)
+                if hasattr(result, "__await__") and not isinstance(result, Deferred):
+                    ensureDeferred(result)
+
+        from twisted.application.internet import ClientService
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = Subscriber
+        factory.charset = None
+        factory.password = self._arguments["password"]
+        factory.username = self._arguments["username"]
+        # reconnects by itself (and subscribes again on each new connection)
+        endpoint: Any = HostnameEndpoint(reactor, self._arguments["host"], self._arguments["port"])
+        if self._arguments["ssl_context_factory"]:
+            from twisted.internet.endpoints import wrapClientTLS
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(self._arguments["host"]), endpoint)
+        self._subscriber = ClientService(endpoint, factory)
+        self._subscriber.startService()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self) -> "RedMessenger":
+        self._running = True
+        if self._handler is not None:
+            self._serving = ensureDeferred(self._serve())
+        if self._callbacks:
+            self._start_subscriber()
+        return self
+
+    def stop(self) -> Deferred[None]:
+        self._running = False
+        waits: list[Deferred[Any]] = []
+        if self._subscriber is not None:
+            waits.append(self._subscriber.stopService())
+            self._subscriber = None
+        if self._reading is not None:
+            waits.append(self._reading.disconnect())
+        if self._serving is not None:
+            waits.append(self._serving)
+        waits.append(self.redis.disconnect())
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    # -- pages and grants -----------------------------------------------------------------------
+
+    def page_tags(self, script: str = "/redmessenger.js") -> str:
+        return page_tags(self.settings, script)
+
+    def subscription_grant(self, channel: str, mode: str = "read_write", ttl: int = 3600, uid: Optional[str] = None) -> str:
+        if not self.settings.secret_key:
+            raise ValueError("no secret key: set REDMESSENGER_SKEY")
+        return subscription_grant(self.settings.secret_key, channel, mode, ttl, uid)
+
+    def identity_grant(self, uid: str, ttl: int = 3600) -> str:
+        if not self.settings.secret_key:
+            raise ValueError("no secret key: set REDMESSENGER_SKEY")
+        return identity_grant(self.settings.secret_key, uid, ttl)

@@ -10,7 +10,14 @@ write a page's tags.  Three flavours over one protocol module:
 Importing this package imports no Redis client, no Twisted, no Autobahn.
 """
 
-from redmessenger_app.protocol import Sender, Settings, SubscriptionRequest, identity_grant, page_tags, subscription_grant
+from redmessenger_app.protocol import (
+    Sender,
+    Settings,
+    SubscriptionRequest,
+    identity_grant,
+    page_tags,
+    subscription_grant,
+)
 
 __version__ = "0.1.0"
 __all__ = ["Sender", "Settings", "SubscriptionRequest", "identity_grant", "page_tags", "subscription_grant"]

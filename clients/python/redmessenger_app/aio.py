@@ -19,39 +19,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
-import socket
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Optional
 
+from redmessenger_app.base import Application
 from redmessenger_app.protocol import (
     DEFAULT_GROUP,
     INTAKE_STREAM,
     REQUESTS_STREAM,
-    Sender,
     Settings,
     SubscriptionRequest,
-    app_message,
-    client_channel,
-    client_message,
     group_channel,
-    identity_grant,
-    page_tags,
     payload_of,
-    subscription_grant,
     user_channel,
 )
 
 log = logging.getLogger("redmessenger_app")
-
-Handler = Callable[[SubscriptionRequest], Union[Any, Awaitable[Any]]]
-Callback = Callable[[Any, Optional[Sender]], Union[Any, Awaitable[Any]]]
 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-class RedMessenger:
+class RedMessenger(Application):
     """The application's handle on RedMessenger, for asyncio applications."""
 
     def __init__(
@@ -62,19 +51,14 @@ class RedMessenger:
         group: str = DEFAULT_GROUP,
         consumer: Optional[str] = None,
     ) -> None:
-        self.settings = settings if settings is not None else Settings.from_env()
+        super().__init__(settings, group, consumer)
         if redis is None:
             import valkey.asyncio
 
             redis = valkey.asyncio.Redis.from_url(self.settings.redis_url)
         self.redis = redis
-        self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._handler: Optional[Handler] = None
-        self._callbacks: dict[str, Callback] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._pubsub: Any = None
-        self._group_ready = False
 
     # -- publishing (durable: see the blocking flavour) -----------------------------------------
 
@@ -88,17 +72,7 @@ class RedMessenger:
         entry = await self.redis.xadd(INTAKE_STREAM, {"channel": channel, "payload": payload_of(message)})
         return entry.decode("ascii") if isinstance(entry, bytes) else str(entry)
 
-    # -- subscription requests ------------------------------------------------------------------
-
-    def on(self, event: str, handler: Optional[Handler] = None) -> Any:
-        if event != "subscription_request":
-            raise ValueError(f"unknown event {event!r}: only 'subscription_request'")
-
-        def register(function: Handler) -> Handler:
-            self._handler = function
-            return function
-
-        return register(handler) if handler is not None else register
+    # -- subscription requests (the handler may be async def) ------------------------------------
 
     async def serve_requests_once(self, block_ms: int = 1000) -> int:
         await self._ensure_group()
@@ -142,35 +116,19 @@ class RedMessenger:
                 raise
         self._group_ready = True
 
-    # -- the application's own channel subscriptions ------------------------------------------
-
-    def subscribe(self, channel: str, callback: Callback) -> None:
-        """As the blocking flavour's; the callback may be ``async def``.  Takes effect at :meth:`start`."""
-        self._callbacks[channel] = callback
-
-    def unsubscribe(self, channel: str) -> None:
-        self._callbacks.pop(channel, None)
+    # -- the application's own channel subscriptions (callbacks may be async def; from start()) --
 
     async def _listen(self) -> None:
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        channels = {}
-        for channel in self._callbacks:
-            channels[client_channel(channel).encode()] = (channel, True)
-            channels[group_channel(channel).encode()] = (channel, False)
-        await self._pubsub.subscribe(*channels)
+        await self._pubsub.subscribe(*self._pubsub_channels())
         async for item in self._pubsub.listen():
             if item.get("type") != "message":
                 continue
-            channel, from_clients = channels[item["channel"]]
-            callback = self._callbacks.get(channel)
-            if callback is None:
-                continue
             try:
-                if from_clients:
-                    message, sender = client_message(item["data"])
+                found = self._incoming(item["channel"], item["data"])
+                if found is not None:
+                    callback, message, sender = found
                     await _maybe_await(callback(message, sender))
-                else:
-                    await _maybe_await(callback(app_message(item["data"]), None))
             except Exception:
                 log.exception("A channel callback failed")
 
@@ -210,18 +168,3 @@ class RedMessenger:
     async def aclose(self) -> None:
         await self.stop()
         await (self.redis.aclose() if hasattr(self.redis, "aclose") else self.redis.close())
-
-    # -- pages and grants -----------------------------------------------------------------------
-
-    def page_tags(self, script: str = "/redmessenger.js") -> str:
-        return page_tags(self.settings, script)
-
-    def subscription_grant(self, channel: str, mode: str = "read_write", ttl: int = 3600, uid: Optional[str] = None) -> str:
-        if not self.settings.secret_key:
-            raise ValueError("no secret key: set REDMESSENGER_SKEY")
-        return subscription_grant(self.settings.secret_key, channel, mode, ttl, uid)
-
-    def identity_grant(self, uid: str, ttl: int = 3600) -> str:
-        if not self.settings.secret_key:
-            raise ValueError("no secret key: set REDMESSENGER_SKEY")
-        return identity_grant(self.settings.secret_key, uid, ttl)

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-import socket
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from redmessenger_app.base import Application, Callback, Handler
 from redmessenger_app.protocol import (
     DEFAULT_GROUP,
     INTAKE_STREAM,
@@ -36,21 +35,13 @@ from redmessenger_app.protocol import (
     Sender,
     Settings,
     SubscriptionRequest,
-    app_message,
     client_channel,
-    client_message,
     group_channel,
-    identity_grant,
-    page_tags,
     payload_of,
-    subscription_grant,
     user_channel,
 )
 
 log = logging.getLogger("redmessenger_app")
-
-#: What a channel subscription's callback is given: the message, and who sent it (None: the application).
-Callback = Callable[[Any, Optional[Sender]], Any]
 
 
 def _redis_module() -> Any:
@@ -64,7 +55,7 @@ def _redis_module() -> Any:
         return redis
 
 
-class RedMessenger:
+class RedMessenger(Application):
     """The application's handle on RedMessenger, over one Redis connection pool."""
 
     def __init__(
@@ -75,17 +66,12 @@ class RedMessenger:
         group: str = DEFAULT_GROUP,
         consumer: Optional[str] = None,
     ) -> None:
-        self.settings = settings if settings is not None else Settings.from_env()
+        super().__init__(settings, group, consumer)
         self.redis = redis if redis is not None else _redis_module().Redis.from_url(self.settings.redis_url)
-        self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._handlers: dict[str, Callable[[SubscriptionRequest], Any]] = {}
-        self._callbacks: dict[str, Callback] = {}
         self._pubsub: Any = None
         self._pubsub_thread: Any = None
         self._stop = threading.Event()
         self._started = False
-        self._group_ready = False
         self._requests_thread: Optional[threading.Thread] = None
 
     # -- publishing ---------------------------------------------------------------------------
@@ -108,18 +94,9 @@ class RedMessenger:
 
     # -- subscription requests ------------------------------------------------------------------
 
-    def on(self, event: str, handler: Optional[Callable[[SubscriptionRequest], Any]] = None) -> Any:
-        """``on("subscription_request", handler)``, or as a decorator.  The handler calls permit() or deny()."""
-        if event != "subscription_request":
-            raise ValueError(f"unknown event {event!r}: only 'subscription_request'")
-
-        def register(function: Callable[[SubscriptionRequest], Any]) -> Callable[[SubscriptionRequest], Any]:
-            if inspect.iscoroutinefunction(function):
-                raise TypeError("an async handler needs the asyncio flavour (redmessenger_app.aio)")
-            self._handlers[event] = function
-            return function
-
-        return register(handler) if handler is not None else register
+    def _accepts(self, handler: Handler) -> None:
+        if inspect.iscoroutinefunction(handler):
+            raise TypeError("an async handler needs the asyncio flavour (redmessenger_app.aio)")
 
     def serve_requests_once(self, block_ms: int = 1000) -> int:
         """Read and answer the requests waiting (at most 100); how many.  :meth:`start` runs this in a thread."""
@@ -137,12 +114,11 @@ class RedMessenger:
         request = SubscriptionRequest.from_entry(fields, lambda raw: self.redis.publish(request.reply_to, raw))
         if request.expired:
             return  # the daemon has denied it already
-        handler = self._handlers.get("subscription_request")
-        if handler is None:
+        if self._handler is None:
             request.deny("the application does not answer subscription requests")
             return
         try:
-            handler(request)
+            self._handler(request)
         except Exception:
             log.exception("The subscription_request handler failed for channel %s", request.channel)
             if request.answer is None:
@@ -163,36 +139,21 @@ class RedMessenger:
 
     # -- the application's own channel subscriptions ------------------------------------------
 
-    def subscribe(self, channel: str, callback: Callback) -> None:
-        """
-        ``callback(message, sender)`` for what clients publish on ``channel`` (sender:
-        their client id and uid) and for bare PUBLISHes there (sender None).
-        Messages sent through the durable intake (:meth:`publish`) are not seen here.
-        """
-        self._callbacks[channel] = callback
+    def _subscribed(self, channel: str) -> None:
         if self._pubsub is not None:
-            self._pubsub.subscribe(**self._handlers_for(channel))
+            self._pubsub.subscribe(**dict.fromkeys(self._pubsub_channels(), self._received))
         elif self._started:
             self._start_pubsub()
 
-    def unsubscribe(self, channel: str) -> None:
-        self._callbacks.pop(channel, None)
+    def _unsubscribed(self, channel: str) -> None:
         if self._pubsub is not None:
             self._pubsub.unsubscribe(group_channel(channel), client_channel(channel))
 
-    def _handlers_for(self, channel: str) -> dict[str, Callable[[dict[str, Any]], None]]:
-        def from_clients(item: dict[str, Any]) -> None:
-            callback = self._callbacks.get(channel)
-            if callback is not None:
-                message, sender = client_message(item["data"])
-                self._call(callback, message, sender)
-
-        def from_the_app(item: dict[str, Any]) -> None:
-            callback = self._callbacks.get(channel)
-            if callback is not None:
-                self._call(callback, app_message(item["data"]), None)
-
-        return {client_channel(channel): from_clients, group_channel(channel): from_the_app}
+    def _received(self, item: dict[str, Any]) -> None:
+        found = self._incoming(item["channel"], item["data"])
+        if found is not None:
+            callback, message, sender = found
+            self._call(callback, message, sender)
 
     @staticmethod
     def _call(callback: Callback, message: Any, sender: Optional[Sender]) -> None:
@@ -209,7 +170,7 @@ class RedMessenger:
         self._started = True
         if self._callbacks:
             self._start_pubsub()
-        if "subscription_request" in self._handlers:
+        if self._handler is not None:
             self._ensure_group()
             self._requests_thread = threading.Thread(target=self._serve, name="redmessenger-requests", daemon=True)
             self._requests_thread.start()
@@ -217,8 +178,7 @@ class RedMessenger:
 
     def _start_pubsub(self) -> None:
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        for channel in self._callbacks:
-            self._pubsub.subscribe(**self._handlers_for(channel))
+        self._pubsub.subscribe(**dict.fromkeys(self._pubsub_channels(), self._received))
         self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=0.1, daemon=True)
 
     def _serve(self) -> None:
@@ -244,19 +204,3 @@ class RedMessenger:
         if self._pubsub is not None:
             self._pubsub.close()
             self._pubsub = None
-
-    # -- pages and grants -----------------------------------------------------------------------
-
-    def page_tags(self, script: str = "/redmessenger.js") -> str:
-        return page_tags(self.settings, script)
-
-    def subscription_grant(self, channel: str, mode: str = "read_write", ttl: int = 3600, uid: Optional[str] = None) -> str:
-        return subscription_grant(self._secret(), channel, mode, ttl, uid)
-
-    def identity_grant(self, uid: str, ttl: int = 3600) -> str:
-        return identity_grant(self._secret(), uid, ttl)
-
-    def _secret(self) -> str:
-        if not self.settings.secret_key:
-            raise ValueError("no secret key: set REDMESSENGER_SKEY")
-        return self.settings.secret_key

@@ -17,33 +17,22 @@ Deferred or be ``async def``.
 
 from __future__ import annotations
 
-import os
-import socket
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 
+from redmessenger_app.base import Application
 from redmessenger_app.protocol import (
     DEFAULT_GROUP,
     INTAKE_STREAM,
     REQUESTS_STREAM,
-    Sender,
     Settings,
     SubscriptionRequest,
-    app_message,
-    client_channel,
-    client_message,
     group_channel,
-    identity_grant,
-    page_tags,
     payload_of,
-    subscription_grant,
     user_channel,
 )
-
-Handler = Callable[[SubscriptionRequest], Any]
-Callback = Callable[[Any, Optional[Sender]], Any]
 
 
 def _connection_arguments(url: str) -> dict[str, Any]:
@@ -67,7 +56,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-class RedMessenger:
+class RedMessenger(Application):
     """The application's handle on RedMessenger, for Twisted applications."""
 
     def __init__(
@@ -75,18 +64,13 @@ class RedMessenger:
     ) -> None:
         import txredisapi
 
-        self.settings = settings if settings is not None else Settings.from_env()
+        super().__init__(settings, group, consumer)
         self._arguments = _connection_arguments(self.settings.redis_url)
         self.redis = txredisapi.lazyConnectionPool(**self._arguments)
-        self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self._handler: Optional[Handler] = None
-        self._callbacks: dict[str, Callback] = {}
         self._reading: Any = None
         self._subscriber: Any = None
         self._running = False
         self._serving: Optional[Deferred[None]] = None
-        self._group_ready = False
 
     # -- publishing (durable: see the blocking flavour) -----------------------------------------
 
@@ -101,16 +85,6 @@ class RedMessenger:
         return d.addCallback(_text)
 
     # -- subscription requests ------------------------------------------------------------------
-
-    def on(self, event: str, handler: Optional[Handler] = None) -> Any:
-        if event != "subscription_request":
-            raise ValueError(f"unknown event {event!r}: only 'subscription_request'")
-
-        def register(function: Handler) -> Handler:
-            self._handler = function
-            return function
-
-        return register(handler) if handler is not None else register
 
     async def _serve(self) -> None:
         import txredisapi
@@ -168,41 +142,26 @@ class RedMessenger:
 
     # -- the application's own channel subscriptions ------------------------------------------
 
-    def subscribe(self, channel: str, callback: Callback) -> None:
-        """As the blocking flavour's; takes effect at :meth:`start`."""
-        self._callbacks[channel] = callback
-
-    def unsubscribe(self, channel: str) -> None:
-        self._callbacks.pop(channel, None)
-
     def _start_subscriber(self) -> None:
         import txredisapi
         from twisted.internet import reactor
 
         owner = self
-        channels: dict[bytes, tuple[str, bool]] = {}
-        for channel in self._callbacks:
-            channels[client_channel(channel).encode()] = (channel, True)
-            channels[group_channel(channel).encode()] = (channel, False)
+        channels = self._pubsub_channels()
 
         class Subscriber(txredisapi.SubscriberProtocol):
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
-                self.whenConnected().addCallback(lambda _: self.subscribe(list(channels)))
+                self.whenConnected().addCallback(lambda _: self.subscribe(channels))
                 return d
 
             def messageReceived(self, pattern: Any, name: bytes, data: bytes) -> None:
-                channel, from_clients = channels.get(name, (None, False))
-                callback = owner._callbacks.get(channel) if channel else None
-                if callback is None:
-                    return
-                if from_clients:
-                    message, sender = client_message(data)
+                found = owner._incoming(name, data)
+                if found is not None:
+                    callback, message, sender = found
                     result = callback(message, sender)
-                else:
-                    result = callback(app_message(data), None)
-                if hasattr(result, "__await__") and not isinstance(result, Deferred):
-                    ensureDeferred(result)
+                    if hasattr(result, "__await__") and not isinstance(result, Deferred):
+                        ensureDeferred(result)
 
         from twisted.application.internet import ClientService
         from twisted.internet.endpoints import HostnameEndpoint
@@ -246,18 +205,3 @@ class RedMessenger:
         from twisted.internet.defer import DeferredList
 
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
-
-    # -- pages and grants -----------------------------------------------------------------------
-
-    def page_tags(self, script: str = "/redmessenger.js") -> str:
-        return page_tags(self.settings, script)
-
-    def subscription_grant(self, channel: str, mode: str = "read_write", ttl: int = 3600, uid: Optional[str] = None) -> str:
-        if not self.settings.secret_key:
-            raise ValueError("no secret key: set REDMESSENGER_SKEY")
-        return subscription_grant(self.settings.secret_key, channel, mode, ttl, uid)
-
-    def identity_grant(self, uid: str, ttl: int = 3600) -> str:
-        if not self.settings.secret_key:
-            raise ValueError("no secret key: set REDMESSENGER_SKEY")
-        return identity_grant(self.settings.secret_key, uid, ttl)

@@ -5,11 +5,12 @@ origin than the daemon's), and the browser found where Debian puts it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from .conftest import HOST
-from .sioclients import CHROMIUM
+from .sioclients import CHROMIUM, JS_DIR, ClientProcess, node_binary, spawn
 
 
 def chromium_available() -> str:
@@ -44,3 +45,28 @@ class PageServer:
 
     async def stop(self) -> None:
         await self.port.stopListening()
+
+
+class Browsers:
+    """Chromium processes (tests/js/browser.js) opened by a test, each with its page's server; all closed at the end."""
+
+    def __init__(self, profiles: Path) -> None:
+        self._profiles = profiles
+        self._opened: list[tuple[ClientProcess, PageServer]] = []
+
+    def open(self, url: str, server: PageServer) -> ClientProcess:
+        config = {"url": url, "userDataDir": str(self._profiles / f"profile{len(self._opened)}"), "chromium": chromium_available()}
+        process = spawn("chromium", [node_binary(), str(JS_DIR / "browser.js"), json.dumps(config)], cwd=JS_DIR)
+        self._opened.append((process, server))
+        return process
+
+    async def close(self) -> None:
+        for process, server in self._opened:
+            if not process.ended.called:
+                process.command(cmd="exit")
+                try:
+                    await process.until(process.ended_now, "the browser closed", timeout=15)
+                except AssertionError:
+                    pass
+            await process.stop()
+            await server.stop()

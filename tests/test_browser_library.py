@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from redmessenger_app import blocking
 from redmessenger_app.protocol import Settings, page_tags
 
-from .browserpage import PageServer, chromium_available
+from .browserpage import Browsers, PageServer
 from .conftest import HOST, publish
-from .sioclients import JS_DIR, ClientProcess, ensure_node_modules, node_binary, spawn
+from .sioclients import JS_DIR, ClientProcess, ensure_node_modules, node_binary
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>page</title>
@@ -81,29 +80,18 @@ class Page:
 @pytest_twisted.async_yield_fixture
 async def pages(tmp_path: Path) -> AsyncIterator[Any]:
     ensure_node_modules()
-    chromium = chromium_available()
-    opened: list[tuple[ClientProcess, PageServer]] = []
+    browsers = Browsers(tmp_path)
 
     async def open_page(daemon: Any, public_key: str | None = None, address: str | None = None) -> Page:
         url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
         tags = page_tags(Settings(url=url, public_key=public_key))
         server = PageServer({b"/": (b"text/html; charset=utf-8", (PAGE % {"tags": tags}).encode())})
-        config = {"url": address or server.url, "userDataDir": str(tmp_path / f"profile{len(opened)}"), "chromium": chromium}
-        process = spawn("chromium", [node_binary(), str(JS_DIR / "browser.js"), json.dumps(config)], cwd=JS_DIR)
-        opened.append((process, server))
+        process = browsers.open(address or server.url, server)
         await process.expect("loaded")
         return Page(process)
 
     yield open_page
-    for process, server in opened:
-        if not process.ended.called:
-            process.command(cmd="exit")
-            try:
-                await process.until(process.ended_now, "the browser closed", timeout=15)
-            except AssertionError:
-                pass
-        await process.stop()
-        await server.stop()
+    await browsers.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from ..browserpage import PageServer, chromium_available
+from ..browserpage import Browsers, PageServer
 from ..conftest import HOST, publish, wait_until
 from ..sioclients import (
     HARD_PAYLOADS,
@@ -25,8 +25,6 @@ from ..sioclients import (
     as_delivered,
     big_queue,
     ensure_node_modules,
-    node_binary,
-    spawn,
 )
 
 CLIENT_BUNDLES = {
@@ -73,8 +71,7 @@ messenger.onMessage = function (message) { __report({event: "message", message: 
 async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     """Open a page in Chromium; the browser and the page's server are stopped afterwards."""
     ensure_node_modules()
-    chromium = chromium_available()
-    opened: list[tuple[ClientProcess, PageServer]] = []
+    browsers = Browsers(tmp_path)
 
     def open_page(generation: str, daemon_url: str, options: dict[str, Any], page: str | None = None) -> ClientProcess:
         page = (page or PAGE) % {"options": json.dumps(options), "url": json.dumps(daemon_url)}
@@ -85,21 +82,10 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
                 b"/redmessenger-client.js": (b"text/javascript", (JS_DIR / "redmessenger-client.js").read_bytes()),
             }
         )
-        config = {"url": server.url, "userDataDir": str(tmp_path / f"profile{len(opened)}"), "chromium": chromium}
-        process = spawn("chromium", [node_binary(), str(JS_DIR / "browser.js"), json.dumps(config)], cwd=JS_DIR)
-        opened.append((process, server))
-        return process
+        return browsers.open(server.url, server)
 
     yield open_page
-    for process, server in opened:
-        if not process.ended.called:
-            process.command(cmd="exit")
-            try:
-                await process.until(process.ended_now, "the browser closed", timeout=15)
-            except AssertionError:
-                pass
-        await process.stop()
-        await server.stop()
+    await browsers.close()
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,11 @@ import logging
 import sys
 import threading
 import time
+from typing import Any
 
 try:
-    from redmessenger_app.blocking import RedMessenger
-    from redmessenger_app.protocol import Settings
+    from redmessenger_app.blocking import RedMessenger  # type: ignore[import-not-found,unused-ignore]
+    from redmessenger_app.protocol import Settings  # type: ignore[import-not-found,unused-ignore]
 except ImportError as e:  # pragma: no cover - the runner reports it
     print(json.dumps({"event": "fatal", "error": f"{e}: .venv/bin/pip install -e './clients/python[blocking]'"}), flush=True)
     sys.exit(1)
@@ -38,7 +39,8 @@ MODES = ("read_write", "read_only", "write_only")
 def main(port: int) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     lock = threading.Lock()
-    counts = {"handled": 0, "first": None, "last": None}
+    #: requests handled, and when the first and the last were (epoch ms)
+    counts: dict[str, Any] = {"handled": 0, "first": None, "last": None}
 
     def authorize(request) -> None:  # type: ignore[no-untyped-def]
         now = time.time() * 1000

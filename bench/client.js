@@ -33,6 +33,21 @@
  *                               only): about a third more CPU per envelope.
  * Adding one is adding an entry.
  *
+ * Channels (plain-v1 only; bench/run.py cases sub, resub, pub): `requests`
+ * sends channel requests (`subscribe`, `unsubscribe`) from the newest socket of
+ * each uid, at most `concurrency` sockets waiting for replies at once (0: all at
+ * once), and reports each request's time from its frame sent to its reply
+ * received, and every reply that was not `ok` (or not the mode expected).  The
+ * grants that replies carry are kept per uid and channel; `"grants": true`
+ * presents them in later subscribes (after the daemon restarted).  `connect`
+ * with `subscribe` sends a socket's subscribes as soon as it is welcomed (the
+ * resubscribe burst).  `client_publish` publishes `count` messages from one
+ * socket, all at once, each `"phase|seq|ms|padding"` as a JSON string; a phase
+ * announced with `channel: true` expects bubble false and decodes a payload that
+ * is JSON text (what a client published), and with `sender` the envelope's
+ * sender uid (null: none).  `server_closes` marks every socket as about to be
+ * closed by the server (a restart), and reports once all are closed.
+ *
  * The soak (bench/soak.py) adds users that reconnect now and then (`churn`):
  * they are tallied per user across their sockets, and a message a socket closed
  * without acknowledging comes again on the next one (same id, same seq): such a
@@ -131,6 +146,8 @@ const DRIVERS = {
         helloAt = now();
         ws.send(JSON.stringify({ type: 'hello', v: 1, uid: sock.uid }));
       });
+      // channel requests (subscribe, unsubscribe, publish): see request() and replied()
+      sock.sendFrame = (frame) => ws.send(JSON.stringify(frame));
       ws.on('message', (data, isBinary) => {
         if (isBinary) return on.problem(`${sock.uid}: unexpected binary frame`);
         let frame;
@@ -144,6 +161,8 @@ const DRIVERS = {
           if (typeof frame.id !== 'string' || !frame.id) return on.problem(`${sock.uid}: a message without an id`);
           on.envelope(frame);
           if (ws.readyState === 1) ack(frame.id); // not on a socket we are closing
+        } else if (frame.type === 'reply') {
+          on.reply(frame);
         } else if (frame.type === 'sync') {
           // The server asks what was handled: every mode answers (every and burst have acked already, harmlessly).
           if (acks.id !== null && ws.readyState === 1) {
@@ -314,6 +333,9 @@ class Sock extends Tally {
     this.closed = false;
     this.identSentAt = 0;
     this.close = null;
+    this.sendFrame = null; // plain-v1: sends a channel request
+    this.nextRef = 0;
+    this.waiting = null; // ref -> {resolve, sentAt}: channel requests waiting for their reply
   }
 }
 
@@ -336,7 +358,17 @@ const strays = [];
 /* Kept lean: with two processes on a two-core machine, every microsecond here is taken from the daemon. */
 function received(sock, env) {
   const t = now();
-  const payload = env.payload;
+  let payload = env.payload;
+  if (payload.charCodeAt(0) === 34) {
+    // '"': what a client published, as JSON text (a string here)
+    try {
+      payload = JSON.parse(payload);
+    } catch (err) {
+      strayCount += 1;
+      if (strays.length < MAX_ERRORS) strays.push(`${sock.uid}: payload not JSON ${payload.slice(0, 100)}`);
+      return;
+    }
+  }
   const bar1 = payload.indexOf('|');
   const bar2 = payload.indexOf('|', bar1 + 1);
   const name = payload.slice(0, bar1);
@@ -368,8 +400,19 @@ function received(sock, env) {
       : `${sock.uid}: ${env.source} seq ${seq} after ${last} (missing or out of order)`);
   }
   if (seq > last) stream.seq = seq;
-  const oldest = sock.live[0] === sock;
-  if (env.bubble !== oldest) phaseError(phase, `${sock.uid}: bubble ${env.bubble} on a socket that is ${oldest ? '' : 'not '}the oldest`);
+  if (phase.channel) {
+    // a channel's message to a subscriber: never the bubble
+    if (env.bubble !== false) phaseError(phase, `${sock.uid}: bubble ${env.bubble} on a channel message`);
+    if (phase.sender !== undefined) {
+      const s = env.sender;
+      if (phase.sender === null ? s !== undefined : (!s || s.uid !== phase.sender || typeof s.client_id !== 'string')) {
+        phaseError(phase, `${sock.uid}: sender ${JSON.stringify(s)}, expected uid ${phase.sender}`);
+      }
+    }
+  } else {
+    const oldest = sock.live[0] === sock;
+    if (env.bubble !== oldest) phaseError(phase, `${sock.uid}: bubble ${env.bubble} on a socket that is ${oldest ? '' : 'not '}the oldest`);
+  }
   if (typeof env.timestamp !== 'number') phaseError(phase, `${sock.uid}: no numeric timestamp`);
   if (tally.phase !== name) {
     tally.phase = name;
@@ -411,6 +454,9 @@ function openSocket(uid) {
       envelope(env) {
         received(sock, env);
       },
+      reply(frame) {
+        replied(sock, frame);
+      },
       close(why) {
         if (sock.closed) return;
         sock.closed = true;
@@ -420,6 +466,12 @@ function openSocket(uid) {
         if (!sock.closing) {
           strayCount += 1;
           if (strays.length < MAX_ERRORS) strays.push(`${uid}: socket closed unexpectedly (${why})`);
+        }
+        if (sock.waiting !== null) {
+          // requests that will never be answered
+          const at = now();
+          for (const w of sock.waiting.values()) w.resolve({ reply: null, sentAt: w.sentAt, at, why });
+          sock.waiting = null;
         }
         if (sock.onClosed) sock.onClosed();
         settle(false);
@@ -439,19 +491,150 @@ function openSocket(uid) {
   });
 }
 
-/** Open one more socket for each uid, at most `concurrency` handshakes at a time. */
-async function connect(uids, concurrency) {
+/**
+ * Open one more socket for each uid, at most `concurrency` handshakes at a time.
+ * `subscribe` (plain-v1): the requests spec (see `requests`) each socket sends as soon as it is
+ * welcomed, without holding up the next connection; reported as `requests_done` once all are answered.
+ */
+async function connect(uids, concurrency, subscribe) {
   const t0 = now();
   let next = 0;
   let failed = 0;
+  const batch = subscribe ? new Batch() : null;
+  const asked = [];
   async function lane() {
     while (next < uids.length) {
       const uid = uids[next++];
       if (!(await openSocket(uid))) failed += 1;
+      else if (batch !== null) asked.push(sockRequests(newest(uid), subscribe, batch));
     }
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, uids.length) }, lane));
   emit({ event: 'connected', opened: uids.length - failed, failed, t0, t1: now() });
+  if (batch !== null) {
+    await Promise.all(asked);
+    emit({ event: 'requests_done', phase: subscribe.phase, t0, ...batch.summary(subscribe.latencies) });
+  }
+}
+
+// -- channel requests (plain-v1) ------------------------------------------------------
+
+function newest(uid) {
+  const live = users.get(uid) || [];
+  return live[live.length - 1];
+}
+
+/** Send a channel request on `sock`: resolves with {reply, sentAt, at} (reply null: the socket closed first). */
+function request(sock, fields) {
+  if (!sock || sock.sendFrame === null || sock.closed) {
+    return Promise.resolve({ reply: null, sentAt: now(), at: now(), why: 'no open plain-v1 socket' });
+  }
+  sock.nextRef += 1;
+  const ref = sock.nextRef;
+  if (sock.waiting === null) sock.waiting = new Map();
+  return new Promise((resolve) => {
+    const sentAt = now();
+    sock.waiting.set(ref, { resolve, sentAt });
+    sock.sendFrame({ ...fields, ref });
+  });
+}
+
+function replied(sock, frame) {
+  const waiting = sock.waiting && sock.waiting.get(frame.ref);
+  if (!waiting) {
+    strayCount += 1;
+    if (strays.length < MAX_ERRORS) strays.push(`${sock.uid}: a reply to no request ${JSON.stringify(frame).slice(0, 200)}`);
+    return;
+  }
+  sock.waiting.delete(frame.ref);
+  waiting.resolve({ reply: frame, sentAt: waiting.sentAt, at: now() });
+}
+
+/** uid -> channel -> the grant a subscribe's reply carried (presented again with `grants: true`). */
+const grantsByUid = new Map();
+
+/** What a batch of requests got: answers, refusals, times. */
+class Batch {
+  constructor() {
+    this.sent = 0;
+    this.ok = 0;
+    this.grants = 0; // replies that carried a grant
+    this.errors = [];
+    this.errorCount = 0;
+    this.latencies = [];
+    this.first = null; // first request sent
+    this.last = null; // last reply received
+  }
+
+  error(text) {
+    this.errorCount += 1;
+    if (this.errors.length < MAX_ERRORS) this.errors.push(text);
+  }
+
+  add(sock, channel, spec, result) {
+    const { reply, sentAt, at } = result;
+    if (this.first === null || sentAt < this.first) this.first = sentAt;
+    if (this.last === null || at > this.last) this.last = at;
+    this.latencies.push(at - sentAt);
+    const what = `${sock ? sock.uid : '?'}: ${spec.kind} ${channel}`;
+    if (reply === null) return this.error(`${what}: no reply (${result.why})`);
+    if (reply.ok !== true) return this.error(`${what}: ${JSON.stringify(reply).slice(0, 200)}`);
+    if (spec.kind === 'subscribe') {
+      if (spec.mode && reply.mode !== spec.mode) return this.error(`${what}: mode ${reply.mode}, expected ${spec.mode}`);
+      if (typeof reply.grant === 'string') {
+        this.grants += 1;
+        let grants = grantsByUid.get(sock.uid);
+        if (grants === undefined) grantsByUid.set(sock.uid, (grants = new Map()));
+        grants.set(channel, reply.grant);
+      } else if (spec.expect_grant) {
+        return this.error(`${what}: no grant in the reply`);
+      }
+    }
+    this.ok += 1;
+  }
+
+  /* What the batch got, and the problems seen since the last report (they are this batch's now). */
+  summary(withLatencies) {
+    const errorCount = this.errorCount + strayCount;
+    strayCount = 0;
+    return {
+      sent: this.sent,
+      ok: this.ok,
+      grants: this.grants,
+      first: this.first,
+      last: this.last,
+      errors: this.errors.concat(strays.splice(0)),
+      error_count: errorCount,
+      latencies: withLatencies ? this.latencies.map((x) => Math.round(x * 1000) / 1000) : undefined,
+      loop_delay_p99_ms: lateness(loopDelay.percentile(99)),
+      loop_delay_max_ms: lateness(loopDelay.max),
+    };
+  }
+}
+
+/** One socket's requests of a spec, one per channel, sent together; resolves once all are answered. */
+function sockRequests(sock, spec, batch) {
+  return Promise.all(spec.channels.map((channel) => {
+    const fields = { type: spec.kind, channel };
+    if (spec.client_auth) fields.client_auth = spec.client_auth;
+    if (spec.grants) {
+      const grant = sock && (grantsByUid.get(sock.uid) || new Map()).get(channel);
+      if (grant === undefined) batch.error(`${sock ? sock.uid : '?'}: no grant kept for ${channel}`);
+      else fields.grant = grant;
+    }
+    batch.sent += 1;
+    return request(sock, fields).then((result) => batch.add(sock, channel, spec, result));
+  }));
+}
+
+/** Each item through `work`, at most `concurrency` at a time (0: all at once). */
+async function inLanes(items, concurrency, work) {
+  let next = 0;
+  async function lane() {
+    while (next < items.length) await work(items[next++]);
+  }
+  const lanes = concurrency > 0 ? Math.min(concurrency, items.length) : items.length;
+  await Promise.all(Array.from({ length: lanes }, lane));
 }
 
 function closeSockets(socks) {
@@ -534,7 +717,47 @@ function churnLater(uid, delayMs, everyMs, gapMs) {
 
 const commands = {
   async connect(cmd) {
-    await connect(cmd.uids, cmd.concurrency || 50);
+    await connect(cmd.uids, cmd.concurrency || 50, cmd.subscribe);
+  },
+  /*
+   * Channel requests from the newest socket of each uid: {phase, kind, channels, uids, concurrency,
+   * client_auth, mode (expected), expect_grant, grants (present the kept ones), latencies}.
+   */
+  async requests(cmd) {
+    loopDelay.reset();
+    const batch = new Batch();
+    await inLanes(cmd.uids, cmd.concurrency || 0, (uid) => sockRequests(newest(uid), cmd, batch));
+    emit({ event: 'requests_done', phase: cmd.phase, ...batch.summary(cmd.latencies) });
+  },
+  /* `count` publishes from the newest socket of `uid`, all at once; each message "phase|seq|ms|padding". */
+  async client_publish(cmd) {
+    const sock = newest(cmd.uid);
+    const pad = 'x'.repeat(cmd.pad === undefined ? 40 : cmd.pad);
+    const batch = new Batch();
+    const spec = { kind: 'publish' };
+    const answered = [];
+    const tFirst = now();
+    for (let seq = 0; seq < cmd.count; seq++) {
+      const message = `${cmd.phase}|${seq}|${now().toFixed(3)}|${pad}`;
+      batch.sent += 1;
+      answered.push(request(sock, { type: 'publish', channel: cmd.channel, message })
+        .then((result) => batch.add(sock, cmd.channel, spec, result)));
+    }
+    const tLast = now();
+    await Promise.all(answered);
+    emit({ event: 'client_published', phase: cmd.phase, t_first: tFirst, t_last: tLast, ...batch.summary(false) });
+  },
+  /* The server is about to close every socket here (a restart): not an error.  `closed` once all are. */
+  async server_closes() {
+    const all = [];
+    for (const live of users.values()) all.push(...live);
+    for (const sock of all) sock.closing = true;
+    emit({ event: 'awaiting_close', sockets: all.length });
+    await Promise.all(all.map((sock) => new Promise((resolve) => {
+      if (sock.closed) resolve();
+      else sock.onClosed = resolve;
+    })));
+    emit({ event: 'closed', sockets: all.length });
   },
   /* Announce a phase before it is published: its uids, sockets per uid, envelopes per socket. */
   expect(cmd) {
@@ -551,6 +774,9 @@ const commands = {
       errors: [],
       errorCount: 0,
       latencies: cmd.latency ? [] : null,
+      // a channel's messages to its subscribers: bubble false; `sender`: the publishing client's uid (null: none)
+      channel: Boolean(cmd.channel),
+      sender: cmd.sender,
       // users tallied per user, across reconnections (the soak's churn); copies sent again
       perUser: cmd.per_user ? new Set(cmd.per_user) : null,
       copies: 0,

@@ -1,7 +1,8 @@
 """
 The RedMessenger benchmarks: the daemon as a real process, a real Redis, real clients.
 
-    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d,i] [--dialects plain,plain-v1,socketio]
+    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d,i,sub,pub,resub]
+                                  [--dialects plain,plain-v1,socketio]
                                   [--socketio-client lean|socket.io-client] [--v1-ack every|burst|sync]
 
 (``scripts/bench`` prepares everything and runs this.)  Daemon, Redis
@@ -28,6 +29,40 @@ i   (not in the default --cases; runs last) case a through the durable intake:
     (``XPENDING rm:intake redmessenger``), nothing set aside as invalid.  Its
     ratios to a (``ratio_to_a``) are against case a of the same run, and a's
     lines carry Redis's CPU per message (``redis_us_per_msg``) to compare.
+
+The channel cases (docs/protocol.md, *Channels*): plain-v1 only, not in the
+default --cases; their daemon has a ``secret_key`` (so a permitted subscribe's
+reply carries a grant) and lets a client publish 100,000 messages a second
+(``client_publish_rate``; CHANNEL_CONFIG).  The application is the Python
+application library (clients/python, blocking flavour) in a process of its own
+(bench/app.py), permitting every request; its CPU is reported apart
+(``app_us_per_request``).  Every reply must be ok, with the mode asked for.
+
+sub  the 1,000 users' sockets each send one subscribe, all at once: the time
+    from each subscribe sent to its reply received (p50/p99/max), subscriptions
+    answered per second (first sent to last answered), the CPU of the daemon,
+    Redis and the application per request; then 200 more, one at a time (the
+    round trip unloaded: ``rtt_p50_ms``, ``rtt_p99_ms``).  Checked: the
+    application was asked exactly once per request, every reply carries a grant.
+    The sockets unsubscribe afterwards (checked too).
+pub  the 1,000 users subscribe read_write to one channel (not timed), one more
+    socket subscribes write_only and publishes 200 messages at once (each a
+    JSON string ``phase|seq|ms|padding``): deliveries/s (first publish sent to
+    the last message received), server CPU per delivery, latency, and the ratio
+    to case b of the same run (``ratio_to_b``; issue 10's target: at least
+    80%).  Checked: all 200 publishes answered ok, every subscriber got every
+    message once and in order, with bubble false and the publisher as sender.
+resub  (its own daemon, four Node workers as d) 10,000 clients each subscribe
+    to 3 channels through the application, keeping the grants the replies carry;
+    the daemon restarts (SIGTERM, then started again on the same Redis and
+    port); all 10,000 reconnect at once (50 handshakes at a time per worker, as
+    d) and each resubscribes to its 3 channels as soon as it is welcomed,
+    presenting its grants: the time from the first connection to the last
+    subscription granted, and how many requests reached the application during
+    the burst (``app_requests``, counted by the library process; also
+    ``stream_added``: ``XINFO STREAM rm:requests`` entries-added), both
+    expected 0.  Checked: every resubscribe ok, then one message PUBLISHed on
+    each channel reaches every client once.  (``--profile`` records the burst.)
 
 Dialects (``--dialects``, default plain,socketio): ``plain`` (the identifier
 frame; pongs confirm), ``plain-v1`` (protocol version 1, docs/protocol.md: a
@@ -87,6 +122,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hiredis
 from resp import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +151,30 @@ QUEUED = 10000
 IDLE = 10000
 TABS_USERS = 50
 TABS_MESSAGES = 10
+#: The channel cases (plain-v1 only, not in the default --cases): see the module's docstring
+CHANNEL_CASES = ("sub", "pub", "resub")
+SUB_CHANNEL = "benchsub"
+#: sub: subscribes sent one at a time after the burst (the round trip unloaded)
+SUB_ONE_AT_A_TIME = 200
+PUB_CHANNEL = "benchpub"
+PUB_MESSAGES = 200
+#: pub: the publishing client's uid (a socket of its own, on the first worker)
+PUB_SENDER = "pubsender"
+RESUB_CLIENTS = IDLE
+RESUB_CHANNELS = 3
+#: resub, before the restart: sockets per worker waiting for the application's answers at once
+RESUB_ASKING = 100
+#: The channels' stream of subscription requests (docs/protocol.md, *Channels: the application's side*)
+REQUESTS_STREAM = "rm:requests"
+#: The daemon configuration of the channel cases (over the benchmark's own): grants signed with a
+#: secret key (a permitted subscribe's reply carries one), a publishing client not held to 20
+#: messages a second, and room for what it publishes (the frame must hold the message).
+CHANNEL_CONFIG: dict[str, Any] = {
+    "secret_key": "bench-secret-key-not-for-production",
+    "client_publish_rate": 100000,
+    "client_publish_max_bytes": 8192,
+    "max_frame_bytes": 16384,
+}
 
 TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     # (case, metric): (comparison, target)
@@ -123,7 +183,11 @@ TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("b", "deliveries_per_s"): (">=", 150000),
     ("c", "seconds"): ("<=", 0.2),
     ("d", "kb_per_conn"): ("<=", 8.0),
+    # a client presenting grants after a restart is resubscribed without asking the application
+    ("resub", "app_requests"): ("<=", 0),
 }
+#: pub against b (a client's publish against the application's PUBLISH to a group): deliveries/s
+PUB_SHARE_OF_B = 0.8
 
 
 class BenchError(Exception):
@@ -292,6 +356,9 @@ class Stack:
         self.ceiling: Child | None = None
         self.workers: list[Child] = []
         self.redis: Redis | None = None
+        #: the application (bench/app.py: the Python application library), while a channel case runs
+        self.app: Child | None = None
+        self._config_path: Path | None = None
 
     def __enter__(self) -> Stack:
         try:
@@ -324,14 +391,9 @@ class Stack:
             "conn_limit": 2 * IDLE,
             **self.extra_config,
         }
-        path = self.workdir / "redmessenger.json"
-        path.write_text(json.dumps(config))
-        with (self.workdir / "daemon.log").open("ab") as log:
-            self.daemon = subprocess.Popen(
-                [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(path)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-            )
-        self._wait_daemon()
+        self._config_path = self.workdir / "redmessenger.json"
+        self._config_path.write_text(json.dumps(config))
+        self._start_daemon()
         for i, dialect in enumerate(self.worker_dialects):
             spec = {"base": self.base, "route": "/rm", "dialect": dialect}
             if self.client is not None and dialect == self.dialect:
@@ -346,6 +408,23 @@ class Stack:
                 self.client = started.get("client", self.client)
                 if dialect == "plain-v1":
                     self.ack = started.get("ack", self.ack)
+
+    def _start_daemon(self) -> None:
+        assert self._config_path is not None
+        with (self.workdir / "daemon.log").open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(self._config_path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            )
+        self._wait_daemon()
+
+    def restart_daemon(self) -> float:
+        """Stop the daemon (SIGTERM: it closes every socket) and start it again, same config; seconds it took."""
+        assert self.daemon is not None
+        t = time.monotonic()
+        stop_process(self.daemon)
+        self._start_daemon()
+        return time.monotonic() - t
 
     def _connect_redis(self) -> Redis:
         deadline = time.monotonic() + 10
@@ -381,6 +460,7 @@ class Stack:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()
+        self.stop_app()
         if self.ceiling is not None:
             self.ceiling.stop()
         if self.daemon is not None:
@@ -396,23 +476,76 @@ class Stack:
         """uids dealt to the workers, round robin."""
         return [uids[i :: self.n_workers] for i in range(self.n_workers)]
 
-    def connect(self, parts: list[list[str]], concurrency: int = 50) -> dict[str, Any]:
+    def connect(self, parts: list[list[str]], concurrency: int = 50, subscribe: dict[str, Any] | None = None) -> dict[str, Any]:
+        """
+        A socket more for each uid.  ``subscribe`` (plain-v1): the channel requests each socket
+        sends as soon as it is welcomed (see :meth:`requests`); their outcome is ``requests``.
+        """
         busy = [(w, p) for w, p in zip(self.workers, parts) if p]
+        extra = {"subscribe": subscribe} if subscribe is not None else {}
         for worker, part in busy:
-            worker.send(cmd="connect", uids=part, concurrency=concurrency)
+            worker.send(cmd="connect", uids=part, concurrency=concurrency, **extra)
         events = [worker.wait("connected") for worker, _ in busy]
-        return {
+        out: dict[str, Any] = {
             "t0": min(e["t0"] for e in events),
             "t1": max(e["t1"] for e in events),
             "failed": sum(e["failed"] for e in events),
         }
+        if subscribe is not None:
+            out["requests"] = merge_requests([w.wait("requests_done", phase=subscribe["phase"]) for w, _ in busy])
+        return out
 
-    def expect(self, phase: str, parts: list[list[str]], per_socket: int, tabs: int = 1, latency: bool = False) -> None:
+    def expect(
+        self, phase: str, parts: list[list[str]], per_socket: int, tabs: int = 1, latency: bool = False, **extra: Any
+    ) -> None:
+        """Announce a phase; ``extra``: ``channel=True`` (a channel's messages: bubble false), ``sender`` (its uid)."""
         busy = [(w, p) for w, p in zip(self.workers, parts) if p]
         for worker, part in busy:
-            worker.send(cmd="expect", phase=phase, uids=part, per_socket=per_socket, tabs=tabs, latency=latency)
+            worker.send(cmd="expect", phase=phase, uids=part, per_socket=per_socket, tabs=tabs, latency=latency, **extra)
         for worker, _ in busy:
             worker.wait("expecting", phase=phase)
+
+    def requests(
+        self, phase: str, parts: list[list[str]], kind: str, channels: list[str], concurrency: int = 0, **spec: Any
+    ) -> dict[str, Any]:
+        """
+        Channel requests (plain-v1): each uid's newest socket sends ``kind`` for each of
+        ``channels``, at most ``concurrency`` sockets waiting at once per worker (0: all at
+        once).  ``spec``: ``mode`` (expected in every subscribe's reply), ``expect_grant``,
+        ``grants`` (present the grants kept from earlier replies), ``client_auth``,
+        ``latencies`` (each request's time to its reply).  The workers' outcomes merged.
+        """
+        busy = [(w, p) for w, p in zip(self.workers, parts) if p]
+        for worker, part in busy:
+            worker.send(cmd="requests", phase=phase, kind=kind, channels=channels, uids=part, concurrency=concurrency, **spec)
+        return merge_requests([worker.wait("requests_done", phase=phase) for worker, _ in busy])
+
+    def start_app(self) -> None:
+        """The application (bench/app.py, the Python application library), permitting every request."""
+        if self.app is None:
+            self.app = Child("app", [sys.executable, "app.py", str(self.redis_port)], self.workdir / "app.log")
+            self.app.wait("ready", 20)
+
+    def stop_app(self) -> None:
+        if self.app is not None:
+            self.app.stop()
+            self.app = None
+
+    def app_handled(self) -> int:
+        """Subscription requests the application's handler was called for so far."""
+        assert self.app is not None
+        self.app.send(cmd="report")
+        return int(self.app.wait("report", 10)["handled"])
+
+    def requests_added(self) -> int:
+        """Entries ever added to the requests stream (``XINFO STREAM``'s entries-added; 0 before it exists)."""
+        assert self.redis is not None
+        try:
+            info = self.redis.call("XINFO", "STREAM", REQUESTS_STREAM)
+        except hiredis.ReplyError:  # no stream yet
+            return 0
+        fields = dict(zip(info[::2], info[1::2]))
+        return int(fields.get(b"entries-added") or fields.get(b"length") or 0)
 
     def finish(self, phase: str, parts: list[list[str]], latencies: bool = False, timeout: float = WAIT) -> dict[str, Any]:
         """Wait until every worker got its share of the phase (or time runs out), then merge their reports."""
@@ -470,6 +603,7 @@ class Stack:
             sum(cpu_seconds(w.pid) for w in self.workers),
             cpu_seconds(self.ceiling.pid) if self.ceiling is not None else 0.0,
             *machine_ticks(),
+            app=cpu_seconds(self.app.pid) if self.app is not None else 0.0,
         )
 
     def intake_state(self) -> tuple[int, int]:
@@ -515,6 +649,7 @@ class Usage:
     ceiling: float
     machine_busy: int  # ticks, every CPU together
     machine_steal: int
+    app: float = 0.0  # the application (bench/app.py), in the channel cases
 
     def since(self, before: Usage) -> dict[str, float]:
         wall = max(self.at - before.at, 1e-9)
@@ -530,6 +665,8 @@ class Usage:
             "redis_cpu_s": round(self.redis - before.redis, 3),
             "loadgen_pct": round(100 * (self.loadgen - before.loadgen) / wall, 1),
             "ceiling_pct": round(100 * (self.ceiling - before.ceiling) / wall, 1),
+            **({"app_pct": round(100 * (self.app - before.app) / wall, 1), "app_cpu_s": round(self.app - before.app, 3)}
+               if self.app or before.app else {}),
         }
 
 
@@ -598,6 +735,30 @@ def rate(count: int, start_ms: float | None, end_ms: float | None) -> float | No
     if start_ms is None or end_ms is None or end_ms <= start_ms:
         return None
     return round(count / ((end_ms - start_ms) / 1000), 1)
+
+
+def merge_requests(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' ``requests_done`` events (bench/client.js) as one."""
+    return {
+        "sent": sum(e["sent"] for e in events),
+        "ok": sum(e["ok"] for e in events),
+        "grants": sum(e["grants"] for e in events),
+        "t0": min((e["t0"] for e in events if e.get("t0") is not None), default=None),
+        "first": min((e["first"] for e in events if e["first"] is not None), default=None),
+        "last": max((e["last"] for e in events if e["last"] is not None), default=None),
+        "errors": [x for e in events for x in e["errors"]][:20],
+        "error_count": sum(e["error_count"] for e in events),
+        "latencies": [x for e in events for x in (e.get("latencies") or [])],
+        "loop_delay_p99_ms": max(e["loop_delay_p99_ms"] for e in events),
+    }
+
+
+def check_requests(result: Result, what: str, outcome: dict[str, Any], expected: int) -> None:
+    """Every request of a batch sent and answered ok (with the mode asked for)."""
+    result.check(outcome["sent"] == expected, f"{what}: {outcome['sent']} requests sent of {expected}")
+    result.check(outcome["ok"] == expected, f"{what}: {outcome['ok']} of {expected} answered ok")
+    if outcome["error_count"]:
+        result.errors.append(f"{what}: {outcome['error_count']} errors: {outcome['errors'][:5]}")
 
 
 # -- the cases ----------------------------------------------------------------------------------
@@ -861,6 +1022,190 @@ def case_idle(stack: Stack, result: Result) -> None:
     )
 
 
+def case_subscribe(stack: Stack, result: Result, uids: list[str]) -> None:
+    """
+    sub: each of the users' sockets sends one subscribe, all at once; the Python
+    application library answers (bench/app.py).  Then SUB_ONE_AT_A_TIME more, one
+    at a time: the round trip unloaded.  Every socket unsubscribes afterwards.
+    """
+    stack.start_app()
+    parts = stack.split(uids)
+    asked_before, added_before = stack.app_handled(), stack.requests_added()
+    before = stack.usage()
+    burst = stack.requests("sub", parts, "subscribe", [SUB_CHANNEL], mode="read_write", expect_grant=True, latencies=True)
+    after = stack.usage()
+    asked_burst = stack.app_handled() - asked_before
+    few: list[list[str]] = [[] for _ in stack.workers]
+    few[0] = parts[0][:SUB_ONE_AT_A_TIME]  # sockets of the first worker
+    single = stack.requests(
+        "sub1", few, "subscribe", [SUB_CHANNEL + "1"], concurrency=1, mode="read_write", expect_grant=True, latencies=True
+    )
+    asked = stack.app_handled() - asked_before
+    added = stack.requests_added() - added_before
+    n = len(uids)
+    check_requests(result, "sub", burst, n)
+    check_requests(result, "sub, one at a time", single, SUB_ONE_AT_A_TIME)
+    result.check(burst["grants"] == n, f"sub: {burst['grants']} of {n} replies carried a grant (secret_key is set)")
+    result.check(asked_burst == n, f"sub: the application was asked {asked_burst} times for {n} subscribes")
+    result.check(asked == n + SUB_ONE_AT_A_TIME, f"sub: the application was asked {asked} times in all")
+    result.check(added == asked, f"sub: {added} requests added to {REQUESTS_STREAM}, {asked} handled")
+    # leave the sockets as they were
+    gone = stack.requests("unsub", parts, "unsubscribe", [SUB_CHANNEL])
+    check_requests(result, "sub: unsubscribing", gone, n)
+    gone = stack.requests("unsub1", few, "unsubscribe", [SUB_CHANNEL + "1"])
+    check_requests(result, "sub: unsubscribing the one-at-a-time ones", gone, SUB_ONE_AT_A_TIME)
+    stack.stop_app()
+    cpu = after.since(before)
+    lat, rtt = burst["latencies"], single["latencies"]
+    result.numbers.update(
+        requests=n,
+        requests_per_s=rate(n, burst["first"], burst["last"]),
+        seconds=burst["last"] and burst["first"] and round((burst["last"] - burst["first"]) / 1000, 4),
+        p50_ms=percentile(lat, 0.50),
+        p99_ms=percentile(lat, 0.99),
+        max_ms=percentile(lat, 1.0),
+        rtt_requests=SUB_ONE_AT_A_TIME,
+        rtt_p50_ms=percentile(rtt, 0.50),
+        rtt_p99_ms=percentile(rtt, 0.99),
+        rtt_max_ms=percentile(rtt, 1.0),
+        server_us_per_request=round(1e6 * cpu["server_cpu_s"] / n, 1),
+        redis_us_per_request=round(1e6 * cpu["redis_cpu_s"] / n, 1),
+        app_us_per_request=round(1e6 * cpu.get("app_cpu_s", 0.0) / n, 1),
+        cpu=cpu,
+        client_loop_delay_p99_ms=round(burst["loop_delay_p99_ms"], 2),
+    )
+
+
+def case_client_publish(stack: Stack, result: Result, uids: list[str], reference: Result | None) -> None:
+    """
+    pub: the users subscribe read_write to PUB_CHANNEL (not timed); one more socket
+    subscribes write_only and publishes PUB_MESSAGES at once.  ``reference``: case b
+    of the same run (the application's PUBLISH to a group of the same users).
+    """
+    stack.start_app()
+    parts = stack.split(uids)
+    n = len(uids)
+    subscribed = stack.requests("pubsub", parts, "subscribe", [PUB_CHANNEL], mode="read_write")
+    check_requests(result, "pub: subscribing", subscribed, n)
+    sender: list[list[str]] = [[] for _ in stack.workers]
+    sender[0] = [PUB_SENDER]
+    connected = stack.connect(sender)
+    result.check(connected["failed"] == 0, "pub: the publishing socket did not connect")
+    writer = stack.requests("pubsender", sender, "subscribe", [PUB_CHANNEL], client_auth="write_only", mode="write_only")
+    check_requests(result, "pub: the publisher subscribing", writer, 1)
+    if result.errors:
+        raise BenchError(f"pub: not subscribed: {result.errors[:3]}")
+    stack.expect("pub", parts, per_socket=PUB_MESSAGES, latency=True, channel=True, sender=PUB_SENDER)
+    before = stack.usage()
+    stack.workers[0].send(cmd="client_publish", uid=PUB_SENDER, channel=PUB_CHANNEL, phase="pub", count=PUB_MESSAGES)
+    pub = stack.workers[0].wait("client_published", phase="pub")
+    report = stack.finish("pub", parts, latencies=True)
+    after = stack.usage()
+    check_requests(result, "pub: publishing", pub, PUB_MESSAGES)
+    result.check_received("pub", report)
+    # leave the sockets as they were
+    stack.workers[0].send(cmd="close_oldest", uids=[PUB_SENDER])
+    stack.workers[0].wait("closed")
+    gone = stack.requests("pubunsub", parts, "unsubscribe", [PUB_CHANNEL])
+    check_requests(result, "pub: unsubscribing", gone, n)
+    stack.stop_app()
+    deliveries = PUB_MESSAGES * n
+    cpu = after.since(before)
+    lat = report["latencies"]
+    result.numbers.update(
+        messages=PUB_MESSAGES,
+        subscribers=n,
+        deliveries=deliveries,
+        deliveries_per_s=rate(deliveries, pub["first"], report["last"]),
+        msgs_per_s=rate(PUB_MESSAGES, pub["first"], report["last"]),
+        # the publisher's own view: its last publish answered ok (Redis took it)
+        publish_replies_s=pub["last"] and pub["first"] and round((pub["last"] - pub["first"]) / 1000, 4),
+        # first publish sent to the first message received by any subscriber
+        first_delivery_ms=report["first"] and pub["first"] and round(report["first"] - pub["first"], 3),
+        p50_ms=percentile(lat, 0.50),
+        p99_ms=percentile(lat, 0.99),
+        max_ms=percentile(lat, 1.0),
+        server_us_per_delivery=round(1e6 * cpu["server_cpu_s"] / deliveries, 2),
+        cpu=cpu,
+        client_loop_delay_p99_ms=round(report["loop_delay_p99_ms"], 2),
+    )
+    ref = reference.numbers if reference is not None and not reference.errors else None
+    if ref and ref.get("deliveries_per_s") and result.numbers["deliveries_per_s"]:
+        # against case b, the application's PUBLISH to a group of the same users, same run and daemon
+        result.numbers["ratio_to_b"] = round(result.numbers["deliveries_per_s"] / ref["deliveries_per_s"], 3)
+        result.numbers["b_deliveries_per_s"] = ref["deliveries_per_s"]
+        result.numbers["b_server_us_per_delivery"] = ref["server_us_per_delivery"]
+
+
+def case_resubscribe(stack: Stack, result: Result, profile: Path | None, name: str) -> None:
+    """
+    resub: RESUB_CLIENTS clients subscribe to RESUB_CHANNELS channels each through
+    the application and keep the grants; the daemon restarts; all reconnect at
+    once and resubscribe presenting them: none of it should reach the application.
+    """
+    uids = [f"r{i}" for i in range(RESUB_CLIENTS)]
+    channels = [f"resub-{k}" for k in range(RESUB_CHANNELS)]
+    n = len(uids) * len(channels)
+    parts = stack.split(uids)
+    stack.start_app()
+    connected = stack.connect(parts, concurrency=50)
+    result.check(connected["failed"] == 0, f"resub: {connected['failed']} connections failed before the restart")
+    first = stack.requests(
+        "resub-ask", parts, "subscribe", channels, concurrency=RESUB_ASKING, mode="read_write", expect_grant=True
+    )
+    check_requests(result, "resub: subscribing through the application", first, n)
+    result.check(first["grants"] == n, f"resub: {first['grants']} of {n} replies carried a grant")
+    if result.errors:
+        raise BenchError(f"resub: not subscribed before the restart: {result.errors[:3]}")
+    # the restart: the daemon closes every socket (1001); the clients know it is coming
+    for worker in stack.workers:
+        worker.send(cmd="server_closes")
+    for worker in stack.workers:
+        worker.wait("awaiting_close")
+    restart_s = stack.restart_daemon()
+    for worker in stack.workers:
+        worker.wait("closed")
+    asked_before, added_before = stack.app_handled(), stack.requests_added()
+    spec = {"phase": "resub", "kind": "subscribe", "channels": channels, "grants": True, "mode": "read_write"}
+    with Profiler(profile, stack, name):
+        before = stack.usage()
+        burst = stack.connect(parts, concurrency=50, subscribe=spec)
+        after = stack.usage()
+    asked = stack.app_handled() - asked_before
+    added = stack.requests_added() - added_before
+    result.check(burst["failed"] == 0, f"resub: {burst['failed']} connections failed after the restart")
+    check_requests(result, "resub: resubscribing with grants", burst["requests"], n)
+    # the subscriptions hold: one message on each channel reaches every client once
+    stack.expect("resubmsg", parts, per_socket=len(channels), channel=True, sender=None)
+    for channel in channels:
+        pub = stack.publish(phase="resubmsg", group=channel, count=1)
+        result.check(pub["sent"] == 1 and pub["receivers_min"] == 1, f"resub: PUBLISH on {channel}: {pub}")
+    result.check_received("resub: a message on each channel", stack.finish("resubmsg", parts))
+    stack.stop_app()
+    requests = burst["requests"]
+    seconds = (requests["last"] - burst["t0"]) / 1000 if requests["last"] else None
+    result.numbers.update(
+        clients=len(uids),
+        channels=len(channels),
+        subscriptions=n,
+        # requests that reached the application during the burst: expected none (the grants stand in)
+        app_requests=asked,
+        stream_added=added,
+        # from the first connection to the last subscription granted
+        seconds=seconds and round(seconds, 3),
+        subs_per_s=rate(n, burst["t0"], requests["last"]),
+        conns_per_s=rate(len(uids), burst["t0"], burst["t1"]),
+        restart_s=round(restart_s, 2),
+        # before the restart: every subscription through the application (RESUB_ASKING sockets a worker waiting)
+        asked_per_s=rate(n, first["first"], first["last"]),
+        # the last subscription granted after the last client was welcomed
+        tail_s=round((requests["last"] - burst["t1"]) / 1000, 3) if requests["last"] else None,
+        # per client: its handshake, hello and three subscribes with grants
+        server_us_per_client=round(1e6 * (after.daemon - before.daemon) / len(uids), 1),
+        cpu=after.since(before),
+    )
+
+
 # -- runs -----------------------------------------------------------------------------------------
 
 
@@ -876,6 +1221,10 @@ def run_case(stack: Stack, result: Result, uids: list[str], done: dict[str, Resu
         case_bubbles(stack, result, uids[:TABS_USERS])
     elif result.case == "c":
         case_queue(stack, result)
+    elif result.case == "sub":
+        case_subscribe(stack, result, uids)
+    elif result.case == "pub":
+        case_client_publish(stack, result, uids, done.get("b"))
     elif result.case == "i":
         case_intake(stack, result, uids, done.get("a"))
 
@@ -917,15 +1266,22 @@ def run_dialect(
     socketio_client: str | None = None,
     v1_ack: str | None = None,
 ) -> bool:
-    """One run of the cases that need the 1,000 users (and c, and i last), then d on a daemon of its own."""
-    main_cases = [c for c in ("a", "ap", "b", "bubbles", "c", "i") if c in cases]
+    """
+    One run of the cases that need the 1,000 users (and c, the channel cases sub and pub, and i
+    last), then d and resub on daemons of their own.  The channel cases run for plain-v1 only.
+    """
+    main_cases = [
+        c for c in ("a", "ap", "b", "bubbles", "c", "sub", "pub", "i")
+        if c in cases and (c not in CHANNEL_CASES or dialect == "plain-v1")
+    ]
     ack = v1_ack if dialect == "plain-v1" else None
     if main_cases:
         background = wait_for_quiet(*quiet)
         path = workdir / f"{dialect}-{run}"
         path.mkdir()
         client = socketio_client if dialect == "socketio" else None
-        with Stack(path, dialect, workers, client, ack=ack) as stack:
+        config = CHANNEL_CONFIG if any(c in CHANNEL_CASES for c in main_cases) else None
+        with Stack(path, dialect, workers, client, ack=ack, config=config) as stack:
             if dialect == "socketio" and not stack.serves_socketio():
                 return False
             uids = [f"u{i}" for i in range(USERS)]
@@ -955,6 +1311,19 @@ def run_dialect(
             try:
                 with Profiler(profile, stack, f"d-{dialect}-{run}"):
                     case_idle(stack, result)
+            except (BenchError, TimeoutError) as e:
+                result.errors.append(f"{type(e).__name__}: {e}")
+            emit(result)
+    if "resub" in cases and dialect == "plain-v1":
+        path = workdir / f"{dialect}-{run}-resub"
+        path.mkdir()
+        background = wait_for_quiet(*quiet)
+        with Stack(path, dialect, max(4, workers), ack=ack, ceiling=False, config=CHANNEL_CONFIG) as stack:
+            result = Result("resub", dialect, run, stack.client, background_pct=background)
+            if stack.ack is not None:
+                result.numbers["ack"] = stack.ack
+            try:
+                case_resubscribe(stack, result, profile, f"resub-{dialect}-{run}")
             except (BenchError, TimeoutError) as e:
                 result.errors.append(f"{type(e).__name__}: {e}")
             emit(result)
@@ -1020,6 +1389,23 @@ ROWS = [
     ("d", "kb_per_conn", "d: server memory per idle connection", "KB"),
     ("d", "conns_per_s", "d: connections set up/s", ""),
     ("bubbles", "ok", "bubbles: second tabs, then the oldest closed (not timed)", ""),
+    ("sub", "requests_per_s", "sub: subscribes answered/s (1,000 at once, Python app)", ""),
+    ("sub", "p50_ms", "sub: subscribe → reply p50", "ms"),
+    ("sub", "p99_ms", "sub: subscribe → reply p99", "ms"),
+    ("sub", "max_ms", "sub: subscribe → reply max", "ms"),
+    ("sub", "rtt_p50_ms", "sub: one at a time, p50", "ms"),
+    ("sub", "rtt_p99_ms", "sub: one at a time, p99", "ms"),
+    ("sub", "server_us_per_request", "sub: server CPU per request", "µs"),
+    ("sub", "app_us_per_request", "sub: application (library) CPU per request", "µs"),
+    ("pub", "deliveries_per_s", "pub: deliveries/s, a client's publish to 1,000", ""),
+    ("pub", "ratio_to_b", "pub: ratio to b (PUBLISH to a group), same run", ""),
+    ("pub", "server_us_per_delivery", "pub: server CPU per delivery", "µs"),
+    ("pub", "p50_ms", "pub: latency p50 (publish sent → received)", "ms"),
+    ("pub", "p99_ms", "pub: latency p99", "ms"),
+    ("resub", "seconds", "resub: first connection → last of 30,000 granted", "s"),
+    ("resub", "app_requests", "resub: requests reaching the application in the burst", ""),
+    ("resub", "subs_per_s", "resub: subscriptions granted/s in the burst", ""),
+    ("resub", "conns_per_s", "resub: connections set up/s in the burst", ""),
 ]
 
 
@@ -1083,6 +1469,15 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
                     target_text, holds = "≥ 80% of plain", f"{'yes' if share >= 0.8 else 'NO'} ({share:.0%})"
                 else:
                     target_text, holds = "≥ 80% of plain", "?"
+            elif case == "pub" and name == "deliveries_per_s":
+                b = [v for l in lines if l["case"] == "b" and l["dialect"] == dialect and l["ok"]
+                     if (v := metric(l, name)) is not None]
+                target_text = f"≥ {PUB_SHARE_OF_B:.0%} of b"
+                if b and median is not None:
+                    share = median / statistics.median(b)
+                    holds = f"{'yes' if share >= PUB_SHARE_OF_B else 'NO'} ({share:.0%})"
+                else:
+                    holds = "?"
             elif dialect == "plain-v1" and name in ("server_us_per_msg", "server_us_per_delivery") and case in ("a", "b"):
                 plain = [v for l in lines if l["case"] == case and l["dialect"] == "plain" and l["ok"]
                          if (v := metric(l, name)) is not None]
@@ -1099,7 +1494,7 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
                 holds = "yes" if ok else "NO"
             else:
                 target_text, holds = "", ""
-            cpu_cols = (f"{cpu_server:.0f}", f"{cpu_load:.0f}") if name in ("msgs_per_s", "deliveries_per_s", "seconds", "conns_per_s", "p99_ms") else ("", "")
+            cpu_cols = (f"{cpu_server:.0f}", f"{cpu_load:.0f}") if name in ("msgs_per_s", "deliveries_per_s", "seconds", "conns_per_s", "p99_ms", "requests_per_s") else ("", "")
             shown = f"{fmt(median)} {unit}".strip() if median is not None else "–"
             out.append(
                 f"| {label} | {dialect} | {shown} | {spread} | {len(good)}/{len(runs)} | {cpu_cols[0]} | {cpu_cols[1]} | {target_text} | {holds} |"
@@ -1110,7 +1505,11 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="runs of every case (the table shows medians)")
-    parser.add_argument("--cases", default="a,ap,b,bubbles,c,d", help="a,ap,b,bubbles,c,d (the default), and i")
+    parser.add_argument(
+        "--cases", default="a,ap,b,bubbles,c,d",
+        help="a,ap,b,bubbles,c,d (the default), and i; the channel cases sub, pub, resub (plain-v1 only; "
+        "pub's ratio needs b in the same run)",
+    )
     parser.add_argument("--dialects", default="plain,socketio", help="plain, plain-v1, socketio (default: plain,socketio)")
     parser.add_argument(
         "--v1-ack", choices=V1_ACKS, default=V1_ACKS[0],
@@ -1138,14 +1537,18 @@ def main() -> int:
     args = parser.parse_args()
     cases = args.cases.split(",")
     dialects = args.dialects.split(",")
-    unknown = [d for d in dialects if d not in DIALECTS] + [c for c in cases if c not in ("a", "ap", "b", "bubbles", "c", "d", "i")]
+    unknown = [d for d in dialects if d not in DIALECTS] + [
+        c for c in cases if c not in ("a", "ap", "b", "bubbles", "c", "d", "i", *CHANNEL_CASES)
+    ]
     if unknown:
         parser.error(f"unknown dialect or case: {', '.join(unknown)}")
+    if any(c in CHANNEL_CASES for c in cases) and "plain-v1" not in dialects:
+        print("warning: the channel cases (sub, pub, resub) run for plain-v1 only", file=sys.stderr)
 
     # 10,000 connections need more descriptors than the usual default of 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < 2 * IDLE + 1000 and "d" in cases:
+    if hard < 2 * IDLE + 1000 and ("d" in cases or "resub" in cases):
         print(f"warning: the descriptor limit is {hard}; case d needs about {IDLE + 1000} per process", file=sys.stderr)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -406,3 +406,26 @@ async def test_keys_grants_client_auth_and_payloads_never_reach_the_logs(daemon_
     assert any("Subscribed" in line and "room" in line for line in lines), "the log does say what happened"
     leaked = [(secret[:12], line[:200]) for line in lines for secret in secrets_seen if secret in line]
     assert leaked == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsubscribing_while_messages_are_in_flight_ends_them_cleanly(daemon_factory, redis, app):
+    app()
+    daemon = await daemon_factory()
+    client = await session(daemon, "u9")
+    assert (await client.subscribe("busy"))["ok"] is True
+    pipe = redis.pipeline(transaction=False)
+    for i in range(300):
+        pipe.publish("rm.channels.busy", f"m{i}")
+    pipe.execute()
+    reply = await client.request("unsubscribe", channel="busy")  # sent while the burst is arriving
+    assert reply["ok"] is True
+    before = [m["payload"] for m in client.messages]
+    publish(redis, "rm.channels.busy", "after the unsubscribe")
+    publish(redis, "rm.users.u9", "fence")
+    rest = await client.receive(len(before) + 1)
+    payloads = [m["payload"] for m in rest]
+    assert payloads[-1] == "fence" and "after the unsubscribe" not in payloads
+    got = payloads[:-1]
+    assert got == [f"m{i}" for i in range(len(got))], "a prefix of the burst, in order, none twice"
+    assert daemon.service.hub.channels.readers("busy") is None

@@ -54,8 +54,11 @@ class Browsers:
         self._profiles = profiles
         self._opened: list[tuple[ClientProcess, PageServer]] = []
 
-    def open(self, url: str, server: PageServer) -> ClientProcess:
-        config = {"url": url, "userDataDir": str(self._profiles / f"profile{len(self._opened)}"), "chromium": chromium_available()}
+    def open(self, url: str, server: PageServer, **options: Any) -> ClientProcess:
+        config = {
+            "url": url, "userDataDir": str(self._profiles / f"profile{len(self._opened)}"), "chromium": chromium_available(),
+            **options,
+        }  # fmt: skip
         process = spawn("chromium", [node_binary(), str(JS_DIR / "browser.js"), json.dumps(config)], cwd=JS_DIR)
         self._opened.append((process, server))
         return process

@@ -290,3 +290,59 @@ async def test_the_demo_page_chats_between_tabs_queues_personal_messages_and_not
     latest = "new Promise((r) => { const t = () => window.demo.personal.some((m) => m.payload === 'ding') ? r(window.demo.notified) : setTimeout(t, 20); t(); })"
     assert (await alice.eval(latest), await second.eval(latest)) == (1, 0)
     assert alice.process.of("xss") == bob.process.of("xss") == []
+
+
+SELF_STARTING_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>inbox</title>
+%(tags)s
+</head><body>
+<script>
+  // A page that listens to its user's messages from the moment it loads (and again if it is loaded again).
+  window.addEventListener("pageshow", (event) => __report({event: "pageshow", persisted: event.persisted}));
+  const rm = new RedMessenger({uid: "alice"});
+  rm.on("state", (state) => __report({event: "state", state}));
+  rm.onMessage((envelope) => __report({event: "personal", payload: envelope.payload, id: envelope.id}));
+</script>
+</body></html>
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_left_and_come_back_to_gets_what_was_sent_meanwhile_once(daemon_factory, redis, tmp_path):
+    """With the back/forward cache on (Playwright turns it off by default): frozen or reloaded, nothing lost or doubled."""
+    ensure_node_modules()
+    daemon = await daemon_factory()
+    url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
+    page_html = SELF_STARTING_PAGE % {"tags": page_tags(Settings(url=url))}
+    server = PageServer({
+        b"/": (b"text/html; charset=utf-8", page_html.encode()),
+        b"/elsewhere": (b"text/html; charset=utf-8", b"<!doctype html><title>elsewhere</title><p>another page"),
+    })  # fmt: skip
+    browsers = Browsers(tmp_path)
+    process = browsers.open(server.url, server, bfcache=True)
+    try:
+        await process.until(lambda: {"event": "state", "state": "connected"} in process.events, "connected")
+        publish(redis, "rm.users.alice", "before leaving")
+        await process.expect("personal")
+        process.command(cmd="goto", url=server.url + "elsewhere")
+        await process.expect("navigated")
+        publish(redis, "rm.users.alice", "while away")  # to a frozen page's open socket, or queued if it closed
+        await daemon.idle()
+
+        def kept() -> bool:  # not confirmed by a page that is not running: still in the daemon's keeping, or queued
+            user = daemon.service.presence.get("alice")
+            held = [s.message.payload for a in (user.attachments if user else []) for s in a.unconfirmed + (a.held or [])]
+            return "while away" in held or redis.llen("rm:users:alice:messages") == 1
+
+        await daemon.until(kept, what="the message kept, unconfirmed, while the page is away")
+        process.command(cmd="back")
+        await process.expect("navigated", 2)
+        await process.until(lambda: any(e.get("payload") == "while away" for e in process.of("personal")), "the message", 30)
+        shows = process.of("pageshow")
+        restored_from_cache = shows[-1]["persisted"]
+        payloads = [e["payload"] for e in process.of("personal")]
+        assert payloads.count("while away") == 1, payloads
+        assert payloads.count("before leaving") == 1, "acknowledged before leaving: not delivered again"
+        print("back/forward cache:", "restored from the cache" if restored_from_cache else "the page was loaded again")
+    finally:
+        await browsers.close()

@@ -8,7 +8,7 @@
 // its console lines ({"event": "console"}), page errors, failed requests, and
 // {"event": "loaded"}.  stdin: {"cmd": "exit"} closes the browser; {"cmd": "eval", "id": N, "code": "..."}
 // evaluates code in the page and reports {"event": "eval", "id": N, "result": ...} (or "error");
-// {"cmd": "screenshot", "path": P} saves a PNG of the page.
+// {"cmd": "screenshot", "path": P} saves a PNG of the page; {"cmd": "goto", "url": U} and {"cmd": "back"} navigate.
 "use strict";
 
 const readline = require("readline");
@@ -24,6 +24,8 @@ async function main() {
   const context = await chromium.launchPersistentContext(args.userDataDir, {
     executablePath: args.chromium || "/usr/bin/chromium",
     headless: true,
+    // Playwright turns the back/forward cache off for determinism; {"bfcache": true} keeps it, as browsers have it
+    ignoreDefaultArgs: args.bfcache ? ["--disable-back-forward-cache"] : [],
     args: [
       "--headless",
       "--no-sandbox",
@@ -49,6 +51,13 @@ async function main() {
   readline.createInterface({ input: process.stdin }).on("line", function (line) {
     const command = JSON.parse(line);
     if (command.cmd === "exit") exit(0);
+    if (command.cmd === "goto" || command.cmd === "back") {
+      // a navigation as the user makes it: the page may go into the back/forward cache (or be unloaded)
+      (command.cmd === "goto" ? page.goto(command.url) : page.goBack({ waitUntil: "commit" })).then(
+        function () { report("navigated", { cmd: command.cmd, url: page.url() }); },
+        function (error) { report("navigated", { cmd: command.cmd, error: String(error) }); }
+      );
+    }
     if (command.cmd === "screenshot") {
       page.screenshot({ path: command.path, fullPage: true }).then(
         function () { report("screenshot", { path: command.path }); },

@@ -47,6 +47,7 @@ from redmessenger.redis_edge.demoapp import DemoApplication
 from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.intake import IntakeReader
 from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
+from redmessenger.redis_edge.nodes import NodeRegistry
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
@@ -91,6 +92,10 @@ class RedMessengerService(OrderedServices):
             on_message=self._on_publish,
             on_read=(self.corks.hold, self._end_of_read),
             direct=(self.answers_channel.encode("ascii"), self._on_answer),
+        )
+        #: The daemons sharing this Redis (docs/scale-out.md): heartbeats in rm:nodes.
+        self.nodes = NodeRegistry(
+            self.link.commands, reactor, config.consumer_name, connected=lambda: self.link.state.commands_connected
         )
         self.application = RedisApplication(
             self.link.commands, lambda: self.link.state.commands_connected, reactor, config.redis_timeout
@@ -195,6 +200,7 @@ class RedMessengerService(OrderedServices):
             )
             self.embedded.setServiceParent(self)
         Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
+        Step("nodes", self.nodes.start, self.nodes.stop).setServiceParent(self)
         Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
         Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
         Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
@@ -399,6 +405,8 @@ class RedMessengerService(OrderedServices):
             budget_bites=lambda: self.hub.budget.bites,
             subscriptions=lambda: self.hub.channels.subscriptions if self.hub.channels is not None else 0,
             requests_waiting=lambda: self.hub.channels.waiting if self.hub.channels is not None else 0,
+            node_id=config.consumer_name,
+            nodes=lambda: self.nodes.nodes,
             longest_queues=lambda limit: longest_queues(self.link.commands, limit),
         )
 

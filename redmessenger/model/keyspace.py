@@ -25,6 +25,9 @@ CLIENT_CHANNEL_PREFIX = b"rm.client.channels."
 #: What the daemon subscribes to (PSUBSCRIBE).
 SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*", CLIENT_CHANNEL_PREFIX + b"*"]
 
+#: The live daemons (docs/scale-out.md): a sorted set of node ids scored with their expiry (Redis time).
+NODES_KEY = "rm:nodes"
+
 #: Subscription requests to the application (SPEC §7.1): a stream its workers read through a consumer group.
 REQUESTS_STREAM = "rm:requests"
 #: Requests kept in the stream at most (older ones are trimmed; each has a deadline long past).

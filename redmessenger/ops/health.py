@@ -31,6 +31,7 @@ class HealthResource(Resource):
                 "reconnects": state.link.reconnects,
             },
             "uptime": round(state.uptime, 3),
+            "node": {"id": self._view.node_id, "nodes": self._view.nodes()},
         }
         if reason is not None:
             body["reason"] = reason

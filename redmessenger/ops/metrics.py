@@ -126,6 +126,7 @@ class DaemonCollector:
             view.budget_bites(),
         )
 
+        yield GaugeMetricFamily(prefix + "nodes", "Daemons sharing this Redis (rm:nodes heartbeats)", len(view.nodes()))
         yield GaugeMetricFamily(
             prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
         )

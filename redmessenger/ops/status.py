@@ -58,6 +58,9 @@ class DaemonView:
     #: Channels (SPEC §7): subscriptions active here, requests waiting for the application's answer.
     subscriptions: Callable[[], int]
     requests_waiting: Callable[[], int]
+    #: This daemon's name among the nodes sharing its Redis, and the live nodes (docs/scale-out.md).
+    node_id: str
+    nodes: Callable[[], list[str]]
     longest_queues: LongestQueues
 
 
@@ -134,6 +137,7 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"Health:     {'ok' if state.healthy else 'UNAVAILABLE: ' + str(state.unhealthy_reason)}",
         f"Redis:      {settings.redis}; subscriber {up(link.subscribed)}, "
         f"commands {up(link.commands_connected)}; reconnects {link.reconnects}; last error: {link.last_error or '-'}",
+        f"Nodes:      {len(view.nodes())} on this Redis ({', '.join(view.nodes()) or 'none yet'}); this one: {view.node_id}",
         f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
         f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "
         f"identified; {state.connections} of conn_limit {settings.conn_limit} in use, {state.connections_refused} refused",

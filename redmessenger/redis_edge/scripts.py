@@ -109,3 +109,19 @@ end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
 return 1
 """
+
+# A node's heartbeat (docs/scale-out.md): its entry in the sorted set KEYS[1]
+# scored with its expiry (Redis's clock, so hosts' clocks do not matter),
+# expired entries dropped, and the live nodes returned.  ARGV: node id,
+# seconds it stays listed without another heartbeat; ARGV[3] "leave" removes it.
+HEARTBEAT = b"""
+local now = redis.call('TIME')
+local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', seconds)
+if ARGV[3] == 'leave' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], seconds + tonumber(ARGV[2]), ARGV[1])
+end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""

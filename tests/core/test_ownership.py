@@ -1,0 +1,30 @@
+"""core.ownership: rendezvous hashing, as docs/scale-out.md uses it."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from redmessenger.core.ownership import owner, weight
+
+UIDS = [f"user{n}" for n in range(6000)]
+
+
+def test_every_process_computes_the_same_owner() -> None:
+    assert weight("node-a", "alice") == 0x32d0796f7de9ed38, "pinned: blake2b, never Python's per-process hash()"
+    nodes = ["node-a", "node-b", "node-c"]
+    assert owner("alice", nodes) == owner("alice", list(reversed(nodes))), "the order of the list does not matter"
+    assert owner("alice", []) is None
+    assert owner("alice", ["only"]) == "only"
+
+
+def test_users_spread_evenly_and_only_a_leaving_nodes_users_move() -> None:
+    nodes = [f"node-{n}" for n in range(4)]
+    before = {uid: owner(uid, nodes) for uid in UIDS}
+    counts = Counter(before.values())
+    assert all(1300 <= count <= 1700 for count in counts.values()), counts  # 1500 each, give or take
+    after = {uid: owner(uid, nodes[:3]) for uid in UIDS}  # node-3 leaves
+    moved = [uid for uid in UIDS if before[uid] != after[uid]]
+    assert all(before[uid] == "node-3" for uid in moved), "only the users of the node that left move"
+    assert len(moved) == counts["node-3"]
+    joined = {uid: owner(uid, nodes + ["node-4"]) for uid in UIDS}
+    assert all(joined[uid] in (before[uid], "node-4") for uid in UIDS), "a new node only takes users"

@@ -145,6 +145,9 @@ def clean_reactor() -> Iterator[None]:
         from twisted.internet.defer import ensureDeferred
 
         pytest_twisted.blockon(ensureDeferred(_settle()))
+        # HTTP connections a test's browser or client left open close when their peer's end is read:
+        # wait for that (a slow machine takes a few turns more), not for their 60 s timeouts
+        pytest_twisted.blockon(ensureDeferred(_http_connections_closed(before)))
         gc.collect()
         left = [c for c in reactor.getDelayedCalls() if c.active() and id(c) not in before and not _batched_bucket(c)]
         assert not left, f"delayed calls left behind: {left}"
@@ -162,6 +165,21 @@ def _batched_bucket(call: Any) -> bool:
     skipped when it fires.  It outlives a test without anything left running.
     """
     return getattr(call.func, "__qualname__", "") == "_BatchedTimer._notify_bucket"
+
+
+async def _http_connections_closed(before: set[int], timeout: float = 5.0) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    def open_channels() -> list[Any]:
+        return [
+            c for c in reactor.getDelayedCalls()
+            if c.active() and id(c) not in before and "TimeoutMixin" in getattr(c.func, "__qualname__", "")
+        ]  # fmt: skip
+
+    deadline = reactor.seconds() + timeout
+    while open_channels() and reactor.seconds() < deadline:
+        await deferLater(reactor, 0.05, lambda: None)
 
 
 async def _settle() -> None:

@@ -346,3 +346,72 @@ async def test_a_page_left_and_come_back_to_gets_what_was_sent_meanwhile_once(da
         print("back/forward cache:", "restored from the cache" if restored_from_cache else "the page was loaded again")
     finally:
         await browsers.close()
+
+
+HELD_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>held</title>
+%(tags)s
+</head><body>
+<script>
+  // A page whose handler for "first" takes its time (it waits for window.release()), as a handler saving to IndexedDB may.
+  const held = new Promise((resolve) => { window.release = () => { resolve(); return true; }; });
+  const rm = new RedMessenger({uid: "carol"});
+  rm.on("state", (state) => __report({event: "state", state}));
+  rm.onMessage((envelope) => {
+    __report({event: "handled", payload: envelope.payload, id: envelope.id});
+    return envelope.payload === "first" ? held : null;
+  });
+  rm.connect();
+  window.rm = rm;
+</script>
+</body></html>
+"""
+
+
+def _abort_server_connections(port: int) -> int:
+    """A network cut as the daemon sees it: every connection accepted on ``port`` is dropped (RST, no close frame)."""
+    from twisted.internet import reactor, tcp
+
+    dropped = 0
+    for selectable in set(reactor.getReaders()) | set(reactor.getWriters()):
+        if isinstance(selectable, tcp.Server) and selectable.connected and selectable.getHost().port == port:
+            selectable.abortConnection()
+            dropped += 1
+    return dropped
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_delivered_again_after_a_cut_while_its_handler_runs_is_handled_once(daemon_factory, redis, tmp_path):
+    """
+    The connection is cut while the page's handler for a message still runs: the daemon sends the message (not
+    acknowledged) again on the next connection, the wire carries it twice, and the handler runs once, in order.
+    """
+    ensure_node_modules()
+    daemon = await daemon_factory()
+    url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
+    server = PageServer({b"/": (b"text/html; charset=utf-8", (HELD_PAGE % {"tags": page_tags(Settings(url=url))}).encode())})
+    browsers = Browsers(tmp_path)
+    process = browsers.open(server.url, server, frames=True)
+    try:
+        connected = {"event": "state", "state": "connected"}
+        await process.until(lambda: connected in process.events, "connected")
+        publish(redis, "rm.users.carol", "first")
+        publish(redis, "rm.users.carol", "second")
+        await process.expect("handled")  # "first" is in its handler, which waits
+        assert _abort_server_connections(daemon.port) >= 1
+        await process.until(lambda: process.events.count(connected) == 2, "connected again", 30)
+
+        def came(payload: str) -> int:
+            return sum(1 for f in process.of("frame") if f'"payload":"{payload}"' in f["data"])
+
+        await process.until(lambda: came("first") == 2 and came("second") == 2, "both sent again on the new socket", 15)
+        assert await Page(process).eval("window.release()") is True
+        await process.until(lambda: len(process.of("handled")) >= 2, "the second message handled")
+        assert await Page(process).eval("rm.disconnect(); true") is True
+        await daemon.until(lambda: daemon.service.presence.get("carol") is None, what="carol offline")
+        await daemon.idle()
+        handled = [e["payload"] for e in process.of("handled")]
+        assert handled == ["first", "second"], handled  # once each, in order
+        assert redis.llen("rm:users:carol:messages") == 0, "both acknowledged: nothing back in the queue"
+    finally:
+        await browsers.close()

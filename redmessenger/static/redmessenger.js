@@ -383,6 +383,7 @@
     var frame;
     try { frame = JSON.parse(text); } catch (e) { return; }
     if (frame.type === "message") {
+      frame._via = this._socket;
       this._inbox.push(frame);
       this._drain();
     } else if (frame.type === "reply") {
@@ -440,15 +441,15 @@
     if (!frame) return;
     var self = this;
     if (this._seen.has(frame.id)) {  // delivered again (after a reconnect): handled already
-      this._acked(frame.id);
+      this._acked(frame);
       return this._drain();
     }
     this._handling = true;
     var done = function () {
       self._remember(frame.id);
       self._handling = false;
-      self._acked(frame.id);
-      self._drain();
+      self._acked(frame);
+      self._drain();  // what came meanwhile, by a new connection too: in order, one at a time
     };
     var result;
     try { result = this._dispatch(frame); } catch (e) { setTimeout(function () { throw e; }); }
@@ -475,9 +476,11 @@
     if (this._seen.size > SEEN_KEPT) this._seen.delete(this._seen.values().next().value);
   };
 
-  RedMessenger.prototype._acked = function (id) {
-    this._lastHandled = id;
-    this._send({ type: "ack", id: id });
+  /** Acks are cumulative and per socket: a message that came by a closed socket is acked when it comes again. */
+  RedMessenger.prototype._acked = function (frame) {
+    if (frame._via !== this._socket) return;
+    this._lastHandled = frame.id;
+    this._send({ type: "ack", id: frame.id });
   };
 
   RedMessenger.prototype._failPending = function (code, reason) {
@@ -496,7 +499,8 @@
     if (!socket._opened && !(socket instanceof PollingSocket)) this._wsFailures++;  // never got through: blocked?
     this._socket = null;
     this._inbox = [];  // not acknowledged: the daemon sends them again
-    this._handling = false;
+    this._lastHandled = null;
+    // a handler still running goes on; what the next connection brings waits for it (the same message included)
     this._failPending("disconnected", "the connection closed (" + event.code + ")");
     if (FATAL[event.code]) {  // refused (a wrong key, a bad frame): trying again would not help
       var error = RequestError(event.code, event.reason || "refused");

@@ -8,6 +8,7 @@
 // its console lines ({"event": "console"}), page errors, failed requests, and
 // {"event": "loaded"}.  stdin: {"cmd": "exit"} closes the browser; {"cmd": "eval", "id": N, "code": "..."}
 // evaluates code in the page and reports {"event": "eval", "id": N, "result": ...} (or "error");
+// {"frames": true} also reports each WebSocket frame the page receives ({"event": "frame"}).
 // {"cmd": "screenshot", "path": P} saves a PNG of the page; {"cmd": "goto", "url": U} and {"cmd": "back"} navigate.
 "use strict";
 
@@ -82,6 +83,12 @@ async function main() {
   page.on("pageerror", function (error) {
     report("pageerror", { message: String(error) });
   });
+  if (args.frames) {
+    // {"frames": true}: what each WebSocket of the page receives, as the wire carries it
+    page.on("websocket", function (socket) {
+      socket.on("framereceived", function (frame) { report("frame", { url: socket.url(), data: String(frame.payload) }); });
+    });
+  }
   page.on("requestfailed", function (request) {
     const failure = request.failure();
     report("requestfailed", { url: request.url(), error: failure ? failure.errorText : null });

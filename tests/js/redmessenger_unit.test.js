@@ -186,3 +186,38 @@ test("twenty subscribes at once ask the application at most eight at a time", as
   }
   assert.strictEqual((await Promise.all(promises)).length, 20);
 });
+
+test("a message sent again after a reconnect while its handler still runs reaches it once, in order", async () => {
+  const rm = await connected();
+  const started = [];
+  const finish = {};
+  const { socket } = await subscribed(rm, "room", (data) => {
+    started.push(data.n);
+    return new Promise((resolve) => { finish[data.n] = resolve; });
+  });
+  socket.deliver(message("r.1", { n: 1 }));
+  socket.deliver(message("r.2", { n: 2 }));
+  await tick();
+  assert.deepStrictEqual(started, [1]);
+  socket.drop(1006);  // the network went away: r.1 and r.2 were not acknowledged, the daemon sends them again
+  await until(() => FakeSocket.opened.length === 2 && FakeSocket.opened[1].last("hello"), "the second connection's hello");
+  const again = FakeSocket.opened[1];
+  again.deliver({ type: "welcome", v: 1, uid: null });
+  await tick();
+  again.deliver({ type: "reply", ref: again.last("subscribe").ref, ok: true, mode: "read_write" });
+  again.deliver(message("r.1", { n: 1 }));
+  again.deliver(message("r.2", { n: 2 }));
+  again.deliver(message("r.3", { n: 3 }));
+  await tick();
+  assert.deepStrictEqual(started, [1], "nothing runs beside the first handler, and r.1 does not start again");
+  finish[1]();
+  await until(() => started.length === 2, "the second message");
+  assert.deepStrictEqual(socket.sent.filter((f) => f.type === "ack"), [], "no ack on the dead socket");
+  finish[2]();
+  await until(() => started.length === 3, "the third message");
+  finish[3]();
+  await until(() => (again.last("ack") || {}).id === "r.3", "the last ack");
+  assert.deepStrictEqual(started, [1, 2, 3]);
+  const acks = again.sent.filter((f) => f.type === "ack").map((f) => f.id);
+  assert.deepStrictEqual(acks, ["r.1", "r.2", "r.3"], "each acknowledged on the socket it came by, in order");
+});

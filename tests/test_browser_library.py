@@ -24,6 +24,7 @@ from .sioclients import JS_DIR, ClientProcess, ensure_node_modules, node_binary
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>page</title>
+%(head)s
 %(tags)s
 </head><body>
 <script>
@@ -82,10 +83,10 @@ async def pages(tmp_path: Path) -> AsyncIterator[Any]:
     ensure_node_modules()
     browsers = Browsers(tmp_path)
 
-    async def open_page(daemon: Any, public_key: str | None = None, address: str | None = None) -> Page:
+    async def open_page(daemon: Any, public_key: str | None = None, address: str | None = None, head: str = "") -> Page:
         url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
         tags = page_tags(Settings(url=url, public_key=public_key))
-        server = PageServer({b"/": (b"text/html; charset=utf-8", (PAGE % {"tags": tags}).encode())})
+        server = PageServer({b"/": (b"text/html; charset=utf-8", (PAGE % {"tags": tags, "head": head}).encode())})
         process = browsers.open(address or server.url, server)
         await process.expect("loaded")
         return Page(process)
@@ -246,6 +247,46 @@ async def test_where_websockets_are_blocked_long_polling_takes_over(daemon_facto
     await open_page.process.expect("got", 2)
     assert [g["data"] for g in blocked.got()] == ["from the websocket page", "from the app"]
     assert [g["data"] for g in open_page.got()] == ["from the polling page", "from the app"]
+
+
+# A page that may load scripts from the daemon but not connect to it (no WebSocket, no fetch): its CSP says so.
+NO_CONNECTIONS = """<meta http-equiv="Content-Security-Policy" content="connect-src 'self'">"""
+AWKWARD_TEXT = "line one\nline two, a backslash-n \\n, C:\\new, \"quotes\", </script>, € and 𝄞"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_that_may_not_connect_to_the_daemon_gets_its_channels_over_jsonp(daemon_factory, pages, application):
+    daemon = await daemon_factory(public_key="pk-1", ping_interval=1)  # a JSONP page silent for 2 s is gone
+    open_page, fenced = await pages(daemon, "pk-1"), await pages(daemon, "pk-1", head=NO_CONNECTIONS)
+    for page in (open_page, fenced):
+        assert await page.eval("page.make({uid: 'u' + Math.random().toString(36).slice(2), reconnectDelay: 50})") is True
+    assert await fenced.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await fenced.eval("page.rm.transport") == "jsonp"
+    assert await fenced.eval("page.states") == ["connecting", "reconnecting", "connecting", "reconnecting", "connecting", "connected"]
+    assert await open_page.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await open_page.eval("page.rm.transport") == "websocket"
+    assert await fenced.eval("page.subscribe('secret')") == {"ok": False, "code": "denied", "reason": "members only"}
+    assert await fenced.eval("page.subscribe('news').then(() => page.publish('news', 'no'))") == {
+        "ok": False, "code": "read_only", "reason": "the subscription to news is read_only"
+    }  # fmt: skip
+    assert await fenced.eval(f"page.publish('room', {json.dumps({'text': AWKWARD_TEXT})})") == {"ok": True}
+    await open_page.process.expect("got")
+    application.publish("room", {"text": AWKWARD_TEXT, "from": "the app"})
+    await fenced.process.expect("got")
+    await open_page.process.expect("got", 2)
+    assert [g["data"] for g in open_page.got()] == [{"text": AWKWARD_TEXT}, {"text": AWKWARD_TEXT, "from": "the app"}]
+    assert [g["data"] for g in fenced.got()] == [{"text": AWKWARD_TEXT, "from": "the app"}]
+    # Engine.IO 3's client pings: the page's session outlives its 2 s silence timeout, several times over
+    from redmessenger.dialects.engineio.codec import PacketType
+
+    (session,) = daemon.service.socketio.engine.sessions()
+    pings, receive = [], session.receive
+    session.receive = lambda packets: (pings.extend(p for p in packets if p.type is PacketType.PING), receive(packets))[1]
+    await daemon.until(lambda: len(pings) >= 4, 15, "four pings from the page")
+    assert session.is_open and daemon.service.socketio.engine.sessions() == [session], "the same session throughout"
+    assert await fenced.eval("page.states.length") == 6, "no reconnection"
+    assert await fenced.eval("page.room.unsubscribe().then(() => page.news.unsubscribe()).then(() => page.rm.state)") == "disconnected"
+    await daemon.until(lambda: not daemon.service.socketio.engine.sessions(), 5, "the JSONP session closed by the page")
 
 
 @pytest_twisted.ensureDeferred

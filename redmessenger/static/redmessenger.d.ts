@@ -38,6 +38,9 @@ export interface Channel<T = unknown> {
   unsubscribe(): Promise<void>;
 }
 
+/** "polling": Engine.IO 4 long-polling with fetch(); "jsonp": Engine.IO 3 JSONP (script elements and forms). */
+export type Transport = "websocket" | "polling" | "jsonp";
+
 export interface RedMessengerOptions {
   /** Default: the redmessenger-url meta tag. */
   url?: string;
@@ -52,6 +55,13 @@ export interface RedMessengerOptions {
   /** Reconnection back-off, in milliseconds (jittered, doubling up to the maximum). */
   reconnectDelay?: number;
   maxReconnectDelay?: number;
+  /** An attempt that has not opened after this many milliseconds is given up (default 10000). */
+  connectTimeout?: number;
+  /**
+   * Tried in this order (default all three): an attempt that fails moves to the next transport, unless this one
+   * opened before in the page (then the daemon is away, not the transport blocked).
+   */
+  transports?: Transport[];
   /** A WebSocket implementation (tests, Node). */
   WebSocket?: unknown;
 }
@@ -59,6 +69,8 @@ export interface RedMessengerOptions {
 export declare class RedMessenger {
   constructor(options?: RedMessengerOptions);
   readonly state: ConnectionState;
+  /** The transport of the current (or last) connection; null before the first. */
+  readonly transport: Transport | null;
   subscribe<T = unknown>(name: string, handler?: ChannelHandler<T>): Promise<Channel<T>>;
   /** Personal messages (rm.users.<uid>). */
   onMessage(listener: (envelope: Envelope) => void | Promise<void>): this;

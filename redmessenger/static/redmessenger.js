@@ -62,16 +62,33 @@
    * the same requests as Socket.IO events with acknowledgements (docs/protocol.md, "Channels" over Socket.IO).
    * It looks like a WebSocket to the rest of the library: send() takes version-1 frames, onmessage gets
    * version-1 frames. Messages are confirmed by the next poll, as Engine.IO does; acks are not sent.
+   *
+   * With jsonp, the same over Engine.IO 3's JSONP polling, for pages that may not connect() to the daemon at all
+   * (a Content-Security-Policy connect-src without it, a proxy that strips CORS headers): polls are <script>
+   * elements (___eio[N]("...")), posts are forms submitted into a hidden iframe, and the client pings.
    */
-  function PollingSocket(url) {
+  var jsonpSockets = 0;
+
+  function PollingSocket(url, jsonp) {
     var parts = new URL(url);
-    this._base = (parts.protocol === "wss:" ? "https:" : "http:") + "//" + parts.host + "/socket.io/?EIO=4&transport=polling";
+    this._jsonp = !!jsonp;
+    this._base = (parts.protocol === "wss:" ? "https:" : "http:") + "//" + parts.host + "/socket.io/?EIO=" +
+      (jsonp ? "3&transport=polling&b64=1" : "4&transport=polling");
+    if (jsonp) {
+      var callbacks = root.___eio = root.___eio || [];
+      this._index = callbacks.length;
+      callbacks.push(null);
+      this._base += "&j=" + this._index;
+      this._name = "redmessenger_jsonp_" + (++jsonpSockets);
+      this._posts = 0;
+    }
     this._nsp = parts.pathname.replace(/\/+$/, "") || "/";
     this._sid = null;
     this._acks = {};
     this._ackId = 0;
     this._outbox = [];
     this._posting = false;
+    this._pinger = null;
     this.readyState = 0;
     var self = this;
     setTimeout(function () { self._handshake(); });
@@ -81,15 +98,91 @@
     return this._base + (this._sid ? "&sid=" + encodeURIComponent(this._sid) : "") + "&t=" + Date.now().toString(36);
   };
 
+  /** One poll (or the handshake): the response's text. */
+  PollingSocket.prototype._get = function () {
+    var url = this._url();
+    if (!this._jsonp) {
+      return fetch(url).then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.text();
+      });
+    }
+    var index = this._index;
+    return new Promise(function (resolve, reject) {
+      var script = document.createElement("script"), answered = false;
+      var callback = function (text) { answered = true; resolve(text); };
+      var finish = function () {  // by then the next poll may have put its own callback in the slot
+        script.onload = script.onerror = null;
+        if (script.parentNode) script.parentNode.removeChild(script);
+        if (root.___eio[index] === callback) root.___eio[index] = null;
+      };
+      root.___eio[index] = callback;
+      script.onload = function () { finish(); if (!answered) reject(new Error("JSONP: no answer")); };
+      script.onerror = function () { finish(); reject(new Error("JSONP: the request failed")); };
+      script.async = true;
+      script.src = url;
+      (document.head || document.body).appendChild(script);
+    });
+  };
+
+  /** One post of packets, in order with the others (the caller waits for each). */
+  PollingSocket.prototype._write = function (packets) {
+    var url = this._url();
+    if (!this._jsonp) {
+      return fetch(url, { method: "POST", body: packets.join("\x1e"), headers: { "content-type": "text/plain;charset=UTF-8" } })
+        .then(function (response) { if (!response.ok) throw new Error("HTTP " + response.status); });
+    }
+    var name = this._name + "_" + (++this._posts);  // its own frame: the last one may still be in the page
+    var body = packets.map(function (packet) { return packet.length + ":" + packet; }).join("");
+    return new Promise(function (resolve) {
+      var frame = document.createElement("iframe"), form = document.createElement("form");
+      var field = document.createElement("textarea");
+      frame.name = name;
+      frame.style.display = form.style.display = "none";
+      form.method = "POST";
+      form.action = url;
+      form.target = name;
+      form.acceptCharset = "utf-8";
+      field.name = "d";
+      // newlines escaped as engine.io-client does (a form would send CR LF): backslash-n as \\n, a newline as \n
+      field.value = body.replace(/\\n/g, "\\\n").replace(/\n/g, "\\n");
+      form.appendChild(field);
+      document.body.appendChild(frame);
+      document.body.appendChild(form);
+      frame.onload = function () {  // the daemon answered (a form cannot tell how): the next post may go
+        frame.onload = null;
+        setTimeout(function () { frame.parentNode.removeChild(frame); form.parentNode.removeChild(form); });
+        resolve();
+      };
+      form.submit();
+    });
+  };
+
+  /** The packets of a response: Engine.IO 4 separates them with \x1e, Engine.IO 3 prefixes their lengths. */
+  PollingSocket.prototype._split = function (text) {
+    if (!this._jsonp) return text.split("\x1e");
+    var packets = [], at = 0;
+    while (at < text.length) {
+      var colon = text.indexOf(":", at), length = Number(text.slice(at, colon));
+      if (colon < 0 || !(length >= 0)) throw new Error("a malformed payload");
+      packets.push(text.substr(colon + 1, length));
+      at = colon + 1 + length;
+    }
+    return packets;
+  };
+
   PollingSocket.prototype._handshake = function () {
     var self = this;
-    fetch(this._url()).then(function (response) {
-      if (!response.ok) throw new Error("handshake: HTTP " + response.status);
-      return response.text();
-    }).then(function (text) {
-      var open = JSON.parse(text.split("\x1e")[0].slice(1));
+    this._get().then(function (text) {
+      var packets = self._split(text), open = JSON.parse(packets[0].slice(1));
       self._sid = open.sid;
-      self._post("40" + self._prefix());
+      if (self._jsonp) {  // Engine.IO 3: the client pings; its handshake connected it to "/" already
+        self._pinger = setInterval(function () { self._post("2"); }, open.pingInterval || 25000);
+        if (self._nsp === "/") packets.slice(1).forEach(function (packet) { self._packet(packet); });
+        else self._post("40" + self._prefix());
+      } else {
+        self._post("40" + self._prefix());
+      }
       self._poll();
     }).catch(function () { self._end(1006, "the polling handshake failed"); });
   };
@@ -101,11 +194,8 @@
   PollingSocket.prototype._poll = function () {
     if (this.readyState === 3) return;
     var self = this;
-    fetch(this._url()).then(function (response) {
-      if (!response.ok) throw new Error("poll: HTTP " + response.status);
-      return response.text();
-    }).then(function (text) {
-      text.split("\x1e").forEach(function (packet) { self._packet(packet); });
+    this._get().then(function (text) {
+      self._split(text).forEach(function (packet) { self._packet(packet); });
       self._poll();
     }).catch(function () { self._end(1006, "the polling connection was lost"); });
   };
@@ -116,7 +206,8 @@
     if (kind === "1") return this._end(1001, "the server closed the session");
     if (kind !== "4") return;
     var sio = packet.slice(1), type = sio.charAt(0), rest = sio.slice(1), prefix = this._prefix();
-    if (prefix && rest.indexOf(prefix) === 0) rest = rest.slice(prefix.length);
+    if (prefix && rest.indexOf(prefix) !== 0) return;  // "/" (Engine.IO 3 connects it at the handshake)
+    rest = rest.slice(prefix.length);
     var match = /^(\d*)([\[{].*)?$/.exec(rest);
     var id = match && match[1] ? Number(match[1]) : null;
     var data = match && match[2] ? JSON.parse(match[2]) : null;
@@ -156,30 +247,27 @@
   };
 
   PollingSocket.prototype._post = function (packet) {
-    this._outbox.push(packet);
-    if (this._posting || this.readyState === 3) return;
+    if (packet !== undefined) this._outbox.push(packet);
+    if (this._posting || this._ended || !this._outbox.length) return;  // after close(): its "1" still goes
     this._posting = true;
-    var batch = this._outbox.join("\x1e"), self = this;
+    var batch = this._outbox, self = this;
     this._outbox = [];
-    fetch(this._url(), { method: "POST", body: batch, headers: { "content-type": "text/plain;charset=UTF-8" } })
-      .then(function (response) { if (!response.ok) throw new Error("POST: HTTP " + response.status); })
-      .then(function () {
-        self._posting = false;
-        var waiting = self._outbox;  // written meanwhile: the next POST, in order
-        self._outbox = [];
-        if (waiting.length) self._post(waiting.join("\x1e"));
-      })
-      .catch(function () { self._end(1006, "the polling connection was lost"); });
+    this._write(batch).then(function () {
+      self._posting = false;
+      self._post();  // what was written meanwhile: the next post, in order
+    }).catch(function () { self._end(1006, "the polling connection was lost"); });
   };
 
   PollingSocket.prototype.close = function () {
     if (this.readyState === 3) return;
+    clearInterval(this._pinger);
     if (this._sid) this._post("1");
     this.readyState = 3;
   };
 
   PollingSocket.prototype._end = function (code, reason) {
     if (this.readyState === 3 && this._ended) return;
+    clearInterval(this._pinger);
     this._ended = true;
     this.readyState = 3;
     if (this.onclose) this.onclose({ code: code, reason: reason });
@@ -195,11 +283,13 @@
     this.identityGrant = options.identityGrant || null;
     this.state = "disconnected";
     this._WebSocket = options.WebSocket || root.WebSocket;
-    /** "websocket" first, then "polling" where WebSockets do not get through (or only "polling"). */
-    this.transports = options.transports || ["websocket", "polling"];
+    /** Tried in this order: "websocket", then "polling" where it does not get through, then "jsonp". */
+    this.transports = options.transports || ["websocket", "polling", "jsonp"];
     this.transport = null;
-    this._wsFailures = 0;
+    this._tried = 0;  // this.transports[_tried % length] is the next to try
+    this._worked = {};  // the transports that opened at least once in this page
     this._backoff = { first: options.reconnectDelay || 500, max: options.maxReconnectDelay || 15000, attempt: 0 };
+    this._connectTimeout = options.connectTimeout || 10000;
     this._channels = {};
     this._pending = {};
     this._ref = 0;
@@ -351,21 +441,25 @@
     var self = this;
     this._timer = null;
     this._setState("connecting");
-    var usePolling = this.transports.indexOf("websocket") < 0 ||
-      (this.transports.indexOf("polling") >= 0 && (this._wsFailures >= 1 || !this._WebSocket));
-    var socket;
+    var transport = this.transports[this._tried % this.transports.length], socket;
     try {
-      socket = usePolling ? new PollingSocket(this.url) : new this._WebSocket(this.url);
-    } catch (e) {  // a WebSocket constructor that throws (blocked, or none): polling next time
-      this._wsFailures++;
-      socket = new PollingSocket(this.url);
-      usePolling = true;
+      if (transport === "websocket") {
+        if (!this._WebSocket) throw new Error("no WebSocket here");
+        socket = new this._WebSocket(this.url);
+      } else {
+        socket = new PollingSocket(this.url, transport === "jsonp");
+      }
+    } catch (e) {  // a WebSocket constructor that throws (blocked, or none): an attempt that failed
+      socket = { readyState: 3, close: function () {} };
+      setTimeout(function () { if (socket.onclose) socket.onclose({ code: 1006, reason: String(e) }); });
     }
-    this.transport = usePolling ? "polling" : "websocket";
+    this.transport = transport;
     socket._opened = false;
     this._socket = socket;
     socket.onopen = function () {
       socket._opened = true;
+      clearTimeout(socket._opening);
+      self._worked[transport] = true;
       var hello = { type: "hello", v: 1 };
       if (self.publicKey) hello.pkey = self.publicKey;
       if (self.uid) {
@@ -376,7 +470,18 @@
       socket.send(JSON.stringify(hello));
     };
     socket.onmessage = function (event) { if (self._socket === socket) self._frame(event.data); };
-    socket.onclose = function (event) { self._closed(socket, event); };
+    socket.onclose = function (event) { clearTimeout(socket._opening); self._closed(socket, event); };
+    // A connection refused by the page's Content-Security-Policy: Chromium fires "error" and never "close".
+    socket.onerror = function () {
+      if (!socket._opened) setTimeout(function () { if (socket.onclose) socket.onclose({ code: 1006, reason: "the connection failed" }); });
+    };
+    // A proxy that holds the upgrade, or a polling handshake that never ends: give up after connectTimeout.
+    socket._opening = setTimeout(function () {
+      if (socket._opened || self._socket !== socket || !socket.onclose) return;
+      socket.onclose({ code: 1006, reason: "no connection after " + self._connectTimeout + " ms" });
+      socket.onclose = null;
+      socket.close();
+    }, this._connectTimeout);
   };
 
   RedMessenger.prototype._frame = function (text) {
@@ -496,7 +601,13 @@
 
   RedMessenger.prototype._closed = function (socket, event) {
     if (socket !== this._socket) return;
-    if (!socket._opened && !(socket instanceof PollingSocket)) this._wsFailures++;  // never got through: blocked?
+    // A connection that opened: the next one starts again with the first transport. One that did not: the
+    // daemon is away (where this transport opened before: try it again) or the transport is blocked (the next).
+    if (socket._opened) {
+      this._tried = 0;
+    } else if (!this._worked[this.transport]) {
+      this._tried++;
+    }
     this._socket = null;
     this._inbox = [];  // not acknowledged: the daemon sends them again
     this._lastHandled = null;

@@ -22,7 +22,10 @@ class FakeSocket {
     this.sent = [];
     this.readyState = 0;
     FakeSocket.opened.push(this);
-    setImmediate(() => { this.readyState = 1; this.onopen && this.onopen(); });
+    setImmediate(() => {
+      if (FakeSocket.refuse) this.drop(1006);  // FakeSocket.refuse: connections fail before they open
+      else { this.readyState = 1; this.onopen && this.onopen(); }
+    });
   }
   send(text) { this.sent.push(JSON.parse(text)); }
   close(code) { this.readyState = 3; this.closedWith = code; }
@@ -220,4 +223,29 @@ test("a message sent again after a reconnect while its handler still runs reache
   assert.deepStrictEqual(started, [1, 2, 3]);
   const acks = again.sent.filter((f) => f.type === "ack").map((f) => f.id);
   assert.deepStrictEqual(acks, ["r.1", "r.2", "r.3"], "each acknowledged on the socket it came by, in order");
+});
+
+test("a transport that never opened gives way to the next; one that opened before is tried again", async () => {
+  // the daemon's address refuses connections: polling's fetch fails, and Node has no document for JSONP
+  const rm = await connected({ url: "ws://127.0.0.1:1/rm", maxReconnectDelay: 2 });
+  const failedWith = [];
+  rm.on("state", (state) => { if (state === "reconnecting") failedWith.push(rm.transport); });
+  FakeSocket.refuse = true;
+  try {
+    rm.connect();
+    await until(() => failedWith.length >= 4, "four failed attempts");
+    assert.deepStrictEqual(failedWith.slice(0, 4), ["websocket", "polling", "jsonp", "websocket"]);
+    FakeSocket.refuse = false;  // the WebSocket gets through once: from then on a failure is the daemon away
+    await until(() => rm.transport === "websocket" && rm._socket && rm._socket.last && rm._socket.last("hello"), "an open WebSocket");
+    rm._socket.deliver({ type: "welcome", v: 1, uid: null });
+    assert.strictEqual(rm.state, "connected");
+    FakeSocket.refuse = true;
+    failedWith.length = 0;
+    rm._socket.drop(1006);
+    await until(() => failedWith.length >= 5, "five more failed attempts");
+    assert.deepStrictEqual(failedWith.slice(0, 5), ["websocket", "websocket", "websocket", "websocket", "websocket"]);
+  } finally {
+    FakeSocket.refuse = false;
+    rm.disconnect();
+  }
 });

@@ -39,18 +39,21 @@ def free_port() -> int:
 class RedisServer:
     """A valkey-server child process the tests can stop and restart on the same port."""
 
-    def __init__(self, directory: Path, persistent: bool = False) -> None:
+    def __init__(self, directory: Path, persistent: bool = False, arguments: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.directory = directory
         self.binary = find_server_binary()
         self.persistent = persistent
+        #: More command-line options (``--replicaof HOST PORT``...).
+        self.arguments = arguments
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
             [self.binary, "--bind", HOST, "--port", str(self.port), "--save", "", *appendonly,
-             "--dir", str(self.directory), "--daemonize", "no", "--logfile", str(self.directory / "server.log")],
+             "--dir", str(self.directory), "--daemonize", "no", "--logfile", str(self.directory / "server.log"),
+             *self.arguments],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

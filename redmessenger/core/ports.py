@@ -141,6 +141,14 @@ class LinkState:
 
     subscribed: bool = False
     commands_connected: bool = False
+    #: ``host:port`` of the Redis server the command connection last reached.
+    address: str | None = None
+    #: Times Sentinel named another master while this daemon ran (failovers followed).
+    master_switches: int = 0
+    #: When the subscriber last heard its own pub/sub probe (reactor time), and how many probes went
+    #: unheard (each time the subscription was silently dead, and was opened again).
+    probe_heard_at: float | None = None
+    probe_silences: int = 0
     reconnects: int = 0
     last_error: str | None = None
     #: Since when (reactor time) the subscriber has been away after losing its connection, if it is.

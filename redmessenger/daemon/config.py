@@ -57,6 +57,16 @@ class Config:
     redis_tls: bool = False
     #: Seconds to wait for a Redis reply before treating the link as broken.
     redis_timeout: float = 10.0
+    #: Redis Sentinel: the sentinels as ``"host:port"`` strings; the master is asked of them (and
+    #: followed through failovers) instead of ``redis_host``/``redis_port``.  Empty: no Sentinel.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    #: The name the sentinels monitor the master under.
+    redis_sentinel_master: str = "mymaster"
+    #: The sentinels' own password (their ``requirepass``), if they have one.
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    #: Seconds between probes of the pub/sub subscription (a PUBLISH the daemon must hear back); one
+    #: not heard by the next probe ends the silent subscription, which is opened again.  0: no probes.
+    redis_probe_interval: float = 5.0
     #: Run a valkey-server child process on redis_host:redis_port (loopback only).
     embedded_redis: bool = False
     embedded_redis_dir: str = "var/redis"
@@ -214,6 +224,20 @@ def _origins(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _sentinels(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    example = 'such as ["10.0.0.5:26379", "10.0.0.6:26379", "10.0.0.7:26379"]'
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of \"host:port\" strings {example}, got {value!r}")
+    found = []
+    for item in value:
+        host, _, port = item.rpartition(":") if isinstance(item, str) else ("", "", "")
+        host = host.strip("[]")  # [::1]:26379
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{key}: expected \"host:port\" strings {example}, got {item!r}")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 def _log_level(key: str, value: Any) -> str:
     if value not in _LOG_LEVELS:
         raise ConfigError(f"{key}: expected one of {', '.join(_LOG_LEVELS)}, got {value!r}")
@@ -314,6 +338,10 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "redis_db": _integer(0, 15),
     "redis_tls": _boolean,
     "redis_timeout": _number(0, strictly_positive=True),
+    "redis_probe_interval": _number(0),
+    "redis_sentinels": _sentinels,
+    "redis_sentinel_master": _text,
+    "redis_sentinel_password": _optional(_text),
     "embedded_redis": _boolean,
     "embedded_redis_dir": _text,
     "identify_timeout": _number(0, strictly_positive=True),
@@ -374,6 +402,8 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
     config = Config(source=source, **values)
     if config.embedded_redis and config.redis_host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"redis_host: the embedded server listens on loopback only, got {config.redis_host!r}")
+    if config.embedded_redis and config.redis_sentinels:
+        raise ConfigError("redis_sentinels: the embedded server has no sentinels; set embedded_redis to false")
     if config.redis_username is not None and config.redis_password is None:
         raise ConfigError("redis_username: needs redis_password as well")
     _check_manhole(config)

@@ -382,7 +382,7 @@ class RedMessengerService(OrderedServices):
         return DaemonView(
             clock=self.reactor,
             settings=Settings(
-                redis=f"{config.redis_host}:{config.redis_port} db {config.redis_db}",
+                redis=f"{redis_settings(config).describe()} db {config.redis_db}",
                 listen=config.listen_endpoint,
                 route=config.rm_route,
                 secure_mode=config.secure_mode,

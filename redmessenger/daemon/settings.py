@@ -10,6 +10,7 @@ from typing import Any
 from redmessenger.daemon.config import Config
 from redmessenger.dialects.engineio.contract import EngineSettings
 from redmessenger.redis_edge.link import RedisSettings
+from redmessenger.redis_edge.sentinel import SentinelSettings
 
 
 def redis_settings(config: Config) -> RedisSettings:
@@ -21,6 +22,12 @@ def redis_settings(config: Config) -> RedisSettings:
         db=config.redis_db,
         tls=config.redis_tls,
         timeout=config.redis_timeout,
+        probe_interval=config.redis_probe_interval,
+        sentinel=(
+            SentinelSettings(config.redis_sentinels, config.redis_sentinel_master, config.redis_sentinel_password)
+            if config.redis_sentinels
+            else None
+        ),
     )
 
 

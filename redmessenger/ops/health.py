@@ -28,7 +28,10 @@ class HealthResource(Resource):
             "redis": {
                 "subscribed": state.link.subscribed,
                 "commands_connected": state.link.commands_connected,
+                "address": state.link.address,
                 "reconnects": state.link.reconnects,
+                "master_switches": state.link.master_switches,
+                "probe_silences": state.link.probe_silences,
             },
             "uptime": round(state.uptime, 3),
             "node": {"id": self._view.node_id, "nodes": self._view.nodes()},

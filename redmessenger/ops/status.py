@@ -136,7 +136,8 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"RedMessenger {__version__}, pid {os.getpid()}, up {duration(state.uptime)} (since {started})",
         f"Health:     {'ok' if state.healthy else 'UNAVAILABLE: ' + str(state.unhealthy_reason)}",
         f"Redis:      {settings.redis}; subscriber {up(link.subscribed)}, "
-        f"commands {up(link.commands_connected)}; reconnects {link.reconnects}; last error: {link.last_error or '-'}",
+        f"commands {up(link.commands_connected)} (at {link.address or '-'}); reconnects {link.reconnects}; "
+        f"masters followed {link.master_switches}; last error: {link.last_error or '-'}",
         f"Nodes:      {len(view.nodes())} on this Redis ({', '.join(view.nodes()) or 'none yet'}); this one: {view.node_id}",
         f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
         f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "

@@ -31,7 +31,16 @@ from twisted.python.failure import Failure
 from redmessenger.core.ports import LinkState
 from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
-from redmessenger.redis_edge.outage import Attempts, Outage
+from redmessenger.redis_edge.outage import Attempts, Outage, quiet_retry_lines
+from redmessenger.redis_edge.probe import PROBE_PREFIX, SubscriptionProbe
+from redmessenger.redis_edge.sentinel import (
+    Address,
+    MasterEndpoint,
+    SentinelSettings,
+    SentinelWatch,
+    close_connections,
+    is_master,
+)
 
 if TYPE_CHECKING:
     import txredisapi
@@ -77,6 +86,16 @@ class RedisSettings:
     db: int = 0
     tls: bool = False
     timeout: float = 10.0
+    #: The master from Redis Sentinel instead of ``host``/``port`` (redis_edge/sentinel.py).
+    sentinel: SentinelSettings | None = None
+    #: Seconds between pub/sub probes (0: none); a probe not heard back by the next one ends the subscription.
+    probe_interval: float = 5.0
+
+    def describe(self) -> str:
+        if self.sentinel is None:
+            return f"{self.host}:{self.port}"
+        sentinels = ",".join(f"{host}:{port}" for host, port in self.sentinel.sentinels)
+        return f"master {self.sentinel.master_name!r} of the sentinels {sentinels}"
 
 
 def _parsed(reader: Any, data: bytes) -> Iterator[Any]:
@@ -128,6 +147,14 @@ class RedisLink:
         self._stopping = False
         self._reactor = reactor
         self._settings = settings
+        #: The pub/sub probe, on the daemon's own channel (redis_edge/probe.py).
+        self.probe = (
+            SubscriptionProbe(reactor, settings.probe_interval, direct[0], self.state, self._publish, self._resubscribe)
+            if direct is not None and settings.probe_interval > 0
+            else None
+        )
+        #: With Sentinel: the master's address, followed through failovers.
+        self.sentinel = SentinelWatch(reactor, settings.sentinel, self._master_moved) if settings.sentinel else None
         link = self
 
         class KeepTrying:
@@ -167,7 +194,9 @@ class RedisLink:
         class CommandProtocol(RawReplies):
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
-                self.whenConnected().addCallback(lambda _: link._commands_up())
+                peer = self.transport.getPeer()
+                address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+                self.whenConnected().addCallback(lambda _: link._commands_up(address))
                 return d
 
             def connectionLost(self, why: Any) -> None:
@@ -183,6 +212,8 @@ class RedisLink:
                 # straight to messageReceived (txredisapi would first copy
                 # it through tryConvertData and two more dispatch steps).
                 link._read_started()
+                if link.probe is not None:
+                    link.probe.reads += 1
                 try:
                     for reply in _parsed(self._reader, data):
                         if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
@@ -218,7 +249,11 @@ class RedisLink:
                 # subscriber connection: contain it.
                 try:
                     if pattern is None and direct is not None:
-                        direct[1](message)
+                        if message.startswith(PROBE_PREFIX):
+                            if link.probe is not None:
+                                link.probe.heard(message)
+                        else:
+                            direct[1](message)
                     else:
                         on_message(channel, message)
                 except Exception:
@@ -261,7 +296,7 @@ class RedisLink:
             factory.initialDelay = RECONNECT_FIRST_DELAY
             factory.factor = 2.0
             factory.maxDelay = RECONNECT_MAX_DELAY
-        _quiet_retry_lines()
+        quiet_retry_lines()
 
     @property
     def commands(self) -> "txredisapi.ConnectionHandler":
@@ -277,7 +312,7 @@ class RedisLink:
         """Open the intake stream's connection (only when the intake is on)."""
         if not self._reading_started:
             self._reading_started = True
-            self._reading.startConnecting(Attempts(_endpoint(self._reactor, self._settings), lambda why: None))
+            self._reading.startConnecting(Attempts(self._endpoint(), lambda why: None))
 
     @property
     def ready(self) -> bool:
@@ -285,14 +320,49 @@ class RedisLink:
 
     def start(self) -> None:
         self.log.info(
-            "Connecting to Redis at {host}:{port} (db {db}{tls})",
-            host=self._settings.host,
-            port=self._settings.port,
+            "Connecting to Redis at {where} (db {db}{tls})",
+            where=self._settings.describe(),
             db=self._settings.db,
             tls=", TLS" if self._settings.tls else "",
         )
-        self._commands.startConnecting(Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
-        self._subscriber.startConnecting(Attempts(_endpoint(self._reactor, self._settings), self._attempt_failed))
+        if self.sentinel is not None:
+            self.sentinel.start()
+        if self.probe is not None:
+            self.probe.start()
+        self._commands.startConnecting(Attempts(self._endpoint(), self._attempt_failed))
+        self._subscriber.startConnecting(Attempts(self._endpoint(), self._attempt_failed))
+
+    def _endpoint(self) -> IStreamClientEndpoint:
+        if self.sentinel is not None:
+            return MasterEndpoint(self._reactor, self.sentinel, self._settings.tls, self._settings.timeout)
+        return _endpoint(self._reactor, self._settings)
+
+    def _factories(self) -> list[Any]:
+        return [self._subscriber, self._commands] + ([self._reading] if self._reading_started else [])
+
+    def _master_moved(self, address: Address) -> None:
+        """Sentinel named another master: close every connection to elsewhere (each reconnects there)."""
+        self.state.master_switches += 1
+        close_connections(self._factories(), keep=address)
+
+    def _publish(self, channel: bytes, payload: bytes) -> Deferred[Any]:
+        return self.commands.execute_command("PUBLISH", channel, payload)  # type: ignore[no-any-return]
+
+    def _resubscribe(self) -> None:
+        """Close the subscriber connection (it opens again by itself)."""
+        for connection in list(self._subscriber.pool):
+            connection.transport.abortConnection()
+
+    def _check_role(self) -> None:
+        """With Sentinel: a command connection that reached a replica (a stale answer mid-failover) asks again."""
+
+        def checked(role: Any) -> None:
+            if not is_master(role):
+                self.state.last_error = f"{self.state.address} is not the master; asking the sentinels again"
+                self.log.warn("Redis at {where} is not the master; asking the sentinels again", where=self.state.address)
+                close_connections(self._factories())
+
+        self.commands.execute_command("ROLE").addCallbacks(checked, lambda f: None)
 
     def unsubscribe(self) -> Deferred[Any]:
         """
@@ -324,8 +394,12 @@ class RedisLink:
         from twisted.internet.defer import gatherResults
 
         self._stopping = True
-        factories: list[Any] = [self._subscriber, self._commands] + ([self._reading] if self._reading_started else [])
-        return gatherResults([factory.disconnect() for factory in factories], consumeErrors=True)
+        if self.probe is not None:
+            self.probe.stop()
+        stopping = [factory.disconnect() for factory in self._factories()]
+        if self.sentinel is not None:
+            stopping.append(self.sentinel.stop())
+        return gatherResults(stopping, consumeErrors=True)
 
     # -- state, logged ------------------------------------------------------------
 
@@ -338,7 +412,7 @@ class RedisLink:
         first = self.outage.failures == 0
         if not self.outage.failed(self.state.last_error):
             return
-        where = f"{self._settings.host}:{self._settings.port}"
+        where = self._settings.describe()
         if first:
             self.log.warn(
                 "Cannot reach Redis at {where} ({why}); retrying every second", where=where, why=self.state.last_error
@@ -355,13 +429,16 @@ class RedisLink:
     def _reached(self) -> None:
         failures = self.outage.over()
         if failures:
-            where = f"{self._settings.host}:{self._settings.port}"
+            where = self._settings.describe()
             self.log.info("Reached Redis at {where} after {count} failed attempts", where=where, count=failures)
 
-    def _commands_up(self) -> None:
+    def _commands_up(self, address: str) -> None:
         self.state.commands_connected = True
+        self.state.address = address
         self._reached()
-        self.log.info("Redis command connection up")
+        self.log.info("Redis command connection up ({address})", address=address)
+        if self.sentinel is not None:
+            self._check_role()
 
     def _commands_down(self, why: Any) -> None:
         if self.state.commands_connected and not self._stopping:
@@ -392,31 +469,15 @@ class RedisLink:
         # else the connection was lost: that is reported where it is seen (_unsubscribed)
 
     def _unsubscribed(self, why: Any) -> None:
+        silence = self.probe.take_silence() if self.probe is not None else None
         if self.state.subscribed and not self._stopping:
             # From now until PSUBSCRIBE is answered again, a PUBLISH reaches nobody here.
             self.state.unsubscribed_since = self._reactor.seconds()
-            self.state.last_error = why.getErrorMessage()
+            self.state.last_error = silence or why.getErrorMessage()
             self.log.warn("Redis subscriber connection lost ({why}); reconnecting", why=self.state.last_error)
         elif not self.state.subscribed:
             self._attempt_failed(why)
         self.state.subscribed = False
-
-
-def _quiet_retry_lines() -> None:
-    """
-    Twisted's ClientService logs "Scheduling retry ..." at info for every attempt:
-    twice a second per connection during an outage.  The link says what matters
-    itself (a warning with the cause, then one a minute: :class:`Outage`), so
-    ClientService's lines go through a logger filtered at warn.  (ClientService
-    has no per-instance logger to give it; txredisapi builds the instances.)
-    """
-    from twisted.application.internet import ClientService
-
-    from redmessenger.logs import quiet_namespace
-
-    namespace = "twisted.application.internet.ClientService"
-    ClientService._log = make_logger(namespace)
-    quiet_namespace(namespace)
 
 
 def _nothing() -> None:

@@ -68,3 +68,20 @@ class Attempts:
 
     def __repr__(self) -> str:
         return repr(self._endpoint)
+
+
+def quiet_retry_lines() -> None:
+    """
+    Twisted's ClientService logs "Scheduling retry ..." at info for every attempt:
+    twice a second per connection during an outage.  The link says what matters
+    itself (a warning with the cause, then one a minute: :class:`Outage`), so
+    ClientService's lines go through a logger filtered at warn.  (ClientService
+    has no per-instance logger to give it; txredisapi builds the instances.)
+    """
+    from twisted.application.internet import ClientService
+
+    from redmessenger.logs import make_logger, quiet_namespace
+
+    namespace = "twisted.application.internet.ClientService"
+    ClientService._log = make_logger(namespace)
+    quiet_namespace(namespace)

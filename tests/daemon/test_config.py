@@ -67,6 +67,13 @@ def test_the_shipped_config_is_valid() -> None:
         ({"redis_db": 99}, "redis_db"),
         ({"embedded_redis": True, "redis_host": "10.0.0.5"}, "redis_host"),
         ({"redis_username": "u"}, "redis_username"),
+        ({"redis_sentinels": "10.0.0.5:26379"}, "redis_sentinels"),
+        ({"redis_sentinels": ["10.0.0.5"]}, "redis_sentinels"),
+        ({"redis_sentinels": ["10.0.0.5:0"]}, "redis_sentinels"),
+        ({"redis_sentinels": [26379]}, "redis_sentinels"),
+        ({"redis_sentinels": ["127.0.0.1:26379"], "embedded_redis": True}, "redis_sentinels"),
+        ({"redis_sentinel_master": ""}, "redis_sentinel_master"),
+        ({"redis_probe_interval": -1}, "redis_probe_interval"),
     ],
 )
 def test_a_bad_value_is_an_error_that_names_the_key(raw: dict, key: str) -> None:
@@ -132,3 +139,17 @@ def test_a_key_like_no_other_lists_the_known_keys() -> None:
     message = str(raised.value)
     assert message.startswith("frobnicate: unknown configuration key (known keys: allowed_origins, ")
     assert "did you mean" not in message and "\n" not in message
+
+
+def test_sentinels_are_read_as_addresses_and_their_password_is_kept_out_of_the_repr() -> None:
+    from redmessenger.daemon.settings import redis_settings
+
+    config = parse_config(
+        {"redis_sentinels": ["10.0.0.5:26379", "[::1]:26380"], "redis_sentinel_master": "main", "redis_sentinel_password": "s3cret"}
+    )
+    assert config.redis_sentinels == (("10.0.0.5", 26379), ("::1", 26380))
+    assert "s3cret" not in repr(config)
+    settings = redis_settings(config)
+    assert settings.sentinel is not None and settings.sentinel.master_name == "main" and settings.sentinel.password == "s3cret"
+    assert settings.describe() == "master 'main' of the sentinels 10.0.0.5:26379,::1:26380"
+    assert redis_settings(parse_config({})).sentinel is None

@@ -1,0 +1,209 @@
+"""
+Redis Sentinel: which server is the master, now and after a failover.
+
+The link's connections go through :class:`MasterEndpoint`, which asks the
+sentinels for the master's address before every connection attempt (txredisapi's
+``Sentinel.discover_master``: every sentinel is asked, the first valid answer
+wins, a master seen as down does not count).  :class:`SentinelWatch` notices a
+failover two ways and moves the link when it sees one:
+
+- ``+switch-master`` on each sentinel's pub/sub (the sentinels announce a
+  failover the moment it is done);
+- a poll of the master's address every ``poll_interval`` seconds, so that a
+  missed announcement (a sentinel connection down at that moment) cannot leave
+  the daemon on a demoted master for longer than that.
+
+Moving the link means closing its connections: each reconnects through the
+endpoint, which asks again.  After the command connection is up the link also
+checks ``ROLE`` (a sentinel can answer with a stale address during a failover):
+connected to a replica, it closes and asks again.
+
+txredisapi is imported inside functions: importing it installs the default
+reactor, which must not happen before twistd has chosen one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from redmessenger.logs import make_logger
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SentinelSettings:
+    #: The sentinels, ``(host, port)``; any one that answers will do.
+    sentinels: tuple[Address, ...]
+    #: The name the sentinels monitor the master under (``sentinel monitor <name> ...``).
+    master_name: str
+    #: The sentinels' own password (``requirepass`` in sentinel.conf), if any.
+    password: str | None = field(default=None, repr=False)
+    #: Seconds between polls of the master's address.
+    poll_interval: float = 5.0
+
+
+def parse_switch(message: str, master_name: str) -> Address | None:
+    """The new master from a ``+switch-master`` message (``<name> <old ip> <old port> <new ip> <new port>``)."""
+    parts = message.split()
+    if len(parts) != 5 or parts[0] != master_name:
+        return None
+    try:
+        port = int(parts[4])
+    except ValueError:
+        return None
+    return (parts[3], port) if 0 < port < 65536 else None
+
+
+class SentinelWatch:
+    """The master's address as the sentinels say it, and who to tell when it changes."""
+
+    log = make_logger()
+
+    def __init__(self, reactor: Any, settings: SentinelSettings, on_switch: Callable[[Address], object]) -> None:
+        import txredisapi
+
+        self._reactor = reactor
+        self.settings = settings
+        self._on_switch = on_switch
+        self._sentinel = txredisapi.Sentinel(
+            list(settings.sentinels), password=settings.password, charset="utf-8", connectTimeout=5
+        )
+        self._sentinel.discovery_timeout = settings.poll_interval
+        #: The master's address as last heard from the sentinels (None before the first answer).
+        self.master: Address | None = None
+        #: Failovers seen (the master's address changed), how the last one was learnt, and the last
+        #: error asking the sentinels.
+        self.switches = 0
+        self.last_source: str | None = None
+        self.last_error: str | None = None
+        self._poll = LoopingCall(self._poll_once)
+        self._poll.clock = reactor
+        self._listeners: list[Any] = []
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+        self._poll.start(self.settings.poll_interval, now=False)
+        for host, port in self.settings.sentinels:
+            self._listeners.append(self._listen(host, port))
+
+    def stop(self) -> Deferred[Any]:
+        from twisted.internet.defer import gatherResults
+
+        self._running = False
+        if self._poll.running:
+            self._poll.stop()
+        stopping = [listener.disconnect() for listener in self._listeners]
+        self._listeners = []
+        stopping.append(self._sentinel.disconnect())
+        return gatherResults(stopping, consumeErrors=True)
+
+    def discover(self, why: str = "connecting") -> Deferred[Address]:
+        """Ask the sentinels for the master (fails with MasterNotFoundError after ``poll_interval``)."""
+        d: Deferred[Address] = self._sentinel.discover_master(self.settings.master_name)
+        d.addCallback(self._heard, why)
+        d.addErrback(self._not_heard)
+        return d
+
+    def _heard(self, address: Any, why: str) -> Address:
+        found = (str(address[0]), int(address[1]))
+        self.last_error = None
+        self._learn(found, f"the sentinels' answer when {why}")
+        return found
+
+    def _not_heard(self, failure: Failure) -> Failure:
+        self.last_error = failure.getErrorMessage()
+        return failure
+
+    def _learn(self, address: Address, source: str) -> None:
+        previous, self.master = self.master, address
+        if previous is None or previous == address:
+            return
+        self.switches += 1
+        self.last_source = source
+        self.log.warn(
+            "Redis master moved from {old} to {new} ({source}); moving the connections",
+            old=f"{previous[0]}:{previous[1]}",
+            new=f"{address[0]}:{address[1]}",
+            source=source,
+        )
+        self._on_switch(address)
+
+    def _poll_once(self) -> Deferred[Any]:
+        d = self.discover("polling")
+        d.addErrback(lambda f: self.log.warn("No Redis master from the sentinels: {why}", why=f.getErrorMessage()))
+        return d
+
+    def _listen(self, host: str, port: int) -> Any:
+        """A subscription to ``+switch-master`` on one sentinel, reconnecting by itself."""
+        import txredisapi
+
+        watch = self
+
+        class Announcements(txredisapi.SubscriberProtocol):
+            def connectionMade(self) -> Any:
+                d = super().connectionMade()
+                self.whenConnected().addCallback(lambda _: self.subscribe("+switch-master"))
+                return d
+
+            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+                text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+                address = parse_switch(text, watch.settings.master_name)
+                if address is not None and watch._running:
+                    watch._learn(address, f"+switch-master from the sentinel at {host}:{port}")
+
+        factory = txredisapi.SubscriberFactory(isLazy=True)
+        factory.protocol = Announcements
+        factory.password = self.settings.password
+        factory.maxDelay = self.settings.poll_interval
+        factory.startConnecting(HostnameEndpoint(self._reactor, host, port, timeout=5))
+        return factory
+
+
+def is_master(role: Any) -> bool:
+    """Whether a ``ROLE`` reply is a master's."""
+    kind = role[0] if isinstance(role, list) and role else role
+    return kind in (b"master", "master")
+
+
+def close_connections(factories: list[Any], keep: Address | None = None) -> None:
+    """Close the connections of txredisapi factories (each reconnects by itself), but those to ``keep``."""
+    for factory in factories:
+        for connection in list(factory.pool):
+            peer = connection.transport.getPeer()
+            if keep is None or (getattr(peer, "host", None), getattr(peer, "port", None)) != keep:
+                connection.transport.loseConnection()
+
+
+@implementer(IStreamClientEndpoint)
+class MasterEndpoint:
+    """Connects to the master the sentinels name at the moment of each attempt."""
+
+    def __init__(self, reactor: Any, watch: SentinelWatch, tls: bool, timeout: float) -> None:
+        self._reactor = reactor
+        self._watch = watch
+        self._tls = tls
+        self._timeout = timeout
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        connected: Deferred[IProtocol] = self._watch.discover().addCallback(self._connect, protocolFactory)
+        return connected
+
+    def _connect(self, address: Address, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        host, port = address
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        if self._tls:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        result: Deferred[IProtocol] = endpoint.connect(protocolFactory)
+        return result

@@ -1,0 +1,185 @@
+"""
+Redis Sentinel (issue 14): the daemon finds the master through real sentinels and
+follows a failover, announced or not; what was queued survives it, counted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from redmessenger.redis_edge.sentinel import parse_switch
+
+from ..conftest import HOST, wait_until
+from ..httpclient import http_get
+from ..sentinels import MASTER_NAME, SentinelGroup
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    sentinels = SentinelGroup(tmp_path)
+    sentinels.start()
+    yield sentinels
+    sentinels.stop()
+
+
+def test_a_switch_master_announcement_is_read_for_our_master_only() -> None:
+    assert parse_switch("rmmaster 127.0.0.1 6379 127.0.0.1 6380", "rmmaster") == ("127.0.0.1", 6380)
+    assert parse_switch("other 127.0.0.1 6379 127.0.0.1 6380", "rmmaster") is None
+    assert parse_switch("rmmaster 127.0.0.1 6379 127.0.0.1", "rmmaster") is None
+    assert parse_switch("rmmaster 127.0.0.1 6379 127.0.0.1 http", "rmmaster") is None
+    assert parse_switch("rmmaster 127.0.0.1 6379 127.0.0.1 70000", "rmmaster") is None
+
+
+async def _daemon_on(daemon_factory: Any, group: SentinelGroup, **overrides: Any) -> Any:
+    daemon = await daemon_factory(
+        redis_sentinels=group.sentinels, redis_sentinel_master=MASTER_NAME, intake=False, **overrides
+    )
+    await wait_until(lambda: daemon.service.link.ready, 15, "the link through the sentinels")
+    return daemon
+
+
+async def _health(daemon: Any) -> tuple[int, dict[str, Any]]:
+    status, _, body = await http_get(daemon.port, "/health")
+    return status, json.loads(body)
+
+
+async def _follow_a_failover(daemon: Any, group: SentinelGroup, what: str) -> None:
+    """Messages queued before, live ones after: none lost, none doubled, in order."""
+    master = group.current_master()
+    old = f"{HOST}:{group.master.port}"
+    assert daemon.service.link.state.address == old
+    oscar = await daemon.client("oscar")
+    for i in range(50):
+        master.publish("rm.users.olga", f"queued {i}")  # olga is offline: queued on the master
+    await wait_until(lambda: master.llen("rm:users:olga:messages") == 50, 10, "olga's 50 messages queued")
+    assert master.execute_command("WAIT", 1, 5000) == 1, "the replica has the queue"
+
+    new_host, new_port = await deferToThread(group.failover)
+    new = f"{new_host}:{new_port}"
+    assert new == f"{HOST}:{group.replica.port}"
+    await wait_until(
+        lambda: daemon.service.link.ready and daemon.service.link.state.address == new, 20, f"the daemon on {new} ({what})"
+    )
+    assert daemon.service.link.state.master_switches == 1
+    status, health = await _health(daemon)
+    assert status == 200 and health["redis"]["address"] == new and health["redis"]["master_switches"] == 1
+
+    promoted = group.current_master()
+    for i in range(20):
+        promoted.publish("rm.users.oscar", f"live {i}")
+    assert [m["payload"] for m in await oscar.receive(20)] == [f"live {i}" for i in range(20)]
+    olga = await daemon.client("olga")
+    assert [m["payload"] for m in await olga.receive(50)] == [f"queued {i}" for i in range(50)]
+    oscar.close()
+    olga.close()
+    await olga.close_code()
+    await daemon.idle()
+    assert promoted.llen("rm:users:olga:messages") == 0, "handed over from the new master and trimmed there"
+    assert oscar.received[20:] == [] and olga.received[50:] == [], "nothing more, nothing twice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_finds_the_master_through_the_sentinels_and_follows_an_announced_failover(daemon_factory, group):
+    daemon = await _daemon_on(daemon_factory, group)
+    await _follow_a_failover(daemon, group, "announced by +switch-master")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failover_whose_announcement_was_missed_is_found_by_the_poll(daemon_factory, group):
+    daemon = await _daemon_on(daemon_factory, group)
+    watch = daemon.service.link.sentinel
+    # the announcements go missing (each sentinel's pub/sub connection down when it is sent): only the poll is left
+    for listener in watch._listeners:
+        await listener.disconnect()
+    watch._listeners = []
+    await _follow_a_failover(daemon, group, "found by the poll")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_poll_alone_finds_a_new_master_within_its_interval(group):
+    """Where connections to the old master stay open and no announcement arrives, only the poll can tell."""
+    from twisted.internet import reactor
+
+    from redmessenger.redis_edge.sentinel import SentinelSettings, SentinelWatch
+
+    moved: list[tuple[str, int]] = []
+    settings = SentinelSettings(tuple((HOST, int(s.rpartition(":")[2])) for s in group.sentinels), MASTER_NAME, poll_interval=0.5)
+    watch = SentinelWatch(reactor, settings, moved.append)
+    watch._running = True
+    watch._poll.start(settings.poll_interval, now=True)  # polling, with no +switch-master subscription
+    try:
+        await wait_until(lambda: watch.master == (HOST, group.master.port), 10, "the first answer")
+        new = await deferToThread(group.failover)
+        await wait_until(lambda: moved == [new], 10, "the poll to see the new master")
+        assert (watch.switches, watch.last_source) == (1, "the sentinels' answer when polling")
+    finally:
+        await watch.stop()
+
+
+def _publish_through_failovers(group: SentinelGroup, uid: str, count: int, started: Any) -> tuple[list[str], list[str]]:
+    """
+    The application's side, in a thread: ``count`` messages into the durable intake of whichever server the
+    sentinels name master, each XADD followed by WAIT 1 (on a replica too). What WAIT confirmed is accepted; an
+    attempt that failed or was not confirmed is tried again under a new name. Returns (accepted, attempted).
+    """
+    import time
+
+    import valkey
+
+    accepted: list[str] = []
+    attempted: list[str] = []
+    for i in range(count):
+        tries = 0
+        while True:
+            payload = f"m{i}.{tries}"
+            tries += 1
+            try:
+                master = group.current_master()
+                attempted.append(payload)
+                master.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": payload})
+                if master.execute_command("WAIT", 1, 2000) == 1:
+                    accepted.append(payload)
+                    break
+            except (valkey.ConnectionError, valkey.ResponseError, valkey.TimeoutError):
+                pass
+            time.sleep(0.02)
+        if i == count // 3:
+            started.set()
+    return accepted, attempted
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failover_under_load_loses_and_doubles_nothing_that_was_accepted(daemon_factory, group):
+    import threading
+
+    daemon = await daemon_factory(redis_sentinels=group.sentinels, redis_sentinel_master=MASTER_NAME)
+    await wait_until(lambda: daemon.service.link.ready, 15, "the link through the sentinels")
+    started = threading.Event()
+    publishing = deferToThread(_publish_through_failovers, group, "ursula", 300, started)
+    await deferToThread(started.wait, 30)
+    new_host, new_port = await deferToThread(group.failover)  # a third of the way in
+    accepted, attempted = await publishing
+    new = f"{new_host}:{new_port}"
+    await wait_until(lambda: daemon.service.link.ready and daemon.service.link.state.address == new, 20, "the new master")
+    promoted = group.current_master()
+    await wait_until(lambda: promoted.xlen("rm:intake") == 0, 20, "the intake emptied into the queue")
+    queued = [p.decode() for p in promoted.lrange("rm:users:ursula:messages", 0, -1)]
+    ursula = await daemon.client("ursula")
+    got = [m["payload"] for m in await ursula.receive(len(queued))]
+    ursula.close()
+    await ursula.close_code()
+    await daemon.idle()
+    lost = [p for p in accepted if p not in got]
+    doubled = sorted({p for p in got if got.count(p) > 1})
+    unknown = [p for p in got if p not in attempted]
+    in_order = [p for p in got if p in accepted] == accepted
+    print(f"accepted {len(accepted)} of {len(attempted)} attempts; delivered {len(got)}: lost {len(lost)}, doubled {len(doubled)}")
+    assert (lost, doubled, unknown, in_order) == ([], [], [], True)
+    assert len(accepted) == 300 and promoted.llen("rm:users:ursula:messages") == 0

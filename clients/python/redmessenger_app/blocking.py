@@ -37,6 +37,7 @@ from redmessenger_app.protocol import (
     SubscriptionRequest,
     client_channel,
     group_channel,
+    parse_sentinel_url,
     payload_of,
     user_channel,
 )
@@ -55,6 +56,24 @@ def _redis_module() -> Any:
         return redis
 
 
+def _connect(url: str) -> Any:
+    """A client for ``url``; for a ``redis+sentinel://`` URL, one that asks the sentinels for the master."""
+    module = _redis_module()
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return module.Redis.from_url(url)
+    import importlib
+
+    sentinels = importlib.import_module(module.__name__ + ".sentinel").Sentinel(
+        list(sentinel.sentinels),
+        sentinel_kwargs={"password": sentinel.sentinel_password} if sentinel.sentinel_password else None,
+        socket_timeout=5,
+    )
+    return sentinels.master_for(
+        sentinel.master_name, db=sentinel.db, username=sentinel.username, password=sentinel.password, ssl=sentinel.tls
+    )
+
+
 class RedMessenger(Application):
     """The application's handle on RedMessenger, over one Redis connection pool."""
 
@@ -67,7 +86,7 @@ class RedMessenger(Application):
         consumer: Optional[str] = None,
     ) -> None:
         super().__init__(settings, group, consumer)
-        self.redis = redis if redis is not None else _redis_module().Redis.from_url(self.settings.redis_url)
+        self.redis = redis if redis is not None else _connect(self.settings.redis_url)
         self._pubsub: Any = None
         self._pubsub_thread: Any = None
         self._stop = threading.Event()

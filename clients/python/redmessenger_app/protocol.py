@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 #: The durable intake: the daemons read it as a consumer group; an entry Redis took is delivered even
 #: if no daemon runs right now (then when one starts).
@@ -58,7 +58,8 @@ class Settings:
     url: Optional[str] = None
     public_key: Optional[str] = None
     secret_key: Optional[str] = field(default=None, repr=False)
-    #: The Redis the daemon uses (``redis://``, ``rediss://``, ``unix://``).
+    #: The Redis the daemon uses (``redis://``, ``rediss://``, ``unix://``, or its sentinels:
+    #: ``redis+sentinel://host:26379,host2:26379/mymaster``, see :func:`parse_sentinel_url`).
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     @classmethod
@@ -228,3 +229,57 @@ def page_tags(settings: Settings, script: str = "/redmessenger.js") -> str:
         tags.append(f'<meta name="redmessenger-pkey" content="{html.escape(settings.public_key)}">')
     tags.append(f'<script src="{html.escape(origin + script)}"></script>')
     return "\n".join(tags)
+
+
+# -- Redis Sentinel --------------------------------------------------------------------------------
+
+#: ``redis+sentinel://`` (and ``rediss+sentinel://``: TLS to the master) URLs name sentinels instead of a server.
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """
+    ``redis+sentinel://[[user]:password@]host:port[,host:port...]/master_name[/db][?sentinel_password=...]``:
+    the sentinels to ask, the name they monitor the master under, and how to talk to the master.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int = 0
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    sentinel_password: Optional[str] = field(default=None, repr=False)
+    tls: bool = False
+
+
+def parse_sentinel_url(url: str) -> Optional[SentinelURL]:
+    """A ``redis+sentinel://`` URL read (ValueError if it is malformed); None for any other URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        return None
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, _, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{parts.scheme}: expected host:port sentinels separated by commas, got {item!r}")
+        sentinels.append((host, int(port)))
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{parts.scheme}: expected /master_name or /master_name/db after the sentinels, got {parts.path!r}")
+    sentinel_passwords = parse_qs(parts.query).get("sentinel_password")
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        master_name=path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=username,
+        password=password,
+        sentinel_password=sentinel_passwords[0] if sentinel_passwords else None,
+        tls=parts.scheme == "rediss+sentinel",
+    )

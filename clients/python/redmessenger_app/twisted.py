@@ -38,7 +38,10 @@ from redmessenger_app.protocol import (
 def _connection_arguments(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"the Twisted flavour takes redis:// or rediss:// URLs, not {parts.scheme}://")
+        raise ValueError(
+            f"the Twisted flavour takes redis:// or rediss:// URLs, not {parts.scheme}:// "
+            "(for Sentinel, use the blocking or asyncio flavour)"
+        )
     db = parts.path.lstrip("/")
     return {
         "host": parts.hostname or "127.0.0.1",

@@ -1,7 +1,7 @@
 """
 The RedMessenger benchmarks: the daemon as a real process, a real Redis, real clients.
 
-    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap,b,bubbles,c,d,i,sub,pub,resub]
+    .venv/bin/python bench/run.py [--runs 5] [--cases a,ap1k,ap,ap10k,b,bubbles,c,d,i,sub,pub,resub]
                                   [--dialects plain,plain-v1,socketio]
                                   [--socketio-client lean|socket.io-client] [--v1-ack every|burst|sync]
 
@@ -11,7 +11,9 @@ Every run starts a fresh Redis and a fresh daemon, then:
 
 a   1,000 identified users, 20,000 direct messages in one pipelined burst:
     delivered messages/s, end-to-end latency p50/p99 (publish time in the payload).
-ap  (a') the same paced at 5,000 messages/s: latency p50/p99/max.
+ap  (a') the same paced at 5,000 messages/s: latency p50/p99/max, server CPU per message;
+    ap1k (5,000 messages at 1,000/s) and ap10k (20,000 at 10,000/s) the same at two more
+    rates, so that the curve from steady to burst shows (issue 16).
 b   one group of the same 1,000 online users, 200 messages: deliveries/s.
 bubbles  not timed: 50 users open a second tab, then close the first; the
     bubble must sit on the oldest socket and move when it closes.
@@ -146,6 +148,8 @@ INTAKE_GROUP = "redmessenger"
 USERS = 1000
 DIRECT = 20000
 PACED_RATE = 5000
+#: The paced cases: a′ at three steady rates (messages/s, messages), from steady towards burst
+PACED = {"ap1k": (1000, 5000), "ap": (PACED_RATE, DIRECT), "ap10k": (10000, DIRECT)}
 GROUP_MESSAGES = 200
 QUEUED = 10000
 IDLE = 10000
@@ -180,6 +184,8 @@ TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     # (case, metric): (comparison, target)
     ("a", "msgs_per_s"): (">=", 40000),
     ("ap", "p99_ms"): ("<=", 3.0),
+    # issue 16: the steady rate as lean as the burst
+    ("ap", "server_us_per_msg"): ("<=", 35.0),
     ("b", "deliveries_per_s"): (">=", 150000),
     ("c", "seconds"): ("<=", 0.2),
     ("d", "kb_per_conn"): ("<=", 8.0),
@@ -1213,8 +1219,9 @@ def run_case(stack: Stack, result: Result, uids: list[str], done: dict[str, Resu
     """One of the cases that run on the 1,000 connected users' daemon (``done``: the cases run before, this run)."""
     if result.case == "a":
         case_direct(stack, result, uids, "a", DIRECT, 0)
-    elif result.case == "ap":
-        case_direct(stack, result, uids, "ap", DIRECT, PACED_RATE)
+    elif result.case in PACED:
+        paced_rate, paced_count = PACED[result.case]
+        case_direct(stack, result, uids, result.case, paced_count, paced_rate)
     elif result.case == "b":
         case_group(stack, result, uids)
     elif result.case == "bubbles":
@@ -1230,7 +1237,10 @@ def run_case(stack: Stack, result: Result, uids: list[str], done: dict[str, Resu
 
 
 class Profiler:
-    """py-spy recording the daemon during one case (``--profile DIR``): collapsed stacks, for flame graphs."""
+    """
+    py-spy recording the daemon during one case (``--profile DIR``): collapsed stacks, for flame graphs;
+    ``RM_PYSPY_RATE`` samples per second (default 250).
+    """
 
     def __init__(self, directory: Path | None, stack: Stack, name: str) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
@@ -1239,7 +1249,7 @@ class Profiler:
         py_spy = shutil.which("py-spy") or str(BIN / "py-spy")
         directory.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
-            [py_spy, "record", "--pid", str(stack.daemon.pid), "--rate", "250", "--nonblocking", "--format", "raw",
+            [py_spy, "record", "--pid", str(stack.daemon.pid), "--rate", os.environ.get("RM_PYSPY_RATE", "250"), "--nonblocking", "--format", "raw",
              "--output", str(directory / f"{name}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -1271,7 +1281,7 @@ def run_dialect(
     last), then d and resub on daemons of their own.  The channel cases run for plain-v1 only.
     """
     main_cases = [
-        c for c in ("a", "ap", "b", "bubbles", "c", "sub", "pub", "i")
+        c for c in ("a", "ap1k", "ap", "ap10k", "b", "bubbles", "c", "sub", "pub", "i")
         if c in cases and (c not in CHANNEL_CASES or dialect == "plain-v1")
     ]
     ack = v1_ack if dialect == "plain-v1" else None
@@ -1372,9 +1382,14 @@ ROWS = [
     ("a", "ratio", "a: ratio to bare PSUBSCRIBE", ""),
     ("a", "server_us_per_msg", "a: server CPU per message", "µs"),
     ("a", "redis_us_per_msg", "a: Redis CPU per message (shown when i ran)", "µs"),
+    ("ap1k", "server_us_per_msg", "a′: server CPU per message @1k/s", "µs"),
+    ("ap", "server_us_per_msg", "a′: server CPU per message @5k/s", "µs"),
+    ("ap10k", "server_us_per_msg", "a′: server CPU per message @10k/s", "µs"),
+    ("ap1k", "p99_ms", "a′: latency p99 @1k/s", "ms"),
     ("ap", "p50_ms", "a′: latency p50 @5k/s", "ms"),
     ("ap", "p99_ms", "a′: latency p99 @5k/s", "ms"),
     ("ap", "max_ms", "a′: latency max @5k/s", "ms"),
+    ("ap10k", "p99_ms", "a′: latency p99 @10k/s", "ms"),
     ("b", "deliveries_per_s", "b: deliveries/s", ""),
     ("b", "server_us_per_delivery", "b: server CPU per delivery", "µs"),
     ("c", "seconds", "c: identify → last of 10,000 queued", "s"),
@@ -1443,7 +1458,7 @@ def table(lines: list[dict[str, Any]], dialects: list[str], pending: list[str]) 
             continue
         for dialect in dialects:
             runs = [l for l in lines if l["case"] == case and l["dialect"] == dialect]
-            if dialect in pending and case in ("a", "ap", "b", "c"):
+            if dialect in pending and case in ("a", *PACED, "b", "c"):
                 if name in ("msgs_per_s", "deliveries_per_s", "seconds"):
                     out.append(f"| {label} | {dialect} | pending | | | | | | |")
                 continue
@@ -1506,7 +1521,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="runs of every case (the table shows medians)")
     parser.add_argument(
-        "--cases", default="a,ap,b,bubbles,c,d",
+        "--cases", default="a,ap1k,ap,ap10k,b,bubbles,c,d",
         help="a,ap,b,bubbles,c,d (the default), and i; the channel cases sub, pub, resub (plain-v1 only; "
         "pub's ratio needs b in the same run)",
     )
@@ -1538,7 +1553,7 @@ def main() -> int:
     cases = args.cases.split(",")
     dialects = args.dialects.split(",")
     unknown = [d for d in dialects if d not in DIALECTS] + [
-        c for c in cases if c not in ("a", "ap", "b", "bubbles", "c", "d", "i", *CHANNEL_CASES)
+        c for c in cases if c not in ("a", *PACED, "b", "bubbles", "c", "d", "i", *CHANNEL_CASES)
     ]
     if unknown:
         parser.error(f"unknown dialect or case: {', '.join(unknown)}")

@@ -26,12 +26,11 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
-from twisted.python.failure import Failure
 
-from redmessenger.core.ports import LinkState
 from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
-from redmessenger.redis_edge.outage import Attempts, Outage, quiet_retry_lines
+from redmessenger.redis_edge.linkreport import LinkReport
+from redmessenger.redis_edge.outage import Attempts, quiet_retry_lines
 from redmessenger.redis_edge.probe import PROBE_PREFIX, SubscriptionProbe
 from redmessenger.redis_edge.sentinel import (
     Address,
@@ -137,14 +136,12 @@ class RedisLink:
     ) -> None:
         import txredisapi
 
-        self.state = LinkState()
+        self.report = LinkReport(reactor, settings.describe)
+        self.state = self.report.state
+        self.outage = self.report.outage
         #: Called before and after the subscriber handles one read from Redis: the
         #: writes of all its messages go out together at its end (no timed call per read).
         self._read_started, self._read_ended = on_read if on_read is not None else (_nothing, _nothing)
-        self.outage = Outage(reactor)
-        #: Why txredisapi gave up on a new connection (AUTH or SELECT failed): the cause of its loss.
-        self._refusal: str | None = None
-        self._stopping = False
         self._reactor = reactor
         self._settings = settings
         #: The pub/sub probe, on the daemon's own channel (redis_edge/probe.py).
@@ -172,7 +169,7 @@ class RedisLink:
                 return succeed(None)
 
             def connectionError(self, why: str) -> None:
-                link._refusal = why  # nobody waits on the factory's Deferred (isLazy): no errback
+                link.report.refusal = why  # nobody waits on the factory's Deferred (isLazy): no errback
 
         class Commands(KeepTrying, txredisapi.RedisFactory):
             pass
@@ -200,7 +197,7 @@ class RedisLink:
                 return d
 
             def connectionLost(self, why: Any) -> None:
-                link._commands_down(why)
+                link.report.commands_down(why)
                 super().connectionLost(why)
 
         class Subscriber(txredisapi.SubscriberProtocol):
@@ -242,7 +239,7 @@ class RedisLink:
                 if direct is not None:
                     # This daemon's own channel (the application's answers): SUBSCRIBE, not a pattern.
                     d.addCallback(lambda _: self.subscribe([direct[0]]))
-                d.addCallbacks(lambda _: link._subscribed(), link._psubscribe_failed)
+                d.addCallbacks(lambda _: link.report.subscribed(), link.report.psubscribe_failed)
 
             def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
                 # An exception escaping here would make Twisted drop the
@@ -260,7 +257,7 @@ class RedisLink:
                     link.log.failure("Handling a message on {channel!r} failed", channel=channel)
 
             def connectionLost(self, why: Any) -> None:
-                link._unsubscribed(why)
+                link.report.unsubscribed(why, link.probe.take_silence() if link.probe is not None else None)
                 super().connectionLost(why)
 
         def commands_factory(protocol: Any, reply_timeout: float) -> Any:
@@ -329,8 +326,8 @@ class RedisLink:
             self.sentinel.start()
         if self.probe is not None:
             self.probe.start()
-        self._commands.startConnecting(Attempts(self._endpoint(), self._attempt_failed))
-        self._subscriber.startConnecting(Attempts(self._endpoint(), self._attempt_failed))
+        self._commands.startConnecting(Attempts(self._endpoint(), self.report.attempt_failed))
+        self._subscriber.startConnecting(Attempts(self._endpoint(), self.report.attempt_failed))
 
     def _endpoint(self) -> IStreamClientEndpoint:
         if self.sentinel is not None:
@@ -353,6 +350,11 @@ class RedisLink:
         for connection in list(self._subscriber.pool):
             connection.transport.abortConnection()
 
+    def _commands_up(self, address: str) -> None:
+        self.report.commands_up(address)
+        if self.sentinel is not None:
+            self._check_role()
+
     def _check_role(self) -> None:
         """With Sentinel: a command connection that reached a replica (a stale answer mid-failover) asks again."""
 
@@ -372,7 +374,7 @@ class RedisLink:
         """
         from twisted.internet.defer import succeed
 
-        self._stopping = True
+        self.report.stopping = True
         if not self.state.subscribed:
             return succeed(None)
         self.state.subscribed = False
@@ -393,92 +395,13 @@ class RedisLink:
     def stop(self) -> Deferred[Any]:
         from twisted.internet.defer import gatherResults
 
-        self._stopping = True
+        self.report.stopping = True
         if self.probe is not None:
             self.probe.stop()
         stopping = [factory.disconnect() for factory in self._factories()]
         if self.sentinel is not None:
             stopping.append(self.sentinel.stop())
         return gatherResults(stopping, consumeErrors=True)
-
-    # -- state, logged ------------------------------------------------------------
-
-    def _attempt_failed(self, why: Failure) -> None:
-        """A connection attempt failed, or a connection closed before it was of use."""
-        refusal, self._refusal = self._refusal, None
-        if self._stopping:
-            return
-        self.state.last_error = refusal or why.getErrorMessage()
-        first = self.outage.failures == 0
-        if not self.outage.failed(self.state.last_error):
-            return
-        where = self._settings.describe()
-        if first:
-            self.log.warn(
-                "Cannot reach Redis at {where} ({why}); retrying every second", where=where, why=self.state.last_error
-            )
-        else:
-            self.log.warn(
-                "Still cannot reach Redis at {where} after {count} attempts in {seconds:.0f}s ({why}); retrying",
-                where=where,
-                count=self.outage.failures,
-                seconds=self._reactor.seconds() - (self.outage.began or 0.0),
-                why=self.state.last_error,
-            )
-
-    def _reached(self) -> None:
-        failures = self.outage.over()
-        if failures:
-            where = self._settings.describe()
-            self.log.info("Reached Redis at {where} after {count} failed attempts", where=where, count=failures)
-
-    def _commands_up(self, address: str) -> None:
-        self.state.commands_connected = True
-        self.state.address = address
-        self._reached()
-        self.log.info("Redis command connection up ({address})", address=address)
-        if self.sentinel is not None:
-            self._check_role()
-
-    def _commands_down(self, why: Any) -> None:
-        if self.state.commands_connected and not self._stopping:
-            self.state.reconnects += 1
-            self.state.last_error = why.getErrorMessage()
-            self.log.warn("Redis command connection lost ({why}); reconnecting", why=self.state.last_error)
-        elif not self.state.commands_connected:
-            self._attempt_failed(why)
-        self.state.commands_connected = False
-
-    def _subscribed(self) -> None:
-        self.state.subscribed = True
-        since, self.state.unsubscribed_since = self.state.unsubscribed_since, None
-        if since is not None:
-            gap = self._reactor.seconds() - since
-            self.state.last_gap = gap
-            self.state.unsubscribed_seconds += gap
-            self.log.info("Subscribed again after {gap:.2f}s without a subscription", gap=gap)
-        self._reached()
-        self.log.info("Subscribed to {patterns} on Redis", patterns=" and ".join(p.decode() for p in PATTERNS))
-
-    def _psubscribe_failed(self, failure: Failure) -> None:
-        from txredisapi import ResponseError
-
-        if failure.check(ResponseError):  # Redis said no (an ACL, say): it will not change by itself
-            self.state.last_error = failure.getErrorMessage()
-            self.log.error("Redis refused PSUBSCRIBE: {why}", why=self.state.last_error)
-        # else the connection was lost: that is reported where it is seen (_unsubscribed)
-
-    def _unsubscribed(self, why: Any) -> None:
-        silence = self.probe.take_silence() if self.probe is not None else None
-        if self.state.subscribed and not self._stopping:
-            # From now until PSUBSCRIBE is answered again, a PUBLISH reaches nobody here.
-            self.state.unsubscribed_since = self._reactor.seconds()
-            self.state.last_error = silence or why.getErrorMessage()
-            self.log.warn("Redis subscriber connection lost ({why}); reconnecting", why=self.state.last_error)
-        elif not self.state.subscribed:
-            self._attempt_failed(why)
-        self.state.subscribed = False
-
 
 def _nothing() -> None:
     pass

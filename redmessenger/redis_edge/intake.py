@@ -9,7 +9,10 @@ before that leaves the entry pending under its consumer name; at its next start
 it reads its pending entries again (and claims entries other consumers left
 pending for ``claim_idle`` seconds), so nothing accepted by Redis is lost while
 no daemon runs, nor when one is killed.  What is read again may reach a socket
-twice (same id: clients drop the copy); it is queued once.
+twice (same id: clients drop the copy); it is queued once.  Within one run the
+reader remembers the last ``RECENTLY_DONE`` entries it found safe: one of those
+read again (its XACK was lost with the connection, or a Redis failover lost it
+before the replica had it) is acknowledged again, not delivered again.
 
 An entry has two fields, ``channel`` (``rm.users.$uid`` or ``rm.channels.$cid``)
 and ``payload`` (any bytes)::
@@ -41,6 +44,8 @@ OnEntry = Callable[[str, bytes, bytes, int, bool], "str | None"]
 ACKS_PER_CALL = 1000
 #: Seconds acknowledgements wait to go out together.
 ACK_DELAY = 0.01
+#: Entries found safe that the reader remembers (within a run), so that reading one again does not deliver it again.
+RECENTLY_DONE = 10000
 
 
 class IntakeReader:
@@ -73,6 +78,8 @@ class IntakeReader:
         #: Entries read and not acknowledged yet (the core holds them).
         self._in_flight: set[str] = set()
         self._done: list[str] = []
+        #: The last RECENTLY_DONE entries found safe (a dict: ordered, oldest first).
+        self._recently_done: dict[str, None] = {}
         self._invalid: list[tuple[str, bytes]] = []
         self._flush_call: IDelayedCall | None = None
         self._stopping = False
@@ -105,6 +112,10 @@ class IntakeReader:
         """Every recipient's copy of this entry is safe: acknowledge it (with the others of this reactor turn)."""
         self._in_flight.discard(entry_id)
         self._done.append(entry_id)
+        recent = self._recently_done
+        recent[entry_id] = None
+        if len(recent) > RECENTLY_DONE:
+            del recent[next(iter(recent))]
         self._schedule_flush()
 
     def flush(self) -> Deferred[Any]:
@@ -204,6 +215,10 @@ class IntakeReader:
             entry_id = raw_id.decode("ascii") if isinstance(raw_id, bytes) else str(raw_id)
             if entry_id in self._in_flight:
                 continue  # the core holds it already (read again after a lost connection)
+            if again and entry_id in self._recently_done:
+                self._done.append(entry_id)  # safe already: its acknowledgement was lost, send it again
+                self._schedule_flush()
+                continue
             self.read += 1
             if fields is None:  # deleted from the stream while pending: nothing to deliver
                 self._done.append(entry_id)

@@ -236,7 +236,7 @@ class Delivery:
         else:
             recipients = list(uids)
             self._queues.enqueue(
-                recipients, message.queue_entry(), again=ticket.again, written=lambda: ticket.settle_all(recipients)
+                recipients, message.queue_entry(), again=ticket.again, written=lambda: ticket.settle_queued(recipients)
             )
 
 

@@ -80,6 +80,9 @@ class Hub:
         self._idle_waiters: list[Deferred[None]] = []
         #: Called with an intake entry's id once every recipient's copy is safe (the intake reader acknowledges it).
         self.intake_done: Callable[[str], None] = _ignore_entry
+        #: Called first when every copy was made safe by sockets' confirmations alone (no queue write, which
+        #: a Redis failover could lose): the reader need not deliver the entry again if it reads it again.
+        self.intake_delivered: Callable[[str], None] = _ignore_entry
         self.counters = Counters()
         self.presence = Presence(user_socket_limit)
         self.budget = Budget(max_pending_bytes, memory_budget_bytes)
@@ -142,8 +145,10 @@ class Hub:
         ticket = IntakeTicket(entry_id, self._intake_settled, again)
         return self.router.on_intake(channel, payload, timestamp, ticket)
 
-    def _intake_settled(self, entry_id: str) -> None:
+    def _intake_settled(self, entry_id: str, queued: bool) -> None:
         self.counters.intake_acked += 1
+        if not queued:
+            self.intake_delivered(entry_id)
         self.intake_done(entry_id)
 
     def set_live_delivery_observer(self, observer: Callable[[Message], None]) -> None:

@@ -15,14 +15,16 @@ from collections.abc import Callable, Iterable
 class IntakeTicket:
     """One intake entry's recipients not yet safe; ``done(entry_id)`` once none is left."""
 
-    __slots__ = ("entry_id", "again", "_waiting", "_done")
+    __slots__ = ("entry_id", "again", "queued", "_waiting", "_done")
 
-    def __init__(self, entry_id: str, done: Callable[[str], None], again: bool = False) -> None:
+    def __init__(self, entry_id: str, done: Callable[[str, bool], None], again: bool = False) -> None:
         self.entry_id = entry_id
         #: Read again after a crash: it may be in some queues already.
         self.again = again
+        #: Some recipient's copy was made safe by a queue write (not only by sockets' confirmations).
+        self.queued = False
         self._waiting: set[str] | None = None
-        self._done: Callable[[str], None] | None = done
+        self._done: Callable[[str, bool], None] | None = done
 
     @property
     def settled(self) -> bool:
@@ -46,7 +48,12 @@ class IntakeTicket:
         for uid in uids:
             self.settle(uid)
 
+    def settle_queued(self, uids: Iterable[str]) -> None:
+        """These recipients' copies were written to their queues."""
+        self.queued = True
+        self.settle_all(uids)
+
     def _finish(self) -> None:
         done, self._done = self._done, None
         if done is not None:
-            done(self.entry_id)
+            done(self.entry_id, self.queued)

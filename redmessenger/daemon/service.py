@@ -134,6 +134,7 @@ class RedMessengerService(OrderedServices):
                 block=INTAKE_BLOCK_SECONDS,
             )
             self.hub.intake_done = self.intake.done
+            self.hub.intake_delivered = self.intake.delivered
 
         # -- the dialects, on one port --
         #: conn_limit, counted over both dialects together (redmessenger.core.admission).

@@ -42,6 +42,8 @@ class Ticket(Protocol):
 
     def settle_all(self, uids: Iterable[str]) -> None: ...
 
+    def settle_queued(self, uids: Iterable[str]) -> None: ...
+
 #: Marks queue entries written by this daemon; entries without it were written
 #: by the Node.js RedMessenger, whose payloads are ``encodeURI``-encoded.
 ENTRY_VERSION = 1

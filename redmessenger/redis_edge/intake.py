@@ -10,9 +10,11 @@ it reads its pending entries again (and claims entries other consumers left
 pending for ``claim_idle`` seconds), so nothing accepted by Redis is lost while
 no daemon runs, nor when one is killed.  What is read again may reach a socket
 twice (same id: clients drop the copy); it is queued once.  Within one run the
-reader remembers the last ``RECENTLY_DONE`` entries it found safe: one of those
-read again (its XACK was lost with the connection, or a Redis failover lost it
-before the replica had it) is acknowledged again, not delivered again.
+reader remembers the last ``RECENTLY_DONE`` entries whose every copy the clients
+confirmed: one of those read again (its XACK was lost with the connection, or a
+Redis failover lost it before the replica had it) is acknowledged again, not
+delivered again.  An entry made safe by a queue write is routed again instead:
+the failover may have lost the queue write too (queued once all the same).
 
 An entry has two fields, ``channel`` (``rm.users.$uid`` or ``rm.channels.$cid``)
 and ``payload`` (any bytes)::
@@ -44,7 +46,7 @@ OnEntry = Callable[[str, bytes, bytes, int, bool], "str | None"]
 ACKS_PER_CALL = 1000
 #: Seconds acknowledgements wait to go out together.
 ACK_DELAY = 0.01
-#: Entries found safe that the reader remembers (within a run), so that reading one again does not deliver it again.
+#: Entries the clients confirmed that the reader remembers (within a run): reading one again does not deliver it again.
 RECENTLY_DONE = 10000
 
 
@@ -112,11 +114,14 @@ class IntakeReader:
         """Every recipient's copy of this entry is safe: acknowledge it (with the others of this reactor turn)."""
         self._in_flight.discard(entry_id)
         self._done.append(entry_id)
+        self._schedule_flush()
+
+    def delivered(self, entry_id: str) -> None:
+        """Every copy of this entry was confirmed by the clients (none queued): if read again, acknowledge it only."""
         recent = self._recently_done
         recent[entry_id] = None
         if len(recent) > RECENTLY_DONE:
             del recent[next(iter(recent))]
-        self._schedule_flush()
 
     def flush(self) -> Deferred[Any]:
         """Acknowledge what is done so far; fires once Redis has answered (a failure is logged: they stay pending)."""

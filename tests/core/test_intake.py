@@ -118,3 +118,20 @@ def test_a_message_one_socket_confirmed_is_not_delivered_again_when_the_other_go
     a.close()
     hub.detach(first)
     assert queues.queues == {} and b.payloads() == ["both"]
+
+
+def test_only_an_entry_every_client_confirmed_is_marked_as_needing_no_second_delivery() -> None:
+    """A queue write may be lost in a Redis failover: an entry safe because queued must be routed again if read again."""
+    hub, queues, directory, clock, acked = setting()
+    delivered: list[str] = []
+    hub.intake_delivered = delivered.append
+    socket = Socket(clock)
+    online(hub, socket, "on")
+    directory.groups["g"] = [b"on", b"off"]
+    hub.on_intake("1-0", b"rm.users.on", b"live", 1, again=False)
+    hub.on_intake("2-0", b"rm.users.off", b"queued", 2, again=False)
+    hub.on_intake("3-0", b"rm.channels.g", b"both", 3, again=False)
+    clock.advance(hub.confirmations.confirm_delay)
+    socket.confirm_all()
+    assert sorted(acked) == ["1-0", "2-0", "3-0"]
+    assert delivered == ["1-0"]

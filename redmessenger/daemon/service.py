@@ -95,7 +95,11 @@ class RedMessengerService(OrderedServices):
         )
         #: The daemons sharing this Redis (docs/scale-out.md): heartbeats in rm:nodes.
         self.nodes = NodeRegistry(
-            self.link.commands, reactor, config.consumer_name, connected=lambda: self.link.state.commands_connected
+            self.link.commands,
+            reactor,
+            config.consumer_name,
+            connected=lambda: self.link.state.commands_connected,
+            sockets=lambda: len(self.websockets.sockets) + len(self.socketio.engine),
         )
         self.application = RedisApplication(
             self.link.commands, lambda: self.link.state.commands_connected, reactor, config.redis_timeout
@@ -408,6 +412,7 @@ class RedMessengerService(OrderedServices):
             requests_waiting=lambda: self.hub.channels.waiting if self.hub.channels is not None else 0,
             node_id=config.consumer_name,
             nodes=lambda: self.nodes.nodes,
+            node_sockets=lambda: self.nodes.sockets,
             longest_queues=lambda limit: longest_queues(self.link.commands, limit),
         )
 

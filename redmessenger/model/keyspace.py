@@ -27,6 +27,8 @@ SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*"
 
 #: The live daemons (docs/scale-out.md): a sorted set of node ids scored with their expiry (Redis time).
 NODES_KEY = "rm:nodes"
+#: A hash: each live node's open sockets, as of its last heartbeat.
+NODES_SOCKETS_KEY = "rm:nodes:sockets"
 
 #: Subscription requests to the application (SPEC §7.1): a stream its workers read through a consumer group.
 REQUESTS_STREAM = "rm:requests"

@@ -34,7 +34,7 @@ class HealthResource(Resource):
                 "probe_silences": state.link.probe_silences,
             },
             "uptime": round(state.uptime, 3),
-            "node": {"id": self._view.node_id, "nodes": self._view.nodes()},
+            "node": {"id": self._view.node_id, "nodes": self._view.nodes(), "sockets": self._view.node_sockets()},
         }
         if reason is not None:
             body["reason"] = reason

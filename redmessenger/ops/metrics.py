@@ -127,6 +127,12 @@ class DaemonCollector:
         )
 
         yield GaugeMetricFamily(prefix + "nodes", "Daemons sharing this Redis (rm:nodes heartbeats)", len(view.nodes()))
+        node_sockets = GaugeMetricFamily(
+            prefix + "node_sockets", "Open sockets of each daemon sharing this Redis, as of its last heartbeat", labels=["node"]
+        )
+        for node, count in sorted(view.node_sockets().items()):
+            node_sockets.add_metric([node], count)
+        yield node_sockets
         yield GaugeMetricFamily(
             prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
         )

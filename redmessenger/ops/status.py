@@ -61,6 +61,8 @@ class DaemonView:
     #: This daemon's name among the nodes sharing its Redis, and the live nodes (docs/scale-out.md).
     node_id: str
     nodes: Callable[[], list[str]]
+    #: Each live node's open sockets, as of its last heartbeat.
+    node_sockets: Callable[[], dict[str, int]]
     longest_queues: LongestQueues
 
 
@@ -138,7 +140,7 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"Redis:      {settings.redis}; subscriber {up(link.subscribed)}, "
         f"commands {up(link.commands_connected)} (at {link.address or '-'}); reconnects {link.reconnects}; "
         f"masters followed {link.master_switches}; last error: {link.last_error or '-'}",
-        f"Nodes:      {len(view.nodes())} on this Redis ({', '.join(view.nodes()) or 'none yet'}); this one: {view.node_id}",
+        f"Nodes:      {len(view.nodes())} on this Redis ({_nodes_text(view) or 'none yet'}); this one: {view.node_id}",
         f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
         f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "
         f"identified; {state.connections} of conn_limit {settings.conn_limit} in use, {state.connections_refused} refused",
@@ -173,3 +175,9 @@ def duration(seconds: float) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def _nodes_text(view: DaemonView) -> str:
+    sockets = view.node_sockets()
+    counts = [(node, sockets.get(node, 0)) for node in view.nodes()]
+    return ", ".join(f"{node}: {count} socket{'' if count == 1 else 's'}" for node, count in counts)

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from redmessenger.logs import make_logger
-from redmessenger.model.keyspace import NODES_KEY
+from redmessenger.model.keyspace import NODES_KEY, NODES_SOCKETS_KEY
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import HEARTBEAT
@@ -36,6 +36,7 @@ class NodeRegistry:
         node_id: str,
         *,
         connected: Callable[[], bool] = lambda: True,
+        sockets: Callable[[], int] = lambda: 0,
         interval: float = 1.0,
         ttl: float = 10.0,
     ) -> None:
@@ -43,13 +44,16 @@ class NodeRegistry:
         self._clock = clock
         #: Whether the command connection is up: txredisapi keeps commands while it is not.
         self._connected = connected
+        #: This daemon's open sockets, told with each heartbeat.
+        self._sockets = sockets
         self.node_id = node_id
         self._ttl = ttl
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
         self._interval = interval
-        #: The live nodes (this one among them once a heartbeat landed), sorted.
+        #: The live nodes (this one among them once a heartbeat landed), sorted, and their open sockets.
         self.nodes: list[str] = []
+        self.sockets: dict[str, int] = {}
         #: A heartbeat is on its way: while Redis is away, beats are not piled up behind it.
         self._beating = False
 
@@ -60,7 +64,9 @@ class NodeRegistry:
         if self._beating or not self._connected():
             return succeed(None)
         self._beating = True
-        d = translated(self._commands.eval(HEARTBEAT, [NODES_KEY], [self.node_id, self._ttl, "beat"]))
+        d = translated(
+            self._commands.eval(HEARTBEAT, [NODES_KEY, NODES_SOCKETS_KEY], [self.node_id, self._ttl, "beat", self._sockets()])
+        )
         d.addCallbacks(self._listed, self._failed)
         d.addBoth(self._beaten)
         return d
@@ -69,7 +75,10 @@ class NodeRegistry:
         self._beating = False
 
     def _listed(self, reply: Any) -> None:
-        nodes = sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in reply or [])
+        names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
+        named = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+        self.sockets = {node: _count(count) for node, count in zip(named, counts)}
+        nodes = sorted(named)
         if nodes != self.nodes:
             joined, left = set(nodes) - set(self.nodes), set(self.nodes) - set(nodes)
             self.log.info(
@@ -90,7 +99,13 @@ class NodeRegistry:
             self._loop.stop()
         if not self._connected():
             return succeed(None)
-        d = translated(self._commands.eval(HEARTBEAT, [NODES_KEY], [self.node_id, self._ttl, "leave"]))
+        d = translated(self._commands.eval(HEARTBEAT, [NODES_KEY, NODES_SOCKETS_KEY], [self.node_id, self._ttl, "leave", 0]))
         d.addTimeout(2.0, self._clock)
         d.addErrback(lambda failure: None)
         return d.addCallback(lambda _: None)
+
+
+def _count(value: Any) -> int:
+    """A socket count as the hash holds it (bytes of digits), 0 for anything else."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return int(text) if text.isdigit() else 0

@@ -111,17 +111,29 @@ return 1
 """
 
 # A node's heartbeat (docs/scale-out.md): its entry in the sorted set KEYS[1]
-# scored with its expiry (Redis's clock, so hosts' clocks do not matter),
-# expired entries dropped, and the live nodes returned.  ARGV: node id,
-# seconds it stays listed without another heartbeat; ARGV[3] "leave" removes it.
+# scored with its expiry (Redis's clock, so hosts' clocks do not matter) and its
+# open sockets in the hash KEYS[2]; expired entries dropped from both, and the
+# live nodes returned with their sockets ({ids}, {counts}).  ARGV: node id,
+# seconds it stays listed without another heartbeat, "beat" or "leave" (removes
+# it), its open sockets.
 HEARTBEAT = b"""
 local now = redis.call('TIME')
 local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', seconds)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', seconds)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', seconds)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
 if ARGV[3] == 'leave' then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], seconds + tonumber(ARGV[2]), ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4] or '0')
 end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #nodes == 0 then
+  return {nodes, {}}
+end
+return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes))}
 """

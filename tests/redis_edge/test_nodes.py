@@ -21,14 +21,26 @@ from ..httpclient import http_get, scrape
 async def test_two_daemons_on_one_redis_list_each_other_and_a_stopped_one_leaves(daemon_factory, redis):
     first = await daemon_factory(node_id="node-a")
     second = await daemon_factory(node_id="node-b")
-    await second.until(lambda: first.service.nodes.nodes == ["node-a", "node-b"], 5, "node-a to see node-b")
-    await first.until(lambda: second.service.nodes.nodes == ["node-a", "node-b"], 5, "node-b to see node-a")
-    assert "Nodes:      2 on this Redis (node-a, node-b); this one: node-b" in await status_text(second.service.view)
+    clients = [await first.client(f"a{i}") for i in range(3)] + [await second.client("b0")]
+    both = {"node-a": 3, "node-b": 1}
+    await second.until(lambda: first.service.nodes.sockets == both, 5, "node-a to see node-b and the sockets of both")
+    await first.until(lambda: second.service.nodes.sockets == both, 5, "node-b to see node-a and the sockets of both")
+    assert first.service.nodes.nodes == second.service.nodes.nodes == ["node-a", "node-b"]
+    assert (
+        "Nodes:      2 on this Redis (node-a: 3 sockets, node-b: 1 socket); this one: node-b"
+        in await status_text(second.service.view)
+    )
     code, _, body = await http_get(second.port, "/health")
-    assert (code, json.loads(body)["node"]) == (200, {"id": "node-b", "nodes": ["node-a", "node-b"]})
-    assert (await scrape(second.port))["redmessenger_nodes"] == 2
+    assert (code, json.loads(body)["node"]) == (200, {"id": "node-b", "nodes": ["node-a", "node-b"], "sockets": both})
+    metrics = await scrape(second.port)
+    assert metrics["redmessenger_nodes"] == 2
+    assert (metrics['redmessenger_node_sockets{node="node-a"}'], metrics['redmessenger_node_sockets{node="node-b"}']) == (3, 1)
+    for client in clients:
+        client.close()
+        await client.close_code()
     await first.service.stopService()
     assert [m.decode() for m in redis.zrange("rm:nodes", 0, -1)] == ["node-b"], "a clean stop leaves at once"
+    assert list(redis.hgetall("rm:nodes:sockets")) == [b"node-b"], "and takes its sockets with it"
     await second.until(lambda: second.service.nodes.nodes == ["node-b"], 5, "node-b to see node-a gone")
 
 
@@ -40,3 +52,4 @@ async def test_a_node_that_stops_beating_drops_out_when_its_entry_expires(daemon
     await daemon.until(lambda: daemon.service.nodes.nodes == ["node-live", "node-silent"], 5, "both listed")
     await daemon.until(lambda: daemon.service.nodes.nodes == ["node-live"], 5, "the silent node expired (1 s)")
     assert [m.decode() for m in redis.zrange("rm:nodes", 0, -1)] == ["node-live"]
+    assert list(redis.hgetall("rm:nodes:sockets")) == [b"node-live"], "its sockets expire with it"

@@ -145,6 +145,8 @@ class LinkState:
     address: str | None = None
     #: Times Sentinel named another master while this daemon ran (failovers followed).
     master_switches: int = 0
+    #: Why this Redis cannot serve the daemon at all (a Redis Cluster node), if it cannot.
+    unsupported: str | None = None
     #: When the subscriber last heard its own pub/sub probe (reactor time), and how many probes went
     #: unheard (each time the subscription was silently dead, and was opened again).
     probe_heard_at: float | None = None

@@ -86,13 +86,15 @@ class Snapshot:
 
     @property
     def healthy(self) -> bool:
-        return self.running and self.link.subscribed and self.link.commands_connected
+        return self.running and self.link.subscribed and self.link.commands_connected and self.link.unsupported is None
 
     @property
     def unhealthy_reason(self) -> str | None:
         """Why a load balancer should not send clients here, or None."""
         if not self.running:
             return "shutting down"
+        if self.link.unsupported is not None:
+            return self.link.unsupported
         why = f" (last error: {self.link.last_error})" if self.link.last_error else ""
         if not self.link.commands_connected:
             return "Redis command connection down" + why

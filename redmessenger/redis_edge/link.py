@@ -352,8 +352,25 @@ class RedisLink:
 
     def _commands_up(self, address: str) -> None:
         self.report.commands_up(address)
+        self._check_mode()
         if self.sentinel is not None:
             self._check_role()
+
+    def _check_mode(self) -> None:
+        """A Redis Cluster node is refused: the daemon's keys and scripts assume one keyspace (docs/scale-out.md)."""
+
+        def checked(info: Any) -> None:
+            text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+            clustered = any(line.strip() == "cluster_enabled:1" for line in text.splitlines())
+            why = (
+                f"{self.state.address} is a Redis Cluster node: Redis Cluster is not supported (docs/scale-out.md); "
+                "the queues of users whose keys live on other nodes could not be written"
+            )
+            if clustered and self.state.unsupported is None:
+                self.log.error("{why}", why=why)
+            self.state.unsupported = why if clustered else None
+
+        self.commands.execute_command("INFO", "cluster").addCallbacks(checked, lambda f: None)
 
     def _check_role(self) -> None:
         """With Sentinel: a command connection that reached a replica (a stale answer mid-failover) asks again."""

@@ -16,7 +16,7 @@ from redmessenger.core.budget import SLOW_SHARE, Budget
 from redmessenger.core.channels import Channels
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
-from redmessenger.core.ports import Queues
+from redmessenger.core.ports import Peers, Queues
 from redmessenger.core.presence import SUBSCRIBED, Attachment, Copies, Presence, Sent, User
 from redmessenger.logs import debugging, informing, make_logger
 from redmessenger.model.envelope import Message
@@ -50,6 +50,8 @@ class Delivery:
         self.on_too_slow: Callable[[Attachment, ClientError], None] = _ignore_slow
         #: The channels' subscribers (SPEC §7), when clients may subscribe.
         self.channels: Channels | None = None
+        #: The other daemons sharing the Redis (docs/scale-out.md): recipients owned elsewhere are theirs.
+        self.peers: Peers | None = None
 
     def deliver(self, message: Message, uids: Sequence[str], channel: str | None = None) -> None:
         """
@@ -68,6 +70,10 @@ class Delivery:
         alone = Sent(message, True, None)
         if message.ticket is not None:
             message.ticket.expect(uids)
+        members = uids  # a subscriber who is a member gets it as a member (from its user's owner)
+        peers = self.peers
+        if peers is not None and peers.shared:
+            uids = self._owned_here(message, uids, peers)
         now = self._clock.seconds()
         delivered = 0
         for uid in uids:
@@ -79,7 +85,7 @@ class Delivery:
         if channel is not None and channels is not None:
             readers = channels.readers(channel)
             if readers:
-                delivered += self._to_subscribers(message, readers, uids, exclude, now)
+                delivered += self._to_subscribers(message, readers, members, exclude, now)
         self._counters.delivered += delivered
         if delivered:
             self.on_live_delivery(message)
@@ -199,6 +205,17 @@ class Delivery:
                 f"daemon {budget.used} of {budget.total})",
             ),
         )
+
+    def _owned_here(self, message: Message, uids: Sequence[str], peers: Peers) -> list[str]:
+        """The recipients this daemon owns; a durable message for the others goes to their owners."""
+        owned = []
+        for uid in uids:
+            owner = peers.owner(uid)
+            if owner is None:
+                owned.append(uid)
+            elif message.ticket is not None:
+                peers.forward(owner, message, uid)
+        return owned
 
     def redeliver(self, uid: str, messages: Iterable[Message]) -> None:
         """Messages a socket of ``uid`` lost: to the user's other sockets, else back to the queue, in order."""

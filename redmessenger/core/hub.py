@@ -31,6 +31,7 @@ from redmessenger.core.ports import (
     Application,
     Directory,
     MessageSink,
+    Peers,
     Queues,
     StoreError,
     StoreUnavailable,
@@ -89,6 +90,8 @@ class Hub:
         self.confirmations = Confirmations(clock, self.budget)
         self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock, self.budget)
         self.delivery.on_too_slow = self.abandon
+        #: The other daemons sharing this Redis (docs/scale-out.md), once the wiring gives them (set_peers).
+        self.peers: Peers | None = None
         self._public_key = public_key
         self._secret_key = secret_key
         #: Channels clients ask for (SPEC §7); None when the daemon was not given a way to reach the application.
@@ -168,11 +171,74 @@ class Hub:
             await self._check_key(ident.uid, ident.key)
         if not sink.writable:
             return None
+        owner = self.owner(ident.uid)
+        if owner is not None:
+            assert self.peers is not None
+            attachment = Attachment(ident.uid, sink, owner=owner)
+            self.counters.identified += 1
+            self.log.info("Assigning id {uid} to socket {peer} (owned by {owner}).", uid=ident.uid, peer=sink.client_address, owner=owner)
+            self.peers.attach(owner, attachment)
+            return attachment
         attachment = self.presence.attach(ident.uid, sink)
         self.counters.identified += 1
         self.log.info("Assigning id {uid} to socket {peer}.", uid=ident.uid, peer=sink.client_address)
         self.handovers.identified(attachment)
         return attachment
+
+    # -- several daemons on one Redis (docs/scale-out.md) ----------------------------------
+
+    def set_peers(self, peers: Peers) -> None:
+        self.peers = self.delivery.peers = peers
+        self.router.owner = self.owner
+
+    def owner(self, uid: str) -> str | None:
+        """The node that owns ``uid`` when it is not this one."""
+        peers = self.peers
+        return peers.owner(uid) if peers is not None and peers.shared else None
+
+    def attach_remote(self, uid: str, sink: MessageSink, via: str) -> Attachment:
+        """A socket another node holds identified as a user owned here: hand it the queue, as a local one."""
+        attachment = self.presence.attach(uid, sink)  # ClientError past user_socket_limit
+        attachment.via = via
+        self.handovers.identified(attachment)
+        return attachment
+
+    def take_over(self, attachment: Attachment) -> None:
+        """A relayed socket whose user is owned here now: a local socket of the user, handed the queue."""
+        attachment.owner = None
+        self.presence.add(attachment)
+        self.handovers.identified(attachment)
+
+    def give_away(self, uid: str, owner: str) -> Deferred[None]:
+        """
+        ``uid`` is owned by ``owner`` now: what its sockets did not confirm goes
+        back to the queue, and once those writes have landed, the sockets held
+        here become relays of the new owner (which hands them the queue); those
+        other nodes hold are forgotten (their nodes attach them to the new owner).
+        """
+        attachments = self.presence.release(uid)
+        for attachment in attachments:
+            orphans = lost(attachment.unconfirmed + (attachment.held or []))
+            if attachment.pending_bytes:
+                self.budget.give_back(attachment, attachment.pending_bytes)
+            attachment.unconfirmed.clear()
+            attachment.held = None
+            for message in orphans:
+                self.delivery.queue([uid], message)
+        here = [a for a in attachments if a.via is None]
+        for attachment in attachments:
+            if attachment.via is not None:
+                attachment.attached = False
+            else:
+                attachment.owner = owner
+
+        def attach(_: object) -> None:
+            assert self.peers is not None
+            for attachment in here:
+                if attachment.attached and attachment.owner == owner:
+                    self.peers.attach(owner, attachment)
+
+        return self._queues.drain().addCallback(attach)
 
     def check_public_key(self, given: object) -> None:
         """A version-1 session's public key (SPEC §7.5): refused (4401) if one is configured and this is not it."""
@@ -222,6 +288,15 @@ class Hub:
             return
         if self.channels is not None:
             self.channels.drop(attachment)
+        if attachment.owner is not None:
+            # A relay: only channel messages (live only) are held here; the owner has the rest.
+            attachment.attached = False
+            if attachment.pending_bytes:
+                self.budget.give_back(attachment, attachment.pending_bytes)
+            attachment.unconfirmed.clear()
+            assert self.peers is not None
+            self.peers.detach(attachment, received_all)
+            return
         self.presence.detach(attachment)
         if received_all:
             confirmed(attachment.uid, attachment.unconfirmed)
@@ -247,6 +322,8 @@ class Hub:
         to this socket before it: those live messages are confirmed.  (Queue
         entries are confirmed through :meth:`MessageSink.confirm` by the handover.)
         """
+        if attachment.owner is not None and self.peers is not None:
+            self.peers.acknowledged(attachment, message_id)  # its user's messages: the owner keeps them
         unconfirmed = attachment.unconfirmed
         if not unconfirmed:
             return  # a queue entry's ack (the handover's batch), or a repeat

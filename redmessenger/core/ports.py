@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -58,6 +58,42 @@ class MessageSink(Protocol):
 
     def abandon(self, error: ClientError) -> None:
         """The core gives up on this client (it reads too slowly): end its connection, telling it ``error``."""
+
+
+if TYPE_CHECKING:
+    from redmessenger.core.presence import Attachment
+
+
+class Peers(Protocol):
+    """
+    The other daemons sharing this Redis (docs/scale-out.md): who owns a user,
+    and the way to the owner of a user whose socket is here.  The owner decides
+    for its users (which socket gets a message, the bubble, the queue); a socket
+    of a user owned elsewhere is a relay: the owner's deliveries reach it, and
+    its identification, acknowledgements and close reach the owner.
+    """
+
+    @property
+    def shared(self) -> bool:
+        """Whether other daemons share the Redis now (if not, this one owns every user)."""
+
+    def owner(self, key: str) -> str | None:
+        """The node that owns ``key`` (a uid, or a group for what one node does for it); None when it is this one."""
+
+    def attach(self, owner: str, attachment: Attachment) -> None:
+        """A socket here identified as a user ``owner`` owns: tell it (the owner hands it the queue)."""
+
+    def detach(self, attachment: Attachment, received_all: bool) -> None:
+        """A relayed socket closed, or its user moved: tell the owner it had it."""
+
+    def acknowledged(self, attachment: Attachment, message_id: str) -> None:
+        """A relayed socket's client acknowledged ``message_id``: tell the owner."""
+
+    def forward(self, owner: str, message: Message, uid: str) -> None:
+        """
+        A message of the durable intake for ``uid``, which ``owner`` owns: give
+        it to the owner; its ticket is settled for ``uid`` once the owner made it safe.
+        """
 
 
 class ClientLink(MessageSink, Protocol):

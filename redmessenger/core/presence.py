@@ -115,6 +115,11 @@ class Attachment:
     client_id: str | None = None
     #: Its channel subscriptions (granted) and their modes; None until the first.
     channels: dict[str, Mode] | None = None
+    #: The node that owns this socket's user when it is not this daemon (docs/scale-out.md): the
+    #: socket is then a relay, not in this daemon's Presence; its user's messages come from the owner.
+    owner: str | None = None
+    #: On the owner, for a socket another node holds: that node (the sink reaches it through its inbox).
+    via: str | None = None
 
 
 @dataclass(eq=False)
@@ -156,6 +161,18 @@ class Presence:
         attachment = Attachment(uid, sink)
         user.attachments.append(attachment)
         return attachment
+
+    def add(self, attachment: Attachment) -> None:
+        """Register a socket that was a relay as its user's newest (its user is owned here now)."""
+        user = self._users.get(attachment.uid)
+        if user is None:
+            user = self._users[attachment.uid] = User(attachment.uid)
+        user.attachments.append(attachment)
+
+    def release(self, uid: str) -> list[Attachment]:
+        """Forget a user (owned by another node now): its sockets, oldest first, stay attached for their sessions."""
+        user = self._users.pop(uid, None)
+        return user.attachments if user is not None else []
 
     def detach(self, attachment: Attachment) -> None:
         """Forget a socket that closed; the user goes offline with their last one."""

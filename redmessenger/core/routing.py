@@ -98,6 +98,9 @@ class Router:
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
         self._stopping = False
+        #: With other daemons on the Redis: the node that owns a uid or group when it is not this one
+        #: (docs/scale-out.md); a bare PUBLISH to a user owned elsewhere is left to its owner.
+        self.owner: Callable[[str], str | None] | None = None
 
     @property
     def max_payload(self) -> int | None:
@@ -123,6 +126,12 @@ class Router:
                 "Ignoring a message on {channel!r}: not a valid {what}", channel=channel, what="group id" if group else "uid"
             )
             return
+        owner = self.owner
+        if owner is not None and owner(name) is not None:
+            if not group:
+                return  # another daemon owns the user: it acts (docs/scale-out.md)
+            if len(payload) > self._size_limit:
+                return  # kept aside by the group's owner
         if len(payload) > self._size_limit:
             self._oversize(channel, payload)
             return
@@ -188,6 +197,10 @@ class Router:
             self._deliver(message, (name,), None)
         else:
             self._inbox.append(_Pending(message, [name]))
+
+    def route_user(self, message: Message, uid: str) -> None:
+        """A message for one user that another daemon read (docs/scale-out.md): in order with the others."""
+        self._route(message, uid, False)
 
     def stop(self) -> None:
         """Stop retrying member lookups (the link to Redis is going away)."""

@@ -37,7 +37,7 @@ from redmessenger.dialects.plain.websocket import PlainWebSocketFactory, RouteRe
 from redmessenger.dialects.socketio.server import SocketIOServer
 from redmessenger.logs import make_logger
 from redmessenger.model.errors import CloseCode
-from redmessenger.model.keyspace import answers_channel
+from redmessenger.model.keyspace import INTAKE_STREAM, answers_channel
 from redmessenger.ops.health import HealthResource
 from redmessenger.ops.metrics import Metrics
 from redmessenger.ops.status import DaemonView, Settings
@@ -48,6 +48,7 @@ from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.intake import IntakeReader
 from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
 from redmessenger.redis_edge.nodes import NodeRegistry
+from redmessenger.redis_edge.peers import PeerLink
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
@@ -100,6 +101,7 @@ class RedMessengerService(OrderedServices):
             config.consumer_name,
             connected=lambda: self.link.state.commands_connected,
             sockets=lambda: len(self.websockets.sockets) + len(self.socketio.engine),
+            on_change=lambda nodes: self.peers.nodes_changed(nodes),
         )
         self.application = RedisApplication(
             self.link.commands, lambda: self.link.state.commands_connected, reactor, config.redis_timeout
@@ -127,6 +129,9 @@ class RedMessengerService(OrderedServices):
             client_publish_rate=config.client_publish_rate,
         )
         self.presence = self.hub.presence
+        #: The other daemons on this Redis: owners of users, and this node's inbox (docs/scale-out.md).
+        self.peers = PeerLink(self.hub, self.link.commands, self.link.inbox, config.consumer_name, reactor)
+        self.hub.set_peers(self.peers)
         self.intake: IntakeReader | None = None
         if config.intake:
             self.intake = IntakeReader(
@@ -136,6 +141,7 @@ class RedMessengerService(OrderedServices):
                 config.consumer_name,
                 self.hub.on_intake,
                 block=INTAKE_BLOCK_SECONDS,
+                reads=lambda: self.hub.owner(INTAKE_STREAM) is None,
             )
             self.hub.intake_done = self.intake.done
             self.hub.intake_delivered = self.intake.delivered
@@ -205,6 +211,7 @@ class RedMessengerService(OrderedServices):
             )
             self.embedded.setServiceParent(self)
         Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
+        Step("peers", lambda: None, self.peers.stop).setServiceParent(self)
         Step("nodes", self.nodes.start, self.nodes.stop).setServiceParent(self)
         Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
         Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
@@ -305,6 +312,8 @@ class RedMessengerService(OrderedServices):
 
     def _start_link(self) -> None:
         self.link.start()
+        self.link.start_inbox()
+        self.peers.start()
         if self.intake is not None:
             self.link.start_reading()
             self.intake.start()

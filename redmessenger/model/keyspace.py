@@ -30,6 +30,11 @@ NODES_KEY = "rm:nodes"
 #: A hash: each live node's open sockets, as of its last heartbeat.
 NODES_SOCKETS_KEY = "rm:nodes:sockets"
 
+
+def inbox_key(node_id: str) -> str:
+    """A node's inbox (docs/scale-out.md): a stream the other nodes write to and this node alone reads."""
+    return f"rm:nodes:{node_id}:inbox"
+
 #: Subscription requests to the application (SPEC §7.1): a stream its workers read through a consumer group.
 REQUESTS_STREAM = "rm:requests"
 #: Requests kept in the stream at most (older ones are trimmed; each has a deadline long past).

@@ -67,6 +67,7 @@ class IntakeReader:
         block: float = 1.0,
         claim_idle: float = 60.0,
         retry_delay: float = 1.0,
+        reads: Callable[[], bool] = lambda: True,
     ) -> None:
         self._reading = reading
         self._commands = commands
@@ -77,6 +78,9 @@ class IntakeReader:
         self._block_ms = max(1, int(block * 1000))
         self._claim_idle_ms = int(claim_idle * 1000)
         self._retry_delay = retry_delay
+        #: Whether this daemon is the one that reads now: with several on one Redis, one reads (the
+        #: owner of the stream's name) and gives each user's entries to its owner, in stream order.
+        self._reads = reads
         #: Entries read and not acknowledged yet (the core holds them).
         self._in_flight: set[str] = set()
         self._done: list[str] = []
@@ -152,6 +156,9 @@ class IntakeReader:
         recovering = True
         while not self._stopping:
             try:
+                if not self._reads():
+                    await self._pause()  # another daemon reads (docs/scale-out.md)
+                    continue
                 if recovering:
                     await self._create_group()
                     await self._claim_abandoned()

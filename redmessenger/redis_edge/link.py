@@ -280,13 +280,16 @@ class RedisLink:
         # ... BLOCK), which must not hold up the commands behind them.
         self._reading = commands_factory(RawReplies, settings.timeout + INTAKE_BLOCK_SECONDS)
         self._reading_started = False
+        # And one for this node's inbox (redis_edge/peers.py), which blocks as well.
+        self._inbox = commands_factory(RawReplies, settings.timeout + INTAKE_BLOCK_SECONDS)
+        self._inbox_started = False
         self._subscriber = Subscribers(isLazy=True)
         self._subscriber.protocol = Subscriber
         self._subscriber.charset = None
         self._subscriber.convertNumbers = False
         self._subscriber.password = settings.password
         self._subscriber.username = settings.username
-        for factory in (self._commands, self._subscriber, self._reading):
+        for factory in (self._commands, self._subscriber, self._reading, self._inbox):
             # Back at once when Redis is (a restart takes a second or two), then
             # an attempt a second: PUBLISHes made while the subscriber is away
             # reach nobody, so every second counts.  An attempt is one TCP connect.
@@ -312,6 +315,17 @@ class RedisLink:
             self._reading.startConnecting(Attempts(self._endpoint(), lambda why: None))
 
     @property
+    def inbox(self) -> "txredisapi.ConnectionHandler":
+        """This node's inbox connection (see :meth:`start_inbox`)."""
+        return self._inbox.handler
+
+    def start_inbox(self) -> None:
+        """Open the inbox's connection."""
+        if not self._inbox_started:
+            self._inbox_started = True
+            self._inbox.startConnecting(Attempts(self._endpoint(), lambda why: None))
+
+    @property
     def ready(self) -> bool:
         return self.state.subscribed and self.state.commands_connected
 
@@ -335,7 +349,11 @@ class RedisLink:
         return _endpoint(self._reactor, self._settings)
 
     def _factories(self) -> list[Any]:
-        return [self._subscriber, self._commands] + ([self._reading] if self._reading_started else [])
+        return (
+            [self._subscriber, self._commands]
+            + ([self._reading] if self._reading_started else [])
+            + ([self._inbox] if self._inbox_started else [])
+        )
 
     def _master_moved(self, address: Address) -> None:
         """Sentinel named another master: close every connection to elsewhere (each reconnects there)."""

@@ -37,6 +37,7 @@ class NodeRegistry:
         *,
         connected: Callable[[], bool] = lambda: True,
         sockets: Callable[[], int] = lambda: 0,
+        on_change: Callable[[list[str]], object] = lambda nodes: None,
         interval: float = 1.0,
         ttl: float = 10.0,
     ) -> None:
@@ -46,6 +47,8 @@ class NodeRegistry:
         self._connected = connected
         #: This daemon's open sockets, told with each heartbeat.
         self._sockets = sockets
+        #: Told the live nodes whenever they change (the owners of users move: redis_edge/peers.py).
+        self._on_change = on_change
         self.node_id = node_id
         self._ttl = ttl
         self._loop = LoopingCall(self.beat)
@@ -89,6 +92,7 @@ class NodeRegistry:
                 left=f"; left: {', '.join(sorted(left))}" if left else "",
             )
             self.nodes = nodes
+            self._on_change(nodes)
 
     def _failed(self, failure: Any) -> None:
         self.log.debug("Heartbeat not written ({why}); next one in {interval}s", why=failure.getErrorMessage(), interval=self._interval)

@@ -1,0 +1,357 @@
+"""
+Several daemons on one Redis (docs/scale-out.md, step 2): the owner of each
+user, and the inboxes through which the nodes talk about the sockets they hold.
+
+Every node computes a user's owner alone, by rendezvous hashing over the live
+nodes (``rm:nodes``, core/ownership.py).  A socket that identifies on a node
+that does not own its user is a *relay*: the node tells the owner (``attach``),
+and the owner treats it as one of the user's sockets through a
+:class:`RemoteSink`: it decides the bubble, hands it the queue, delivers live
+messages and asks for confirmations, each an entry in the holding node's inbox;
+the holding node writes to the socket and answers (``confirmed``), and tells the
+owner of the client's acks and of the close (``ack``, ``detach``).  Messages of
+the durable intake for a user owned elsewhere go to the owner the same way
+(``intake``), and the reader acknowledges the entry once the owner says the
+user's copy is safe (``settled``).
+
+An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone; each
+entry is a flat map whose ``k`` says what it is and whose ``n`` names the node
+that wrote it.  A node empties its inbox when it starts: what was there was
+about sockets of its previous run.  When the nodes change, users move: the old
+owner queues what it held unconfirmed and turns the sockets it holds into relays
+of the new owner; relays follow their user to its new owner, or become local.
+
+txredisapi is not imported here; the connections are the link's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from redmessenger.core.hub import Hub
+from redmessenger.core.ownership import owner as owner_of
+from redmessenger.core.presence import Attachment
+from redmessenger.logs import make_logger
+from redmessenger.model.envelope import Message, UnreadableEntry, message_from_entry
+from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.model.keyspace import inbox_key
+from redmessenger.redis_edge.commands import RedisCommands
+
+#: Entries an inbox keeps at most (a node that died is written to until its heartbeat expires).
+INBOX_MAXLEN = 100000
+#: Entries read from the inbox per call, and how long a read waits for one (ms).
+INBOX_BATCH = 500
+INBOX_BLOCK_MS = 1000
+
+
+class RemoteSink:
+    """On the owner: a socket another node holds, reached through that node's inbox."""
+
+    def __init__(self, peers: PeerLink, node: str, sid: str, acknowledges: bool, address: str) -> None:
+        self._peers = peers
+        self.node = node
+        self.sid = sid
+        self._acknowledges = acknowledges
+        self._address = address
+        self.open = True
+        self._asked = itertools.count(1)
+        self._waiting: dict[int, Deferred[bool]] = {}
+
+    @property
+    def client_address(self) -> str:
+        return f"{self._address} (on {self.node})"
+
+    @property
+    def writable(self) -> bool:
+        return self.open
+
+    @property
+    def acknowledges(self) -> bool:
+        return self._acknowledges
+
+    def send_message(self, message: Message, bubble: bool) -> bool:
+        if not self.open:
+            return False
+        self._peers.send(self.node, b"deliver", s=self.sid, b=b"1" if bubble else b"0", e=message.queue_entry())
+        return True
+
+    def confirm(self) -> Deferred[bool]:
+        waiter: Deferred[bool] = Deferred()
+        if not self.open:
+            waiter.callback(False)
+            return waiter
+        asked = next(self._asked)
+        self._waiting[asked] = waiter
+        self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"))
+        return waiter
+
+    def confirmed(self, asked: int, received: bool) -> None:
+        waiter = self._waiting.pop(asked, None)
+        if waiter is not None:
+            waiter.callback(received)
+
+    def abandon(self, error: ClientError) -> None:
+        self._peers.send(self.node, b"abandon", s=self.sid, c=str(int(error.code)).encode("ascii"), r=error.reason.encode("utf-8"))
+        self.close()
+
+    def close(self) -> None:
+        """The socket is gone: what waits for its confirmation has its answer."""
+        self.open = False
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.callback(False)
+
+
+class RemoteTicket:
+    """On the owner: an intake entry another node read, for one user; settled back to that node."""
+
+    __slots__ = ("entry_id", "again", "_peers", "_node", "_uid", "_queued", "_done")
+
+    def __init__(self, peers: PeerLink, node: str, entry_id: str, uid: str) -> None:
+        self.entry_id = entry_id
+        self.again = True  # it may be queued already: the queue write checks
+        self._peers, self._node, self._uid = peers, node, uid
+        self._queued = False
+        self._done = False
+
+    def expect(self, uids: Iterable[str]) -> None:
+        if not list(uids):
+            self._settled()
+
+    def settle(self, uid: str) -> None:
+        self._settled()
+
+    def settle_all(self, uids: Iterable[str]) -> None:
+        if list(uids):
+            self._settled()
+
+    def settle_queued(self, uids: Iterable[str]) -> None:
+        self._queued = True
+        self.settle_all(uids)
+
+    def _settled(self) -> None:
+        if not self._done:
+            self._done = True
+            queued = b"1" if self._queued else b"0"
+            self._peers.send(self._node, b"settled", i=self.entry_id.encode("ascii"), u=self._uid.encode("utf-8"), q=queued)
+
+
+class PeerLink:
+    """This node among the others: owners, relays, the inbox (implements core.ports.Peers)."""
+
+    log = make_logger()
+
+    def __init__(self, hub: Hub, commands: RedisCommands, reading: RedisCommands, node_id: str, clock: Any) -> None:
+        self._hub = hub
+        self._clock = clock
+        self._retry: Any = None  # the pause before reading again after a failure
+        self._commands = commands
+        self._reading = reading
+        self.node = node_id
+        self._inbox = inbox_key(node_id)
+        self._nodes: list[str] = []
+        self._sids = itertools.count(1)
+        # holding side: relays by sid, and their sids
+        self._relays: dict[str, Attachment] = {}
+        self._sid_of: dict[Attachment, str] = {}
+        # owner side: the sockets other nodes hold, by (node, sid)
+        self._remote: dict[tuple[str, str], tuple[Attachment, RemoteSink]] = {}
+        # reader side: intake entries given to owners, until they settle
+        self._forwarded: dict[tuple[str, str], Any] = {}
+        self._stopping = False
+        self._running: Deferred[None] | None = None
+        self.sent = 0
+        self.received = 0
+
+    # -- core.ports.Peers ------------------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        return len(self._nodes) > 1
+
+    def owner(self, key: str) -> str | None:
+        found = owner_of(key, self._nodes)
+        return None if found is None or found == self.node else found
+
+    def attach(self, owner: str, attachment: Attachment) -> None:
+        sid = f"{next(self._sids)}"
+        self._relays[sid] = attachment
+        self._sid_of[attachment] = sid
+        sink = attachment.sink
+        self.send(
+            owner, b"attach", s=sid, u=attachment.uid.encode("utf-8"), a=b"1" if sink.acknowledges else b"0",
+            p=sink.client_address.encode("utf-8"),
+        )  # fmt: skip
+
+    def detach(self, attachment: Attachment, received_all: bool) -> None:
+        sid = self._sid_of.pop(attachment, None)
+        if sid is None or attachment.owner is None:
+            return
+        self._relays.pop(sid, None)
+        self.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all else b"0")
+
+    def acknowledged(self, attachment: Attachment, message_id: str) -> None:
+        sid = self._sid_of.get(attachment)
+        if sid is not None and attachment.owner is not None:
+            self.send(attachment.owner, b"ack", s=sid, i=message_id.encode("utf-8"))
+
+    def forward(self, owner: str, message: Message, uid: str) -> None:
+        self._forwarded[(message.id, uid)] = message.ticket
+        self.send(owner, b"intake", e=message.queue_entry(), u=uid.encode("utf-8"))
+
+    # -- the nodes -----------------------------------------------------------------------
+
+    def nodes_changed(self, nodes: list[str]) -> None:
+        """The live nodes changed (a heartbeat said so): users whose owner changed move."""
+        self._nodes = list(nodes)
+        hub = self._hub
+        for user in hub.presence.users():
+            owner = self.owner(user.uid) if self.shared else None
+            if owner is not None:
+                hub.give_away(user.uid, owner)
+        for key, (attachment, sink) in list(self._remote.items()):
+            if not attachment.attached:  # given away: its node attaches it to the new owner
+                del self._remote[key]
+                sink.close()
+            elif key[0] not in self._nodes:  # its node is gone: as if the socket closed unconfirmed
+                del self._remote[key]
+                sink.close()
+                hub.detach(attachment)
+        for sid, attachment in list(self._relays.items()):
+            owner = self.owner(attachment.uid) if self.shared else None
+            if owner == attachment.owner:
+                continue
+            self.detach(attachment, False)
+            if owner is None:
+                hub.take_over(attachment)
+            else:
+                attachment.owner = owner
+                self.attach(owner, attachment)
+
+    # -- the inbox -----------------------------------------------------------------------
+
+    def send(self, node: str, kind: bytes, **fields: bytes | str) -> None:
+        args: list[Any] = ["XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", kind, "n", self.node]
+        for name, value in fields.items():
+            args += (name, value)
+        self.sent += 1
+        d = self._commands.execute_command(*args)
+        d.addErrback(lambda f: self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=f.getErrorMessage()))
+
+    def start(self) -> None:
+        self._stopping = False
+        self._running = ensureDeferred(self._run())
+        self._running.addErrback(lambda f: self.log.failure("Reading this node's inbox stopped", f))
+
+    def stop(self) -> None:
+        self._stopping = True
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
+
+    async def _run(self) -> None:
+        last: Any = None
+        while not self._stopping:
+            try:
+                if last is None:
+                    await self._reading.execute_command("DEL", self._inbox)  # about sockets of a previous run
+                    last = b"0-0"
+                reply = await self._reading.execute_command(
+                    "XREAD", "COUNT", INBOX_BATCH, "BLOCK", INBOX_BLOCK_MS, "STREAMS", self._inbox, last
+                )
+                for _stream, entries in reply or ():
+                    for entry_id, raw in entries:
+                        last = entry_id
+                        self.received += 1
+                        try:
+                            self._handle(dict(zip(raw[::2], raw[1::2])))
+                        except Exception:
+                            self.log.failure("Handling inbox entry {id!r} failed", id=entry_id)
+                if reply:
+                    await self._reading.execute_command("XTRIM", self._inbox, "MINID", last)
+            except Exception as e:
+                if self._stopping:
+                    break
+                self.log.warn("Reading this node's inbox failed ({why}); trying again", why=str(e) or type(e).__name__)
+                paused: Deferred[None] = Deferred()
+                self._retry = self._clock.callLater(1.0, paused.callback, None)
+                await paused
+
+    def _handle(self, fields: dict[bytes, bytes]) -> None:
+        kind = fields.get(b"k")
+        node = _text(fields.get(b"n", b""))
+        sid = _text(fields.get(b"s", b""))
+        if kind == b"deliver":
+            relay = self._relays.get(sid)
+            if relay is not None and relay.attached and relay.sink.writable:
+                message = _message(fields.get(b"e", b""))
+                if message is not None:
+                    relay.sink.send_message(message, fields.get(b"b") == b"1")
+        elif kind == b"confirm":
+            asked = fields.get(b"q", b"0")
+            relay = self._relays.get(sid)
+            if relay is None or not relay.attached:
+                self.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+            else:
+                relay.sink.confirm().addCallback(lambda received: self.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0"))
+        elif kind == b"confirmed":
+            found = self._remote.get((node, sid))
+            if found is not None:
+                found[1].confirmed(int(fields.get(b"q", b"0")), fields.get(b"o") == b"1")
+        elif kind == b"attach":
+            self._attached(node, sid, _text(fields.get(b"u", b"")), fields.get(b"a") == b"1", _text(fields.get(b"p", b"")))
+        elif kind == b"detach":
+            found = self._remote.pop((node, sid), None)
+            if found is not None:
+                found[1].close()
+                self._hub.detach(found[0], received_all=fields.get(b"r") == b"1")
+        elif kind == b"ack":
+            found = self._remote.get((node, sid))
+            if found is not None:
+                self._hub.acknowledged(found[0], _text(fields.get(b"i", b"")))
+        elif kind == b"abandon":
+            relay = self._relays.get(sid)
+            if relay is not None:
+                relay.sink.abandon(ClientError(CloseCode(int(fields.get(b"c", b"4413"))), _text(fields.get(b"r", b""))))
+        elif kind == b"intake":
+            message = _message(fields.get(b"e", b""))
+            uid = _text(fields.get(b"u", b""))
+            if message is not None and uid:
+                message.ticket = RemoteTicket(self, node, message.id, uid)
+                self._hub.router.route_user(message, uid)
+        elif kind == b"settled":
+            ticket = self._forwarded.pop((_text(fields.get(b"i", b"")), _text(fields.get(b"u", b""))), None)
+            if ticket is not None:
+                uid = _text(fields.get(b"u", b""))
+                if fields.get(b"q") == b"1":
+                    ticket.settle_queued([uid])
+                else:
+                    ticket.settle(uid)
+
+    def _attached(self, node: str, sid: str, uid: str, acknowledges: bool, address: str) -> None:
+        sink = RemoteSink(self, node, sid, acknowledges, address)
+        if self.owner(uid) is not None if self.shared else False:
+            # not ours (the nodes changed meanwhile): its node will attach it to the right owner
+            sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, "the daemons sharing the Redis changed; reconnect"))
+            return
+        try:
+            attachment = self._hub.attach_remote(uid, sink, via=node)
+        except ClientError as e:
+            sink.abandon(e)
+            return
+        self._remote[(node, sid)] = (attachment, sink)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _message(entry: bytes) -> Message | None:
+    try:
+        return message_from_entry(entry)[0]
+    except UnreadableEntry:
+        return None

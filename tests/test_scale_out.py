@@ -1,0 +1,224 @@
+"""
+Several daemons on one Redis (docs/scale-out.md, step 2): each user has one
+owner, which decides for every socket of the user wherever it is held. Two and
+three daemons in this process on one real valkey-server, real WebSocket
+clients; every count exact: lost, doubled, reordered, bubbles.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+
+from redmessenger.core.ownership import owner as owner_of
+
+from .conftest import publish, wait_until
+from .wsclient import WebSocketClient, connect_client
+
+NODES = ["node-a", "node-b", "node-c"]
+
+
+async def cluster(daemon_factory: Any, count: int) -> list[Any]:
+    """``count`` daemons on the test's Redis, each seeing all of them."""
+    names = NODES[:count]
+    daemons = [await daemon_factory(node_id=name) for name in names]
+    await wait_until(lambda: all(d.service.peers._nodes == names for d in daemons), 10, "every daemon to see every other")
+    return daemons
+
+
+def owned_by(node: str, names: list[str], prefix: str = "u") -> str:
+    """A uid that ``node`` owns among ``names``."""
+    return next(f"{prefix}{i}" for i in range(1000) if owner_of(f"{prefix}{i}", names) == node)
+
+
+def on(daemons: list[Any], node: str) -> Any:
+    return next(d for d in daemons if d.service.peers.node == node)
+
+
+def sockets_of(daemons: list[Any], uid: str) -> int:
+    """The user's sockets as its owner counts them (its own and those other nodes hold)."""
+    names = [d.service.peers.node for d in daemons]
+    owner = on(daemons, owner_of(uid, names))
+    user = owner.service.presence.get(uid)
+    return len(user.attachments) if user is not None else 0
+
+
+async def tab(daemons: list[Any], holder: Any, uid: str) -> WebSocketClient:
+    """A socket of ``uid`` on ``holder``, once its owner counts it."""
+    before = sockets_of(daemons, uid)
+    client = await connect_client(holder.url)
+    client.send(uid)
+    await wait_until(lambda: sockets_of(daemons, uid) == before + 1, 5, f"{uid} attached at its owner")
+    return client
+
+
+def payloads(client: WebSocketClient) -> list[str]:
+    return [m["payload"] for m in client.received]
+
+
+def bubbles(client: WebSocketClient) -> list[bool]:
+    return [m["bubble"] for m in client.received]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_with_tabs_on_two_daemons_gets_each_message_once_per_tab_and_one_bubble(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    relayed = await tab(daemons, on(daemons, "node-b"), uid)  # the oldest: the bubble, on the node that does not own
+    local = await tab(daemons, on(daemons, "node-a"), uid)
+    for i in range(20):
+        publish(redis, f"rm.users.{uid}", f"m{i}")  # both daemons hear each; the owner alone acts
+    await relayed.receive(20)
+    await local.receive(20)
+    relayed.close()
+    await relayed.close_code()
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "the relayed tab gone at the owner")
+    for i in range(20, 25):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await local.receive(5)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(relayed) == [f"m{i}" for i in range(20)] and bubbles(relayed) == [True] * 20
+    assert payloads(local) == [f"m{i}" for i in range(25)]
+    assert bubbles(local) == [False] * 20 + [True] * 5, "the bubble moved to the remaining tab"
+    assert redis.llen(f"rm:users:{uid}:messages") == 0, "nothing queued: the user was online throughout"
+    local.close()
+    await local.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_offline_everywhere_gets_each_message_queued_once_with_three_daemons(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 3)
+    uids = [owned_by(node, NODES, prefix=f"off-{node}-") for node in NODES]
+    redis.sadd("rm:channels:team:subscribers", *uids)
+    for i in range(30):
+        for uid in uids:
+            publish(redis, f"rm.users.{uid}", f"direct {i}")
+        publish(redis, "rm.channels.team", f"team {i}")
+    expected = [m for i in range(30) for m in (f"direct {i}", f"team {i}")]
+
+    def queued(uid: str) -> list[str]:
+        return [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{uid}:messages", 0, -1)]
+
+    await wait_until(lambda: all(len(queued(uid)) >= 60 for uid in uids), 10, "the queues written")
+    for daemon in daemons:
+        await daemon.idle()
+    for uid in uids:
+        assert queued(uid) == expected, uid  # once each, in order, whichever daemon owns the user
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queue_goes_to_a_socket_held_by_another_daemon_then_live_messages_follow(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    for i in range(30):
+        publish(redis, f"rm.users.{uid}", f"queued {i}")
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 30, 5, "the queue")
+    client = await tab(daemons, on(daemons, "node-b"), uid)
+    for i in range(10):  # while the owner hands the queue over through node-b: held, then after it
+        publish(redis, f"rm.users.{uid}", f"live {i}")
+    await client.receive(40)
+    for daemon in daemons:
+        await daemon.idle()
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 0, 5, "the queue trimmed once confirmed")
+    assert payloads(client) == [f"queued {i}" for i in range(30)] + [f"live {i}" for i in range(10)]
+    assert bubbles(client) == [True] * 40
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_durable_message_read_by_any_daemon_reaches_the_socket_once(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 2)
+    uids = [owned_by("node-a", NODES[:2]), owned_by("node-b", NODES[:2])]
+    clients = [await tab(daemons, on(daemons, "node-b"), uids[0]), await tab(daemons, on(daemons, "node-a"), uids[1])]
+    for i in range(40):
+        for uid in uids:
+            redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"durable {i}"})
+    for client in clients:
+        await client.receive(40)
+    await wait_until(lambda: redis.xlen("rm:intake") == 0, 10, "every entry acknowledged (the owner said it was safe)")
+    for daemon in daemons:
+        await daemon.idle()
+    for client in clients:
+        assert payloads(client) == [f"durable {i}" for i in range(40)], (client is clients[0], payloads(client))
+        client.close()
+        await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow(daemon_factory, redis):
+    first = await daemon_factory(node_id="node-a")
+    await wait_until(lambda: first.service.peers._nodes == ["node-a"], 5, "node-a alone")
+    uid = owned_by("node-b", NODES[:2])  # owned by node-a while it is alone, by node-b once it joins
+    client = await connect_client(first.url)
+    client.send(uid)
+    await wait_until(lambda: first.service.presence.get(uid) is not None, 5, "online on node-a")
+    for i in range(10):
+        publish(redis, f"rm.users.{uid}", f"before {i}")
+    await client.receive(10)
+    second = await daemon_factory(node_id="node-b")
+    daemons = [first, second]
+    await wait_until(lambda: all(d.service.peers._nodes == NODES[:2] for d in daemons), 10, "both see both")
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 10, "the socket attached at its new owner")
+    assert first.service.presence.get(uid) is None, "node-a holds it as a relay now"
+    for i in range(10):
+        publish(redis, f"rm.users.{uid}", f"after {i}")
+    await client.receive(10)
+    for daemon in daemons:
+        await daemon.idle()
+    got = payloads(client)
+    assert got == [f"before {i}" for i in range(10)] + [f"after {i}" for i in range(10)], got
+    assert bubbles(client) == [True] * 20
+    assert redis.llen(f"rm:users:{uid}:messages") == 0
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_client_held_by_another_daemon_acknowledges_through_it(daemon_factory, redis):
+    from .channelclient import hello
+    from .channelclient import Session
+
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    owner, holder = on(daemons, "node-a"), on(daemons, "node-b")
+    client = await connect_client(holder.url)
+    client.send(hello(uid))
+    assert await client.next() == {"type": "welcome", "v": 1, "uid": uid}
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "attached at its owner")
+    v1 = Session(client)
+    for i in range(20):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    got = await v1.receive(20)  # each acknowledged as it comes
+    assert [m["payload"] for m in got] == [f"m{i}" for i in range(20)] and len({m["id"] for m in got}) == 20
+    (attachment,) = owner.service.presence.get(uid).attachments
+    await wait_until(lambda: not attachment.unconfirmed, 5, "the acks reached the owner")
+    client.drop()  # gone without a close: what it acknowledged is not sent again
+    await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
+    for daemon in daemons:
+        await daemon.idle()
+    assert redis.llen(f"rm:users:{uid}:messages") == 0, "everything was acknowledged: nothing back in the queue"
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_socket_held_elsewhere_did_not_confirm_is_queued_by_the_owner_when_it_drops(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    first = await tab(daemons, on(daemons, "node-b"), uid)
+    first.drop_after(5)  # vanishes mid-delivery, having confirmed nothing
+    for i in range(10):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
+    for daemon in daemons:
+        await daemon.idle()
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 10, 5, "requeued by the owner, once each")
+    again = await tab(daemons, on(daemons, "node-a"), uid)
+    await again.receive(10)
+    read = payloads(first)  # at least five (frames of the same read arrive together)
+    assert len(read) >= 5 and read == [f"m{i}" for i in range(len(read))]
+    assert payloads(again) == [f"m{i}" for i in range(10)], "none lost, in order (what it read again: unconfirmed)"
+    again.close()
+    await again.close_code()

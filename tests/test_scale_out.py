@@ -222,3 +222,34 @@ async def test_what_a_socket_held_elsewhere_did_not_confirm_is_queued_by_the_own
     assert payloads(again) == [f"m{i}" for i in range(10)], "none lost, in order (what it read again: unconfirmed)"
     again.close()
     await again.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_daemons_listening_on_one_port_share_its_connections_and_each_user_gets_its_messages_once(
+    daemon_factory, redis
+):
+    from .conftest import HOST, free_port
+
+    port = free_port()
+    listen = f"reuseport:{port}:interface={HOST}"  # what ws_reuse_port: true gives ws_port
+    daemons = [await daemon_factory(node_id=name, listen=listen) for name in NODES[:2]]
+    await wait_until(lambda: all(d.service.peers._nodes == NODES[:2] for d in daemons), 10, "both see both")
+    url = f"ws://{HOST}:{port}{daemons[0].service.config.rm_route}"
+    clients = []
+    for i in range(40):
+        client = await connect_client(url)
+        client.send(f"shared{i}")
+        clients.append(client)
+    await wait_until(lambda: sum(sockets_of(daemons, f"shared{i}") for i in range(40)) == 40, 10, "all attached")
+    held = [len(d.service.websockets.sockets) for d in daemons]
+    assert sum(held) == 40 and min(held) > 0, f"the kernel spread the connections: {held}"
+    for i in range(40):
+        publish(redis, f"rm.users.shared{i}", f"for shared{i}")
+    for i, client in enumerate(clients):
+        assert [m["payload"] for m in await client.receive(1)] == [f"for shared{i}"]
+    for daemon in daemons:
+        await daemon.idle()
+    assert all(len(client.received) == 1 for client in clients), "once each"
+    for client in clients:
+        client.close()
+        await client.close_code()

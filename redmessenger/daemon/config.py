@@ -40,6 +40,9 @@ class Config:
     # -- listening -------------------------------------------------------------
     #: The address ``ws_port`` listens on (``""``: every interface, as the Node.js program did).
     ws_interface: str = ""
+    #: Listen on ``ws_port`` with SO_REUSEPORT: several daemons on one host share the port, the kernel
+    #: spreading connections among them (each needs its own ``node_id``; docs/operations.md, *Every core*).
+    ws_reuse_port: bool = False
     #: A Twisted server endpoint string (``tcp:8080:interface=127.0.0.1``,
     #: ``ssl:8443:privateKey=key.pem:certKey=cert.pem``); overrides ``ws_port`` and ``ws_interface``.
     listen: str | None = None
@@ -94,8 +97,10 @@ class Config:
 
     #: Read the durable intake stream (rm:intake) as well as pub/sub (docs/protocol.md, *The durable intake*).
     intake: bool = True
-    #: This daemon's name in the intake's consumer group; the same across restarts, so that it reads
-    #: again what it had not finished.  Default: the host name and ws_port.
+    #: This daemon's name in the intake's consumer group and among the daemons sharing the Redis
+    #: (rm:nodes); the same across restarts, so that it reads again what it had not finished.  Also from
+    #: the environment: ``REDMESSENGER_NODE_ID`` (the systemd template unit sets it).  Default: the host
+    #: name and ws_port.
     node_id: str | None = None
 
     # -- channels clients ask for (SPEC §7, docs/protocol.md *Channels*) ----------------
@@ -139,7 +144,8 @@ class Config:
             return self.listen
         # endpoint strings escape the colons of an IPv6 address
         interface = ":interface=" + self.ws_interface.replace(":", "\\:") if self.ws_interface else ""
-        return f"tcp:{self.ws_port}:backlog=1024{interface}"
+        kind = "reuseport" if self.ws_reuse_port else "tcp"
+        return f"{kind}:{self.ws_port}:backlog=1024{interface}"
 
     @property
     def listen_label(self) -> str:
@@ -325,6 +331,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "redis_port": _integer(1, 65535),
     "ws_port": _integer(0, 65535),
     "ws_interface": _interface,
+    "ws_reuse_port": _boolean,
     "secure_mode": _boolean,
     "rm_route": _route,
     "queue_expiry": _integer(1),
@@ -396,7 +403,11 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
         if check is None:
             raise ConfigError(_unknown_key(key))
         values[key] = check(key, value)
-    for key, variable in (("public_key", "REDMESSENGER_PKEY"), ("secret_key", "REDMESSENGER_SKEY")):
+    for key, variable in (
+        ("public_key", "REDMESSENGER_PKEY"),
+        ("secret_key", "REDMESSENGER_SKEY"),
+        ("node_id", "REDMESSENGER_NODE_ID"),
+    ):
         if key not in values and os.environ.get(variable):
             values[key] = os.environ[variable]
     config = Config(source=source, **values)

@@ -153,3 +153,20 @@ def test_sentinels_are_read_as_addresses_and_their_password_is_kept_out_of_the_r
     assert settings.sentinel is not None and settings.sentinel.master_name == "main" and settings.sentinel.password == "s3cret"
     assert settings.describe() == "master 'main' of the sentinels 10.0.0.5:26379,::1:26380"
     assert redis_settings(parse_config({})).sentinel is None
+
+
+def test_ws_reuse_port_listens_with_so_reuseport_and_the_node_id_can_come_from_the_environment(monkeypatch) -> None:
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    from redmessenger.transport.reuseport import ReusePortEndpoint
+
+    config = parse_config({"ws_reuse_port": True, "ws_port": 8090, "ws_interface": "127.0.0.1"})
+    assert config.listen_endpoint == "reuseport:8090:backlog=1024:interface=127.0.0.1"
+    assert isinstance(serverFromString(MemoryReactor(), config.listen_endpoint), ReusePortEndpoint)
+    assert not config.open_to_anyone, "the exposure check reads the reuseport endpoint's interface too"
+    assert parse_config({"ws_reuse_port": True}).open_to_anyone
+    assert parse_config({}).listen_endpoint.startswith("tcp:8080:")
+    monkeypatch.setenv("REDMESSENGER_NODE_ID", "web1-3")
+    assert parse_config({}).consumer_name == "web1-3"
+    assert parse_config({"node_id": "from-the-file"}).consumer_name == "from-the-file", "the file wins"

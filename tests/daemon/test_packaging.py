@@ -85,6 +85,15 @@ def test_twistd_lists_the_plugin(installed: Path, tmp_path: Path) -> None:
     assert "--config" in plugin_help.stdout
 
 
+def test_the_installed_package_brings_the_reuseport_endpoint(installed: Path, tmp_path: Path) -> None:
+    code = (
+        "from twisted.internet.endpoints import serverFromString; from twisted.internet import reactor; "
+        "print(type(serverFromString(reactor, 'reuseport:8080:interface=127.0.0.1')).__name__)"
+    )
+    result = subprocess.run([str(installed / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ReusePortEndpoint", result.stderr
+
+
 def test_a_bad_configuration_stops_twistd_with_the_key_named(installed: Path, tmp_path: Path) -> None:
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({"redis_port": "six", "ws_port": 8080}))

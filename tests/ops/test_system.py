@@ -210,3 +210,29 @@ def test_the_garbage_collector_is_tuned_and_the_startup_heap_frozen_once_running
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
+
+
+TEMPLATE = ROOT / "systemd" / "redmessenger@.service"
+
+
+@needs_systemd_analyze
+def test_the_template_unit_verifies_as_an_instance_without_a_warning(tmp_path: Path) -> None:
+    instance = tmp_path / "redmessenger@1.service"
+    instance.write_text(TEMPLATE.read_text().replace("/opt/redmessenger", sys.prefix))
+    result = verify(instance)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_template_unit_is_the_unit_with_a_node_id_per_instance() -> None:
+    def settings(path: Path) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for line in path.read_text().splitlines():
+            if line and not line.startswith(("#", "[")):
+                key, _, value = line.partition("=")
+                found.setdefault(key, []).append(value)
+        return found
+
+    single, template = settings(UNIT), settings(TEMPLATE)
+    differing = {key for key in set(single) | set(template) if single.get(key) != template.get(key)}
+    assert differing == {"Description", "SyslogIdentifier", "Environment"}, differing
+    assert template["Environment"] == ["REDMESSENGER_NODE_ID=%H-%i"] and template["SyslogIdentifier"] == ["redmessenger-%i"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from redmessenger.core.ownership import owner as owner_of
@@ -253,3 +254,48 @@ async def test_two_daemons_listening_on_one_port_share_its_connections_and_each_
     for client in clients:
         client.close()
         await client.close_code()
+
+
+@pytest.mark.parametrize("local", ["node-a", "alpha"])  # the intake read by the node killed, or by the one left
+@pytest_twisted.ensureDeferred
+async def test_an_owner_killed_with_kill_9_hands_its_users_on_within_the_heartbeat_and_loses_no_durable_message(
+    daemon_factory, redis, redis_server, tmp_path, local
+):
+    """
+    node-b (a real twistd) owns the user; the user's tab is on node-a. node-b is killed with SIGKILL: once its
+    heartbeat entry expires (10 s) node-a owns the user, the tab carries the bubble there, and every message of
+    the durable intake published meanwhile reaches it once, in order. (A bare PUBLISH to a dead owner is lost, as
+    with one daemon: pub/sub keeps nothing.)
+    """
+    from .twistdprocess import Twistd
+
+    names = sorted([local, "node-b"])
+    assert (owner_of("rm:intake", names) == local) == (local == "alpha")
+    a = await daemon_factory(node_id=local)
+    b = Twistd(tmp_path, redis_server.port, node_id="node-b", ping_interval=0)
+    b.start()
+    try:
+        await b.healthy()
+        await wait_until(lambda: a.service.peers._nodes == names, 10, "the in-process node to see node-b")
+        uid = owned_by("node-b", names)
+        client = await connect_client(a.url)
+        client.send(uid)
+        await wait_until(lambda: a.service.peers._relays, 5, "the tab relayed to node-b")
+        publish(redis, f"rm.users.{uid}", "through node-b")
+        assert [m["payload"] for m in await client.receive(1)] == ["through node-b"]  # node-b delivered it
+        b.signal("KILL")
+        await b.ended(10)
+        for i in range(10):
+            redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"durable {i}"})
+        await wait_until(lambda: a.service.peers._nodes == [local], 15, "node-b's heartbeat to expire")
+        await wait_until(lambda: a.service.presence.get(uid) is not None, 5, "the tab local to node-a, its new owner")
+        got = [m["payload"] for m in await client.receive(10, timeout=70)]  # a dead reader's entries: claim_idle, 60 s
+        await wait_until(lambda: redis.xlen("rm:intake") == 0, 10, "the intake acknowledged")
+        await a.idle()
+        assert got == [f"durable {i}" for i in range(10)], got  # none lost, none doubled, in order
+        assert [m["bubble"] for m in client.received] == [True] * 11
+        assert len(client.received) == 11
+        client.close()
+        await client.close_code()
+    finally:
+        await b.stop()

@@ -140,6 +140,30 @@ class RemoteTicket:
             self._peers.send(self._node, b"settled", i=self.entry_id.encode("ascii"), u=self._uid.encode("utf-8"), q=queued)
 
 
+class OneRecipient:
+    """An intake entry's ticket as seen by one of its recipients, routed again (its owner left before settling)."""
+
+    __slots__ = ("entry_id", "again", "_ticket", "_uid")
+
+    def __init__(self, ticket: Any, uid: str) -> None:
+        self.entry_id = ticket.entry_id
+        self.again = True
+        self._ticket, self._uid = ticket, uid
+
+    def expect(self, uids: Iterable[str]) -> None:
+        if not list(uids):
+            self._ticket.settle(self._uid)
+
+    def settle(self, uid: str) -> None:
+        self._ticket.settle(uid)
+
+    def settle_all(self, uids: Iterable[str]) -> None:
+        self._ticket.settle_all(uids)
+
+    def settle_queued(self, uids: Iterable[str]) -> None:
+        self._ticket.settle_queued(uids)
+
+
 class PeerLink:
     """This node among the others: owners, relays, the inbox (implements core.ports.Peers)."""
 
@@ -160,8 +184,8 @@ class PeerLink:
         self._sid_of: dict[Attachment, str] = {}
         # owner side: the sockets other nodes hold, by (node, sid)
         self._remote: dict[tuple[str, str], tuple[Attachment, RemoteSink]] = {}
-        # reader side: intake entries given to owners, until they settle
-        self._forwarded: dict[tuple[str, str], Any] = {}
+        # reader side: intake entries given to owners (and to which), until they settle
+        self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
         self._stopping = False
         self._running: Deferred[None] | None = None
         self.sent = 0
@@ -200,7 +224,7 @@ class PeerLink:
             self.send(attachment.owner, b"ack", s=sid, i=message_id.encode("utf-8"))
 
     def forward(self, owner: str, message: Message, uid: str) -> None:
-        self._forwarded[(message.id, uid)] = message.ticket
+        self._forwarded[(message.id, uid)] = (message, owner)
         self.send(owner, b"intake", e=message.queue_entry(), u=uid.encode("utf-8"))
 
     # -- the nodes -----------------------------------------------------------------------
@@ -221,6 +245,12 @@ class PeerLink:
                 del self._remote[key]
                 sink.close()
                 hub.detach(attachment)
+        for (entry, uid), (message, owner) in list(self._forwarded.items()):
+            if owner not in self._nodes:  # it left before it settled: route the entry for that user again
+                del self._forwarded[(entry, uid)]
+                again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
+                again.ticket = OneRecipient(message.ticket, uid)
+                hub.router.route_user(again, uid)
         for sid, attachment in list(self._relays.items()):
             owner = self.owner(attachment.uid) if self.shared else None
             if owner == attachment.owner:
@@ -324,7 +354,8 @@ class PeerLink:
                 message.ticket = RemoteTicket(self, node, message.id, uid)
                 self._hub.router.route_user(message, uid)
         elif kind == b"settled":
-            ticket = self._forwarded.pop((_text(fields.get(b"i", b"")), _text(fields.get(b"u", b""))), None)
+            forwarded = self._forwarded.pop((_text(fields.get(b"i", b"")), _text(fields.get(b"u", b""))), None)
+            ticket = forwarded[0].ticket if forwarded is not None else None
             if ticket is not None:
                 uid = _text(fields.get(b"u", b""))
                 if fields.get(b"q") == b"1":

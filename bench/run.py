@@ -340,8 +340,11 @@ class Stack:
         worker_dialects: list[str] | None = None,
         ceiling: bool = True,
         config: dict[str, Any] | None = None,
+        daemons: int = 1,
     ) -> None:
         self.workdir = workdir
+        #: daemon processes sharing the port (SO_REUSEPORT) and the Redis (docs/scale-out.md); 1: one as always
+        self.n_daemons = daemons
         self.dialect = dialect
         #: the client driver of bench/client.js (None: the dialect's default); set to the one running once started
         self.client = client
@@ -359,6 +362,8 @@ class Stack:
         self.n_workers = len(self.worker_dialects)
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        #: every daemon process (``daemon`` is the first)
+        self.daemons: list[subprocess.Popen[bytes]] = []
         self.ceiling: Child | None = None
         self.workers: list[Child] = []
         self.redis: Redis | None = None
@@ -392,7 +397,7 @@ class Stack:
         config = {
             "redis_host": HOST,
             "redis_port": self.redis_port,
-            "listen": f"tcp:{self.port}:interface={HOST}:backlog=1024",
+            "listen": f"{'reuseport' if self.n_daemons > 1 else 'tcp'}:{self.port}:interface={HOST}:backlog=1024",
             "log_level": "warn",
             "conn_limit": 2 * IDLE,
             **self.extra_config,
@@ -417,18 +422,23 @@ class Stack:
 
     def _start_daemon(self) -> None:
         assert self._config_path is not None
-        with (self.workdir / "daemon.log").open("ab") as log:
-            self.daemon = subprocess.Popen(
-                [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(self._config_path)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-            )
+        self.daemons = []
+        for k in range(self.n_daemons):
+            env = dict(os.environ, REDMESSENGER_NODE_ID=f"bench-{k}")
+            with (self.workdir / f"daemon{k or ''}.log").open("ab") as log:
+                self.daemons.append(subprocess.Popen(
+                    [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(self._config_path)],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+                ))  # fmt: skip
+        self.daemon = self.daemons[0]
         self._wait_daemon()
 
     def restart_daemon(self) -> float:
         """Stop the daemon (SIGTERM: it closes every socket) and start it again, same config; seconds it took."""
         assert self.daemon is not None
         t = time.monotonic()
-        stop_process(self.daemon)
+        for daemon in self.daemons:
+            stop_process(daemon)
         self._start_daemon()
         return time.monotonic() - t
 
@@ -447,15 +457,22 @@ class Stack:
     def _wait_daemon(self) -> None:
         """Until the daemon listens and is subscribed (a probe PUBLISH reaches it and the ceiling client)."""
         assert self.redis is not None and self.daemon is not None
-        subscribers = 2 if self.with_ceiling else 1
+        subscribers = self.n_daemons + (1 if self.with_ceiling else 0)
         deadline = time.monotonic() + 20
         while True:
-            if self.daemon.poll() is not None:
-                raise BenchError(f"the daemon exited; see {self.workdir / 'daemon.log'}")
+            if any(daemon.poll() is not None for daemon in self.daemons):
+                raise BenchError(f"a daemon exited; see {self.workdir / 'daemon.log'}")
             try:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     pass
                 if self.redis.call("PUBLISH", f"rm.channels.{GROUP}-probe", "probe") >= subscribers:
+                    if self.n_daemons > 1:
+                        # every daemon listed, and a heartbeat more (1 s) for each to have seen the others
+                        while int(self.redis.call("ZCARD", "rm:nodes")) < self.n_daemons:
+                            if time.monotonic() > deadline:
+                                raise BenchError("the daemons did not all list themselves in rm:nodes")
+                            time.sleep(0.05)
+                        time.sleep(2.5)
                     return
             except OSError:
                 pass
@@ -469,8 +486,8 @@ class Stack:
         self.stop_app()
         if self.ceiling is not None:
             self.ceiling.stop()
-        if self.daemon is not None:
-            stop_process(self.daemon)
+        for daemon in self.daemons:
+            stop_process(daemon)
         if self.redis is not None:
             self.redis.close()
         if self.redis_proc is not None:
@@ -604,7 +621,7 @@ class Stack:
         assert self.daemon is not None and self.redis_proc is not None
         return Usage(
             time.time(),
-            cpu_seconds(self.daemon.pid),
+            sum(cpu_seconds(daemon.pid) for daemon in self.daemons),
             cpu_seconds(self.redis_proc.pid),
             sum(cpu_seconds(w.pid) for w in self.workers),
             cpu_seconds(self.ceiling.pid) if self.ceiling is not None else 0.0,
@@ -715,8 +732,9 @@ class Result:
 
     def check_published(self, pub: dict[str, Any], count: int) -> None:
         self.check(pub["sent"] == count, f"publisher sent {pub['sent']} of {count}")
-        # the daemon and the ceiling client: both subscribed for every message
-        self.check(pub["receivers_min"] == 2, f"a PUBLISH reached {pub['receivers_min']} subscribers, not 2")
+        # the daemons and the ceiling client: all subscribed for every message
+        wanted = self.numbers.get("daemons", 1) + 1
+        self.check(pub["receivers_min"] == wanted, f"a PUBLISH reached {pub['receivers_min']} subscribers, not {wanted}")
 
     def check_ceiling(self, ceiling: dict[str, Any], count: int) -> None:
         self.check(ceiling["count"] == count, f"ceiling client received {ceiling['count']} of {count}")
@@ -1275,6 +1293,7 @@ def run_dialect(
     quiet: tuple[float, float] = (25.0, 60.0),
     socketio_client: str | None = None,
     v1_ack: str | None = None,
+    daemons: int = 1,
 ) -> bool:
     """
     One run of the cases that need the 1,000 users (and c, the channel cases sub and pub, and i
@@ -1291,7 +1310,7 @@ def run_dialect(
         path.mkdir()
         client = socketio_client if dialect == "socketio" else None
         config = CHANNEL_CONFIG if any(c in CHANNEL_CASES for c in main_cases) else None
-        with Stack(path, dialect, workers, client, ack=ack, config=config) as stack:
+        with Stack(path, dialect, workers, client, ack=ack, config=config, daemons=daemons) as stack:
             if dialect == "socketio" and not stack.serves_socketio():
                 return False
             uids = [f"u{i}" for i in range(USERS)]
@@ -1301,6 +1320,8 @@ def run_dialect(
             done: dict[str, Result] = {}
             for case in main_cases:
                 result = Result(case, dialect, run, stack.client, background_pct=background)
+                if daemons > 1:
+                    result.numbers["daemons"] = daemons
                 if stack.ack is not None:
                     result.numbers["ack"] = stack.ack
                 try:
@@ -1533,6 +1554,11 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=1, help="load-generating Node processes (d uses at least 4)")
     parser.add_argument(
+        "--daemons", type=int, default=1,
+        help="daemon processes on one port (SO_REUSEPORT) and one Redis, sharing the users (docs/scale-out.md); "
+        "CPU is their sum. d and resub run one daemon whatever this says",
+    )
+    parser.add_argument(
         "--socketio-client", choices=SOCKETIO_CLIENTS, default=SOCKETIO_CLIENTS[0],
         help="the Socket.IO load generator: lean (default; Engine.IO 4 / Socket.IO 5 spoken on Node's ws, "
         "WebSocket transport) or socket.io-client (version 4, about a third more CPU per envelope); "
@@ -1591,7 +1617,7 @@ def main() -> int:
                         continue
                     if not run_dialect(
                         dialect, run, cases, workdir, args.workers, emit, args.profile, (args.quiet_below, args.quiet_wait),
-                        args.socketio_client, args.v1_ack,
+                        args.socketio_client, args.v1_ack, args.daemons,
                     ):
                         print(f"# {dialect}: the daemon does not serve it (yet): rows pending", file=sys.stderr)
                         pending.append(dialect)

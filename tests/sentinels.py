@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import valkey
 
 from .conftest import HOST, RedisServer, free_port
@@ -104,3 +106,22 @@ class SentinelGroup:
         self._sentinels = []
         self.replica.stop()
         self.master.stop()
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A started SentinelGroup, stopped after the test (import it into a test module to use it)."""
+    sentinels = SentinelGroup(tmp_path)
+    sentinels.start()
+    yield sentinels
+    sentinels.stop()
+
+
+def counted(got: list[str], accepted: list[str], attempted: list[str]) -> tuple[list[str], list[str], list[str], bool]:
+    """What an exact count needs: (lost, doubled, unknown, in order), printed for the run's log."""
+    lost = [p for p in accepted if p not in got]
+    doubled = sorted({p for p in got if got.count(p) > 1})
+    unknown = [p for p in got if p not in attempted]
+    in_order = [p for p in got if p in accepted] == accepted
+    print(f"accepted {len(accepted)} of {len(attempted)} attempts; delivered {len(got)}: lost {len(lost)}, doubled {len(doubled)}")
+    return lost, doubled, unknown, in_order

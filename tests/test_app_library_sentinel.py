@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -20,7 +18,7 @@ from redmessenger_app.protocol import Settings, parse_sentinel_url
 from twisted.internet.threads import deferToThread
 
 from .conftest import wait_until
-from .sentinels import MASTER_NAME, SentinelGroup
+from .sentinels import MASTER_NAME, group  # noqa: F401 (group: a fixture)
 
 
 def test_a_sentinel_url_names_the_sentinels_the_master_and_how_to_reach_it() -> None:
@@ -40,14 +38,6 @@ def test_a_sentinel_url_names_the_sentinels_the_master_and_how_to_reach_it() -> 
 def test_a_malformed_sentinel_url_is_an_error(url: str) -> None:
     with pytest.raises(ValueError):
         parse_sentinel_url(url)
-
-
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    sentinels = SentinelGroup(tmp_path)
-    sentinels.start()
-    yield sentinels
-    sentinels.stop()
 
 
 def _publish(rm: blocking.RedMessenger, uid: str, messages: list[str]) -> int:

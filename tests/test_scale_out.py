@@ -180,8 +180,7 @@ async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow
 
 @pytest_twisted.ensureDeferred
 async def test_a_version_1_client_held_by_another_daemon_acknowledges_through_it(daemon_factory, redis):
-    from .channelclient import hello
-    from .channelclient import Session
+    from .channelclient import Session, hello
 
     daemons = await cluster(daemon_factory, 2)
     uid = owned_by("node-a", NODES[:2])

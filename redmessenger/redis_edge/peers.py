@@ -14,9 +14,12 @@ the durable intake for a user owned elsewhere go to the owner the same way
 (``intake``), and the reader acknowledges the entry once the owner says the
 user's copy is safe (``settled``).
 
-An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone; each
-entry is a flat map whose ``k`` says what it is and whose ``n`` names the node
-that wrote it.  A node empties its inbox when it starts: what was there was
+An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone.  What a
+node has for another in one reactor turn goes in one entry (``k`` ``batch``,
+``n`` the writing node, ``d`` a JSON object: ``m`` the messages, each once, and
+``x`` the items, ``[kind, fields]``, a delivery naming its message by index):
+a group message for 500 sockets another node holds is one ``XADD`` carrying it
+once, and the holding node reads it once for all of them.  A node empties its inbox when it starts: what was there was
 about sockets of its previous run.  When the nodes change, users move: the old
 owner queues what it held unconfirmed and turns the sockets it holds into relays
 of the new owner; relays follow their user to its new owner, or become local.
@@ -27,6 +30,7 @@ txredisapi is not imported here; the connections are the link's.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -76,7 +80,7 @@ class RemoteSink:
     def send_message(self, message: Message, bubble: bool) -> bool:
         if not self.open:
             return False
-        self._peers.send(self.node, b"deliver", s=self.sid, b=b"1" if bubble else b"0", e=message.queue_entry())
+        self._peers.deliver(self.node, self.sid, message, bubble)
         return True
 
     def confirm(self) -> Deferred[bool]:
@@ -188,6 +192,9 @@ class PeerLink:
         self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
         self._stopping = False
         self._running: Deferred[None] | None = None
+        #: What goes to each node at the end of this turn: its items, and its messages' places in the batch.
+        self._outbox: dict[str, tuple[list[Any], list[str], dict[str, int]]] = {}
+        self._flush_call: Any = None
         self.sent = 0
         self.received = 0
 
@@ -264,13 +271,41 @@ class PeerLink:
 
     # -- the inbox -----------------------------------------------------------------------
 
+    def _batch(self, node: str) -> tuple[list[Any], list[str], dict[str, int]]:
+        batch = self._outbox.get(node)
+        if batch is None:
+            batch = self._outbox[node] = ([], [], {})
+            if self._flush_call is None:
+                self._flush_call = self._clock.callLater(0, self.flush)
+        return batch
+
     def send(self, node: str, kind: bytes, **fields: bytes | str) -> None:
-        args: list[Any] = ["XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", kind, "n", self.node]
-        for name, value in fields.items():
-            args += (name, value)
-        self.sent += 1
-        d = self._commands.execute_command(*args)
-        d.addErrback(lambda f: self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=f.getErrorMessage()))
+        """An item for ``node``'s inbox, written with the others of this turn."""
+        items, _, _ = self._batch(node)
+        items.append([kind.decode("ascii"), {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in fields.items()}])
+
+    def deliver(self, node: str, sid: str, message: Message, bubble: bool) -> None:
+        """A message for a socket ``node`` holds: the message goes once per batch, whatever the sockets."""
+        items, messages, places = self._batch(node)
+        place = places.get(message.id)  # ids are unique per message (a group's copies share one)
+        if place is None:
+            place = places[message.id] = len(messages)
+            messages.append(message.queue_entry().decode("utf-8"))
+        items.append(["deliver", {"s": sid, "b": "1" if bubble else "0", "e": place}])
+
+    def flush(self) -> None:
+        self._flush_call = None
+        outbox, self._outbox = self._outbox, {}
+        for node, (items, messages, _) in outbox.items():
+            data = json.dumps({"m": messages, "x": items}, ensure_ascii=False, separators=(",", ":"))
+            self.sent += 1
+            d = self._commands.execute_command(
+                "XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", "batch", "n", self.node, "d", data
+            )
+            d.addErrback(self._not_written, node)
+
+    def _not_written(self, failure: Any, node: str) -> None:
+        self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=failure.getErrorMessage())
 
     def start(self) -> None:
         self._stopping = False
@@ -279,6 +314,9 @@ class PeerLink:
 
     def stop(self) -> None:
         self._stopping = True
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self.flush()
         retry, self._retry = self._retry, None
         if retry is not None and retry.active():
             retry.cancel()
@@ -298,7 +336,7 @@ class PeerLink:
                         last = entry_id
                         self.received += 1
                         try:
-                            self._handle(dict(zip(raw[::2], raw[1::2])))
+                            self._unpack(dict(zip(raw[::2], raw[1::2])))
                         except Exception:
                             self.log.failure("Handling inbox entry {id!r} failed", id=entry_id)
                 if reply:
@@ -311,17 +349,34 @@ class PeerLink:
                 self._retry = self._clock.callLater(1.0, paused.callback, None)
                 await paused
 
+    def _unpack(self, entry: dict[bytes, bytes]) -> None:
+        """One inbox entry: a batch of items from one node, each handled in order."""
+        if entry.get(b"k") != b"batch":
+            return
+        node = _text(entry.get(b"n", b""))
+        data = json.loads(entry.get(b"d", b"{}"))
+        texts: list[str] = data.get("m", [])
+        parsed: dict[int, Message | None] = {}
+        relays = self._relays
+        for kind, values in data.get("x", []):
+            if kind == "deliver":  # the many: handled here, without the general path's conversions
+                place = int(values.get("e", -1))
+                if place not in parsed:
+                    parsed[place] = _message(texts[place].encode("utf-8")) if 0 <= place < len(texts) else None
+                message = parsed[place]  # parsed once, its frames built once, for every socket it goes to
+                relay = relays.get(str(values.get("s")))
+                if relay is not None and message is not None and relay.attached and relay.sink.writable:
+                    relay.sink.send_message(message, values.get("b") == "1")
+                continue
+            fields = {b"k": kind.encode("ascii"), b"n": node.encode("utf-8")}
+            fields.update((name.encode("ascii"), str(value).encode("utf-8")) for name, value in values.items())
+            self._handle(fields)
+
     def _handle(self, fields: dict[bytes, bytes]) -> None:
         kind = fields.get(b"k")
         node = _text(fields.get(b"n", b""))
         sid = _text(fields.get(b"s", b""))
-        if kind == b"deliver":
-            relay = self._relays.get(sid)
-            if relay is not None and relay.attached and relay.sink.writable:
-                message = _message(fields.get(b"e", b""))
-                if message is not None:
-                    relay.sink.send_message(message, fields.get(b"b") == b"1")
-        elif kind == b"confirm":
+        if kind == b"confirm":
             asked = fields.get(b"q", b"0")
             relay = self._relays.get(sid)
             if relay is None or not relay.attached:

@@ -6,11 +6,8 @@ follows a failover, announced or not; what was queued survives it, counted exact
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -18,15 +15,7 @@ from redmessenger.redis_edge.sentinel import parse_switch
 
 from ..conftest import HOST, wait_until
 from ..httpclient import http_get
-from ..sentinels import MASTER_NAME, SentinelGroup
-
-
-@pytest.fixture
-def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    sentinels = SentinelGroup(tmp_path)
-    sentinels.start()
-    yield sentinels
-    sentinels.stop()
+from ..sentinels import MASTER_NAME, SentinelGroup, counted, group  # noqa: F401 (group: a fixture)
 
 
 def test_a_switch_master_announcement_is_read_for_our_master_only() -> None:
@@ -176,12 +165,7 @@ async def test_a_failover_under_load_loses_and_doubles_nothing_that_was_accepted
     ursula.close()
     await ursula.close_code()
     await daemon.idle()
-    lost = [p for p in accepted if p not in got]
-    doubled = sorted({p for p in got if got.count(p) > 1})
-    unknown = [p for p in got if p not in attempted]
-    in_order = [p for p in got if p in accepted] == accepted
-    print(f"accepted {len(accepted)} of {len(attempted)} attempts; delivered {len(got)}: lost {len(lost)}, doubled {len(doubled)}")
-    assert (lost, doubled, unknown, in_order) == ([], [], [], True)
+    assert counted(got, accepted, attempted) == ([], [], [], True)
     assert len(accepted) == 300 and promoted.llen("rm:users:ursula:messages") == 0
 
 
@@ -206,11 +190,6 @@ async def test_an_online_user_gets_each_accepted_message_once_in_order_across_a_
     await wait_until(lambda: promoted.xlen("rm:intake") == 0, 20, "every entry acknowledged on the new master")
     await daemon.idle()
     got = [m["payload"] for m in wes.received]
-    lost = [p for p in accepted if p not in got]
-    doubled = sorted({p for p in got if got.count(p) > 1})
-    unknown = [p for p in got if p not in attempted]
-    in_order = [p for p in got if p in accepted] == accepted
-    print(f"accepted {len(accepted)} of {len(attempted)} attempts; delivered {len(got)}: lost {len(lost)}, doubled {len(doubled)}")
-    assert (lost, doubled, unknown, in_order) == ([], [], [], True)
+    assert counted(got, accepted, attempted) == ([], [], [], True)
     wes.close()
     await wes.close_code()

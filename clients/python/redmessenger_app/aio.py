@@ -50,14 +50,8 @@ def _connect(url: str) -> Any:
         return valkey.asyncio.Redis.from_url(url)
     from valkey.asyncio.sentinel import Sentinel
 
-    sentinels = Sentinel(
-        list(sentinel.sentinels),
-        sentinel_kwargs={"password": sentinel.sentinel_password} if sentinel.sentinel_password else None,
-        socket_timeout=5,
-    )
-    return sentinels.master_for(
-        sentinel.master_name, db=sentinel.db, username=sentinel.username, password=sentinel.password, ssl=sentinel.tls
-    )
+    sentinels = Sentinel(list(sentinel.sentinels), **sentinel.sentinel_options())
+    return sentinels.master_for(sentinel.master_name, **sentinel.master_options())
 
 
 class RedMessenger(Application):

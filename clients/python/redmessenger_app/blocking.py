@@ -64,14 +64,8 @@ def _connect(url: str) -> Any:
         return module.Redis.from_url(url)
     import importlib
 
-    sentinels = importlib.import_module(module.__name__ + ".sentinel").Sentinel(
-        list(sentinel.sentinels),
-        sentinel_kwargs={"password": sentinel.sentinel_password} if sentinel.sentinel_password else None,
-        socket_timeout=5,
-    )
-    return sentinels.master_for(
-        sentinel.master_name, db=sentinel.db, username=sentinel.username, password=sentinel.password, ssl=sentinel.tls
-    )
+    sentinels = importlib.import_module(module.__name__ + ".sentinel").Sentinel(list(sentinel.sentinels), **sentinel.sentinel_options())
+    return sentinels.master_for(sentinel.master_name, **sentinel.master_options())
 
 
 class RedMessenger(Application):

@@ -252,6 +252,14 @@ class SentinelURL:
     sentinel_password: Optional[str] = field(default=None, repr=False)
     tls: bool = False
 
+    def sentinel_options(self) -> dict[str, Any]:
+        """Keyword arguments of valkey-py's ``Sentinel(sentinels, **these)`` (blocking and asyncio alike)."""
+        return {"sentinel_kwargs": {"password": self.sentinel_password} if self.sentinel_password else None, "socket_timeout": 5}
+
+    def master_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Sentinel.master_for(master_name, **these)``."""
+        return {"db": self.db, "username": self.username, "password": self.password, "ssl": self.tls}
+
 
 def parse_sentinel_url(url: str) -> Optional[SentinelURL]:
     """A ``redis+sentinel://`` URL read (ValueError if it is malformed); None for any other URL."""

@@ -188,6 +188,23 @@ class RedisLink:
                 for reply in _parsed(self._reader, data):
                     self.replyReceived(reply)
 
+            def connectionMade(self) -> Any:
+                d = super().connectionMade()
+                if link.sentinel is not None:
+                    # A sentinel can still name the old master for a moment after a failover: a connection
+                    # that reached a replica closes and asks again (the intake's and the inbox's blocking
+                    # reads would otherwise fail with READONLY on it for good).
+                    self.whenConnected().addCallback(lambda _: self._leave_a_replica())
+                return d
+
+            def _leave_a_replica(self) -> None:
+                def checked(role: Any) -> None:
+                    if not is_master(role) and self.transport is not None:
+                        link.log.warn("A Redis connection reached a replica; asking the sentinels again")
+                        self.transport.loseConnection()
+
+                self.execute_command("ROLE").addCallbacks(checked, lambda f: None)
+
         class CommandProtocol(RawReplies):
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
@@ -371,8 +388,6 @@ class RedisLink:
     def _commands_up(self, address: str) -> None:
         self.report.commands_up(address)
         self._check_mode()
-        if self.sentinel is not None:
-            self._check_role()
 
     def _check_mode(self) -> None:
         """A Redis Cluster node is refused: the daemon's keys and scripts assume one keyspace (docs/scale-out.md)."""
@@ -389,17 +404,6 @@ class RedisLink:
             self.state.unsupported = why if clustered else None
 
         self.commands.execute_command("INFO", "cluster").addCallbacks(checked, lambda f: None)
-
-    def _check_role(self) -> None:
-        """With Sentinel: a command connection that reached a replica (a stale answer mid-failover) asks again."""
-
-        def checked(role: Any) -> None:
-            if not is_master(role):
-                self.state.last_error = f"{self.state.address} is not the master; asking the sentinels again"
-                self.log.warn("Redis at {where} is not the master; asking the sentinels again", where=self.state.address)
-                close_connections(self._factories())
-
-        self.commands.execute_command("ROLE").addCallbacks(checked, lambda f: None)
 
     def unsubscribe(self) -> Deferred[Any]:
         """

@@ -14,9 +14,11 @@ failover two ways and moves the link when it sees one:
   the daemon on a demoted master for longer than that.
 
 Moving the link means closing its connections: each reconnects through the
-endpoint, which asks again.  After the command connection is up the link also
-checks ``ROLE`` (a sentinel can answer with a stale address during a failover):
-connected to a replica, it closes and asks again.
+endpoint, which asks again.  Each command connection also checks ``ROLE`` once
+connected (a sentinel can answer with a stale address during a failover): one
+that reached a replica closes and asks again.  The subscriber needs no check: on
+a replica, the pub/sub probe finds nobody subscribed on the master and
+resubscribes it (redis_edge/probe.py).
 
 txredisapi is imported inside functions: importing it installs the default
 reactor, which must not happen before twistd has chosen one.

@@ -205,6 +205,7 @@ class PeerLink:
         return len(self._nodes) > 1
 
     def owner(self, key: str) -> str | None:
+        """None when this node owns ``key``, which it does of every key while it is alone (or knows no node yet)."""
         found = owner_of(key, self._nodes)
         return None if found is None or found == self.node else found
 
@@ -241,7 +242,7 @@ class PeerLink:
         self._nodes = list(nodes)
         hub = self._hub
         for user in hub.presence.users():
-            owner = self.owner(user.uid) if self.shared else None
+            owner = self.owner(user.uid)
             if owner is not None:
                 hub.give_away(user.uid, owner)
         for key, (attachment, sink) in list(self._remote.items()):
@@ -259,7 +260,7 @@ class PeerLink:
                 again.ticket = OneRecipient(message.ticket, uid)
                 hub.router.route_user(again, uid)
         for sid, attachment in list(self._relays.items()):
-            owner = self.owner(attachment.uid) if self.shared else None
+            owner = self.owner(attachment.uid)
             if owner == attachment.owner:
                 continue
             self.detach(attachment, False)
@@ -420,7 +421,7 @@ class PeerLink:
 
     def _attached(self, node: str, sid: str, uid: str, acknowledges: bool, address: str) -> None:
         sink = RemoteSink(self, node, sid, acknowledges, address)
-        if self.owner(uid) is not None if self.shared else False:
+        if self.owner(uid) is not None:
             # not ours (the nodes changed meanwhile): its node will attach it to the right owner
             sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, "the daemons sharing the Redis changed; reconnect"))
             return

@@ -25,7 +25,7 @@ async def cluster(daemon_factory: Any, count: int) -> list[Any]:
     """``count`` daemons on the test's Redis, each seeing all of them."""
     names = NODES[:count]
     daemons = [await daemon_factory(node_id=name) for name in names]
-    await wait_until(lambda: all(d.service.peers._nodes == names for d in daemons), 10, "every daemon to see every other")
+    await wait_until(lambda: all(d.service.peers.nodes == names for d in daemons), 10, "every daemon to see every other")
     return daemons
 
 
@@ -152,7 +152,7 @@ async def test_a_durable_message_read_by_any_daemon_reaches_the_socket_once(daem
 @pytest_twisted.ensureDeferred
 async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow(daemon_factory, redis):
     first = await daemon_factory(node_id="node-a")
-    await wait_until(lambda: first.service.peers._nodes == ["node-a"], 5, "node-a alone")
+    await wait_until(lambda: first.service.peers.nodes == ["node-a"], 5, "node-a alone")
     uid = owned_by("node-b", NODES[:2])  # owned by node-a while it is alone, by node-b once it joins
     client = await connect_client(first.url)
     client.send(uid)
@@ -162,7 +162,7 @@ async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow
     await client.receive(10)
     second = await daemon_factory(node_id="node-b")
     daemons = [first, second]
-    await wait_until(lambda: all(d.service.peers._nodes == NODES[:2] for d in daemons), 10, "both see both")
+    await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons), 10, "both see both")
     await wait_until(lambda: sockets_of(daemons, uid) == 1, 10, "the socket attached at its new owner")
     assert first.service.presence.get(uid) is None, "node-a holds it as a relay now"
     for i in range(10):
@@ -233,7 +233,7 @@ async def test_two_daemons_listening_on_one_port_share_its_connections_and_each_
     port = free_port()
     listen = f"reuseport:{port}:interface={HOST}"  # what ws_reuse_port: true gives ws_port
     daemons = [await daemon_factory(node_id=name, listen=listen) for name in NODES[:2]]
-    await wait_until(lambda: all(d.service.peers._nodes == NODES[:2] for d in daemons), 10, "both see both")
+    await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons), 10, "both see both")
     url = f"ws://{HOST}:{port}{daemons[0].service.config.rm_route}"
     clients = []
     for i in range(40):
@@ -275,7 +275,7 @@ async def test_an_owner_killed_with_kill_9_hands_its_users_on_within_the_heartbe
     b.start()
     try:
         await b.healthy()
-        await wait_until(lambda: a.service.peers._nodes == names, 10, "the in-process node to see node-b")
+        await wait_until(lambda: a.service.peers.nodes == names, 10, "the in-process node to see node-b")
         uid = owned_by("node-b", names)
         client = await connect_client(a.url)
         client.send(uid)
@@ -286,7 +286,7 @@ async def test_an_owner_killed_with_kill_9_hands_its_users_on_within_the_heartbe
         await b.ended(10)
         for i in range(10):
             redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"durable {i}"})
-        await wait_until(lambda: a.service.peers._nodes == [local], 15, "node-b's heartbeat to expire")
+        await wait_until(lambda: a.service.peers.nodes == [local], 15, "node-b's heartbeat to expire")
         await wait_until(lambda: a.service.presence.get(uid) is not None, 5, "the tab local to node-a, its new owner")
         got = [m["payload"] for m in await client.receive(10, timeout=70)]  # a dead reader's entries: claim_idle, 60 s
         await wait_until(lambda: redis.xlen("rm:intake") == 0, 10, "the intake acknowledged")
@@ -330,7 +330,7 @@ async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon
     from .wsclient import AckingClient
 
     daemons = {name: await daemon_factory(node_id=name) for name in NODES[:2]}
-    await wait_until(lambda: all(d.service.peers._nodes == NODES[:2] for d in daemons.values()), 10, "both see both")
+    await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons.values()), 10, "both see both")
     uids = [f"roll{i}" for i in range(10)]
     clients = {uid: AckingClient(uid) for uid in uids}
     where = {uid: NODES[i % 2] for i, uid in enumerate(uids)}
@@ -344,9 +344,9 @@ async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon
                 await clients[uid].client.close_code()
                 await clients[uid].connect(daemons[other].url)
                 where[uid] = other
-        await wait_until(lambda: daemons[other].service.peers._nodes == [other], 5, f"{name} gone")
+        await wait_until(lambda: daemons[other].service.peers.nodes == [other], 5, f"{name} gone")
         daemons[name] = await daemon_factory(node_id=name)
-        await wait_until(lambda: all(d.service.peers._nodes == NODES[:2] for d in daemons.values()), 10, "both again")
+        await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons.values()), 10, "both again")
     sent = await publishing
     await wait_until(lambda: redis.xlen("rm:intake") == 0, 20, "every entry acknowledged")
     expected = {uid: [p for u, p in sent if u == uid] for uid in uids}

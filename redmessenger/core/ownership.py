@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+#: Owners a node remembers at most (of the keys it was asked about since the nodes last changed).
+REMEMBERED = 100_000
+
 
 def weight(node_id: str, uid: str) -> int:
     """The node's score for the uid: the same in every process (not Python's salted hash())."""
@@ -25,3 +28,46 @@ def owner(uid: str, nodes: Iterable[str]) -> str | None:
         if score > best_weight or (score == best_weight and best is not None and node < best):
             best, best_weight = node, score
     return best
+
+
+class Owners:
+    """
+    One node's view: the owner of each key, remembered until the nodes change.
+    A group message asks for each of its members, every node for every member:
+    hashing them all again for each message cost a third of the daemon's time
+    (docs/performance.md).  Alone (or knowing no node yet), a node owns every key.
+    """
+
+    def __init__(self, node: str, remembered: int = REMEMBERED) -> None:
+        self.node = node
+        self._nodes: tuple[str, ...] = ()
+        self._known: dict[str, str | None] = {}
+        self._remembered = remembered
+        self._alone = True
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self._nodes
+
+    def set_nodes(self, nodes: Iterable[str]) -> None:
+        found = tuple(nodes)
+        if sorted(found) != sorted(self._nodes):
+            self._known.clear()
+        self._nodes = found
+        self._alone = all(node == self.node for node in found)
+
+    def elsewhere(self, key: str) -> str | None:
+        """The node that owns ``key`` when it is not this one; None when this one does."""
+        if self._alone:
+            return None
+        known = self._known
+        try:
+            return known[key]
+        except KeyError:
+            pass
+        found = owner(key, self._nodes)
+        other = None if found is None or found == self.node else found
+        if len(known) >= self._remembered:
+            known.clear()  # bounded: whatever was asked about starts again
+        known[key] = other
+        return other

@@ -37,7 +37,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from redmessenger.core.hub import Hub
-from redmessenger.core.ownership import owner as owner_of
+from redmessenger.core.ownership import Owners
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message, UnreadableEntry, message_from_entry
@@ -181,7 +181,7 @@ class PeerLink:
         self._reading = reading
         self.node = node_id
         self._inbox = inbox_key(node_id)
-        self._nodes: list[str] = []
+        self._owners = Owners(node_id)
         self._sids = itertools.count(1)
         # holding side: relays by sid, and their sids
         self._relays: dict[str, Attachment] = {}
@@ -201,13 +201,17 @@ class PeerLink:
     # -- core.ports.Peers ------------------------------------------------------------------
 
     @property
+    def nodes(self) -> list[str]:
+        """The live nodes as this node last heard them (its own included)."""
+        return list(self._owners.nodes)
+
+    @property
     def shared(self) -> bool:
-        return len(self._nodes) > 1
+        return len(self._owners.nodes) > 1
 
     def owner(self, key: str) -> str | None:
         """None when this node owns ``key``, which it does of every key while it is alone (or knows no node yet)."""
-        found = owner_of(key, self._nodes)
-        return None if found is None or found == self.node else found
+        return self._owners.elsewhere(key)
 
     def attach(self, owner: str, attachment: Attachment) -> None:
         sid = f"{next(self._sids)}"
@@ -239,7 +243,7 @@ class PeerLink:
 
     def nodes_changed(self, nodes: list[str]) -> None:
         """The live nodes changed (a heartbeat said so): users whose owner changed move."""
-        self._nodes = list(nodes)
+        self._owners.set_nodes(nodes)
         hub = self._hub
         for user in hub.presence.users():
             owner = self.owner(user.uid)
@@ -249,12 +253,12 @@ class PeerLink:
             if not attachment.attached:  # given away: its node attaches it to the new owner
                 del self._remote[key]
                 sink.close()
-            elif key[0] not in self._nodes:  # its node is gone: as if the socket closed unconfirmed
+            elif key[0] not in self._owners.nodes:  # its node is gone: as if the socket closed unconfirmed
                 del self._remote[key]
                 sink.close()
                 hub.detach(attachment)
         for (entry, uid), (message, owner) in list(self._forwarded.items()):
-            if owner not in self._nodes:  # it left before it settled: route the entry for that user again
+            if owner not in self._owners.nodes:  # it left before it settled: route the entry for that user again
                 del self._forwarded[(entry, uid)]
                 again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
                 again.ticket = OneRecipient(message.ticket, uid)

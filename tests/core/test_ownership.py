@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from redmessenger.core.ownership import owner, weight
+from redmessenger.core.ownership import Owners, owner, weight
 
 UIDS = [f"user{n}" for n in range(6000)]
 
@@ -28,3 +28,23 @@ def test_users_spread_evenly_and_only_a_leaving_nodes_users_move() -> None:
     assert len(moved) == counts["node-3"]
     joined = {uid: owner(uid, nodes + ["node-4"]) for uid in UIDS}
     assert all(joined[uid] in (before[uid], "node-4") for uid in UIDS), "a new node only takes users"
+
+
+def test_a_nodes_view_answers_as_hashing_does_and_forgets_when_the_nodes_change() -> None:
+    view = Owners("node-a", remembered=1000)
+    assert view.elsewhere("alice") is None, "knowing no node yet, this node owns every key"
+    view.set_nodes(["node-a"])
+    assert view.elsewhere("alice") is None
+    view.set_nodes(["node-b"])  # this node not listed (its heartbeat entry expired): the other owns all
+    assert view.elsewhere("alice") == "node-b"
+    nodes = ["node-a", "node-b", "node-c"]
+    view.set_nodes(nodes)
+    for _ in range(2):  # computed, then remembered: the same answers
+        assert [view.elsewhere(uid) for uid in UIDS] == [
+            None if owner(uid, nodes) == "node-a" else owner(uid, nodes) for uid in UIDS
+        ]
+    view.set_nodes(["node-c", "node-a"])  # node-b left: what was remembered is forgotten
+    assert [view.elsewhere(uid) for uid in UIDS] == [
+        None if owner(uid, ["node-a", "node-c"]) == "node-a" else "node-c" for uid in UIDS
+    ]
+    assert len(view._known) <= 1000, "it remembers a bounded number of keys"

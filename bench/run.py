@@ -341,23 +341,31 @@ class Stack:
         ceiling: bool = True,
         config: dict[str, Any] | None = None,
         daemons: int = 1,
+        placement: str = "kernel",
     ) -> None:
         self.workdir = workdir
-        #: daemon processes sharing the port (SO_REUSEPORT) and the Redis (docs/scale-out.md); 1: one as always
+        #: daemon processes sharing the Redis (docs/scale-out.md); 1: one as always
         self.n_daemons = daemons
+        #: with several daemons, where each user's sockets go (PLACEMENTS): ``kernel``, one port (SO_REUSEPORT)
+        #: and the kernel spreads them; ``owner``, a port per daemon and each user on its owner, as a balancer
+        #: hashing users the daemons' way would place them (no relays)
+        self.by_owner = placement == "owner" and daemons > 1
         self.dialect = dialect
         #: the client driver of bench/client.js (None: the dialect's default); set to the one running once started
         self.client = client
         #: plain-v1: how its clients acknowledge (V1_ACKS; None: bench/client.js's default)
         self.ack = ack
-        #: each worker's dialect (the soak mixes them); default: ``dialect`` for all
-        self.worker_dialects = worker_dialects or [dialect] * workers
+        #: each worker's dialect (the soak mixes them); default: ``dialect`` for all.  Placed by owner,
+        #: each daemon has workers of its own (``workers`` each), daemon by daemon
+        self.worker_dialects = (worker_dialects or [dialect] * workers) * (daemons if self.by_owner else 1)
         #: the bare PSUBSCRIBE client (the soak runs without it)
         self.with_ceiling = ceiling
         #: daemon configuration keys over the benchmark's own
         self.extra_config = config or {}
         self.redis_port = free_port()
-        self.port = free_port()
+        #: each daemon's port (one shared port unless placed by owner)
+        self.ports = [free_port() for _ in range(daemons if self.by_owner else 1)]
+        self.port = self.ports[0]
         self.base = f"http://{HOST}:{self.port}"
         self.n_workers = len(self.worker_dialects)
         self.redis_proc: subprocess.Popen[bytes] | None = None
@@ -369,7 +377,9 @@ class Stack:
         self.redis: Redis | None = None
         #: the application (bench/app.py: the Python application library), while a channel case runs
         self.app: Child | None = None
-        self._config_path: Path | None = None
+        self._config_paths: list[Path] = []
+        #: the daemons' node ids (REDMESSENGER_NODE_ID)
+        self.node_ids = [f"bench-{k}" for k in range(daemons)]
 
     def __enter__(self) -> Stack:
         try:
@@ -394,19 +404,24 @@ class Stack:
         if self.with_ceiling:
             self.ceiling = Child("ceiling", [sys.executable, "ceiling.py", str(self.redis_port)], self.workdir / "ceiling.log")
             self.ceiling.wait("ready", 10)
-        config = {
-            "redis_host": HOST,
-            "redis_port": self.redis_port,
-            "listen": f"{'reuseport' if self.n_daemons > 1 else 'tcp'}:{self.port}:interface={HOST}:backlog=1024",
-            "log_level": "warn",
-            "conn_limit": 2 * IDLE,
-            **self.extra_config,
-        }
-        self._config_path = self.workdir / "redmessenger.json"
-        self._config_path.write_text(json.dumps(config))
+        endpoint = "reuseport" if self.n_daemons > 1 and not self.by_owner else "tcp"
+        self._config_paths = []
+        for port in self.ports:
+            config = {
+                "redis_host": HOST,
+                "redis_port": self.redis_port,
+                "listen": f"{endpoint}:{port}:interface={HOST}:backlog=1024",
+                "log_level": "warn",
+                "conn_limit": 2 * IDLE,
+                **self.extra_config,
+            }
+            path = self.workdir / f"redmessenger{len(self._config_paths) or ''}.json"
+            path.write_text(json.dumps(config))
+            self._config_paths.append(path)
         self._start_daemon()
+        per_daemon = len(self.worker_dialects) // len(self.ports)
         for i, dialect in enumerate(self.worker_dialects):
-            spec = {"base": self.base, "route": "/rm", "dialect": dialect}
+            spec = {"base": f"http://{HOST}:{self.ports[i // per_daemon]}", "route": "/rm", "dialect": dialect}
             if self.client is not None and dialect == self.dialect:
                 spec["client"] = self.client
             if self.ack is not None and dialect == "plain-v1":
@@ -421,13 +436,13 @@ class Stack:
                     self.ack = started.get("ack", self.ack)
 
     def _start_daemon(self) -> None:
-        assert self._config_path is not None
         self.daemons = []
         for k in range(self.n_daemons):
-            env = dict(os.environ, REDMESSENGER_NODE_ID=f"bench-{k}")
+            env = dict(os.environ, REDMESSENGER_NODE_ID=self.node_ids[k])
+            config = self._config_paths[k % len(self._config_paths)]
             with (self.workdir / f"daemon{k or ''}.log").open("ab") as log:
                 self.daemons.append(subprocess.Popen(
-                    [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(self._config_path)],
+                    [str(BIN / "twistd"), "-n", "--pidfile=", "redmessenger", "-c", str(config)],
                     stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
                 ))  # fmt: skip
         self.daemon = self.daemons[0]
@@ -463,8 +478,9 @@ class Stack:
             if any(daemon.poll() is not None for daemon in self.daemons):
                 raise BenchError(f"a daemon exited; see {self.workdir / 'daemon.log'}")
             try:
-                with socket.create_connection((HOST, self.port), timeout=1):
-                    pass
+                for port in self.ports:
+                    with socket.create_connection((HOST, port), timeout=1):
+                        pass
                 if self.redis.call("PUBLISH", f"rm.channels.{GROUP}-probe", "probe") >= subscribers:
                     if self.n_daemons > 1:
                         # every daemon listed, and a heartbeat more (1 s) for each to have seen the others
@@ -496,8 +512,19 @@ class Stack:
     # -- what the cases use ---------------------------------------------------------------
 
     def split(self, uids: list[str]) -> list[list[str]]:
-        """uids dealt to the workers, round robin."""
-        return [uids[i :: self.n_workers] for i in range(self.n_workers)]
+        """uids dealt to the workers, round robin (placed by owner: to the workers of each uid's owner)."""
+        if not self.by_owner:
+            return [uids[i :: self.n_workers] for i in range(self.n_workers)]
+        from redmessenger.core.ownership import owner
+
+        per_daemon = self.n_workers // self.n_daemons
+        parts: list[list[str]] = [[] for _ in range(self.n_workers)]
+        dealt = [0] * self.n_daemons
+        for uid in uids:
+            k = self.node_ids.index(owner(uid, self.node_ids) or self.node_ids[0])
+            parts[k * per_daemon + dealt[k] % per_daemon].append(uid)
+            dealt[k] += 1
+        return parts
 
     def connect(self, parts: list[list[str]], concurrency: int = 50, subscribe: dict[str, Any] | None = None) -> dict[str, Any]:
         """
@@ -984,8 +1011,7 @@ def case_queue(stack: Stack, result: Result) -> None:
         read += len(reader.call("LRANGE", key, read, read + 499))
     ceiling_s = time.perf_counter() - t
     reader.close()
-    parts: list[list[str]] = [[] for _ in stack.workers]
-    parts[0] = [uid]
+    parts = stack.split([uid])  # on its owner's workers when placed by owner
     stack.expect("c", parts, per_socket=QUEUED)
     before = stack.usage()
     stack.connect(parts)
@@ -1294,6 +1320,7 @@ def run_dialect(
     socketio_client: str | None = None,
     v1_ack: str | None = None,
     daemons: int = 1,
+    placement: str = "kernel",
 ) -> bool:
     """
     One run of the cases that need the 1,000 users (and c, the channel cases sub and pub, and i
@@ -1310,7 +1337,7 @@ def run_dialect(
         path.mkdir()
         client = socketio_client if dialect == "socketio" else None
         config = CHANNEL_CONFIG if any(c in CHANNEL_CASES for c in main_cases) else None
-        with Stack(path, dialect, workers, client, ack=ack, config=config, daemons=daemons) as stack:
+        with Stack(path, dialect, workers, client, ack=ack, config=config, daemons=daemons, placement=placement) as stack:
             if dialect == "socketio" and not stack.serves_socketio():
                 return False
             uids = [f"u{i}" for i in range(USERS)]
@@ -1322,6 +1349,7 @@ def run_dialect(
                 result = Result(case, dialect, run, stack.client, background_pct=background)
                 if daemons > 1:
                     result.numbers["daemons"] = daemons
+                    result.numbers["placement"] = placement
                 if stack.ack is not None:
                     result.numbers["ack"] = stack.ack
                 try:
@@ -1447,6 +1475,8 @@ ROWS = [
 
 #: rows shown only along with a case: (case, metric) -> that case
 ROWS_WITH = {("a", "redis_us_per_msg"): "i"}
+#: with several daemons, where the users' sockets go (Stack.by_owner)
+PLACEMENTS = ("kernel", "owner")
 #: plain-v1 (acks and ids) against plain: server CPU per message and per delivery within 15%
 V1_CPU_SHARE = 1.15
 
@@ -1559,6 +1589,12 @@ def main() -> int:
         "CPU is their sum. d and resub run one daemon whatever this says",
     )
     parser.add_argument(
+        "--placement", choices=PLACEMENTS, default=PLACEMENTS[0],
+        help="with several daemons, where the users' sockets go: kernel (default; one port, SO_REUSEPORT spreads "
+        "them, so some are relays) or owner (a port per daemon, each user on its owner, as a balancer hashing "
+        "users the daemons' way would: no relays); recorded as `placement`",
+    )
+    parser.add_argument(
         "--socketio-client", choices=SOCKETIO_CLIENTS, default=SOCKETIO_CLIENTS[0],
         help="the Socket.IO load generator: lean (default; Engine.IO 4 / Socket.IO 5 spoken on Node's ws, "
         "WebSocket transport) or socket.io-client (version 4, about a third more CPU per envelope); "
@@ -1617,7 +1653,7 @@ def main() -> int:
                         continue
                     if not run_dialect(
                         dialect, run, cases, workdir, args.workers, emit, args.profile, (args.quiet_below, args.quiet_wait),
-                        args.socketio_client, args.v1_ack, args.daemons,
+                        args.socketio_client, args.v1_ack, args.daemons, args.placement,
                     ):
                         print(f"# {dialect}: the daemon does not serve it (yet): rows pending", file=sys.stderr)
                         pending.append(dialect)

@@ -111,6 +111,33 @@ async def test_a_user_offline_everywhere_gets_each_message_queued_once_with_thre
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_group_message_for_many_sockets_held_elsewhere_reaches_each_once_with_its_bubble(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 2)
+    uids = [owned_by("node-a", NODES[:2], prefix=f"g{k}-") for k in range(3)]
+    redis.sadd("rm:channels:crew:subscribers", *uids)
+    holder = on(daemons, "node-b")
+    tabs = {uid: [await tab(daemons, holder, uid), await tab(daemons, holder, uid)] for uid in uids}
+    for i in range(15):  # each message goes to node-b once for its six sockets, some with the bubble
+        publish(redis, "rm.channels.crew", f"crew {i}")
+        publish(redis, f"rm.users.{uids[i % 3]}", f"own {i}")
+    expected = {uid: [m for i in range(15) for m in (f"crew {i}", f"own {i}") if m.startswith("crew") or uids[i % 3] == uid]
+                for uid in uids}  # fmt: skip
+    for uid in uids:
+        for client in tabs[uid]:
+            await client.receive(len(expected[uid]))
+    for daemon in daemons:
+        await daemon.idle()
+    for uid in uids:
+        first, second = tabs[uid]
+        assert payloads(first) == expected[uid] and payloads(second) == expected[uid], uid
+        assert bubbles(first) == [True] * len(expected[uid]) and bubbles(second) == [False] * len(expected[uid])
+        assert redis.llen(f"rm:users:{uid}:messages") == 0
+    for client in [c for pair in tabs.values() for c in pair]:
+        client.close()
+        await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_queue_goes_to_a_socket_held_by_another_daemon_then_live_messages_follow(daemon_factory, redis):
     daemons = await cluster(daemon_factory, 2)
     uid = owned_by("node-a", NODES[:2])

@@ -44,6 +44,8 @@ class Owners:
         self._known: dict[str, str | None] = {}
         self._remembered = remembered
         self._alone = True
+        #: whether there are other nodes (more than one known)
+        self.shared = False
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -55,6 +57,7 @@ class Owners:
             self._known.clear()
         self._nodes = found
         self._alone = all(node == self.node for node in found)
+        self.shared = len(found) > 1
 
     def elsewhere(self, key: str) -> str | None:
         """The node that owns ``key`` when it is not this one; None when this one does."""

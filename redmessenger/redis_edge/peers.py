@@ -15,11 +15,13 @@ the durable intake for a user owned elsewhere go to the owner the same way
 user's copy is safe (``settled``).
 
 An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone.  What a
-node has for another in one reactor turn goes in one entry (``k`` ``batch``,
-``n`` the writing node, ``d`` a JSON object: ``m`` the messages, each once, and
-``x`` the items, ``[kind, fields]``, a delivery naming its message by index):
-a group message for 500 sockets another node holds is one ``XADD`` carrying it
-once, and the holding node reads it once for all of them.  A node empties its inbox when it starts: what was there was
+node has for another in one reactor turn goes in one entry: ``k`` ``batch``,
+``n`` the writing node, the messages each once as they are queued (fields
+``0``, ``1``, ...), and ``d``, a JSON object: ``m`` how many messages, ``x`` the
+items in order, ``[kind, fields]``, but a message's deliveries one item
+``["D", its field, [sockets with the bubble], [the others]]``.  A group message
+for 500 sockets another node holds is one ``XADD`` carrying it once, and the
+holding node parses it once for all of them.  A node empties its inbox when it starts: what was there was
 about sockets of its previous run.  When the nodes change, users move: the old
 owner queues what it held unconfirmed and turns the sockets it holds into relays
 of the new owner; relays follow their user to its new owner, or become local.
@@ -192,8 +194,8 @@ class PeerLink:
         self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
         self._stopping = False
         self._running: Deferred[None] | None = None
-        #: What goes to each node at the end of this turn: its items, and its messages' places in the batch.
-        self._outbox: dict[str, tuple[list[Any], list[str], dict[str, int]]] = {}
+        #: What goes to each node at the end of this turn: its items, its messages, and their places in the batch.
+        self._outbox: dict[str, tuple[list[Any], list[bytes], dict[str, int]]] = {}
         self._flush_call: Any = None
         self.sent = 0
         self.received = 0
@@ -207,7 +209,7 @@ class PeerLink:
 
     @property
     def shared(self) -> bool:
-        return len(self._owners.nodes) > 1
+        return self._owners.shared
 
     def owner(self, key: str) -> str | None:
         """None when this node owns ``key``, which it does of every key while it is alone (or knows no node yet)."""
@@ -276,7 +278,7 @@ class PeerLink:
 
     # -- the inbox -----------------------------------------------------------------------
 
-    def _batch(self, node: str) -> tuple[list[Any], list[str], dict[str, int]]:
+    def _batch(self, node: str) -> tuple[list[Any], list[bytes], dict[str, int]]:
         batch = self._outbox.get(node)
         if batch is None:
             batch = self._outbox[node] = ([], [], {})
@@ -295,18 +297,23 @@ class PeerLink:
         place = places.get(message.id)  # ids are unique per message (a group's copies share one)
         if place is None:
             place = places[message.id] = len(messages)
-            messages.append(message.queue_entry().decode("utf-8"))
-        items.append(["deliver", {"s": sid, "b": "1" if bubble else "0", "e": place}])
+            messages.append(message.queue_entry())
+        last = items[-1] if items else None
+        if last is not None and last[0] == "D" and last[1] == place:  # the same message's sockets: one item
+            last[2 if bubble else 3].append(sid)
+        else:
+            items.append(["D", place, [sid] if bubble else [], [] if bubble else [sid]])
 
     def flush(self) -> None:
         self._flush_call = None
         outbox, self._outbox = self._outbox, {}
         for node, (items, messages, _) in outbox.items():
-            data = json.dumps({"m": messages, "x": items}, ensure_ascii=False, separators=(",", ":"))
+            data = json.dumps({"m": len(messages), "x": items}, ensure_ascii=False, separators=(",", ":"))
+            fields: list[Any] = ["k", "batch", "n", self.node, "d", data]
+            for place, entry in enumerate(messages):
+                fields += (place, entry)  # as they are: no JSON string around JSON
             self.sent += 1
-            d = self._commands.execute_command(
-                "XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", "batch", "n", self.node, "d", data
-            )
+            d = self._commands.execute_command("XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", *fields)
             d.addErrback(self._not_written, node)
 
     def _not_written(self, failure: Any, node: str) -> None:
@@ -360,21 +367,26 @@ class PeerLink:
             return
         node = _text(entry.get(b"n", b""))
         data = json.loads(entry.get(b"d", b"{}"))
-        texts: list[str] = data.get("m", [])
         parsed: dict[int, Message | None] = {}
         relays = self._relays
-        for kind, values in data.get("x", []):
-            if kind == "deliver":  # the many: handled here, without the general path's conversions
-                place = int(values.get("e", -1))
+        for item in data.get("x", []):
+            kind = item[0]
+            if kind == "D":  # the many: a message for sockets held here, without the general path's conversions
+                place = item[1]
                 if place not in parsed:
-                    parsed[place] = _message(texts[place].encode("utf-8")) if 0 <= place < len(texts) else None
+                    text = entry.get(str(place).encode("ascii"))
+                    parsed[place] = _message(text) if text is not None else None
                 message = parsed[place]  # parsed once, its frames built once, for every socket it goes to
-                relay = relays.get(str(values.get("s")))
-                if relay is not None and message is not None and relay.attached and relay.sink.writable:
-                    relay.sink.send_message(message, values.get("b") == "1")
+                if message is None:
+                    continue
+                for bubble, sids in ((True, item[2]), (False, item[3])):
+                    for sid in sids:
+                        relay = relays.get(sid)
+                        if relay is not None and relay.attached and relay.sink.writable:
+                            relay.sink.send_message(message, bubble)
                 continue
             fields = {b"k": kind.encode("ascii"), b"n": node.encode("utf-8")}
-            fields.update((name.encode("ascii"), str(value).encode("utf-8")) for name, value in values.items())
+            fields.update((name.encode("ascii"), str(value).encode("utf-8")) for name, value in item[1].items())
             self._handle(fields)
 
     def _handle(self, fields: dict[bytes, bytes]) -> None:

@@ -307,7 +307,7 @@ def test_the_heartbeat_ping_confirms_too_and_keeps_the_order_of_pongs():
     session.confirm().addCallback(confirmed.append)  # a second ping, after "b"
     assert ws.written[1:] == ["4a", "2", "4b", "2"]
     session.websocket_packet(ws, Packet(PacketType.PONG))
-    assert confirmed == [] and session._confirmed == 3, "the heartbeat's pong confirms the open packet, a and itself"
+    assert confirmed == [] and session._receipts._confirmed == 3, "the heartbeat's pong confirms the open packet, a and itself"
     session.websocket_packet(ws, Packet(PacketType.PONG))
     assert confirmed == [True]
     session.websocket_packet(ws, Packet(PacketType.PONG))  # one too many: ignored

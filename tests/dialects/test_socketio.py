@@ -432,7 +432,7 @@ async def test_order_and_confirmations_across_the_upgrade(daemon_factory, redis,
     await wait_until(lambda: len(session._buffer) == 10, 5, "live messages buffered during the upgrade")
     (attachment,) = daemon.service.presence.get("user1").attachments
     delay = daemon.service.hub.confirmations.confirm_delay
-    await wait_until(lambda: session._waiters, delay + 5, "the core asking for a confirmation")
+    await wait_until(lambda: session._receipts.waiting, delay + 5, "the core asking for a confirmation")
     assert len(attachment.unconfirmed) == 10, "nothing confirmed while it waits in the buffer"
     assert len(client.messages()) == len(queue)
 
@@ -468,7 +468,7 @@ async def test_what_a_frozen_websocket_client_was_sent_stays_unconfirmed(daemon_
     for i in range(3):
         publish(redis, "rm.users.user1", f"m{i}")
     delay = daemon.service.hub.confirmations.confirm_delay
-    await wait_until(lambda: session._waiters, delay + 5, "the core asking the frozen client for a confirmation")
+    await wait_until(lambda: session._receipts.waiting, delay + 5, "the core asking the frozen client for a confirmation")
     assert len(attachment.unconfirmed) == 3 and not session.all_confirmed
     await first.stop()
     await wait_until(lambda: attached(daemon, "user1") == 0, 10, "user1 offline")
@@ -499,7 +499,7 @@ async def test_a_page_frozen_in_the_back_forward_cache_confirms_nothing(daemon_f
         publish(redis, "rm.users.user1", f"m{i}")
     await first.until(lambda: len(first.of("ignored")) >= 3, "the frozen page to ignore the three messages")
     delay = daemon.service.hub.confirmations.confirm_delay
-    await wait_until(lambda: session._waiters, delay + 5, "the core asking for a confirmation")
+    await wait_until(lambda: session._receipts.waiting, delay + 5, "the core asking for a confirmation")
     await first.until(lambda: first.of("ws_ping") or [e for e in first.of("ignored") if e["packet"] == "2"], "the request to arrive")
     assert not first.of("ws_ping"), "no WebSocket ping: the browser would answer it for the frozen page"
     assert len(attachment.unconfirmed) == 3 and not session.all_confirmed

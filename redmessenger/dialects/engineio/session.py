@@ -3,42 +3,9 @@ Engine.IO sessions (protocol revisions 3 and 4): what a client's ``sid`` stands 
 while its transports come and go.  Transport-agnostic: the HTTP long-polling and
 WebSocket transports live in :mod:`redmessenger.dialects.engineio.transports`.
 
-The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=4``):
+The protocol as this server speaks it is described in :mod:`redmessenger.dialects.engineio`.
 
-1. **Handshake.**  ``GET ?EIO=N&transport=polling`` (or a WebSocket at
-   ``?EIO=N&transport=websocket``) opens a session: the first packet is
-   ``0{"sid":...,"upgrades":[...],"pingInterval":ms,"pingTimeout":ms}``
-   (revision 4 adds ``"maxPayload"``).  Refused with HTTP 503 when ``conn_limit``
-   clients are connected, 403 for an Origin not in ``allowed_origins``, 400 (JSON
-   ``{"code":N,"message":...}``) for a bad query.
-2. **Polling.**  ``GET ?sid=`` waits until packets are buffered and returns them as
-   one payload; ``POST ?sid=`` carries the client's packets and is answered ``ok``.
-   One GET at a time: a second one is refused with 400 and ends the session.  A
-   pending GET whose connection drops ends the session (the client is gone).
-   With revision 3, ``j=N`` asks for JSONP.
-3. **Upgrade.**  The client opens a WebSocket with its ``sid`` and sends ``2probe``;
-   the server answers ``3probe`` and releases the pending GET with a ``6`` (noop),
-   as it answers at once any GET that comes until the upgrade;
-   the client sends ``5`` and from then on everything goes over the WebSocket,
-   starting with whatever was buffered.  No ``5`` within ``upgrade_timeout`` closes
-   the probe; the session stays on polling.
-4. **Heartbeat.**  Revision 4: the server sends ``2`` every ``pingInterval`` and
-   expects ``3`` within ``pingTimeout``.  Revision 3: the client sends ``2`` every
-   ``pingInterval``, the server answers ``3``, and a session that sends nothing for
-   ``pingInterval + pingTimeout`` is over.  Either way a silent client is timed out.
-5. **Close.**  ``1`` from the client, a heartbeat timeout, a lost transport or a
-   protocol error ends the session; the server ends one by sending ``1`` (polling)
-   or closing the WebSocket.
-
-Delivery (SPEC §3.4): :meth:`Session.confirm` fires True once the client has shown
-it received every packet sent so far.  With polling, the next GET is that proof
-(a client polls again only after it processed the previous response), and so is
-the upgrade packet (sent only once the last poll is processed); on a WebSocket,
-revision 4: the pong to an Engine.IO ping (the page's JavaScript answers it, a page
-frozen in the back/forward cache does not); revision 3, which has no ping the server
-can send: a WebSocket ping's pong (which a browser answers by itself, the documented
-limit).  Packets still buffered when a session ends were never delivered: the core
-keeps the messages among them (they were never confirmed).
+What counts as the client's receipt of a packet: :mod:`redmessenger.dialects.engineio.receipts`.
 """
 
 from __future__ import annotations
@@ -47,7 +14,7 @@ from collections import deque
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 
 from redmessenger.dialects.engineio.codec import (
@@ -67,6 +34,7 @@ from redmessenger.dialects.engineio.contract import (
     SessionHandler,
     WebSocketTransport,
 )
+from redmessenger.dialects.engineio.receipts import Receipts
 from redmessenger.logs import make_logger
 
 if TYPE_CHECKING:
@@ -116,10 +84,8 @@ class Session:
         self._poll: PollRequest | None = None
         #: Packets waiting for a poll (or the upgrade); always empty once on a WebSocket.
         self._buffer: deque[EncodedPacket] = deque()
-        # Packets counted twice: sent (written, or buffered for a poll), and confirmed by the client.
-        self._sent = 0
-        self._confirmed = 0
-        self._waiters: deque[tuple[int, Deferred[bool]]] = deque()
+        #: Packets counted twice: sent (written, or buffered for a poll), and confirmed by the client.
+        self._receipts = Receipts()
         #: Revision 4: for each Engine.IO ping sent and not answered yet, the packets sent before it.
         #: The client's JavaScript answers each ping in order, after the packets before it.
         self._pings: deque[int] = deque()
@@ -144,7 +110,7 @@ class Session:
     @property
     def _written(self) -> int:
         """Packets written to the client (sent ones not waiting in the buffer): what a poll or a pong confirms."""
-        return self._sent - len(self._buffer)
+        return self._receipts.sent - len(self._buffer)
 
     # -- the layer above ---------------------------------------------------------------
 
@@ -178,14 +144,10 @@ class Session:
 
     def confirm(self) -> Deferred[bool]:
         """Fires True once the client has received every packet sent so far, False if the session ends first."""
-        waiter: Deferred[bool] = Deferred()
-        target = self._sent
-        if target <= self._confirmed:
-            waiter.callback(True)
-        elif self.state is State.CLOSED:
-            waiter.callback(False)
-        else:
-            self._waiters.append((target, waiter))
+        if self.state is State.CLOSED and not self._receipts.all_confirmed:
+            return succeed(False)
+        waiter, waits = self._receipts.wait()
+        if waits:
             if self._websocket is not None:
                 if self.version >= 4:
                     # An Engine.IO ping, which the page's JavaScript answers: a page
@@ -200,7 +162,7 @@ class Session:
     @property
     def all_confirmed(self) -> bool:
         """Whether the client has confirmed every packet sent to it."""
-        return self._confirmed >= self._sent
+        return self._receipts.all_confirmed
 
     def close(self, reason: str) -> None:
         """
@@ -240,7 +202,7 @@ class Session:
             self.abort("overlapping polls")
             raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: overlapping poll requests")
         # A client polls again only once it processed the previous response.
-        self._confirm_upto(self._written)
+        self._receipts.confirm_upto(self._written)
         self._poll = request
         if self._probe is not None and self._probed:
             # Told to stop polling: this GET only ends the polling transport (engine.io answers it too).
@@ -292,7 +254,7 @@ class Session:
         (docs/protocol.md); revision 4 confirms with Engine.IO pings.
         """
         if websocket is self._websocket and self.version < 4:
-            self._confirm_upto(min(token, self._written))
+            self._receipts.confirm_upto(min(token, self._written))
 
     def websocket_closed(self, websocket: WebSocketTransport) -> None:
         if websocket is self._websocket:
@@ -328,14 +290,14 @@ class Session:
             self._answer_poll([NOOP])
         else:
             # The client upgrades only once its last poll is processed.
-            self._confirm_upto(self._written)
+            self._receipts.confirm_upto(self._written)
         self.log.debug("{peer}: session {sid} upgraded to WebSocket", peer=self.peer, sid=self.sid)
         buffered, self._buffer = self._buffer, deque()
         for packet in buffered:
             websocket.write(packet)
         if self.state is State.CLOSING:
             self._finish(self._closing_reason, client_gone=False)
-        elif self._waiters:
+        elif self._receipts.waiting:
             if self.version >= 4:
                 self._push_ping()
             else:
@@ -367,7 +329,7 @@ class Session:
         elif kind is PacketType.PONG:
             if self.version >= 4:
                 if self._pings:
-                    self._confirm_upto(min(self._pings.popleft(), self._written))
+                    self._receipts.confirm_upto(min(self._pings.popleft(), self._written))
                 self._cancel("_timeout_timer")
                 if self._ping_timer is None and self.state is not State.CLOSED:
                     self._ping_timer = self._clock.callLater(self._settings.ping_interval, self._ping)
@@ -390,7 +352,7 @@ class Session:
     def _push_ping(self) -> None:
         """Revision 4: a ping (the heartbeat's, or a confirmation's); its pong confirms it and what was sent before it."""
         if self._push(PING):
-            self._pings.append(self._sent)
+            self._pings.append(self._receipts.sent)
 
     def _reset_timeout(self) -> None:
         if self._timeout_timer is not None and self._timeout_timer.active():
@@ -408,10 +370,10 @@ class Session:
         if websocket is not None:
             if not websocket.write(packet):
                 return False
-            self._sent += 1
+            self._receipts.sent += 1
             return True
         self._buffer.append(packet)
-        self._sent += 1
+        self._receipts.sent += 1
         self._flush()
         return True
 
@@ -478,18 +440,7 @@ class Session:
         except Exception:
             self.log.failure("The handler of session {sid} failed while closing", sid=self.sid)
         # after on_close: a handover waiting for a confirmation then finds the socket gone
-        waiters, self._waiters = self._waiters, deque()
-        for _target, waiter in waiters:
-            waiter.callback(False)
-
-    def _confirm_upto(self, count: int) -> None:
-        if count <= self._confirmed:
-            return
-        self._confirmed = count
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= count:
-            _target, waiter = waiters.popleft()
-            waiter.callback(True)
+        self._receipts.fail_all()
 
     def _cancel(self, name: str) -> None:
         timer: IDelayedCall | None = getattr(self, name)

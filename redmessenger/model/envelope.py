@@ -85,13 +85,7 @@ class Message:
 
     def queue_entry(self) -> bytes:
         """The entry kept in ``rm:users:$uid:messages`` while the user is away."""
-        return self.encoded(
-            "entry",
-            lambda: _dumps(
-                {"v": ENTRY_VERSION, "id": self.id, "source": self.source, "timestamp": self.timestamp, "payload": self.payload}
-                | _sender_fields(self.sender)
-            ).encode("utf-8"),
-        )
+        return self.encoded("entry", _entry_json, self)
 
     def encoded(self, key: Any, build: Callable[..., T], *args: Any) -> T:
         """
@@ -123,6 +117,20 @@ def _envelope_json(message: Message, bubble: bool) -> bytes:
     return (
         f'{{"id":{_quote(message.id)},"source":{_quote(message.source)},"timestamp":{message.timestamp},'
         f'"bubble":{"true" if bubble else "false"},"payload":{_quote(message.payload)}}}'
+    ).encode("utf-8")
+
+
+def _entry_json(message: Message) -> bytes:
+    # As _envelope_json: what _dumps() of the entry as a dict gives, byte for byte.
+    if message.sender is not None:
+        return _dumps(
+            {"v": ENTRY_VERSION, "id": message.id, "source": message.source, "timestamp": message.timestamp,
+             "payload": message.payload}
+            | _sender_fields(message.sender)
+        ).encode("utf-8")  # fmt: skip
+    return (
+        f'{{"v":{ENTRY_VERSION},"id":{_quote(message.id)},"source":{_quote(message.source)},'
+        f'"timestamp":{message.timestamp},"payload":{_quote(message.payload)}}}'
     ).encode("utf-8")
 
 

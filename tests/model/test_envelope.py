@@ -98,3 +98,17 @@ def test_an_entry_without_an_id_gets_the_same_one_each_time_it_is_read() -> None
 def test_an_entry_whose_id_is_not_one_gets_a_derived_id(bad: object) -> None:
     raw = json.dumps({"v": 1, "id": bad, "source": "rm.users.u", "timestamp": 1, "payload": "p"}).encode()
     assert message_from_entry(raw)[0].id.startswith("h-")
+
+
+@pytest.mark.parametrize("payload", ["", "007", 'q"uote\\back\nline\t\u2028', "€ 𝄞 \x00\x1f", "</script>"])
+@pytest.mark.parametrize("sender", [None, "alice"])
+def test_encodings_are_what_json_dumps_gives_byte_for_byte(payload: str, sender: str | None) -> None:
+    from redmessenger.model.channels import Sender
+
+    message = Message("rm.users.u", 1438480701712, payload, "run.3", Sender("c1", sender) if sender else None)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    extra = {"sender": {"client_id": "c1", "uid": sender}} if sender else {}
+    entry = {"v": 1, "id": "run.3", "source": "rm.users.u", "timestamp": 1438480701712, "payload": payload} | extra
+    envelope = {"id": "run.3", "source": "rm.users.u", "timestamp": 1438480701712, "bubble": True, "payload": payload}
+    assert message.queue_entry() == dumps(entry).encode("utf-8")
+    assert message.envelope_json(True) == dumps(envelope | extra).encode("utf-8")

@@ -327,6 +327,66 @@ async def test_an_owner_killed_with_kill_9_hands_its_users_on_within_the_heartbe
         await b.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_holder_killed_with_kill_9_leaves_the_bubble_to_the_owners_tab_and_loses_nothing(
+    daemon_factory, redis, redis_server, tmp_path
+):
+    """
+    alpha (in this process) owns the user and reads the intake; the user's oldest tab, the bubble, is on node-b (a real twistd),
+    another tab on alpha. node-b is killed with SIGKILL while direct and durable messages keep coming: the tab
+    left gets each once, in order, and once node-b's heartbeat entry expires the owner forgets the dead tab and
+    gives the bubble to the tab left; nothing is queued, since the user was online throughout.
+    """
+    from .twistdprocess import Twistd
+
+    names = ["alpha", "node-b"]
+    assert owner_of("rm:intake", names) == "alpha"
+    a = await daemon_factory(node_id="alpha")
+    b = Twistd(tmp_path, redis_server.port, node_id="node-b", ping_interval=0)
+    b.start()
+    try:
+        await b.healthy()
+        await wait_until(lambda: a.service.peers.nodes == names, 10, "the in-process node to see node-b")
+        uid = owned_by("alpha", names)
+
+        def tabs() -> int:
+            user = a.service.presence.get(uid)
+            return len(user.attachments) if user is not None else 0
+
+        relayed = await connect_client(b.url)
+        relayed.send(uid)
+        await wait_until(lambda: tabs() == 1, 5, "the tab on node-b attached at alpha")
+        local = await connect_client(a.url)
+        local.send(uid)
+        await wait_until(lambda: tabs() == 2, 5, "the tab on alpha")
+        publish(redis, f"rm.users.{uid}", "before")
+        assert [(m["payload"], m["bubble"]) for m in await relayed.receive(1)] == [("before", True)]
+        assert [(m["payload"], m["bubble"]) for m in await local.receive(1)] == [("before", False)]
+        b.signal("KILL")
+        await b.ended(10)
+        for i in range(10):
+            publish(redis, f"rm.users.{uid}", f"direct {i}")
+            redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"durable {i}"})
+        await local.receive(20)
+        await wait_until(lambda: a.service.peers.nodes == ["alpha"], 15, "node-b's heartbeat to expire")
+        await wait_until(lambda: tabs() == 1, 5, "the dead tab forgotten")
+        publish(redis, f"rm.users.{uid}", "after")
+        await local.receive(1)
+        await wait_until(lambda: redis.xlen("rm:intake") == 0, 10, "the intake acknowledged")
+        await a.idle()
+        got = payloads(local)
+        assert len(got) == 22 and len(set(got)) == 22, got  # none doubled
+        assert [p for p in got if p.startswith("direct")] == [f"direct {i}" for i in range(10)]
+        assert [p for p in got if p.startswith("durable")] == [f"durable {i}" for i in range(10)]
+        assert got[0] == "before" and got[-1] == "after"
+        assert local.received[-1]["bubble"] is True, "the bubble moved to the tab left"
+        assert redis.llen(f"rm:users:{uid}:messages") == 0, "nothing queued: the user was online throughout"
+        local.close()
+        await local.close_code()
+    finally:
+        await b.stop()
+
+
 def _publish_durably(redis_port: int, uids: list[str], count: int) -> list[tuple[str, str]]:
     """The application, in a thread: ``count`` intake entries per user, round robin, paced; their (uid, payload)."""
     import time

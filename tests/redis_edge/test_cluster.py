@@ -13,13 +13,18 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from ..conftest import RedisServer
+from ..conftest import RedisServer, free_port
 from ..httpclient import http_get
 
 
 @pytest.fixture
 def cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, arguments=("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")))
+    # the cluster bus port named: by default it is the port + 10000, past 65535 for a quarter of the free ports
+    server = RedisServer(
+        tmp_path,
+        arguments=("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+                   "--cluster-port", str(free_port())),
+    )  # fmt: skip
     server.start()
     yield server
     server.stop()

@@ -252,7 +252,18 @@ async def start_daemon(redis_port: int, **overrides: Any) -> Daemon:
     service.startService()
     daemon = Daemon(service, port)
     if overrides.get("redis_port", redis_port) == redis_port:
-        await wait_until(lambda: service.link.ready, 10, "the Redis link")
+        # linked, and listed among the nodes: it acts on PUBLISHes from its first heartbeat heard (docs/scale-out.md);
+        # a Redis it does not support (a Cluster node) lists nothing
+        link = service.link
+        try:
+            await wait_until(
+                lambda: link.ready and (service.peers.listed or link.state.unsupported is not None),
+                10,
+                "the Redis link and the first heartbeat",
+            )
+        except BaseException:
+            await service.stopService()  # no daemon left running behind the test
+            raise
     return daemon
 
 

@@ -282,6 +282,22 @@ async def test_two_daemons_listening_on_one_port_share_its_connections_and_each_
         await client.close_code()
 
 
+async def beside_a_twistd(daemon_factory: Any, redis_port: int, tmp_path: Any, local: str) -> tuple[Any, Any]:
+    """A daemon in this process named ``local``, and node-b, a real twistd (the caller stops it), seeing each other."""
+    from .twistdprocess import Twistd
+
+    a = await daemon_factory(node_id=local)
+    b = Twistd(tmp_path, redis_port, node_id="node-b", ping_interval=0)
+    b.start()
+    try:
+        await b.healthy()
+        await wait_until(lambda: a.service.peers.nodes == sorted([local, "node-b"]), 10, "the in-process node to see node-b")
+    except BaseException:
+        await b.stop()
+        raise
+    return a, b
+
+
 @pytest.mark.parametrize("local", ["node-a", "alpha"])  # the intake read by the node killed, or by the one left
 @pytest_twisted.ensureDeferred
 async def test_an_owner_killed_with_kill_9_hands_its_users_on_within_the_heartbeat_and_loses_no_durable_message(
@@ -293,16 +309,10 @@ async def test_an_owner_killed_with_kill_9_hands_its_users_on_within_the_heartbe
     the durable intake published meanwhile reaches it once, in order. (A bare PUBLISH to a dead owner is lost, as
     with one daemon: pub/sub keeps nothing.)
     """
-    from .twistdprocess import Twistd
-
     names = sorted([local, "node-b"])
     assert (owner_of("rm:intake", names) == local) == (local == "alpha")
-    a = await daemon_factory(node_id=local)
-    b = Twistd(tmp_path, redis_server.port, node_id="node-b", ping_interval=0)
-    b.start()
+    a, b = await beside_a_twistd(daemon_factory, redis_server.port, tmp_path, local)
     try:
-        await b.healthy()
-        await wait_until(lambda: a.service.peers.nodes == names, 10, "the in-process node to see node-b")
         uid = owned_by("node-b", names)
         client = await connect_client(a.url)
         client.send(uid)
@@ -337,16 +347,10 @@ async def test_a_holder_killed_with_kill_9_leaves_the_bubble_to_the_owners_tab_a
     left gets each once, in order, and once node-b's heartbeat entry expires the owner forgets the dead tab and
     gives the bubble to the tab left; nothing is queued, since the user was online throughout.
     """
-    from .twistdprocess import Twistd
-
     names = ["alpha", "node-b"]
     assert owner_of("rm:intake", names) == "alpha"
-    a = await daemon_factory(node_id="alpha")
-    b = Twistd(tmp_path, redis_server.port, node_id="node-b", ping_interval=0)
-    b.start()
+    a, b = await beside_a_twistd(daemon_factory, redis_server.port, tmp_path, "alpha")
     try:
-        await b.healthy()
-        await wait_until(lambda: a.service.peers.nodes == names, 10, "the in-process node to see node-b")
         uid = owned_by("alpha", names)
 
         def tabs() -> int:
@@ -454,3 +458,56 @@ async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon
     for client in clients.values():
         client.client.close()
         await client.client.close_code()
+
+
+def _publish_bare(redis_port: int, uids: list[str], progress: list[int], stop: Any) -> int:
+    """The application, in a thread: bare PUBLISHes to each user, round robin, paced, until ``stop`` is set; the rounds."""
+    import time
+
+    import valkey
+
+    client = valkey.Valkey(host="127.0.0.1", port=redis_port)
+    rounds = 0
+    while not stop.is_set():
+        for uid in uids:
+            client.publish(f"rm.users.{uid}", f"{uid}.{rounds}")
+        rounds += 1
+        progress.append(rounds)
+        time.sleep(0.005)
+    client.close()
+    return rounds
+
+
+@pytest_twisted.ensureDeferred
+async def test_bare_publishes_while_a_daemon_joins_and_leaves_are_acted_on_by_exactly_one_owner(daemon_factory, redis, redis_server):
+    """
+    Users offline everywhere; bare PUBLISHes keep coming while node-b joins node-a and leaves again. The owners
+    change at the same place among the PUBLISHes on both daemons (rm.nodes), and a new owner acts only once the
+    old one's writes landed: every message is queued once, in order, whichever daemon owned the user then.
+    """
+    import threading
+
+    from twisted.internet.threads import deferToThread
+
+    first = await daemon_factory(node_id="node-a")
+    uids = [f"flow{i}" for i in range(20)]
+    assert 5 <= sum(owner_of(uid, NODES[:2]) == "node-b" for uid in uids) <= 15, "users that move both ways"
+    progress: list[int] = []
+    stop = threading.Event()
+    publishing = deferToThread(_publish_bare, redis_server.port, uids, progress, stop)
+    try:
+        await wait_until(lambda: len(progress) >= 20, 10, "publishing under way")
+        second = await daemon_factory(node_id="node-b")
+        await wait_until(lambda: first.service.peers.nodes == NODES[:2], 5, "node-a to hear node-b")
+        joined_at = len(progress)
+        await wait_until(lambda: len(progress) >= joined_at + 40, 10, "publishing with both daemons")
+        await second.service.stopService()  # leaves: node-a owns every user again
+        left_at = len(progress)
+        await wait_until(lambda: len(progress) >= left_at + 20, 10, "publishing after node-b left")
+    finally:
+        stop.set()
+        rounds = await publishing
+    await first.idle()
+    for uid in uids:
+        queued = [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{uid}:messages", 0, -1)]
+        assert queued == [f"{uid}.{i}" for i in range(rounds)], (uid, rounds, len(queued), len(set(queued)))

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.budget import Budget
@@ -190,6 +190,7 @@ class Hub:
     def set_peers(self, peers: Peers) -> None:
         self.peers = self.delivery.peers = peers
         self.router.owner = self.owner
+        self.router.listed = lambda: peers.listed
 
     def owner(self, uid: str) -> str | None:
         """The node that owns ``uid`` when it is not this one."""
@@ -211,34 +212,49 @@ class Hub:
 
     def give_away(self, uid: str, owner: str) -> Deferred[None]:
         """
-        ``uid`` is owned by ``owner`` now: what its sockets did not confirm goes
-        back to the queue, and once those writes have landed, the sockets held
-        here become relays of the new owner (which hands them the queue); those
-        other nodes hold are forgotten (their nodes attach them to the new owner).
+        ``uid`` is owned by ``owner`` now.  A socket held here that stays open
+        becomes a relay of the new owner (which hands it the queue) once its
+        client confirmed what it was sent: then nothing of it goes back to the
+        queue, to come again from there.  What a socket did not confirm (it
+        closed meanwhile, or it was in a queue handover) goes back to the queue,
+        and the relay is attached once those writes have landed.  Sockets other
+        nodes hold are forgotten (their nodes attach them to the new owner).
         """
         attachments = self.presence.release(uid)
+        steps: list[Deferred[None]] = []
         for attachment in attachments:
-            orphans = lost(attachment.unconfirmed + (attachment.held or []))
+            sents = attachment.unconfirmed
+            attachment.unconfirmed = []
             if attachment.pending_bytes:
                 self.budget.give_back(attachment, attachment.pending_bytes)
-            attachment.unconfirmed.clear()
-            attachment.held = None
-            for message in orphans:
-                self.delivery.queue([uid], message)
-        here = [a for a in attachments if a.via is None]
-        for attachment in attachments:
             if attachment.via is not None:
                 attachment.attached = False
-            else:
-                attachment.owner = owner
+                self._requeue(uid, lost(sents + (attachment.held or [])))
+                continue
+            attachment.owner = owner
+            if attachment.held is not None or not sents or not attachment.sink.writable:
+                self._requeue(uid, lost(sents + (attachment.held or [])))
+                attachment.held = None
+                steps.append(self._queues.drain().addCallback(self._hand_on, attachment, owner))
+                continue
+            steps.append(attachment.sink.confirm().addCallback(self._confirmed_before_hand_on, attachment, owner, sents))
+        return gatherResults(steps).addCallback(lambda _: None) if steps else succeed(None)
 
-        def attach(_: object) -> None:
+    def _requeue(self, uid: str, messages: list[Message]) -> None:
+        for message in messages:
+            self.delivery.queue([uid], message)
+
+    def _confirmed_before_hand_on(self, received: bool, attachment: Attachment, owner: str, sents: list[Any]) -> Deferred[None]:
+        if received:
+            confirmed(attachment.uid, sents)
+        else:  # the socket went away first: what it had goes back to the queue
+            self._requeue(attachment.uid, lost(sents))
+        return self._queues.drain().addCallback(self._hand_on, attachment, owner)
+
+    def _hand_on(self, _: object, attachment: Attachment, owner: str) -> None:
+        if attachment.attached and attachment.owner == owner:
             assert self.peers is not None
-            for attachment in here:
-                if attachment.attached and attachment.owner == owner:
-                    self.peers.attach(owner, attachment)
-
-        return self._queues.drain().addCallback(attach)
+            self.peers.attach(owner, attachment)
 
     def check_public_key(self, given: object) -> None:
         """A version-1 session's public key (SPEC §7.5): refused (4401) if one is configured and this is not it."""
@@ -353,6 +369,18 @@ class Hub:
     def busy(self) -> bool:
         """Whether a handover is running or a group message waits for its members."""
         return bool(self.handovers.running or self.router.waiting)
+
+    def written(self) -> Deferred[None]:
+        """Fires once every queue write made so far has been answered by Redis."""
+        return self._queues.drain()
+
+    def in_order(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once every message published before it was handed on (a change of the nodes)."""
+        self.router.in_order(action)
+
+    def hold(self) -> Callable[[], None]:
+        """Hold the messages published from now on until the function returned is called."""
+        return self.router.hold()
 
     def when_idle(self) -> Deferred[None]:
         """

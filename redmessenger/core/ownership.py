@@ -46,6 +46,8 @@ class Owners:
         self._alone = True
         #: whether there are other nodes (more than one known)
         self.shared = False
+        #: whether this node is among the nodes
+        self.listed = False
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -58,6 +60,9 @@ class Owners:
         self._nodes = found
         self._alone = all(node == self.node for node in found)
         self.shared = len(found) > 1
+        # The last node to leave goes on acting until it unsubscribes: no other acts then, and Redis told the
+        # publishers it heard them.
+        self.listed = self.node in found or (not found and self.listed)
 
     def elsewhere(self, key: str) -> str | None:
         """The node that owns ``key`` when it is not this one; None when this one does."""

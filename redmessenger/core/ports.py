@@ -77,6 +77,14 @@ class Peers(Protocol):
     def shared(self) -> bool:
         """Whether other daemons share the Redis now (if not, this one owns every user)."""
 
+    @property
+    def listed(self) -> bool:
+        """
+        Whether this daemon is among the live nodes as it last heard them: it acts
+        on the PUBLISHes to users and groups only then (before its first heartbeat
+        is heard, the users it will own are still other daemons').
+        """
+
     def owner(self, key: str) -> str | None:
         """The node that owns ``key`` (a uid, or a group for what one node does for it); None when it is this one."""
 

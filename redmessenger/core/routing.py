@@ -55,11 +55,18 @@ def _addressee(channel: bytes) -> tuple[str | None, bool] | None:
 
 @dataclass(eq=False)
 class _Pending:
-    """A published message waiting for its recipients to be known."""
+    """
+    A published message waiting for its recipients to be known; or, with no
+    message, a step taken in its turn (``action``), which waits while ``uids`` is None.
+    """
 
-    message: Message
+    message: Message | None
     uids: list[str] | None = None
     label: str = ""
+    group: bool = False
+    #: Whether this daemon acts on it is decided in its turn (the nodes may change before it).
+    decide: bool = False
+    action: Callable[[], None] | None = None
 
 
 class Router:
@@ -101,6 +108,9 @@ class Router:
         #: With other daemons on the Redis: the node that owns a uid or group when it is not this one
         #: (docs/scale-out.md); a bare PUBLISH to a user owned elsewhere is left to its owner.
         self.owner: Callable[[str], str | None] | None = None
+        #: With other daemons: whether this one is among the live nodes (it acts on users' and groups' PUBLISHes
+        #: only then, docs/scale-out.md); None: it always is.
+        self.listed: Callable[[], bool] | None = None
 
     @property
     def max_payload(self) -> int | None:
@@ -126,18 +136,56 @@ class Router:
                 "Ignoring a message on {channel!r}: not a valid {what}", channel=channel, what="group id" if group else "uid"
             )
             return
-        owner = self.owner
-        if owner is not None and owner(name) is not None:
-            if not group:
-                return  # another daemon owns the user: it acts (docs/scale-out.md)
+        if self._inbox:
+            # Older messages or a change of the nodes wait: whether this daemon acts is decided in its turn.
             if len(payload) > self._size_limit:
-                return  # kept aside by the group's owner
+                if self._acts(name, group):
+                    self._oversize(channel, payload)
+                return
+            pending = _Pending(self._message(channel, payload), None if group else [name], name, group, decide=True)
+            self._inbox.append(pending)
+            if group:
+                self._look_up_members(pending, name)
+            return
+        if not self._acts(name, group):
+            return  # another daemon acts (docs/scale-out.md)
         if len(payload) > self._size_limit:
             self._oversize(channel, payload)
             return
         if debugging():
             self.log.debug("New message from channel {channel}", channel=channel.decode())
         self._route(self._message(channel, payload), name, group)
+
+    def _acts(self, name: str, group: bool) -> bool:
+        """
+        Whether this daemon acts on a PUBLISH to user or group ``name``: among the
+        live nodes, it acts for a user it owns, and for a group (for the members
+        it owns; an oversize message only if it owns the group).
+        """
+        listed = self.listed
+        if listed is not None and not listed():
+            return False  # not among the nodes yet (or any more): their owners act
+        owner = self.owner
+        return group or owner is None or owner(name) is None
+
+    def in_order(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once every message published before it was handed on (a change of the nodes)."""
+        if not self._inbox:
+            action()
+            return
+        self._inbox.append(_Pending(None, [], action=action))
+
+    def hold(self) -> Callable[[], None]:
+        """Hold every message published from now on until the function returned is called (at most once matters)."""
+        pending = _Pending(None, None)
+        self._inbox.append(pending)
+
+        def release() -> None:
+            if pending.uids is None:
+                pending.uids = []
+                self._drain()
+
+        return release
 
     def on_intake(self, channel: bytes, payload: bytes, timestamp: int, ticket: Ticket) -> str | None:
         """
@@ -190,7 +238,7 @@ class Router:
         waits in the inbox for its members, the lookups pipelined.
         """
         if group:
-            pending = _Pending(message, label=name)
+            pending = _Pending(message, label=name, group=True)
             self._inbox.append(pending)
             self._look_up_members(pending, name)
         elif not self._inbox:
@@ -274,6 +322,13 @@ class Router:
             if uids is None:
                 break
             pending = inbox.popleft()
-            self._deliver(pending.message, uids, pending.label or None)
+            message = pending.message
+            if message is None:
+                if pending.action is not None:
+                    pending.action()
+                continue
+            if pending.decide and not self._acts(pending.label, pending.group):
+                continue
+            self._deliver(message, uids, pending.label if pending.group else None)
         if not inbox:
             self._on_settled()

@@ -47,7 +47,7 @@ from redmessenger.redis_edge.demoapp import DemoApplication
 from redmessenger.redis_edge.directory import Directory, longest_queues
 from redmessenger.redis_edge.intake import IntakeReader
 from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
-from redmessenger.redis_edge.nodes import NodeRegistry
+from redmessenger.redis_edge.nodes import NodeRegistry, NodesChange
 from redmessenger.redis_edge.peers import PeerLink
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
@@ -93,6 +93,8 @@ class RedMessengerService(OrderedServices):
             on_message=self._on_publish,
             on_read=(self.corks.hold, self._end_of_read),
             direct=(self.answers_channel.encode("ascii"), self._on_answer),
+            # the live nodes heard among the messages; a heartbeat as soon as subscribed
+            nodes=(lambda payload: self.nodes.heard(payload), lambda: self.nodes.beat()),
         )
         #: The daemons sharing this Redis (docs/scale-out.md): heartbeats in rm:nodes.
         self.nodes = NodeRegistry(
@@ -100,8 +102,10 @@ class RedMessengerService(OrderedServices):
             reactor,
             config.consumer_name,
             connected=lambda: self.link.state.commands_connected,
+            hearing=lambda: self.link.hearing_nodes,
             sockets=lambda: len(self.websockets.sockets) + len(self.socketio.engine),
-            on_change=lambda nodes: self.peers.nodes_changed(nodes),
+            on_change=self._nodes_changed,
+            in_order=lambda action: self.hub.in_order(action),
         )
         self.application = RedisApplication(
             self.link.commands, lambda: self.link.state.commands_connected, reactor, config.redis_timeout
@@ -141,7 +145,7 @@ class RedMessengerService(OrderedServices):
                 config.consumer_name,
                 self.hub.on_intake,
                 block=INTAKE_BLOCK_SECONDS,
-                reads=lambda: self.hub.owner(INTAKE_STREAM) is None,
+                reads=lambda: self.peers.listed and self.hub.owner(INTAKE_STREAM) is None,
             )
             self.hub.intake_done = self.intake.done
             self.hub.intake_delivered = self.intake.delivered
@@ -212,7 +216,7 @@ class RedMessengerService(OrderedServices):
             self.embedded.setServiceParent(self)
         Step("redis", self._start_redis, self._leave_redis).setServiceParent(self)
         Step("peers", lambda: None, self.peers.stop).setServiceParent(self)
-        Step("nodes", self.nodes.start, self.nodes.stop).setServiceParent(self)
+        Step("nodes", self.nodes.start, self._leave_nodes).setServiceParent(self)
         Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
         Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
         Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
@@ -230,6 +234,19 @@ class RedMessengerService(OrderedServices):
         if self.demo is not None:
             Step("demo", self.demo.start, lambda: self.demo.stop() if self.demo is not None else None).setServiceParent(self)
         Step("sighup", self._install_hangup, self._uninstall_hangup).setServiceParent(self)
+
+    def _nodes_changed(self, nodes: list[str], change: NodesChange | None) -> None:
+        self.peers.nodes_changed(nodes, change)
+        if self.intake is not None:
+            self.intake.wake()  # whether this daemon reads it may have changed
+
+    def _leave_nodes(self) -> Deferred[None]:
+        """Leave the list of nodes; once this daemon hears it left, it tells the others its last writes landed."""
+        listed = self.peers.listed and self.link.hearing_nodes
+        d = self.nodes.stop()
+        if listed:
+            d.addCallback(lambda _: self.peers.gone(2.0))
+        return d
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
         self.hub.on_publish(channel, payload)

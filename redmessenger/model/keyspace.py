@@ -29,6 +29,11 @@ SUBSCRIPTION_PATTERNS = [USER_CHANNEL_PREFIX + b"*", GROUP_CHANNEL_PREFIX + b"*"
 NODES_KEY = "rm:nodes"
 #: A hash: each live node's open sockets, as of its last heartbeat.
 NODES_SOCKETS_KEY = "rm:nodes:sockets"
+#: Where the heartbeat script publishes the live nodes whenever they change (JSON, redis_edge/scripts.py): every
+#: daemon hears it at the same place among the PUBLISHes, and the users' owners change there (docs/scale-out.md).
+NODES_CHANNEL = b"rm.nodes"
+#: A counter: the number of the last change of the live nodes (its ``epoch``).
+NODES_EPOCH_KEY = "rm:nodes:epoch"
 
 
 def inbox_key(node_id: str) -> str:

@@ -83,10 +83,12 @@ class Snapshot:
     counters: Counters
     link: LinkState
     running: bool
+    #: Whether this daemon is among the live nodes as it last heard them (it acts on users' PUBLISHes only then).
+    listed: bool = True
 
     @property
     def healthy(self) -> bool:
-        return self.running and self.link.subscribed and self.link.commands_connected and self.link.unsupported is None
+        return self.unhealthy_reason is None
 
     @property
     def unhealthy_reason(self) -> str | None:
@@ -100,6 +102,8 @@ class Snapshot:
             return "Redis command connection down" + why
         if not self.link.subscribed:
             return "not subscribed to Redis pub/sub" + why
+        if not self.listed:
+            return "not listed among the daemons sharing this Redis (rm:nodes) yet: its heartbeat has not been heard"
         return None
 
 
@@ -120,6 +124,7 @@ def snapshot(view: DaemonView) -> Snapshot:
         counters=view.counters,
         link=view.link,
         running=view.running(),
+        listed=view.node_id in view.nodes(),
     )
 
 

@@ -114,6 +114,11 @@ class IntakeReader:
         if self._wait is not None and not self._wait.called:
             self._wait.callback(None)
 
+    def wake(self) -> None:
+        """Check now whether this daemon reads (the nodes changed), rather than at the end of the pause."""
+        if self._wait is not None and not self._wait.called:
+            self._wait.callback(None)
+
     def done(self, entry_id: str) -> None:
         """Every recipient's copy of this entry is safe: acknowledge it (with the others of this reactor turn)."""
         self._in_flight.discard(entry_id)

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import (
 )
 
 from redmessenger.logs import make_logger
+from redmessenger.model.keyspace import NODES_CHANNEL
 from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
 from redmessenger.redis_edge.linkreport import LinkReport
 from redmessenger.redis_edge.outage import Attempts, quiet_retry_lines
@@ -133,6 +134,7 @@ class RedisLink:
         on_message: OnMessage,
         on_read: tuple[Callable[[], None], Callable[[], None]] | None = None,
         direct: tuple[bytes, Callable[[bytes], None]] | None = None,
+        nodes: tuple[Callable[[bytes], None], Callable[[], object]] | None = None,
     ) -> None:
         import txredisapi
 
@@ -150,6 +152,8 @@ class RedisLink:
             if direct is not None and settings.probe_interval > 0
             else None
         )
+        #: Whether the subscriber hears rm.nodes (its SUBSCRIBE confirmed): a node beats only then.
+        self.hearing_nodes = False
         #: With Sentinel: the master's address, followed through failovers.
         self.sentinel = SentinelWatch(reactor, settings.sentinel, self._master_moved) if settings.sentinel else None
         link = self
@@ -253,16 +257,27 @@ class RedisLink:
 
             def _subscribe(self) -> None:
                 d = self.psubscribe(PATTERNS)
-                if direct is not None:
-                    # This daemon's own channel (the application's answers): SUBSCRIBE, not a pattern.
-                    d.addCallback(lambda _: self.subscribe([direct[0]]))
+                # This daemon's own channel (the application's answers), and the live nodes: SUBSCRIBE, not patterns.
+                channels = ([direct[0]] if direct is not None else []) + ([NODES_CHANNEL] if nodes is not None else [])
+                if channels:
+                    d.addCallback(lambda _: self.subscribe(channels))
                 d.addCallbacks(lambda _: link.report.subscribed(), link.report.psubscribe_failed)
+
+            def replyReceived(self, reply: Any) -> None:
+                super().replyReceived(reply)
+                # Subscribed to rm.nodes: told by its own confirmation (txredisapi may fire the SUBSCRIBE's
+                # Deferred with a confirmation of the PSUBSCRIBE before it, when Redis has not seen it yet).
+                if nodes is not None and type(reply) is list and reply[:2] == [b"subscribe", NODES_CHANNEL]:
+                    link.hearing_nodes = True
+                    nodes[1]()
 
             def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
                 # An exception escaping here would make Twisted drop the
                 # subscriber connection: contain it.
                 try:
-                    if pattern is None and direct is not None:
+                    if pattern is None and nodes is not None and channel == NODES_CHANNEL:
+                        nodes[0](message)
+                    elif pattern is None and direct is not None:
                         if message.startswith(PROBE_PREFIX):
                             if link.probe is not None:
                                 link.probe.heard(message)
@@ -274,6 +289,7 @@ class RedisLink:
                     link.log.failure("Handling a message on {channel!r} failed", channel=channel)
 
             def connectionLost(self, why: Any) -> None:
+                link.hearing_nodes = False
                 link.report.unsubscribed(why, link.probe.take_silence() if link.probe is not None else None)
                 super().connectionLost(why)
 

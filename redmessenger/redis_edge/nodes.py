@@ -1,16 +1,26 @@
 """
-The daemons sharing this Redis (docs/scale-out.md, step 1): each renews its
-entry in ``rm:nodes`` every ``interval`` seconds, listed for ``ttl`` seconds, and
-reads the live list in the same script call.  A clean stop leaves the list at
-once; a killed daemon drops out when its entry expires.
+The daemons sharing this Redis (docs/scale-out.md): each renews its entry in
+``rm:nodes`` every ``interval`` seconds, listed for ``ttl`` seconds, and reads
+the live list in the same script call.  A clean stop leaves the list at once; a
+killed daemon drops out when its entry expires.
 
-Nothing acts on the list yet but operators (status, /health, /metrics): the
-owners of users come next (core/ownership.py).
+The owners of users follow the list (redis_edge/peers.py), and every daemon
+must change it at the same place among the PUBLISHes, or a message to a user
+would be acted on by two owners or by none.  So the script publishes the list
+on ``rm.nodes`` whenever it changes, and a daemon takes the list it hears there,
+in order with the messages on the same subscription (:meth:`NodeRegistry.heard`).
+The list a heartbeat reads is the fallback: a daemon that heard no change while
+the heartbeats tell another list for ``grace`` seconds (its subscription was
+down when one was published) takes theirs.  A daemon beats only while it is
+subscribed: one that cannot hear the PUBLISHes leaves the list when its entry
+expires, and its users go to daemons that can.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -18,10 +28,41 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from redmessenger.logs import make_logger
-from redmessenger.model.keyspace import NODES_KEY, NODES_SOCKETS_KEY
+from redmessenger.model.keyspace import NODES_CHANNEL, NODES_EPOCH_KEY, NODES_KEY, NODES_SOCKETS_KEY
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import HEARTBEAT
+
+
+_KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY]
+
+
+@dataclass(frozen=True)
+class NodesChange:
+    """A change of the live nodes as the heartbeat script published it: who joined or left, who expired."""
+
+    epoch: int
+    #: The node whose heartbeat (or leave) published it; it ``joined`` or ``left`` then, or neither.
+    node: str
+    joined: bool
+    left: bool
+    expired: tuple[str, ...]
+    #: The live nodes after the change, sorted.
+    nodes: list[str]
+
+    @classmethod
+    def parse(cls, payload: bytes) -> NodesChange:
+        try:
+            raw = json.loads(payload)
+        except ValueError:
+            raise ValueError("not JSON") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("epoch"), int) or not isinstance(raw.get("node"), str):
+            raise ValueError("not a change of the nodes")
+        # cjson writes an empty list as {}
+        nodes, expired = (value if isinstance(value, list) else [] for value in (raw.get("nodes"), raw.get("expired")))
+        if not all(isinstance(n, str) for n in nodes + expired):
+            raise ValueError("node ids that are not text")
+        return cls(raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, tuple(expired), sorted(nodes))
 
 
 class NodeRegistry:
@@ -36,27 +77,40 @@ class NodeRegistry:
         node_id: str,
         *,
         connected: Callable[[], bool] = lambda: True,
+        hearing: Callable[[], bool] = lambda: True,
         sockets: Callable[[], int] = lambda: 0,
-        on_change: Callable[[list[str]], object] = lambda nodes: None,
+        on_change: Callable[[list[str], NodesChange | None], object] = lambda nodes, change: None,
         interval: float = 1.0,
         ttl: float = 10.0,
+        grace: float = 3.0,
+        in_order: Callable[[Callable[[], None]], None] = lambda action: action(),
     ) -> None:
         self._commands = commands
         self._clock = clock
         #: Whether the command connection is up: txredisapi keeps commands while it is not.
         self._connected = connected
+        #: Whether the subscription is up: a node beats only while it hears the PUBLISHes (and rm.nodes).
+        self._hearing = hearing
         #: This daemon's open sockets, told with each heartbeat.
         self._sockets = sockets
         #: Told the live nodes whenever they change (the owners of users move: redis_edge/peers.py).
         self._on_change = on_change
         self.node_id = node_id
         self._ttl = ttl
+        self._grace = grace
+        #: Runs a change of the nodes after the messages published before it (core.hub.Hub.in_order).
+        self._in_order = in_order
+        #: Since when the heartbeats have told another list than the one taken (None: they agree).
+        self._differs_since: float | None = None
         self._loop = LoopingCall(self.beat)
         self._loop.clock = clock
         self._interval = interval
-        #: The live nodes (this one among them once a heartbeat landed), sorted, and their open sockets.
+        #: The live nodes as last heard (this one among them once its first heartbeat was), sorted, and
+        #: their open sockets as of the last heartbeat.
         self.nodes: list[str] = []
         self.sockets: dict[str, int] = {}
+        #: The last heartbeat failure warned about (the others are logged at debug level).
+        self._warned: str | None = None
         #: A heartbeat is on its way: while Redis is away, beats are not piled up behind it.
         self._beating = False
 
@@ -64,11 +118,11 @@ class NodeRegistry:
         self._loop.start(self._interval, now=True)
 
     def beat(self) -> Deferred[None]:
-        if self._beating or not self._connected():
+        if self._beating or not self._connected() or not self._hearing():
             return succeed(None)
         self._beating = True
         d = translated(
-            self._commands.eval(HEARTBEAT, [NODES_KEY, NODES_SOCKETS_KEY], [self.node_id, self._ttl, "beat", self._sockets()])
+            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL])
         )
         d.addCallbacks(self._listed, self._failed)
         d.addBoth(self._beaten)
@@ -77,25 +131,59 @@ class NodeRegistry:
     def _beaten(self, result: None) -> None:
         self._beating = False
 
+    @property
+    def listed(self) -> bool:
+        """Whether this node is among the live nodes as last heard: it acts on PUBLISHes to users only then."""
+        return self.node_id in self.nodes
+
+    def heard(self, payload: bytes) -> None:
+        """A change of the live nodes, published on ``rm.nodes``: taken here, between the messages around it."""
+        try:
+            change = NodesChange.parse(payload)
+        except ValueError as e:
+            self.log.warn("Ignoring a message on rm.nodes: {why} ({payload!r})", why=str(e), payload=payload[:200])
+            return
+        self._in_order(lambda: self._take(change.nodes, "", change))
+
     def _listed(self, reply: Any) -> None:
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
         named = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
         self.sockets = {node: _count(count) for node, count in zip(named, counts)}
         nodes = sorted(named)
-        if nodes != self.nodes:
-            joined, left = set(nodes) - set(self.nodes), set(self.nodes) - set(nodes)
-            self.log.info(
-                "Nodes on this Redis: {count} ({nodes}){joined}{left}",
-                count=len(nodes),
-                nodes=", ".join(nodes),
-                joined=f"; joined: {', '.join(sorted(joined))}" if joined and self.nodes else "",
-                left=f"; left: {', '.join(sorted(left))}" if left else "",
-            )
-            self.nodes = nodes
-            self._on_change(nodes)
+        if nodes == self.nodes:
+            self._differs_since = None
+            return
+        now = self._clock.seconds()
+        if self._differs_since is None:
+            self._differs_since = now  # the change is on its way on rm.nodes, or was missed
+        elif now - self._differs_since >= self._grace:
+            self._differs_since = None
+            self._in_order(lambda: self._take(nodes, f" (from the heartbeats: none heard on rm.nodes for {self._grace:g}s)", None))
+
+    def _take(self, nodes: list[str], how: str, change: NodesChange | None) -> None:
+        self._differs_since = None
+        if nodes == self.nodes:
+            return
+        joined, left = set(nodes) - set(self.nodes), set(self.nodes) - set(nodes)
+        self.log.info(
+            "Nodes on this Redis: {count} ({nodes}){joined}{left}{how}",
+            count=len(nodes),
+            nodes=", ".join(nodes),
+            joined=f"; joined: {', '.join(sorted(joined))}" if joined and self.nodes else "",
+            left=f"; left: {', '.join(sorted(left))}" if left else "",
+            how=how,
+        )
+        self.nodes = nodes
+        self._on_change(nodes, change)
 
     def _failed(self, failure: Any) -> None:
-        self.log.debug("Heartbeat not written ({why}); next one in {interval}s", why=failure.getErrorMessage(), interval=self._interval)
+        why = failure.getErrorMessage()
+        if not self.listed and why != self._warned:
+            # never listed: it acts on no PUBLISH to users, and /health says so; the log says why, once
+            self._warned = why
+            self.log.warn("Heartbeat not written ({why}): this daemon is not listed and acts on no PUBLISH to users", why=why)
+            return
+        self.log.debug("Heartbeat not written ({why}); next one in {interval}s", why=why, interval=self._interval)
 
     def stop(self) -> Deferred[None]:
         """Stop beating and leave the list (best effort: a node that cannot reach Redis expires from it)."""
@@ -103,7 +191,9 @@ class NodeRegistry:
             self._loop.stop()
         if not self._connected():
             return succeed(None)
-        d = translated(self._commands.eval(HEARTBEAT, [NODES_KEY, NODES_SOCKETS_KEY], [self.node_id, self._ttl, "leave", 0]))
+        d = translated(
+            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "leave", 0, NODES_CHANNEL])
+        )
         d.addTimeout(2.0, self._clock)
         d.addErrback(lambda failure: None)
         return d.addCallback(lambda _: None)

@@ -36,7 +36,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 
 from redmessenger.core.hub import Hub
 from redmessenger.core.ownership import Owners
@@ -46,12 +46,17 @@ from redmessenger.model.envelope import Message, UnreadableEntry, message_from_e
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import inbox_key
 from redmessenger.redis_edge.commands import RedisCommands
+from redmessenger.redis_edge.nodes import NodesChange
 
 #: Entries an inbox keeps at most (a node that died is written to until its heartbeat expires).
 INBOX_MAXLEN = 100000
 #: Entries read from the inbox per call, and how long a read waits for one (ms).
 INBOX_BATCH = 500
 INBOX_BLOCK_MS = 1000
+#: Seconds a node holds the messages after a change of the nodes for the word of those handing it users.
+BARRIER_TIMEOUT = 2.0
+#: Words of changes not held for yet (they may come before the change itself) kept at most.
+EARLY_BARRIERS = 100
 
 
 class RemoteSink:
@@ -199,6 +204,12 @@ class PeerLink:
         self._flush_call: Any = None
         self.sent = 0
         self.received = 0
+        #: Changes of the nodes this node holds the messages for: who has not said its writes landed yet.
+        self._holds: dict[int, tuple[set[str], Any, Any]] = {}
+        #: Such words come before this node heard the change: by change, who said so.
+        self._early: dict[int, set[str]] = {}
+        #: Fired once this node, leaving, has told the others its last writes landed.
+        self._gone: list[Deferred[None]] = []
 
     # -- core.ports.Peers ------------------------------------------------------------------
 
@@ -210,6 +221,10 @@ class PeerLink:
     @property
     def shared(self) -> bool:
         return self._owners.shared
+
+    @property
+    def listed(self) -> bool:
+        return self._owners.listed
 
     def owner(self, key: str) -> str | None:
         """None when this node owns ``key``, which it does of every key while it is alone (or knows no node yet)."""
@@ -243,9 +258,16 @@ class PeerLink:
 
     # -- the nodes -----------------------------------------------------------------------
 
-    def nodes_changed(self, nodes: list[str]) -> None:
-        """The live nodes changed (a heartbeat said so): users whose owner changed move."""
+    def nodes_changed(self, nodes: list[str], change: NodesChange | None = None) -> None:
+        """
+        The live nodes changed (in the order of the messages: ``change`` as
+        published, or None when a heartbeat told it): users whose owner changed
+        move, and the nodes handing users on tell their new owners once their
+        writes landed (:meth:`_hand_on_in_order`).
+        """
         self._owners.set_nodes(nodes)
+        if change is not None:
+            self._hand_on_in_order(change)
         hub = self._hub
         for user in hub.presence.users():
             owner = self.owner(user.uid)
@@ -276,6 +298,83 @@ class PeerLink:
                 attachment.owner = owner
                 self.attach(owner, attachment)
 
+    def _hand_on_in_order(self, change: NodesChange) -> None:
+        """
+        What a node did for a user before a change must land before what its new
+        owner does after it: queue writes and deliveries.  The nodes handing users
+        on (all but the newcomer when one joins: rendezvous hashing moves users to
+        it only; the one leaving when one leaves) say so (``barrier``) once their
+        writes landed, and the new owner holds the messages that follow the change
+        until each has, or for BARRIER_TIMEOUT seconds (one that died says nothing).
+        """
+        me = self.node
+        give_to: list[str] = []
+        expect: set[str] = set()
+        if change.joined:
+            if change.node == me:
+                expect = {node for node in change.nodes if node != me}
+            elif change.node in change.nodes:
+                give_to = [change.node]
+        if change.left:
+            if change.node == me:
+                give_to = [node for node in change.nodes if node != me]
+            else:
+                expect = {change.node}
+        if give_to or (change.left and change.node == me):
+            epoch = str(change.epoch).encode("ascii")
+            leaving = change.left and change.node == me
+
+            def landed(_: object) -> Deferred[None] | None:
+                for node in give_to:
+                    self.send(node, b"barrier", e=epoch)
+                written = self.flush()
+                if leaving:
+                    return written.addBoth(self._left)
+                return None
+
+            self._hub.written().addBoth(landed)
+        expect -= self._early.pop(change.epoch, set())
+        if expect:
+            timer = self._clock.callLater(BARRIER_TIMEOUT, self._no_barrier, change.epoch)
+            self._holds[change.epoch] = (expect, self._hub.hold(), timer)
+
+    def _barrier(self, node: str, epoch: int) -> None:
+        held = self._holds.get(epoch)
+        if held is None:
+            self._early.setdefault(epoch, set()).add(node)
+            while len(self._early) > EARLY_BARRIERS:
+                del self._early[min(self._early)]
+            return
+        waiting, release, timer = held
+        waiting.discard(node)
+        if not waiting:
+            del self._holds[epoch]
+            timer.cancel()
+            release()
+
+    def _no_barrier(self, epoch: int) -> None:
+        waiting, release, _ = self._holds.pop(epoch)
+        self.log.warn(
+            "No word from {nodes} {timeout}s after the change {epoch} of the nodes; going on (a node that died says nothing)",
+            nodes=", ".join(sorted(waiting)),
+            timeout=BARRIER_TIMEOUT,
+            epoch=epoch,
+        )
+        release()
+
+    def gone(self, timeout: float) -> Deferred[None]:
+        """After this node left the list: fires once it told the others its last writes landed (at most ``timeout``)."""
+        waiter: Deferred[None] = Deferred()
+        self._gone.append(waiter)
+        waiter.addTimeout(timeout, self._clock)
+        return waiter.addErrback(lambda _: None)
+
+    def _left(self, _: object) -> None:
+        waiters, self._gone = self._gone, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
     # -- the inbox -----------------------------------------------------------------------
 
     def _batch(self, node: str) -> tuple[list[Any], list[bytes], dict[str, int]]:
@@ -304,9 +403,13 @@ class PeerLink:
         else:
             items.append(["D", place, [sid] if bubble else [], [] if bubble else [sid]])
 
-    def flush(self) -> None:
+    def flush(self) -> Deferred[None]:
+        """Write what this turn has for each node; fires once every write was answered (or failed)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         self._flush_call = None
         outbox, self._outbox = self._outbox, {}
+        writes = []
         for node, (items, messages, _) in outbox.items():
             data = json.dumps({"m": len(messages), "x": items}, ensure_ascii=False, separators=(",", ":"))
             fields: list[Any] = ["k", "batch", "n", self.node, "d", data]
@@ -314,7 +417,8 @@ class PeerLink:
                 fields += (place, entry)  # as they are: no JSON string around JSON
             self.sent += 1
             d = self._commands.execute_command("XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", *fields)
-            d.addErrback(self._not_written, node)
+            writes.append(d.addErrback(self._not_written, node))
+        return gatherResults(writes).addCallback(lambda _: None)
 
     def _not_written(self, failure: Any, node: str) -> None:
         self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=failure.getErrorMessage())
@@ -332,6 +436,10 @@ class PeerLink:
         retry, self._retry = self._retry, None
         if retry is not None and retry.active():
             retry.cancel()
+        holds, self._holds = self._holds, {}
+        for _, release, timer in holds.values():
+            timer.cancel()
+            release()
 
     async def _run(self) -> None:
         last: Any = None
@@ -425,6 +533,10 @@ class PeerLink:
             if message is not None and uid:
                 message.ticket = RemoteTicket(self, node, message.id, uid)
                 self._hub.router.route_user(message, uid)
+        elif kind == b"barrier":
+            epoch = fields.get(b"e", b"")
+            if epoch.isdigit():
+                self._barrier(node, int(epoch))
         elif kind == b"settled":
             forwarded = self._forwarded.pop((_text(fields.get(b"i", b"")), _text(fields.get(b"u", b""))), None)
             ticket = forwarded[0].ticket if forwarded is not None else None

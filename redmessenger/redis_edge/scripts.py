@@ -113,9 +113,14 @@ return 1
 # A node's heartbeat (docs/scale-out.md): its entry in the sorted set KEYS[1]
 # scored with its expiry (Redis's clock, so hosts' clocks do not matter) and its
 # open sockets in the hash KEYS[2]; expired entries dropped from both, and the
-# live nodes returned with their sockets ({ids}, {counts}).  ARGV: node id,
-# seconds it stays listed without another heartbeat, "beat" or "leave" (removes
-# it), its open sockets.
+# live nodes returned with their sockets ({ids}, {counts}).  When the list
+# changed (a node joined, left or expired), the change is published on the
+# channel ARGV[5] in the same step, so that every subscriber hears it at the
+# same place among the PUBLISHes: JSON {"epoch": the change's number (INCR of
+# KEYS[3]), "node": the calling node, "joined"/"left": whether it did,
+# "expired": [ids], "nodes": [ids]}.  ARGV: node id, seconds it stays listed
+# without another heartbeat, "beat" or "leave" (removes it), its open sockets,
+# the channel.
 HEARTBEAT = b"""
 local now = redis.call('TIME')
 local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -124,14 +129,19 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', seconds)
   redis.call('HDEL', KEYS[2], unpack(expired))
 end
+local joined, left = false, false
 if ARGV[3] == 'leave' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+  left = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
   redis.call('HDEL', KEYS[2], ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], seconds + tonumber(ARGV[2]), ARGV[1])
+  joined = redis.call('ZADD', KEYS[1], seconds + tonumber(ARGV[2]), ARGV[1]) == 1
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4] or '0')
 end
 local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
+if (joined or left or #expired > 0) and ARGV[5] then
+  redis.call('PUBLISH', ARGV[5], cjson.encode({epoch = redis.call('INCR', KEYS[3]), node = ARGV[1], joined = joined,
+    left = left, expired = expired, nodes = nodes}))
+end
 if #nodes == 0 then
   return {nodes, {}}
 end

@@ -48,3 +48,17 @@ def test_a_nodes_view_answers_as_hashing_does_and_forgets_when_the_nodes_change(
         None if owner(uid, ["node-a", "node-c"]) == "node-a" else "node-c" for uid in UIDS
     ]
     assert len(view._known) <= 1000, "it remembers a bounded number of keys"
+
+
+def test_a_node_is_listed_from_its_join_to_its_leave_but_the_last_one_goes_on_acting() -> None:
+    view = Owners("node-a")
+    assert not view.listed, "before its first heartbeat is heard, the users are the others'"
+    view.set_nodes([])
+    assert not view.listed
+    view.set_nodes(["node-a", "node-b"])
+    assert view.listed
+    view.set_nodes(["node-b"])
+    assert not view.listed and view.elsewhere("alice") == "node-b", "left: node-b acts for every user"
+    view.set_nodes(["node-a"])
+    view.set_nodes([])
+    assert view.listed and view.elsewhere("alice") is None, "the last to leave acts until it unsubscribes"

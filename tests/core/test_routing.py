@@ -164,3 +164,34 @@ def test_an_oversize_message_does_not_disturb_the_order_of_the_others() -> None:
 def test_a_limit_needs_somewhere_to_keep_oversize_messages() -> None:
     with pytest.raises(ValueError, match="keep_aside"):
         Router(MemoryDirectory(), Recorder().deliver, Counters(), Clock(), lambda: None, max_payload=10)
+
+
+def test_a_change_of_the_nodes_is_taken_in_publish_order_and_decides_for_the_messages_after_it() -> None:
+    routing, directory, recorder, _, _ = router()
+    owners = {"user1": None}  # None: this daemon owns it
+    routing.owner = lambda uid: owners.get(uid)
+    directory.groups["cats"] = [b"user1"]
+    directory.hold_members = True
+    routing.on_publish(b"rm.channels.cats", b"meow")  # waits for its members
+    routing.on_publish(b"rm.users.user1", b"before")
+    routing.in_order(lambda: owners.update(user1="node-b"))  # user1 moves to node-b here
+    routing.on_publish(b"rm.users.user1", b"after")  # node-b's to act on
+    assert recorder.delivered == []
+    directory.answer_members("cats")
+    assert recorder.delivered == [("meow", ["user1"]), ("before", ["user1"])], "decided with the owner of its turn"
+
+
+def test_a_hold_keeps_the_messages_after_it_until_released_and_a_node_not_listed_acts_on_none() -> None:
+    routing, _, recorder, _, _ = router()
+    listed = [False]
+    routing.listed = lambda: listed[0]
+    routing.on_publish(b"rm.users.user1", b"not listed yet")
+    listed[0] = True
+    release = routing.hold()
+    routing.on_publish(b"rm.users.user1", b"held")
+    routing.on_publish(b"rm.users.user2", b"held too")
+    assert recorder.delivered == [] and routing.waiting == 3
+    release()
+    release()  # once is what counts
+    assert recorder.delivered == [("held", ["user1"]), ("held too", ["user2"])]
+    assert routing.waiting == 0

@@ -119,8 +119,10 @@ async def test_metrics_count_what_happened(daemon_factory: Any, redis: valkey.Va
 async def test_each_daemon_has_its_own_metrics(daemon_factory: Any, redis: valkey.Valkey) -> None:
     first = await daemon_factory()
     second = await daemon_factory()
-    client = await first.client("alice")
-    redis.publish("rm.users.alice", "one")
+    await first.until(lambda: len(first.service.peers.nodes) == 2, 5, "the first daemon to hear the second")
+    uid = next(u for u in (f"alice{i}" for i in range(100)) if first.service.peers.owner(u) is None)  # the first's
+    client = await first.client(uid)
+    redis.publish(f"rm.users.{uid}", "one")
     await client.next()
     assert (await scrape(first.port))["redmessenger_identifications_total"] == 1
     assert (await scrape(second.port))["redmessenger_identifications_total"] == 0

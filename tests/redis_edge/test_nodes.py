@@ -11,6 +11,7 @@ import json
 import pytest_twisted
 from twisted.internet.testing import Clock
 
+from redmessenger.core.ownership import owner as owner_of
 from redmessenger.ops.status import status_text
 from redmessenger.redis_edge.nodes import NodeRegistry
 
@@ -21,7 +22,10 @@ from ..httpclient import http_get, scrape
 async def test_two_daemons_on_one_redis_list_each_other_and_a_stopped_one_leaves(daemon_factory, redis):
     first = await daemon_factory(node_id="node-a")
     second = await daemon_factory(node_id="node-b")
-    clients = [await first.client(f"a{i}") for i in range(3)] + [await second.client("b0")]
+    names = ["node-a", "node-b"]
+    mine = [uid for uid in (f"a{i}" for i in range(100)) if owner_of(uid, names) == "node-a"][:3]
+    theirs = next(uid for uid in (f"b{i}" for i in range(100)) if owner_of(uid, names) == "node-b")
+    clients = [await first.client(uid) for uid in mine] + [await second.client(theirs)]  # each on its owner
     both = {"node-a": 3, "node-b": 1}
     await second.until(lambda: first.service.nodes.sockets == both, 5, "node-a to see node-b and the sockets of both")
     await first.until(lambda: second.service.nodes.sockets == both, 5, "node-b to see node-a and the sockets of both")

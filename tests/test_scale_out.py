@@ -252,6 +252,42 @@ async def test_what_a_socket_held_elsewhere_did_not_confirm_is_queued_by_the_own
 
 
 @pytest_twisted.ensureDeferred
+async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_from_the_queue(daemon_factory, redis):
+    """
+    A Redis failover can lose the last inbox entries written to the old master. The holder counts the deliveries
+    that reached it; a confirmation asking for more closes the socket (1013) rather than confirming what never
+    arrived, and the owner queues what it did not confirm.
+    """
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    holder = on(daemons, "node-b")
+    client = await tab(daemons, holder, uid)
+    peers = holder.service.peers
+    unpack = peers._unpack
+    lost: list[Any] = []
+
+    def losing_the_first_delivery(entry: dict[bytes, bytes]) -> None:
+        if not lost and b'"D"' in entry.get(b"d", b""):
+            lost.append(entry)  # as if the failover lost this entry of node-b's inbox
+            return
+        unpack(entry)
+
+    peers._unpack = losing_the_first_delivery
+    publish(redis, f"rm.users.{uid}", "lost on the way")
+    code, reason = await client.close_code(timeout=10)
+    assert (code, reason) == (1013, "messages for this socket were lost between daemons (a Redis failover); reconnect")
+    assert len(lost) == 1 and client.received == []
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 1, 5, "queued by the owner")
+    again = await tab(daemons, holder, uid)
+    assert [m["payload"] for m in await again.receive(1)] == ["lost on the way"]
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(again) == ["lost on the way"], "once"
+    again.close()
+    await again.close_code()
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_daemons_listening_on_one_port_share_its_connections_and_each_user_gets_its_messages_once(
     daemon_factory, redis
 ):

@@ -245,7 +245,7 @@ class RedMessengerService(OrderedServices):
         listed = self.peers.listed and self.link.hearing_nodes
         d = self.nodes.stop()
         if listed:
-            d.addCallback(lambda _: self.peers.gone(2.0))
+            d.addCallback(lambda _: self.peers.handoffs.gone(2.0))
         return d
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:

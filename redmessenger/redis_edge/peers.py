@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -46,135 +45,15 @@ from redmessenger.model.envelope import Message, UnreadableEntry, message_from_e
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import inbox_key
 from redmessenger.redis_edge.commands import RedisCommands
+from redmessenger.redis_edge.handoff import Handoffs
 from redmessenger.redis_edge.nodes import NodesChange
+from redmessenger.redis_edge.remote import LOST_BETWEEN_DAEMONS, OneRecipient, RemoteSink, RemoteTicket
 
 #: Entries an inbox keeps at most (a node that died is written to until its heartbeat expires).
 INBOX_MAXLEN = 100000
 #: Entries read from the inbox per call, and how long a read waits for one (ms).
 INBOX_BATCH = 500
 INBOX_BLOCK_MS = 1000
-#: Seconds a node holds the messages after a change of the nodes for the word of those handing it users.
-BARRIER_TIMEOUT = 2.0
-#: Words of changes not held for yet (they may come before the change itself) kept at most.
-EARLY_BARRIERS = 100
-
-
-class RemoteSink:
-    """On the owner: a socket another node holds, reached through that node's inbox."""
-
-    def __init__(self, peers: PeerLink, node: str, sid: str, acknowledges: bool, address: str) -> None:
-        self._peers = peers
-        self.node = node
-        self.sid = sid
-        self._acknowledges = acknowledges
-        self._address = address
-        self.open = True
-        self._asked = itertools.count(1)
-        self._waiting: dict[int, Deferred[bool]] = {}
-
-    @property
-    def client_address(self) -> str:
-        return f"{self._address} (on {self.node})"
-
-    @property
-    def writable(self) -> bool:
-        return self.open
-
-    @property
-    def acknowledges(self) -> bool:
-        return self._acknowledges
-
-    def send_message(self, message: Message, bubble: bool) -> bool:
-        if not self.open:
-            return False
-        self._peers.deliver(self.node, self.sid, message, bubble)
-        return True
-
-    def confirm(self) -> Deferred[bool]:
-        waiter: Deferred[bool] = Deferred()
-        if not self.open:
-            waiter.callback(False)
-            return waiter
-        asked = next(self._asked)
-        self._waiting[asked] = waiter
-        self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"))
-        return waiter
-
-    def confirmed(self, asked: int, received: bool) -> None:
-        waiter = self._waiting.pop(asked, None)
-        if waiter is not None:
-            waiter.callback(received)
-
-    def abandon(self, error: ClientError) -> None:
-        self._peers.send(self.node, b"abandon", s=self.sid, c=str(int(error.code)).encode("ascii"), r=error.reason.encode("utf-8"))
-        self.close()
-
-    def close(self) -> None:
-        """The socket is gone: what waits for its confirmation has its answer."""
-        self.open = False
-        waiting, self._waiting = self._waiting, {}
-        for waiter in waiting.values():
-            waiter.callback(False)
-
-
-class RemoteTicket:
-    """On the owner: an intake entry another node read, for one user; settled back to that node."""
-
-    __slots__ = ("entry_id", "again", "_peers", "_node", "_uid", "_queued", "_done")
-
-    def __init__(self, peers: PeerLink, node: str, entry_id: str, uid: str) -> None:
-        self.entry_id = entry_id
-        self.again = True  # it may be queued already: the queue write checks
-        self._peers, self._node, self._uid = peers, node, uid
-        self._queued = False
-        self._done = False
-
-    def expect(self, uids: Iterable[str]) -> None:
-        if not list(uids):
-            self._settled()
-
-    def settle(self, uid: str) -> None:
-        self._settled()
-
-    def settle_all(self, uids: Iterable[str]) -> None:
-        if list(uids):
-            self._settled()
-
-    def settle_queued(self, uids: Iterable[str]) -> None:
-        self._queued = True
-        self.settle_all(uids)
-
-    def _settled(self) -> None:
-        if not self._done:
-            self._done = True
-            queued = b"1" if self._queued else b"0"
-            self._peers.send(self._node, b"settled", i=self.entry_id.encode("ascii"), u=self._uid.encode("utf-8"), q=queued)
-
-
-class OneRecipient:
-    """An intake entry's ticket as seen by one of its recipients, routed again (its owner left before settling)."""
-
-    __slots__ = ("entry_id", "again", "_ticket", "_uid")
-
-    def __init__(self, ticket: Any, uid: str) -> None:
-        self.entry_id = ticket.entry_id
-        self.again = True
-        self._ticket, self._uid = ticket, uid
-
-    def expect(self, uids: Iterable[str]) -> None:
-        if not list(uids):
-            self._ticket.settle(self._uid)
-
-    def settle(self, uid: str) -> None:
-        self._ticket.settle(uid)
-
-    def settle_all(self, uids: Iterable[str]) -> None:
-        self._ticket.settle_all(uids)
-
-    def settle_queued(self, uids: Iterable[str]) -> None:
-        self._ticket.settle_queued(uids)
-
-
 class PeerLink:
     """This node among the others: owners, relays, the inbox (implements core.ports.Peers)."""
 
@@ -193,6 +72,10 @@ class PeerLink:
         # holding side: relays by sid, and their sids
         self._relays: dict[str, Attachment] = {}
         self._sid_of: dict[Attachment, str] = {}
+        #: Deliveries that arrived for each relay: fewer than its owner sent means some were lost on the way.
+        self._arrived: dict[str, int] = {}
+        #: Relays closed for deliveries that never arrived: their owner must not take them as read.
+        self._incomplete: set[str] = set()
         # owner side: the sockets other nodes hold, by (node, sid)
         self._remote: dict[tuple[str, str], tuple[Attachment, RemoteSink]] = {}
         # reader side: intake entries given to owners (and to which), until they settle
@@ -204,12 +87,8 @@ class PeerLink:
         self._flush_call: Any = None
         self.sent = 0
         self.received = 0
-        #: Changes of the nodes this node holds the messages for: who has not said its writes landed yet.
-        self._holds: dict[int, tuple[set[str], Any, Any]] = {}
-        #: Such words come before this node heard the change: by change, who said so.
-        self._early: dict[int, set[str]] = {}
-        #: Fired once this node, leaving, has told the others its last writes landed.
-        self._gone: list[Deferred[None]] = []
+        #: The order of the changes of the nodes between this node and the others.
+        self.handoffs = Handoffs(node_id, hub, self, clock)
 
     # -- core.ports.Peers ------------------------------------------------------------------
 
@@ -245,7 +124,11 @@ class PeerLink:
         if sid is None or attachment.owner is None:
             return
         self._relays.pop(sid, None)
-        self.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all else b"0")
+        self._arrived.pop(sid, None)
+        # what arrived here, the client read; not what never arrived
+        complete = sid not in self._incomplete
+        self._incomplete.discard(sid)
+        self.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all and complete else b"0")
 
     def acknowledged(self, attachment: Attachment, message_id: str) -> None:
         sid = self._sid_of.get(attachment)
@@ -263,11 +146,11 @@ class PeerLink:
         The live nodes changed (in the order of the messages: ``change`` as
         published, or None when a heartbeat told it): users whose owner changed
         move, and the nodes handing users on tell their new owners once their
-        writes landed (:meth:`_hand_on_in_order`).
+        writes landed (redis_edge/handoff.py).
         """
         self._owners.set_nodes(nodes)
         if change is not None:
-            self._hand_on_in_order(change)
+            self.handoffs.changed(change)
         hub = self._hub
         for user in hub.presence.users():
             owner = self.owner(user.uid)
@@ -297,83 +180,6 @@ class PeerLink:
             else:
                 attachment.owner = owner
                 self.attach(owner, attachment)
-
-    def _hand_on_in_order(self, change: NodesChange) -> None:
-        """
-        What a node did for a user before a change must land before what its new
-        owner does after it: queue writes and deliveries.  The nodes handing users
-        on (all but the newcomer when one joins: rendezvous hashing moves users to
-        it only; the one leaving when one leaves) say so (``barrier``) once their
-        writes landed, and the new owner holds the messages that follow the change
-        until each has, or for BARRIER_TIMEOUT seconds (one that died says nothing).
-        """
-        me = self.node
-        give_to: list[str] = []
-        expect: set[str] = set()
-        if change.joined:
-            if change.node == me:
-                expect = {node for node in change.nodes if node != me}
-            elif change.node in change.nodes:
-                give_to = [change.node]
-        if change.left:
-            if change.node == me:
-                give_to = [node for node in change.nodes if node != me]
-            else:
-                expect = {change.node}
-        if give_to or (change.left and change.node == me):
-            epoch = str(change.epoch).encode("ascii")
-            leaving = change.left and change.node == me
-
-            def landed(_: object) -> Deferred[None] | None:
-                for node in give_to:
-                    self.send(node, b"barrier", e=epoch)
-                written = self.flush()
-                if leaving:
-                    return written.addBoth(self._left)
-                return None
-
-            self._hub.written().addBoth(landed)
-        expect -= self._early.pop(change.epoch, set())
-        if expect:
-            timer = self._clock.callLater(BARRIER_TIMEOUT, self._no_barrier, change.epoch)
-            self._holds[change.epoch] = (expect, self._hub.hold(), timer)
-
-    def _barrier(self, node: str, epoch: int) -> None:
-        held = self._holds.get(epoch)
-        if held is None:
-            self._early.setdefault(epoch, set()).add(node)
-            while len(self._early) > EARLY_BARRIERS:
-                del self._early[min(self._early)]
-            return
-        waiting, release, timer = held
-        waiting.discard(node)
-        if not waiting:
-            del self._holds[epoch]
-            timer.cancel()
-            release()
-
-    def _no_barrier(self, epoch: int) -> None:
-        waiting, release, _ = self._holds.pop(epoch)
-        self.log.warn(
-            "No word from {nodes} {timeout}s after the change {epoch} of the nodes; going on (a node that died says nothing)",
-            nodes=", ".join(sorted(waiting)),
-            timeout=BARRIER_TIMEOUT,
-            epoch=epoch,
-        )
-        release()
-
-    def gone(self, timeout: float) -> Deferred[None]:
-        """After this node left the list: fires once it told the others its last writes landed (at most ``timeout``)."""
-        waiter: Deferred[None] = Deferred()
-        self._gone.append(waiter)
-        waiter.addTimeout(timeout, self._clock)
-        return waiter.addErrback(lambda _: None)
-
-    def _left(self, _: object) -> None:
-        waiters, self._gone = self._gone, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(None)
 
     # -- the inbox -----------------------------------------------------------------------
 
@@ -436,10 +242,7 @@ class PeerLink:
         retry, self._retry = self._retry, None
         if retry is not None and retry.active():
             retry.cancel()
-        holds, self._holds = self._holds, {}
-        for _, release, timer in holds.values():
-            timer.cancel()
-            release()
+        self.handoffs.stop()
 
     async def _run(self) -> None:
         last: Any = None
@@ -487,8 +290,10 @@ class PeerLink:
                 message = parsed[place]  # parsed once, its frames built once, for every socket it goes to
                 if message is None:
                     continue
+                arrived = self._arrived
                 for bubble, sids in ((True, item[2]), (False, item[3])):
                     for sid in sids:
+                        arrived[sid] = arrived.get(sid, 0) + 1
                         relay = relays.get(sid)
                         if relay is not None and relay.attached and relay.sink.writable:
                             relay.sink.send_message(message, bubble)
@@ -504,8 +309,24 @@ class PeerLink:
         if kind == b"confirm":
             asked = fields.get(b"q", b"0")
             relay = self._relays.get(sid)
+            sent = fields.get(b"c", b"")
             if relay is None or not relay.attached:
                 self.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+            elif sid in self._incomplete:
+                self.send(node, b"confirmed", s=sid, q=asked, o=b"0")  # closing already
+            elif sent.isdigit() and self._arrived.get(sid, 0) < int(sent):
+                # Deliveries lost between the nodes (a Redis failover lost inbox entries): the socket cannot say
+                # it has them. Closed, its owner sends what it did not confirm to the user's other sockets or
+                # the queue, and the client reconnects for it.
+                self.log.warn(
+                    "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
+                    count=int(sent) - self._arrived.get(sid, 0),
+                    node=node,
+                    sid=sid,
+                )
+                self.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+                self._incomplete.add(sid)
+                relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
             else:
                 relay.sink.confirm().addCallback(lambda received: self.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0"))
         elif kind == b"confirmed":
@@ -536,7 +357,7 @@ class PeerLink:
         elif kind == b"barrier":
             epoch = fields.get(b"e", b"")
             if epoch.isdigit():
-                self._barrier(node, int(epoch))
+                self.handoffs.barrier(node, int(epoch))
         elif kind == b"settled":
             forwarded = self._forwarded.pop((_text(fields.get(b"i", b"")), _text(fields.get(b"u", b""))), None)
             ticket = forwarded[0].ticket if forwarded is not None else None

@@ -1,0 +1,146 @@
+"""
+On the owner of a user (docs/scale-out.md): what stands for things another node
+has, reached through that node's inbox (redis_edge/peers.py): a socket it holds
+(:class:`RemoteSink`), an intake entry it read (:class:`RemoteTicket`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+from redmessenger.model.envelope import Message
+from redmessenger.model.errors import ClientError
+
+#: Why a relayed socket is closed when deliveries for it were lost between the nodes (docs/protocol.md).
+LOST_BETWEEN_DAEMONS = "messages for this socket were lost between daemons (a Redis failover); reconnect"
+
+
+class Outbox(Protocol):
+    """The way to the other nodes' inboxes (redis_edge/peers.PeerLink)."""
+
+    def send(self, node: str, kind: bytes, **fields: bytes | str) -> None: ...
+
+    def deliver(self, node: str, sid: str, message: Message, bubble: bool) -> None: ...
+
+
+class RemoteSink:
+    """On the owner: a socket another node holds, reached through that node's inbox."""
+
+    def __init__(self, peers: Outbox, node: str, sid: str, acknowledges: bool, address: str) -> None:
+        self._peers = peers
+        self.node = node
+        self.sid = sid
+        self._acknowledges = acknowledges
+        self._address = address
+        self.open = True
+        self._asked = itertools.count(1)
+        self._waiting: dict[int, Deferred[bool]] = {}
+        #: Deliveries sent to the socket's node: a confirmation says how many of them arrived there.
+        self.delivered = 0
+
+    @property
+    def client_address(self) -> str:
+        return f"{self._address} (on {self.node})"
+
+    @property
+    def writable(self) -> bool:
+        return self.open
+
+    @property
+    def acknowledges(self) -> bool:
+        return self._acknowledges
+
+    def send_message(self, message: Message, bubble: bool) -> bool:
+        if not self.open:
+            return False
+        self._peers.deliver(self.node, self.sid, message, bubble)
+        self.delivered += 1
+        return True
+
+    def confirm(self) -> Deferred[bool]:
+        waiter: Deferred[bool] = Deferred()
+        if not self.open:
+            waiter.callback(False)
+            return waiter
+        asked = next(self._asked)
+        self._waiting[asked] = waiter
+        self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"))
+        return waiter
+
+    def confirmed(self, asked: int, received: bool) -> None:
+        waiter = self._waiting.pop(asked, None)
+        if waiter is not None:
+            waiter.callback(received)
+
+    def abandon(self, error: ClientError) -> None:
+        self._peers.send(self.node, b"abandon", s=self.sid, c=str(int(error.code)).encode("ascii"), r=error.reason.encode("utf-8"))
+        self.close()
+
+    def close(self) -> None:
+        """The socket is gone: what waits for its confirmation has its answer."""
+        self.open = False
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.callback(False)
+
+
+class RemoteTicket:
+    """On the owner: an intake entry another node read, for one user; settled back to that node."""
+
+    __slots__ = ("entry_id", "again", "_peers", "_node", "_uid", "_queued", "_done")
+
+    def __init__(self, peers: Outbox, node: str, entry_id: str, uid: str) -> None:
+        self.entry_id = entry_id
+        self.again = True  # it may be queued already: the queue write checks
+        self._peers, self._node, self._uid = peers, node, uid
+        self._queued = False
+        self._done = False
+
+    def expect(self, uids: Iterable[str]) -> None:
+        if not list(uids):
+            self._settled()
+
+    def settle(self, uid: str) -> None:
+        self._settled()
+
+    def settle_all(self, uids: Iterable[str]) -> None:
+        if list(uids):
+            self._settled()
+
+    def settle_queued(self, uids: Iterable[str]) -> None:
+        self._queued = True
+        self.settle_all(uids)
+
+    def _settled(self) -> None:
+        if not self._done:
+            self._done = True
+            queued = b"1" if self._queued else b"0"
+            self._peers.send(self._node, b"settled", i=self.entry_id.encode("ascii"), u=self._uid.encode("utf-8"), q=queued)
+
+
+class OneRecipient:
+    """An intake entry's ticket as seen by one of its recipients, routed again (its owner left before settling)."""
+
+    __slots__ = ("entry_id", "again", "_ticket", "_uid")
+
+    def __init__(self, ticket: Any, uid: str) -> None:
+        self.entry_id = ticket.entry_id
+        self.again = True
+        self._ticket, self._uid = ticket, uid
+
+    def expect(self, uids: Iterable[str]) -> None:
+        if not list(uids):
+            self._ticket.settle(self._uid)
+
+    def settle(self, uid: str) -> None:
+        self._ticket.settle(uid)
+
+    def settle_all(self, uids: Iterable[str]) -> None:
+        self._ticket.settle_all(uids)
+
+    def settle_queued(self, uids: Iterable[str]) -> None:
+        self._ticket.settle_queued(uids)

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from redmessenger.core.admission import ConnectionLimit
 from redmessenger.core.hub import Hub
 from redmessenger.daemon.config import Config
+from redmessenger.daemon.operators import daemon_view, manhole_namespace
 from redmessenger.daemon.settings import engine_settings, redis_settings, websocket_options
 from redmessenger.daemon.tree import OrderedServices, StartFailed, Step
 from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
@@ -40,11 +41,10 @@ from redmessenger.model.errors import CloseCode
 from redmessenger.model.keyspace import INTAKE_STREAM, answers_channel
 from redmessenger.ops.health import HealthResource
 from redmessenger.ops.metrics import Metrics
-from redmessenger.ops.status import DaemonView, Settings
 from redmessenger.ops.tuning import fit_open_files_limit
 from redmessenger.redis_edge.application import RedisApplication
 from redmessenger.redis_edge.demoapp import DemoApplication
-from redmessenger.redis_edge.directory import Directory, longest_queues
+from redmessenger.redis_edge.directory import Directory
 from redmessenger.redis_edge.intake import IntakeReader
 from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
 from redmessenger.redis_edge.nodes import NodeRegistry, NodesChange
@@ -180,7 +180,7 @@ class RedMessengerService(OrderedServices):
         )
 
         # -- what operators see --
-        self.view = self._view()
+        self.view = daemon_view(self)
         self.metrics = Metrics(self.view)
         self.hub.set_live_delivery_observer(self.metrics.observe_delivery)
         if self.hub.channels is not None:
@@ -228,7 +228,7 @@ class RedMessengerService(OrderedServices):
             from redmessenger.ops.manhole import ManholeService
 
             assert config.manhole_password_file is not None  # checked with the configuration
-            self.manhole = ManholeService(config.manhole, config.manhole_password_file, self._manhole_namespace(), reactor)
+            self.manhole = ManholeService(config.manhole, config.manhole_password_file, manhole_namespace(self), reactor)
             self.manhole.setServiceParent(self)
         self._hangup: Any = None
         if self.demo is not None:
@@ -404,58 +404,3 @@ class RedMessengerService(OrderedServices):
         if self._hangup is not None:
             self._hangup.uninstall()
             self._hangup = None
-
-    # -- what operators see ----------------------------------------------------------
-
-    def _view(self) -> DaemonView:
-        config = self.config
-        presence = self.hub.presence
-        return DaemonView(
-            clock=self.reactor,
-            settings=Settings(
-                redis=f"{redis_settings(config).describe()} db {config.redis_db}",
-                listen=config.listen_endpoint,
-                route=config.rm_route,
-                secure_mode=config.secure_mode,
-                conn_limit=config.conn_limit,
-            ),
-            counters=self.hub.counters,
-            link=self.link.state,
-            started_at=lambda: self.started_at,
-            running=lambda: bool(self.running),
-            connections=lambda: self.limit.in_use,
-            connections_refused=lambda: self.limit.refused,
-            sockets_open=lambda: len(self.websockets.sockets) + len(self.socketio.engine),
-            socketio_sessions=lambda: len(self.socketio.engine),
-            sockets_identified=lambda: sum(len(user.attachments) for user in presence.users()),
-            users_online=lambda: len(presence),
-            handovers_running=lambda: self.hub.handovers.running,
-            queue_backlog=lambda: self.store.backlog,
-            pending_bytes=lambda: self.hub.budget.used,
-            intake_in_flight=lambda: self.intake.in_flight if self.intake is not None else 0,
-            budget_bites=lambda: self.hub.budget.bites,
-            subscriptions=lambda: self.hub.channels.subscriptions if self.hub.channels is not None else 0,
-            requests_waiting=lambda: self.hub.channels.waiting if self.hub.channels is not None else 0,
-            node_id=config.consumer_name,
-            nodes=lambda: self.nodes.nodes,
-            node_sockets=lambda: self.nodes.sockets,
-            longest_queues=lambda limit: longest_queues(self.link.commands, limit),
-        )
-
-    def _manhole_namespace(self) -> dict[str, Any]:
-        """What a manhole session starts with: ``status()``, and the parts for a closer look."""
-        from redmessenger.ops.manhole import PendingReport, status
-
-        def status_of_service(limit: int = 10) -> PendingReport:
-            """Uptime, Redis link, sockets, users, totals since start and the ``limit`` longest queues."""
-            return status(self.view, limit)
-
-        return {
-            "service": self,
-            "status": status_of_service,
-            "config": self.config,
-            "hub": self.hub,
-            "presence": self.hub.presence,
-            "link": self.link,
-            "reactor": self.reactor,
-        }

@@ -17,7 +17,6 @@ reactor, which must not happen before twistd has chosen one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -33,6 +32,7 @@ from redmessenger.model.keyspace import SUBSCRIPTION_PATTERNS as PATTERNS
 from redmessenger.redis_edge.linkreport import LinkReport
 from redmessenger.redis_edge.outage import Attempts, quiet_retry_lines
 from redmessenger.redis_edge.probe import PROBE_PREFIX, SubscriptionProbe
+from redmessenger.redis_edge.replies import SUBSCRIBER_MIN_READ_SIZE, lean, next_read_size, parsed
 from redmessenger.redis_edge.sentinel import (
     Address,
     MasterEndpoint,
@@ -45,10 +45,6 @@ from redmessenger.redis_edge.sentinel import (
 if TYPE_CHECKING:
     import txredisapi
 
-#: Bytes the subscriber reads from Redis per reactor turn at most (Twisted's default: 64 KB), and at least.
-SUBSCRIBER_READ_SIZE = 1 << 20
-SUBSCRIBER_MIN_READ_SIZE = 1 << 16
-
 #: Seconds before the first attempt to reconnect, and between attempts at most (doubling in between).
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 1.0
@@ -56,23 +52,6 @@ RECONNECT_MAX_DELAY = 1.0
 #: Seconds a read of the intake stream waits for new entries (XREADGROUP BLOCK).
 INTAKE_BLOCK_SECONDS = 1.0
 
-
-def next_read_size(size: int, read: int) -> int:
-    """
-    How much the subscriber's next read may take, after a read of ``read`` bytes
-    into ``size``.  A read that filled the buffer means a burst: the next takes
-    the most at once (each read ends with one ``send()`` per socket written to,
-    so a burst read in small pieces costs a send per message; doubling step by
-    step cost a 20,000-message burst four extra reads and ~4,000 sends).  A small
-    read halves it back: CPython allocates the whole size per read, and glibc
-    maps and unmaps anything above 128 KB, so 1 MB per 700-byte read cost ~8 µs
-    a message at a steady rate.
-    """
-    if read >= size:
-        return SUBSCRIBER_READ_SIZE
-    if read < size >> 3 and size > SUBSCRIBER_MIN_READ_SIZE:
-        return max(size >> 1, SUBSCRIBER_MIN_READ_SIZE)
-    return size
 
 OnMessage = Callable[[bytes, bytes], None]
 
@@ -96,21 +75,6 @@ class RedisSettings:
             return f"{self.host}:{self.port}"
         sentinels = ",".join(f"{host}:{port}" for host, port in self.sentinel.sentinels)
         return f"master {self.sentinel.master_name!r} of the sentinels {sentinels}"
-
-
-def _parsed(reader: Any, data: bytes) -> Iterator[Any]:
-    """The complete replies hiredis can parse once ``data`` is fed to it."""
-    if data:
-        reader.feed(data)
-    reply = reader.gets()
-    while reply is not False:
-        yield reply
-        reply = reader.gets()
-
-
-def _lean(protocol: Any) -> bool:
-    """Whether replies can skip txredisapi's conversions: hiredis parses them, and they stay raw bytes."""
-    return hasattr(protocol, "_reader") and protocol.charset is None and not protocol.convertNumbers
 
 
 def _endpoint(reactor: Any, settings: RedisSettings) -> IStreamClientEndpoint:
@@ -183,13 +147,13 @@ class RedisLink:
 
         class RawReplies(txredisapi.RedisProtocol):
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-                if not _lean(self) or self.inTransaction:
+                if not lean(self) or self.inTransaction:
                     super().dataReceived(data, unpause)
                     return
                 # HiredisProtocol.dataReceived minus tryConvertData, a no-op
                 # here (raw bytes) but a Python call per element of every
                 # reply: a thousand per SMEMBERS of a big group.
-                for reply in _parsed(self._reader, data):
+                for reply in parsed(self._reader, data):
                     self.replyReceived(reply)
 
             def connectionMade(self) -> Any:
@@ -223,7 +187,7 @@ class RedisLink:
 
         class Subscriber(txredisapi.SubscriberProtocol):
             def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-                if not _lean(self):
+                if not lean(self):
                     super().dataReceived(data, unpause)
                     return
                 # The live path: each published message goes from hiredis
@@ -233,7 +197,7 @@ class RedisLink:
                 if link.probe is not None:
                     link.probe.reads += 1
                 try:
-                    for reply in _parsed(self._reader, data):
+                    for reply in parsed(self._reader, data):
                         if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
                             self.messageReceived(reply[1], reply[2], reply[3])
                         else:

@@ -16,13 +16,8 @@ import pytest_twisted
 from twisted.internet.testing import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from redmessenger.redis_edge.link import (
-    SUBSCRIBER_MIN_READ_SIZE,
-    SUBSCRIBER_READ_SIZE,
-    RedisLink,
-    RedisSettings,
-    next_read_size,
-)
+from redmessenger.redis_edge.link import RedisLink, RedisSettings
+from redmessenger.redis_edge.replies import SUBSCRIBER_MIN_READ_SIZE, SUBSCRIBER_READ_SIZE, next_read_size
 from redmessenger.redis_edge.outage import UNREACHABLE_REMINDER, Outage
 
 from ..conftest import HOST, RedisServer, free_port, wait_until

@@ -1,11 +1,9 @@
 """
 Engine.IO sessions (protocol revisions 3 and 4): what a client's ``sid`` stands for
 while its transports come and go.  Transport-agnostic: the HTTP long-polling and
-WebSocket transports live in :mod:`redmessenger.dialects.engineio.transports`.
-
-The protocol as this server speaks it is described in :mod:`redmessenger.dialects.engineio`.
-
-What counts as the client's receipt of a packet: :mod:`redmessenger.dialects.engineio.receipts`.
+WebSocket transports live in :mod:`redmessenger.dialects.engineio.transports`, the protocol
+as this server speaks it is described in the package, and what counts as the client's
+receipt of a packet in :mod:`redmessenger.dialects.engineio.receipts`.
 """
 
 from __future__ import annotations

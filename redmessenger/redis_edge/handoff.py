@@ -44,8 +44,9 @@ class Handoffs:
         self._holds: dict[int, tuple[set[str], Any, Any]] = {}
         #: Such words come before this node heard the change: by change, who said so.
         self._early: dict[int, set[str]] = {}
-        #: Fired once this node, leaving, has told the others its last writes landed.
+        #: Fired once this node, leaving, has told the others its last writes landed; and whether it has.
         self._gone: list[Deferred[None]] = []
+        self._told = False
 
     def changed(self, change: NodesChange) -> None:
         """
@@ -61,6 +62,7 @@ class Handoffs:
         expect: set[str] = set()
         if change.joined:
             if change.node == me:
+                self._told = False
                 expect = {node for node in change.nodes if node != me}
             elif change.node in change.nodes:
                 give_to = [change.node]
@@ -115,11 +117,15 @@ class Handoffs:
     def gone(self, timeout: float) -> Deferred[None]:
         """After this node left the list: fires once it told the others its last writes landed (at most ``timeout``)."""
         waiter: Deferred[None] = Deferred()
+        if self._told:  # heard and told before the leave's reply came back
+            waiter.callback(None)
+            return waiter
         self._gone.append(waiter)
         waiter.addTimeout(timeout, self._clock)
         return waiter.addErrback(lambda _: None)
 
     def _left(self, _: object) -> None:
+        self._told = True
         waiters, self._gone = self._gone, []
         for waiter in waiters:
             if not waiter.called:

@@ -427,6 +427,50 @@ async def test_a_holder_killed_with_kill_9_leaves_the_bubble_to_the_owners_tab_a
         await b.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_owner_killed_and_started_again_at_once_under_its_name_gets_its_relays_back(
+    daemon_factory, redis, redis_server, tmp_path
+):
+    """
+    node-b (a real twistd) owns the user, whose tab is on alpha. node-b is killed with SIGKILL and started again
+    under the same name before its entry in rm:nodes expires: the list never changes, but the heartbeat tells
+    the new run (rm:nodes:runs), alpha attaches the tab to it again, and durable messages reach the tab once, in
+    order, live (before, its new run knew nothing of the tab and queued them until the tab reconnected).
+    """
+    from .twistdprocess import Twistd
+
+    names = ["alpha", "node-b"]
+    a, b = await beside_a_twistd(daemon_factory, redis_server.port, tmp_path, "alpha")
+    again: Any = None
+    try:
+        uid = owned_by("node-b", names)
+        client = await connect_client(a.url)
+        client.send(uid)
+        await wait_until(lambda: a.service.peers._relays, 5, "the tab relayed to node-b")
+        first_sid = set(a.service.peers._relays)
+        b.signal("KILL")
+        await b.ended(10)
+        (tmp_path / "again").mkdir()
+        again = Twistd(tmp_path / "again", redis_server.port, node_id="node-b", ping_interval=0)
+        again.start()
+        await again.healthy()
+        await wait_until(lambda: set(a.service.peers._relays) not in (set(), first_sid), 5, "the tab attached again")
+        assert a.service.peers.nodes == names, "the list never changed: node-b's entry had not expired"
+        for i in range(10):
+            redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"durable {i}"})
+        got = [m["payload"] for m in await client.receive(10)]
+        await wait_until(lambda: redis.xlen("rm:intake") == 0, 10, "the intake acknowledged")
+        await a.idle()
+        assert got == [f"durable {i}" for i in range(10)] and len(client.received) == 10, got
+        assert redis.llen(f"rm:users:{uid}:messages") == 0, "delivered live, not queued"
+        client.close()
+        await client.close_code()
+    finally:
+        await b.stop()
+        if again is not None:
+            await again.stop()
+
+
 def _publish_durably(redis_port: int, uids: list[str], count: int) -> list[tuple[str, str]]:
     """The application, in a thread: ``count`` intake entries per user, round robin, paced; their (uid, payload)."""
     import time

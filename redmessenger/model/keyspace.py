@@ -34,6 +34,8 @@ NODES_SOCKETS_KEY = "rm:nodes:sockets"
 NODES_CHANNEL = b"rm.nodes"
 #: A counter: the number of the last change of the live nodes (its ``epoch``).
 NODES_EPOCH_KEY = "rm:nodes:epoch"
+#: A hash: each live node's run (a random id per start), to tell a node killed and started again at once.
+NODES_RUNS_KEY = "rm:nodes:runs"
 
 
 def inbox_key(node_id: str) -> str:

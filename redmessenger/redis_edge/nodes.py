@@ -19,6 +19,7 @@ expires, and its users go to daemons that can.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +29,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from redmessenger.logs import make_logger
-from redmessenger.model.keyspace import NODES_CHANNEL, NODES_EPOCH_KEY, NODES_KEY, NODES_SOCKETS_KEY
+from redmessenger.model.keyspace import NODES_CHANNEL, NODES_EPOCH_KEY, NODES_KEY, NODES_RUNS_KEY, NODES_SOCKETS_KEY
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import HEARTBEAT
 
 
-_KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY]
+_KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY, NODES_RUNS_KEY]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class NodesChange:
     node: str
     joined: bool
     left: bool
+    #: listed already under another run: killed and started again before its entry expired
+    restarted: bool
     expired: tuple[str, ...]
     #: The live nodes after the change, sorted.
     nodes: list[str]
@@ -62,7 +65,10 @@ class NodesChange:
         nodes, expired = (value if isinstance(value, list) else [] for value in (raw.get("nodes"), raw.get("expired")))
         if not all(isinstance(n, str) for n in nodes + expired):
             raise ValueError("node ids that are not text")
-        return cls(raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, tuple(expired), sorted(nodes))
+        return cls(
+            raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, raw.get("restarted") is True,
+            tuple(expired), sorted(nodes),
+        )  # fmt: skip
 
 
 class NodeRegistry:
@@ -97,6 +103,8 @@ class NodeRegistry:
         self._on_change = on_change
         self.node_id = node_id
         self._ttl = ttl
+        #: This run among the runs of this node id (the heartbeat tells a restart by it).
+        self._run = secrets.token_hex(8)
         self._grace = grace
         #: Runs a change of the nodes after the messages published before it (core.hub.Hub.in_order).
         self._in_order = in_order
@@ -122,7 +130,7 @@ class NodeRegistry:
             return succeed(None)
         self._beating = True
         d = translated(
-            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL])
+            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self._run])
         )
         d.addCallbacks(self._listed, self._failed)
         d.addBoth(self._beaten)
@@ -162,9 +170,13 @@ class NodeRegistry:
 
     def _take(self, nodes: list[str], how: str, change: NodesChange | None) -> None:
         self._differs_since = None
-        if nodes == self.nodes:
+        restarted = change is not None and change.restarted
+        if nodes == self.nodes and not restarted:
             return
         joined, left = set(nodes) - set(self.nodes), set(self.nodes) - set(nodes)
+        if restarted:
+            assert change is not None
+            how = f"; {change.node} started again (its previous run's sockets are gone){how}"
         self.log.info(
             "Nodes on this Redis: {count} ({nodes}){joined}{left}{how}",
             count=len(nodes),

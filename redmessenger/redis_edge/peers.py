@@ -146,11 +146,16 @@ class PeerLink:
         The live nodes changed (in the order of the messages: ``change`` as
         published, or None when a heartbeat told it): users whose owner changed
         move, and the nodes handing users on tell their new owners once their
-        writes landed (redis_edge/handoff.py).
+        writes landed (redis_edge/handoff.py).  A node killed and started again
+        before its entry expired (``restarted``) knows nothing of its previous
+        run: its sockets here are as if closed, relays attach to it again.
         """
         self._owners.set_nodes(nodes)
+        restarted = None
         if change is not None:
             self.handoffs.changed(change)
+            if change.restarted and change.node != self.node:
+                restarted = change.node
         hub = self._hub
         for user in hub.presence.users():
             owner = self.owner(user.uid)
@@ -160,19 +165,19 @@ class PeerLink:
             if not attachment.attached:  # given away: its node attaches it to the new owner
                 del self._remote[key]
                 sink.close()
-            elif key[0] not in self._owners.nodes:  # its node is gone: as if the socket closed unconfirmed
+            elif key[0] not in self._owners.nodes or key[0] == restarted:  # its node is gone: as if closed unconfirmed
                 del self._remote[key]
                 sink.close()
                 hub.detach(attachment)
         for (entry, uid), (message, owner) in list(self._forwarded.items()):
-            if owner not in self._owners.nodes:  # it left before it settled: route the entry for that user again
+            if owner not in self._owners.nodes or owner == restarted:  # gone before it settled: route it again
                 del self._forwarded[(entry, uid)]
                 again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
                 again.ticket = OneRecipient(message.ticket, uid)
                 hub.router.route_user(again, uid)
         for sid, attachment in list(self._relays.items()):
             owner = self.owner(attachment.uid)
-            if owner == attachment.owner:
+            if owner == attachment.owner and owner != restarted:
                 continue
             self.detach(attachment, False)
             if owner is None:

@@ -118,9 +118,11 @@ return 1
 # channel ARGV[5] in the same step, so that every subscriber hears it at the
 # same place among the PUBLISHes: JSON {"epoch": the change's number (INCR of
 # KEYS[3]), "node": the calling node, "joined"/"left": whether it did,
+# "restarted": whether it is listed already under another run (KEYS[4], a hash
+# of each node's run: killed and started again before its entry expired),
 # "expired": [ids], "nodes": [ids]}.  ARGV: node id, seconds it stays listed
 # without another heartbeat, "beat" or "leave" (removes it), its open sockets,
-# the channel.
+# the channel, its run.
 HEARTBEAT = b"""
 local now = redis.call('TIME')
 local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -128,19 +130,26 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', seconds)
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', seconds)
   redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('HDEL', KEYS[4], unpack(expired))
 end
-local joined, left = false, false
+local joined, left, restarted = false, false, false
 if ARGV[3] == 'leave' then
   left = redis.call('ZREM', KEYS[1], ARGV[1]) == 1
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
 else
   joined = redis.call('ZADD', KEYS[1], seconds + tonumber(ARGV[2]), ARGV[1]) == 1
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4] or '0')
+  if ARGV[6] then
+    local run = redis.call('HGET', KEYS[4], ARGV[1])
+    restarted = not joined and run ~= false and run ~= ARGV[6]
+    redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
+  end
 end
 local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
-if (joined or left or #expired > 0) and ARGV[5] then
+if (joined or left or restarted or #expired > 0) and ARGV[5] then
   redis.call('PUBLISH', ARGV[5], cjson.encode({epoch = redis.call('INCR', KEYS[3]), node = ARGV[1], joined = joined,
-    left = left, expired = expired, nodes = nodes}))
+    left = left, restarted = restarted, expired = expired, nodes = nodes}))
 end
 if #nodes == 0 then
   return {nodes, {}}

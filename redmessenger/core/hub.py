@@ -36,7 +36,7 @@ from redmessenger.core.ports import (
     StoreError,
     StoreUnavailable,
 )
-from redmessenger.core.presence import Attachment, Presence, confirmed, lost
+from redmessenger.core.presence import Attachment, Presence, Sent, confirmed, lost
 from redmessenger.core.routing import Router
 from redmessenger.logs import make_logger
 from redmessenger.model import grants
@@ -244,7 +244,7 @@ class Hub:
         for message in messages:
             self.delivery.queue([uid], message)
 
-    def _confirmed_before_hand_on(self, received: bool, attachment: Attachment, owner: str, sents: list[Any]) -> Deferred[None]:
+    def _confirmed_before_hand_on(self, received: bool, attachment: Attachment, owner: str, sents: list[Sent]) -> Deferred[None]:
         if received:
             confirmed(attachment.uid, sents)
         else:  # the socket went away first: what it had goes back to the queue
@@ -391,7 +391,7 @@ class Hub:
             waiter: Deferred[None] = Deferred()
             self._idle_waiters.append(waiter)
             return waiter.addCallback(lambda _: self.when_idle())
-        return self._queues.drain()
+        return self.written()
 
     def _settled(self) -> None:
         if not self.busy:

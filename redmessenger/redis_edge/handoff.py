@@ -71,9 +71,9 @@ class Handoffs:
                 give_to = [node for node in change.nodes if node != me]
             else:
                 expect = {change.node}
-        if give_to or (change.left and change.node == me):
+        leaving = change.left and change.node == me
+        if give_to or leaving:
             epoch = str(change.epoch).encode("ascii")
-            leaving = change.left and change.node == me
 
             def landed(_: object) -> Deferred[None] | None:
                 for node in give_to:

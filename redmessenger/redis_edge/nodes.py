@@ -40,7 +40,7 @@ _KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY, NODES_RUNS_KEY]
 
 @dataclass(frozen=True)
 class NodesChange:
-    """A change of the live nodes as the heartbeat script published it: who joined or left, who expired."""
+    """A change of the live nodes as the heartbeat script published it: who joined, left or started again."""
 
     epoch: int
     #: The node whose heartbeat (or leave) published it; it ``joined`` or ``left`` then, or neither.
@@ -49,7 +49,6 @@ class NodesChange:
     left: bool
     #: listed already under another run: killed and started again before its entry expired
     restarted: bool
-    expired: tuple[str, ...]
     #: The live nodes after the change, sorted.
     nodes: list[str]
 
@@ -61,13 +60,13 @@ class NodesChange:
             raise ValueError("not JSON") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("epoch"), int) or not isinstance(raw.get("node"), str):
             raise ValueError("not a change of the nodes")
-        # cjson writes an empty list as {}
-        nodes, expired = (value if isinstance(value, list) else [] for value in (raw.get("nodes"), raw.get("expired")))
-        if not all(isinstance(n, str) for n in nodes + expired):
+        nodes = raw.get("nodes")
+        nodes = nodes if isinstance(nodes, list) else []  # cjson writes an empty list as {}
+        if not all(isinstance(n, str) for n in nodes):
             raise ValueError("node ids that are not text")
         return cls(
             raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, raw.get("restarted") is True,
-            tuple(expired), sorted(nodes),
+            sorted(nodes),
         )  # fmt: skip
 
 

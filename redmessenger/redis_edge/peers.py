@@ -241,9 +241,8 @@ class PeerLink:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-            self.flush()
+        if self._flush_call is not None:
+            self.flush()  # what this turn had, written now
         retry, self._retry = self._retry, None
         if retry is not None and retry.active():
             retry.cancel()

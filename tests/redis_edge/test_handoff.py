@@ -48,7 +48,7 @@ def node(name: str) -> tuple[Handoffs, Hub, Outbox, Clock]:
 
 
 def change(epoch: int, who: str, nodes: list[str], joined: bool = False, left: bool = False) -> NodesChange:
-    return NodesChange(epoch, who, joined, left, False, (), sorted(nodes))
+    return NodesChange(epoch, who, joined, left, False, sorted(nodes))
 
 
 def test_a_newcomer_holds_the_messages_until_every_other_node_said_its_writes_landed() -> None:

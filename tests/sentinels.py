@@ -98,6 +98,25 @@ class SentinelGroup:
                 raise RuntimeError("the failover did not happen in time")
             time.sleep(0.05)
 
+    def demoted(self, address: tuple[str, int], timeout: float = 30) -> None:
+        """
+        The server at ``address`` (a master before a forced failover) is a replica now.  The sentinels reconfigure
+        a demoted master that is still running some seconds after the promotion (Sentinel waits four of its
+        publish periods, 8 s); until then it goes on taking writes, which its resynchronisation then drops: the
+        split-brain window of Redis replication (docs/operations.md), that a client still connected to it falls in.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                role: Any = valkey.Valkey(host=address[0], port=address[1], socket_timeout=5).execute_command("ROLE")
+                if role[0] in (b"slave", "slave"):
+                    return
+            except valkey.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the old master was not made a replica in time")
+            time.sleep(0.05)
+
     def stop(self) -> None:
         for process in self._sentinels:
             process.terminate()

@@ -14,6 +14,8 @@ import pytest
 import pytest_twisted
 
 from redmessenger.core.ownership import owner as owner_of
+from redmessenger.redis_edge import peers as peers_module
+from redmessenger.redis_edge.nodes import NodesChange
 
 from .conftest import publish, wait_until
 from .wsclient import WebSocketClient, connect_client
@@ -285,6 +287,117 @@ async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_f
     assert payloads(again) == ["lost on the way"], "once"
     again.close()
     await again.close_code()
+
+
+def losing_the_first(daemon: Any, kind: bytes) -> list[dict[bytes, bytes]]:
+    """The first ``kind`` item of ``daemon``'s inbox is lost (as a Redis failover loses inbox entries); the list of it."""
+    peers = daemon.service.peers
+    handle = peers._handle
+    lost: list[dict[bytes, bytes]] = []
+
+    def losing(fields: dict[bytes, bytes]) -> None:
+        if not lost and fields.get(b"k") == kind:
+            lost.append(fields)
+            return
+        handle(fields)
+
+    peers._handle = losing
+    return lost
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_attach_lost_between_daemons_is_sent_again_and_the_socket_gets_its_messages_live(
+    daemon_factory, redis, monkeypatch
+):
+    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    lost = losing_the_first(on(daemons, "node-a"), b"attach")
+    client = await connect_client(on(daemons, "node-b").url)
+    client.send(uid)
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "attached at its owner, once sent again")
+    assert len(lost) == 1
+    for i in range(10):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await client.receive(10)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(client) == [f"m{i}" for i in range(10)] and bubbles(client) == [True] * 10, "live, once, in order"
+    assert redis.llen(f"rm:users:{uid}:messages") == 0 and sockets_of(daemons, uid) == 1, "none queued, attached once"
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_answer_to_a_confirmation_request_is_asked_again_and_nothing_comes_twice(
+    daemon_factory, redis, monkeypatch
+):
+    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    owner = on(daemons, "node-a")
+    client = await tab(daemons, on(daemons, "node-b"), uid)
+    lost = losing_the_first(owner, b"confirmed")
+    for i in range(10):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await client.receive(10)
+    (attachment,) = owner.service.presence.get(uid).attachments
+    await wait_until(lambda: lost and not attachment.unconfirmed, 10, "confirmed, once asked again")
+    client.drop()  # gone without a close: what it confirmed is not sent again
+    await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
+    for daemon in daemons:
+        await daemon.idle()
+    assert len(lost) == 1 and payloads(client) == [f"m{i}" for i in range(10)]
+    assert redis.llen(f"rm:users:{uid}:messages") == 0, "nothing queued again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_whose_detach_was_lost_is_let_go_by_its_owner_at_its_next_confirmation(daemon_factory, redis):
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    holder = on(daemons, "node-b")
+    client = await tab(daemons, holder, uid)
+    lost = losing_the_first(on(daemons, "node-a"), b"detach")
+    client.close()
+    await client.close_code()
+    await wait_until(lambda: lost and not holder.service.peers._relays, 5, "the detach sent, and lost")
+    assert sockets_of(daemons, uid) == 1, "the owner still counts it"
+    publish(redis, f"rm.users.{uid}", "for a socket that is gone")
+    await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "let go at the answer to its confirmation")
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 1, 5, "queued")
+    again = await tab(daemons, holder, uid)
+    assert [m["payload"] for m in await again.receive(1)] == ["for a socket that is gone"]
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(again) == ["for a socket that is gone"] and payloads(client) == [], "once"
+    again.close()
+    await again.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_attach_from_a_holders_new_run_lets_go_of_its_previous_runs_sockets_whichever_comes_first(
+    daemon_factory, redis
+):
+    """
+    A holder killed and started again at once: its clients reconnect to it, and an attach of its new run can reach
+    the owner before the change of the nodes that says it restarted. Socket ids carry the run: the owner lets go of the
+    previous run's sockets at that attach, and the change that follows keeps the new run's.
+    """
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    owner = on(daemons, "node-a")
+    old = await tab(daemons, on(daemons, "node-b"), uid)
+    (previous,) = owner.service.presence.get(uid).attachments
+    peers = owner.service.peers
+    new_run = "f" * 16
+    assert not peers._relays and all(not sid.startswith("ffffff.") for _, sid in peers._remote)
+    peers._handle({b"k": b"attach", b"n": b"node-b", b"s": b"ffffff.1", b"u": uid.encode(), b"a": b"0", b"p": b"x"})
+    (current,) = owner.service.presence.get(uid).attachments
+    assert current is not previous and not previous.attached and list(peers._remote) == [("node-b", "ffffff.1")]
+    peers.nodes_changed(list(NODES[:2]), NodesChange(99, "node-b", False, False, True, list(NODES[:2]), new_run))
+    assert owner.service.presence.get(uid).attachments == [current] and current.attached, "the new run's socket stays"
+    old.close()
+    await old.close_code()
 
 
 @pytest_twisted.ensureDeferred

@@ -134,7 +134,9 @@ class RedMessengerService(OrderedServices):
         )
         self.presence = self.hub.presence
         #: The other daemons on this Redis: owners of users, and this node's inbox (docs/scale-out.md).
-        self.peers = PeerLink(self.hub, self.link.commands, self.link.inbox, config.consumer_name, reactor)
+        self.peers = PeerLink(
+            self.hub, self.link.commands, self.link.inbox, config.consumer_name, reactor, run=self.nodes.run
+        )
         self.hub.set_peers(self.peers)
         self.intake: IntakeReader | None = None
         if config.intake:

@@ -51,6 +51,8 @@ class NodesChange:
     restarted: bool
     #: The live nodes after the change, sorted.
     nodes: list[str]
+    #: The run of ``node`` that published it ("" if not told): sockets of its other runs are gone.
+    run: str = ""
 
     @classmethod
     def parse(cls, payload: bytes) -> NodesChange:
@@ -66,7 +68,7 @@ class NodesChange:
             raise ValueError("node ids that are not text")
         return cls(
             raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, raw.get("restarted") is True,
-            sorted(nodes),
+            sorted(nodes), raw["run"] if isinstance(raw.get("run"), str) else "",
         )  # fmt: skip
 
 
@@ -103,7 +105,7 @@ class NodeRegistry:
         self.node_id = node_id
         self._ttl = ttl
         #: This run among the runs of this node id (the heartbeat tells a restart by it).
-        self._run = secrets.token_hex(8)
+        self.run = secrets.token_hex(8)
         self._grace = grace
         #: Runs a change of the nodes after the messages published before it (core.hub.Hub.in_order).
         self._in_order = in_order
@@ -129,7 +131,7 @@ class NodeRegistry:
             return succeed(None)
         self._beating = True
         d = translated(
-            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self._run])
+            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self.run])
         )
         d.addCallbacks(self._listed, self._failed)
         d.addBoth(self._beaten)

@@ -12,7 +12,12 @@ the holding node writes to the socket and answers (``confirmed``), and tells the
 owner of the client's acks and of the close (``ack``, ``detach``).  Messages of
 the durable intake for a user owned elsewhere go to the owner the same way
 (``intake``), and the reader acknowledges the entry once the owner says the
-user's copy is safe (``settled``).
+user's copy is safe (``settled``).  The owner answers an ``attach`` with
+``attached``; a holder whose ``attach``, or an owner whose ``confirm``, has no
+answer after ``RESEND_AFTER`` seconds sends it again (a Redis failover can lose
+the last entries of an inbox), and a ``confirm`` for a socket its holder no
+longer has is answered with a ``detach``: no lost entry leaves a socket unknown
+to its owner, or one that is gone held by it.
 
 An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone.  What a
 node has for another in one reactor turn goes in one entry: ``k`` ``batch``,
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -54,12 +60,18 @@ INBOX_MAXLEN = 100000
 #: Entries read from the inbox per call, and how long a read waits for one (ms).
 INBOX_BATCH = 500
 INBOX_BLOCK_MS = 1000
+#: Hex digits of a daemon's run in its socket ids.
+RUN_PREFIX = 6
+#: Seconds (between this and twice this) before an unanswered ``attach`` or ``confirm`` is sent again.
+RESEND_AFTER = 5.0
 class PeerLink:
     """This node among the others: owners, relays, the inbox (implements core.ports.Peers)."""
 
     log = make_logger()
 
-    def __init__(self, hub: Hub, commands: RedisCommands, reading: RedisCommands, node_id: str, clock: Any) -> None:
+    def __init__(
+        self, hub: Hub, commands: RedisCommands, reading: RedisCommands, node_id: str, clock: Any, run: str = ""
+    ) -> None:
         self._hub = hub
         self._clock = clock
         self._retry: Any = None  # the pause before reading again after a failure
@@ -69,6 +81,10 @@ class PeerLink:
         self._inbox = inbox_key(node_id)
         self._owners = Owners(node_id)
         self._sids = itertools.count(1)
+        #: Socket ids are ``{run}.{n}``: an owner tells the sockets of a node's runs apart (RUN_PREFIX of its run).
+        self._run_id = run[:RUN_PREFIX] or secrets.token_hex(RUN_PREFIX // 2)
+        #: Owner side: the run each node's sockets here were attached by (an attach from another run: restarted).
+        self._runs: dict[str, str] = {}
         # holding side: relays by sid, and their sids
         self._relays: dict[str, Attachment] = {}
         self._sid_of: dict[Attachment, str] = {}
@@ -76,6 +92,10 @@ class PeerLink:
         self._arrived: dict[str, int] = {}
         #: Relays closed for deliveries that never arrived: their owner must not take them as read.
         self._incomplete: set[str] = set()
+        #: Relays whose owner has not answered their attach yet (in order); those already unanswered at the last check.
+        self._unanswered: dict[str, None] = {}
+        self._unanswered_before: set[str] = set()
+        self._resend_call: Any = None
         # owner side: the sockets other nodes hold, by (node, sid)
         self._remote: dict[tuple[str, str], tuple[Attachment, RemoteSink]] = {}
         # reader side: intake entries given to owners (and to which), until they settle
@@ -110,9 +130,13 @@ class PeerLink:
         return self._owners.elsewhere(key)
 
     def attach(self, owner: str, attachment: Attachment) -> None:
-        sid = f"{next(self._sids)}"
+        sid = f"{self._run_id}.{next(self._sids)}"
         self._relays[sid] = attachment
         self._sid_of[attachment] = sid
+        self._unanswered[sid] = None
+        self._send_attach(owner, sid, attachment)
+
+    def _send_attach(self, owner: str, sid: str, attachment: Attachment) -> None:
         sink = attachment.sink
         self.send(
             owner, b"attach", s=sid, u=attachment.uid.encode("utf-8"), a=b"1" if sink.acknowledges else b"0",
@@ -125,6 +149,7 @@ class PeerLink:
             return
         self._relays.pop(sid, None)
         self._arrived.pop(sid, None)
+        self._unanswered.pop(sid, None)
         # what arrived here, the client read; not what never arrived
         complete = sid not in self._incomplete
         self._incomplete.discard(sid)
@@ -152,10 +177,11 @@ class PeerLink:
         """
         self._owners.set_nodes(nodes)
         restarted = None
+        run = ""  # the restarted node's new run (its sockets here, if any attached already, stay)
         if change is not None:
             self.handoffs.changed(change)
             if change.restarted and change.node != self.node:
-                restarted = change.node
+                restarted, run = change.node, change.run[:RUN_PREFIX]
         hub = self._hub
         for user in hub.presence.users():
             owner = self.owner(user.uid)
@@ -165,10 +191,8 @@ class PeerLink:
             if not attachment.attached:  # given away: its node attaches it to the new owner
                 del self._remote[key]
                 sink.close()
-            elif key[0] not in self._owners.nodes or key[0] == restarted:  # its node is gone: as if closed unconfirmed
-                del self._remote[key]
-                sink.close()
-                hub.detach(attachment)
+            elif key[0] not in self._owners.nodes or (key[0] == restarted and _run_of(key[1]) != run):
+                self._gone(key)  # its node, or the run that held it, is gone: as if closed unconfirmed
         for (entry, uid), (message, owner) in list(self._forwarded.items()):
             if owner not in self._owners.nodes or owner == restarted:  # gone before it settled: route it again
                 del self._forwarded[(entry, uid)]
@@ -234,8 +258,31 @@ class PeerLink:
     def _not_written(self, failure: Any, node: str) -> None:
         self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=failure.getErrorMessage())
 
+    def _resend(self) -> None:
+        """
+        Every ``RESEND_AFTER`` seconds: the attaches, and the owner's confirmation requests, that were unanswered at
+        the last check already, sent again (each side takes a repeat as the first: docs/scale-out.md).
+        """
+        self._resend_call = self._clock.callLater(RESEND_AFTER, self._resend)
+        late = [sid for sid in self._unanswered if sid in self._unanswered_before]
+        for sid in late:
+            attachment = self._relays.get(sid)
+            if attachment is None or attachment.owner is None:
+                del self._unanswered[sid]
+                continue
+            self.log.warn(
+                "{owner} did not answer the attach of socket {sid} ({uid}); sending it again",
+                owner=attachment.owner, sid=sid, uid=attachment.uid,
+            )  # fmt: skip
+            self._send_attach(attachment.owner, sid, attachment)
+        self._unanswered_before = set(self._unanswered)
+        for _attachment, sink in self._remote.values():
+            sink.ask_again()
+
     def start(self) -> None:
         self._stopping = False
+        if self._resend_call is None:
+            self._resend_call = self._clock.callLater(RESEND_AFTER, self._resend)
         self._running = ensureDeferred(self._run())
         self._running.addErrback(lambda f: self.log.failure("Reading this node's inbox stopped", f))
 
@@ -243,6 +290,9 @@ class PeerLink:
         self._stopping = True
         if self._flush_call is not None:
             self.flush()  # what this turn had, written now
+        resend, self._resend_call = self._resend_call, None
+        if resend is not None and resend.active():
+            resend.cancel()
         retry, self._retry = self._retry, None
         if retry is not None and retry.active():
             retry.cancel()
@@ -297,9 +347,11 @@ class PeerLink:
                 arrived = self._arrived
                 for bubble, sids in ((True, item[2]), (False, item[3])):
                     for sid in sids:
-                        arrived[sid] = arrived.get(sid, 0) + 1
                         relay = relays.get(sid)
-                        if relay is not None and relay.attached and relay.sink.writable:
+                        if relay is None:
+                            continue  # gone: its owner hears it (detach, or the answer to its next confirm)
+                        arrived[sid] = arrived.get(sid, 0) + 1
+                        if relay.attached and relay.sink.writable:
                             relay.sink.send_message(message, bubble)
                 continue
             fields = {b"k": kind.encode("ascii"), b"n": node.encode("utf-8")}
@@ -316,6 +368,8 @@ class PeerLink:
             sent = fields.get(b"c", b"")
             if relay is None or not relay.attached:
                 self.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+                if relay is None:  # its detach may have been lost: the owner must not keep it
+                    self.send(node, b"detach", s=sid, r=b"0")
             elif sid in self._incomplete:
                 self.send(node, b"confirmed", s=sid, q=asked, o=b"0")  # closing already
             elif sent.isdigit() and self._arrived.get(sid, 0) < int(sent):
@@ -337,6 +391,8 @@ class PeerLink:
             found = self._remote.get((node, sid))
             if found is not None:
                 found[1].confirmed(int(fields.get(b"q", b"0")), fields.get(b"o") == b"1")
+        elif kind == b"attached":
+            self._unanswered.pop(sid, None)
         elif kind == b"attach":
             self._attached(node, sid, _text(fields.get(b"u", b"")), fields.get(b"a") == b"1", _text(fields.get(b"p", b"")))
         elif kind == b"detach":
@@ -373,6 +429,16 @@ class PeerLink:
                     ticket.settle(uid)
 
     def _attached(self, node: str, sid: str, uid: str, acknowledges: bool, address: str) -> None:
+        if (node, sid) in self._remote:  # sent again: the answer was lost, or late
+            self.send(node, b"attached", s=sid)
+            return
+        run = _run_of(sid)
+        if self._runs.get(node, run) != run:
+            # The node was killed and started again, and this came before the change said so: its previous run's
+            # sockets are gone.
+            for key in [key for key in self._remote if key[0] == node and _run_of(key[1]) != run]:
+                self._gone(key)
+        self._runs[node] = run
         sink = RemoteSink(self, node, sid, acknowledges, address)
         if self.owner(uid) is not None:
             # not ours (the nodes changed meanwhile): its node will attach it to the right owner
@@ -384,6 +450,17 @@ class PeerLink:
             sink.abandon(e)
             return
         self._remote[(node, sid)] = (attachment, sink)
+        self.send(node, b"attached", s=sid)
+
+
+    def _gone(self, key: tuple[str, str]) -> None:
+        attachment, sink = self._remote.pop(key)
+        sink.close()
+        self._hub.detach(attachment)
+
+
+def _run_of(sid: str) -> str:
+    return sid.partition(".")[0]
 
 
 def _text(value: bytes) -> str:

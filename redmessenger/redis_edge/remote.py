@@ -39,6 +39,8 @@ class RemoteSink:
         self.open = True
         self._asked = itertools.count(1)
         self._waiting: dict[int, Deferred[bool]] = {}
+        #: The requests that were waiting at the last :meth:`ask_again`.
+        self._waiting_before: set[int] = set()
         #: Deliveries sent to the socket's node: a confirmation says how many of them arrived there.
         self.delivered = 0
 
@@ -68,8 +70,17 @@ class RemoteSink:
             return waiter
         asked = next(self._asked)
         self._waiting[asked] = waiter
-        self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"))
+        self._ask(asked)
         return waiter
+
+    def ask_again(self) -> None:
+        """Send again the confirmation requests unanswered since the last call (lost with inbox entries in a failover)."""
+        for asked in sorted(self._waiting_before & self._waiting.keys()):
+            self._ask(asked)
+        self._waiting_before = set(self._waiting)
+
+    def _ask(self, asked: int) -> None:
+        self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"))
 
     def confirmed(self, asked: int, received: bool) -> None:
         waiter = self._waiting.pop(asked, None)

@@ -149,7 +149,7 @@ end
 local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
 if (joined or left or restarted or #expired > 0) and ARGV[5] then
   redis.call('PUBLISH', ARGV[5], cjson.encode({epoch = redis.call('INCR', KEYS[3]), node = ARGV[1], joined = joined,
-    left = left, restarted = restarted, expired = expired, nodes = nodes}))
+    left = left, restarted = restarted, expired = expired, nodes = nodes, run = ARGV[6]}))
 end
 if #nodes == 0 then
   return {nodes, {}}

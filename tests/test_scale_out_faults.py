@@ -1,0 +1,84 @@
+"""
+The fault suite's slow and frozen sockets (tests/test_faults.py) with several daemons: the socket held by one
+daemon, its user owned by the other, so that everything it is sent goes through the holder's inbox. Counted
+exactly: lost, doubled, reordered; the memory held for it bounded: the owner counts what it sent for the socket
+against ``max_pending_bytes`` and gives it up past that; the holder writes only what the owner sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+
+from .conftest import publish, wait_until
+from .test_scale_out import NODES, on, owned_by, sockets_of, tab
+
+QUEUE = "rm:users:{}:messages"
+
+
+async def relayed(daemon_factory: Any, **config: Any) -> tuple[Any, Any, str, Any]:
+    """Two daemons with ``config``: (owner, holder, a uid the first owns, a socket of it on the second)."""
+    names = NODES[:2]
+    daemons = [await daemon_factory(node_id=name, **config) for name in names]
+    await wait_until(lambda: all(d.service.peers.nodes == names for d in daemons), 10, "each daemon to see the other")
+    uid = owned_by("node-a", names)
+    owner, holder = on(daemons, "node-a"), on(daemons, "node-b")
+    client = await tab(daemons, holder, uid)
+    for daemon in daemons:
+        await daemon.idle()
+    return owner, holder, uid, client
+
+
+def buffered(holder: Any) -> int:
+    """Bytes the holder's Twisted transports hold for their sockets (what the kernel has not taken yet)."""
+    total = 0
+    for socket in holder.service.websockets.sockets:
+        transport = socket.transport
+        total += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return total
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relayed_socket_that_stops_reading_is_given_up_by_its_owner_and_loses_nothing(daemon_factory, redis):
+    owner, holder, uid, client = await relayed(daemon_factory, max_pending_bytes=64 * 1024)
+    client.protocol.transport.pauseProducing()  # reads nothing more: no pong either
+    total = 200
+    for i in range(total):
+        publish(redis, f"rm.users.{uid}", f"{i:03d}" + "x" * 1000)
+    await wait_until(lambda: redis.llen(QUEUE.format(uid)) == total, 10, "everything queued by the owner")
+    queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format(uid), 0, -1)]
+    assert queued == [f"{i:03d}" for i in range(total)], "in order, none lost, none twice"
+    assert owner.service.presence.get(uid) is None
+    refused = [d.service.hub.counters.refused.get("TOO_SLOW", 0) for d in (owner, holder)]
+    assert sum(refused) == 1, "given up once, by whichever daemon counted past max_pending_bytes first"
+    assert owner.service.hub.budget.used == 0 and holder.service.hub.budget.used == 0
+    await wait_until(lambda: not holder.service.peers._relays, 5, "the holder let it go")
+    client.protocol.transport.resumeProducing()
+    code, _ = await client.close_code(timeout=10)
+    assert code in (4413, None), "told why, if the close frame got through before the close handshake timed out"
+    read = [m["payload"][:3] for m in client.received]
+    assert read == [f"{i:03d}" for i in range(len(read))], "what it read before it froze: the first ones, in order"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_memory_held_for_a_frozen_relayed_socket_stays_bounded_on_both_daemons(daemon_factory, redis):
+    limit = 128 * 1024
+    owner, holder, uid, client = await relayed(daemon_factory, max_pending_bytes=limit)
+    client.protocol.transport.pauseProducing()
+    peak_owner = peak_holder = 0
+    for i in range(2000):
+        publish(redis, f"rm.users.{uid}", f"{i:04d}" + "y" * 2000)
+        if i % 50 == 0:
+            await wait_until(lambda: owner.service.hub.counters.published > i, 5, "the owner reading")
+            await holder.idle()
+            peak_owner = max(peak_owner, owner.service.hub.budget.used)
+            peak_holder = max(peak_holder, buffered(holder))
+    await wait_until(lambda: redis.llen(QUEUE.format(uid)) == 2000, 20, "everything queued")
+    print(f"peak held: owner {peak_owner} bytes, holder {peak_holder} bytes")
+    assert 0 < peak_owner <= limit + 2200, "the owner counts what it sent through the holder, and stops at the limit"
+    assert peak_holder <= limit + 2200, "the holder buffers no more than the owner sent (the kernel takes the first)"
+    assert holder.service.hub.budget.used == 0, "nothing counted twice on the holder"
+    client.protocol.transport.resumeProducing()
+    await client.close_code(timeout=10)

@@ -82,3 +82,49 @@ async def test_the_memory_held_for_a_frozen_relayed_socket_stays_bounded_on_both
     assert holder.service.hub.budget.used == 0, "nothing counted twice on the holder"
     client.protocol.transport.resumeProducing()
     await client.close_code(timeout=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relayed_tab_that_drops_mid_handover_leaves_the_rest_to_the_tab_on_the_owner(daemon_factory, redis):
+    """
+    tests/test_faults.py's handover test with tab A on the daemon that does not own the user: the owner hands the
+    queue to A through A's daemon; A drops midway; B, on the owner, gets the rest of the queue in order before the
+    live messages published meanwhile; nothing is lost, and the only repeats are A's one unconfirmed batch.
+    """
+    names = NODES[:2]
+    daemons = [await daemon_factory(node_id=name, handover_batch=100) for name in names]
+    await wait_until(lambda: all(d.service.peers.nodes == names for d in daemons), 10, "each daemon to see the other")
+    uid = owned_by("node-a", names)
+    owner, holder = on(daemons, "node-a"), on(daemons, "node-b")
+    total = 3000
+    pipe = redis.pipeline(transaction=False)
+    for i in range(total):
+        entry = {"v": 1, "source": f"rm.users.{uid}", "timestamp": i, "payload": f"q{i}"}
+        pipe.rpush(QUEUE.format(uid), json.dumps(entry))
+    pipe.execute()
+
+    a = await holder.client()
+    a.drop_after(1000)  # no close handshake, in the middle of the queue
+    a.send(uid)
+    await wait_until(lambda: len(a.received) >= 1, 10, "A receiving the queue")
+    b = await owner.client(uid)
+    publish(redis, f"rm.users.{uid}", "live1")
+    await a.close_code()
+    publish(redis, f"rm.users.{uid}", "live2")
+
+    queue = [f"q{i}" for i in range(total)]
+    got = lambda client: [m["payload"] for m in client.received]  # noqa: E731
+    await wait_until(lambda: got(b)[-1:] == ["live2"], 20, "B to receive the rest and the live messages")
+    got_a, got_b = got(a), got(b)
+    assert got_a == queue[: len(got_a)], "A got the head of the queue, in order"
+    first_for_b = queue.index(got_b[0])
+    assert got_b == queue[first_for_b:] + ["live1", "live2"], "B got the rest, in order, then the live messages"
+    assert first_for_b <= len(got_a), "nothing lost between them"
+    assert len(got_a) - first_for_b <= 100, "only A's unconfirmed batch is sent twice"
+    print(f"A read {len(got_a)}, B got the queue from q{first_for_b}")
+    for daemon in daemons:
+        await daemon.idle()
+    assert not redis.exists(QUEUE.format(uid)), "nothing left behind in Redis"
+    assert sockets_of(daemons, uid) == 1
+    b.close()
+    await b.close_code()

@@ -38,6 +38,9 @@ from redmessenger.model.keyspace import (
     valid_name,
 )
 
+#: PUBLISHes kept at most while this daemon waits to be listed among the nodes (its first heartbeat, a round trip).
+MAX_UNLISTED = 100000
+
 #: Delivers a message to uids (and, for a channel's message, to the channel's subscribers).
 Deliver = Callable[[Message, Sequence[str], str | None], None]
 #: Keeps a message that is not delivered (its payload is too large) aside: channel, payload as published.
@@ -111,6 +114,9 @@ class Router:
         #: With other daemons: whether this one is among the live nodes (it acts on users' and groups' PUBLISHes
         #: only then, docs/scale-out.md); None: it always is.
         self.listed: Callable[[], bool] | None = None
+        #: Until this daemon is first listed: the PUBLISHes to users and groups it heard, decided at its joining
+        #: (:meth:`joined`); None once it has joined.
+        self._unlisted: list[_Pending] | None = []
 
     @property
     def max_payload(self) -> int | None:
@@ -148,6 +154,8 @@ class Router:
                 self._look_up_members(pending, name)
             return
         if not self._acts(name, group):
+            if self._unlisted is not None and not self._listed():
+                self._keep_until_joined(_Pending(self._message(channel, payload), None if group else [name], name, group, decide=True))
             return  # another daemon acts (docs/scale-out.md)
         if len(payload) > self._size_limit:
             self._oversize(channel, payload)
@@ -162,16 +170,52 @@ class Router:
         live nodes, it acts for a user it owns, and for a group (for the members
         it owns; an oversize message only if it owns the group).
         """
-        listed = self.listed
-        if listed is not None and not listed():
+        if not self._listed():
             return False  # not among the nodes yet (or any more): their owners act
         owner = self.owner
         return group or owner is None or owner(name) is None
+
+    def _listed(self) -> bool:
+        listed = self.listed
+        return listed is None or listed()
+
+    def _keep_until_joined(self, pending: _Pending) -> None:
+        kept = self._unlisted
+        assert kept is not None
+        if len(kept) < MAX_UNLISTED:
+            kept.append(pending)
+        elif len(kept) == MAX_UNLISTED:
+            kept.append(pending)  # the one past the limit marks that the warning was given
+            self.log.warn(
+                "{count} messages heard before this daemon was listed among the nodes: more are dropped until it is",
+                count=MAX_UNLISTED,
+            )
+
+    def joined(self, alone: bool) -> None:
+        """
+        This daemon is listed for the first time: called in publish order, at the change of the nodes that lists it.
+        The PUBLISHes heard before it were acted on by the other daemons if there were any (``alone`` False); if it
+        is alone, nobody did: it acts on them now, before anything published after the change.
+        """
+        kept, self._unlisted = self._unlisted, None
+        if not kept:
+            return
+        kept = kept[:MAX_UNLISTED]
+        if not alone:
+            self.log.debug("{count} messages heard before joining were the other daemons' to act on", count=len(kept))
+            return
+        self.log.info("Acting on {count} messages heard before this daemon was listed (it is alone)", count=len(kept))
+        self._inbox.extendleft(reversed(kept))
+        for pending in kept:
+            if pending.group and pending.uids is None:
+                self._look_up_members(pending, pending.label)
 
     def in_order(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every message published before it was handed on (a change of the nodes)."""
         if not self._inbox:
             action()
+            if self._inbox:  # what the action put first (joined)
+                self._drain()
             return
         self._inbox.append(_Pending(None, [], action=action))
 
@@ -328,6 +372,8 @@ class Router:
                     pending.action()
                 continue
             if pending.decide and not self._acts(pending.label, pending.group):
+                if self._unlisted is not None and not self._listed():
+                    self._keep_until_joined(pending)
                 continue
             self._deliver(message, uids, pending.label if pending.group else None)
         if not inbox:

@@ -176,6 +176,9 @@ class PeerLink:
         run: its sockets here are as if closed, relays attach to it again.
         """
         self._owners.set_nodes(nodes)
+        if self._owners.listed:
+            # the first time: what was heard before this node was listed is acted on if nobody else could have
+            self._hub.router.joined(alone=self._owners.nodes == (self.node,))
         restarted = None
         run = ""  # the restarted node's new run (its sockets here, if any attached already, stay)
         if change is not None:

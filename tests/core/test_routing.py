@@ -195,3 +195,67 @@ def test_a_hold_keeps_the_messages_after_it_until_released_and_a_node_not_listed
     release()  # once is what counts
     assert recorder.delivered == [("held", ["user1"]), ("held too", ["user2"])]
     assert routing.waiting == 0
+
+
+def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_it_is_alone() -> None:
+    """
+    Between its subscription and the change of the nodes that lists it (its first heartbeat), a daemon hears
+    PUBLISHes no other daemon acts on when it is alone: they are delivered at its joining, in publish order, before
+    what comes after it; with other daemons there, they were theirs, and it drops them.
+    """
+    routing, directory, recorder, _, _ = router()
+    listed = [False]
+    routing.listed = lambda: listed[0]
+    directory.groups["cats"] = [b"user2"]
+    routing.on_publish(b"rm.users.user1", b"first")
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    routing.on_publish(b"rm.users.user1", b"second")
+    release = routing.hold()
+    routing.on_publish(b"rm.users.user1", b"held")  # decided in its turn, still before the joining
+    release()
+    assert recorder.delivered == [] and routing.waiting == 0
+
+    def joining() -> None:
+        listed[0] = True
+        routing.joined(alone=True)
+
+    routing.in_order(joining)
+    routing.on_publish(b"rm.users.user1", b"after")
+    assert recorder.delivered == [
+        ("first", ["user1"]), ("meow", ["user2"]), ("second", ["user1"]), ("held", ["user1"]), ("after", ["user1"])
+    ]  # fmt: skip
+    listed[0] = False  # left, and listed again later: nothing is kept any more
+    routing.on_publish(b"rm.users.user1", b"not listed any more")
+    listed[0] = True
+    routing.joined(alone=True)
+    assert recorder.delivered[-1] == ("after", ["user1"])
+
+
+def test_what_a_daemon_hears_before_it_is_listed_is_left_to_the_others_when_it_joins_them() -> None:
+    routing, directory, recorder, _, _ = router()
+    listed = [False]
+    routing.listed = lambda: listed[0]
+    directory.groups["cats"] = [b"user1"]
+    routing.on_publish(b"rm.users.user1", b"before")
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    release = routing.hold()
+    routing.on_publish(b"rm.users.user1", b"held")  # decided in its turn, still before the joining
+    release()
+    routing.in_order(lambda: (listed.__setitem__(0, True), routing.joined(alone=False)))
+    routing.on_publish(b"rm.users.user1", b"after")
+    assert directory.held == [], "no group looked up for messages the daemon may not act on"
+    assert recorder.delivered == [("after", ["user1"])], "what came before the joining was the other daemons'"
+
+
+def test_what_a_daemon_keeps_before_it_is_listed_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redmessenger.core.routing as routing_module
+
+    monkeypatch.setattr(routing_module, "MAX_UNLISTED", 3)
+    routing, _, recorder, _, _ = router()
+    listed = [False]
+    routing.listed = lambda: listed[0]
+    for i in range(10):
+        routing.on_publish(b"rm.users.user1", f"m{i}".encode())
+    listed[0] = True
+    routing.in_order(lambda: routing.joined(alone=True))
+    assert [payload for payload, _ in recorder.delivered] == ["m0", "m1", "m2"]

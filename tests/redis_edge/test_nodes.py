@@ -7,6 +7,7 @@ shown in status(), /health and /metrics.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.testing import Clock
@@ -57,3 +58,34 @@ async def test_a_node_that_stops_beating_drops_out_when_its_entry_expires(daemon
     await daemon.until(lambda: daemon.service.nodes.nodes == ["node-live"], 5, "the silent node expired (1 s)")
     assert [m.decode() for m in redis.zrange("rm:nodes", 0, -1)] == ["node-live"]
     assert list(redis.hgetall("rm:nodes:sockets")) == [b"node-live"], "its sockets expire with it"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_daemon_acts_on_what_it_heard_before_its_first_heartbeat_and_one_joining_others_does_not(
+    daemon_factory, redis, monkeypatch
+):
+    """
+    Between its subscription and its first heartbeat a daemon is not listed yet. Alone, nobody else acts on the
+    PUBLISHes of that moment: it queues them at its joining, in order. Joining another daemon, they were the other's.
+    """
+    beat = NodeRegistry.beat
+    first: list[str] = []
+
+    def publishing_first(registry: NodeRegistry) -> Any:
+        if registry._hearing() and registry.node_id not in first:
+            first.append(registry.node_id)  # subscribed, not listed: Redis has these before the heartbeat
+            for i in range(3):
+                redis.publish(f"rm.users.{registry.node_id}-user", f"before {i}")
+        return beat(registry)
+
+    monkeypatch.setattr(NodeRegistry, "beat", publishing_first)
+    alone = await daemon_factory(node_id="node-a")
+    queue = "rm:users:node-a-user:messages"
+    await alone.until(lambda: redis.llen(queue) == 3, 5, "queued by the daemon alone")
+    assert [json.loads(e)["payload"] for e in redis.lrange(queue, 0, -1)] == ["before 0", "before 1", "before 2"]
+    joining = await daemon_factory(node_id="node-b")
+    for daemon in (alone, joining):
+        await daemon.idle()
+    assert first == ["node-a", "node-b"]
+    # node-b's were heard while node-a was the only node listed: node-a's to act on
+    assert redis.llen("rm:users:node-b-user:messages") == 3, "queued once, by node-a, not again by node-b"

@@ -305,13 +305,17 @@ def losing_the_first(daemon: Any, kind: bytes) -> list[dict[bytes, bytes]]:
     return lost
 
 
+async def resending(daemon_factory: Any, monkeypatch: Any) -> tuple[list[Any], str]:
+    """Two daemons that send unanswered inbox items again after 0.2-0.4 s; a uid node-a owns."""
+    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
+    return await cluster(daemon_factory, 2), owned_by("node-a", NODES[:2])
+
+
 @pytest_twisted.ensureDeferred
 async def test_an_attach_lost_between_daemons_is_sent_again_and_the_socket_gets_its_messages_live(
     daemon_factory, redis, monkeypatch
 ):
-    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
-    daemons = await cluster(daemon_factory, 2)
-    uid = owned_by("node-a", NODES[:2])
+    daemons, uid = await resending(daemon_factory, monkeypatch)
     lost = losing_the_first(on(daemons, "node-a"), b"attach")
     client = await connect_client(on(daemons, "node-b").url)
     client.send(uid)
@@ -332,9 +336,7 @@ async def test_an_attach_lost_between_daemons_is_sent_again_and_the_socket_gets_
 async def test_a_lost_answer_to_a_confirmation_request_is_asked_again_and_nothing_comes_twice(
     daemon_factory, redis, monkeypatch
 ):
-    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
-    daemons = await cluster(daemon_factory, 2)
-    uid = owned_by("node-a", NODES[:2])
+    daemons, uid = await resending(daemon_factory, monkeypatch)
     owner = on(daemons, "node-a")
     client = await tab(daemons, on(daemons, "node-b"), uid)
     lost = losing_the_first(owner, b"confirmed")

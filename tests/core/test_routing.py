@@ -197,6 +197,21 @@ def test_a_hold_keeps_the_messages_after_it_until_released_and_a_node_not_listed
     assert routing.waiting == 0
 
 
+def heard_before_listed(routing: Router, directory: MemoryDirectory, member: bytes) -> list[bool]:
+    """PUBLISHes heard by a daemon not listed yet: to user1, to the group cats (of ``member``), to user1, and one
+    decided in its turn behind a hold; the flag that says whether it is listed."""
+    listed = [False]
+    routing.listed = lambda: listed[0]
+    directory.groups["cats"] = [member]
+    routing.on_publish(b"rm.users.user1", b"first")
+    routing.on_publish(b"rm.channels.cats", b"meow")
+    routing.on_publish(b"rm.users.user1", b"second")
+    release = routing.hold()
+    routing.on_publish(b"rm.users.user1", b"held")  # decided in its turn, still before the joining
+    release()
+    return listed
+
+
 def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_it_is_alone() -> None:
     """
     Between its subscription and the change of the nodes that lists it (its first heartbeat), a daemon hears
@@ -204,15 +219,7 @@ def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_i
     what comes after it; with other daemons there, they were theirs, and it drops them.
     """
     routing, directory, recorder, _, _ = router()
-    listed = [False]
-    routing.listed = lambda: listed[0]
-    directory.groups["cats"] = [b"user2"]
-    routing.on_publish(b"rm.users.user1", b"first")
-    routing.on_publish(b"rm.channels.cats", b"meow")
-    routing.on_publish(b"rm.users.user1", b"second")
-    release = routing.hold()
-    routing.on_publish(b"rm.users.user1", b"held")  # decided in its turn, still before the joining
-    release()
+    listed = heard_before_listed(routing, directory, b"user2")
     assert recorder.delivered == [] and routing.waiting == 0
 
     def joining() -> None:
@@ -233,14 +240,7 @@ def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_i
 
 def test_what_a_daemon_hears_before_it_is_listed_is_left_to_the_others_when_it_joins_them() -> None:
     routing, directory, recorder, _, _ = router()
-    listed = [False]
-    routing.listed = lambda: listed[0]
-    directory.groups["cats"] = [b"user1"]
-    routing.on_publish(b"rm.users.user1", b"before")
-    routing.on_publish(b"rm.channels.cats", b"meow")
-    release = routing.hold()
-    routing.on_publish(b"rm.users.user1", b"held")  # decided in its turn, still before the joining
-    release()
+    listed = heard_before_listed(routing, directory, b"user1")
     routing.in_order(lambda: (listed.__setitem__(0, True), routing.joined(alone=False)))
     routing.on_publish(b"rm.users.user1", b"after")
     assert directory.held == [], "no group looked up for messages the daemon may not act on"

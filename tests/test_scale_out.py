@@ -16,6 +16,7 @@ import pytest_twisted
 from redmessenger.core.ownership import owner as owner_of
 from redmessenger.redis_edge import peers as peers_module
 from redmessenger.redis_edge.nodes import NodesChange
+from redmessenger.redis_edge.peers import PeerLink
 
 from .conftest import publish, wait_until
 from .wsclient import WebSocketClient, connect_client
@@ -374,6 +375,46 @@ async def test_a_socket_whose_detach_was_lost_is_let_go_by_its_owner_at_its_next
     assert payloads(again) == ["for a socket that is gone"] and payloads(client) == [], "once"
     again.close()
     await again.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_joins_only_once_its_inbox_is_emptied_so_what_the_others_send_it_then_arrives(
+    daemon_factory, redis, monkeypatch
+):
+    """
+    A starting daemon empties its inbox (the previous run's entries). The others write to it as soon as they hear
+    it join (attaches of the sockets it now owns, barriers); had it joined first, a slow emptying took those with it,
+    and the sockets stayed unknown to their owner until sent again (5-10 s). It joins once its inbox is empty.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    first = await daemon_factory(node_id="node-a")
+    uid = owned_by("node-b", NODES[:2])
+    client = await first.client(uid)  # node-a's own while it is alone; node-b's once it joins
+    start = PeerLink.start
+
+    def slow_to_empty(peers: PeerLink) -> None:
+        reading = peers._reading
+        execute = reading.execute_command
+
+        def delayed(*args: Any) -> Any:
+            if args[0] == "DEL":  # the previous run's entries: emptied late
+                return deferLater(reactor, 0.5, execute, *args)
+            return execute(*args)
+
+        peers._reading = type("Slow", (), {"execute_command": staticmethod(delayed)})()
+        start(peers)
+
+    monkeypatch.setattr(PeerLink, "start", slow_to_empty)
+    second = await daemon_factory(node_id="node-b")
+    daemons = [first, second]
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 3, "the socket attached to its new owner at once")
+    publish(redis, f"rm.users.{uid}", "after the join")
+    assert [m["payload"] for m in await client.receive(1)] == ["after the join"]
+    assert second.service.peers.handoffs.timed_out == 0, "node-a's barrier arrived: nothing held for 2 s"
+    client.close()
+    await client.close_code()
 
 
 @pytest_twisted.ensureDeferred

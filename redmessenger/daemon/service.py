@@ -102,7 +102,7 @@ class RedMessengerService(OrderedServices):
             reactor,
             config.consumer_name,
             connected=lambda: self.link.state.commands_connected,
-            hearing=lambda: self.link.hearing_nodes,
+            hearing=lambda: self.link.hearing_nodes and self.peers.ready,
             sockets=lambda: len(self.websockets.sockets) + len(self.socketio.engine),
             on_change=self._nodes_changed,
             in_order=lambda action: self.hub.in_order(action),
@@ -138,6 +138,7 @@ class RedMessengerService(OrderedServices):
             self.hub, self.link.commands, self.link.inbox, config.consumer_name, reactor, run=self.nodes.run
         )
         self.hub.set_peers(self.peers)
+        self.peers.on_ready = lambda: self.nodes.beat()
         self.intake: IntakeReader | None = None
         if config.intake:
             self.intake = IntakeReader(

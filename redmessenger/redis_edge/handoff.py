@@ -47,6 +47,8 @@ class Handoffs:
         #: Fired once this node, leaving, has told the others its last writes landed; and whether it has.
         self._gone: list[Deferred[None]] = []
         self._told = False
+        #: Changes after which this node went on without every word it waited for (BARRIER_TIMEOUT).
+        self.timed_out = 0
 
     def changed(self, change: NodesChange) -> None:
         """
@@ -106,6 +108,7 @@ class Handoffs:
 
     def _no_barrier(self, epoch: int) -> None:
         waiting, release, _ = self._holds.pop(epoch)
+        self.timed_out += 1
         self.log.warn(
             "No word from {nodes} {timeout}s after the change {epoch} of the nodes; going on (a node that died says nothing)",
             nodes=", ".join(sorted(waiting)),

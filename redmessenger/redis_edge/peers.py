@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
@@ -102,6 +103,11 @@ class PeerLink:
         self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
         self._stopping = False
         self._running: Deferred[None] | None = None
+        #: Whether this run's inbox was emptied of the previous run's entries: this node joins only then, or what
+        #: the others write to it once they hear it join (attaches, barriers) could be emptied with them.
+        self.ready = False
+        #: Called once the inbox is emptied (the service beats then, rather than at the next beat).
+        self.on_ready: Callable[[], object] | None = None
         #: What goes to each node at the end of this turn: its items, its messages, and their places in the batch.
         self._outbox: dict[str, tuple[list[Any], list[bytes], dict[str, int]]] = {}
         self._flush_call: Any = None
@@ -308,6 +314,9 @@ class PeerLink:
                 if last is None:
                     await self._reading.execute_command("DEL", self._inbox)  # about sockets of a previous run
                     last = b"0-0"
+                    self.ready = True
+                    if self.on_ready is not None:
+                        self.on_ready()
                 reply = await self._reading.execute_command(
                     "XREAD", "COUNT", INBOX_BATCH, "BLOCK", INBOX_BLOCK_MS, "STREAMS", self._inbox, last
                 )

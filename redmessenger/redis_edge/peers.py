@@ -21,12 +21,13 @@ to its owner, or one that is gone held by it.
 
 An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone.  What a
 node has for another in one reactor turn goes in one entry: ``k`` ``batch``,
-``n`` the writing node, the messages each once as they are queued (fields
-``0``, ``1``, ...), and ``d``, a JSON object: ``m`` how many messages, ``x`` the
-items in order, ``[kind, fields]``, but a message's deliveries one item
-``["D", its field, [sockets with the bubble], [the others]]``.  A group message
-for 500 sockets another node holds is one ``XADD`` carrying it once, and the
-holding node parses it once for all of them.  A node empties its inbox when it starts: what was there was
+``n`` the writing node, and ``d``, a JSON object: ``m`` the messages, each once,
+as ``[id, source, timestamp, payload]`` (and the sender's client id and uid for
+a client's publish), and ``x`` the items in order, ``[kind, fields]``, but a
+message's deliveries one item ``["D", its place in m, [sockets with the bubble],
+[the others]]``.  A group message for 500 sockets another node holds is one
+``XADD`` carrying it once; the holding node reads the whole batch with one JSON
+parse, and builds each message's frames once for all its sockets.  A node empties its inbox when it starts: what was there was
 about sockets of its previous run.  When the nodes change, users move: the old
 owner queues what it held unconfirmed and turns the sockets it holds into relays
 of the new owner; relays follow their user to its new owner, or become local.
@@ -48,6 +49,7 @@ from redmessenger.core.hub import Hub
 from redmessenger.core.ownership import Owners
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
+from redmessenger.model.channels import Sender
 from redmessenger.model.envelope import Message, UnreadableEntry, message_from_entry
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import inbox_key
@@ -109,7 +111,7 @@ class PeerLink:
         #: Called once the inbox is emptied (the service beats then, rather than at the next beat).
         self.on_ready: Callable[[], object] | None = None
         #: What goes to each node at the end of this turn: its items, its messages, and their places in the batch.
-        self._outbox: dict[str, tuple[list[Any], list[bytes], dict[str, int]]] = {}
+        self._outbox: dict[str, tuple[list[Any], list[list[Any]], dict[str, int]]] = {}
         self._flush_call: Any = None
         self.sent = 0
         self.received = 0
@@ -221,7 +223,7 @@ class PeerLink:
 
     # -- the inbox -----------------------------------------------------------------------
 
-    def _batch(self, node: str) -> tuple[list[Any], list[bytes], dict[str, int]]:
+    def _batch(self, node: str) -> tuple[list[Any], list[list[Any]], dict[str, int]]:
         batch = self._outbox.get(node)
         if batch is None:
             batch = self._outbox[node] = ([], [], {})
@@ -240,7 +242,7 @@ class PeerLink:
         place = places.get(message.id)  # ids are unique per message (a group's copies share one)
         if place is None:
             place = places[message.id] = len(messages)
-            messages.append(message.queue_entry())
+            messages.append(_fields_of(message))
         last = items[-1] if items else None
         if last is not None and last[0] == "D" and last[1] == place:  # the same message's sockets: one item
             last[2 if bubble else 3].append(sid)
@@ -255,12 +257,11 @@ class PeerLink:
         outbox, self._outbox = self._outbox, {}
         writes = []
         for node, (items, messages, _) in outbox.items():
-            data = json.dumps({"m": len(messages), "x": items}, ensure_ascii=False, separators=(",", ":"))
-            fields: list[Any] = ["k", "batch", "n", self.node, "d", data]
-            for place, entry in enumerate(messages):
-                fields += (place, entry)  # as they are: no JSON string around JSON
+            data = json.dumps({"m": messages, "x": items}, ensure_ascii=False, separators=(",", ":"))
             self.sent += 1
-            d = self._commands.execute_command("XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", *fields)
+            d = self._commands.execute_command(
+                "XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", "batch", "n", self.node, "d", data
+            )
             writes.append(d.addErrback(self._not_written, node))
         return gatherResults(writes).addCallback(lambda _: None)
 
@@ -344,6 +345,9 @@ class PeerLink:
             return
         node = _text(entry.get(b"n", b""))
         data = json.loads(entry.get(b"d", b"{}"))
+        messages = data.get("m")
+        if not isinstance(messages, list):
+            messages = []  # a daemon of another version: its deliveries do not arrive (the socket is closed, 1013)
         parsed: dict[int, Message | None] = {}
         relays = self._relays
         for item in data.get("x", []):
@@ -351,8 +355,7 @@ class PeerLink:
             if kind == "D":  # the many: a message for sockets held here, without the general path's conversions
                 place = item[1]
                 if place not in parsed:
-                    text = entry.get(str(place).encode("ascii"))
-                    parsed[place] = _message(text) if text is not None else None
+                    parsed[place] = _message_of(messages[place]) if type(place) is int and 0 <= place < len(messages) else None
                 message = parsed[place]  # parsed once, its frames built once, for every socket it goes to
                 if message is None:
                     continue
@@ -473,6 +476,30 @@ class PeerLink:
 
 def _run_of(sid: str) -> str:
     return sid.partition(".")[0]
+
+
+def _fields_of(message: Message) -> list[Any]:
+    """A message as a batch carries it (to the node holding its sockets): its fields, in a JSON array."""
+    sender = message.sender
+    if sender is None:
+        return [message.id, message.source, message.timestamp, message.payload]
+    return [message.id, message.source, message.timestamp, message.payload, sender.client_id, sender.uid]
+
+
+def _message_of(fields: Any) -> Message | None:
+    """The message :func:`_fields_of` wrote; None for anything else."""
+    if type(fields) is not list or len(fields) not in (4, 6):
+        return None
+    message_id, source, timestamp, payload = fields[:4]
+    if not (type(message_id) is str and type(source) is str and type(timestamp) is int and type(payload) is str):
+        return None
+    sender = None
+    if len(fields) == 6:
+        client_id, uid = fields[4:]
+        if type(client_id) is not str or (uid is not None and type(uid) is not str):
+            return None
+        sender = Sender(client_id, uid)
+    return Message(source, timestamp, payload, message_id, sender)
 
 
 def _text(value: bytes) -> str:

@@ -19,6 +19,7 @@ from redmessenger.redis_edge.nodes import NodesChange
 from redmessenger.redis_edge.peers import PeerLink
 
 from .conftest import publish, wait_until
+from .httpclient import scrape
 from .wsclient import WebSocketClient, connect_client
 
 NODES = ["node-a", "node-b", "node-c"]
@@ -329,6 +330,10 @@ async def test_an_attach_lost_between_daemons_is_sent_again_and_the_socket_gets_
         await daemon.idle()
     assert payloads(client) == [f"m{i}" for i in range(10)] and bubbles(client) == [True] * 10, "live, once, in order"
     assert redis.llen(f"rm:users:{uid}:messages") == 0 and sockets_of(daemons, uid) == 1, "none queued, attached once"
+    holder, owner = await scrape(on(daemons, "node-b").port), await scrape(on(daemons, "node-a").port)
+    assert (holder["redmessenger_inbox_resent_total"], holder["redmessenger_relayed_sockets"]) == (1, 1)
+    assert (owner["redmessenger_remote_sockets"], owner["redmessenger_relayed_sockets"]) == (1, 0)
+    assert holder["redmessenger_node_changes_unconfirmed_total"] == 0
     client.close()
     await client.close_code()
 

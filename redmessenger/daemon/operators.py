@@ -49,6 +49,10 @@ def daemon_view(service: RedMessengerService) -> DaemonView:
         node_id=config.consumer_name,
         nodes=lambda: service.nodes.nodes,
         node_sockets=lambda: service.nodes.sockets,
+        relays=lambda: service.peers.relays,
+        remote_sockets=lambda: service.peers.remote,
+        inbox_resent=lambda: service.peers.resent,
+        barriers_missed=lambda: service.peers.handoffs.timed_out,
         longest_queues=lambda limit: longest_queues(service.link.commands, limit),
     )
 

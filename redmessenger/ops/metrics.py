@@ -134,6 +134,22 @@ class DaemonCollector:
             node_sockets.add_metric([node], count)
         yield node_sockets
         yield GaugeMetricFamily(
+            prefix + "relayed_sockets", "Sockets held here for users another daemon owns (reached through its inbox)", view.relays()
+        )
+        yield GaugeMetricFamily(
+            prefix + "remote_sockets", "Sockets of users this daemon owns that other daemons hold", view.remote_sockets()
+        )
+        yield CounterMetricFamily(
+            prefix + "inbox_resent",
+            "Attaches and confirmation requests sent again to another daemon for want of an answer (a lost inbox entry)",
+            view.inbox_resent(),
+        )
+        yield CounterMetricFamily(
+            prefix + "node_changes_unconfirmed",
+            "Changes of the daemons after which this one went on without another's word that its writes had landed (2 s)",
+            view.barriers_missed(),
+        )
+        yield GaugeMetricFamily(
             prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
         )
         yield GaugeMetricFamily(

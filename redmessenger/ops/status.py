@@ -63,6 +63,12 @@ class DaemonView:
     nodes: Callable[[], list[str]]
     #: Each live node's open sockets, as of its last heartbeat.
     node_sockets: Callable[[], dict[str, int]]
+    #: Sockets held here for owners elsewhere (relays), and sockets of users owned here held elsewhere.
+    relays: Callable[[], int]
+    remote_sockets: Callable[[], int]
+    #: Inbox entries sent again for want of an answer, and changes of the nodes gone on without a node's word.
+    inbox_resent: Callable[[], int]
+    barriers_missed: Callable[[], int]
     longest_queues: LongestQueues
 
 
@@ -148,6 +154,9 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"commands {up(link.commands_connected)} (at {link.address or '-'}); reconnects {link.reconnects}; "
         f"masters followed {link.master_switches}; last error: {link.last_error or '-'}",
         f"Nodes:      {len(view.nodes())} on this Redis ({_nodes_text(view) or 'none yet'}); this one: {view.node_id}",
+        f"Relays:     {view.relays()} sockets held here for other owners, {view.remote_sockets()} of this one's users held "
+        f"elsewhere; since start {view.inbox_resent()} inbox entries sent again, {view.barriers_missed()} changes "
+        "gone on without a node's word",
         f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
         f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "
         f"identified; {state.connections} of conn_limit {settings.conn_limit} in use, {state.connections_refused} refused",

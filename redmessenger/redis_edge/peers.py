@@ -115,6 +115,8 @@ class PeerLink:
         self._flush_call: Any = None
         self.sent = 0
         self.received = 0
+        #: Attaches and confirmation requests sent again for want of an answer (RESEND_AFTER): each a lost inbox entry.
+        self.resent = 0
         #: The order of the changes of the nodes between this node and the others.
         self.handoffs = Handoffs(node_id, hub, self, clock)
 
@@ -171,6 +173,16 @@ class PeerLink:
     def forward(self, owner: str, message: Message, uid: str) -> None:
         self._forwarded[(message.id, uid)] = (message, owner)
         self.send(owner, b"intake", e=message.queue_entry(), u=uid.encode("utf-8"))
+
+    @property
+    def relays(self) -> int:
+        """Sockets held here for users another node owns."""
+        return len(self._relays)
+
+    @property
+    def remote(self) -> int:
+        """Sockets of users this node owns, held by other nodes."""
+        return len(self._remote)
 
     # -- the nodes -----------------------------------------------------------------------
 
@@ -285,9 +297,10 @@ class PeerLink:
                 owner=attachment.owner, sid=sid, uid=attachment.uid,
             )  # fmt: skip
             self._send_attach(attachment.owner, sid, attachment)
+            self.resent += 1
         self._unanswered_before = set(self._unanswered)
         for _attachment, sink in self._remote.values():
-            sink.ask_again()
+            self.resent += sink.ask_again()
 
     def start(self) -> None:
         self._stopping = False

@@ -73,11 +73,16 @@ class RemoteSink:
         self._ask(asked)
         return waiter
 
-    def ask_again(self) -> None:
-        """Send again the confirmation requests unanswered since the last call (lost with inbox entries in a failover)."""
-        for asked in sorted(self._waiting_before & self._waiting.keys()):
+    def ask_again(self) -> int:
+        """
+        Send again the confirmation requests unanswered since the last call (lost with inbox entries in a failover);
+        how many.
+        """
+        late = sorted(self._waiting_before & self._waiting.keys())
+        for asked in late:
             self._ask(asked)
         self._waiting_before = set(self._waiting)
+        return len(late)
 
     def _ask(self, asked: int) -> None:
         self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"))

@@ -170,7 +170,8 @@ class Router:
         live nodes, it acts for a user it owns, and for a group (for the members
         it owns; an oversize message only if it owns the group).
         """
-        if not self._listed():
+        listed = self.listed  # inline: this runs for every PUBLISH
+        if listed is not None and not listed():
             return False  # not among the nodes yet (or any more): their owners act
         owner = self.owner
         return group or owner is None or owner(name) is None

@@ -27,8 +27,10 @@ a client's publish), and ``x`` the items in order, ``[kind, fields]``, but a
 message's deliveries one item ``["D", its place in m, [sockets with the bubble],
 [the others]]``.  A group message for 500 sockets another node holds is one
 ``XADD`` carrying it once; the holding node reads the whole batch with one JSON
-parse, and builds each message's frames once for all its sockets.  A node empties its inbox when it starts: what was there was
-about sockets of its previous run.  When the nodes change, users move: the old
+parse, and builds each message's frames once for all its sockets.  A node
+empties its inbox when it starts, before it joins (what was there was about
+sockets of its previous run; what the others write once they hear it join must
+not go with it).  When the nodes change, users move: the old
 owner queues what it held unconfirmed and turns the sockets it holds into relays
 of the new owner; relays follow their user to its new owner, or become local.
 

@@ -38,8 +38,10 @@ from redmessenger.model.keyspace import (
     valid_name,
 )
 
-#: PUBLISHes kept at most while this daemon waits to be listed among the nodes (its first heartbeat, a round trip).
+#: PUBLISHes kept at most while this daemon waits to be listed among the nodes (its first heartbeat, a round trip),
+#: and their bytes at most (payloads and envelopes, about: Message.weight).
 MAX_UNLISTED = 100000
+MAX_UNLISTED_BYTES = 32 * 1024 * 1024
 
 #: Delivers a message to uids (and, for a channel's message, to the channel's subscribers).
 Deliver = Callable[[Message, Sequence[str], str | None], None]
@@ -117,6 +119,8 @@ class Router:
         #: Until this daemon is first listed: the PUBLISHes to users and groups it heard, decided at its joining
         #: (:meth:`joined`); None once it has joined.
         self._unlisted: list[_Pending] | None = []
+        self._unlisted_bytes = 0
+        self._unlisted_full = False
 
     @property
     def max_payload(self) -> int | None:
@@ -182,14 +186,18 @@ class Router:
 
     def _keep_until_joined(self, pending: _Pending) -> None:
         kept = self._unlisted
-        assert kept is not None
-        if len(kept) < MAX_UNLISTED:
+        assert kept is not None and pending.message is not None
+        weight = pending.message.weight
+        if len(kept) < MAX_UNLISTED and self._unlisted_bytes + weight <= MAX_UNLISTED_BYTES:
             kept.append(pending)
-        elif len(kept) == MAX_UNLISTED:
-            kept.append(pending)  # the one past the limit marks that the warning was given
+            self._unlisted_bytes += weight
+        elif not self._unlisted_full:
+            self._unlisted_full = True
             self.log.warn(
-                "{count} messages heard before this daemon was listed among the nodes: more are dropped until it is",
-                count=MAX_UNLISTED,
+                "{count} messages ({size} bytes) heard before this daemon was listed among the nodes: more are dropped "
+                "until it is (its heartbeat or its inbox fails: the log says why)",
+                count=len(kept),
+                size=self._unlisted_bytes,
             )
 
     def joined(self, alone: bool) -> None:
@@ -198,10 +206,9 @@ class Router:
         The PUBLISHes heard before it were acted on by the other daemons if there were any (``alone`` False); if it
         is alone, nobody did: it acts on them now, before anything published after the change.
         """
-        kept, self._unlisted = self._unlisted, None
+        kept, self._unlisted, self._unlisted_bytes = self._unlisted, None, 0
         if not kept:
             return
-        kept = kept[:MAX_UNLISTED]
         if not alone:
             self.log.debug("{count} messages heard before joining were the other daemons' to act on", count=len(kept))
             return

@@ -259,3 +259,18 @@ def test_what_a_daemon_keeps_before_it_is_listed_is_bounded(monkeypatch: pytest.
     listed[0] = True
     routing.in_order(lambda: routing.joined(alone=True))
     assert [payload for payload, _ in recorder.delivered] == ["m0", "m1", "m2"]
+
+
+def test_what_a_daemon_keeps_before_it_is_listed_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redmessenger.core.routing as routing_module
+    from redmessenger.model.envelope import ENVELOPE_OVERHEAD
+
+    monkeypatch.setattr(routing_module, "MAX_UNLISTED_BYTES", 2 * (1000 + ENVELOPE_OVERHEAD))
+    routing, _, recorder, _, _ = router()
+    listed = [False]
+    routing.listed = lambda: listed[0]
+    for i in range(5):
+        routing.on_publish(b"rm.users.user1", b"%d" % i + b"x" * 999)
+    listed[0] = True
+    routing.in_order(lambda: routing.joined(alone=True))
+    assert [payload[0] for payload, _ in recorder.delivered] == ["0", "1"]

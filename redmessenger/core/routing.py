@@ -42,6 +42,9 @@ from redmessenger.model.keyspace import (
 #: and their bytes at most (payloads and envelopes, about: Message.weight).
 MAX_UNLISTED = 100000
 MAX_UNLISTED_BYTES = 32 * 1024 * 1024
+#: Bytes of messages (Message.weight) waiting behind a hold (a change of the nodes waiting for the old owners' word)
+#: past which the holds are let go at once, as when their time is up: memory stays bounded at any rate.
+MAX_HELD_BYTES = 64 * 1024 * 1024
 
 #: Delivers a message to uids (and, for a channel's message, to the channel's subscribers).
 Deliver = Callable[[Message, Sequence[str], str | None], None]
@@ -106,6 +109,8 @@ class Router:
         self._size_limit = max_payload if max_payload is not None else sys.maxsize
         self._keep_aside = keep_aside
         self._inbox: deque[_Pending] = deque()
+        #: Bytes of the messages in the inbox (Message.weight).
+        self._waiting_bytes = 0
         self._ids = MessageIds(run)
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
@@ -153,7 +158,7 @@ class Router:
                     self._oversize(channel, payload)
                 return
             pending = _Pending(self._message(channel, payload), None if group else [name], name, group, decide=True)
-            self._inbox.append(pending)
+            self._wait(pending)
             if group:
                 self._look_up_members(pending, name)
             return
@@ -214,6 +219,7 @@ class Router:
             return
         self.log.info("Acting on {count} messages heard before this daemon was listed (it is alone)", count=len(kept))
         self._inbox.extendleft(reversed(kept))
+        self._waiting_bytes += sum(p.message.weight for p in kept if p.message is not None)
         for pending in kept:
             if pending.group and pending.uids is None:
                 self._look_up_members(pending, pending.label)
@@ -291,12 +297,32 @@ class Router:
         """
         if group:
             pending = _Pending(message, label=name, group=True)
-            self._inbox.append(pending)
+            self._wait(pending)
             self._look_up_members(pending, name)
         elif not self._inbox:
             self._deliver(message, (name,), None)
         else:
-            self._inbox.append(_Pending(message, [name]))
+            self._wait(_Pending(message, [name]))
+
+    def _wait(self, pending: _Pending) -> None:
+        """A message waits in the inbox, behind older ones; past MAX_HELD_BYTES, the holds are let go."""
+        self._inbox.append(pending)
+        assert pending.message is not None
+        self._waiting_bytes += pending.message.weight
+        if self._waiting_bytes > MAX_HELD_BYTES:
+            self._let_holds_go()
+
+    def _let_holds_go(self) -> None:
+        holds = [p for p in self._inbox if p.message is None and p.uids is None and p.action is None]
+        if not holds:
+            return  # group lookups are what waits: Redis answers them, or they fail
+        for pending in holds:
+            pending.uids = []
+        self.log.warn(
+            "{size} bytes of messages waited for another daemon's word after a change of the nodes: going on without it",
+            size=self._waiting_bytes,
+        )
+        self._drain()
 
     def route_user(self, message: Message, uid: str) -> None:
         """A message for one user that another daemon read (docs/scale-out.md): in order with the others."""
@@ -375,6 +401,8 @@ class Router:
                 break
             pending = inbox.popleft()
             message = pending.message
+            if message is not None:
+                self._waiting_bytes -= message.weight
             if message is None:
                 if pending.action is not None:
                     pending.action()

@@ -274,3 +274,22 @@ def test_what_a_daemon_keeps_before_it_is_listed_is_bounded_in_bytes_too(monkeyp
     listed[0] = True
     routing.in_order(lambda: routing.joined(alone=True))
     assert [payload[0] for payload, _ in recorder.delivered] == ["0", "1"]
+
+
+def test_messages_held_for_a_change_of_the_nodes_go_on_past_a_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold waits for another daemon's word for 2 s at most; at a high rate, memory bounds it first."""
+    import redmessenger.core.routing as routing_module
+    from redmessenger.model.envelope import ENVELOPE_OVERHEAD
+
+    monkeypatch.setattr(routing_module, "MAX_HELD_BYTES", 3 * (100 + ENVELOPE_OVERHEAD))
+    routing, _, recorder, _, _ = router()
+    release = routing.hold()
+    for i in range(3):
+        routing.on_publish(b"rm.users.user1", b"%d" % i + b"x" * 99)
+    assert recorder.delivered == [] and routing.waiting == 4, "held, within the bound"
+    routing.on_publish(b"rm.users.user1", b"3" + b"x" * 99)
+    assert [payload[0] for payload, _ in recorder.delivered] == ["0", "1", "2", "3"], "past it: in order, at once"
+    assert routing.waiting == 0
+    release()  # its time up later: nothing left to let go
+    routing.on_publish(b"rm.users.user1", b"after")
+    assert recorder.delivered[-1] == ("after", ["user1"])

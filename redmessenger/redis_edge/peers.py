@@ -19,15 +19,9 @@ the last entries of an inbox), and a ``confirm`` for a socket its holder no
 longer has is answered with a ``detach``: no lost entry leaves a socket unknown
 to its owner, or one that is gone held by it.
 
-An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone.  What a
-node has for another in one reactor turn goes in one entry: ``k`` ``batch``,
-``n`` the writing node, and ``d``, a JSON object: ``m`` the messages, each once,
-as ``[id, source, timestamp, payload]`` (and the sender's client id and uid for
-a client's publish), and ``x`` the items in order, ``[kind, fields]``, but a
-message's deliveries one item ``["D", its place in m, [sockets with the bubble],
-[the others]]``.  A group message for 500 sockets another node holds is one
-``XADD`` carrying it once; the holding node reads the whole batch with one JSON
-parse, and builds each message's frames once for all its sockets.  A node
+An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone: what a
+node has for another in one reactor turn goes in one entry, a batch
+(redis_edge/batches.py).  A node
 empties its inbox when it starts, before it joins (what was there was about
 sockets of its previous run; what the others write once they hear it join must
 not go with it).  When the nodes change, users move: the old
@@ -40,28 +34,25 @@ txredisapi is not imported here; the connections are the link's.
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from redmessenger.core.hub import Hub
 from redmessenger.core.ownership import Owners
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
-from redmessenger.model.channels import Sender
 from redmessenger.model.envelope import Message, UnreadableEntry, message_from_entry
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import inbox_key
+from redmessenger.redis_edge.batches import BatchWriter, message_of, read_batch
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.handoff import Handoffs
 from redmessenger.redis_edge.nodes import NodesChange
 from redmessenger.redis_edge.remote import LOST_BETWEEN_DAEMONS, OneRecipient, RemoteSink, RemoteTicket
 
-#: Entries an inbox keeps at most (a node that died is written to until its heartbeat expires).
-INBOX_MAXLEN = 100000
 #: Entries read from the inbox per call, and how long a read waits for one (ms).
 INBOX_BATCH = 500
 INBOX_BLOCK_MS = 1000
@@ -112,10 +103,8 @@ class PeerLink:
         self.ready = False
         #: Called once the inbox is emptied (the service beats then, rather than at the next beat).
         self.on_ready: Callable[[], object] | None = None
-        #: What goes to each node at the end of this turn: its items, its messages, and their places in the batch.
-        self._outbox: dict[str, tuple[list[Any], list[list[Any]], dict[str, int]]] = {}
-        self._flush_call: Any = None
-        self.sent = 0
+        #: What goes to the other nodes' inboxes, a batch per node and reactor turn.
+        self._writer = BatchWriter(commands, node_id, clock)
         self.received = 0
         #: Attaches and confirmation requests sent again for want of an answer (RESEND_AFTER): each a lost inbox entry.
         self.resent = 0
@@ -237,50 +226,22 @@ class PeerLink:
 
     # -- the inbox -----------------------------------------------------------------------
 
-    def _batch(self, node: str) -> tuple[list[Any], list[list[Any]], dict[str, int]]:
-        batch = self._outbox.get(node)
-        if batch is None:
-            batch = self._outbox[node] = ([], [], {})
-            if self._flush_call is None:
-                self._flush_call = self._clock.callLater(0, self.flush)
-        return batch
-
     def send(self, node: str, kind: bytes, **fields: bytes | str) -> None:
-        """An item for ``node``'s inbox, written with the others of this turn."""
-        items, _, _ = self._batch(node)
-        items.append([kind.decode("ascii"), {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in fields.items()}])
+        """An item for ``node``'s inbox, written with the others of this turn (redis_edge/batches.py)."""
+        self._writer.send(node, kind, **fields)
 
     def deliver(self, node: str, sid: str, message: Message, bubble: bool) -> None:
-        """A message for a socket ``node`` holds: the message goes once per batch, whatever the sockets."""
-        items, messages, places = self._batch(node)
-        place = places.get(message.id)  # ids are unique per message (a group's copies share one)
-        if place is None:
-            place = places[message.id] = len(messages)
-            messages.append(_fields_of(message))
-        last = items[-1] if items else None
-        if last is not None and last[0] == "D" and last[1] == place:  # the same message's sockets: one item
-            last[2 if bubble else 3].append(sid)
-        else:
-            items.append(["D", place, [sid] if bubble else [], [] if bubble else [sid]])
+        """A message for a socket ``node`` holds, in this turn's batch for it."""
+        self._writer.deliver(node, sid, message, bubble)
 
     def flush(self) -> Deferred[None]:
-        """Write what this turn has for each node; fires once every write was answered (or failed)."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        outbox, self._outbox = self._outbox, {}
-        writes = []
-        for node, (items, messages, _) in outbox.items():
-            data = json.dumps({"m": messages, "x": items}, ensure_ascii=False, separators=(",", ":"))
-            self.sent += 1
-            d = self._commands.execute_command(
-                "XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", "batch", "n", self.node, "d", data
-            )
-            writes.append(d.addErrback(self._not_written, node))
-        return gatherResults(writes).addCallback(lambda _: None)
+        """Write this turn's batches now; fires once every write was answered (or failed)."""
+        return self._writer.flush()
 
-    def _not_written(self, failure: Any, node: str) -> None:
-        self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=failure.getErrorMessage())
+    @property
+    def sent(self) -> int:
+        """Batches written to the other nodes' inboxes."""
+        return self._writer.sent
 
     def _resend(self) -> None:
         """
@@ -313,8 +274,7 @@ class PeerLink:
 
     def stop(self) -> None:
         self._stopping = True
-        if self._flush_call is not None:
-            self.flush()  # what this turn had, written now
+        self._writer.stop()  # what this turn had, written now
         resend, self._resend_call = self._resend_call, None
         if resend is not None and resend.active():
             resend.cancel()
@@ -356,21 +316,18 @@ class PeerLink:
 
     def _unpack(self, entry: dict[bytes, bytes]) -> None:
         """One inbox entry: a batch of items from one node, each handled in order."""
-        if entry.get(b"k") != b"batch":
+        batch = read_batch(entry)
+        if batch is None:
             return
-        node = _text(entry.get(b"n", b""))
-        data = json.loads(entry.get(b"d", b"{}"))
-        messages = data.get("m")
-        if not isinstance(messages, list):
-            messages = []  # a daemon of another version: its deliveries do not arrive (the socket is closed, 1013)
+        node, messages, items = batch
         parsed: dict[int, Message | None] = {}
         relays = self._relays
-        for item in data.get("x", []):
+        for item in items:
             kind = item[0]
             if kind == "D":  # the many: a message for sockets held here, without the general path's conversions
                 place = item[1]
                 if place not in parsed:
-                    parsed[place] = _message_of(messages[place]) if type(place) is int and 0 <= place < len(messages) else None
+                    parsed[place] = message_of(messages[place]) if type(place) is int and 0 <= place < len(messages) else None
                 message = parsed[place]  # parsed once, its frames built once, for every socket it goes to
                 if message is None:
                     continue
@@ -491,30 +448,6 @@ class PeerLink:
 
 def _run_of(sid: str) -> str:
     return sid.partition(".")[0]
-
-
-def _fields_of(message: Message) -> list[Any]:
-    """A message as a batch carries it (to the node holding its sockets): its fields, in a JSON array."""
-    sender = message.sender
-    if sender is None:
-        return [message.id, message.source, message.timestamp, message.payload]
-    return [message.id, message.source, message.timestamp, message.payload, sender.client_id, sender.uid]
-
-
-def _message_of(fields: Any) -> Message | None:
-    """The message :func:`_fields_of` wrote; None for anything else."""
-    if type(fields) is not list or len(fields) not in (4, 6):
-        return None
-    message_id, source, timestamp, payload = fields[:4]
-    if not (type(message_id) is str and type(source) is str and type(timestamp) is int and type(payload) is str):
-        return None
-    sender = None
-    if len(fields) == 6:
-        client_id, uid = fields[4:]
-        if type(client_id) is not str or (uid is not None and type(uid) is not str):
-            return None
-        sender = Sender(client_id, uid)
-    return Message(source, timestamp, payload, message_id, sender)
 
 
 def _text(value: bytes) -> str:

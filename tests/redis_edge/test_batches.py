@@ -1,5 +1,5 @@
 """
-How a batch between daemons carries a message (redis_edge/peers.py): its fields in the batch's JSON, read back into
+How a batch between daemons carries a message (redis_edge/batches.py): its fields in the batch's JSON, read back into
 the same message; anything else a batch could hold (another version's, damaged) reads as no message.
 """
 
@@ -12,11 +12,11 @@ import pytest
 
 from redmessenger.model.channels import Sender
 from redmessenger.model.envelope import Message
-from redmessenger.redis_edge.peers import _fields_of, _message_of
+from redmessenger.redis_edge.batches import fields_of, message_of
 
 
 def through_json(message: Message) -> Message | None:
-    return _message_of(json.loads(json.dumps(_fields_of(message), ensure_ascii=False)))
+    return message_of(json.loads(json.dumps(fields_of(message), ensure_ascii=False)))
 
 
 @pytest.mark.parametrize("sender", [None, Sender("c-17", "alice"), Sender("c-18", None)])
@@ -40,4 +40,4 @@ def test_a_message_comes_back_the_same_with_its_frames(sender: Sender | None) ->
     ],
 )  # fmt: skip
 def test_anything_else_reads_as_no_message(fields: Any) -> None:
-    assert _message_of(fields) is None
+    assert message_of(fields) is None

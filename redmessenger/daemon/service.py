@@ -148,10 +148,13 @@ class RedMessengerService(OrderedServices):
                 config.consumer_name,
                 self.hub.on_intake,
                 block=INTAKE_BLOCK_SECONDS,
-                reads=lambda: self.peers.listed and self.hub.owner(INTAKE_STREAM) is None,
+                # not while this daemon waits for the old reader's word: what that one read must come first
+                reads=lambda: self.peers.listed and self.hub.owner(INTAKE_STREAM) is None and not self.peers.handoffs.holding,
             )
             self.hub.intake_done = self.intake.done
             self.hub.intake_delivered = self.intake.delivered
+            self.peers.handoffs.reader_quiet = self.intake.quiet
+            self.peers.handoffs.on_released = self.intake.wake
 
         # -- the dialects, on one port --
         #: conn_limit, counted over both dialects together (redmessenger.core.admission).

@@ -8,9 +8,10 @@ holds the messages after the change until each has.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from redmessenger.core.hub import Hub
 from redmessenger.logs import make_logger
@@ -49,6 +50,11 @@ class Handoffs:
         self._told = False
         #: Changes after which this node went on without every word it waited for (BARRIER_TIMEOUT).
         self.timed_out = 0
+        #: Fires once this node's intake reader has no read under way (what it read is routed): the durable intake's
+        #: reader moves with the nodes too, and what the old one read must reach the new owners before its word.
+        self.reader_quiet: Callable[[], Deferred[None]] = lambda: succeed(None)
+        #: Called when the last hold is let go (the new intake reader starts reading then).
+        self.on_released: Callable[[], object] = lambda: None
 
     def changed(self, change: NodesChange) -> None:
         """
@@ -85,7 +91,9 @@ class Handoffs:
                     return written.addBoth(self._left)
                 return None
 
-            self._hub.written().addBoth(landed)
+            # what the intake reader read before it saw the change goes first (forwarded to the new owners), then
+            # the queue writes land, then the word
+            self.reader_quiet().addBoth(lambda _: self._hub.written()).addBoth(landed)
         expect -= self._early.pop(change.epoch, set())
         if expect:
             timer = self._clock.callLater(BARRIER_TIMEOUT, self._no_barrier, change.epoch)
@@ -105,6 +113,8 @@ class Handoffs:
             del self._holds[epoch]
             timer.cancel()
             release()
+            if not self._holds:
+                self.on_released()
 
     def _no_barrier(self, epoch: int) -> None:
         waiting, release, _ = self._holds.pop(epoch)
@@ -116,6 +126,13 @@ class Handoffs:
             epoch=epoch,
         )
         release()
+        if not self._holds:
+            self.on_released()
+
+    @property
+    def holding(self) -> bool:
+        """Whether this node holds messages for another node's word (its intake reader does not read meanwhile)."""
+        return bool(self._holds)
 
     def gone(self, timeout: float) -> Deferred[None]:
         """After this node left the list: fires once it told the others its last writes landed (at most ``timeout``)."""

@@ -91,6 +91,9 @@ class IntakeReader:
         self._stopping = False
         self._running: Deferred[None] | None = None
         self._wait: Deferred[None] | None = None
+        #: A read under way (or the recovery before it); who waits for it to end (:meth:`quiet`).
+        self._busy = False
+        self._quiet_waiters: list[Deferred[None]] = []
         #: Entries read, and acknowledged, since start (for operators).
         self.read = 0
         self.acknowledged = 0
@@ -113,6 +116,25 @@ class IntakeReader:
         self._stopping = True
         if self._wait is not None and not self._wait.called:
             self._wait.callback(None)
+
+    def quiet(self) -> Deferred[None]:
+        """
+        Fires once no read is under way and what the last one brought was handed to the core (at once if none is):
+        with several daemons, what the reader read before it saw a change of the nodes goes to the new owners
+        before the word that this daemon's part is done (redis_edge/handoff.py).
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._busy:
+            self._quiet_waiters.append(waiter)
+        else:
+            waiter.callback(None)
+        return waiter
+
+    def _quiet(self) -> None:
+        self._busy = False
+        waiters, self._quiet_waiters = self._quiet_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def wake(self) -> None:
         """Check now whether this daemon reads (the nodes changed), rather than at the end of the pause."""
@@ -164,16 +186,20 @@ class IntakeReader:
                 if not self._reads():
                     await self._pause()  # another daemon reads (docs/scale-out.md)
                     continue
-                if recovering:
-                    await self._create_group()
-                    await self._claim_abandoned()
-                    await self._read_pending()
-                    recovering = False
-                reply = await self._reading.execute_command(
-                    "XREADGROUP", "GROUP", INTAKE_GROUP, self.consumer, "COUNT", self._batch,
-                    "BLOCK", self._block_ms, "STREAMS", INTAKE_STREAM, ">",
-                )
-                self._handle(reply, again=False)
+                self._busy = True
+                try:
+                    if recovering:
+                        await self._create_group()
+                        await self._claim_abandoned()
+                        await self._read_pending()
+                        recovering = False
+                    reply = await self._reading.execute_command(
+                        "XREADGROUP", "GROUP", INTAKE_GROUP, self.consumer, "COUNT", self._batch,
+                        "BLOCK", self._block_ms, "STREAMS", INTAKE_STREAM, ">",
+                    )
+                    self._handle(reply, again=False)
+                finally:
+                    self._quiet()
             except Exception as e:
                 if self._stopping:
                     break

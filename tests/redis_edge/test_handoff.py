@@ -85,3 +85,32 @@ def test_a_leaving_node_tells_every_other_and_is_gone_once_it_has_told_them_aske
     assert other_hub.held == 1, "b's users come to a: held until b says its writes landed"
     other.barrier("b", 5)
     assert other_hub.released == 1
+
+
+def test_the_word_waits_for_the_intake_readers_last_read_and_the_new_reader_for_the_word() -> None:
+    """
+    The durable intake's reader moves with the nodes too: what the old reader read before it saw the change is
+    forwarded before its word, and the new owner's reader reads only once every word came (or the time is up).
+    """
+    old, _, outbox, _ = node("a")
+    reading: Deferred[None] = Deferred()
+    old.reader_quiet = lambda: reading
+    old.changed(change(4, "c", ["a", "c"], joined=True))
+    assert outbox.sent == [], "its read under way first"
+    reading.callback(None)
+    assert outbox.sent == [("c", b"barrier", {"e": b"4"})]
+
+    newcomer, hub, _, clock = node("c")
+    released: list[bool] = []
+    newcomer.on_released = lambda: released.append(True)
+    newcomer.changed(change(4, "c", ["a", "c"], joined=True))
+    assert newcomer.holding and not released
+    newcomer.barrier("a", 4)
+    assert not newcomer.holding and released == [True]
+    newcomer.changed(change(5, "d", ["a", "c", "d"], joined=True))  # c hands users to d: no hold
+    assert not newcomer.holding
+    late, _, _, late_clock = node("d")
+    late.on_released = lambda: released.append(True)
+    late.changed(change(5, "d", ["a", "c", "d"], joined=True))
+    late_clock.advance(BARRIER_TIMEOUT)
+    assert not late.holding and released == [True, True], "the time up lets the reader read too"

@@ -94,6 +94,10 @@ class IntakeReader:
         #: A read under way (or the recovery before it); who waits for it to end (:meth:`quiet`).
         self._busy = False
         self._quiet_waiters: list[Deferred[None]] = []
+        #: The reading connection's CLIENT ID (asked when the reader recovers), and whether it is blocked in a read:
+        #: :meth:`quiet` unblocks it (CLIENT UNBLOCK) rather than wait for the read's block to end.
+        self._client_id: int | None = None
+        self._blocked = False
         #: Entries read, and acknowledged, since start (for operators).
         self.read = 0
         self.acknowledged = 0
@@ -126,6 +130,9 @@ class IntakeReader:
         waiter: Deferred[None] = Deferred()
         if self._busy:
             self._quiet_waiters.append(waiter)
+            if self._blocked and self._client_id is not None:
+                d = self._commands.execute_command("CLIENT", "UNBLOCK", self._client_id)
+                d.addErrback(lambda _: None)  # then the read ends with its block
         else:
             waiter.callback(None)
         return waiter
@@ -192,11 +199,16 @@ class IntakeReader:
                         await self._create_group()
                         await self._claim_abandoned()
                         await self._read_pending()
+                        self._client_id = await self._ask_client_id()
                         recovering = False
-                    reply = await self._reading.execute_command(
-                        "XREADGROUP", "GROUP", INTAKE_GROUP, self.consumer, "COUNT", self._batch,
-                        "BLOCK", self._block_ms, "STREAMS", INTAKE_STREAM, ">",
-                    )
+                    self._blocked = True
+                    try:
+                        reply = await self._reading.execute_command(
+                            "XREADGROUP", "GROUP", INTAKE_GROUP, self.consumer, "COUNT", self._batch,
+                            "BLOCK", self._block_ms, "STREAMS", INTAKE_STREAM, ">",
+                        )
+                    finally:
+                        self._blocked = False
                     self._handle(reply, again=False)
                 finally:
                     self._quiet()
@@ -208,6 +220,13 @@ class IntakeReader:
                 # carried is pending under our name and unknown to us.  Read it.
                 recovering = True
                 await self._pause()
+
+    async def _ask_client_id(self) -> int | None:
+        try:
+            found = await self._reading.execute_command("CLIENT", "ID")
+        except Exception:
+            return None  # CLIENT denied (ACL): quiet() waits for the read's block instead
+        return found if isinstance(found, int) else None
 
     async def _pause(self) -> None:
         """``retry_delay`` seconds, or less if the reader is stopped meanwhile."""

@@ -194,7 +194,9 @@ class QueueStore:
                 keys=_key_list(batch),
             )
             return
-        self._backlog += batch
+        # The call may have run before its answer was lost (Redis killed between the two): sent again, each entry
+        # is pushed only where it is not already.
+        self._backlog += [item._replace(again=True) for item in batch]
         if self._retry is None:
             self.log.warn(
                 "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",

@@ -75,6 +75,19 @@ def test_entries_queued_while_a_write_fails_wait_behind_it() -> None:
     assert store.backlog == 0 and not clock.getDelayedCalls()
 
 
+def test_a_write_whose_answer_was_lost_is_sent_again_as_possibly_there_already() -> None:
+    """Redis may have run the call before the connection died: the retry pushes each entry only where it is not."""
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    store.enqueue(["a"], b"2")
+    commands.replies[0].errback(connection_lost())
+    clock.advance(store.retry_delay)
+    enqueues = [c[3] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
+    assert [args[2::3] for args in enqueues] == [[b"1"], [b"1", b"2"]]
+    assert [args[4::3] for args in enqueues] == [["0"], ["1", "0"]], "1 checked for, 2 (never sent) pushed"
+
+
 def test_writes_failing_out_of_order_are_retried_in_the_order_they_were_queued() -> None:
     store, commands, clock = make_store(writes_per_call=1)
     for entry in (b"1", b"2", b"3"):
@@ -134,7 +147,8 @@ def test_an_oversize_message_kept_aside_goes_with_the_queue_writes_and_survives_
     commands.replies[0].errback(connection_lost())
     assert store.backlog == 3, "kept in memory while Redis is away, as queue entries are"
     clock.advance(store.retry_delay)
-    assert commands.sent[1] == commands.sent[0]
+    again = [60, 100, b"one", 1, "1", b"\xff" * 5000, 1, "1", b"two", 1, "1"]  # each pushed only where it is not
+    assert commands.sent[1] == ("EVAL", ENQUEUE, commands.sent[0][2], again)
     commands.replies[1].callback([[], []])
     assert store.backlog == 0
 

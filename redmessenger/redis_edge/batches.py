@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from redmessenger.logs import make_logger
 from redmessenger.model.channels import Sender
-from redmessenger.model.envelope import Message
+from redmessenger.model.envelope import Message, UnreadableEntry, message_from_entry
 from redmessenger.model.keyspace import inbox_key
 from redmessenger.redis_edge.commands import RedisCommands
 
@@ -138,3 +138,23 @@ def message_of(fields: Any) -> Message | None:
             return None
         sender = Sender(client_id, uid)
     return Message(source, timestamp, payload, message_id, sender)
+
+
+def item_fields(node: str, item: list[Any]) -> dict[bytes, bytes]:
+    """An item other than a delivery, ``[kind, fields]``, as the fields its handler reads (``k`` and ``n`` too)."""
+    fields = {b"k": str(item[0]).encode("ascii"), b"n": node.encode("utf-8")}
+    fields.update((str(name).encode("ascii"), str(value).encode("utf-8")) for name, value in item[1].items())
+    return fields
+
+
+def text(value: bytes) -> str:
+    """A field's value as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def entry_message(entry: bytes) -> Message | None:
+    """The message of a queue entry an item carries (an intake entry handed to its owner); None if unreadable."""
+    try:
+        return message_from_entry(entry)[0]
+    except UnreadableEntry:
+        return None

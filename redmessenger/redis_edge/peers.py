@@ -44,10 +44,10 @@ from redmessenger.core.hub import Hub
 from redmessenger.core.ownership import Owners
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
-from redmessenger.model.envelope import Message, UnreadableEntry, message_from_entry
+from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import inbox_key
-from redmessenger.redis_edge.batches import BatchWriter, message_of, read_batch
+from redmessenger.redis_edge.batches import BatchWriter, entry_message, item_fields, message_of, read_batch, text
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.handoff import Handoffs
 from redmessenger.redis_edge.nodes import NodesChange
@@ -341,14 +341,12 @@ class PeerLink:
                         if relay.attached and relay.sink.writable:
                             relay.sink.send_message(message, bubble)
                 continue
-            fields = {b"k": kind.encode("ascii"), b"n": node.encode("utf-8")}
-            fields.update((name.encode("ascii"), str(value).encode("utf-8")) for name, value in item[1].items())
-            self._handle(fields)
+            self._handle(item_fields(node, item))
 
     def _handle(self, fields: dict[bytes, bytes]) -> None:
         kind = fields.get(b"k")
-        node = _text(fields.get(b"n", b""))
-        sid = _text(fields.get(b"s", b""))
+        node = text(fields.get(b"n", b""))
+        sid = text(fields.get(b"s", b""))
         if kind == b"confirm":
             asked = fields.get(b"q", b"0")
             relay = self._relays.get(sid)
@@ -381,7 +379,7 @@ class PeerLink:
         elif kind == b"attached":
             self._unanswered.pop(sid, None)
         elif kind == b"attach":
-            self._attached(node, sid, _text(fields.get(b"u", b"")), fields.get(b"a") == b"1", _text(fields.get(b"p", b"")))
+            self._attached(node, sid, text(fields.get(b"u", b"")), fields.get(b"a") == b"1", text(fields.get(b"p", b"")))
         elif kind == b"detach":
             found = self._remote.pop((node, sid), None)
             if found is not None:
@@ -390,14 +388,14 @@ class PeerLink:
         elif kind == b"ack":
             found = self._remote.get((node, sid))
             if found is not None:
-                self._hub.acknowledged(found[0], _text(fields.get(b"i", b"")))
+                self._hub.acknowledged(found[0], text(fields.get(b"i", b"")))
         elif kind == b"abandon":
             relay = self._relays.get(sid)
             if relay is not None:
-                relay.sink.abandon(ClientError(CloseCode(int(fields.get(b"c", b"4413"))), _text(fields.get(b"r", b""))))
+                relay.sink.abandon(ClientError(CloseCode(int(fields.get(b"c", b"4413"))), text(fields.get(b"r", b""))))
         elif kind == b"intake":
-            message = _message(fields.get(b"e", b""))
-            uid = _text(fields.get(b"u", b""))
+            message = entry_message(fields.get(b"e", b""))
+            uid = text(fields.get(b"u", b""))
             if message is not None and uid:
                 message.ticket = RemoteTicket(self, node, message.id, uid)
                 self._hub.router.route_user(message, uid)
@@ -406,10 +404,10 @@ class PeerLink:
             if epoch.isdigit():
                 self.handoffs.barrier(node, int(epoch))
         elif kind == b"settled":
-            forwarded = self._forwarded.pop((_text(fields.get(b"i", b"")), _text(fields.get(b"u", b""))), None)
+            forwarded = self._forwarded.pop((text(fields.get(b"i", b"")), text(fields.get(b"u", b""))), None)
             ticket = forwarded[0].ticket if forwarded is not None else None
             if ticket is not None:
-                uid = _text(fields.get(b"u", b""))
+                uid = text(fields.get(b"u", b""))
                 if fields.get(b"q") == b"1":
                     ticket.settle_queued([uid])
                 else:
@@ -449,13 +447,3 @@ class PeerLink:
 def _run_of(sid: str) -> str:
     return sid.partition(".")[0]
 
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _message(entry: bytes) -> Message | None:
-    try:
-        return message_from_entry(entry)[0]
-    except UnreadableEntry:
-        return None

@@ -111,6 +111,8 @@ class Router:
         self._inbox: deque[_Pending] = deque()
         #: Bytes of the messages in the inbox (Message.weight).
         self._waiting_bytes = 0
+        #: Holds not let go yet (Router.hold): only they are let go past MAX_HELD_BYTES, and only they are looked for.
+        self._holds = 0
         self._ids = MessageIds(run)
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
@@ -237,10 +239,12 @@ class Router:
         """Hold every message published from now on until the function returned is called (at most once matters)."""
         pending = _Pending(None, None)
         self._inbox.append(pending)
+        self._holds += 1
 
         def release() -> None:
             if pending.uids is None:
                 pending.uids = []
+                self._holds -= 1
                 self._drain()
 
         return release
@@ -309,15 +313,14 @@ class Router:
         self._inbox.append(pending)
         assert pending.message is not None
         self._waiting_bytes += pending.message.weight
-        if self._waiting_bytes > MAX_HELD_BYTES:
+        if self._waiting_bytes > MAX_HELD_BYTES and self._holds:  # (without holds, group lookups are what waits)
             self._let_holds_go()
 
     def _let_holds_go(self) -> None:
-        holds = [p for p in self._inbox if p.message is None and p.uids is None and p.action is None]
-        if not holds:
-            return  # group lookups are what waits: Redis answers them, or they fail
-        for pending in holds:
-            pending.uids = []
+        for pending in self._inbox:
+            if pending.message is None and pending.uids is None and pending.action is None:
+                pending.uids = []
+        self._holds = 0
         self.log.warn(
             "{size} bytes of messages waited for another daemon's word after a change of the nodes: going on without it",
             size=self._waiting_bytes,

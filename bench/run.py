@@ -348,7 +348,8 @@ class Stack:
         self.n_daemons = daemons
         #: with several daemons, where each user's sockets go (PLACEMENTS): ``kernel``, one port (SO_REUSEPORT)
         #: and the kernel spreads them; ``owner``, a port per daemon and each user on its owner, as a balancer
-        #: hashing users the daemons' way would place them (no relays)
+        #: hashing users the daemons' way would place them (no relays); ``relay``, as ``kernel`` with
+        #: ``pass_sockets`` off (every socket off its owner is a relay)
         self.by_owner = placement == "owner" and daemons > 1
         self.dialect = dialect
         #: the client driver of bench/client.js (None: the dialect's default); set to the one running once started
@@ -361,7 +362,7 @@ class Stack:
         #: the bare PSUBSCRIBE client (the soak runs without it)
         self.with_ceiling = ceiling
         #: daemon configuration keys over the benchmark's own
-        self.extra_config = config or {}
+        self.extra_config = {**(config or {}), **({"pass_sockets": False} if placement == "relay" else {})}
         self.redis_port = free_port()
         #: each daemon's port (one shared port unless placed by owner)
         self.ports = [free_port() for _ in range(daemons if self.by_owner else 1)]
@@ -1476,7 +1477,7 @@ ROWS = [
 #: rows shown only along with a case: (case, metric) -> that case
 ROWS_WITH = {("a", "redis_us_per_msg"): "i"}
 #: with several daemons, where the users' sockets go (Stack.by_owner)
-PLACEMENTS = ("kernel", "owner")
+PLACEMENTS = ("kernel", "owner", "relay")
 #: plain-v1 (acks and ids) against plain: server CPU per message and per delivery within 15%
 V1_CPU_SHARE = 1.15
 
@@ -1591,8 +1592,9 @@ def main() -> int:
     parser.add_argument(
         "--placement", choices=PLACEMENTS, default=PLACEMENTS[0],
         help="with several daemons, where the users' sockets go: kernel (default; one port, SO_REUSEPORT spreads "
-        "them, so some are relays) or owner (a port per daemon, each user on its owner, as a balancer hashing "
-        "users the daemons' way would: no relays); recorded as `placement`",
+        "them, and each daemon passes the sockets of users it does not own to their owner), owner (a port per "
+        "daemon, each user on its owner, as a balancer hashing users the daemons' way would), or relay (as kernel "
+        "with pass_sockets off: the sockets off their owner are relays); recorded as `placement`",
     )
     parser.add_argument(
         "--socketio-client", choices=SOCKETIO_CLIENTS, default=SOCKETIO_CLIENTS[0],

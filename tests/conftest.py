@@ -245,7 +245,8 @@ async def start_daemon(redis_port: int, **overrides: Any) -> Daemon:
     from redmessenger.daemon.service import RedMessengerService
 
     port = free_port()
-    raw = {"redis_host": HOST, "redis_port": redis_port, "listen": f"tcp:{port}:interface={HOST}", "ping_interval": 0}
+    # Relays are what the tests of several daemons exercise; passing sockets on this host: tests/transport/test_passing.py.
+    raw = {"redis_host": HOST, "redis_port": redis_port, "listen": f"tcp:{port}:interface={HOST}", "ping_interval": 0, "pass_sockets": False}
     raw.update(overrides)
     service = RedMessengerService(parse_config(raw), reactor)
     service.privilegedStartService()

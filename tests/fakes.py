@@ -225,9 +225,16 @@ class Link(Socket):
         super().__init__(clock, name)
         self.accepted_uids: list[str] = []
         self.refusals: list[tuple[int, str]] = []
+        #: What pass_to answers (None: the link cannot be passed), and the nodes it was asked to pass to.
+        self.passing: Deferred[bool] | None = None
+        self.passed_to: list[str] = []
 
     def accepted(self, uid: str) -> None:
         self.accepted_uids.append(uid)
+
+    def pass_to(self, node: str) -> Deferred[bool] | None:
+        self.passed_to.append(node)
+        return self.passing
 
     def refuse(self, error: Any) -> None:
         self.refusals.append((int(error.code), error.reason))

@@ -116,6 +116,14 @@ class ClientLink(MessageSink, Protocol):
     def refuse(self, error: ClientError) -> None:
         """Tell the client what it did wrong, the dialect's way, and end the connection."""
 
+    def pass_to(self, node: str) -> Deferred[bool] | None:
+        """
+        Hand the connection, before its identifier is acted on, to ``node`` (the
+        user's owner) when it runs on this host; None when it cannot go (another
+        host, a dialect or transport that cannot).  Fires True once it went (this
+        process has let go of it), False when it stays here.  Never fails.
+        """
+
 
 class Queues(Protocol):
     """Users' queues (``rm:users:$uid:messages``)."""

@@ -3,7 +3,8 @@ One client, from its connection to its close, whatever its wire dialect: the
 client state machine both dialects drive.
 
     AWAITING_ID --identify()--> VERIFYING --accepted--> IDENTIFIED
-         |
+         +--owned by a daemon on this host--> PASSING --passed--> PASSED
+         |                                       +--not passed--> VERIFYING
          +--anonymous()----------------------------------> IDENTIFIED (no uid: channels only)
          +--refuse()/timeout--------+--------------------> REFUSED
     any --closed()--> CLOSED
@@ -50,6 +51,10 @@ class Stage(Enum):
     IDENTIFIED = "identified"
     REFUSED = "refused"
     CLOSED = "closed"
+    #: The connection is on its way to the daemon that owns the user, on this host (transport/passing.py).
+    PASSING = "passing"
+    #: It went: that daemon serves it, from the identifier on.
+    PASSED = "passed"
 
 
 class ClientSession:
@@ -103,8 +108,27 @@ class ClientSession:
                 self.refuse(e)
                 return
         self.uid = ident.uid
-        self.stage = Stage.VERIFYING
         self._cancel_timer()
+        owner = self._hub.owner(ident.uid)
+        passing = self._link.pass_to(owner) if owner is not None else None
+        if passing is not None and owner is not None:
+            # The owner runs on this host: the connection goes to it, and it reads the identifier again.
+            self.stage = Stage.PASSING
+            passing.addCallback(self._passed, ident, verified, owner)
+            return
+        self._verify(ident, verified)
+
+    def _passed(self, passed: bool, ident: Identifier, verified: bool, owner: str) -> None:
+        if self.stage is not Stage.PASSING:
+            return  # closed meanwhile
+        if not passed:
+            self._verify(ident, verified)  # served here, relayed to its owner
+            return
+        self.stage = Stage.PASSED
+        self.log.info("Connection {peer} of {uid} passed to {owner}", peer=self._link.client_address, uid=ident.uid, owner=owner)
+
+    def _verify(self, ident: Identifier, verified: bool) -> None:
+        self.stage = Stage.VERIFYING
         d = ensureDeferred(self._hub.identify(self._link, ident, verified))
         d.addCallbacks(self._identified, self._identify_failed)
         d.addErrback(lambda f: self.log.failure("After identifying {peer}", f, peer=self._link.client_address))
@@ -208,7 +232,7 @@ class ClientSession:
 
     def refuse(self, error: ClientError) -> None:
         """The one place a client mistake is handled: logged, counted, reported by the dialect."""
-        if self.stage in (Stage.REFUSED, Stage.CLOSED):
+        if self.stage in (Stage.REFUSED, Stage.CLOSED, Stage.PASSED):
             return
         self.stage = Stage.REFUSED
         self._cancel_timer()

@@ -102,6 +102,10 @@ class Config:
     #: the environment: ``REDMESSENGER_NODE_ID`` (the systemd template unit sets it).  Default: the host
     #: name and ws_port.
     node_id: str | None = None
+    #: A plain WebSocket whose user another daemon on this host owns goes to that daemon's process (its
+    #: file descriptor over a Unix socket) instead of being relayed to it through Redis (docs/scale-out.md,
+    #: *Passing sockets*).
+    pass_sockets: bool = True
 
     # -- channels clients ask for (SPEC §7, docs/protocol.md *Channels*) ----------------
     #: The application's public key: version-1 clients present it in their hello (``null``: not checked).
@@ -332,6 +336,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "ws_port": _integer(0, 65535),
     "ws_interface": _interface,
     "ws_reuse_port": _boolean,
+    "pass_sockets": _boolean,
     "secure_mode": _boolean,
     "rm_route": _route,
     "queue_expiry": _integer(1),

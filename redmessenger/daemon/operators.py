@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from redmessenger.daemon.settings import redis_settings
 from redmessenger.ops.status import DaemonView, Settings
 from redmessenger.redis_edge.directory import longest_queues
+from redmessenger.transport.passing import Outcome
 
 if TYPE_CHECKING:
     from redmessenger.daemon.service import RedMessengerService
@@ -53,6 +54,9 @@ def daemon_view(service: RedMessengerService) -> DaemonView:
         remote_sockets=lambda: service.peers.remote,
         inbox_resent=lambda: service.peers.resent,
         barriers_missed=lambda: service.peers.handoffs.timed_out,
+        sockets_passed=lambda: service.sender.counts[Outcome.PASSED] if service.sender is not None else 0,
+        passes_unanswered=lambda: service.sender.counts[Outcome.UNANSWERED] if service.sender is not None else 0,
+        sockets_adopted=lambda: service.receiver.adopted if service.receiver is not None else 0,
         longest_queues=lambda limit: longest_queues(service.link.commands, limit),
     )
 

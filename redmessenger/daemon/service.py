@@ -52,6 +52,8 @@ from redmessenger.redis_edge.peers import PeerLink
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
+from redmessenger.transport.passing import Receiver, Sender
+from redmessenger.transport.passing import address as passing_address
 from redmessenger.transport.sockets import Corks
 
 JAVASCRIPT = b"application/javascript; charset=utf-8"
@@ -172,6 +174,14 @@ class RedMessengerService(OrderedServices):
             corks=self.corks,
             **websocket_options(config),
         )
+        #: pass_sockets: the way to pass a socket to its user's owner on this host, and this daemon's side of it.
+        self.sender: Sender | None = None
+        self.receiver: Receiver | None = None
+        self._receiving: Any = None
+        if config.pass_sockets:
+            self.sender = Sender(reactor)
+            self.receiver = Receiver(reactor, self.websockets, accepting=lambda: self.limit.in_use < self.limit.limit)
+            self.websockets.pass_sockets(self.sender, lambda node: self.nodes.runs.get(node))
         self.socketio = SocketIOServer(
             hub=self.hub,
             clock=reactor,
@@ -226,6 +236,7 @@ class RedMessengerService(OrderedServices):
         Step("core", lambda: None, lambda: self.hub.stop(SHUTDOWN_TIMEOUT)).setServiceParent(self)
         Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
         Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
+        Step("passing", self._receive_sockets, self._stop_receiving).setServiceParent(self)
         self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
         self.listening.setName("listening")
         self.listening.setServiceParent(self)
@@ -287,6 +298,20 @@ class RedMessengerService(OrderedServices):
         self.start_failure = why
         self.log.critical("RedMessenger cannot start: {why}", why=why)
         return StartFailed(why)
+
+    def _receive_sockets(self) -> None:
+        """Listen for sockets other daemons on this host pass to this one (transport/passing.py)."""
+        if self.receiver is None:
+            return
+        where = passing_address(self.nodes.run)
+        try:
+            self._receiving = self.reactor.listenUNIX(where, self.receiver)
+        except CannotListenError as e:
+            self.log.warn("pass_sockets: cannot listen on {where!r} ({why}): sockets are relayed to this daemon", where=where, why=e)
+
+    def _stop_receiving(self) -> Deferred[None] | None:
+        receiving, self._receiving = self._receiving, None
+        return receiving.stopListening() if receiving is not None else None
 
     def _cannot_listen(self, child: IService, error: CannotListenError) -> str:
         """``<key> <endpoint>: cannot listen on <address>: <reason>``, for the clients' port or the manhole's."""

@@ -149,6 +149,17 @@ class DaemonCollector:
             "Changes of the daemons after which this one went on without another's word that its writes had landed (2 s)",
             view.barriers_missed(),
         )
+        yield CounterMetricFamily(
+            prefix + "sockets_passed", "Sockets passed to their user's owner, a daemon on this host (pass_sockets)", view.sockets_passed()
+        )
+        yield CounterMetricFamily(
+            prefix + "socket_passes_unanswered",
+            "Sockets sent to a daemon on this host that did not answer for them (let go: the client may see a close)",
+            view.passes_unanswered(),
+        )
+        yield CounterMetricFamily(
+            prefix + "sockets_adopted", "Sockets other daemons on this host passed to this one (pass_sockets)", view.sockets_adopted()
+        )
         yield GaugeMetricFamily(
             prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
         )

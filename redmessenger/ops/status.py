@@ -69,6 +69,10 @@ class DaemonView:
     #: Inbox entries sent again for want of an answer, and changes of the nodes gone on without a node's word.
     inbox_resent: Callable[[], int]
     barriers_missed: Callable[[], int]
+    #: Sockets passed to their owner on this host (pass_sockets), passed unanswered, and adopted from others.
+    sockets_passed: Callable[[], int]
+    passes_unanswered: Callable[[], int]
+    sockets_adopted: Callable[[], int]
     longest_queues: LongestQueues
 
 
@@ -157,6 +161,8 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"Relays:     {view.relays()} sockets held here for other owners, {view.remote_sockets()} of this one's users held "
         f"elsewhere; since start {view.inbox_resent()} inbox entries sent again, {view.barriers_missed()} changes "
         "gone on without a node's word",
+        f"Passing:    since start {view.sockets_passed()} sockets passed to their owner on this host "
+        f"({view.passes_unanswered()} unanswered), {view.sockets_adopted()} adopted from other daemons",
         f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
         f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "
         f"identified; {state.connections} of conn_limit {settings.conn_limit} in use, {state.connections_refused} refused",

@@ -118,6 +118,8 @@ class NodeRegistry:
         #: their open sockets as of the last heartbeat.
         self.nodes: list[str] = []
         self.sockets: dict[str, int] = {}
+        #: The run of each live node as of the last heartbeat (a socket passed to one goes to that run: transport/passing.py).
+        self.runs: dict[str, str] = {}
         #: The last heartbeat failure warned about (the others are logged at debug level).
         self._warned: str | None = None
         #: A heartbeat is on its way: while Redis is away, beats are not piled up behind it.
@@ -152,12 +154,16 @@ class NodeRegistry:
         except ValueError as e:
             self.log.warn("Ignoring a message on rm.nodes: {why} ({payload!r})", why=str(e), payload=payload[:200])
             return
+        if change.run and change.node in change.nodes:
+            self.runs[change.node] = change.run  # before the next heartbeat tells it: a node that joins takes sockets at once
         self._in_order(lambda: self._take(change.nodes, "", change))
 
     def _listed(self, reply: Any) -> None:
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
-        named = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+        runs = (reply[2] or []) if reply and len(reply) > 2 else []
+        named = [_text(n) for n in names]
         self.sockets = {node: _count(count) for node, count in zip(named, counts)}
+        self.runs = {node: _text(run) for node, run in zip(named, runs) if run}
         nodes = sorted(named)
         if nodes == self.nodes:
             self._differs_since = None
@@ -216,3 +222,7 @@ def _count(value: Any) -> int:
     """A socket count as the hash holds it (bytes of digits), 0 for anything else."""
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
     return int(text) if text.isdigit() else 0
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -152,7 +152,7 @@ if (joined or left or restarted or #expired > 0) and ARGV[5] then
     left = left, restarted = restarted, expired = expired, nodes = nodes, run = ARGV[6]}))
 end
 if #nodes == 0 then
-  return {nodes, {}}
+  return {nodes, {}, {}}
 end
-return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes))}
+return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes)), redis.call('HMGET', KEYS[4], unpack(nodes))}
 """

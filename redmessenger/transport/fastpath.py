@@ -41,6 +41,7 @@ from twisted.internet.tcp import Server
 from twisted.web.server import Request
 
 from redmessenger.logs import make_logger
+from redmessenger.transport.passing import MAX_PASSED_BYTES
 from redmessenger.transport.frames import (
     PONG,
     close_reason,
@@ -121,11 +122,26 @@ class LeanServerProtocol(WebSocketServerProtocol):
     """
 
     CONFIG_ATTRS: list[str] = []  # read from the factory: see _FactoryOption
+    #: The bytes read so far, while a subclass keeps them (set to a bytearray): the connection may go to
+    #: another process with them (transport/passing.py).  None once it cannot (too many, or identified).
+    read_so_far: bytearray | None = None
+    #: Adopted from another process (transport/passing.py): its handshake was answered there.
+    adopted = False
+    #: Adopted and the handshake's answer not yet met: it is not written a second time.
+    _answered_elsewhere = False
 
     def __init__(self) -> None:
         super().__init__()
         #: Frames written this reactor turn, sent together at its end.
         self._corked: list[bytes] | None = None
+
+    def adopt(self, read_elsewhere: bytes) -> None:
+        """
+        This connection was passed from another process on this host, with the
+        bytes it had read: read them again (the handshake, then frames).
+        """
+        self.adopted = self._answered_elsewhere = True
+        self.dataReceived(read_elsewhere)
 
     @property
     def raw_frames(self) -> bool:
@@ -148,6 +164,10 @@ class LeanServerProtocol(WebSocketServerProtocol):
             send_now(self.transport, corked[0] if len(corked) == 1 else b"".join(corked))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if self._answered_elsewhere:
+            self._answered_elsewhere = False
+            if data.startswith(b"HTTP/1.1 101 "):
+                return  # the client has it from the process that passed the connection
         # Autobahn's own frames (close, pong, handshake) go after ours.
         if self._corked is not None:
             self.flush()
@@ -177,6 +197,11 @@ class LeanServerProtocol(WebSocketServerProtocol):
         raise NotImplementedError
 
     def dataReceived(self, data: bytes) -> None:
+        read_so_far = self.read_so_far
+        if read_so_far is not None:
+            read_so_far += data
+            if len(read_so_far) > MAX_PASSED_BYTES:
+                self.read_so_far = None
         # Whole pongs (and small texts a subclass takes) read here; anything
         # else, or Autobahn midway through a frame: Autobahn's way.
         if SWITCH.enabled and self.state == self.STATE_OPEN and not self.data and self.current_frame is None:

@@ -15,7 +15,7 @@ from twisted.internet.testing import Clock
 from redmessenger.core.hub import Hub
 from redmessenger.core.ports import StoreUnavailable
 from redmessenger.core.sessions import ClientSession, Stage
-from redmessenger.model.errors import CloseCode
+from redmessenger.model.errors import ClientError, CloseCode
 
 from ..fakes import Link, MemoryDirectory, MemoryQueues
 
@@ -176,3 +176,63 @@ def test_a_refusal_before_any_uid_says_none() -> None:
     assert refusal_lines(silent) == ["Closing 127.0.0.1:1: IDENTIFY_TIMEOUT (4408): no identifier within 10 seconds"]
     bad = refusal_lines(lambda client, *_: client.identify("a b"))
     assert bad == ["Closing 127.0.0.1:1: INVALID_IDENTIFIER (4400): invalid uid 'a b': 1-128 letters, digits or _-.@"]
+
+
+class _OwnedElsewhere:
+    """Peers for which node-b owns every user: a socket identified here is a relay (recorded)."""
+
+    shared = listed = True
+
+    def __init__(self) -> None:
+        self.attached: list[tuple[str, str]] = []
+
+    def owner(self, key: str) -> str | None:
+        return "node-b"
+
+    def attach(self, owner: str, attachment: Any) -> None:
+        self.attached.append((owner, attachment.uid))
+
+    def detach(self, attachment: Any, received_all: bool) -> None:
+        pass
+
+
+def test_a_user_owned_by_a_daemon_on_this_host_has_its_socket_passed_there_and_nothing_done_here() -> None:
+    client, link, hub, _, clock = session()
+    peers = _OwnedElsewhere()
+    hub.set_peers(peers)  # type: ignore[arg-type]
+    link.passing = Deferred()
+    client.identify("user1")
+    assert client.stage is Stage.PASSING and link.passed_to == ["node-b"] and not clock.getDelayedCalls()
+    link.passing.callback(True)
+    assert client.stage is Stage.PASSED and hub.presence.get("user1") is None and peers.attached == []
+    client.refuse(ClientError(CloseCode.BAD_FRAME, "too late"))
+    assert link.refusals == [] and link.accepted_uids == [], "nothing said to a client that is another daemon's now"
+
+
+def test_a_socket_the_owner_did_not_take_is_identified_here_as_a_relay() -> None:
+    client, link, hub, _, _ = session()
+    peers = _OwnedElsewhere()
+    hub.set_peers(peers)  # type: ignore[arg-type]
+    link.passing = Deferred()
+    client.identify("user1")
+    link.passing.callback(False)
+    assert client.stage is Stage.IDENTIFIED and link.accepted_uids == ["user1"] and peers.attached == [("node-b", "user1")]
+
+
+def test_a_socket_closed_while_on_its_way_is_not_identified_when_the_pass_fails() -> None:
+    client, link, hub, _, _ = session()
+    peers = _OwnedElsewhere()
+    hub.set_peers(peers)  # type: ignore[arg-type]
+    link.passing = Deferred()
+    client.identify("user1")
+    client.closed()
+    link.passing.callback(False)
+    assert client.stage is Stage.CLOSED and peers.attached == [] and link.accepted_uids == []
+
+
+def test_a_link_that_cannot_be_passed_is_identified_here() -> None:
+    client, link, hub, _, _ = session()
+    peers = _OwnedElsewhere()
+    hub.set_peers(peers)  # type: ignore[arg-type]
+    client.identify("user1")  # link.passing is None: a Socket.IO session, TLS, another host
+    assert link.passed_to == ["node-b"] and client.stage is Stage.IDENTIFIED and peers.attached == [("node-b", "user1")]

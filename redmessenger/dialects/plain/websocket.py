@@ -19,6 +19,7 @@ Protocol (also in ``docs/protocol.md``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -40,6 +41,7 @@ from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_websocket
 from redmessenger.transport.frames import text_frame
+from redmessenger.transport.passing import Outcome, Sender, let_go, passable
 from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 
 #: Message._encodings keys of the plain dialect's frames, by bubble value: legacy, and version 1.
@@ -67,6 +69,8 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     _acks: AckLedger | None = None
     #: Version 1: the uid to welcome, until the welcome is written (before anything else).
     _welcome: str | None = None
+    #: While the connection is on its way to another process (pass_to): the frames read meanwhile.
+    _held: list[tuple[bytes, bool]] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -152,13 +156,52 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         if self._session is not None:
             self._session.refuse(error)
 
+    def pass_to(self, node: str) -> Deferred[bool] | None:
+        received, self.read_so_far = self.read_so_far, None
+        factory = self.factory
+        sender = factory.sender
+        run = factory.run_of(node) if sender is not None else None
+        if (
+            sender is None or run is None or received is None or self.adopted or not self.raw_frames
+            or self._corked is not None or not passable(self.transport)
+        ):  # fmt: skip
+            return None
+        tcp: Any = self.transport
+        tcp.stopReading()  # what the client sends next, the owner reads
+        self._held = []
+        went: Deferred[bool] = Deferred()
+        sender.send(run, self.transport, bytes(received)).addCallback(self._sent, went)
+        return went
+
+    def _sent(self, outcome: Outcome, went: Deferred[bool]) -> None:
+        held, self._held = self._held or [], None
+        if outcome is Outcome.REFUSED:
+            went.callback(False)  # served here: the identifier, then the frames that came with it
+            for payload, is_binary in held:
+                self.onMessage(payload, is_binary)
+            tcp: Any = self.transport
+            if tcp is not None and tcp.connected:
+                tcp.startReading()
+            return
+        went.callback(True)
+        session, self._session = self._session, None  # nothing more to say for it: the owner says it
+        if session is not None:
+            session.closed()
+        if self.transport is not None:
+            let_go(self.transport)
+
     def accepted(self, uid: str | None) -> None:
+        self.read_so_far = None
         # The legacy protocol has no answer to an identifier (the queue follows); version 1 welcomes.
         if self._acks is not None:
             self._send_welcome()
 
     def refuse(self, error: ClientError) -> None:
         self.close_with(error.code, error.reason)
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self._held is None:  # else on its way to another process, which will answer for it
+            super().close_with(code, reason)
 
     # -- pings -----------------------------------------------------------------------
 
@@ -176,8 +219,8 @@ class PlainWebSocketProtocol(LeanServerProtocol):
 
     def keep_alive(self, now: float) -> None:
         """Called every ping_interval: ping an idle socket, drop one that stopped answering."""
-        if self.state != self.STATE_OPEN:
-            return
+        if self.state != self.STATE_OPEN or self._held is not None:
+            return  # (on its way to another process: not a byte more from this one)
         if self._pings and now - self._pings[0][1] >= self.factory.ping_interval:
             self._log.info("Dropping {peer}: no pong for {seconds:.0f}s", peer=self._peer_text, seconds=now - self._pings[0][1])
             self.dropConnection(abort=True)
@@ -215,6 +258,9 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
         if session is None:
+            return
+        if self._held is not None:
+            self._held.append((payload, isBinary))
             return
         if isBinary:
             session.refuse(ClientError(CloseCode.UNSUPPORTED_DATA, "binary frames are not accepted; send the identifier as text"))
@@ -255,7 +301,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
 
     def takes_small_text(self, payload: bytes) -> bool:
         # Version 1's acks, most of what such a client sends: read without Autobahn's frame machinery.
-        return self._acks is not None and payload.startswith(b'{"type":"ack"')
+        return self._acks is not None and self._held is None and payload.startswith(b'{"type":"ack"')
 
     def small_text(self, payload: bytes) -> None:
         session = self._session
@@ -336,10 +382,24 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         self.origins = OriginPolicy(allowed_origins)
         #: Sockets with frames waiting for the end of the reactor turn.
         self.corks = corks if corks is not None else Corks(clock)
+        #: Passing sockets to their users' owners on this host (pass_sockets): how, and each node's run.
+        self.sender: Sender | None = None
+        self.run_of: Callable[[str], str | None] = lambda node: None
         # One loop for every socket rather than a timer each.
         self._keep_alive = LoopingCall(self._ping_all)
         self._keep_alive.clock = clock
         self.setProtocolOptions(**options)
+
+    def pass_sockets(self, sender: Sender, run_of: Callable[[str], str | None]) -> None:
+        """Pass a socket whose user a daemon on this host owns to that daemon (transport/passing.py)."""
+        self.sender = sender
+        self.run_of = run_of
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if self.sender is not None and isinstance(protocol, PlainWebSocketProtocol):
+            protocol.read_so_far = bytearray()  # kept until it is identified
+        return protocol
 
     def start(self) -> None:
         if self.ping_interval > 0:

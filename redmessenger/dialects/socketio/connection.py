@@ -124,6 +124,10 @@ class SocketIOConnection:
         if self._ack is not None:
             self._send(SIOPacket(SIOType.ACK, self._owner.namespace, [{"uid": uid}], self._ack))
 
+    def pass_to(self, node: str) -> None:
+        # An Engine.IO session spans requests and connections: it stays, relayed to its owner.
+        return None
+
     def refuse(self, error: ClientError) -> None:
         """A client mistake as Socket.IO packets: the report, then the end."""
         nsp = self._owner.namespace

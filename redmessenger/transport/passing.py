@@ -110,9 +110,10 @@ class Sender:
             return done
         header = b"%s %d\n" % (family, len(received))
         outcome: Deferred[Outcome] = Deferred()
+        # A copy of our own, taken now: the transport may close (and its number be reused) before this leaves.
+        sending = _SendingFactory(self._reactor, self._timeout, os.dup(transport.fileno()), header + received, outcome)
         endpoint = UNIXClientEndpoint(self._reactor, address(run), timeout=2)
-        d = endpoint.connect(_SendingFactory(self._reactor, self._timeout, transport.fileno(), header + received, outcome))
-        d.addErrback(lambda failure: outcome.callback(Outcome.REFUSED) if not outcome.called else None)
+        endpoint.connect(sending).addErrback(sending.not_connected)
         return outcome.addCallback(self._count)
 
     def _count(self, outcome: Outcome) -> Outcome:
@@ -123,30 +124,38 @@ class Sender:
 
 
 class _SendingFactory(Factory):
-    def __init__(self, reactor: Any, timeout: float, fileno: int, data: bytes, outcome: Deferred[Outcome]) -> None:
+    def __init__(self, reactor: Any, timeout: float, dup: int, data: bytes, outcome: Deferred[Outcome]) -> None:
         self.reactor = reactor
         self.timeout = timeout
-        self.fileno = fileno
+        #: this process's copy of the descriptor, closed once sent (or not)
+        self.dup: int | None = dup
         self.data = data
         self.outcome = outcome
 
     def buildProtocol(self, addr: Any) -> _Sending:
         return _Sending(self)
 
+    def close(self) -> None:
+        dup, self.dup = self.dup, None
+        if dup is not None:
+            os.close(dup)
+
+    def not_connected(self, failure: Failure) -> None:
+        self.close()
+        if not self.outcome.called:
+            self.outcome.callback(Outcome.REFUSED)
+
 
 class _Sending(Protocol):
     def __init__(self, factory: _SendingFactory) -> None:
         self._factory = factory
         self._answer = b""
-        self._dup: int | None = None
         self._timer: Any = None
 
     def connectionMade(self) -> None:
         factory = self._factory
-        # A copy of our own: the holder's transport may close before this leaves.
-        self._dup = os.dup(factory.fileno)
         unix: Any = self.transport
-        unix.sendFileDescriptor(self._dup)
+        unix.sendFileDescriptor(factory.dup)
         unix.write(factory.data)
         self._timer = factory.reactor.callLater(factory.timeout, unix.abortConnection)
 
@@ -160,9 +169,7 @@ class _Sending(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectError())) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        if self._dup is not None:
-            os.close(self._dup)
-            self._dup = None
+        self._factory.close()
         self._settle(Outcome.UNANSWERED)
 
     def _settle(self, outcome: Outcome) -> None:

@@ -242,3 +242,33 @@ async def test_sockets_go_both_ways_between_this_process_and_a_twistd(daemon_fac
             assert (await client.close_code())[0] == 1000
     finally:
         await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_whose_owner_never_answers_is_let_go_and_its_client_connects_again_losing_nothing(
+    daemon_factory, redis, monkeypatch
+):
+    from redmessenger.transport import passing
+
+    a, b = await pair(daemon_factory)
+    b.service.sender._timeout = 0.5
+    monkeypatch.setattr(passing._Receiving, "dataReceived", lambda self, data: None)  # node-a takes it, says nothing
+    uid = owned_by("node-a", "lost-")
+    client = await connect_client(b.url)
+    client.send(uid)
+    code, _ = await client.close_code()
+    assert code == 1006, "closed without a word, as a network failure"
+    assert b.service.sender.counts[Outcome.UNANSWERED] == 1 and not b.service.websockets.sockets
+    assert a.service.receiver.adopted == 0 and not a.service.websockets.sockets, "nobody has it"
+    for i in range(5):
+        publish(redis, f"rm.users.{uid}", f"m{i}")  # offline meanwhile: queued
+    await a.idle()
+    monkeypatch.undo()
+    again = await connect_client(a.url)
+    again.send(uid)
+    assert [m["payload"] for m in await again.receive(5)] == [f"m{i}" for i in range(5)]
+    for daemon in (a, b):
+        await daemon.idle()
+    assert len(again.received) == 5 and redis.llen(f"rm:users:{uid}:messages") == 0
+    again.close()
+    await again.close_code()

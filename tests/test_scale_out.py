@@ -17,6 +17,7 @@ from redmessenger.core.ownership import owner as owner_of
 from redmessenger.redis_edge import peers as peers_module
 from redmessenger.redis_edge.nodes import NodesChange
 from redmessenger.redis_edge.peers import PeerLink
+from redmessenger.transport.passing import Outcome
 
 from .conftest import publish, wait_until
 from .httpclient import scrape
@@ -649,25 +650,36 @@ def _publish_durably(redis_port: int, uids: list[str], count: int) -> list[tuple
     return sent
 
 
+@pytest.mark.parametrize("passing", [False, True], ids=["relaying", "passing"])
 @pytest_twisted.ensureDeferred
-async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon_factory, redis, redis_server):
+async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon_factory, redis, redis_server, passing):
     """
     Two daemons, ten users' clients spread over them, durable messages published all along; each daemon is
     stopped (sockets closed with 1001, its entry in rm:nodes gone at once) and started again in turn, its clients
     reconnecting to the other one as a load balancer would send them. Every message reaches its user, in order;
-    what comes twice has the same id (a version-1 client drops it).
+    what comes twice has the same id (a version-1 client drops it).  ``passing``: a socket that reaches the
+    daemon not owning its user goes to the owner's process (transport/passing.py), and becomes a relay when
+    the owner changes; else it is a relay from the start.
     """
     from twisted.internet.threads import deferToThread
 
     from .wsclient import AckingClient
 
-    daemons = {name: await daemon_factory(node_id=name) for name in NODES[:2]}
+    daemons = {name: await daemon_factory(node_id=name, pass_sockets=passing) for name in NODES[:2]}
     await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons.values()), 10, "both see both")
+    await wait_until(lambda: all(len(d.service.nodes.runs) == 2 for d in daemons.values()), 10, "both know both runs")
+    started = list(daemons.values())
     uids = [f"roll{i}" for i in range(10)]
     clients = {uid: AckingClient(uid) for uid in uids}
     where = {uid: NODES[i % 2] for i, uid in enumerate(uids)}
     for uid, client in clients.items():
         await client.connect(daemons[where[uid]].url)
+
+    def holders(uid: str) -> list[str]:
+        return [n for n, d in daemons.items() if any(s._session and s._session.uid == uid for s in d.service.websockets.sockets)]
+
+    await wait_until(lambda: all(len(holders(uid)) == 1 for uid in uids), 5, "each socket identified, on one daemon")
+    where = {uid: holders(uid)[0] for uid in uids}  # passing: some went to their owner
     publishing = deferToThread(_publish_durably, redis_server.port, uids, 60)  # about 1.2 s per pass of ten
     for name, other in (("node-a", "node-b"), ("node-b", "node-a")):
         await daemons[name].service.stopService()
@@ -677,7 +689,8 @@ async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon
                 await clients[uid].connect(daemons[other].url)
                 where[uid] = other
         await wait_until(lambda: daemons[other].service.peers.nodes == [other], 5, f"{name} gone")
-        daemons[name] = await daemon_factory(node_id=name)
+        daemons[name] = await daemon_factory(node_id=name, pass_sockets=passing)
+        started.append(daemons[name])
         await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons.values()), 10, "both again")
     sent = await publishing
     await wait_until(lambda: redis.xlen("rm:intake") == 0, 20, "every entry acknowledged")
@@ -696,6 +709,8 @@ async def test_a_rolling_restart_of_both_daemons_under_load_loses_nothing(daemon
         reordered += firsts != expected[uid]
     print(f"rolling restart: {len(sent)} messages to 10 users: lost {lost}, doubled {doubled} (same ids), users reordered {reordered}")
     assert (lost, reordered) == (0, 0)
+    if passing:
+        assert sum(d.service.sender.counts[Outcome.PASSED] for d in started) > 0, "sockets were passed"
     for client in clients.values():
         client.client.close()
         await client.client.close_code()

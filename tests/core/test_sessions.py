@@ -196,13 +196,20 @@ class _OwnedElsewhere:
         pass
 
 
-def test_a_user_owned_by_a_daemon_on_this_host_has_its_socket_passed_there_and_nothing_done_here() -> None:
+def owned_elsewhere(passable: bool = True) -> tuple[ClientSession, Link, Hub, _OwnedElsewhere, Clock]:
+    """A session whose uid node-b owns, identified as user1; its link can be passed (link.passing) or not."""
     client, link, hub, _, clock = session()
     peers = _OwnedElsewhere()
     hub.set_peers(peers)  # type: ignore[arg-type]
-    link.passing = Deferred()
+    link.passing = Deferred() if passable else None
     client.identify("user1")
-    assert client.stage is Stage.PASSING and link.passed_to == ["node-b"] and not clock.getDelayedCalls()
+    return client, link, hub, peers, clock
+
+
+def test_a_user_owned_by_a_daemon_on_this_host_has_its_socket_passed_there_and_nothing_done_here() -> None:
+    client, link, hub, peers, clock = owned_elsewhere()
+    assert link.passing is not None and client.stage is Stage.PASSING and link.passed_to == ["node-b"]
+    assert not clock.getDelayedCalls(), "no identify timeout: the owner starts its own"
     link.passing.callback(True)
     assert client.stage is Stage.PASSED and hub.presence.get("user1") is None and peers.attached == []
     client.refuse(ClientError(CloseCode.BAD_FRAME, "too late"))
@@ -210,29 +217,20 @@ def test_a_user_owned_by_a_daemon_on_this_host_has_its_socket_passed_there_and_n
 
 
 def test_a_socket_the_owner_did_not_take_is_identified_here_as_a_relay() -> None:
-    client, link, hub, _, _ = session()
-    peers = _OwnedElsewhere()
-    hub.set_peers(peers)  # type: ignore[arg-type]
-    link.passing = Deferred()
-    client.identify("user1")
+    client, link, _, peers, _ = owned_elsewhere()
+    assert link.passing is not None
     link.passing.callback(False)
     assert client.stage is Stage.IDENTIFIED and link.accepted_uids == ["user1"] and peers.attached == [("node-b", "user1")]
 
 
 def test_a_socket_closed_while_on_its_way_is_not_identified_when_the_pass_fails() -> None:
-    client, link, hub, _, _ = session()
-    peers = _OwnedElsewhere()
-    hub.set_peers(peers)  # type: ignore[arg-type]
-    link.passing = Deferred()
-    client.identify("user1")
+    client, link, _, peers, _ = owned_elsewhere()
+    assert link.passing is not None
     client.closed()
     link.passing.callback(False)
     assert client.stage is Stage.CLOSED and peers.attached == [] and link.accepted_uids == []
 
 
 def test_a_link_that_cannot_be_passed_is_identified_here() -> None:
-    client, link, hub, _, _ = session()
-    peers = _OwnedElsewhere()
-    hub.set_peers(peers)  # type: ignore[arg-type]
-    client.identify("user1")  # link.passing is None: a Socket.IO session, TLS, another host
+    client, link, _, peers, _ = owned_elsewhere(passable=False)  # a Socket.IO session, TLS, another host
     assert link.passed_to == ["node-b"] and client.stage is Stage.IDENTIFIED and peers.attached == [("node-b", "user1")]

@@ -59,20 +59,31 @@ class SentinelGroup:
     def sentinel(self, index: int = 0) -> valkey.Valkey:
         return valkey.Valkey(host=HOST, port=self.sentinel_ports[index], socket_timeout=5, decode_responses=True)
 
-    def wait_until_ready(self, timeout: float = 30) -> None:
-        """Every sentinel knows the master, its replica and the two other sentinels; the replica is in sync."""
+    def wait_until_ready(self, timeout: float = 60) -> None:
+        """
+        Every sentinel knows the master, its replica and the two other sentinels; the replica is in sync.
+        A sentinel learns the replica from the master's INFO, asked every 10 s, and the other sentinels from
+        their hellos every 2 s: about 10 s on an idle machine, more on a loaded one (30 s was once not enough).
+        """
         deadline = time.monotonic() + timeout
+        seen: object = "nothing yet"
         while True:
             try:
                 states = [self.sentinel(i).sentinel_master(MASTER_NAME) for i in range(3)]
+                seen = [(s["num-slaves"], s["num-other-sentinels"], s["flags"]) for s in states]
                 if all(int(s["num-slaves"]) >= 1 and int(s["num-other-sentinels"]) == 2 for s in states):
                     info = self.replica.client().info("replication")
+                    seen = f"replica link {info.get('master_link_status')}"
                     if info.get("master_link_status") == "up":
                         return
-            except (valkey.ConnectionError, valkey.ResponseError):
-                pass
+            except (valkey.ConnectionError, valkey.ResponseError) as e:
+                seen = repr(e)
             if time.monotonic() > deadline:
-                raise RuntimeError("the sentinels did not come together in time")
+                exited = [i for i, p in enumerate(self._sentinels) if p.poll() is not None]
+                raise RuntimeError(
+                    f"the sentinels did not come together in {timeout:g}s: last seen {seen}; sentinels exited: {exited} "
+                    f"(logs in {self.directory})"
+                )
             time.sleep(0.05)
 
     def master_address(self) -> tuple[str, int]:

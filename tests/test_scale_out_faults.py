@@ -128,3 +128,60 @@ async def test_a_relayed_tab_that_drops_mid_handover_leaves_the_rest_to_the_tab_
     assert sockets_of(daemons, uid) == 1
     b.close()
     await b.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_owner_killed_with_kill_9_mid_handover_leaves_the_queue_to_the_tab_whole_and_in_order(
+    daemon_factory, redis, redis_server, tmp_path
+):
+    """
+    node-b (a real twistd) owns the user and hands its queue of 5,000, in batches of 50, to the user's tab on
+    alpha (in this process), through alpha's inbox. node-b is killed with SIGKILL midway: once its heartbeat
+    entry expires, alpha owns the user, the tab is its own, and it gets the rest of the queue from Redis. Counted:
+    nothing lost, in order; only what node-b sent and the tab had not confirmed comes twice.
+    """
+    from .twistdprocess import Twistd
+
+    a = await daemon_factory(node_id="alpha")
+    b = Twistd(tmp_path, redis_server.port, node_id="node-b", ping_interval=0, handover_batch=50)
+    b.start()
+    try:
+        await b.healthy()
+        await wait_until(lambda: a.service.peers.nodes == ["alpha", "node-b"], 10, "alpha to see node-b")
+        uid = owned_by("node-b", ["alpha", "node-b"])
+        total = 5000
+        pipe = redis.pipeline(transaction=False)
+        for i in range(total):
+            pipe.rpush(QUEUE.format(uid), json.dumps({"v": 1, "source": f"rm.users.{uid}", "timestamp": i, "payload": f"q{i}"}))
+        pipe.execute()
+        client = await a.client()
+        client.send(uid)
+        await wait_until(lambda: len(client.received) >= 300, 10, "the tab receiving the queue through node-b")
+        b.signal("KILL")
+        await b.ended(10)
+        at_kill = len(client.received)
+        assert at_kill < total, "killed in the middle of the handover"
+        await wait_until(lambda: a.service.peers.nodes == ["alpha"], 15, "node-b's heartbeat to expire")
+        queue = [f"q{i}" for i in range(total)]
+        got = lambda: [m["payload"] for m in client.received]  # noqa: E731
+        await wait_until(lambda: got()[-1:] == [queue[-1]], 20, "the rest of the queue, from alpha")
+        await a.idle()
+        received = got()
+        numbers = [int(p[1:]) for p in received]
+        # node-b's part then alpha's: one run of consecutive entries, or two where alpha starts again a little back
+        breaks = [i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1] + 1]
+        assert len(breaks) <= 1, f"in order, at most one step back: {[(numbers[i - 1], numbers[i]) for i in breaks]}"
+        split = breaks[0] if breaks else len(numbers)
+        first, second = received[:split], received[split:]
+        assert first == queue[: len(first)], "node-b's part, in order"
+        start = numbers[split] if second else len(first)
+        assert second == queue[start:], "alpha's part: the rest, in order"
+        assert start <= len(first), "nothing lost between them"
+        doubled = len(first) - start
+        assert doubled <= 100, f"only what node-b sent unconfirmed comes twice ({doubled})"
+        print(f"kill -9 mid-handover: node-b delivered {len(first)} (killed at {at_kill}), alpha from q{start}: doubled {doubled}")
+        assert not redis.exists(QUEUE.format(uid)), "the queue handed over whole"
+        client.close()
+        await client.close_code()
+    finally:
+        await b.stop()

@@ -34,7 +34,8 @@ from redmessenger.daemon.operators import daemon_view, manhole_namespace
 from redmessenger.daemon.settings import engine_settings, redis_settings, websocket_options
 from redmessenger.daemon.tree import OrderedServices, StartFailed, Step
 from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
-from redmessenger.dialects.plain.websocket import PlainWebSocketFactory, RouteResource
+from redmessenger.dialects.plain.route import RouteResource
+from redmessenger.dialects.plain.websocket import PlainWebSocketFactory
 from redmessenger.dialects.socketio.server import SocketIOServer
 from redmessenger.logs import make_logger
 from redmessenger.model.errors import CloseCode
@@ -305,7 +306,7 @@ class RedMessengerService(OrderedServices):
             return
         where = passing_address(self.nodes.run)
         try:
-            self._receiving = self.reactor.listenUNIX(where, self.receiver)
+            self._receiving = self.reactor.listenUNIX(where, self.receiver, backlog=1024)
         except CannotListenError as e:
             self.log.warn("pass_sockets: cannot listen on {where!r} ({why}): sockets are relayed to this daemon", where=where, why=e)
 

@@ -141,6 +141,8 @@ class LeanServerProtocol(WebSocketServerProtocol):
         bytes it had read: read them again (the handshake, then frames).
         """
         self.adopted = self._answered_elsewhere = True
+        # The client was told no extension by the process that answered its handshake: none here either.
+        self.perMessageCompressionAccept = _NO_EXTENSION
         self.dataReceived(read_elsewhere)
 
     @property
@@ -165,9 +167,10 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if self._answered_elsewhere:
+            # The first write is the handshake's answer: the client has it from the process that passed the
+            # connection (a refusal is not written into an open WebSocket either: transport/passing.py closes it).
             self._answered_elsewhere = False
-            if data.startswith(b"HTTP/1.1 101 "):
-                return  # the client has it from the process that passed the connection
+            return
         # Autobahn's own frames (close, pong, handshake) go after ours.
         if self._corked is not None:
             self.flush()
@@ -266,6 +269,11 @@ class _SendQueue(list[Any]):
 
 
 _SHARED_TRAFFIC_STATS = TrafficStats()
+
+
+def _NO_EXTENSION(offers: Any) -> None:
+    return None
+
 _NO_PARAMS: Mapping[str, list[str]] = MappingProxyType({})
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -83,9 +83,14 @@ def passable(transport: Any) -> bool:
 
 
 def let_go(transport: Any) -> None:
-    """Close this process's copy of a passed connection: no shutdown(), which would end it for the owner too."""
+    """
+    Close this process's copy of a passed connection, at once: no shutdown(),
+    which would end it for the owner too, and not loseConnection(), which waits
+    for the socket to be writable (the owner may have filled it) and meanwhile
+    leaves this copy in the reactor, and its protocol open.
+    """
     transport._shouldShutdown = False
-    transport.loseConnection()
+    transport.connectionLost(Failure(ConnectionDone()))
 
 
 class Sender:
@@ -155,6 +160,12 @@ class _Sending(Protocol):
     def connectionMade(self) -> None:
         factory = self._factory
         unix: Any = self.transport
+        if not _same_user(unix):
+            # Anyone may listen at an abstract address: a client's socket (and its key) goes to our own kind only.
+            log.warn("The address of a daemon on this host is held by a process of another user: not passing to it")
+            self._settle(Outcome.REFUSED)
+            unix.abortConnection()
+            return
         unix.sendFileDescriptor(factory.dup)
         unix.write(factory.data)
         self._timer = factory.reactor.callLater(factory.timeout, unix.abortConnection)
@@ -169,8 +180,11 @@ class _Sending(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectError())) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        unix: Any = self.transport
+        # Lost before the descriptor left this process (Twisted still had it queued): nobody else has the socket.
+        unsent = bool(getattr(unix, "_sendmsgQueue", None))
         self._factory.close()
-        self._settle(Outcome.UNANSWERED)
+        self._settle(Outcome.REFUSED if unsent else Outcome.UNANSWERED)
 
     def _settle(self, outcome: Outcome) -> None:
         if not self._factory.outcome.called:
@@ -193,18 +207,50 @@ class Receiver(Factory):
         #: Sockets adopted (for operators).
         self.adopted = 0
 
-    def adopt(self, fileno: int, family: int, data: bytes) -> None:
-        """Adopt the socket (raises if it cannot be: then nothing of it was read or written), read ``data`` again."""
+    def adopt(self, fileno: int, family: int, data: bytes) -> bool:
+        """
+        Adopt the socket and read ``data`` again.  Raises :class:`NotASocket`
+        (nothing of it read or written: the holder keeps it) if it is not a
+        connected TCP socket of that family.  False if it was adopted and could
+        not be served (the handshake failed here): closed, the client sees it.
+        """
+        _check_socket(fileno, family)
         transport = self._reactor.adoptStreamConnection(fileno, family, self._factory)
         self.adopted += 1
+        protocol = transport.protocol
         try:
-            transport.protocol.adopt(data)
+            protocol.adopt(data)
         except Exception:
             log.failure("Reading a passed socket's first bytes again failed")
             transport.abortConnection()
+            return False
+        if protocol.state != protocol.STATE_OPEN:
+            # Refused here (another route, origins or limit than the daemon that passed it): its client, open
+            # as far as it knows, is closed without a word rather than sent an HTTP answer.
+            log.warn("A passed socket's handshake failed here: closed")
+            transport.abortConnection()
+            return False
+        return True
+
 
     def buildProtocol(self, addr: Any) -> _Receiving:
         return _Receiving(self)
+
+
+class NotASocket(Exception):
+    """What was passed is not a connected TCP socket of the family told."""
+
+
+def _check_socket(fileno: int, family: int) -> None:
+    probe = socket.socket(fileno=os.dup(fileno))
+    try:
+        if probe.family != family or probe.type != socket.SOCK_STREAM:
+            raise NotASocket(f"family {probe.family!r}, type {probe.type!r}")
+        probe.getpeername()
+    except OSError as e:
+        raise NotASocket(str(e)) from None
+    finally:
+        probe.close()
 
 
 @implementer(IFileDescriptorReceiver)
@@ -255,12 +301,15 @@ class _Receiving(Protocol):
         unix: Any = self.transport
         try:
             self._factory.adopt(fd, family, rest)
-        except Exception as e:
-            # Nothing read or written yet: the holder keeps it.
-            log.warn("A passed socket declined: it could not be adopted ({why})", why=f"{type(e).__name__}: {e}")
+        except NotASocket as e:
+            # Nothing read or written: the holder keeps it.
+            log.warn("A passed socket declined: {why}", why=str(e))
             unix.write(b"no\n")
             unix.loseConnection()
             return
+        except Exception:
+            # Perhaps adopted already (reading): the holder must let go of it, whatever became of it here.
+            log.failure("Adopting a passed socket failed")
         finally:
             os.close(fd)  # adopted: the reactor has its own copy
         unix.write(b"ok\n")

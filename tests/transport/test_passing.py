@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 
 from redmessenger.core.ownership import owner as owner_of
 from redmessenger.transport.passing import Outcome, address
@@ -102,14 +102,25 @@ async def test_forty_sockets_spread_by_the_kernel_over_one_port_each_end_at_thei
         await client.close_code()
 
 
+def masked_text(text: str) -> bytes:
+    """A client's text frame (masked), to write several in one TCP write."""
+    payload, mask = text.encode(), b"\x11\x22\x33\x44"
+    head = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else bytes([0x81, 0xFE]) + len(payload).to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def hello_and_request(client: Any, uid: str) -> None:
+    """A version-1 hello and a request right behind it, in one write: the daemon reads both at once."""
+    frames = [{"type": "hello", "v": 1, "uid": uid}, {"type": "unsubscribe", "channel": "nothing", "ref": 7}]
+    client.protocol.transport.write(b"".join(masked_text(json.dumps(f)) for f in frames))
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_version_1_hello_with_requests_right_behind_it_is_answered_by_the_owner(daemon_factory, redis):
     a, b = await pair(daemon_factory)
     uid = owned_by("node-a", "v1-")
     client = await connect_client(b.url)
-    # One write: the hello and an ack the holder reads with it (passed along, read again by the owner).
-    client.send(json.dumps({"type": "hello", "v": 1, "uid": uid}))
-    client.send(json.dumps({"type": "unsubscribe", "channel": "nothing", "ref": 7}))
+    hello_and_request(client, uid)  # both read by node-b, passed along, read again by node-a
     answers = {frame["type"]: frame for frame in await client.receive(2)}
     assert answers["welcome"] == {"type": "welcome", "v": 1, "uid": uid}
     assert answers["reply"]["ref"] == 7, answers
@@ -198,12 +209,15 @@ async def test_an_owner_at_its_conn_limit_declines_and_the_holder_keeps_the_sock
     present = await a.client(owned_by("node-a", "present-"))  # node-a's one slot, its own user
     uid = owned_by("node-a", "full-")
     client = await connect_client(b.url)
-    client.send(uid)
+    hello_and_request(client, uid)
+    answers = {frame["type"]: frame for frame in await client.receive(2)}
+    assert answers["welcome"]["uid"] == uid and answers["reply"]["ref"] == 7, "the request read with the hello, answered"
     await wait_until(lambda: b.service.peers._relays, 5, "the socket relayed to node-a")
     assert b.service.sender.counts == {Outcome.PASSED: 0, Outcome.REFUSED: 1, Outcome.UNANSWERED: 0}
     assert a.service.receiver.adopted == 0 and holds(b) == {uid}
     publish(redis, f"rm.users.{uid}", "through the relay")
-    assert [m["payload"] for m in await client.receive(1)] == ["through the relay"]
+    (message,) = await client.receive(1)
+    assert message["payload"] == "through the relay" and len(client.received) == 3
     for c in (client, present):
         c.close()
         await c.close_code()
@@ -272,3 +286,45 @@ async def test_a_socket_whose_owner_never_answers_is_let_go_and_its_client_conne
     assert len(again.received) == 5 and redis.llen(f"rm:users:{uid}:messages") == 0
     again.close()
     await again.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_with_a_ping_unanswered_stays_relayed_since_its_pong_would_reach_the_owner(daemon_factory, redis):
+    a, b = await pair(daemon_factory)
+    uid = owned_by("node-a", "pinged-")
+    client = await connect_client(b.url)
+    await wait_until(lambda: len(b.service.websockets.sockets) == 1, 5, "the socket open on node-b")
+    (server_side,) = b.service.websockets.sockets
+    server_side._pings.append((0, reactor.seconds(), None))  # as if a keep-alive ping were on its way
+    client.send(uid)
+    await wait_until(lambda: b.service.peers._relays, 5, "the socket relayed to node-a")
+    assert sum(b.service.sender.counts.values()) == 0 and a.service.receiver.adopted == 0
+    publish(redis, f"rm.users.{uid}", "relayed")
+    assert [m["payload"] for m in await client.receive(1)] == ["relayed"]
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_the_owner_refuses_at_its_handshake_is_closed_without_an_http_answer(daemon_factory, redis):
+    from redmessenger.core.admission import OriginPolicy
+
+    a, b = await pair(daemon_factory)
+    a.service.websockets.origins = OriginPolicy(("https://only.example",))  # node-a's allowed_origins differ from node-b's
+    uid = owned_by("node-a", "origin-")
+    raw = _Raw()  # a client that keeps every byte it is sent
+    await connectProtocol(TCP4ClientEndpoint(reactor, HOST, b.port), raw)
+    raw.transport.write(
+        b"GET /rm HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://elsewhere.example\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % (HOST.encode(), b.port)
+    )
+    await wait_until(lambda: b"\r\n\r\n" in raw.data, 5, "node-b's 101")
+    assert raw.data.startswith(b"HTTP/1.1 101 ")
+    answered = len(raw.data)
+    raw.transport.write(masked_text(uid))
+    await raw.closed.addTimeout(5, reactor)
+    assert raw.data[answered:] == b"", "closed, and nothing written into what the client knows as an open WebSocket"
+    assert a.service.receiver.adopted == 1 and not a.service.websockets.sockets and not b.service.websockets.sockets
+    client = await a.client(owned_by("node-a", "after-"), origin="https://only.example")  # node-a goes on
+    client.close()
+    await client.close_code()

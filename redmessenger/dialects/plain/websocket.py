@@ -22,14 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from redmessenger.core.admission import ConnectionLimit, OriginPolicy
 from redmessenger.core.hub import Hub
@@ -39,7 +36,7 @@ from redmessenger.dialects.plain.acks import AckLedger
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.transport.fastpath import LeanServerProtocol, upgrade_to_websocket
+from redmessenger.transport.fastpath import LeanServerProtocol
 from redmessenger.transport.frames import text_frame
 from redmessenger.transport.passing import Outcome, Sender, let_go, passable
 from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
@@ -47,9 +44,6 @@ from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 #: Message._encodings keys of the plain dialect's frames, by bubble value: legacy, and version 1.
 _FRAME_KEYS = {True: ("ws", True), False: ("ws", False)}
 _V1_FRAME_KEYS = {True: ("ws1", True), False: ("ws1", False)}
-
-REACHABLE_TEXT = b"Hey, you're connected!"
-
 
 def _frame_of(message: Message, bubble: bool) -> bytes:
     return text_frame(message.envelope_json(bubble))
@@ -163,9 +157,9 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         run = factory.run_of(node) if sender is not None else None
         if (
             sender is None or run is None or received is None or self.adopted or not self.raw_frames
-            or self._corked is not None or not passable(self.transport)
+            or self._corked is not None or self._pings or not passable(self.transport)
         ):  # fmt: skip
-            return None
+            return None  # (a ping unanswered: its pong would reach the owner, and answer the owner's own ping)
         tcp: Any = self.transport
         tcp.stopReading()  # what the client sends next, the owner reads
         self._held = []
@@ -202,6 +196,10 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     def close_with(self, code: int, reason: str) -> None:
         if self._held is None:  # else on its way to another process, which will answer for it
             super().close_with(code, reason)
+
+    def onPing(self, payload: bytes) -> None:
+        if self._held is None:  # else read behind the identifier: the owner reads it again, and answers it
+            super().onPing(payload)
 
     # -- pings -----------------------------------------------------------------------
 
@@ -425,25 +423,3 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         for socket in list(self.sockets):
             socket.close_with(code, reason)
         return self.sockets.when_empty()
-
-
-class RouteResource(Resource):
-    """``rm_route``: a WebSocket when asked to upgrade, else a reachability text (as the Node.js program answered)."""
-
-    isLeaf = True
-
-    def __init__(self, factory: PlainWebSocketFactory) -> None:
-        super().__init__()
-        self._websocket = WebSocketResource(factory)
-
-    def render(self, request: Request) -> bytes | int:
-        upgrade = request.getHeader(b"upgrade") or b""
-        if upgrade.lower() == b"websocket":
-            return upgrade_to_websocket(self._websocket, request)
-        if request.method not in (b"GET", b"HEAD"):
-            request.setResponseCode(405)
-            request.setHeader(b"allow", b"GET, HEAD")
-            return b""
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return REACHABLE_TEXT

@@ -119,9 +119,10 @@ class ClientLink(MessageSink, Protocol):
     def pass_to(self, node: str) -> Deferred[bool] | None:
         """
         Hand the connection, before its identifier is acted on, to ``node`` (the
-        user's owner) when it runs on this host; None when it cannot go (another
-        host, a dialect or transport that cannot).  Fires True once it went (this
-        process has let go of it), False when it stays here.  Never fails.
+        user's owner) when it runs on this host; None when it cannot go (a dialect
+        or transport that cannot, or not configured).  Fires True once it went
+        (this process has let go of it), False when it stays here (the owner is on
+        another host, or declined).  Never fails.
         """
 
 

@@ -251,7 +251,8 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         factory = self.factory
         factory.sockets.add(self)
         self._session = ClientSession(factory.hub, self, factory.clock, factory.identify_timeout)
-        self._session.opened(factory.listen_label)
+        # (adopted: the same connection's "New connection" is in the log of the daemon that passed it)
+        self._session.opened(factory.listen_label + (", passed by another daemon" if self.adopted else ""))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session

@@ -41,7 +41,6 @@ from twisted.internet.tcp import Server
 from twisted.web.server import Request
 
 from redmessenger.logs import make_logger
-from redmessenger.transport.passing import MAX_PASSED_BYTES
 from redmessenger.transport.frames import (
     PONG,
     close_reason,
@@ -50,6 +49,7 @@ from redmessenger.transport.frames import (
     read_small_frames,
     text_frame,
 )
+from redmessenger.transport.passing import MAX_PASSED_BYTES
 
 log = make_logger(__name__)
 
@@ -142,7 +142,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
         """
         self.adopted = self._answered_elsewhere = True
         # The client was told no extension by the process that answered its handshake: none here either.
-        self.perMessageCompressionAccept = _NO_EXTENSION
+        self.perMessageCompressionAccept = _no_extension
         self.dataReceived(read_elsewhere)
 
     @property
@@ -269,12 +269,12 @@ class _SendQueue(list[Any]):
 
 
 _SHARED_TRAFFIC_STATS = TrafficStats()
-
-
-def _NO_EXTENSION(offers: Any) -> None:
-    return None
-
 _NO_PARAMS: Mapping[str, list[str]] = MappingProxyType({})
+
+
+def _no_extension(offers: Any) -> None:
+    """Autobahn's ``perMessageCompressionAccept`` for an adopted socket: no offer accepted."""
+    return None
 
 
 def _install_factory_options(install: bool) -> None:

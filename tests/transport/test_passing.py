@@ -328,3 +328,26 @@ async def test_a_socket_the_owner_refuses_at_its_handshake_is_closed_without_an_
     client = await a.client(owned_by("node-a", "after-"), origin="https://only.example")  # node-a goes on
     client.close()
     await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_closed_by_its_daemon_while_on_its_way_and_then_declined_is_closed_after_all(
+    daemon_factory, redis, monkeypatch
+):
+    from redmessenger.model.errors import CloseCode
+    from redmessenger.transport import passing
+
+    a, b = await pair(daemon_factory)
+    offered: list[Any] = []
+    monkeypatch.setattr(passing._Receiving, "dataReceived", lambda self, data: offered.append(self))  # node-a ponders
+    uid = owned_by("node-a", "closing-")
+    client = await connect_client(b.url)
+    client.send(uid)
+    await wait_until(lambda: offered, 5, "the socket offered to node-a")
+    done = b.service.websockets.close_all(CloseCode.GOING_AWAY, "shutting down")  # as at node-b's shutdown
+    offered[0].transport.write(b"no\n")  # node-a declines: node-b keeps it, and closes it as it was asked to
+    offered[0].transport.loseConnection()
+    code, reason = await client.close_code()
+    assert (code, reason) == (1001, "shutting down")
+    await done
+    assert b.service.sender.counts[Outcome.REFUSED] == 1 and a.service.receiver.adopted == 0

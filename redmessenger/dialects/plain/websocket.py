@@ -45,6 +45,7 @@ from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 _FRAME_KEYS = {True: ("ws", True), False: ("ws", False)}
 _V1_FRAME_KEYS = {True: ("ws1", True), False: ("ws1", False)}
 
+
 def _frame_of(message: Message, bubble: bool) -> bytes:
     return text_frame(message.envelope_json(bubble))
 
@@ -63,8 +64,10 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     _acks: AckLedger | None = None
     #: Version 1: the uid to welcome, until the welcome is written (before anything else).
     _welcome: str | None = None
-    #: While the connection is on its way to another process (pass_to): the frames read meanwhile.
+    #: While the connection is on its way to another process (pass_to): the frames read meanwhile, and a
+    #: close asked for meanwhile (made if the connection stays).
     _held: list[tuple[bytes, bool]] | None = None
+    _close_asked: tuple[int, str] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,6 +176,8 @@ class PlainWebSocketProtocol(LeanServerProtocol):
             went.callback(False)  # served here: the identifier, then the frames that came with it
             for payload, is_binary in held:
                 self.onMessage(payload, is_binary)
+            if self._close_asked is not None:
+                self.close_with(*self._close_asked)
             tcp: Any = self.transport
             if tcp is not None and tcp.connected:
                 tcp.startReading()
@@ -194,8 +199,10 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self.close_with(error.code, error.reason)
 
     def close_with(self, code: int, reason: str) -> None:
-        if self._held is None:  # else on its way to another process, which will answer for it
+        if self._held is None:
             super().close_with(code, reason)
+        else:  # on its way to another process, which will answer for it; if it stays, closed then
+            self._close_asked = (code, reason)
 
     def onPing(self, payload: bytes) -> None:
         if self._held is None:  # else read behind the identifier: the owner reads it again, and answers it

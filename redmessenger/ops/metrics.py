@@ -133,33 +133,27 @@ class DaemonCollector:
         for node, count in sorted(view.node_sockets().items()):
             node_sockets.add_metric([node], count)
         yield node_sockets
-        yield GaugeMetricFamily(
-            prefix + "relayed_sockets", "Sockets held here for users another daemon owns (reached through its inbox)", view.relays()
-        )
-        yield GaugeMetricFamily(
-            prefix + "remote_sockets", "Sockets of users this daemon owns that other daemons hold", view.remote_sockets()
-        )
-        yield CounterMetricFamily(
-            prefix + "inbox_resent",
-            "Attaches and confirmation requests sent again to another daemon for want of an answer (a lost inbox entry)",
-            view.inbox_resent(),
-        )
-        yield CounterMetricFamily(
-            prefix + "node_changes_unconfirmed",
-            "Changes of the daemons after which this one went on without another's word that its writes had landed (2 s)",
-            view.barriers_missed(),
-        )
-        yield CounterMetricFamily(
-            prefix + "sockets_passed", "Sockets passed to their user's owner, a daemon on this host (pass_sockets)", view.sockets_passed()
-        )
-        yield CounterMetricFamily(
-            prefix + "socket_passes_unanswered",
-            "Sockets sent to a daemon on this host that did not answer for them (let go: the client may see a close)",
-            view.passes_unanswered(),
-        )
-        yield CounterMetricFamily(
-            prefix + "sockets_adopted", "Sockets other daemons on this host passed to this one (pass_sockets)", view.sockets_adopted()
-        )
+        # Several daemons on one Redis (docs/scale-out.md): relays, their inboxes, sockets passed on this host.
+        scale_out: tuple[tuple[type[GaugeMetricFamily] | type[CounterMetricFamily], str, str, int], ...] = (
+            (GaugeMetricFamily, "relayed_sockets", "Sockets held here for users another daemon owns (reached through its inbox)",
+             view.relays()),
+            (GaugeMetricFamily, "remote_sockets", "Sockets of users this daemon owns that other daemons hold", view.remote_sockets()),
+            (CounterMetricFamily, "inbox_resent",
+             "Attaches and confirmation requests sent again to another daemon for want of an answer (a lost inbox entry)",
+             view.inbox_resent()),
+            (CounterMetricFamily, "node_changes_unconfirmed",
+             "Changes of the daemons after which this one went on without another's word that its writes had landed (2 s)",
+             view.barriers_missed()),
+            (CounterMetricFamily, "sockets_passed", "Sockets passed to their user's owner, a daemon on this host (pass_sockets)",
+             view.sockets_passed()),
+            (CounterMetricFamily, "socket_passes_unanswered",
+             "Sockets sent to a daemon on this host that did not answer for them (let go: the client may see a close)",
+             view.passes_unanswered()),
+            (CounterMetricFamily, "sockets_adopted", "Sockets other daemons on this host passed to this one (pass_sockets)",
+             view.sockets_adopted()),
+        )  # fmt: skip
+        for family, name, text, value in scale_out:
+            yield family(prefix + name, text, value)
         yield GaugeMetricFamily(
             prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
         )

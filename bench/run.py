@@ -1342,12 +1342,20 @@ def run_dialect(
             if dialect == "socketio" and not stack.serves_socketio():
                 return False
             uids = [f"u{i}" for i in range(USERS)]
+            before = stack.usage()
             connected, report = warm_up(stack, uids, "warm")
             if connected["failed"] or report["count"] != report["expect"] or report["error_count"]:
                 raise BenchError(f"{USERS} users did not all connect: {connected}, {report['errors'][:5]}")
+            # The users' connections (open, identify, one queued message each; with several daemons by the
+            # kernel, passing or relaying the sockets off their owner): recorded with every case of the run.
+            warm = {
+                "warm_up_s": round((report["last"] - connected["t0"]) / 1000, 3) if report["last"] else None,
+                "warm_up_server_us_per_user": round(1e6 * stack.usage().since(before)["server_cpu_s"] / USERS, 1),
+            }
             done: dict[str, Result] = {}
             for case in main_cases:
                 result = Result(case, dialect, run, stack.client, background_pct=background)
+                result.numbers.update(warm)
                 if daemons > 1:
                     result.numbers["daemons"] = daemons
                     result.numbers["placement"] = placement

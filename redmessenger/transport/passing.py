@@ -36,11 +36,12 @@ from enum import Enum
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ConnectError, ConnectionDone
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IFileDescriptorReceiver
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -110,9 +111,7 @@ class Sender:
         """
         family = _FAMILIES.get(transport.socket.family)
         if family is None:
-            done: Deferred[Outcome] = Deferred()
-            done.callback(Outcome.REFUSED)
-            return done
+            return succeed(Outcome.REFUSED)
         header = b"%s %d\n" % (family, len(received))
         outcome: Deferred[Outcome] = Deferred()
         # A copy of our own, taken now: the transport may close (and its number be reused) before this leaves.
@@ -151,11 +150,10 @@ class _SendingFactory(Factory):
             self.outcome.callback(Outcome.REFUSED)
 
 
-class _Sending(Protocol):
+class _Sending(Protocol, TimeoutMixin):
     def __init__(self, factory: _SendingFactory) -> None:
         self._factory = factory
         self._answer = b""
-        self._timer: Any = None
 
     def connectionMade(self) -> None:
         factory = self._factory
@@ -168,7 +166,14 @@ class _Sending(Protocol):
             return
         unix.sendFileDescriptor(factory.dup)
         unix.write(factory.data)
-        self._timer = factory.reactor.callLater(factory.timeout, unix.abortConnection)
+        self.setTimeout(factory.timeout)
+
+    def callLater(self, period: float, func: Any) -> Any:
+        return self._factory.reactor.callLater(period, func)
+
+    def timeoutConnection(self) -> None:
+        unix: Any = self.transport
+        unix.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self._answer += data
@@ -177,9 +182,8 @@ class _Sending(Protocol):
             unix: Any = self.transport
             unix.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectError())) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
         unix: Any = self.transport
         # Lost before the descriptor left this process (Twisted still had it queued): nobody else has the socket.
         unsent = bool(getattr(unix, "_sendmsgQueue", None))
@@ -254,7 +258,7 @@ def _check_socket(fileno: int, family: int) -> None:
 
 
 @implementer(IFileDescriptorReceiver)
-class _Receiving(Protocol):
+class _Receiving(Protocol, TimeoutMixin):
     def __init__(self, factory: Receiver) -> None:
         self._factory = factory
         self._buffer = b""
@@ -264,8 +268,13 @@ class _Receiving(Protocol):
     def connectionMade(self) -> None:
         if not _same_user(self.transport):
             log.warn("A socket offered by a process of another user: refused")
-            unix: Any = self.transport
-            unix.abortConnection()
+            self.timeoutConnection()
+            return
+        self.setTimeout(ANSWER_TIMEOUT)  # an offer that never completes holds its descriptors no longer
+
+    def timeoutConnection(self) -> None:
+        unix: Any = self.transport
+        unix.abortConnection()
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         self._fds.append(descriptor)
@@ -302,10 +311,7 @@ class _Receiving(Protocol):
         try:
             self._factory.adopt(fd, family, rest)
         except NotASocket as e:
-            # Nothing read or written: the holder keeps it.
-            log.warn("A passed socket declined: {why}", why=str(e))
-            unix.write(b"no\n")
-            unix.loseConnection()
+            self._refuse(str(e))  # nothing read or written: the holder keeps it
             return
         except Exception:
             # Perhaps adopted already (reading): the holder must let go of it, whatever became of it here.
@@ -323,7 +329,8 @@ class _Receiving(Protocol):
         unix.write(b"no\n")
         unix.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
         for fd in self._fds:
             os.close(fd)
         self._fds = []

@@ -180,9 +180,15 @@ async def _offer(run: str, data: bytes, fd: int | None = None) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_what_a_daemon_is_offered_that_is_not_a_socket_with_its_bytes_is_refused_and_it_goes_on(daemon_factory, redis):
+async def test_what_a_daemon_is_offered_that_is_not_a_socket_with_its_bytes_is_refused_and_it_goes_on(
+    daemon_factory, redis, monkeypatch
+):
+    from redmessenger.transport import passing
+
     (daemon,) = [await daemon_factory(node_id="node-a", pass_sockets=True)]
     run = daemon.service.nodes.run
+    monkeypatch.setattr(passing, "ANSWER_TIMEOUT", 0.3)
+    assert await _offer(run, b"4 10\n01234", fd=os.dup(0)) == b"", "an offer that never completes is cut off"
     # Each declined with "no": the process that offered it keeps whatever it offered.
     assert await _offer(run, b"nonsense without a newline" * 3) == b"no\n"
     assert await _offer(run, b"4 10\n0123456789") == b"no\n", "no descriptor"

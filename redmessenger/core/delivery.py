@@ -16,6 +16,7 @@ from redmessenger.core.budget import SLOW_SHARE, Budget
 from redmessenger.core.channels import Channels
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
+from redmessenger.core.ownership import Ownership
 from redmessenger.core.ports import Peers, Queues
 from redmessenger.core.presence import SUBSCRIBED, Attachment, Copies, Presence, Sent, User
 from redmessenger.logs import debugging, informing, make_logger
@@ -52,6 +53,8 @@ class Delivery:
         self.channels: Channels | None = None
         #: The other daemons sharing the Redis (docs/scale-out.md): recipients owned elsewhere are theirs.
         self.peers: Peers | None = None
+        #: Their view of who owns whom (``peers.owners``), read once per message.
+        self.owners: Ownership | None = None
 
     def deliver(self, message: Message, uids: Sequence[str], channel: str | None = None) -> None:
         """
@@ -71,9 +74,9 @@ class Delivery:
         if message.ticket is not None:
             message.ticket.expect(uids)
         members = uids  # a subscriber who is a member gets it as a member (from its user's owner)
-        peers = self.peers
-        if peers is not None and peers.shared:
-            uids = self._owned_here(message, uids, peers)
+        owners = self.owners
+        if owners is not None and owners.shared:
+            uids = self._owned_here(message, uids, owners)
         now = self._clock.seconds()
         delivered = 0
         for uid in uids:
@@ -206,11 +209,13 @@ class Delivery:
             ),
         )
 
-    def _owned_here(self, message: Message, uids: Sequence[str], peers: Peers) -> list[str]:
+    def _owned_here(self, message: Message, uids: Sequence[str], owners: Ownership) -> list[str]:
         """The recipients this daemon owns; a durable message for the others goes to their owners."""
         owned = []
+        elsewhere, peers = owners.elsewhere, self.peers
+        assert peers is not None  # set with the owners (Hub.set_peers)
         for uid in uids:
-            owner = peers.owner(uid)
+            owner = elsewhere(uid)
             if owner is None:
                 owned.append(uid)
             elif message.ticket is not None:

@@ -189,8 +189,7 @@ class Hub:
 
     def set_peers(self, peers: Peers) -> None:
         self.peers = self.delivery.peers = peers
-        self.router.owner = self.owner
-        self.router.listed = lambda: peers.listed
+        self.router.owners = self.delivery.owners = peers.owners
 
     def owner(self, uid: str) -> str | None:
         """The node that owns ``uid`` when it is not this one."""

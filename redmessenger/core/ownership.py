@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Protocol
 
 #: Owners a node remembers at most (of the keys it was asked about since the nodes last changed).
 REMEMBERED = 100_000
@@ -28,6 +29,18 @@ def owner(uid: str, nodes: Iterable[str]) -> str | None:
         if score > best_weight or (score == best_weight and best is not None and node < best):
             best, best_weight = node, score
     return best
+
+
+class Ownership(Protocol):
+    """What the router and the delivery read of a node's view, once per message (:class:`Owners`)."""
+
+    #: whether this node is among the live nodes (it acts on users' and groups' PUBLISHes only then)
+    listed: bool
+    #: whether there are other nodes (if not, this one owns every key)
+    shared: bool
+
+    def elsewhere(self, key: str) -> str | None:
+        """The node that owns ``key`` when it is not this one; None when this one does."""
 
 
 class Owners:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 
+from redmessenger.core.ownership import Ownership
 from redmessenger.model.channels import Answer, Sender, SubscriptionRequest
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError
@@ -87,6 +88,10 @@ class Peers(Protocol):
 
     def owner(self, key: str) -> str | None:
         """The node that owns ``key`` (a uid, or a group for what one node does for it); None when it is this one."""
+
+    @property
+    def owners(self) -> Ownership:
+        """The same view, for the router and the delivery to read once per message without a call through here."""
 
     def attach(self, owner: str, attachment: Attachment) -> None:
         """A socket here identified as a user ``owner`` owns: tell it (the owner hands it the queue)."""

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from redmessenger.core.counters import Counters
+from redmessenger.core.ownership import Ownership
 from redmessenger.core.ports import Directory, StoreUnavailable
 from redmessenger.logs import debugging, make_logger
 from redmessenger.model.channels import BadClientPublish, parse_client_publish
@@ -117,12 +118,10 @@ class Router:
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
         self._stopping = False
-        #: With other daemons on the Redis: the node that owns a uid or group when it is not this one
-        #: (docs/scale-out.md); a bare PUBLISH to a user owned elsewhere is left to its owner.
-        self.owner: Callable[[str], str | None] | None = None
-        #: With other daemons: whether this one is among the live nodes (it acts on users' and groups' PUBLISHes
-        #: only then, docs/scale-out.md); None: it always is.
-        self.listed: Callable[[], bool] | None = None
+        #: With other daemons on the Redis, this node's view of them (docs/scale-out.md): it acts on users' and
+        #: groups' PUBLISHes only while it is listed among the live nodes, and a bare PUBLISH to a user owned
+        #: elsewhere is left to its owner.  None: it is alone, and acts on every PUBLISH.
+        self.owners: Ownership | None = None
         #: Until this daemon is first listed: the PUBLISHes to users and groups it heard, decided at its joining
         #: (:meth:`joined`); None once it has joined.
         self._unlisted: list[_Pending] | None = []
@@ -181,15 +180,16 @@ class Router:
         live nodes, it acts for a user it owns, and for a group (for the members
         it owns; an oversize message only if it owns the group).
         """
-        listed = self.listed  # inline: this runs for every PUBLISH
-        if listed is not None and not listed():
+        owners = self.owners  # read directly, not through the ports: this runs for every PUBLISH, dropped ones too
+        if owners is None:
+            return True
+        if not owners.listed:
             return False  # not among the nodes yet (or any more): their owners act
-        owner = self.owner
-        return group or owner is None or owner(name) is None
+        return group or owners.elsewhere(name) is None
 
     def _listed(self) -> bool:
-        listed = self.listed
-        return listed is None or listed()
+        owners = self.owners
+        return owners is None or owners.listed
 
     def _keep_until_joined(self, pending: _Pending) -> None:
         kept = self._unlisted

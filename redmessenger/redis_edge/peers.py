@@ -130,6 +130,10 @@ class PeerLink:
         """None when this node owns ``key``, which it does of every key while it is alone (or knows no node yet)."""
         return self._owners.elsewhere(key)
 
+    @property
+    def owners(self) -> Owners:
+        return self._owners
+
     def attach(self, owner: str, attachment: Attachment) -> None:
         sid = f"{self._run_id}.{next(self._sids)}"
         self._relays[sid] = attachment

@@ -7,6 +7,7 @@ Redis is away.  The same against a real server is in tests/test_delivery.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pytest
 from twisted.internet.testing import Clock
@@ -28,6 +29,18 @@ class Recorder:
 
     def on_settled(self) -> None:
         self.settled += 1
+
+
+@dataclass
+class View:
+    """A node's view of the nodes (core.ownership.Ownership), set by hand: whether it is listed, who owns whom."""
+
+    listed: bool = True
+    shared: bool = True
+    owned_elsewhere: dict[str, str] = field(default_factory=dict)
+
+    def elsewhere(self, key: str) -> str | None:
+        return self.owned_elsewhere.get(key)
 
 
 def router() -> tuple[Router, MemoryDirectory, Recorder, Clock, Counters]:
@@ -168,13 +181,12 @@ def test_a_limit_needs_somewhere_to_keep_oversize_messages() -> None:
 
 def test_a_change_of_the_nodes_is_taken_in_publish_order_and_decides_for_the_messages_after_it() -> None:
     routing, directory, recorder, _, _ = router()
-    owners = {"user1": None}  # None: this daemon owns it
-    routing.owner = lambda uid: owners.get(uid)
+    view = routing.owners = View()  # this daemon owns user1
     directory.groups["cats"] = [b"user1"]
     directory.hold_members = True
     routing.on_publish(b"rm.channels.cats", b"meow")  # waits for its members
     routing.on_publish(b"rm.users.user1", b"before")
-    routing.in_order(lambda: owners.update(user1="node-b"))  # user1 moves to node-b here
+    routing.in_order(lambda: view.owned_elsewhere.update(user1="node-b"))  # user1 moves to node-b here
     routing.on_publish(b"rm.users.user1", b"after")  # node-b's to act on
     assert recorder.delivered == []
     directory.answer_members("cats")
@@ -183,10 +195,9 @@ def test_a_change_of_the_nodes_is_taken_in_publish_order_and_decides_for_the_mes
 
 def test_a_hold_keeps_the_messages_after_it_until_released_and_a_node_not_listed_acts_on_none() -> None:
     routing, _, recorder, _, _ = router()
-    listed = [False]
-    routing.listed = lambda: listed[0]
+    view = routing.owners = View(listed=False)
     routing.on_publish(b"rm.users.user1", b"not listed yet")
-    listed[0] = True
+    view.listed = True
     release = routing.hold()
     routing.on_publish(b"rm.users.user1", b"held")
     routing.on_publish(b"rm.users.user2", b"held too")
@@ -197,11 +208,10 @@ def test_a_hold_keeps_the_messages_after_it_until_released_and_a_node_not_listed
     assert routing.waiting == 0
 
 
-def heard_before_listed(routing: Router, directory: MemoryDirectory, member: bytes) -> list[bool]:
+def heard_before_listed(routing: Router, directory: MemoryDirectory, member: bytes) -> View:
     """PUBLISHes heard by a daemon not listed yet: to user1, to the group cats (of ``member``), to user1, and one
-    decided in its turn behind a hold; the flag that says whether it is listed."""
-    listed = [False]
-    routing.listed = lambda: listed[0]
+    decided in its turn behind a hold; the view that says whether it is listed."""
+    view = routing.owners = View(listed=False)
     directory.groups["cats"] = [member]
     routing.on_publish(b"rm.users.user1", b"first")
     routing.on_publish(b"rm.channels.cats", b"meow")
@@ -209,7 +219,7 @@ def heard_before_listed(routing: Router, directory: MemoryDirectory, member: byt
     release = routing.hold()
     routing.on_publish(b"rm.users.user1", b"held")  # decided in its turn, still before the joining
     release()
-    return listed
+    return view
 
 
 def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_it_is_alone() -> None:
@@ -219,11 +229,11 @@ def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_i
     what comes after it; with other daemons there, they were theirs, and it drops them.
     """
     routing, directory, recorder, _, _ = router()
-    listed = heard_before_listed(routing, directory, b"user2")
+    view = heard_before_listed(routing, directory, b"user2")
     assert recorder.delivered == [] and routing.waiting == 0
 
     def joining() -> None:
-        listed[0] = True
+        view.listed = True
         routing.joined(alone=True)
 
     routing.in_order(joining)
@@ -231,17 +241,22 @@ def test_what_a_daemon_hears_before_it_is_listed_is_acted_on_at_its_joining_if_i
     assert recorder.delivered == [
         ("first", ["user1"]), ("meow", ["user2"]), ("second", ["user1"]), ("held", ["user1"]), ("after", ["user1"])
     ]  # fmt: skip
-    listed[0] = False  # left, and listed again later: nothing is kept any more
+    view.listed = False  # left, and listed again later: nothing is kept any more
     routing.on_publish(b"rm.users.user1", b"not listed any more")
-    listed[0] = True
+    view.listed = True
     routing.joined(alone=True)
     assert recorder.delivered[-1] == ("after", ["user1"])
 
 
 def test_what_a_daemon_hears_before_it_is_listed_is_left_to_the_others_when_it_joins_them() -> None:
     routing, directory, recorder, _, _ = router()
-    listed = heard_before_listed(routing, directory, b"user1")
-    routing.in_order(lambda: (listed.__setitem__(0, True), routing.joined(alone=False)))
+    view = heard_before_listed(routing, directory, b"user1")
+
+    def joining() -> None:
+        view.listed = True
+        routing.joined(alone=False)
+
+    routing.in_order(joining)
     routing.on_publish(b"rm.users.user1", b"after")
     assert directory.held == [], "no group looked up for messages the daemon may not act on"
     assert recorder.delivered == [("after", ["user1"])], "what came before the joining was the other daemons'"
@@ -252,11 +267,10 @@ def test_what_a_daemon_keeps_before_it_is_listed_is_bounded(monkeypatch: pytest.
 
     monkeypatch.setattr(routing_module, "MAX_UNLISTED", 3)
     routing, _, recorder, _, _ = router()
-    listed = [False]
-    routing.listed = lambda: listed[0]
+    view = routing.owners = View(listed=False)
     for i in range(10):
         routing.on_publish(b"rm.users.user1", f"m{i}".encode())
-    listed[0] = True
+    view.listed = True
     routing.in_order(lambda: routing.joined(alone=True))
     assert [payload for payload, _ in recorder.delivered] == ["m0", "m1", "m2"]
 
@@ -267,11 +281,10 @@ def test_what_a_daemon_keeps_before_it_is_listed_is_bounded_in_bytes_too(monkeyp
 
     monkeypatch.setattr(routing_module, "MAX_UNLISTED_BYTES", 2 * (1000 + ENVELOPE_OVERHEAD))
     routing, _, recorder, _, _ = router()
-    listed = [False]
-    routing.listed = lambda: listed[0]
+    view = routing.owners = View(listed=False)
     for i in range(5):
         routing.on_publish(b"rm.users.user1", b"%d" % i + b"x" * 999)
-    listed[0] = True
+    view.listed = True
     routing.in_order(lambda: routing.joined(alone=True))
     assert [payload[0] for payload, _ in recorder.delivered] == ["0", "1"]
 

@@ -189,6 +189,13 @@ class _OwnedElsewhere:
     def owner(self, key: str) -> str | None:
         return "node-b"
 
+    @property
+    def owners(self) -> "_OwnedElsewhere":
+        return self
+
+    def elsewhere(self, key: str) -> str | None:
+        return self.owner(key)
+
     def attach(self, owner: str, attachment: Any) -> None:
         self.attached.append((owner, attachment.uid))
 

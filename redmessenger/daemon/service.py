@@ -135,6 +135,7 @@ class RedMessengerService(OrderedServices):
             client_publish_max_bytes=config.client_publish_max_bytes,
             client_publish_rate=config.client_publish_rate,
         )
+        self.link.on_message = self.hub.on_publish
         self.presence = self.hub.presence
         #: The other daemons on this Redis: owners of users, and this node's inbox (docs/scale-out.md).
         self.peers = PeerLink(
@@ -267,6 +268,7 @@ class RedMessengerService(OrderedServices):
         return d
 
     def _on_publish(self, channel: bytes, payload: bytes) -> None:
+        """What the link is built with, before the hub exists (it then calls the hub directly)."""
         self.hub.on_publish(channel, payload)
 
     def _on_answer(self, payload: bytes) -> None:

@@ -110,6 +110,9 @@ class RedisLink:
         self._read_started, self._read_ended = on_read if on_read is not None else (_nothing, _nothing)
         self._reactor = reactor
         self._settings = settings
+        #: Where each PUBLISH heard goes (channel, payload); the wiring may point it elsewhere once what
+        #: handles them is built (one call less a message than a method forwarding them).
+        self.on_message = on_message
         #: The pub/sub probe, on the daemon's own channel (redis_edge/probe.py).
         self.probe = (
             SubscriptionProbe(reactor, settings.probe_interval, direct[0], self.state, self._publish, self._resubscribe)
@@ -248,7 +251,7 @@ class RedisLink:
                         else:
                             direct[1](message)
                     else:
-                        on_message(channel, message)
+                        link.on_message(channel, message)
                 except Exception:
                     link.log.failure("Handling a message on {channel!r} failed", channel=channel)
 

@@ -44,18 +44,18 @@ async def test_redis_restarted_under_traffic_loses_nothing(daemon_factory, priva
             published.append(f"m{i}")
 
     # Redis stops when the daemon is in the middle of reading and queueing them: at the 200th of 600.
-    hub = daemon.service.hub
-    on_publish = hub.on_publish
+    hub, link = daemon.service.hub, daemon.service.link
+    on_publish = link.on_message
 
     def stop_redis_midway(channel: bytes, payload: bytes) -> None:
         on_publish(channel, payload)
         if hub.counters.published == 200:
             private_redis.stop()
 
-    hub.on_publish = stop_redis_midway  # type: ignore[method-assign]
+    link.on_message = stop_redis_midway
     burst(0, 300)
     await wait_until(lambda: not daemon.service.link.state.subscribed, what="the daemon to notice")
-    del hub.on_publish
+    link.on_message = on_publish
     assert online.protocol.state == online.protocol.STATE_OPEN, "sockets outlive Redis"
 
     private_redis.start()

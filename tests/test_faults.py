@@ -6,9 +6,11 @@ fails in the middle of a delivery.  Real daemon, real valkey-server, real client
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import deferLater
 
 from .conftest import publish, wait_until
 
@@ -103,6 +105,83 @@ async def test_a_socket_that_stops_reading_is_given_up_and_loses_nothing(daemon_
     client.protocol.transport.resumeProducing()
     code, _ = await client.close_code(timeout=10)
     assert code in (4413, None), "told why, if the close frame got through before the close handshake timed out"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pong_to_no_ping_of_ours_confirms_nothing(daemon_factory, redis):
+    """
+    A client that reads nothing and answers pings it never read (a pong with a token it guessed: the largest
+    there is) confirms nothing with it: its budget fills, it is given up (4413), and every message is queued.
+    """
+    daemon = await daemon_factory(max_pending_bytes=64 * 1024)
+    client = await daemon.client("user1")
+    await daemon.idle()
+    client.protocol.transport.pauseProducing()
+    server = daemon.service.presence.get("user1").attachments[0].sink
+    pongs = []
+    pong_received = server.pong_received
+
+    def counted(token: int) -> None:
+        pongs.append(token)
+        pong_received(token)
+
+    server.pong_received = counted
+    total, rounds = 200, 10
+    for r in range(rounds):
+        for i in range(r * total // rounds, (r + 1) * total // rounds):
+            publish(redis, "rm.users.user1", f"{i:03d}" + "x" * 1000)
+        await daemon.until(lambda: server._pings or daemon.service.presence.get("user1") is None, 10, "a ping")
+        if daemon.service.presence.get("user1") is None:
+            continue
+        client.protocol.sendPong(b"\xff" * 8)
+        await daemon.until(lambda: len(pongs) == r + 1, 10, "the forged pong read")
+    await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == total, 10, "everything queued")
+    queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format("user1"), 0, -1)]
+    assert queued == [f"{i:03d}" for i in range(total)], "in order, none lost, none twice"
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    assert daemon.service.hub.budget.used == 0
+    client.protocol.transport.resumeProducing()
+    await client.close_code(timeout=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_sends_pings_and_reads_nothing_is_closed_before_its_pongs_pile_up(daemon_factory, redis):
+    """
+    Every ping is answered with a pong; a client that floods pings and reads nothing would grow the daemon's
+    memory as fast as it sends.  Once more than max_unsent_bytes written to it wait unread, the next thing it
+    sends closes it as too slow (4413): what waits is then at most that, and one read's pongs.
+    """
+    from twisted.internet import reactor
+
+    from redmessenger.daemon.service import UNSENT_MARGIN
+
+    daemon = await daemon_factory(max_pending_bytes=64 * 1024)
+    client = await daemon.client("user1")
+    await daemon.idle()
+    client.protocol.transport.pauseProducing()
+    server = daemon.service.presence.get("user1").attachments[0].sink
+    server.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel holds little
+    seen = []
+    backed_up = server.backed_up
+
+    def noted(unsent: int) -> None:
+        seen.append(unsent)
+        backed_up(unsent)
+
+    server.backed_up = noted
+    sent = 0
+    while not seen and sent < 50 * 1024 * 1024:
+        for _ in range(100):
+            client.protocol.sendPing(b"p" * 125)
+        sent += 100 * 131
+        await deferLater(reactor, 0, lambda: None)  # a reactor turn: the daemon reads them
+    assert len(seen) == 1, f"still read after {sent} bytes of pings"
+    limit = 64 * 1024 + UNSENT_MARGIN
+    assert limit < seen[0] <= limit + 65536, "at most one read's pongs beyond the limit"
+    await daemon.until(lambda: daemon.service.presence.get("user1") is None, 10, "the socket closed")
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    client.protocol.transport.resumeProducing()
+    await client.close_code(timeout=10)
 
 
 @pytest_twisted.ensureDeferred

@@ -59,6 +59,10 @@ from redmessenger.transport.sockets import Corks
 
 JAVASCRIPT = b"application/javascript; charset=utf-8"
 
+#: Bytes a socket may hold unread beyond its max_pending_bytes (pongs, replies) before a client that still sends
+#: is closed as too slow: a client that reads slowly meets max_pending_bytes first.
+UNSENT_MARGIN = 1024 * 1024
+
 #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -174,6 +178,7 @@ class RedMessengerService(OrderedServices):
             allowed_origins=config.allowed_origins,
             limit=self.limit,
             corks=self.corks,
+            max_unsent_bytes=config.max_pending_bytes + UNSENT_MARGIN,
             **websocket_options(config),
         )
         #: pass_sockets: the way to pass a socket to its user's owner on this host, and this daemon's side of it.

@@ -41,6 +41,7 @@ from twisted.internet.tcp import Server
 from twisted.web.server import Request
 
 from redmessenger.logs import make_logger
+from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.transport.frames import (
     PONG,
     close_reason,
@@ -64,8 +65,13 @@ class _Switch:
 
 SWITCH = _Switch()
 
-#: send_now reads these attributes of Twisted's TCP transport.
-_SERVER_INTERNALS = ("TLS", "dataBuffer", "_tempDataLen", "disconnecting", "_writeDisconnected", "writeSomeData")
+#: send_now and unsent_bytes read these attributes of Twisted's TCP transport.
+_SERVER_INTERNALS = ("TLS", "dataBuffer", "offset", "_tempDataLen", "disconnecting", "_writeDisconnected", "writeSomeData")
+
+#: Bytes written to a socket and not yet taken by the kernel past which a client that sends something is closed
+#: as too slow (4413): it asks for more (pongs, replies) than it reads.  Set per factory (``max_unsent_bytes``)
+#: above the sockets' ``max_pending_bytes``, so that a client that merely reads slowly meets that limit first.
+DEFAULT_MAX_UNSENT_BYTES = 9 * 1024 * 1024
 
 
 def send_now(transport: Any, data: bytes) -> None:
@@ -93,6 +99,23 @@ def send_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def unsent_bytes(transport: Any) -> int:
+    """
+    What Twisted holds of a socket's writes because the kernel's buffer is
+    full (for TLS, of the TCP transport under it); 0 for any other transport.
+    """
+    if type(transport) is not Server:
+        transport = getattr(transport, "transport", None)  # TLS: the TCP transport it writes to
+        if type(transport) is not Server:
+            return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def backed_up_error(unsent: int) -> ClientError:
+    """What a client is told when it sends while ``unsent`` bytes written to it wait unread (LeanServerProtocol.backed_up)."""
+    return ClientError(CloseCode.TOO_SLOW, f"too slow: it sends while {unsent} bytes sent to it wait unread")
 
 
 class _FactoryOption:
@@ -200,6 +223,12 @@ class LeanServerProtocol(WebSocketServerProtocol):
         raise NotImplementedError
 
     def dataReceived(self, data: bytes) -> None:
+        unsent = unsent_bytes(self.transport)
+        if unsent and unsent > getattr(self.factory, "max_unsent_bytes", DEFAULT_MAX_UNSENT_BYTES):
+            # It sends (pings, requests, forged pongs) and does not read what that made us write: left
+            # alone, it would grow the daemon's memory as fast as it can send.
+            self.backed_up(unsent)
+            return
         read_so_far = self.read_so_far
         if read_so_far is not None:
             read_so_far += data
@@ -223,6 +252,18 @@ class LeanServerProtocol(WebSocketServerProtocol):
                         self.small_text(payload)
                 return
         super().dataReceived(data)
+
+    def backed_up(self, unsent: int) -> None:
+        """
+        The client sent something while more than ``max_unsent_bytes`` written to it wait unread: closed as too
+        slow (4413), what it sent is not read.  If it is already closing, its connection is dropped at once.
+        """
+        if self.state != self.STATE_OPEN:
+            self.dropConnection(abort=True)
+            return
+        error = backed_up_error(unsent)
+        log.info("Closing {peer}: {error}", peer=self.peer, error=error)
+        self.close_with(error.code, error.reason)
 
     def takes_small_text(self, payload: bytes) -> bool:
         """Whether :meth:`small_text` handles this payload (checked for a whole read before any is handled)."""

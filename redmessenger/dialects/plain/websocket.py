@@ -20,6 +20,7 @@ Protocol (also in ``docs/protocol.md``):
 from __future__ import annotations
 
 from collections.abc import Callable
+from secrets import randbits
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -36,7 +37,7 @@ from redmessenger.dialects.plain.acks import AckLedger
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.transport.fastpath import LeanServerProtocol
+from redmessenger.transport.fastpath import DEFAULT_MAX_UNSENT_BYTES, LeanServerProtocol, backed_up_error
 from redmessenger.transport.frames import text_frame
 from redmessenger.transport.passing import Outcome, Sender, let_go, passable
 from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
@@ -73,10 +74,9 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         super().__init__()
         self._session: ClientSession | None = None
         self._peer_text = "?"
-        # Pings sent and not answered yet: (sequence number, sent at, waiter).
+        # Pings sent and not answered yet, oldest first: (token, sent at, waiter).
         # A list: rarely more than two, and an empty deque costs 760 bytes a socket.
         self._pings: list[tuple[int, float, Deferred[bool] | None]] = []
-        self._ping_sequence = 0
         #: When the last ping the client answered was sent (keep_alive spares a socket that answered lately).
         self._answered_at = 0.0
         #: A conn_limit slot taken at the handshake, given back in onClose.
@@ -204,6 +204,13 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         else:  # on its way to another process, which will answer for it; if it stays, closed then
             self._close_asked = (code, reason)
 
+    def backed_up(self, unsent: int) -> None:
+        session = self._session
+        if session is None or session.refused or self.state != self.STATE_OPEN:
+            super().backed_up(unsent)
+        else:
+            session.refuse(backed_up_error(unsent))  # logged and counted as every refusal, then closed (4413)
+
     def onPing(self, payload: bytes) -> None:
         if self._held is None:  # else read behind the identifier: the owner reads it again, and answers it
             super().onPing(payload)
@@ -211,14 +218,22 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     # -- pings -----------------------------------------------------------------------
 
     def _send_ping(self, waiter: Deferred[bool] | None) -> None:
-        self._ping_sequence += 1
-        self._pings.append((self._ping_sequence, self.factory.clock.seconds(), waiter))
-        self.send_ping_token(self._ping_sequence)
+        # A token the client cannot guess: only a client that read the ping (and so every frame before it)
+        # can answer it, and only such an answer confirms what those frames carried.
+        token = randbits(64)
+        self._pings.append((token, self.factory.clock.seconds(), waiter))
+        self.send_ping_token(token)
 
     def pong_received(self, token: int) -> None:
         pings = self._pings
-        while pings and pings[0][0] <= token:
-            _, self._answered_at, waiter = pings.pop(0)
+        for answered, (sent, _, _) in enumerate(pings, 1):
+            if sent == token:
+                break
+        else:
+            return  # not an answer to a ping of ours (RFC 6455 lets a client send pongs unasked): it confirms nothing
+        # The pings before it were read too: a client may answer only the latest of several (RFC 6455, 5.5.3).
+        self._pings = pings[answered:]
+        for _, self._answered_at, waiter in pings[:answered]:
             if waiter is not None:
                 waiter.callback(True)
 
@@ -372,9 +387,12 @@ class PlainWebSocketFactory(WebSocketServerFactory):
         allowed_origins: tuple[str, ...] = ("*",),
         limit: ConnectionLimit | None = None,
         corks: Corks | None = None,
+        max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES,
         **options: Any,
     ) -> None:
         super().__init__()
+        #: A client that sends while more than this written to it waits unread is closed as too slow (4413).
+        self.max_unsent_bytes = max_unsent_bytes
         self.hub = hub
         self.clock = clock
         self.route = route

@@ -52,6 +52,9 @@ def websocket_options(config: Config) -> dict[str, Any]:
         "openHandshakeTimeout": 10,
         "closeHandshakeTimeout": 5,
         "tcpNoDelay": True,
+        # Origin: null (sandboxed iframes, file:// pages) is decided by allowed_origins, as any other origin;
+        # Autobahn would refuse it with a 400 whatever the configuration.
+        "allowNullOrigin": True,
         # send the close frame (1009, 1007...) before dropping, so the client learns why
         "failByDrop": False,
     }

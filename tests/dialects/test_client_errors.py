@@ -166,6 +166,19 @@ async def test_disallowed_origin_is_refused_with_403(daemon_factory):
     daemon = await daemon_factory(allowed_origins=["https://app.example.com"])
     assert await handshake_status(daemon.url, origin="https://evil.example.net") == 403
     assert await handshake_status(daemon.url, origin="https://app.example.com") == 101
+    assert await handshake_status(daemon.url) == 101, "no Origin: not a browser, let in"
+    assert await handshake_status(daemon.url, origin="null") == 403, "a sandboxed or file:// page: not listed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_null_origin_is_an_origin_like_any_other(daemon_factory):
+    """Sandboxed iframes and file:// pages send ``Origin: null`` (Chrome: ``file://``): let in by ``*``, or if listed."""
+    anyone = await daemon_factory()
+    for origin in ("null", "file://"):
+        assert await handshake_status(anyone.url, origin=origin) == 101, origin
+    listed = await daemon_factory(allowed_origins=["https://app.example.com", "null"])
+    assert await handshake_status(listed.url, origin="null") == 101
+    assert await handshake_status(listed.url, origin="https://evil.example.net") == 403
 
 
 # -- secure_mode -------------------------------------------------------------------------

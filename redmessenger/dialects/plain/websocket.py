@@ -262,7 +262,7 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         self._peer_text = peer_text(self.transport)
         if request.path != self.factory.route:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no WebSocket at {request.path}")
-        if not self.factory.origins.allows(request.origin):
+        if not self.factory.origins.allows(request.origin or None):  # Autobahn gives "" for no Origin header
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         # conn_limit counts every dialect together (redmessenger.core.admission)
         if not self.factory.limit.acquire():

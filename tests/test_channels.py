@@ -167,6 +167,32 @@ async def test_unsubscribe_stops_that_channel_for_that_socket_only(daemon_factor
 
 
 @pytest_twisted.ensureDeferred
+async def test_subscribing_and_unsubscribing_in_a_loop_asks_the_application_only_so_often(daemon_factory, app):
+    """
+    A cancelled request stays in the application's stream until its deadline: a client churning subscribe and
+    unsubscribe gets rate_limited past MAX_ASKING of them, and the application is asked no more than that.
+    """
+    from redmessenger.core.channels import MAX_ASKING
+
+    asked: list[str] = []
+    app(lambda request: asked.append(request["channel"]))  # never answers
+    daemon = await daemon_factory(subscription_timeout=30)
+    churner = await session(daemon, "u1")
+    rounds = 3 * MAX_ASKING
+    for _ in range(rounds):
+        churner.ref += 2
+        churner.client.send(json.dumps({"type": "subscribe", "ref": churner.ref - 1, "channel": "churn"}))
+        churner.client.send(json.dumps({"type": "unsubscribe", "ref": churner.ref, "channel": "churn"}))
+    await churner.pump(lambda: len(churner.replies) == 2 * rounds)
+    outcomes = [churner.replies[ref]["ok"] or error(churner.replies[ref]) for ref in range(1, 2 * rounds + 1, 2)]
+    assert outcomes == ["cancelled"] * MAX_ASKING + ["rate_limited"] * (rounds - MAX_ASKING)
+    other = await session(daemon, "u2")
+    other.client.send(json.dumps({"type": "subscribe", "ref": 1, "channel": "fence"}))
+    await daemon.until(lambda: "fence" in asked, 10, "another client's request reaching the application")
+    assert asked == ["churn"] * MAX_ASKING + ["fence"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_public_key_is_checked_when_configured(daemon_factory):
     daemon = await daemon_factory(public_key="pk-123")
     for given in (None, "wrong", 5):

@@ -97,8 +97,11 @@ class Channels:
         self._readers: dict[str, dict[Attachment, None]] = {}
         #: (attachment, channel) -> its request to the application, while under way.
         self._asking: dict[tuple[Attachment, str], Deferred[Answer]] = {}
-        #: Requests under way per connection (at most MAX_ASKING each).
+        #: Requests under way per connection (at most MAX_ASKING each, with the cancelled ones below).
         self._asking_of: dict[Attachment, int] = {}
+        #: The deadlines of requests a connection cancelled (unsubscribed before the answer): they count against
+        #: its MAX_ASKING until then, as their entries stay in the application's stream.
+        self._cancelled: dict[Attachment, list[float]] = {}
         self._rates: dict[Attachment, Rate] = {}
         #: client_id -> attachment, for the connections that have one (to leave the sender out).
         self._clients: dict[str, Attachment] = {}
@@ -153,8 +156,8 @@ class Channels:
                 raise RequestError(rules.INVALID_REQUEST, f"'client_auth' must be a string of at most {rules.MAX_CLIENT_AUTH} characters")
             if (attachment, name) in self._asking or (attachment.channels and name in attachment.channels):
                 raise RequestError(rules.ALREADY_SUBSCRIBED, f"already subscribed (or asking) to {name}")
-            if grant is None and self._asking_of.get(attachment, 0) >= MAX_ASKING:
-                raise RequestError(rules.RATE_LIMITED, f"{MAX_ASKING} subscription requests are waiting for answers already")
+            if grant is None and self._asking_now(attachment, self._clock.seconds()) >= MAX_ASKING:
+                raise RequestError(rules.RATE_LIMITED, f"{MAX_ASKING} subscription requests are waiting for answers (or, cancelled, for their deadlines) already")
             if grant is not None:
                 return succeed(self._subscribe_with(attachment, name, grant))
         except RequestError as e:
@@ -208,6 +211,12 @@ class Channels:
         def done(result: object) -> object:
             if self._asking.get(key) is asked:
                 del self._asking[key]
+            if isinstance(result, Failure) and result.check(CancelledError):
+                # Unsubscribed before the answer: the request stays in the application's stream all the same, so
+                # it keeps its place among the connection's MAX_ASKING until its deadline.  Else a client
+                # subscribing and unsubscribing in a loop filled the stream, whose length is capped: other clients'
+                # requests were trimmed away unread, and denied.
+                self._cancelled.setdefault(attachment, []).append(request.deadline / 1000)
             count = self._asking_of.get(attachment, 1) - 1
             if count:
                 self._asking_of[attachment] = count
@@ -218,6 +227,15 @@ class Channels:
         asked.addBoth(done)  # first: the request is over before its outcome is read
         granted: Deferred[Subscribed] = asked.addCallbacks(answered, failed)
         return granted
+
+    def _asking_now(self, attachment: Attachment, now: float) -> int:
+        """The connection's requests that count against MAX_ASKING: under way, or cancelled before their deadline."""
+        cancelled = self._cancelled.get(attachment)
+        if cancelled is not None:
+            cancelled[:] = [deadline for deadline in cancelled if deadline > now]
+            if not cancelled:
+                del self._cancelled[attachment]
+        return self._asking_of.get(attachment, 0) + (len(cancelled) if cancelled else 0)
 
     def _denied(self, request: SubscriptionRequest, reason: str) -> None:
         self.counters.subscriptions_denied += 1
@@ -276,6 +294,7 @@ class Channels:
         if attachment in self._asking_of:
             for key in [key for key in self._asking if key[0] is attachment]:
                 self._asking.pop(key).cancel()
+        self._cancelled.pop(attachment, None)
         if attachment.channels:
             for name in attachment.channels:
                 self._stop_reading(attachment, name)

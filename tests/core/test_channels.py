@@ -135,6 +135,29 @@ def test_a_connection_may_have_only_so_many_requests_waiting(setup: Any) -> None
     assert not channels.subscribe(a, "one-more").called, "an answer frees a place"
 
 
+def test_a_request_cancelled_keeps_its_place_until_its_deadline(setup: Any) -> None:
+    """
+    Its entry stays in the application's stream, whose length is capped: subscribing and unsubscribing in a loop
+    must not let one connection add requests without end (other connections' would be trimmed away unread).
+    """
+    channels, app, clock = setup
+    a = attachment()
+    for i in range(100):
+        asked = channels.subscribe(a, "churn")
+        if asked.called:
+            assert outcome(asked)[0] == "rate_limited"
+            break
+        channels.unsubscribe(a, "churn")
+        assert outcome(asked)[0] == "cancelled"
+    assert len(app.asked) == MAX_ASKING, "no more than MAX_ASKING reached the application"
+    clock.advance(2.0)  # the requests' deadline (timeout=2.0)
+    again = channels.subscribe(a, "churn")
+    assert not again.called and len(app.asked) == MAX_ASKING + 1, "past their deadline, their places are free"
+    channels.drop(a)
+    assert outcome(again)[0] == "cancelled"
+    assert not channels._cancelled, "nothing kept for a connection gone"
+
+
 def test_redis_away_is_unavailable_not_a_denial(setup: Any) -> None:
     channels, app, clock = setup
     d = channels.subscribe(attachment(), "c")

@@ -108,6 +108,33 @@ async def test_a_socket_that_stops_reading_is_given_up_and_loses_nothing(daemon_
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_socket_is_given_up_by_the_bytes_it_is_sent_escapes_included(daemon_factory, redis):
+    """
+    max_pending_bytes counts what the socket is sent: a payload of control characters is six bytes a character in
+    its frame, so a socket that reads nothing is given up after about a sixth as many of them as of plain text.
+    """
+    limit = 64 * 1024
+    daemon = await daemon_factory(max_pending_bytes=limit)
+    client = await daemon.client("user1")
+    await daemon.idle()
+    client.protocol.transport.pauseProducing()
+    attachment = daemon.service.presence.get("user1").attachments[0]
+    total, peak = 100, 0
+    for i in range(total):
+        publish(redis, "rm.users.user1", f"{i:03d}" + "\x01" * 1000)
+        await daemon.until(lambda: daemon.service.hub.counters.published > i, what="the daemon reading")
+        peak = max(peak, sum(len(sent.message.envelope_json(sent.bubble)) for sent in attachment.unconfirmed))
+    frame = len(attachment.unconfirmed[0].message.envelope_json(True)) if attachment.unconfirmed else 6000
+    assert 0 < peak <= limit + frame, "never more sent and unconfirmed than the limit and one message"
+    await daemon.until(lambda: redis.llen(QUEUE.format("user1")) == total, 10, "everything queued")
+    queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format("user1"), 0, -1)]
+    assert queued == [f"{i:03d}" for i in range(total)], "in order, none lost, none twice"
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    client.protocol.transport.resumeProducing()
+    await client.close_code(timeout=10)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_pong_to_no_ping_of_ours_confirms_nothing(daemon_factory, redis):
     """
     A client that reads nothing and answers pings it never read (a pong with a token it guessed: the largest

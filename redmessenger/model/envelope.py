@@ -68,8 +68,10 @@ class Message:
         self.source = source
         self.timestamp = timestamp
         self.payload = payload
-        #: About what the message costs to hold for a socket, in bytes: its payload and an envelope's overhead.
-        self.weight = len(payload) + ENVELOPE_OVERHEAD
+        #: About what the message costs to hold for a socket, in bytes: what its frame carries (the payload
+        #: escaped as JSON, in UTF-8: a control character is six bytes) and an envelope's overhead.
+        quoted = _quote(payload)  # its two quotes are the envelope's: plain text weighs len(payload) + overhead
+        self.weight = (len(quoted) if quoted.isascii() else len(quoted.encode("utf-8"))) - 2 + ENVELOPE_OVERHEAD
         #: Read from the durable intake: told when each recipient's copy is safe (redmessenger.core.intake).
         self.ticket: Ticket | None = None
         #: A client's publish on a channel (SPEC §7.4): who sent it; None for what the application published.
@@ -82,6 +84,13 @@ class Message:
     def envelope_json(self, bubble: bool) -> bytes:
         """The envelope as UTF-8 JSON, computed once per value of ``bubble``."""
         return self.encoded(_JSON_KEYS[bubble], _envelope_json, self, bubble)
+
+    def envelope_json_uncached(self, bubble: bool) -> bytes:
+        """
+        The same, built anew: for a dialect that caches a frame made of it, so
+        that the message does not hold the envelope and the frame both.
+        """
+        return self._encodings.get(_JSON_KEYS[bubble]) or _envelope_json(self, bubble)
 
     def queue_entry(self) -> bytes:
         """The entry kept in ``rm:users:$uid:messages`` while the user is away."""

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from redmessenger.model.envelope import (
+    ENVELOPE_OVERHEAD,
     Message,
     UnreadableEntry,
     URIError,
@@ -46,6 +47,14 @@ def test_envelope_json_is_built_once_per_bubble_value() -> None:
     assert json.loads(first) == {"id": "run.1", "source": "rm.users.u", "timestamp": 12, "bubble": True, "payload": "007"}
     assert json.loads(message.envelope_json(False))["bubble"] is False
     assert message.queue_entry() is message.queue_entry()
+
+
+@pytest.mark.parametrize("payload", ["plain text", "\x01" * 1000, "é" * 1000, "😀" * 1000, 'quote " and \\ back'])
+def test_a_message_weighs_at_least_what_its_frame_carries(payload: str) -> None:
+    """The budget (max_pending_bytes) counts bytes sent: escapes and UTF-8 included (a control character is six)."""
+    message = Message("rm.users.u", 1, payload, "id-1")
+    carried = len(message.envelope_json(True))
+    assert carried <= message.weight <= carried + ENVELOPE_OVERHEAD
 
 
 def test_queue_entries_round_trip_and_keep_source_and_timestamp() -> None:

@@ -140,4 +140,5 @@ def welcome(uid: str | None) -> bytes:
 
 def message_frame_payload(message: Message, bubble: bool) -> bytes:
     """The envelope with ``"type":"message"`` first: built once per message and bubble value, shared."""
-    return b'{"type":"message",' + message.envelope_json(bubble)[1:]
+    envelope = memoryview(message.envelope_json_uncached(bubble))  # cached as the frame, not twice
+    return b'{"type":"message",' + envelope[1:]

@@ -48,7 +48,7 @@ _V1_FRAME_KEYS = {True: ("ws1", True), False: ("ws1", False)}
 
 
 def _frame_of(message: Message, bubble: bool) -> bytes:
-    return text_frame(message.envelope_json(bubble))
+    return text_frame(message.envelope_json_uncached(bubble))  # cached as the frame, not twice
 
 
 def _v1_frame_of(message: Message, bubble: bool) -> bytes:

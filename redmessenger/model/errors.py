@@ -18,6 +18,7 @@ class CloseCode(IntEnum):
 
     GOING_AWAY = 1001  # the daemon is shutting down: reconnect (elsewhere)
     UNSUPPORTED_DATA = 1003  # a binary frame: identifiers are text
+    INVALID_PAYLOAD = 1007  # a text frame that is not UTF-8 (Autobahn's own close, and the fast path's)
     MESSAGE_TOO_BIG = 1009  # a frame larger than max_frame_bytes (sent by Autobahn itself)
     TRY_AGAIN_LATER = 1013  # Redis is unreachable: the identity could not be checked
     INVALID_IDENTIFIER = 4400  # the uid is empty, too long or has characters outside [A-Za-z0-9_.@-]

@@ -181,6 +181,15 @@ async def test_binary_is_refused_on_a_version_1_session(daemon, redis):
     assert (await client.close_code())[0] == CloseCode.UNSUPPORTED_DATA
 
 
+@pytest.mark.parametrize("frame", [b'{"type":"ack","id":"\xff"}', b'{"type": "ack", "id": "\xff"}'], ids=["fast", "json"])
+@pytest_twisted.ensureDeferred
+async def test_a_text_frame_that_is_not_utf8_is_closed_with_1007_whichever_path_reads_it(daemon, redis, frame):
+    """A compact ack is read by the fast path, anything else by Autobahn: the client is told the same."""
+    client = await v1_client(daemon)
+    client.protocol.sendMessage(frame, isBinary=False)
+    assert (await client.close_code())[0] == 1007
+
+
 @pytest_twisted.ensureDeferred
 async def test_two_identical_queue_entries_sharing_an_id_are_acked_without_harm(daemon, redis):
     """Two byte-identical entries without an id share the derived one; acking it used to drop the socket (KeyError)."""

@@ -338,7 +338,8 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            session.refuse(ClientError(CloseCode.BAD_FRAME, "not UTF-8"))
+            # As Autobahn closes any other text frame that is not UTF-8 (this one was read by the fast path).
+            session.refuse(ClientError(CloseCode.INVALID_PAYLOAD, "encountered invalid UTF-8 in a text frame"))
             return
         self._on_frame(session, text)
 

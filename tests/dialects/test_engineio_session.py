@@ -24,12 +24,17 @@ class Handler:
         self.session = session
         self.messages: list[str] = []
         self.closed: list[str] = []
+        self.backed_up: list[int] = []
 
     def on_open(self) -> None:
         pass
 
     def on_message(self, data: str) -> None:
         self.messages.append(data)
+
+    def on_backed_up(self, unread: int) -> None:
+        self.backed_up.append(unread)
+        self.session.drop_buffered()
 
     def on_close(self, reason: str) -> None:
         self.closed.append(reason)
@@ -101,21 +106,90 @@ def test_v4_heartbeat_pings_and_times_out_a_silent_client():
     assert server.limit.in_use == 0 and len(server) == 0
 
 
-def test_v3_heartbeat_is_the_clients_and_any_packet_keeps_the_session():
+def test_v3_heartbeat_is_the_clients_and_only_a_poll_keeps_a_polling_session():
     clock, server, session = make(3)
     poll = Poll()
     session.poll(poll)
     assert poll.answers[0].startswith(b"9") and b':0{"sid"' in poll.answers[0]
     clock.advance(40)
     session.receive([Packet(PacketType.PING)])
-    clock.advance(40)
-    assert session.state is State.OPEN
     second = Poll()
     session.poll(second)
     assert second.answers == [b"1:3"]
-    clock.advance(45.1)
+    clock.advance(40)
+    assert session.state is State.OPEN, "the poll at 40 s kept it"
+    session.receive([Packet(PacketType.PING)])  # posted, never fetched: keeps nothing
+    clock.advance(5.1)
     assert session.state is State.CLOSED and session.close_reason == "ping timeout"
     assert not clock.getDelayedCalls()
+
+
+def test_v3_on_a_websocket_any_packet_keeps_the_session():
+    clock, server, session = make(3, ws := FakeWebSocket())
+    clock.advance(40)
+    session.websocket_packet(ws, Packet(PacketType.PING))
+    clock.advance(40)
+    assert session.state is State.OPEN and ws.written[1:] == ["3"]
+    clock.advance(5.1)
+    assert session.state is State.CLOSED and session.close_reason == "ping timeout"
+
+
+def test_v3_at_most_one_pong_waits_for_a_poll():
+    """The reviewer's probe: posts of pings, no GET; one pong answers them all, the next poll's pings get theirs."""
+    clock, server, session = make(3)
+    session.poll(Poll())  # the handshake
+    for _ in range(3):
+        session.receive([Packet(PacketType.PING)] * 1000)
+    assert [packet.text for packet in session._buffer] == ["3"] and session._buffered == 1
+    poll = Poll()
+    session.poll(poll)
+    assert poll.answers == [b"1:3"]
+    session.receive([Packet(PacketType.PING, "x"), Packet(PacketType.PING)])
+    session.poll(poll := Poll())
+    assert poll.answers == [b"2:3x"]
+    session.poll(poll := Poll())
+    session.receive([Packet(PacketType.PING)])
+    assert poll.answers == [b"1:3"], "a pending poll takes each pong at once"
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_v4_a_ping_from_the_client_ends_the_session_as_engineio_does(transport):
+    """Revision 4's heartbeat is the server's: engine.io closes a session whose client pings ("invalid heartbeat direction")."""
+    ws = FakeWebSocket() if transport == "websocket" else None
+    clock, server, session = make(4, ws)
+    pending = Poll()
+    if ws is None:
+        session.poll(Poll())
+        session.poll(pending)
+        session.receive([Packet(PacketType.PING), Packet(PacketType.MESSAGE, "not read")])
+        assert pending.answers == [b"1"], "no pong: the close packet"
+    else:
+        session.websocket_packet(ws, Packet(PacketType.PING))
+        assert ws.closed == (1002, "invalid heartbeat direction") and len(ws.written) == 1
+    assert session.state is State.CLOSED and session.close_reason == "invalid heartbeat direction"
+    assert handler(session).messages == [] and server.limit.in_use == 0 and not clock.getDelayedCalls()
+
+
+def test_v4_only_a_pong_to_a_ping_the_client_was_sent_keeps_a_polling_session():
+    clock, server, session = make(4)
+    session.poll(Poll())  # the handshake; the client polls no more
+    session.receive([Packet(PacketType.PONG)])  # no ping sent yet: nothing to answer
+    clock.advance(SETTINGS.ping_interval)  # the heartbeat's ping, buffered: never fetched
+    assert [packet.text for packet in session._buffer] == ["2"]
+    session.receive([Packet(PacketType.PONG)] * 3)  # blind pongs
+    assert session._pings, "still waiting for the pong to the ping in the buffer"
+    clock.advance(SETTINGS.ping_timeout)
+    assert session.state is State.CLOSED and session.close_reason == "ping timeout"
+
+    clock, server, session = make(4)
+    session.poll(Poll())
+    session.poll(pending := Poll())
+    clock.advance(SETTINGS.ping_interval)
+    assert pending.answers == [b"2"]
+    session.receive([Packet(PacketType.PONG)])  # the answer to the ping it fetched
+    clock.advance(SETTINGS.ping_timeout)
+    assert session.state is State.OPEN and not session._pings
+    session.abort("test")
 
 
 def test_v3_polls_of_a_client_with_xhr2_are_answered_with_binary_payloads():

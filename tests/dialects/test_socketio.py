@@ -514,11 +514,18 @@ async def test_a_page_frozen_in_the_back_forward_cache_confirms_nothing(daemon_f
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 @pytest_twisted.ensureDeferred
 async def test_a_frozen_client_is_given_up_past_max_pending_bytes_and_loses_nothing(daemon_factory, redis, clients, transport):
-    """Issue 13, item 2, on Socket.IO: a session whose client stopped reading is ended; its messages are queued in order."""
+    """
+    Issue 13, item 2, on Socket.IO: a session whose client stopped reading is given up;
+    its messages are queued in order.  A WebSocket closes at once; a polling session
+    keeps only the report for the client's next poll, and ends after it.
+    """
+    from redmessenger.dialects.engineio.session import State
+
     daemon = await daemon_factory(max_pending_bytes=64 * 1024)
     client = node_client(rm_url(daemon), "user1", generation="v4", transports=[transport])
     clients.append(client)
     await wait_until(lambda: attached(daemon, "user1") == 1, 10, "user1 online")
+    (session,) = daemon.service.socketio.engine.sessions()
     await daemon.idle()
     client.freeze()
     for i in range(150):
@@ -527,15 +534,65 @@ async def test_a_frozen_client_is_given_up_past_max_pending_bytes_and_loses_noth
     queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format("user1"), 0, -1)]
     assert queued == [f"{i:03d}" for i in range(150)]
     assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
-    assert len(daemon.service.socketio.engine) == 0, "the session ended at once"
+    assert attached(daemon, "user1") == 0, "given up at once"
+    if transport == "websocket":
+        assert session.state is State.CLOSED, "the session ended at once"
+    else:
+        assert [packet.text[:25] for packet in session._buffer] == ['42/rm,["error",{"code":44'], "only the report waits"
     client.thaw()
+    if transport == "polling":
+        (error,) = await client.expect("error")
+        assert error["data"]["code"] == 4413
+        await wait_until(lambda: session.state is State.CLOSED, 10, "the session ended after the report")
+    assert session.close_reason == "too_slow"
 
 
-def test_a_refused_client_cannot_connect_again() -> None:
-    """Refused clients get nothing more: not even by connecting to the namespace a second time."""
+@pytest.mark.parametrize("generation", ["v4", "v2"])
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_client_closed_as_too_slow_is_told_and_reconnects(daemon_factory, redis, clients, generation, transport, monkeypatch):
+    """
+    A client that reads but never confirms (its confirmations held here) is given up past
+    ``max_pending_bytes``: it gets the error object (over polling, with its next poll), then
+    its session ends as a transient close would, not as a server disconnect; it reconnects
+    by itself and gets from the queue, in order, everything it did not confirm.
+    """
+    from twisted.internet.defer import Deferred
 
+    from redmessenger.dialects.socketio.connection import SocketIOConnection
+
+    frozen: set[Any] = set()  # the sessions whose confirmations never come
+    confirm = SocketIOConnection.confirm
+    monkeypatch.setattr(SocketIOConnection, "confirm", lambda c: Deferred() if c._session in frozen else confirm(c))
+    daemon = await daemon_factory(max_pending_bytes=64 * 1024)
+    client = node_client(rm_url(daemon), "user1", generation=generation, transports=[transport])
+    clients.append(client)
+    await wait_until(lambda: attached(daemon, "user1") == 1, 10, "user1 online")
+    frozen.update(daemon.service.socketio.engine.sessions())
+    sent = [f"{i:03d}" + "z" * 1000 for i in range(100)]
+    for text in sent:
+        publish(redis, "rm.users.user1", text)
+    (error,) = await client.expect("error")
+    assert error["data"]["code"] == 4413 and error["data"]["name"] == "TOO_SLOW"
+    assert "bytes sent and not confirmed (limit 65536;" in error["data"]["message"]
+    (disconnect,) = await client.expect("disconnect")
+    assert disconnect["reason"] == "transport close", "not a server disconnect: the client reconnects"
+    await client.expect("reconnect_attempt")
+    told = [e["event"] for e in client.events if e["event"] in ("error", "disconnect", "reconnect_attempt")]
+    assert told[:3] == ["error", "disconnect", "reconnect_attempt"], "the report first"
+    await client.until(lambda: len(client.messages()) >= len(sent) and payloads(client.messages())[-1] == sent[-1], "the queue")
+    got = payloads(client.messages())
+    before = len(got) - len(sent)
+    assert got[before:] == sent and got[:before] == sent[:before], "what it read, then everything again, in order"
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    await daemon.idle()
+    await wait_until(lambda: not redis.exists(QUEUE.format("user1")), 5, "the queue confirmed by the new session")
+    assert len(client.of("error")) == 1
+
+
+def memory_session() -> tuple[Any, Any, Any]:
+    """A Socket.IO server on the core in memory (a Clock for time): its clock, its hub, and a polling session on it."""
     from redmessenger.dialects.engineio.contract import EngineSettings
-    from redmessenger.model.envelope import Message
     from redmessenger.core.admission import ConnectionLimit
     from redmessenger.dialects.socketio.server import SocketIOServer
 
@@ -557,7 +614,14 @@ def test_a_refused_client_cannot_connect_again() -> None:
         websocket_options={},
     )
     assert server.engine.reserve()
-    session = server.engine.open_session(4, "127.0.0.1:1")
+    return clock, hub, server.engine.open_session(4, "127.0.0.1:1")
+
+
+def test_a_refused_client_cannot_connect_again() -> None:
+    """Refused clients get nothing more: not even by connecting to the namespace a second time."""
+    from redmessenger.model.envelope import Message
+
+    clock, hub, session = memory_session()
     connection = session.handler
     connection.on_message("0/rm,")
     assert connection.writable
@@ -566,3 +630,17 @@ def test_a_refused_client_cannot_connect_again() -> None:
     assert not connection.writable
     assert not connection.send_message(Message("rm.users.user1", 1, "too late", "run.1"), True)
     assert hub.counters.refused == {"IDENTIFY_TIMEOUT": 1}
+
+
+def test_a_refused_session_given_up_as_too_slow_ends_at_once() -> None:
+    """Its report and its close were dropped with what waited for the client's polls: nothing else would end it."""
+    from redmessenger.dialects.engineio.session import State
+    from redmessenger.model.errors import ClientError, CloseCode
+
+    clock, hub, session = memory_session()
+    session.handler.on_message("0/rm,")
+    clock.advance(1.0)  # no identifier in time: refused, the report waiting for a poll
+    assert session.is_open and len(session._buffer) == 4, "open packet, connect, report, disconnect"
+    session.handler.abandon(ClientError(CloseCode.TOO_SLOW, "too slow: it sends while 9437185 bytes sent to it wait unread"))
+    assert session.state is State.CLOSED and session.close_reason == "too_slow"
+    assert hub.counters.refused == {"IDENTIFY_TIMEOUT": 1}, "refused once"

@@ -14,7 +14,9 @@ The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=
    one payload; ``POST ?sid=`` carries the client's packets and is answered ``ok``.
    One GET at a time: a second one is refused with 400 and ends the session.  A
    pending GET whose connection drops ends the session (the client is gone).
-   With revision 3, ``j=N`` asks for JSONP.
+   With revision 3, ``j=N`` asks for JSONP.  A client that posts while more than
+   ``max_buffered_bytes`` wait for its polls is too slow: the layer above ends the
+   session (Socket.IO: 4413, as the core gives up a slow socket).
 3. **Upgrade.**  The client opens a WebSocket with its ``sid`` and sends ``2probe``;
    the server answers ``3probe`` and releases the pending GET with a ``6`` (noop),
    as it answers at once any GET that comes until the upgrade;
@@ -22,8 +24,11 @@ The protocol as this server speaks it (path ``/socket.io/``; ``EIO=3`` or ``EIO=
    starting with whatever was buffered.  No ``5`` within ``upgrade_timeout`` closes
    the probe; the session stays on polling.
 4. **Heartbeat.**  Revision 4: the server sends ``2`` every ``pingInterval`` and
-   expects ``3`` within ``pingTimeout``.  Revision 3: the client sends ``2`` every
-   ``pingInterval``, the server answers ``3``, and a session that sends nothing for
+   expects ``3`` within ``pingTimeout``; only a pong to a ping the client was sent
+   counts, and a ping from the client ends the session, as engine.io ends it
+   ("invalid heartbeat direction").  Revision 3: the client sends ``2`` every
+   ``pingInterval``, the server answers ``3`` (at most one pong waits for a poll), and
+   a session that does not poll (on a WebSocket: sends nothing) for
    ``pingInterval + pingTimeout`` is over.  Either way a silent client is timed out.
 5. **Close.**  ``1`` from the client, a heartbeat timeout, a lost transport or a
    protocol error ends the session; the server ends one by sending ``1`` (polling)

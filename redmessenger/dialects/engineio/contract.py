@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from redmessenger.dialects.engineio.codec import EncodedPacket
+from redmessenger.transport.fastpath import DEFAULT_MAX_UNSENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class EngineSettings:
     upgrade_timeout: float = 10.0
     #: Largest poll response, in bytes: a long queue goes out over several polls.
     max_poll_bytes: int = 1 << 20
+    #: Bytes waiting for a poll (UTF-8) past which a client that sends something is too slow (4413): it asks
+    #: for more (pongs, replies) than it reads.  As a WebSocket's ``max_unsent_bytes``: above ``max_pending_bytes``.
+    max_buffered_bytes: int = DEFAULT_MAX_UNSENT_BYTES
 
 
 class EngineError(Exception):
@@ -52,6 +56,12 @@ class SessionHandler(Protocol):
 
     def on_message(self, data: str) -> None:
         """A message packet from the client."""
+
+    def on_backed_up(self, unread: int) -> None:
+        """
+        The client sent something while ``unread`` bytes (more than ``max_buffered_bytes``) waited for its
+        polls: it is too slow, and the handler ends the session (after :meth:`Session.drop_buffered`).
+        """
 
     def on_close(self, reason: str) -> None:
         """The session ended; confirmations still awaited fail right after this call."""

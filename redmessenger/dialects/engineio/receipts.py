@@ -11,7 +11,8 @@ revision 4: the pong to an Engine.IO ping (the page's JavaScript answers it, a p
 frozen in the back/forward cache does not); revision 3, which has no ping the server
 can send: a WebSocket ping's pong (which a browser answers by itself, the documented
 limit).  Packets still buffered when a session ends were never delivered: the core
-keeps the messages among them (they were never confirmed).
+keeps the messages among them (they were never confirmed).  So were the ones dropped
+for a client too far behind (:meth:`Receipts.withdraw`): never counted as sent.
 """
 
 from __future__ import annotations
@@ -59,6 +60,16 @@ class Receipts:
         while waiters and waiters[0][0] <= count:
             _target, waiter = waiters.popleft()
             waiter.callback(True)
+
+    def withdraw(self, count: int) -> None:
+        """The last ``count`` packets counted as sent were dropped unsent: what waits for any of them fires False."""
+        self.sent -= count
+        waiters = self._waiters
+        failed: list[Deferred[bool]] = []
+        while waiters and waiters[-1][0] > self.sent:
+            failed.append(waiters.pop()[1])
+        for waiter in reversed(failed):
+            waiter.callback(False)
 
     def fail_all(self) -> None:
         """The session ended: what waits never gets its confirmation."""

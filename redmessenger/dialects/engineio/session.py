@@ -82,6 +82,10 @@ class Session:
         self._poll: PollRequest | None = None
         #: Packets waiting for a poll (or the upgrade); always empty once on a WebSocket.
         self._buffer: deque[EncodedPacket] = deque()
+        #: Their bytes (UTF-8), bounded by ``max_buffered_bytes`` whenever the client sends something.
+        self._buffered = 0
+        #: Revision 3: the count of packets sent up to the last pong; it waits in the buffer while past ``_written``.
+        self._pong_at = 0
         #: Packets counted twice: sent (written, or buffered for a poll), and confirmed by the client.
         self._receipts = Receipts()
         #: Revision 4: for each Engine.IO ping sent and not answered yet, the packets sent before it.
@@ -201,6 +205,10 @@ class Session:
             raise EngineError(400, EngineError.BAD_REQUEST, "Bad request: overlapping poll requests")
         # A client polls again only once it processed the previous response.
         self._receipts.confirm_upto(self._written)
+        if self.version < 4:
+            # Revision 3 with polling: what keeps the session (posts do not: a client that posts and
+            # never polls must not keep its slot, and what is buffered for it, for ever).
+            self._reset_timeout()
         self._poll = request
         if self._probe is not None and self._probed:
             # Told to stop polling: this GET only ends the polling transport (engine.io answers it too).
@@ -215,11 +223,37 @@ class Session:
             self._finish("poll connection lost", client_gone=True)
 
     def receive(self, packets: list[Packet]) -> None:
-        """Packets from a POST body."""
+        """
+        Packets from a POST body.  While more than ``max_buffered_bytes`` wait for the
+        client's polls, it asks for more than it reads: the handler is told (it ends the
+        session as too slow) and the rest of the body is not read.
+        """
+        limit = self._settings.max_buffered_bytes
         for packet in packets:
             if self.state is State.CLOSED:
                 return
+            if self._buffered > limit:
+                self.handler.on_backed_up(self._buffered)  # (logged as a refusal: too slow)
+                return
             self._on_packet(packet)
+
+    def drop_buffered(self) -> None:
+        """
+        Drop the packets waiting for a poll, unsent (a client too far behind, whose
+        messages the layer above has taken back): what waits for their confirmation
+        fires False; the pings among them are no longer awaited.
+        """
+        dropped = len(self._buffer)
+        if not dropped:
+            return
+        self._buffer.clear()
+        self._buffered = 0
+        self._pong_at = 0
+        receipts = self._receipts
+        receipts.withdraw(dropped)
+        pings = self._pings
+        while pings and pings[-1] > receipts.sent:
+            pings.pop()
 
     # -- WebSocket -------------------------------------------------------------------------
 
@@ -291,6 +325,7 @@ class Session:
             self._receipts.confirm_upto(self._written)
         self.log.debug("{peer}: session {sid} upgraded to WebSocket", peer=self.peer, sid=self.sid)
         buffered, self._buffer = self._buffer, deque()
+        self._buffered = 0
         for packet in buffered:
             websocket.write(packet)
         if self.state is State.CLOSING:
@@ -316,18 +351,25 @@ class Session:
     # -- packets -----------------------------------------------------------------------------
 
     def _on_packet(self, packet: Packet) -> None:
-        if self.version < 4:
-            self._reset_timeout()
+        if self.version < 4 and self._websocket is not None:
+            self._reset_timeout()  # (with polling, the next GET does)
         kind = packet.type
         if kind is PacketType.MESSAGE:
             self.handler.on_message(packet.data)
         elif kind is PacketType.PING:
-            # Revision 3's heartbeat (the client pings); answered in revision 4 too, harmlessly.
-            self._push(EncodedPacket.of(PacketType.PONG, packet.data) if packet.data else _PONG)
-        elif kind is PacketType.PONG:
             if self.version >= 4:
-                if self._pings:
-                    self._receipts.confirm_upto(min(self._pings.popleft(), self._written))
+                # The heartbeat is the server's: engine.io ends the session ("invalid heartbeat direction").
+                self.log.info("{peer}: a ping from the client in session {sid}; closing it", peer=self.peer, sid=self.sid)
+                self.abort("invalid heartbeat direction", code=1002)
+            elif self._pong_at <= self._written:
+                # Revision 3's heartbeat (the client pings).  At most one pong waits for a poll: it answers them all.
+                self._push(EncodedPacket.of(PacketType.PONG, packet.data) if packet.data else _PONG)
+                self._pong_at = self._receipts.sent
+        elif kind is PacketType.PONG:
+            pings = self._pings
+            # Only the answer to a ping the client was sent (not one still buffered) shows it is there.
+            if self.version >= 4 and pings and pings[0] <= self._written:
+                self._receipts.confirm_upto(pings.popleft())
                 self._cancel("_timeout_timer")
                 if self._ping_timer is None and self.state is not State.CLOSED:
                     self._ping_timer = self._clock.callLater(self._settings.ping_interval, self._ping)
@@ -371,6 +413,7 @@ class Session:
             self._receipts.sent += 1
             return True
         self._buffer.append(packet)
+        self._buffered += len(packet.utf8)
         self._receipts.sent += 1
         self._flush()
         return True
@@ -388,6 +431,7 @@ class Session:
         while buffer and (not taken or size + len(buffer[0].ascii if ascii else buffer[0].utf8) <= limit):
             packet = buffer.popleft()
             taken.append(packet)
+            self._buffered -= len(packet.utf8)
             size += len(packet.ascii if ascii else packet.utf8) + 8
         self._answer_poll(taken)
         if self.state is State.CLOSING and not buffer:
@@ -418,6 +462,7 @@ class Session:
             self._cancel(name)
         undelivered = len(self._buffer)
         self._buffer.clear()
+        self._buffered = 0
         if self._poll is not None:
             self._answer_poll([NOOP] if answer_noop else [CLOSE])
         for websocket in (self._websocket, self._probe):

@@ -24,8 +24,8 @@ Protocol (also in ``docs/protocol.md``), on top of Engine.IO (:mod:`redmessenger
   (``42/rm,["error",{...}]``), protocol 4 as an ERROR packet (``44/rm,{...}``),
   which the client emits as ``error`` too.  Then the server disconnects the
   namespace (``41/rm,``: the client does not reconnect) and ends the session.
-  ``TRY_AGAIN_LATER`` (Redis unreachable) ends the session without the disconnect
-  packet, so that the client reconnects by itself after its back-off.
+  ``TRY_AGAIN_LATER`` (Redis unreachable) and ``TOO_SLOW`` end the session without
+  the disconnect packet, so that the client reconnects by itself after its back-off.
 - Version 1 (docs/protocol.md, *Channels*): ``socket.emit('hello', {"v": 1, "pkey": ..., "uid": ...}, ack)``
   instead of the identifier (``uid`` optional: channels only), then ``subscribe``,
   ``unsubscribe`` and ``publish`` events with an object and an ack, answered with
@@ -60,12 +60,14 @@ from redmessenger.model.channels import REQUESTS
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import parse_hello
+from redmessenger.transport.fastpath import backed_up_error
 
 if TYPE_CHECKING:
     from redmessenger.dialects.socketio.server import SocketIOServer
 
-#: Errors after which the client should come back by itself (its reconnection back-off).
-_RETRYABLE = frozenset({CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY})
+#: Errors after which the client should come back by itself (its reconnection back-off): a client closed as
+#: too slow reconnects and gets what it missed from the queue, as after any transient close.
+_RETRYABLE = frozenset({CloseCode.TRY_AGAIN_LATER, CloseCode.GOING_AWAY, CloseCode.TOO_SLOW})
 
 
 class SocketIOConnection:
@@ -116,9 +118,15 @@ class SocketIOConnection:
         return self._session.confirm()
 
     def abandon(self, error: ClientError) -> None:
-        # The report, then the end at once: a client this far behind reads neither soon.
+        # What waits for a polling client's next GET goes (the core has taken those messages back), then the
+        # report: a WebSocket closes right behind it; a polling client gets it with its next GET, and the close
+        # packet with the one after, as after any refusal.  The client reconnects (TOO_SLOW is retryable).
+        # A refusal under way had its report, and so its end, dropped with the rest: ended at once.
+        refused = self._client.refused
+        self._session.drop_buffered()
         self._client.refuse(error)
-        self._session.abort(error.code.name.lower(), code=int(error.code))
+        if refused or self._session.transport == "websocket":
+            self._session.abort(error.code.name.lower(), code=int(error.code))
 
     def accepted(self, uid: str | None) -> None:
         if self._ack is not None:
@@ -182,6 +190,15 @@ class SocketIOConnection:
         except Exception:
             self.log.failure("Handling a Socket.IO packet from {peer} failed", peer=self._address)
             self._session.abort("internal error", code=1011)
+
+    def on_backed_up(self, unread: int) -> None:
+        # As the core gives up a socket too slow: what it did not confirm goes elsewhere now, then abandon().
+        error = backed_up_error(unread)
+        attachment = self._client.attachment
+        if attachment is not None:
+            self._owner.hub.abandon(attachment, error)
+        else:
+            self.abandon(error)
 
     def on_close(self, reason: str) -> None:
         self._connected = False

@@ -180,7 +180,7 @@ async def test_a_client_that_sends_pings_and_reads_nothing_is_closed_before_its_
     """
     from twisted.internet import reactor
 
-    from redmessenger.daemon.service import UNSENT_MARGIN
+    from redmessenger.daemon.settings import UNSENT_MARGIN
 
     daemon = await daemon_factory(max_pending_bytes=64 * 1024)
     client = await daemon.client("user1")

@@ -31,7 +31,7 @@ from redmessenger.core.admission import ConnectionLimit
 from redmessenger.core.hub import Hub
 from redmessenger.daemon.config import Config
 from redmessenger.daemon.operators import daemon_view, manhole_namespace
-from redmessenger.daemon.settings import engine_settings, redis_settings, websocket_options
+from redmessenger.daemon.settings import UNSENT_MARGIN, engine_settings, redis_settings, websocket_options
 from redmessenger.daemon.tree import OrderedServices, StartFailed, Step
 from redmessenger.dialects.engineio.transports import PATH as SOCKETIO_PATH
 from redmessenger.dialects.plain.route import RouteResource
@@ -53,15 +53,12 @@ from redmessenger.redis_edge.peers import PeerLink
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.transport import fastpath
 from redmessenger.transport.http import RootResource, StaticFile, make_site
+from redmessenger.transport.httplimits import unfinished_limit
 from redmessenger.transport.passing import Receiver, Sender
 from redmessenger.transport.passing import address as passing_address
 from redmessenger.transport.sockets import Corks
 
 JAVASCRIPT = b"application/javascript; charset=utf-8"
-
-#: Bytes a socket may hold unread beyond its max_pending_bytes (pongs, replies) before a client that still sends
-#: is closed as too slow: a client that reads slowly meets max_pending_bytes first.
-UNSENT_MARGIN = 1024 * 1024
 
 #: Seconds each shutdown step may take (closing sockets, settling handovers, queue writes).
 SHUTDOWN_TIMEOUT = 5.0
@@ -211,7 +208,7 @@ class RedMessengerService(OrderedServices):
 
         self.root = RootResource()
         self.root.route(config.rm_route, RouteResource(self.websockets))
-        self.root.route(SOCKETIO_PATH, self.socketio.resource)
+        self.root.route(SOCKETIO_PATH, self.socketio.resource, on_body_refused=self.socketio.resource.body_refused)
         self.root.route("/health", HealthResource(self.view))
         self.root.route("/metrics", self.metrics.resource)
         self.root.route("/redmessenger-legacy.js", StaticFile.shipped("redmessenger-legacy.js", JAVASCRIPT))
@@ -244,7 +241,11 @@ class RedMessengerService(OrderedServices):
         Step("intake", lambda: None, self._stop_intake).setServiceParent(self)
         Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
         Step("passing", self._receive_sockets, self._stop_receiving).setServiceParent(self)
-        self.listening: IService = strports.service(config.listen_endpoint, make_site(self.root), reactor=reactor)
+        # The largest body any path takes is an Engine.IO POST (maxPayload: max_frame_bytes).
+        site = make_site(
+            self.root, max_body=config.max_frame_bytes, max_unfinished=unfinished_limit(config.conn_limit), reactor=reactor
+        )
+        self.listening: IService = strports.service(config.listen_endpoint, site, reactor=reactor)
         self.listening.setName("listening")
         self.listening.setServiceParent(self)
         self.manhole: Any = None

@@ -31,17 +31,26 @@ def redis_settings(config: Config) -> RedisSettings:
     )
 
 
+#: Bytes a socket may hold unread beyond its max_pending_bytes (pongs, replies) before a client that still sends
+#: is closed as too slow: a client that reads slowly meets max_pending_bytes first.
+UNSENT_MARGIN = 1024 * 1024
+
+
 def engine_settings(config: Config) -> EngineSettings:
     """
     The heartbeat follows ``ping_interval`` (a client silent for about two
     intervals is dropped, as on the plain dialect); Engine.IO cannot go without
     one, so ``ping_interval: 0`` means engine.io's own 25 s / 20 s there.
     """
+    buffered = config.max_pending_bytes + UNSENT_MARGIN
     if config.ping_interval > 0:
         return EngineSettings(
-            ping_interval=config.ping_interval, ping_timeout=config.ping_interval, max_payload=config.max_frame_bytes
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_interval,
+            max_payload=config.max_frame_bytes,
+            max_buffered_bytes=buffered,
         )
-    return EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=config.max_frame_bytes)
+    return EngineSettings(ping_interval=25.0, ping_timeout=20.0, max_payload=config.max_frame_bytes, max_buffered_bytes=buffered)
 
 
 def websocket_options(config: Config) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import gc
 from typing import Any
 
 from redmessenger.logs import make_logger
+from redmessenger.transport.httplimits import unfinished_limit
 
 #: File descriptors the daemon needs besides its clients' sockets: Redis links,
 #: the listening ports, the manhole, the embedded server's pipes, log files.
@@ -51,7 +52,8 @@ def fit_open_files_limit(conn_limit: int, resource_module: Any = None) -> tuple[
     """
     if resource_module is None:
         import resource as resource_module
-    needed = conn_limit + FD_MARGIN
+    # the clients, the connections still sending their request (transport/httplimits.py), the daemon's own
+    needed = conn_limit + unfinished_limit(conn_limit) + FD_MARGIN
     soft, hard = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
     if soft != resource_module.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource_module.RLIM_INFINITY else min(needed, hard)
@@ -63,7 +65,8 @@ def fit_open_files_limit(conn_limit: int, resource_module: Any = None) -> tuple[
                 pass
     if soft != resource_module.RLIM_INFINITY and soft < needed:
         _log.warn(
-            "The open-files limit ({soft}) is below conn_limit + {margin} ({needed}): raise LimitNOFILE "
+            "The open-files limit ({soft}) is below conn_limit, a tenth of it for connections opening, and {margin} "
+            "({needed}): raise LimitNOFILE "
             "(systemd) or ulimit -n, or lower conn_limit",
             soft=soft,
             margin=FD_MARGIN,

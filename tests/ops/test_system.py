@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from redmessenger.daemon.config import Config
 from redmessenger.ops.journal import JournalObserver
 from redmessenger.ops.tuning import FD_MARGIN, fit_open_files_limit
+from redmessenger.transport.httplimits import unfinished_limit
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "redmessenger.service"
@@ -95,7 +96,7 @@ def test_the_unit_runs_twistd_as_the_issue_says() -> None:
     assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     # the daemon stops the embedded server itself, after its last queue write
     assert settings["KillMode"] == ["mixed"]
-    assert int(settings["LimitNOFILE"][0]) >= Config().conn_limit + FD_MARGIN
+    assert int(settings["LimitNOFILE"][0]) >= Config().conn_limit + unfinished_limit(Config().conn_limit) + FD_MARGIN
     for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
                        ("ProtectHome", "yes"), ("CapabilityBoundingSet", "")]:
         assert settings[key] == [value], key
@@ -150,10 +151,14 @@ class FakeResource:
         self.limits = limits
 
 
+#: Descriptors a daemon of conn_limit 10000 needs: the clients, a tenth more opening (1000), the daemon's own.
+NEEDED = 10000 + 1000 + FD_MARGIN
+
+
 def test_the_soft_open_files_limit_is_raised_to_fit_conn_limit() -> None:
     fake = FakeResource(1024, 1048576)
-    assert fit_open_files_limit(10000, fake) == (10000 + FD_MARGIN, 10000 + FD_MARGIN)
-    assert fake.limits == (10000 + FD_MARGIN, 1048576)
+    assert fit_open_files_limit(10000, fake) == (NEEDED, NEEDED)
+    assert fake.limits == (NEEDED, 1048576)
 
 
 def test_a_hard_limit_too_low_is_reported(capsys: Any) -> None:
@@ -162,8 +167,8 @@ def test_a_hard_limit_too_low_is_reported(capsys: Any) -> None:
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        assert fit_open_files_limit(10000, FakeResource(1024, 4096)) == (4096, 10000 + FD_MARGIN)
-        assert fit_open_files_limit(10000, FakeResource(1024, 1048576, refuse=True)) == (1024, 10000 + FD_MARGIN)
+        assert fit_open_files_limit(10000, FakeResource(1024, 4096)) == (4096, NEEDED)
+        assert fit_open_files_limit(10000, FakeResource(1024, 1048576, refuse=True)) == (1024, NEEDED)
     finally:
         globalLogPublisher.removeObserver(events.append)
     warnings = [e for e in events if "open-files limit" in e.get("log_format", "")]

@@ -90,6 +90,31 @@ class EngineIOResource(Resource):
     isLeaf = True
     log = make_logger()
 
+    def body_refused(self, request: Request) -> None:
+        """
+        A request the site answered 413 without reading its body (larger than
+        ``max_payload``: transport/httplimits.py): a POST to a session ends it, as
+        :meth:`_post` ends it for a body it finds too large.
+        """
+        origin = _header(request, b"origin")
+        query = _query(request)
+        session = self._server.get(query.get("sid") or "")
+        if (
+            request.method != b"POST"
+            or (origin is not None and not self._origins.allows(origin))
+            or query.get("transport") != "polling"
+            or session is None
+            or query.get("EIO") != str(session.version)
+        ):
+            return
+        self.log.info(
+            "{peer}: POST larger than {limit} bytes; closing session {sid}",
+            peer=session.peer,
+            limit=self._server.settings.max_payload,
+            sid=session.sid,
+        )
+        session.abort("payload too large")
+
     def __init__(self, server: EngineServer, websockets: EngineIOWebSocketFactory, origins: OriginPolicy) -> None:
         super().__init__()
         self._server = server
@@ -371,6 +396,9 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):
         self.sockets = OpenSockets()
         #: Sockets with frames waiting for the end of the reactor turn.
         self.corks = corks if corks is not None else Corks(server.clock)
+        #: A client that sends while more than this written to its WebSocket waits unread is closed as too slow
+        #: (transport/fastpath.py), as one whose polls leave as much waiting.
+        self.max_unsent_bytes = server.settings.max_buffered_bytes
         self.setProtocolOptions(**options)
 
     def all_closed(self) -> Deferred[None]:

@@ -6,14 +6,16 @@ Unlike a bare PUBLISH, an entry Redis accepted is kept until a daemon has made
 every recipient's copy safe (delivered and confirmed, or queued): only then is
 it acknowledged (XACK) and removed from the stream (XDEL).  A daemon that dies
 before that leaves the entry pending under its consumer name; at its next start
-it reads its pending entries again (and claims entries other consumers left
-pending for ``claim_idle`` seconds), so nothing accepted by Redis is lost while
-no daemon runs, nor when one is killed.  What is read again may reach a socket
-twice (same id: clients drop the copy); it is queued once.  Within one run the
-reader remembers the last ``RECENTLY_DONE`` entries whose every copy the clients
-confirmed: one of those read again (its XACK was lost with the connection, or a
-Redis failover lost it before the replica had it) is acknowledged again, not
-delivered again.  An entry made safe by a queue write is routed again instead:
+it reads its pending entries again.  The daemon that reads claims the entries
+any consumer left pending for ``claim_idle`` seconds when it starts reading, and
+every ``claim_every`` seconds after (a reader killed, another one taking over:
+what the dead one held is routed again once idle that long).  So nothing
+accepted by Redis is lost while no daemon runs, nor when one is killed.  What is
+read again may reach a socket twice (same id: clients drop the copy); it is
+queued once.  Within one run the reader remembers the last ``RECENTLY_DONE``
+entries whose every copy the clients confirmed: one of those read again (its
+XACK was lost with the connection, or a Redis failover lost it before the
+replica had it) is acknowledged again, not delivered again.  An entry made safe by a queue write is routed again instead:
 the failover may have lost the queue write too (queued once all the same).
 
 An entry has two fields, ``channel`` (``rm.users.$uid`` or ``rm.channels.$cid``)
@@ -23,6 +25,10 @@ and ``payload`` (any bytes)::
 
 An entry that cannot be delivered (a field missing, a channel that is not
 RedMessenger's) is acknowledged and kept, as JSON, in ``rm:intake:invalid``.
+
+A key of the wrong type (another program's) at ``rm:intake`` or
+``rm:intake:invalid`` is renamed aside (``KEY:invalid:<time>``, as for queue
+keys, redis_edge/scripts.py) with a warning, rather than stopping the intake.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import INTAKE_GROUP, INTAKE_INVALID, INTAKE_STREAM
 from redmessenger.redis_edge.commands import RedisCommands
-from redmessenger.redis_edge.scripts import INTAKE_DONE
+from redmessenger.redis_edge.scripts import INTAKE_DONE, INTAKE_GROUP_CREATE
 
 #: An entry to route: (entry id, channel, payload, timestamp in ms, read again?) -> why it cannot be, or None.
 OnEntry = Callable[[str, bytes, bytes, int, bool], "str | None"]
@@ -66,6 +72,7 @@ class IntakeReader:
         batch: int = 500,
         block: float = 1.0,
         claim_idle: float = 60.0,
+        claim_every: float | None = None,
         retry_delay: float = 1.0,
         reads: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -77,6 +84,9 @@ class IntakeReader:
         self._batch = batch
         self._block_ms = max(1, int(block * 1000))
         self._claim_idle_ms = int(claim_idle * 1000)
+        #: Seconds between two claims of entries left idle, while this daemon reads (``claim_idle`` / 2 unless given).
+        self.claim_every = claim_idle / 2 if claim_every is None else claim_every
+        self._claimed_at = 0.0
         self._retry_delay = retry_delay
         #: Whether this daemon is the one that reads now: with several on one Redis, one reads (the
         #: owner of the stream's name) and gives each user's entries to its owner, in stream order.
@@ -201,6 +211,10 @@ class IntakeReader:
                         await self._read_pending()
                         self._client_id = await self._ask_client_id()
                         recovering = False
+                        self._claimed_at = self._clock.seconds()
+                    elif self._clock.seconds() - self._claimed_at >= self.claim_every:
+                        self._claimed_at = self._clock.seconds()
+                        await self._claim_idle_entries()
                     self._blocked = True
                     try:
                         reply = await self._reading.execute_command(
@@ -241,12 +255,15 @@ class IntakeReader:
             self._wait = None
 
     async def _create_group(self) -> None:
-        """The group, reading from the start of the stream (entries added before any daemon ran are read too)."""
-        try:
-            await self._reading.execute_command("XGROUP", "CREATE", INTAKE_STREAM, INTAKE_GROUP, "0", "MKSTREAM")
-        except Exception as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+        """
+        The group, reading from the start of the stream (entries added before any daemon ran are read too).  A key of
+        another type there is kept aside first (the application's mistake): the intake goes on with a new stream.
+        """
+        kept = await self._reading.eval(INTAKE_GROUP_CREATE, [INTAKE_STREAM], [INTAKE_GROUP])
+        if kept:
+            self.log.warn(
+                "{key} held something other than a stream; kept it as {kept}; reading a new {key}", key=INTAKE_STREAM, kept=_text(kept)
+            )
 
     async def _claim_abandoned(self) -> None:
         """Entries pending for ``claim_idle`` seconds under any consumer (a daemon gone under another name) become ours."""
@@ -257,6 +274,23 @@ class IntakeReader:
             )
             cursor = reply[0]
             if cursor in (b"0-0", "0-0") or self._stopping:
+                return
+
+    async def _claim_idle_entries(self) -> None:
+        """
+        While reading (every ``claim_every`` seconds): entries pending for ``claim_idle`` seconds under any consumer (a
+        reader killed, that this one took over from) become ours and go to the core now, in stream order, before the
+        next read.  Those the core holds already, or that were safe already, are not routed again (see :meth:`_handle`).
+        One XAUTOCLAIM when nothing is pending.
+        """
+        cursor: Any = b"0-0"
+        while not self._stopping:
+            reply = await self._reading.execute_command(
+                "XAUTOCLAIM", INTAKE_STREAM, INTAKE_GROUP, self.consumer, self._claim_idle_ms, cursor, "COUNT", self._batch
+            )
+            cursor = reply[0]
+            self._handle([[INTAKE_STREAM, reply[1]]], again=True)
+            if cursor in (b"0-0", "0-0"):
                 return
 
     async def _read_pending(self) -> None:
@@ -315,13 +349,19 @@ class IntakeReader:
 
     def _acknowledged(self, result: Any, count: int) -> None:
         self.acknowledged += count
+        kept = result[1] if isinstance(result, list) and len(result) > 1 else None
+        if kept:
+            self.log.warn("{key} held something other than a list; kept it as {kept}", key=INTAKE_INVALID, kept=_text(kept))
 
     def _ack_failed(self, failure: Any, count: int) -> None:
-        # They stay pending in Redis: read again at the next start (queued once, delivered again with the same id).
+        # They stay pending in Redis: claimed by the reader once idle claim_idle seconds, or read again at the next
+        # start (queued once, delivered again with the same id).
         self.log.warn(
-            "Could not acknowledge {count} intake entries ({why}); they will be read again at the next start",
+            "Could not acknowledge {count} intake entries ({why}); they stay pending, routed again once idle"
+            " {seconds} s or at the next start",
             count=count,
             why=failure.getErrorMessage(),
+            seconds=self._claim_idle_ms // 1000,
         )
 
 
@@ -332,7 +372,8 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
     entries: list[tuple[Any, Any]] = []
     for _stream, items in reply:
         for item in items or ():
-            entries.append((item[0], item[1]))
+            if item:  # (nil: an entry deleted while pending, in an XAUTOCLAIM before Redis 7)
+                entries.append((item[0], item[1]))
     return entries
 
 

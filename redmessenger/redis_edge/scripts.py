@@ -80,10 +80,17 @@ return {1, keep_aside(KEYS[1])}
 # and keeps the ones that cannot be delivered in a list first.  KEYS: the
 # stream, the list for invalid entries; ARGV: the group, the number of good
 # ids, the good ids, then (id, JSON of its fields) pairs of invalid entries.
-INTAKE_DONE = b"""
+# Returns {ids acknowledged, kept-aside name or nil}: a list key holding
+# something else (another program's) is kept aside, rather than failing the
+# whole call and leaving every id in it pending.
+INTAKE_DONE = KEEP_ASIDE + b"""
 local group, good = ARGV[1], tonumber(ARGV[2])
-local ids = {}
+local ids, kept = {}, false
 for i = 3, 2 + good do ids[#ids + 1] = ARGV[i] end
+if #ARGV > 2 + good then
+  local kind = redis.call('TYPE', KEYS[2])['ok']
+  if kind ~= 'list' and kind ~= 'none' then kept = keep_aside(KEYS[2]) end
+end
 for i = 3 + good, #ARGV, 2 do
   redis.call('RPUSH', KEYS[2], ARGV[i + 1])
   ids[#ids + 1] = ARGV[i]
@@ -92,7 +99,23 @@ if #ids > 0 then
   redis.call('XACK', KEYS[1], group, unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
 end
-return #ids
+return {#ids, kept}
+"""
+
+# Creates the intake's consumer group ARGV[1] on the stream KEYS[1], reading
+# from its start (the stream made if there is none; a group there already is
+# left as it is).  A key of another type (another program's) is kept aside
+# first, rather than the intake stopping at WRONGTYPE.  Returns the kept-aside
+# name, or nil.
+INTAKE_GROUP_CREATE = KEEP_ASIDE + b"""
+local kept = false
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'stream' and kind ~= 'none' then kept = keep_aside(KEYS[1]) end
+local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(created) == 'table' and created.err and not string.find(created.err, 'BUSYGROUP', 1, true) then
+  return redis.error_reply(created.err)
+end
+return kept
 """
 
 # A subscription request for the application (SPEC §7.1), added to the stream

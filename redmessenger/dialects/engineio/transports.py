@@ -90,31 +90,6 @@ class EngineIOResource(Resource):
     isLeaf = True
     log = make_logger()
 
-    def body_refused(self, request: Request) -> None:
-        """
-        A request the site answered 413 without reading its body (larger than
-        ``max_payload``: transport/httplimits.py): a POST to a session ends it, as
-        :meth:`_post` ends it for a body it finds too large.
-        """
-        origin = _header(request, b"origin")
-        query = _query(request)
-        session = self._server.get(query.get("sid") or "")
-        if (
-            request.method != b"POST"
-            or (origin is not None and not self._origins.allows(origin))
-            or query.get("transport") != "polling"
-            or session is None
-            or query.get("EIO") != str(session.version)
-        ):
-            return
-        self.log.info(
-            "{peer}: POST larger than {limit} bytes; closing session {sid}",
-            peer=session.peer,
-            limit=self._server.settings.max_payload,
-            sid=session.sid,
-        )
-        session.abort("payload too large")
-
     def __init__(self, server: EngineServer, websockets: EngineIOWebSocketFactory, origins: OriginPolicy) -> None:
         super().__init__()
         self._server = server
@@ -220,7 +195,32 @@ class EngineIOResource(Resource):
         request.setHeader(b"content-type", _TEXT)
         return b"ok"
 
+    def body_refused(self, request: Request) -> None:
+        """
+        A request the site answered 413 without reading its body (larger than
+        ``max_payload``: transport/httplimits.py): a POST to a session ends it, as
+        :meth:`_post` ends it for a body it finds too large.
+        """
+        origin = _header(request, b"origin")
+        query = _query(request)
+        session = self._server.get(query.get("sid") or "")
+        if (
+            request.method != b"POST"
+            or (origin is not None and not self._origins.allows(origin))
+            or query.get("transport") != "polling"
+            or session is None
+            or query.get("EIO") != str(session.version)
+        ):
+            return
+        self._end_too_large(session)
+
     def _payload_too_large(self, request: Request, session: Session) -> bytes:
+        self._end_too_large(session)
+        request.setResponseCode(413)
+        request.setHeader(b"content-type", _TEXT)
+        return b"Payload Too Large"
+
+    def _end_too_large(self, session: Session) -> None:
         self.log.info(
             "{peer}: POST larger than {limit} bytes; closing session {sid}",
             peer=session.peer,
@@ -228,9 +228,6 @@ class EngineIOResource(Resource):
             sid=session.sid,
         )
         session.abort("payload too large")
-        request.setResponseCode(413)
-        request.setHeader(b"content-type", _TEXT)
-        return b"Payload Too Large"
 
     def _preflight(self, request: Request) -> bytes:
         request.setResponseCode(204)

@@ -7,7 +7,8 @@ handover that follows.  Each operation is one command or one Lua script, sent
 without waiting for the previous one (pipelined).  The queue writes of a reactor
 turn go together in one script call (a burst for offline users costs one round
 of txredisapi's per-command machinery, not one per message); anything that reads
-a queue sends them first, so it never overtakes them.
+a queue sends them first, so it never overtakes them: the entries waiting for a
+retry too, without waiting for it.
 
 Queue entries are removed only after they were written to a socket (the take
 script trims what the previous batch delivered), so a daemon killed mid-handover
@@ -25,7 +26,7 @@ from twisted.python.failure import Failure
 from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import oversize_key, queue_key
 from redmessenger.redis_edge.commands import RedisCommands
-from redmessenger.redis_edge.errors import translated
+from redmessenger.redis_edge.errors import temporary, translated
 from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
 
 
@@ -66,11 +67,18 @@ class QueueStore:
         self._pending: list[_Entry] = []
         self._flush_call: IDelayedCall | None = None
         self._next_seq = 0
-        # Entries Redis could not take (link down).  While any wait here
-        # nothing else is sent: the retry sends them all, in the order they
-        # were queued, so that every queue keeps its order.
+        # Entries Redis could not take (link down, or refused for now: LOADING,
+        # READONLY...).  While any wait here nothing else is sent: the retry
+        # sends them all, in the order they were queued, so that every queue
+        # keeps its order.
         self._backlog: list[_Entry] = []
         self._retry: IDelayedCall | None = None
+        # Entries the retries sent and Redis has not answered yet (while Redis is
+        # away they wait for a connection): still waiting for it, and what is
+        # queued meanwhile waits behind them, in the backlog.
+        self._retried = 0
+        # Retries since a write failed, 0 once Redis took everything (for the log).
+        self._attempts = 0
         self._stopped = False
         # Queue writes sent and not answered yet, and who waits for them to end.
         self._in_flight = 0
@@ -78,8 +86,8 @@ class QueueStore:
 
     @property
     def backlog(self) -> int:
-        """Entries waiting for Redis to come back."""
-        return len(self._backlog)
+        """Entries waiting for Redis to come back (or to take them): kept in memory, or sent again and not answered."""
+        return len(self._backlog) + self._retried
 
     def enqueue(
         self, uids: list[str], entry: bytes, again: bool = False, written: Callable[[], None] | None = None
@@ -113,14 +121,17 @@ class QueueStore:
                 self._flush_call.cancel()
             self._flush_call = None
         pending, self._pending = self._pending, []
-        if self._backlog:  # Redis is away: behind the entries waiting for it
+        if self._backlog or self._retried:  # Redis is away, or not known to be back: behind the entries waiting for it
             self._backlog += pending
             return
+        self._send_all(pending)
+
+    def _send_all(self, pending: list[_Entry], retried: bool = False) -> None:
         batch: list[_Entry] = []
         writes = 0
         for i, item in enumerate(pending):
             if batch and writes + len(item.keys) > self.writes_per_call:
-                self._send(batch)
+                self._send(batch, retried)
                 batch, writes = [], 0
                 if self._backlog:  # that call failed at once: the rest waits behind it
                     self._backlog += pending[i:]
@@ -128,21 +139,36 @@ class QueueStore:
             batch.append(item)
             writes += len(item.keys)
         if batch:
-            self._send(batch)
+            self._send(batch, retried)
 
-    def _send(self, batch: list[_Entry]) -> None:
+    def _send(self, batch: list[_Entry], retried: bool) -> None:
         keys: list[str] = []
         args: list[Any] = [self._expiry, self._max_length]
         for item in batch:
             keys += item.keys
             args += (item.entry, len(item.keys), "1" if item.again else "0")
         self._in_flight += 1
+        if retried:
+            self._retried += len(batch)
         d = self._redis.eval(ENQUEUE, keys, args)
+        if retried:
+            d.addBoth(self._retry_answered, len(batch))
         d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._landed)
 
+    def _retry_answered(self, result: Any, count: int) -> Any:
+        self._retried -= count
+        return result
+
     def _landed(self, _: object) -> None:
         self._in_flight -= 1
+        if self._attempts and not self._retried and self._retry is None and not self._stopped:
+            # The retries are answered, and none failed for now: what was queued behind them goes now.
+            if self._backlog:
+                self._flush_backlog()
+            else:
+                self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
+                self._attempts = 0
         if not self._in_flight and not self._backlog and not self._pending:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:
@@ -178,7 +204,8 @@ class QueueStore:
     def _enqueue_failed(self, failure: Failure, batch: list[_Entry]) -> None:
         from txredisapi import ConnectionError  # includes TimeoutError
 
-        if not failure.check(ConnectionError):
+        refused = temporary(failure)  # LOADING, READONLY, NOREPLICAS...: Redis takes it later
+        if not (refused or failure.check(ConnectionError)):
             self.log.failure(
                 "Redis refused to queue {count} messages for {keys}",
                 failure,
@@ -194,25 +221,49 @@ class QueueStore:
                 keys=_key_list(batch),
             )
             return
-        # The call may have run before its answer was lost (Redis killed between the two): sent again, each entry
-        # is pushed only where it is not already.
+        # The call may have run before its answer was lost (Redis killed between the two), or run partway
+        # before Redis refused a command of it: sent again, each entry is pushed only where it is not already.
         self._backlog += [item._replace(again=True) for item in batch]
-        if self._retry is None:
+        if self._retry is not None:
+            return
+        if not self._attempts:
             self.log.warn(
-                "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
+                "Redis refused to queue {count} messages for now ({why}); keeping them in memory, trying again every {delay:g}s"
+                if refused
+                else "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
                 why=failure.getErrorMessage(),
                 count=len(self._backlog),
+                delay=self.retry_delay,
             )
-            self._retry = self._clock.callLater(self.retry_delay, self._flush_backlog)
+        self._retry = self._clock.callLater(self.retry_delay, self._flush_backlog)
 
     def _flush_backlog(self) -> None:
-        self._retry = None
+        """Send the backlog, and what was queued behind it, now: counted in it until Redis answers."""
+        if self._retry is not None:
+            if self._retry.active():
+                self._retry.cancel()
+            self._retry = None
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
         # Batches fail in any order relative to what was queued meanwhile: the numbers restore it.
         waiting = sorted(self._backlog + self._pending)
-        self._backlog = []
-        self.log.info("Writing {count} queue entries kept while Redis was away", count=len(waiting))
-        self._pending = waiting
-        self.flush()
+        self._backlog, self._pending = [], []
+        if not waiting:
+            return
+        self._attempts += 1
+        (self.log.info if self._attempts == 1 else self.log.debug)(
+            "Writing {count} queue entries kept while Redis was away", count=len(waiting)
+        )
+        self._send_all(waiting, retried=True)
+
+    def _send_now(self) -> None:
+        """Send every entry queued so far, the backlog too without waiting for its retry: a queue read comes after them."""
+        if self._backlog or self._retried:
+            self._flush_backlog()
+        else:
+            self.flush()
 
     def stop(self) -> None:
         """Send what is pending, stop retrying; entries still in the backlog are reported (the link is going away)."""
@@ -236,7 +287,7 @@ class QueueStore:
         Drop the ``delivered`` oldest entries (written to a socket already) and
         return the queue's length and its next ``batch`` entries.
         """
-        self.flush()  # what was queued before must be in the queue this reads
+        self._send_now()  # what was queued before must be in the queue this reads
         d: Deferred[list[Any]] = self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])
         return translated(d).addCallback(self._taken, uid)
 
@@ -249,7 +300,7 @@ class QueueStore:
 
     def trim(self, uid: str, delivered: int) -> Deferred[None]:
         """Drop the ``delivered`` oldest entries of a queue, once they were written to a socket."""
-        self.flush()
+        self._send_now()
         self._in_flight += 1
         d: Deferred[Any] = self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
         d.addBoth(self._landed_through)

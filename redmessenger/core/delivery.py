@@ -155,8 +155,7 @@ class Delivery:
         budget.used = used
         if slow is not None:
             for attachment in slow:
-                budget.over(attachment)
-                self._too_slow(attachment)
+                self.too_slow(attachment)
         return True
 
     def _to_subscribers(
@@ -191,11 +190,12 @@ class Delivery:
             if self._budget.charge(attachment, weight):
                 slow.append(attachment)
         for attachment in slow:
-            self._budget.over(attachment)
-            self._too_slow(attachment)
+            self.too_slow(attachment)
         return count
 
-    def _too_slow(self, attachment: Attachment) -> None:
+    def too_slow(self, attachment: Attachment) -> None:
+        """The socket is past its share of the budget: given up (4413), once (the queue's handover calls this too)."""
+        self._budget.over(attachment)
         if attachment.abandoned:
             return
         attachment.abandoned = True

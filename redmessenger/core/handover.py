@@ -10,6 +10,18 @@ once the queue is through, so that no socket sees a newer message before an
 older one.  If the socket receiving the queue goes away midway (a page reload,
 a tab closed), the rest goes on to the first socket waiting, or else to the
 user's oldest socket: nothing stays stranded in Redis while the user is online.
+
+If Redis fails a read (StoreUnavailable: no connection, no answer in time, a
+"not now" error reply), the handover is tried again after a while (1 s,
+doubling up to 30 s) for as long as the socket stays: its live messages stay
+held meanwhile.  What is held counts against the socket's budget like what it
+was sent; past its share the socket is given up (4413) and they go to the
+user's other sockets or the queue, behind what the queue holds.
+
+A batch is bounded by bytes as well as by entries: it stops before the socket
+would hold more than ``max_pending_bytes`` sent and not confirmed, and what it
+sent counts against the budget until the client confirms it (see
+:mod:`redmessenger.core.budget`); the rest comes with the next read.
 """
 
 from __future__ import annotations
@@ -18,19 +30,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
     ensureDeferred,
 )
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from redmessenger.core.budget import Budget
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
-from redmessenger.core.ports import Queues
+from redmessenger.core.ports import Queues, StoreUnavailable
 from redmessenger.core.presence import Attachment, Presence, Sent
 from redmessenger.logs import debugging, make_logger
 from redmessenger.model.envelope import (
@@ -39,6 +52,7 @@ from redmessenger.model.envelope import (
     message_from_entry,
     message_from_unreadable,
 )
+from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import user_channel
 
 
@@ -53,12 +67,20 @@ class _Handover:
     waiting: list[Attachment] = field(default_factory=list)
     #: The socket stopped taking messages or confirming them: it is going away.
     cut_short: bool = False
+    #: Redis failed the last attempt: the next one waits for this (and its timer).
+    pause: Deferred[None] | None = None
+    resume: IDelayedCall | None = None
+    failures: int = 0
 
 
 class Handovers:
     """The queues being handed over, one per user."""
 
     log = make_logger()
+
+    #: Seconds before a handover Redis failed is tried again, doubling at each failure up to ``retry_most``.
+    retry_first = 1.0
+    retry_most = 30.0
 
     def __init__(
         self,
@@ -89,6 +111,12 @@ class Handovers:
         """Handovers under way (users whose queue is on its way to a socket)."""
         return len(self._running)
 
+    def detached(self, attachment: Attachment) -> None:
+        """A socket closed: a handover of its queue waiting to try again ends now, not at its next try."""
+        handover = self._running.get(attachment.uid)
+        if handover is not None and handover.attachment is attachment:
+            self._hurry(handover)
+
     def identified(self, attachment: Attachment) -> None:
         """A socket just identified: hand it the queue, or let it wait for the running handover."""
         handover = self._running.get(attachment.uid)
@@ -97,6 +125,8 @@ class Handovers:
         else:
             attachment.held = []
             handover.waiting.append(attachment)
+            if not self._ours(handover.attachment):
+                self._hurry(handover)  # its socket went while it waited to try again: this one takes over now
 
     def stop(self, timeout: float) -> Deferred[Any]:
         """
@@ -105,6 +135,13 @@ class Handovers:
         cancelled (one warning; what they did not deliver stays queued).
         """
         self._stopping = True
+        pausing = [h.pause for h in self._running.values() if h.pause is not None]
+        if pausing:
+            self.log.info(
+                "{count} queue handovers waiting to try Redis again stop here; their queues stay", count=len(pausing)
+            )
+        for pause in pausing:
+            pause.cancel()  # settles it now (not tried again: the daemon stops)
         running = [h.done for h in self._running.values() if h.done is not None]
         waiting: Deferred[Any] = DeferredList(running, consumeErrors=True)
 
@@ -133,43 +170,121 @@ class Handovers:
         self.log.failure("Handing the queue of {uid} over failed", failure, uid=uid)
 
     async def _hand_over(self, handover: _Handover) -> None:
+        """Deliver the user's queue to one socket; while Redis fails the reads and the socket stays, try again."""
+        attachment = handover.attachment
+        delay = self.retry_first
+        try:
+            while True:
+                before = handover.delivered
+                try:
+                    await self._attempt(handover)
+                except (StoreUnavailable, defer.TimeoutError) as e:
+                    if self._stopping or not self._ours(attachment):
+                        raise
+                    if handover.delivered > before:
+                        delay = self.retry_first  # it got somewhere: Redis was back
+                    handover.failures += 1
+                    log = self.log.warn if handover.failures == 1 else self.log.debug
+                    log(
+                        "Handing the queue of {uid} over failed ({why}); trying again in {delay}s,"
+                        " its live messages held until then",
+                        uid=attachment.uid,
+                        why=str(e),
+                        delay=delay,
+                    )
+                else:
+                    if handover.failures:
+                        self.log.info(
+                            "{uid}: queue handed over after {failures} failed attempts",
+                            uid=attachment.uid,
+                            failures=handover.failures,
+                        )
+                    return
+                await self._pause(handover, delay)
+                delay = min(delay * 2, self.retry_most)
+                if not self._ours(attachment):
+                    handover.cut_short = True  # it went meanwhile: the rest goes on to another socket
+                    return
+        finally:
+            self._counters.handed_over += handover.delivered
+            self._finish(handover)
+
+    async def _attempt(self, handover: _Handover) -> None:
         """Deliver the user's queue to one socket, oldest first, a batch at a time."""
         attachment = handover.attachment
         uid, sink = attachment.uid, attachment.sink
-        batch = self._batch
+        budget = self._budget
+        wanted = self._batch
         confirmed = 0  # confirmed by the client, not yet trimmed from Redis
         try:
-            length, entries = await self._queues.take(uid, 0, batch)
+            length, entries = await self._queues.take(uid, 0, wanted)
             if length:
                 self.log.info("rm.users.{uid} has {count} messages enqueued, purging!", uid=uid, count=length)
             while entries and attachment.attached:
-                sent = 0
+                sent = weight = 0
                 # Who carries the bubble changes only between reactor turns, not within this loop.
                 bubble = self._presence.carries_bubble(attachment)
                 for raw in entries:
                     message = self._read_entry(uid, raw)
+                    if sent and attachment.pending_bytes + message.weight > budget.per_socket:
+                        break  # the rest waits for the client to confirm these
                     if not attachment.attached or not sink.send_message(message, bubble):
                         handover.cut_short = True
                         break
                     sent += 1
-                if not sent or not await sink.confirm():
+                    weight += message.weight
+                    if budget.charge(attachment, message.weight):
+                        self._delivery.too_slow(attachment)  # detached: Hub.detach gave its bytes back
+                        handover.cut_short = True
+                        break
+                if handover.cut_short or not await sink.confirm():
                     handover.cut_short = True
                     break
+                if self._ours(attachment):
+                    budget.give_back(attachment, weight)
                 confirmed = sent
                 handover.delivered += sent
-                if sent < len(entries) or len(entries) < batch:
-                    break
+                if sent == len(entries) and len(entries) < wanted:
+                    break  # the end of the queue
+                # As many as fitted last time (the next entries are likely as large), back up to a batch as they fit.
+                wanted = sent if sent < len(entries) else min(wanted * 2, self._batch)
                 # TAKE trims them; if its reply is lost, whether it ran is unknown:
                 # better sent twice (they stay) than trimmed twice (undelivered ones lost).
                 trimming, confirmed = confirmed, 0
-                length, entries = await self._queues.take(uid, trimming, batch)
+                length, entries = await self._queues.take(uid, trimming, wanted)
         finally:
             if confirmed:
                 self._queues.trim(uid, confirmed).addErrback(
                     lambda f: self.log.failure("Could not trim {count} delivered entries of {uid}", f, uid=uid, count=confirmed)
                 )
-            self._counters.handed_over += handover.delivered
-            self._finish(handover)
+
+    def _ours(self, attachment: Attachment) -> bool:
+        """Whether the socket is still attached here as its user's (not closed, not handed to another node)."""
+        return attachment.attached and attachment.owner is None
+
+    def _pause(self, handover: _Handover, delay: float) -> Deferred[None]:
+        """Fires after ``delay`` seconds, or sooner (:meth:`_hurry`); cancelled by :meth:`stop`."""
+
+        def cancel(pause: Deferred[None]) -> None:
+            call.cancel()
+            handover.pause = handover.resume = None
+
+        pause: Deferred[None] = Deferred(cancel)
+        call = self._clock.callLater(delay, self._resume, handover)
+        handover.pause, handover.resume = pause, call
+        return pause
+
+    def _resume(self, handover: _Handover) -> None:
+        pause = handover.pause
+        handover.pause = handover.resume = None
+        if pause is not None:
+            pause.callback(None)
+
+    def _hurry(self, handover: _Handover) -> None:
+        """Try again now rather than when the pause ends."""
+        if handover.resume is not None:
+            handover.resume.cancel()
+            self._resume(handover)
 
     def _read_entry(self, uid: str, raw: bytes) -> Message:
         try:

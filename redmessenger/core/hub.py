@@ -313,6 +313,7 @@ class Hub:
             self.peers.detach(attachment, received_all)
             return
         self.presence.detach(attachment)
+        self.handovers.detached(attachment)
         if received_all:
             confirmed(attachment.uid, attachment.unconfirmed)
             orphans = lost(attachment.held or [])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.testing import Clock
 
 from redmessenger.core.hub import Hub
+from redmessenger.core.ports import StoreError, StoreUnavailable
 from redmessenger.core.presence import Attachment
+from redmessenger.model.envelope import ENVELOPE_OVERHEAD
+from redmessenger.model.errors import ClientError
 from redmessenger.redis_edge.scripts import TAKE
 
 from ..fakes import MemoryDirectory, MemoryQueues, Sink, Socket, connection_lost, make_store
@@ -210,3 +213,233 @@ def test_a_handover_cut_short_by_the_stop_is_one_warning_not_a_failure() -> None
     warnings = [e for e in events if e["log_level"] >= LogLevel.warn]
     assert [(e["log_level"], e["count"]) for e in warnings] == [(LogLevel.warn, 2)], warnings
     assert queues.payloads("u1") == ["a"] and queues.payloads("u2") == ["b"], "the queues stay"
+
+
+# -- Redis failing a read: tried again, live messages held (SPEC §3.3) -----------------------------------
+
+
+class FailingQueues(MemoryQueues):
+    """MemoryQueues whose next ``failing`` reads fail as when Redis is away; records when each read was made."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.failing = 0
+        self.reads: list[float] = []
+
+    def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
+        self.reads.append(self.clock.seconds())
+        if self.failing:
+            self.failing -= 1
+            return fail(StoreUnavailable("Lost connection"))
+        return super().take(uid, delivered, batch)
+
+
+class SlowSocket(Socket):
+    """A Socket the core may give up (too slow): records the close codes it was told."""
+
+    def __init__(self, clock: Clock, name: str = "") -> None:
+        super().__init__(clock, name)
+        self.abandoned: list[int] = []
+
+    def abandon(self, error: ClientError) -> None:
+        self.abandoned.append(int(error.code))
+        self.close()
+
+
+def failing(batch: int = 2, **limits: int) -> tuple[Hub, FailingQueues, Clock]:
+    clock = Clock()
+    queues = FailingQueues(clock)
+    return Hub(queues, MemoryDirectory(), clock, handover_batch=batch, **limits), queues, clock  # type: ignore[arg-type]
+
+
+def test_a_read_redis_fails_is_tried_again_and_the_queue_still_comes_before_live_messages() -> None:
+    """Defect 2: the failed handover was never tried again, and the live messages went out ahead of the queue."""
+    hub, queues, clock = failing(batch=2)
+    queue(queues, "q1", "q2", "q3")
+    queues.failing = 1
+    socket = Socket(clock)
+    identify(hub, socket)
+    hub.on_publish(b"rm.users.u", b"live1")
+    assert socket.payloads() == [] and hub.handovers.running == 1, "the live message is held while the queue waits"
+    clock.advance(0.99)
+    assert queues.reads == [0.0]
+    clock.advance(0.01)
+    assert queues.reads == [0.0, 1.0] and socket.payloads() == ["q1", "q2"]
+    hub.on_publish(b"rm.users.u", b"live2")
+    socket.confirm_all()
+    socket.confirm_all()
+    assert socket.payloads() == ["q1", "q2", "q3", "live1", "live2"], "once each, queue first, in order"
+    assert queues.payloads("u") == [] and hub.handovers.running == 0
+
+
+def test_a_handover_is_tried_again_after_1s_doubling_up_to_30s() -> None:
+    hub, queues, clock = failing()
+    queue(queues, "q")
+    queues.failing = 8
+    socket = Socket(clock)
+    identify(hub, socket)
+    clock.pump([1.0] * 130)
+    assert queues.reads == [0, 1, 3, 7, 15, 31, 61, 91, 121]
+    socket.confirm_all()
+    assert socket.payloads() == ["q"] and hub.handovers.running == 0
+
+
+def test_the_delay_starts_again_from_1s_once_a_batch_went_through() -> None:
+    hub, queues, clock = failing(batch=1)
+    queue(queues, "a", "b")
+    queues.failing = 2
+    socket = Socket(clock)
+    identify(hub, socket)
+    clock.advance(1)
+    clock.advance(2)  # reads at 0, 1 failed; at 3 "a" goes out
+    assert socket.payloads() == ["a"]
+    queues.failing = 1
+    socket.confirm_all()  # the next read (trimming "a") fails
+    clock.advance(1)
+    assert queues.reads == [0, 1, 3, 3, 4]
+    assert socket.payloads() == ["a", "a"], "whether the trim ran is unknown: sent twice rather than trimmed twice"
+    socket.confirm_all()
+    socket.confirm_all()
+    assert socket.payloads() == ["a", "a", "b"] and queues.payloads("u") == []
+
+
+def test_a_socket_that_closes_while_its_handover_waits_leaves_the_queue_in_place_and_its_live_messages_behind_it() -> None:
+    hub, queues, clock = failing()
+    queue(queues, "q1", "q2")
+    queues.failing = 1
+    socket = Socket(clock)
+    attachment = identify(hub, socket)
+    hub.on_publish(b"rm.users.u", b"live")
+    socket.close()
+    hub.detach(attachment)
+    assert queues.payloads("u") == ["q1", "q2", "live"]
+    assert hub.handovers.running == 0, "over at the close, not at the next try"
+    clock.advance(1)
+    assert queues.reads == [0.0], "not tried again for a socket that is gone"
+    assert hub.handovers.running == 0 and socket.payloads() == []
+
+
+def test_a_reload_while_the_handover_waits_takes_it_over_at_once() -> None:
+    hub, queues, clock = failing(batch=10)
+    queue(queues, "q1", "q2")
+    queues.failing = 1
+    old = Socket(clock, "old")
+    old_attachment = identify(hub, old)
+    old.close()
+    hub.detach(old_attachment)
+    new = Socket(clock, "new")
+    identify(hub, new)
+    hub.on_publish(b"rm.users.u", b"live")
+    assert queues.reads == [0.0, 0.0] and new.payloads() == ["q1", "q2"], "no wait for the old socket's pause"
+    new.confirm_all()
+    assert new.payloads() == ["q1", "q2", "live"] and queues.payloads("u") == []
+    assert hub.handovers.running == 0
+
+
+def test_the_stop_ends_a_handover_waiting_to_try_again_at_once_and_quietly() -> None:
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub, queues, clock = failing()
+        queue(queues, "q")
+        queues.failing = 1
+        identify(hub, Socket(clock))
+        stopped = hub.stop(timeout=5)
+        assert stopped.called and hub.handovers.running == 0
+        clock.advance(60)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert queues.reads == [0.0] and queues.payloads("u") == ["q"]
+    assert not [e for e in events if "log_failure" in e]
+    assert [e["count"] for e in events if e["log_level"] == LogLevel.info and "count" in e] == [1]
+
+
+def test_a_failure_redis_will_not_recover_from_is_not_tried_again() -> None:
+    hub, queues, clock = failing()
+    queue(queues, "q")
+    queues.take = lambda uid, delivered, batch: fail(StoreError("WRONGTYPE"))  # type: ignore[method-assign]
+    socket = Socket(clock)
+    identify(hub, socket)
+    assert hub.handovers.running == 0
+    hub.on_publish(b"rm.users.u", b"live")
+    assert socket.payloads() == ["live"]
+
+
+def test_live_messages_held_while_the_handover_waits_are_bounded_by_max_pending_bytes() -> None:
+    """Past its share the socket is given up (4413) and what was held is queued behind the queue, in order."""
+    hub, queues, clock = failing(max_pending_bytes=10_000)
+    queue(queues, "q1", "q2")
+    queues.failing = 1
+    socket = SlowSocket(clock)
+    identify(hub, socket)
+    for i in range(10):
+        hub.on_publish(b"rm.users.u", f"{i}{'x' * 1000}".encode())
+    assert socket.abandoned == [4413] and hub.presence.get("u") is None
+    assert [p[0] for p in queues.payloads("u")[2:]] == [str(i) for i in range(10)]
+    assert queues.payloads("u")[:2] == ["q1", "q2"] and hub.budget.used == 0
+    clock.advance(1)
+    assert hub.handovers.running == 0 and socket.payloads() == []
+
+
+# -- a batch bounded by bytes, charged to the budget (SPEC §10) ---------------------------------------------
+
+
+def big(n: int, size: int = 1000) -> str:
+    return f"{n:02d}" + "x" * (size - 2)
+
+
+def test_a_batch_stops_at_max_pending_bytes_and_the_next_read_brings_the_rest() -> None:
+    """Defect 5: a whole batch went out however large; and a short batch was taken for the end of the queue."""
+    hub, queues, clock = failing(batch=10, max_pending_bytes=3500)  # three 1160-byte messages fit
+    queue(queues, *(big(i) for i in range(10)))
+    socket = Socket(clock)
+    attachment = identify(hub, socket)
+    sizes = []
+    while len(socket.payloads()) < 10 and socket.asked:
+        sizes.append(len(socket.payloads()))
+        assert attachment.pending_bytes <= 3500 and hub.budget.used == attachment.pending_bytes
+        socket.confirm_all()
+    assert sizes == [3, 6, 9]
+    assert hub.budget.used == attachment.pending_bytes == 1000 + ENVELOPE_OVERHEAD
+    socket.confirm_all()
+    assert [p[:2] for p in socket.payloads()] == [f"{i:02d}" for i in range(10)], "once each, in order"
+    assert queues.payloads("u") == [] and hub.handovers.running == 0
+    assert hub.budget.used == 0
+
+
+def test_what_the_batch_sent_counts_against_the_budget_until_confirmed() -> None:
+    hub, queues, clock = failing(batch=10, max_pending_bytes=1 << 20)
+    queue(queues, *(big(i) for i in range(4)))
+    socket = Socket(clock)
+    attachment = identify(hub, socket)
+    assert len(socket.payloads()) == 4
+    assert hub.budget.used == attachment.pending_bytes == 4 * (1000 + ENVELOPE_OVERHEAD)
+    socket.confirm_all()
+    assert hub.budget.used == attachment.pending_bytes == 0
+
+
+def test_a_socket_past_its_share_of_the_budget_in_a_handover_is_given_up_and_its_queue_stays() -> None:
+    """Past memory_budget_bytes, a socket holding over an eighth of its limit is given up (4413), as for live messages."""
+    hub, queues, clock = failing(batch=10, max_pending_bytes=16_000, memory_budget_bytes=3_000)
+    queue(queues, *(big(i) for i in range(10)))
+    socket = SlowSocket(clock)
+    identify(hub, socket)
+    assert socket.abandoned == [4413] and len(socket.payloads()) == 3, "given up once past 2000 bytes with the daemon over 3000"
+    assert hub.budget.used == 0 and hub.handovers.running == 0
+    assert [p[:2] for p in queues.payloads("u")] == [f"{i:02d}" for i in range(10)], "nothing confirmed, nothing trimmed"
+
+
+def test_a_socket_detached_in_a_handover_has_its_bytes_given_back_once() -> None:
+    """Hub.detach gives back all the socket held, the batch included: a confirmation coming after takes nothing more back."""
+    hub, queues, clock = failing(batch=10)
+    queue(queues, *(big(i) for i in range(4)))
+    socket = Socket(clock)
+    attachment = identify(hub, socket)
+    hub.detach(attachment)
+    assert hub.budget.used == 0 and attachment.pending_bytes == 0
+    socket.confirm_all()
+    assert hub.budget.used == 0 and attachment.pending_bytes == 0
+    assert hub.handovers.running == 0

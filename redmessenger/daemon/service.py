@@ -51,7 +51,7 @@ from redmessenger.redis_edge.link import INTAKE_BLOCK_SECONDS, RedisLink
 from redmessenger.redis_edge.nodes import NodeRegistry, NodesChange
 from redmessenger.redis_edge.peers import PeerLink
 from redmessenger.redis_edge.queues import QueueStore
-from redmessenger.transport import fastpath
+from redmessenger.transport import selftest
 from redmessenger.transport.http import RootResource, StaticFile, make_site
 from redmessenger.transport.httplimits import unfinished_limit
 from redmessenger.transport.passing import Receiver, Sender
@@ -341,7 +341,7 @@ class RedMessengerService(OrderedServices):
 
     def startService(self) -> None:
         self.started_at = self.reactor.seconds()
-        fastpath.self_test(self.reactor)
+        selftest.self_test(self.reactor)
         super().startService()
         self.log.info(
             "RedMessenger listening on {listen}, route {route}, secure_mode {secure}",

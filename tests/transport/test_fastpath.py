@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.testing import StringTransport
 
-from redmessenger.transport import fastpath
+from redmessenger.transport import fastpath, selftest
 
 from ..conftest import publish
 
@@ -35,7 +35,7 @@ def test_send_now_uses_the_ordinary_write_for_other_transports() -> None:
 def test_the_self_test_passes_on_the_installed_twisted_and_autobahn() -> None:
     from twisted.internet import reactor
 
-    assert fastpath.self_test(reactor), fastpath.SWITCH.reason
+    assert selftest.self_test(reactor), fastpath.SWITCH.reason
     assert fastpath.SWITCH.enabled
 
 
@@ -44,7 +44,7 @@ def test_a_failed_self_test_switches_everything_to_public_apis(monkeypatch: pyte
 
     monkeypatch.setattr(fastpath, "_SERVER_INTERNALS", fastpath._SERVER_INTERNALS + ("renamed_in_a_future_twisted",))
     try:
-        assert not fastpath.self_test(reactor)
+        assert not selftest.self_test(reactor)
         assert not fastpath.SWITCH.enabled
         assert "renamed_in_a_future_twisted" in (fastpath.SWITCH.reason or "")
         assert not isinstance(fastpath.LeanServerProtocol.__dict__.get("maxFramePayloadSize"), fastpath._FactoryOption)

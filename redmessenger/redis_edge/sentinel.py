@@ -69,16 +69,6 @@ def parse_switch(message: str, master_name: str) -> Address | None:
     return (parts[3], port) if 0 < port < 65536 else None
 
 
-def _connected(sentinel: Any) -> bool:
-    """
-    Whether txredisapi holds a connection to this sentinel.  A question asked
-    of one it has none with waits for a connection, for ever: one more for
-    each discovery while that sentinel is down (3.9 KB each, found by a review).
-    """
-    factory = getattr(sentinel, "_factory", None)
-    return getattr(factory, "size", 1) > 0
-
-
 class SentinelWatch:
     """The master's address as the sentinels say it, and who to tell when it changes."""
 
@@ -91,12 +81,7 @@ class SentinelWatch:
         self.settings = settings
         self._on_switch = on_switch
         self._sentinel = txredisapi.Sentinel(
-            list(settings.sentinels),
-            password=settings.password,
-            charset="utf-8",
-            connectTimeout=5,
-            # a sentinel connected but silent must not hold a discovery's question for ever
-            replyTimeout=settings.poll_interval,
+            list(settings.sentinels), password=settings.password, charset="utf-8", connectTimeout=5
         )
         #: The master's address as last heard from the sentinels (None before the first answer).
         self.master: Address | None = None
@@ -159,8 +144,7 @@ class SentinelWatch:
         timeout = self._reactor.callLater(self.settings.poll_interval, timed_out)
         self._pending.add(timeout)
         for sentinel in self._sentinel.sentinels:
-            if _connected(sentinel):
-                sentinel.sentinel_masters().addCallbacks(answered, lambda f: None)
+            sentinel.sentinel_masters().addCallbacks(answered, lambda f: None)
         found: Deferred[Address] = result.addCallback(self._heard, why)
         found.addErrback(self._not_heard)
         return found

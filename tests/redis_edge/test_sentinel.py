@@ -75,26 +75,6 @@ async def _follow_a_failover(daemon: Any, group: SentinelGroup, what: str) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_sentinel_that_is_down_is_not_asked_and_nothing_waits_for_it() -> None:
-    """Each discovery asked every sentinel; a question to one that is down waited for its connection, for ever."""
-    from twisted.internet import reactor
-
-    from redmessenger.redis_edge.sentinel import SentinelSettings, SentinelWatch
-
-    from ..conftest import free_port
-
-    settings = SentinelSettings(sentinels=((HOST, free_port()),), master_name=MASTER_NAME, poll_interval=0.05)
-    watch = SentinelWatch(reactor, settings, lambda address: None)
-    failures: list[Any] = []
-    for _ in range(200):  # a poll, or a connection attempt of the link, each
-        watch.discover().addErrback(failures.append)
-    await wait_until(lambda: len(failures) == 200, what="every discovery to fail")
-    assert all("no sentinel named a master" in f.getErrorMessage() for f in failures)
-    assert len(watch._sentinel.sentinels[0]._factory.connectionQueue.peekers) == 0, "nothing waits for the sentinel"
-    await watch.stop()
-
-
-@pytest_twisted.ensureDeferred
 async def test_the_daemon_finds_the_master_through_the_sentinels_and_follows_an_announced_failover(daemon_factory, group):
     daemon = await _daemon_on(daemon_factory, group)
     await _follow_a_failover(daemon, group, "announced by +switch-master")

@@ -52,7 +52,6 @@ from redmessenger.model.envelope import (
     message_from_entry,
     message_from_unreadable,
 )
-from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import user_channel
 
 

@@ -52,6 +52,11 @@ def informing() -> bool:
     return _info
 
 
+def worth_a_line(count: int) -> bool:
+    """Whether the ``count``-th of a repeated event is logged: the first, then every 1000th (a flood stays a few lines)."""
+    return count == 1 or count % 1000 == 0
+
+
 def make_logger(namespace: str | None = None) -> Logger:
     """A Logger whose events below the configured level are dropped before formatting."""
     return _Logger(namespace=namespace, observer=OBSERVER)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from redmessenger.logs import make_logger
+from redmessenger.logs import make_logger, worth_a_line
 
 
 class OriginPolicy:
@@ -56,7 +56,7 @@ class ConnectionLimit:
         """Take a slot for a new client; False (and counted) when the limit is reached."""
         if self._in_use >= self.limit:
             self.refused += 1
-            if self.refused == 1 or self.refused % 1000 == 0:
+            if worth_a_line(self.refused):
                 self.log.warn(
                     "conn_limit ({limit}) reached: refusing new clients ({refused} so far)",
                     limit=self.limit,

@@ -47,7 +47,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from redmessenger.logs import make_logger
+from redmessenger.logs import make_logger, worth_a_line
 
 log = make_logger(__name__)
 
@@ -288,6 +288,5 @@ class LimitedSite(Site):
 
 
 def _warn_sometimes(count: int, text: str, **fields: Any) -> None:
-    """The first time, then every 1000th: what a flood of them would otherwise turn into a flood of lines."""
-    if count == 1 or count % 1000 == 0:
+    if worth_a_line(count):
         log.warn(text, count=count, **fields)

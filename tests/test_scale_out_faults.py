@@ -51,10 +51,12 @@ async def test_a_relayed_socket_that_stops_reading_is_given_up_by_its_owner_and_
     queued = [json.loads(e)["payload"][:3] for e in redis.lrange(QUEUE.format(uid), 0, -1)]
     assert queued == [f"{i:03d}" for i in range(total)], "in order, none lost, none twice"
     assert owner.service.presence.get(uid) is None
-    refused = [d.service.hub.counters.refused.get("TOO_SLOW", 0) for d in (owner, holder)]
-    assert sum(refused) == 1, "given up once, by whichever daemon counted past max_pending_bytes first"
-    assert owner.service.hub.budget.used == 0 and holder.service.hub.budget.used == 0
+    # The owner's word to give the socket up reaches the holder through its inbox, perhaps after the queue writes
     await wait_until(lambda: not holder.service.peers._relays, 5, "the holder let it go")
+    reasons = [dict(d.service.hub.counters.refused) for d in (owner, holder)]
+    refused = [r.get("TOO_SLOW", 0) for r in reasons]
+    assert sum(refused) == 1, f"given up once, by whichever daemon counted past max_pending_bytes first: {reasons}"
+    assert owner.service.hub.budget.used == 0 and holder.service.hub.budget.used == 0
     client.protocol.transport.resumeProducing()
     code, _ = await client.close_code(timeout=10)
     assert code in (4413, None), "told why, if the close frame got through before the close handshake timed out"

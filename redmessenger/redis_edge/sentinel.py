@@ -94,6 +94,12 @@ class SentinelWatch:
         self._poll.clock = reactor
         self._listeners: list[Any] = []
         self._pending: set[Any] = set()  # the timeouts of discoveries under way
+        #: The discoveries waiting for an answer: each answer is offered to them all.
+        self._waiting: list[Callable[[Any], None]] = []
+        #: The sentinels (by their place in the list) with a question on its way.  One at a time each: a
+        #: sentinel that is down holds its question until it is back (txredisapi waits for a connection), so
+        #: asking it again at each discovery would pile questions up (3.9 KB each, for ever, found by a review).
+        self._asking: set[int] = set()
         self._running = False
 
     def start(self) -> None:
@@ -119,9 +125,11 @@ class SentinelWatch:
     def discover(self, why: str = "connecting") -> Deferred[Address]:
         """
         Ask every sentinel for the master; the first that names one it sees up
-        (txredisapi's ``Sentinel.check_master_state``) answers.  Fails with
-        MasterNotFoundError when none did within ``poll_interval``, or at once
-        once the watch is stopped.
+        (txredisapi's ``Sentinel.check_master_state``) answers.  A sentinel
+        whose previous question is still unanswered is not asked again: its
+        answer, when it comes, goes to every discovery then waiting.  Fails with
+        MasterNotFoundError when none answered within ``poll_interval``, or at
+        once once the watch is stopped.
         """
         import txredisapi
 
@@ -131,23 +139,38 @@ class SentinelWatch:
         def answered(masters: Any) -> None:
             state = masters.get(name) if isinstance(masters, dict) else None
             if not result.called and state and self._sentinel.check_master_state(state):
-                self._pending.discard(timeout)
-                if timeout.active():
-                    timeout.cancel()
+                settled()
                 result.callback((state["ip"], int(state["port"])))
 
-        def timed_out() -> None:
+        def settled() -> None:
             self._pending.discard(timeout)
+            if timeout.active():
+                timeout.cancel()
+            if answered in self._waiting:
+                self._waiting.remove(answered)
+
+        def timed_out() -> None:
+            settled()
             if not result.called:
                 result.errback(txredisapi.MasterNotFoundError(f"no sentinel named a master for {name!r}"))
 
         timeout = self._reactor.callLater(self.settings.poll_interval, timed_out)
         self._pending.add(timeout)
-        for sentinel in self._sentinel.sentinels:
-            sentinel.sentinel_masters().addCallbacks(answered, lambda f: None)
+        self._waiting.append(answered)
+        for place, sentinel in enumerate(self._sentinel.sentinels):
+            if place not in self._asking:
+                self._asking.add(place)
+                sentinel.sentinel_masters().addCallbacks(self._answer, lambda f: None).addBoth(
+                    lambda _, place=place: self._asking.discard(place)
+                )
         found: Deferred[Address] = result.addCallback(self._heard, why)
         found.addErrback(self._not_heard)
         return found
+
+    def _answer(self, masters: Any) -> None:
+        """A sentinel's answer, offered to every discovery waiting (each takes it if it names a master up)."""
+        for answered in list(self._waiting):
+            answered(masters)
 
     def _heard(self, address: Any, why: str) -> Address:
         found = (str(address[0]), int(address[1]))

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 
 from redmessenger.redis_edge.sentinel import parse_switch
@@ -72,6 +73,45 @@ async def _follow_a_failover(daemon: Any, group: SentinelGroup, what: str) -> No
     await daemon.idle()
     assert promoted.llen("rm:users:olga:messages") == 0, "handed over from the new master and trimmed there"
     assert oscar.received[20:] == [] and olga.received[50:] == [], "nothing more, nothing twice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sentinel_that_is_down_holds_one_question_however_often_the_master_is_asked_for() -> None:
+    """Each discovery asked every sentinel; a question to one that is down waited for its connection, for ever."""
+    from twisted.internet import reactor
+
+    from redmessenger.redis_edge.sentinel import SentinelSettings, SentinelWatch
+
+    from ..conftest import free_port
+
+    settings = SentinelSettings(sentinels=((HOST, free_port()),), master_name=MASTER_NAME, poll_interval=0.05)
+    watch = SentinelWatch(reactor, settings, lambda address: None)
+    failures: list[Any] = []
+    for _ in range(200):  # a poll, or a connection attempt of the link, each
+        watch.discover().addErrback(failures.append)
+    await wait_until(lambda: len(failures) == 200, what="every discovery to fail")
+    assert all("no sentinel named a master" in f.getErrorMessage() for f in failures)
+    waiting = watch._sentinel.sentinels[0]._factory.connectionQueue.peekers
+    assert len(waiting) == 1, "one question waits for the sentinel, not one per discovery"
+    assert watch._waiting == [], "no discovery is kept once it failed"
+    await watch.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_to_an_earlier_question_serves_the_discoveries_waiting_then(group) -> None:
+    """A sentinel is asked once at a time; what it answers goes to each discovery waiting, not only the first."""
+    from twisted.internet import reactor
+
+    from redmessenger.redis_edge.sentinel import SentinelSettings, SentinelWatch
+
+    sentinels = tuple((HOST, port) for port in group.sentinel_ports)
+    settings = SentinelSettings(sentinels=sentinels, master_name=MASTER_NAME, poll_interval=5.0)
+    watch = SentinelWatch(reactor, settings, lambda address: None)
+    found = await gatherResults([watch.discover() for _ in range(5)])
+    assert found == [(HOST, group.master.port)] * 5
+    assert watch._waiting == []
+    await wait_until(lambda: not watch._asking, what="the other sentinels' answers")
+    await watch.stop()
 
 
 @pytest_twisted.ensureDeferred

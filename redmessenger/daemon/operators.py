@@ -57,6 +57,8 @@ def daemon_view(service: RedMessengerService) -> DaemonView:
         sockets_passed=lambda: service.sender.counts[Outcome.PASSED] if service.sender is not None else 0,
         passes_unanswered=lambda: service.sender.counts[Outcome.UNANSWERED] if service.sender is not None else 0,
         sockets_adopted=lambda: service.receiver.adopted if service.receiver is not None else 0,
+        http_unfinished=lambda: service.site.unfinished,
+        http_refused=lambda: service.site.refusals(),
         longest_queues=lambda limit: longest_queues(service.link.commands, limit),
     )
 

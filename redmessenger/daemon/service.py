@@ -242,10 +242,10 @@ class RedMessengerService(OrderedServices):
         Step("dialects", self.websockets.start, self._close_sockets).setServiceParent(self)
         Step("passing", self._receive_sockets, self._stop_receiving).setServiceParent(self)
         # The largest body any path takes is an Engine.IO POST (maxPayload: max_frame_bytes).
-        site = make_site(
+        self.site = make_site(
             self.root, max_body=config.max_frame_bytes, max_unfinished=unfinished_limit(config.conn_limit), reactor=reactor
         )
-        self.listening: IService = strports.service(config.listen_endpoint, site, reactor=reactor)
+        self.listening: IService = strports.service(config.listen_endpoint, self.site, reactor=reactor)
         self.listening.setName("listening")
         self.listening.setServiceParent(self)
         self.manhole: Any = None

@@ -155,6 +155,19 @@ class DaemonCollector:
         for family, name, text, value in scale_out:
             yield family(prefix + name, text, value)
         yield GaugeMetricFamily(
+            prefix + "http_requests_unfinished",
+            "HTTP connections whose request is on its way (refused with 503 past max(100, conn_limit/10))",
+            view.http_unfinished(),
+        )
+        http_refused = CounterMetricFamily(
+            prefix + "http_refusals",
+            "HTTP requests refused before their route: unfinished_limit (503), request_timeout (408), body_too_large (413)",
+            labels=["reason"],
+        )
+        for reason, count in view.http_refused().items():
+            http_refused.add_metric([reason], count)
+        yield http_refused
+        yield GaugeMetricFamily(
             prefix + "subscriptions", "Channel subscriptions of this daemon's sockets (SPEC §7)", view.subscriptions()
         )
         yield GaugeMetricFamily(

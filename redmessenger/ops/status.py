@@ -73,6 +73,10 @@ class DaemonView:
     sockets_passed: Callable[[], int]
     passes_unanswered: Callable[[], int]
     sockets_adopted: Callable[[], int]
+    #: HTTP before a route (transport/httplimits.py): connections whose request is on its way, and since start the
+    #: requests refused by reason (503 past max_unfinished, 408 past the deadline, 413 a body too large).
+    http_unfinished: Callable[[], int]
+    http_refused: Callable[[], dict[str, int]]
     longest_queues: LongestQueues
 
 
@@ -166,6 +170,8 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"Listening:  {settings.listen}, route {settings.route}, secure_mode {'on' if settings.secure_mode else 'off'}",
         f"Sockets:    {state.sockets_open} open ({state.socketio_sessions} Socket.IO), {state.sockets_identified} "
         f"identified; {state.connections} of conn_limit {settings.conn_limit} in use, {state.connections_refused} refused",
+        f"HTTP:       {view.http_unfinished()} requests on their way; since start refused: "
+        + ", ".join(f"{reason} {count}" for reason, count in view.http_refused().items()),
         f"Users:      {state.users_online} online; {state.handovers_running} queue handovers running",
         f"Since start: {counters.published} published, {counters.delivered} delivered live, "
         f"{counters.queued} queued, {counters.handed_over} handed over from queues",

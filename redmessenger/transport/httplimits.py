@@ -250,6 +250,14 @@ class LimitedSite(Site):
         # HTTP/2 (over TLS, with h2 installed) would bypass the channel above
         return [b"http/1.1"]
 
+    def refusals(self) -> dict[str, int]:
+        """The requests refused since start, by reason (as /metrics labels them)."""
+        return {
+            "unfinished_limit": self.refused_unfinished,
+            "request_timeout": self.timed_out_requests,
+            "body_too_large": self.refused_bodies,
+        }
+
     def admit(self) -> bool:
         """Whether one more connection may have its request on its way; else counted (and logged now and then)."""
         if self.unfinished < self.max_unfinished:

@@ -141,6 +141,7 @@ async def test_status_over_telnet_answers_what_an_operator_asks(
     assert "Health:     ok" in screen
     assert "1 open" in screen and "1 identified" in screen
     assert "Users:      1 online" in screen
+    assert "HTTP:       0 requests on their way; since start refused: unfinished_limit 0, request_timeout 0, body_too_large 0" in screen
     assert "2 published, 1 delivered live, 1 queued, 0 handed over" in screen
     lines = [line.split() for line in screen.splitlines() if line.startswith("  ")]
     assert lines[:3] == [["alice", "7"], ["bob", "2"], ["dave", "1"]], screen

@@ -27,6 +27,7 @@ from redmessenger.transport.http import RootResource, make_site
 from redmessenger.transport.httplimits import unfinished_limit
 
 from ..conftest import HOST, wait_until
+from ..httpclient import scrape
 from ..wsclient import connect_client
 
 
@@ -184,6 +185,11 @@ async def test_a_body_declared_too_large_is_answered_413_before_it_is_read(daemo
     assert client.body() == b"Payload Too Large"
     assert temporary_files() == before
     assert (site.refused_bodies, site.unfinished) == (1, 0)
+    metrics = await scrape(daemon.port)
+    assert metrics['redmessenger_http_refusals_total{reason="body_too_large"}'] == 1
+    assert metrics['redmessenger_http_refusals_total{reason="request_timeout"}'] == 0
+    assert metrics['redmessenger_http_refusals_total{reason="unfinished_limit"}'] == 0
+    assert metrics["redmessenger_http_requests_unfinished"] == 0
 
 
 @pytest_twisted.ensureDeferred

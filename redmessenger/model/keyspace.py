@@ -36,6 +36,9 @@ NODES_CHANNEL = b"rm.nodes"
 NODES_EPOCH_KEY = "rm:nodes:epoch"
 #: A hash: each live node's run (a random id per start), to tell a node killed and started again at once.
 NODES_RUNS_KEY = "rm:nodes:runs"
+#: A random secret the heartbeat script signs each change on ``rm.nodes`` with (the first daemon's to beat sets it):
+#: a change heard without its signature is not taken, so that a publisher's message on ``rm.nodes`` moves no user.
+NODES_SECRET_KEY = "rm:nodes:secret"
 
 
 def inbox_key(node_id: str) -> str:

@@ -18,6 +18,8 @@ expires, and its users go to daemons that can.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Callable
@@ -28,14 +30,21 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from redmessenger.logs import make_logger
-from redmessenger.model.keyspace import NODES_CHANNEL, NODES_EPOCH_KEY, NODES_KEY, NODES_RUNS_KEY, NODES_SOCKETS_KEY
+from redmessenger.logs import make_logger, worth_a_line
+from redmessenger.model.keyspace import (
+    NODES_CHANNEL,
+    NODES_EPOCH_KEY,
+    NODES_KEY,
+    NODES_RUNS_KEY,
+    NODES_SECRET_KEY,
+    NODES_SOCKETS_KEY,
+)
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import HEARTBEAT
 
 
-_KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY, NODES_RUNS_KEY]
+_KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY, NODES_RUNS_KEY, NODES_SECRET_KEY]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,15 @@ class NodesChange:
     nodes: list[str]
     #: The run of ``node`` that published it ("" if not told): sockets of its other runs are gone.
     run: str = ""
+    #: The heartbeat script's signature, and what it signed (the script's text, the nodes in its order).
+    sig: str = ""
+    signed: str = ""
+
+    def signed_with(self, secret: str) -> bool:
+        """Whether the heartbeat script signed this change with ``secret`` (redis_edge/scripts.py, HEARTBEAT)."""
+        inner = hashlib.sha1(self.signed.encode("utf-8")).hexdigest()
+        expected = hashlib.sha1(secret.encode("utf-8") + inner.encode("ascii")).hexdigest()
+        return hmac.compare_digest(expected, self.sig)
 
     @classmethod
     def parse(cls, payload: bytes) -> NodesChange:
@@ -66,9 +84,13 @@ class NodesChange:
         nodes = nodes if isinstance(nodes, list) else []  # cjson writes an empty list as {}
         if not all(isinstance(n, str) for n in nodes):
             raise ValueError("node ids that are not text")
+        run = raw["run"] if isinstance(raw.get("run"), str) else ""
+        restarted = raw.get("restarted") is True
+        sig = raw["sig"] if isinstance(raw.get("sig"), str) else ""
+        signed = "\n".join((str(raw["epoch"]), raw["node"], run, "1" if restarted else "0", ",".join(nodes)))
         return cls(
-            raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, raw.get("restarted") is True,
-            sorted(nodes), raw["run"] if isinstance(raw.get("run"), str) else "",
+            raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, restarted,
+            sorted(nodes), run, sig, signed,
         )  # fmt: skip
 
 
@@ -124,6 +146,12 @@ class NodeRegistry:
         self._warned: str | None = None
         #: A heartbeat is on its way: while Redis is away, beats are not piled up behind it.
         self._beating = False
+        #: The secret the heartbeat script signs changes with (rm:nodes:secret), as the last heartbeat read it; until
+        #: then, the one this daemon offers the script (the first daemon's to beat becomes everybody's).
+        self._offered = secrets.token_hex(16)
+        self.secret: str | None = None
+        #: Messages on rm.nodes not taken: unsigned, or signed with another secret.
+        self.unsigned = 0
 
     def start(self) -> None:
         self._loop.start(self._interval, now=True)
@@ -132,12 +160,26 @@ class NodeRegistry:
         if self._beating or not self._connected() or not self._hearing():
             return succeed(None)
         self._beating = True
-        d = translated(
-            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self.run])
-        )
+        if self.secret is None:  # read first: the change this heartbeat publishes is signed with it
+            d = translated(self._commands.execute_command("GET", NODES_SECRET_KEY))
+            d.addCallback(self._read_secret)
+            d.addCallback(lambda _: self._heartbeat())
+        else:
+            d = self._heartbeat()
         d.addCallbacks(self._listed, self._failed)
         d.addBoth(self._beaten)
         return d
+
+    def _heartbeat(self) -> Deferred[Any]:
+        return translated(
+            self._commands.eval(
+                HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self.run, self._offered]
+            )
+        )
+
+    def _read_secret(self, secret: Any) -> None:
+        if secret:
+            self.secret = _text(secret)
 
     def _beaten(self, result: None) -> None:
         self._beating = False
@@ -154,6 +196,20 @@ class NodeRegistry:
         except ValueError as e:
             self.log.warn("Ignoring a message on rm.nodes: {why} ({payload!r})", why=str(e), payload=payload[:200])
             return
+        if not change.signed_with(self.secret if self.secret is not None else self._offered):
+            # Not the heartbeat script's (a publisher's message on rm.nodes), or signed with a secret this daemon
+            # has not read yet (rm:nodes:secret was lost with a Redis that lost its data): the heartbeats tell the
+            # list within ``grace`` seconds either way.
+            self.unsigned += 1
+            if worth_a_line(self.unsigned):
+                self.log.warn(
+                    "Ignoring a change of the nodes on rm.nodes not signed by the heartbeat script ({count} so far; "
+                    "epoch {epoch}, from {node!r})",
+                    count=self.unsigned,
+                    epoch=change.epoch,
+                    node=change.node[:100],
+                )
+            return
         if change.run and change.node in change.nodes:
             self.runs[change.node] = change.run  # before the next heartbeat tells it: a node that joins takes sockets at once
         self._in_order(lambda: self._take(change.nodes, "", change))
@@ -161,6 +217,8 @@ class NodeRegistry:
     def _listed(self, reply: Any) -> None:
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
         runs = (reply[2] or []) if reply and len(reply) > 2 else []
+        if reply and len(reply) > 3 and reply[3]:
+            self.secret = _text(reply[3])
         named = [_text(n) for n in names]
         self.sockets = {node: _count(count) for node, count in zip(named, counts)}
         self.runs = {node: _text(run) for node, run in zip(named, runs) if run}
@@ -211,7 +269,9 @@ class NodeRegistry:
         if not self._connected():
             return succeed(None)
         d = translated(
-            self._commands.eval(HEARTBEAT, _KEYS, [self.node_id, self._ttl, "leave", 0, NODES_CHANNEL])
+            self._commands.eval(
+                HEARTBEAT, _KEYS, [self.node_id, self._ttl, "leave", 0, NODES_CHANNEL, self.run, self._offered]
+            )
         )
         d.addTimeout(2.0, self._clock)
         d.addErrback(lambda failure: None)

@@ -143,9 +143,13 @@ return 1
 # KEYS[3]), "node": the calling node, "joined"/"left": whether it did,
 # "restarted": whether it is listed already under another run (KEYS[4], a hash
 # of each node's run: killed and started again before its entry expired),
-# "expired": [ids], "nodes": [ids]}.  ARGV: node id, seconds it stays listed
-# without another heartbeat, "beat" or "leave" (removes it), its open sockets,
-# the channel, its run.
+# "expired": [ids], "nodes": [ids], "run": the node's run, "sig": the change
+# signed with the secret KEYS[5] (sha1hex(secret .. sha1hex(epoch, node, run,
+# restarted "1"/"0", the nodes joined by commas; joined by newlines)), set to
+# ARGV[7] if it has none}: a daemon takes only what is signed (redis_edge/nodes.py).
+# Returns {ids}, {counts}, {runs}, the secret.  ARGV: node id, seconds it stays
+# listed without another heartbeat, "beat" or "leave" (removes it), its open
+# sockets, the channel, its run, a secret to set if none is.
 HEARTBEAT = b"""
 local now = redis.call('TIME')
 local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -170,12 +174,21 @@ else
   end
 end
 local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
+local secret = redis.call('GET', KEYS[5])
+if not secret and ARGV[7] then
+  secret = ARGV[7]
+  redis.call('SET', KEYS[5], secret)
+end
 if (joined or left or restarted or #expired > 0) and ARGV[5] then
-  redis.call('PUBLISH', ARGV[5], cjson.encode({epoch = redis.call('INCR', KEYS[3]), node = ARGV[1], joined = joined,
-    left = left, restarted = restarted, expired = expired, nodes = nodes, run = ARGV[6]}))
+  local epoch = redis.call('INCR', KEYS[3])
+  local run = ARGV[6] or ''
+  local signed = table.concat({epoch, ARGV[1], run, restarted and '1' or '0', table.concat(nodes, ',')}, '\\n')
+  redis.call('PUBLISH', ARGV[5], cjson.encode({epoch = epoch, node = ARGV[1], joined = joined, left = left,
+    restarted = restarted, expired = expired, nodes = nodes, run = run,
+    sig = redis.sha1hex((secret or '') .. redis.sha1hex(signed))}))
 end
 if #nodes == 0 then
-  return {nodes, {}, {}}
+  return {nodes, {}, {}, secret}
 end
-return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes)), redis.call('HMGET', KEYS[4], unpack(nodes))}
+return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes)), redis.call('HMGET', KEYS[4], unpack(nodes)), secret}
 """

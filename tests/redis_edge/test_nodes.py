@@ -89,3 +89,31 @@ async def test_a_lone_daemon_acts_on_what_it_heard_before_its_first_heartbeat_an
     assert first == ["node-a", "node-b"]
     # node-b's were heard while node-a was the only node listed: node-a's to act on
     assert redis.llen("rm:users:node-b-user:messages") == 3, "queued once, by node-a, not again by node-b"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_of_the_nodes_published_by_anyone_but_the_heartbeat_script_moves_no_user(daemon_factory, redis):
+    """
+    A message on rm.nodes shaped like a change, listing a node that does not exist: had the daemons taken it, a user
+    that node would own would have no owner, and a message to that user would be neither delivered nor queued.
+    """
+    first = await daemon_factory(node_id="node-a")
+    second = await daemon_factory(node_id="node-b")
+    names = ["node-a", "node-b"]
+    for daemon in (first, second):
+        await daemon.until(lambda d=daemon: d.service.nodes.nodes == names, 5, "each daemon to see both")
+    assert (first.service.nodes.unsigned, second.service.nodes.unsigned) == (0, 0), "the script's changes are signed"
+    forged = names + ["node-x"]
+    orphan = next(uid for uid in (f"o{i}" for i in range(1000)) if owner_of(uid, forged) == "node-x")
+    epoch = int(redis.get("rm:nodes:epoch"))
+    for sig in ("", "0" * 40):
+        change = {"epoch": epoch + 1, "node": "node-x", "joined": True, "nodes": forged, "run": "r", "sig": sig}
+        redis.publish("rm.nodes", json.dumps(change))
+    redis.publish(f"rm.users.{orphan}", "for the orphan")
+    for daemon in (first, second):
+        await daemon.until(lambda d=daemon: d.service.hub.counters.published == 1, 5, "the message heard")
+        await daemon.idle()
+    assert (first.service.nodes.unsigned, second.service.nodes.unsigned) == (2, 2)
+    assert first.service.nodes.nodes == second.service.nodes.nodes == names
+    queued = [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{orphan}:messages", 0, -1)]
+    assert queued == ["for the orphan"], "queued once, by its real owner"

@@ -6,7 +6,9 @@ were sent, so a message queued before a user identifies is always seen by the
 handover that follows.  Each operation is one command or one Lua script, sent
 without waiting for the previous one (pipelined).  The queue writes of a reactor
 turn go together in one script call (a burst for offline users costs one round
-of txredisapi's per-command machinery, not one per message); anything that reads
+of txredisapi's per-command machinery, not one per message), at most
+``writes_per_call`` of them a call: an entry for more queues than that (a group
+of many offline members) is split into parts, a call each.  Anything that reads
 a queue sends them first, so it never overtakes them: the entries waiting for a
 retry too, without waiting for it.
 
@@ -17,6 +19,7 @@ leaves them in Redis: at worst redelivered, never lost.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, Iterable, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
@@ -38,8 +41,31 @@ class _Entry(NamedTuple):
     entry: bytes
     #: It may be in those queues already (read again after a crash): pushed only where it is not.
     again: bool = False
-    #: Called once Redis has it.
+    #: Called once Redis has it (for a part: once Redis has every part, see :class:`_AllParts`).
     written: Callable[[], None] | None = None
+    #: An entry for more queues than ``writes_per_call`` goes in parts (a script call each): which one, of how many.
+    part: int = 0
+    parts: int = 1
+
+
+def _place(item: _Entry) -> tuple[int, int]:
+    """Where an entry (or a part of one) goes among the others: the order Redis must see them in."""
+    return item.seq, item.part
+
+
+class _AllParts:
+    """The ``written`` of an entry split into parts: called once, when the last of them has landed."""
+
+    __slots__ = ("left", "written")
+
+    def __init__(self, parts: int, written: Callable[[], None]) -> None:
+        self.left = parts
+        self.written = written
+
+    def landed(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self.written()
 
 
 class QueueStore:
@@ -74,20 +100,25 @@ class QueueStore:
         self._backlog: list[_Entry] = []
         self._retry: IDelayedCall | None = None
         # Entries the retries sent and Redis has not answered yet (while Redis is
-        # away they wait for a connection): still waiting for it, and what is
-        # queued meanwhile waits behind them, in the backlog.
-        self._retried = 0
+        # away they wait for a connection), by number (an entry in parts may have
+        # several): still waiting for it, and what is queued meanwhile waits
+        # behind them, in the backlog.
+        self._retried: dict[int, int] = {}
         # Retries since a write failed, 0 once Redis took everything (for the log).
         self._attempts = 0
         self._stopped = False
-        # Queue writes sent and not answered yet, and who waits for them to end.
-        self._in_flight = 0
-        self._drain_waiters: list[Deferred[None]] = []
+        # Every queue write (an entry, a trim) by number, with how many of its calls
+        # Redis has not answered yet: pending, in the backlog, or sent; and those
+        # numbers in order (answered ones dropped once they reach its front).
+        self._unanswered: dict[int, int] = {}
+        self._numbers: deque[int] = deque()
+        # Who waits for the writes numbered below a number to be answered, in the order they asked.
+        self._drain_waiters: list[tuple[int, Deferred[None]]] = []
 
     @property
     def backlog(self) -> int:
         """Entries waiting for Redis to come back (or to take them): kept in memory, or sent again and not answered."""
-        return len(self._backlog) + self._retried
+        return len({item.seq for item in self._backlog}.union(self._retried))
 
     def enqueue(
         self, uids: list[str], entry: bytes, again: bool = False, written: Callable[[], None] | None = None
@@ -97,11 +128,10 @@ class QueueStore:
         end of this reactor turn with the others of the turn, or earlier if a
         queue is read first; kept in memory while Redis is away.  ``again``: it
         may be there already (not pushed twice).  ``written``: called once Redis has it.
+        For more than ``writes_per_call`` queues it goes in parts, a script call
+        each, in order; ``written`` is called once Redis has them all.
         """
-        self._pending.append(_Entry(self._next_seq, [queue_key(uid) for uid in uids], entry, again, written))
-        self._next_seq += 1
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self.flush)
+        self._add([queue_key(uid) for uid in uids], entry, again, written)
 
     def keep_aside(self, channel: str, payload: bytes, written: Callable[[], None] | None = None) -> None:
         """
@@ -109,10 +139,46 @@ class QueueStore:
         expiry and length cap), in order with the queue writes, kept in memory while
         Redis is away: what is kept aside is no more lost than what is queued.
         """
-        self._pending.append(_Entry(self._next_seq, [oversize_key(channel)], payload, False, written))
-        self._next_seq += 1
+        self._add([oversize_key(channel)], payload, False, written)
+
+    def _add(self, keys: list[str], entry: bytes, again: bool, written: Callable[[], None] | None) -> None:
+        seq = self._number(1)
+        limit = max(1, self.writes_per_call)
+        if len(keys) <= limit:
+            self._pending.append(_Entry(seq, keys, entry, again, written))
+        else:
+            parts = -(-len(keys) // limit)
+            self._unanswered[seq] = parts
+            landed = _AllParts(parts, written).landed if written is not None else None
+            self._pending += [
+                _Entry(seq, keys[start : start + limit], entry, again, landed, part, parts)
+                for part, start in enumerate(range(0, len(keys), limit))
+            ]
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
+
+    def _number(self, calls: int) -> int:
+        """The next queue write's number: unanswered until Redis answered its ``calls`` calls."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._unanswered[seq] = calls
+        self._numbers.append(seq)
+        return seq
+
+    def _answered(self, seq: int) -> None:
+        """Redis answered a call of write ``seq`` (it landed, or failed for good: nothing will send it again)."""
+        left = self._unanswered[seq] - 1
+        if left:
+            self._unanswered[seq] = left
+            return
+        del self._unanswered[seq]
+        numbers = self._numbers
+        while numbers and numbers[0] not in self._unanswered:
+            numbers.popleft()
+
+    def _oldest_unanswered(self) -> int:
+        """The number of the oldest queue write not answered yet (the next number if there is none)."""
+        return self._numbers[0] if self._numbers else self._next_seq
 
     def flush(self) -> None:
         """Send the entries queued so far: one script call per ``writes_per_call`` queue writes."""
@@ -130,7 +196,8 @@ class QueueStore:
         batch: list[_Entry] = []
         writes = 0
         for i, item in enumerate(pending):
-            if batch and writes + len(item.keys) > self.writes_per_call:
+            # the part of an entry split in parts goes alone
+            if batch and (writes + len(item.keys) > self.writes_per_call or item.parts > 1 or batch[0].parts > 1):
                 self._send(batch, retried)
                 batch, writes = [], 0
                 if self._backlog:  # that call failed at once: the rest waits behind it
@@ -147,21 +214,25 @@ class QueueStore:
         for item in batch:
             keys += item.keys
             args += (item.entry, len(item.keys), "1" if item.again else "0")
-        self._in_flight += 1
         if retried:
-            self._retried += len(batch)
+            for item in batch:
+                self._retried[item.seq] = self._retried.get(item.seq, 0) + 1
         d = self._redis.eval(ENQUEUE, keys, args)
         if retried:
-            d.addBoth(self._retry_answered, len(batch))
+            d.addBoth(self._retry_answered, batch)
         d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addBoth(self._landed)
 
-    def _retry_answered(self, result: Any, count: int) -> Any:
-        self._retried -= count
+    def _retry_answered(self, result: Any, batch: list[_Entry]) -> Any:
+        for item in batch:
+            left = self._retried[item.seq] - 1
+            if left:
+                self._retried[item.seq] = left
+            else:
+                del self._retried[item.seq]
         return result
 
     def _landed(self, _: object) -> None:
-        self._in_flight -= 1
         if self._attempts and not self._retried and self._retry is None and not self._stopped:
             # The retries are answered, and none failed for now: what was queued behind them goes now.
             if self._backlog:
@@ -169,18 +240,21 @@ class QueueStore:
             else:
                 self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
                 self._attempts = 0
-        if not self._in_flight and not self._backlog and not self._pending:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        waiters = self._drain_waiters
+        while waiters and waiters[0][0] <= self._oldest_unanswered():
+            waiters.pop(0)[1].callback(None)
 
     def drain(self) -> Deferred[None]:
-        """Fires once every queue write (append or trim) so far has been answered by Redis."""
+        """
+        Fires once every queue write (append or trim) made so far has been
+        answered by Redis (one waiting in the backlog is not), whatever is
+        written after this call.
+        """
         self.flush()
-        if not self._in_flight and not self._backlog:
+        if self._oldest_unanswered() >= self._next_seq:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
-        self._drain_waiters.append(waiter)
+        self._drain_waiters.append((self._next_seq, waiter))
         return waiter
 
     def _enqueued(self, result: list[Any], batch: list[_Entry]) -> None:
@@ -190,6 +264,7 @@ class QueueStore:
                     item.written()
                 except Exception:
                     self.log.failure("After writing a queue entry")
+            self._answered(item.seq)
         dropped, renamed = result
         for key, kept in renamed:
             self.log.warn("{key} held something other than a list; kept it as {kept}", key=_text(key), kept=_text(kept))
@@ -209,17 +284,21 @@ class QueueStore:
             self.log.failure(
                 "Redis refused to queue {count} messages for {keys}",
                 failure,
-                count=len(batch),
+                count=_entries(batch),
                 keys=_key_list(batch),
             )
+            for item in batch:
+                self._answered(item.seq)
             return
         if self._stopped:
             self.log.error(
                 "Redis lost {count} queue entries at shutdown ({why}; queues: {keys})",
-                count=len(batch),
+                count=_entries(batch),
                 why=failure.getErrorMessage(),
                 keys=_key_list(batch),
             )
+            for item in batch:
+                self._answered(item.seq)
             return
         # The call may have run before its answer was lost (Redis killed between the two), or run partway
         # before Redis refused a command of it: sent again, each entry is pushed only where it is not already.
@@ -232,7 +311,7 @@ class QueueStore:
                 if refused
                 else "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
                 why=failure.getErrorMessage(),
-                count=len(self._backlog),
+                count=_entries(self._backlog),
                 delay=self.retry_delay,
             )
         self._retry = self._clock.callLater(self.retry_delay, self._flush_backlog)
@@ -248,13 +327,13 @@ class QueueStore:
                 self._flush_call.cancel()
             self._flush_call = None
         # Batches fail in any order relative to what was queued meanwhile: the numbers restore it.
-        waiting = sorted(self._backlog + self._pending)
+        waiting = sorted(self._backlog + self._pending, key=_place)
         self._backlog, self._pending = [], []
         if not waiting:
             return
         self._attempts += 1
         (self.log.info if self._attempts == 1 else self.log.debug)(
-            "Writing {count} queue entries kept while Redis was away", count=len(waiting)
+            "Writing {count} queue entries kept while Redis was away", count=_entries(waiting)
         )
         self._send_all(waiting, retried=True)
 
@@ -273,12 +352,12 @@ class QueueStore:
             self._retry.cancel()
             self._retry = None
         waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
+        for _, waiter in waiters:
             waiter.callback(None)
         if self._backlog:
             self.log.error(
                 "Stopping with {count} queue entries Redis never accepted (queues: {keys})",
-                count=len(self._backlog),
+                count=_entries(self._backlog),
                 keys=_key_list(self._backlog),
             )
 
@@ -301,14 +380,20 @@ class QueueStore:
     def trim(self, uid: str, delivered: int) -> Deferred[None]:
         """Drop the ``delivered`` oldest entries of a queue, once they were written to a socket."""
         self._send_now()
-        self._in_flight += 1
+        seq = self._number(1)
         d: Deferred[Any] = self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
-        d.addBoth(self._landed_through)
+        d.addBoth(self._landed_through, seq)
         return translated(d).addCallback(lambda _: None)
 
-    def _landed_through(self, result: Any) -> Any:
+    def _landed_through(self, result: Any, seq: int) -> Any:
+        self._answered(seq)
         self._landed(result)
         return result
+
+
+def _entries(items: Iterable[_Entry]) -> int:
+    """How many entries ``items`` are (the parts of one entry count once)."""
+    return len({item.seq for item in items})
 
 
 def _key_list(entries: Iterable[_Entry]) -> str:

@@ -44,9 +44,17 @@ def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> N
     store.enqueue(["a", "b"], b"1")
     store.enqueue(["c", "d"], b"2")  # would make 4: a new call
     store.enqueue(["e"], b"3")
-    store.enqueue(["f", "g", "h", "i"], b"4")  # more than the limit alone: a call of its own
+    store.enqueue(["f", "g", "h", "i"], b"4")  # more than the limit alone: split, each part a call of its own
+    store.enqueue(["j"], b"5")
     clock.advance(0)
-    assert [c[3][2:] for c in commands.sent] == [[b"1", 2, "0"], [b"2", 2, "0", b"3", 1, "0"], [b"4", 4, "0"]]
+    assert [c[3][2:] for c in commands.sent] == [
+        [b"1", 2, "0"],
+        [b"2", 2, "0", b"3", 1, "0"],
+        [b"4", 3, "0"],
+        [b"4", 1, "0"],
+        [b"5", 1, "0"],
+    ]
+    assert [c[2] for c in commands.sent[2:4]] == [["rm:users:f:messages", "rm:users:g:messages", "rm:users:h:messages"], ["rm:users:i:messages"]]
 
 
 def test_drain_waits_for_writes_not_sent_yet() -> None:

@@ -19,6 +19,11 @@ the last entries of an inbox), and a ``confirm`` for a socket its holder no
 longer has is answered with a ``detach``: no lost entry leaves a socket unknown
 to its owner, or one that is gone held by it.
 
+The holding node's side is redis_edge/relays.py, the owner's
+redis_edge/remotesockets.py; this module is the link between them: the core's
+port, the inbox read and each item given to the side it is for, the users moved
+when the nodes change, and what is sent again.
+
 An inbox is a stream, ``rm:nodes:$node:inbox``, read by its node alone: what a
 node has for another in one reactor turn goes in one entry, a batch
 (redis_edge/batches.py).  A node
@@ -33,7 +38,6 @@ txredisapi is not imported here; the connections are the link's.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -45,13 +49,14 @@ from redmessenger.core.ownership import Owners
 from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
-from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.keyspace import inbox_key
 from redmessenger.redis_edge.batches import BatchWriter, entry_message, item_fields, message_of, read_batch, text
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.handoff import Handoffs
 from redmessenger.redis_edge.nodes import NodesChange
-from redmessenger.redis_edge.remote import LOST_BETWEEN_DAEMONS, OneRecipient, RemoteSink, RemoteTicket
+from redmessenger.redis_edge.relays import Relays
+from redmessenger.redis_edge.remote import OneRecipient, RemoteTicket
+from redmessenger.redis_edge.remotesockets import RemoteSockets
 
 #: Entries read from the inbox per call, and how long a read waits for one (ms).
 INBOX_BATCH = 500
@@ -60,8 +65,10 @@ INBOX_BLOCK_MS = 1000
 RUN_PREFIX = 6
 #: Seconds (between this and twice this) before an unanswered ``attach`` or ``confirm`` is sent again.
 RESEND_AFTER = 5.0
+
+
 class PeerLink:
-    """This node among the others: owners, relays, the inbox (implements core.ports.Peers)."""
+    """This node among the others: owners, the inbox, and both sides of a relay (implements core.ports.Peers)."""
 
     log = make_logger()
 
@@ -76,24 +83,17 @@ class PeerLink:
         self.node = node_id
         self._inbox = inbox_key(node_id)
         self._owners = Owners(node_id)
-        self._sids = itertools.count(1)
         #: Socket ids are ``{run}.{n}``: an owner tells the sockets of a node's runs apart (RUN_PREFIX of its run).
-        self._run_id = run[:RUN_PREFIX] or secrets.token_hex(RUN_PREFIX // 2)
-        #: Owner side: the run each node's sockets here were attached by (an attach from another run: restarted).
-        self._runs: dict[str, str] = {}
-        # holding side: relays by sid, and their sids
-        self._relays: dict[str, Attachment] = {}
-        self._sid_of: dict[Attachment, str] = {}
-        #: Deliveries that arrived for each relay: fewer than its owner sent means some were lost on the way.
-        self._arrived: dict[str, int] = {}
-        #: Relays closed for deliveries that never arrived: their owner must not take them as read.
-        self._incomplete: set[str] = set()
-        #: Relays whose owner has not answered their attach yet (in order); those already unanswered at the last check.
-        self._unanswered: dict[str, None] = {}
-        self._unanswered_before: set[str] = set()
+        run_id = run[:RUN_PREFIX] or secrets.token_hex(RUN_PREFIX // 2)
+        #: Holding side: the relays (redis_edge/relays.py); by sid, and the deliveries that arrived for each, read
+        #: here on the hot path (_unpack).
+        self._holding = Relays(self, hub, self._owners, run_id, self.log)
+        self._relays = self._holding.by_sid
+        self._arrived = self._holding.arrived
         self._resend_call: Any = None
-        # owner side: the sockets other nodes hold, by (node, sid)
-        self._remote: dict[tuple[str, str], tuple[Attachment, RemoteSink]] = {}
+        #: Owner side: the sockets other nodes hold, by (node, sid) (redis_edge/remotesockets.py).
+        self._owning = RemoteSockets(self, hub, self._owners)
+        self._remote = self._owning.by_key
         # reader side: intake entries given to owners (and to which), until they settle
         self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
         self._stopping = False
@@ -135,35 +135,13 @@ class PeerLink:
         return self._owners
 
     def attach(self, owner: str, attachment: Attachment) -> None:
-        sid = f"{self._run_id}.{next(self._sids)}"
-        self._relays[sid] = attachment
-        self._sid_of[attachment] = sid
-        self._unanswered[sid] = None
-        self._send_attach(owner, sid, attachment)
-
-    def _send_attach(self, owner: str, sid: str, attachment: Attachment) -> None:
-        sink = attachment.sink
-        self.send(
-            owner, b"attach", s=sid, u=attachment.uid.encode("utf-8"), a=b"1" if sink.acknowledges else b"0",
-            p=sink.client_address.encode("utf-8"),
-        )  # fmt: skip
+        self._holding.attach(owner, attachment)
 
     def detach(self, attachment: Attachment, received_all: bool) -> None:
-        sid = self._sid_of.pop(attachment, None)
-        if sid is None or attachment.owner is None:
-            return
-        self._relays.pop(sid, None)
-        self._arrived.pop(sid, None)
-        self._unanswered.pop(sid, None)
-        # what arrived here, the client read; not what never arrived
-        complete = sid not in self._incomplete
-        self._incomplete.discard(sid)
-        self.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all and complete else b"0")
+        self._holding.detach(attachment, received_all)
 
     def acknowledged(self, attachment: Attachment, message_id: str) -> None:
-        sid = self._sid_of.get(attachment)
-        if sid is not None and attachment.owner is not None:
-            self.send(attachment.owner, b"ack", s=sid, i=message_id.encode("utf-8"))
+        self._holding.acknowledged(attachment, message_id)
 
     def forward(self, owner: str, message: Message, uid: str) -> None:
         self._forwarded[(message.id, uid)] = (message, owner)
@@ -205,28 +183,14 @@ class PeerLink:
             owner = self.owner(user.uid)
             if owner is not None:
                 hub.give_away(user.uid, owner)
-        for key, (attachment, sink) in list(self._remote.items()):
-            if not attachment.attached:  # given away: its node attaches it to the new owner
-                del self._remote[key]
-                sink.close()
-            elif key[0] not in self._owners.nodes or (key[0] == restarted and _run_of(key[1]) != run):
-                self._gone(key)  # its node, or the run that held it, is gone: as if closed unconfirmed
+        self._owning.nodes_changed(restarted, run)
         for (entry, uid), (message, owner) in list(self._forwarded.items()):
             if owner not in self._owners.nodes or owner == restarted:  # gone before it settled: route it again
                 del self._forwarded[(entry, uid)]
                 again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
                 again.ticket = OneRecipient(message.ticket, uid)
                 hub.router.route_user(again, uid)
-        for sid, attachment in list(self._relays.items()):
-            owner = self.owner(attachment.uid)
-            if owner == attachment.owner and owner != restarted:
-                continue
-            self.detach(attachment, False)
-            if owner is None:
-                hub.take_over(attachment)
-            else:
-                attachment.owner = owner
-                self.attach(owner, attachment)
+        self._holding.follow(restarted)
 
     # -- the inbox -----------------------------------------------------------------------
 
@@ -253,21 +217,8 @@ class PeerLink:
         the last check already, sent again (each side takes a repeat as the first: docs/scale-out.md).
         """
         self._resend_call = self._clock.callLater(RESEND_AFTER, self._resend)
-        late = [sid for sid in self._unanswered if sid in self._unanswered_before]
-        for sid in late:
-            attachment = self._relays.get(sid)
-            if attachment is None or attachment.owner is None:
-                del self._unanswered[sid]
-                continue
-            self.log.warn(
-                "{owner} did not answer the attach of socket {sid} ({uid}); sending it again",
-                owner=attachment.owner, sid=sid, uid=attachment.uid,
-            )  # fmt: skip
-            self._send_attach(attachment.owner, sid, attachment)
-            self.resent += 1
-        self._unanswered_before = set(self._unanswered)
-        for _attachment, sink in self._remote.values():
-            self.resent += sink.ask_again()
+        self.resent += self._holding.resend()
+        self.resent += self._owning.ask_again()
 
     def start(self) -> None:
         self._stopping = False
@@ -351,52 +302,26 @@ class PeerLink:
         kind = fields.get(b"k")
         node = text(fields.get(b"n", b""))
         sid = text(fields.get(b"s", b""))
+        # the holding side's items go to the relays (redis_edge/relays.py), the owner's side's to the sockets other
+        # nodes hold (redis_edge/remotesockets.py); those that come once per message are handled here, without a call
         if kind == b"confirm":
-            asked = fields.get(b"q", b"0")
-            relay = self._relays.get(sid)
-            sent = fields.get(b"c", b"")
-            if relay is None or not relay.attached:
-                self.send(node, b"confirmed", s=sid, q=asked, o=b"0")
-                if relay is None:  # its detach may have been lost: the owner must not keep it
-                    self.send(node, b"detach", s=sid, r=b"0")
-            elif sid in self._incomplete:
-                self.send(node, b"confirmed", s=sid, q=asked, o=b"0")  # closing already
-            elif sent.isdigit() and self._arrived.get(sid, 0) < int(sent):
-                # Deliveries lost between the nodes (a Redis failover lost inbox entries): the socket cannot say
-                # it has them. Closed, its owner sends what it did not confirm to the user's other sockets or
-                # the queue, and the client reconnects for it.
-                self.log.warn(
-                    "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
-                    count=int(sent) - self._arrived.get(sid, 0),
-                    node=node,
-                    sid=sid,
-                )
-                self.send(node, b"confirmed", s=sid, q=asked, o=b"0")
-                self._incomplete.add(sid)
-                relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
-            else:
-                relay.sink.confirm().addCallback(lambda received: self.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0"))
+            self._holding.confirm(node, sid, fields.get(b"q", b"0"), fields.get(b"c", b""))
         elif kind == b"confirmed":
             found = self._remote.get((node, sid))
             if found is not None:
                 found[1].confirmed(int(fields.get(b"q", b"0")), fields.get(b"o") == b"1")
         elif kind == b"attached":
-            self._unanswered.pop(sid, None)
+            self._holding.attached(sid)
         elif kind == b"attach":
-            self._attached(node, sid, text(fields.get(b"u", b"")), fields.get(b"a") == b"1", text(fields.get(b"p", b"")))
+            self._owning.attach(node, sid, text(fields.get(b"u", b"")), fields.get(b"a") == b"1", text(fields.get(b"p", b"")))
         elif kind == b"detach":
-            found = self._remote.pop((node, sid), None)
-            if found is not None:
-                found[1].close()
-                self._hub.detach(found[0], received_all=fields.get(b"r") == b"1")
+            self._owning.detach(node, sid, fields.get(b"r") == b"1")
         elif kind == b"ack":
             found = self._remote.get((node, sid))
             if found is not None:
                 self._hub.acknowledged(found[0], text(fields.get(b"i", b"")))
         elif kind == b"abandon":
-            relay = self._relays.get(sid)
-            if relay is not None:
-                relay.sink.abandon(ClientError(CloseCode(int(fields.get(b"c", b"4413"))), text(fields.get(b"r", b""))))
+            self._holding.abandon(sid, fields.get(b"c", b"4413"), fields.get(b"r", b""))
         elif kind == b"intake":
             message = entry_message(fields.get(b"e", b""))
             uid = text(fields.get(b"u", b""))
@@ -416,38 +341,3 @@ class PeerLink:
                     ticket.settle_queued([uid])
                 else:
                     ticket.settle(uid)
-
-    def _attached(self, node: str, sid: str, uid: str, acknowledges: bool, address: str) -> None:
-        if (node, sid) in self._remote:  # sent again: the answer was lost, or late
-            self.send(node, b"attached", s=sid)
-            return
-        run = _run_of(sid)
-        if self._runs.get(node, run) != run:
-            # The node was killed and started again, and this came before the change said so: its previous run's
-            # sockets are gone.
-            for key in [key for key in self._remote if key[0] == node and _run_of(key[1]) != run]:
-                self._gone(key)
-        self._runs[node] = run
-        sink = RemoteSink(self, node, sid, acknowledges, address)
-        if self.owner(uid) is not None:
-            # not ours (the nodes changed meanwhile): its node will attach it to the right owner
-            sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, "the daemons sharing the Redis changed; reconnect"))
-            return
-        try:
-            attachment = self._hub.attach_remote(uid, sink, via=node)
-        except ClientError as e:
-            sink.abandon(e)
-            return
-        self._remote[(node, sid)] = (attachment, sink)
-        self.send(node, b"attached", s=sid)
-
-
-    def _gone(self, key: tuple[str, str]) -> None:
-        attachment, sink = self._remote.pop(key)
-        sink.close()
-        self._hub.detach(attachment)
-
-
-def _run_of(sid: str) -> str:
-    return sid.partition(".")[0]
-

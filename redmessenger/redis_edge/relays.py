@@ -1,0 +1,167 @@
+"""
+On the node holding a socket whose user another node owns (docs/scale-out.md):
+the *relays*.  The holder tells the owner of each (``attach``, sent again while
+unanswered: ``attached``), of its client's acks and of its close (``ack``,
+``detach``); it answers the owner's confirmation requests (``confirm``), and
+closes the socket when the owner says so (``abandon``) or when deliveries the
+owner sent it never arrived.  The deliveries themselves are written to the
+relays by the inbox's reader (redis_edge/peers.py), from the tables here,
+without a call through this class per message.
+
+Each relay has a socket id, ``{run}.{n}``: the owner tells the sockets of a
+node's runs apart (redis_edge/remotesockets.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from redmessenger.core.hub import Hub
+from redmessenger.core.ownership import Owners
+from redmessenger.core.presence import Attachment
+from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.redis_edge.batches import text
+from redmessenger.redis_edge.remote import LOST_BETWEEN_DAEMONS
+
+
+class Outbox(Protocol):
+    """The way to the other nodes' inboxes (redis_edge/peers.PeerLink)."""
+
+    def send(self, node: str, kind: bytes, **fields: bytes | str) -> None: ...
+
+
+class Relays:
+    """This node's relays, by socket id, and what it tells their owners."""
+
+    def __init__(self, outbox: Outbox, hub: Hub, owners: Owners, run_id: str, log: Logger) -> None:
+        self._outbox = outbox
+        self._hub = hub
+        self._owners = owners
+        #: The first part of each socket id: this daemon's run (RUN_PREFIX hex digits of it).
+        self._run_id = run_id
+        #: The logger of the link (redis_edge/peers.PeerLink): these warnings keep its namespace.
+        self._log = log
+        self._sids = itertools.count(1)
+        #: The relays by sid (never rebound: the inbox's reader reads it on the hot path).
+        self.by_sid: dict[str, Attachment] = {}
+        self._sid_of: dict[Attachment, str] = {}
+        #: Deliveries that arrived for each relay (counted by the inbox's reader, never rebound): fewer than its owner
+        #: sent means some were lost on the way.
+        self.arrived: dict[str, int] = {}
+        #: Relays closed for deliveries that never arrived: their owner must not take them as read.
+        self._incomplete: set[str] = set()
+        #: Relays whose owner has not answered their attach yet (in order); those already unanswered at the last check.
+        self._unanswered: dict[str, None] = {}
+        self._unanswered_before: set[str] = set()
+
+    # -- what the core tells (core.ports.Peers, through the link) ---------------------------
+
+    def attach(self, owner: str, attachment: Attachment) -> None:
+        sid = f"{self._run_id}.{next(self._sids)}"
+        self.by_sid[sid] = attachment
+        self._sid_of[attachment] = sid
+        self._unanswered[sid] = None
+        self._send_attach(owner, sid, attachment)
+
+    def _send_attach(self, owner: str, sid: str, attachment: Attachment) -> None:
+        sink = attachment.sink
+        self._outbox.send(
+            owner, b"attach", s=sid, u=attachment.uid.encode("utf-8"), a=b"1" if sink.acknowledges else b"0",
+            p=sink.client_address.encode("utf-8"),
+        )  # fmt: skip
+
+    def detach(self, attachment: Attachment, received_all: bool) -> None:
+        sid = self._sid_of.pop(attachment, None)
+        if sid is None or attachment.owner is None:
+            return
+        self.by_sid.pop(sid, None)
+        self.arrived.pop(sid, None)
+        self._unanswered.pop(sid, None)
+        # what arrived here, the client read; not what never arrived
+        complete = sid not in self._incomplete
+        self._incomplete.discard(sid)
+        self._outbox.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all and complete else b"0")
+
+    def acknowledged(self, attachment: Attachment, message_id: str) -> None:
+        sid = self._sid_of.get(attachment)
+        if sid is not None and attachment.owner is not None:
+            self._outbox.send(attachment.owner, b"ack", s=sid, i=message_id.encode("utf-8"))
+
+    # -- what the owners say (items of this node's inbox) -----------------------------------
+
+    def confirm(self, node: str, sid: str, asked: bytes, sent: bytes) -> None:
+        """``node`` asks whether the relay ``sid`` got what it sent it (``sent``: how many deliveries, if it says)."""
+        relay = self.by_sid.get(sid)
+        if relay is None or not relay.attached:
+            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+            if relay is None:  # its detach may have been lost: the owner must not keep it
+                self._outbox.send(node, b"detach", s=sid, r=b"0")
+        elif sid in self._incomplete:
+            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")  # closing already
+        elif sent.isdigit() and self.arrived.get(sid, 0) < int(sent):
+            # Deliveries lost between the nodes (a Redis failover lost inbox entries): the socket cannot say
+            # it has them. Closed, its owner sends what it did not confirm to the user's other sockets or
+            # the queue, and the client reconnects for it.
+            self._log.warn(
+                "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
+                count=int(sent) - self.arrived.get(sid, 0),
+                node=node,
+                sid=sid,
+            )
+            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+            self._incomplete.add(sid)
+            relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
+        else:
+            relay.sink.confirm().addCallback(
+                lambda received: self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
+            )
+
+    def attached(self, sid: str) -> None:
+        """The owner answered the relay's attach."""
+        self._unanswered.pop(sid, None)
+
+    def abandon(self, sid: str, code: bytes, reason: bytes) -> None:
+        """The owner closes the relay (``code``, ``reason``: the close it gives)."""
+        relay = self.by_sid.get(sid)
+        if relay is not None:
+            relay.sink.abandon(ClientError(CloseCode(int(code)), text(reason)))
+
+    # -- in time, and when the nodes change -------------------------------------------------
+
+    def resend(self) -> int:
+        """The attaches unanswered at the last call already, sent again; how many."""
+        resent = 0
+        late = [sid for sid in self._unanswered if sid in self._unanswered_before]
+        for sid in late:
+            attachment = self.by_sid.get(sid)
+            if attachment is None or attachment.owner is None:
+                del self._unanswered[sid]
+                continue
+            self._log.warn(
+                "{owner} did not answer the attach of socket {sid} ({uid}); sending it again",
+                owner=attachment.owner, sid=sid, uid=attachment.uid,
+            )  # fmt: skip
+            self._send_attach(attachment.owner, sid, attachment)
+            resent += 1
+        self._unanswered_before = set(self._unanswered)
+        return resent
+
+    def follow(self, restarted: str | None) -> None:
+        """
+        The nodes changed: each relay follows its user to its new owner (attached
+        again), or becomes a local socket; those of a ``restarted`` node attach to
+        it again (it knows nothing of its previous run).
+        """
+        for _sid, attachment in list(self.by_sid.items()):
+            owner = self._owners.elsewhere(attachment.uid)
+            if owner == attachment.owner and owner != restarted:
+                continue
+            self.detach(attachment, False)
+            if owner is None:
+                self._hub.take_over(attachment)
+            else:
+                attachment.owner = owner
+                self.attach(owner, attachment)

@@ -2,7 +2,7 @@
 Keep-alive, which the other tests turn off (``ping_interval: 0``): a daemon
 with ``ping_interval`` > 0, real clients.
 
-Plain WebSocket (redmessenger.dialects.plain.websocket, ``keep_alive``): every interval the
+Plain WebSocket (redmessenger.dialects.plain.pings, ``keep_alive``): every interval the
 daemon pings a socket that has shown no sign of life for an interval, and drops
 one that left a ping unanswered for an interval (found within two).  What a
 dropped socket was sent and never confirmed goes to the user's other socket,

@@ -15,12 +15,15 @@ Protocol (also in ``docs/protocol.md``):
    does on its own.  A pong confirms the frames sent before its ping: queue
    entries leave Redis only once confirmed.  A client that leaves a ping
    unanswered for ``ping_interval`` seconds is dropped (found within two intervals).
+
+The pings are in ``pings.py``, passing a socket to another daemon process in
+``passing.py``: bases of :class:`PlainWebSocketProtocol` (``LeanServerProtocol``
+-> ``Pings`` -> ``Passing`` -> it), so that neither adds a call to a message or a pong.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from secrets import randbits
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -34,12 +37,13 @@ from redmessenger.core.hub import Hub
 from redmessenger.core.sessions import ClientSession
 from redmessenger.dialects.plain import frames
 from redmessenger.dialects.plain.acks import AckLedger
+from redmessenger.dialects.plain.passing import Passing
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
-from redmessenger.transport.fastpath import DEFAULT_MAX_UNSENT_BYTES, LeanServerProtocol, backed_up_error
+from redmessenger.transport.fastpath import DEFAULT_MAX_UNSENT_BYTES, backed_up_error
 from redmessenger.transport.frames import text_frame
-from redmessenger.transport.passing import Outcome, Sender, let_go, passable
+from redmessenger.transport.passing import Sender
 from redmessenger.transport.sockets import Corks, OpenSockets, peer_text
 
 #: Message._encodings keys of the plain dialect's frames, by bubble value: legacy, and version 1.
@@ -55,7 +59,7 @@ def _v1_frame_of(message: Message, bubble: bool) -> bytes:
     return text_frame(frames.message_frame_payload(message, bubble))
 
 
-class PlainWebSocketProtocol(LeanServerProtocol):
+class PlainWebSocketProtocol(Passing):
     """One client socket speaking the plain dialect: the ClientLink of its session."""
 
     _log = make_logger()
@@ -65,20 +69,11 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     _acks: AckLedger | None = None
     #: Version 1: the uid to welcome, until the welcome is written (before anything else).
     _welcome: str | None = None
-    #: While the connection is on its way to another process (pass_to): the frames read meanwhile, and a
-    #: close asked for meanwhile (made if the connection stays).
-    _held: list[tuple[bytes, bool]] | None = None
-    _close_asked: tuple[int, str] | None = None
 
     def __init__(self) -> None:
         super().__init__()
         self._session: ClientSession | None = None
         self._peer_text = "?"
-        # Pings sent and not answered yet, oldest first: (token, sent at, waiter).
-        # A list: rarely more than two, and an empty deque costs 760 bytes a socket.
-        self._pings: list[tuple[int, float, Deferred[bool] | None]] = []
-        #: When the last ping the client answered was sent (keep_alive spares a socket that answered lately).
-        self._answered_at = 0.0
         #: A conn_limit slot taken at the handshake, given back in onClose.
         self._holds_slot = False
 
@@ -153,42 +148,6 @@ class PlainWebSocketProtocol(LeanServerProtocol):
         if self._session is not None:
             self._session.refuse(error)
 
-    def pass_to(self, node: str) -> Deferred[bool] | None:
-        received, self.read_so_far = self.read_so_far, None
-        factory = self.factory
-        sender = factory.sender
-        run = factory.run_of(node) if sender is not None else None
-        if (
-            sender is None or run is None or received is None or self.adopted or not self.raw_frames
-            or self._corked is not None or self._pings or not passable(self.transport)
-        ):  # fmt: skip
-            return None  # (a ping unanswered: its pong would reach the owner, and answer the owner's own ping)
-        tcp: Any = self.transport
-        tcp.stopReading()  # what the client sends next, the owner reads
-        self._held = []
-        went: Deferred[bool] = Deferred()
-        sender.send(run, self.transport, bytes(received)).addCallback(self._sent, went)
-        return went
-
-    def _sent(self, outcome: Outcome, went: Deferred[bool]) -> None:
-        held, self._held = self._held or [], None
-        if outcome is Outcome.REFUSED:
-            went.callback(False)  # served here: the identifier, then the frames that came with it
-            for payload, is_binary in held:
-                self.onMessage(payload, is_binary)
-            if self._close_asked is not None:
-                self.close_with(*self._close_asked)
-            tcp: Any = self.transport
-            if tcp is not None and tcp.connected:
-                tcp.startReading()
-            return
-        went.callback(True)
-        session, self._session = self._session, None  # nothing more to say for it: the owner says it
-        if session is not None:
-            session.closed()
-        if self.transport is not None:
-            let_go(self.transport)
-
     def accepted(self, uid: str | None) -> None:
         self.read_so_far = None
         # The legacy protocol has no answer to an identifier (the queue follows); version 1 welcomes.
@@ -198,63 +157,12 @@ class PlainWebSocketProtocol(LeanServerProtocol):
     def refuse(self, error: ClientError) -> None:
         self.close_with(error.code, error.reason)
 
-    def close_with(self, code: int, reason: str) -> None:
-        if self._held is None:
-            super().close_with(code, reason)
-        else:  # on its way to another process, which will answer for it; if it stays, closed then
-            self._close_asked = (code, reason)
-
     def backed_up(self, unsent: int) -> None:
         session = self._session
         if session is None or session.refused or self.state != self.STATE_OPEN:
             super().backed_up(unsent)
         else:
             session.refuse(backed_up_error(unsent))  # logged and counted as every refusal, then closed (4413)
-
-    def onPing(self, payload: bytes) -> None:
-        if self._held is None:  # else read behind the identifier: the owner reads it again, and answers it
-            super().onPing(payload)
-
-    # -- pings -----------------------------------------------------------------------
-
-    def _send_ping(self, waiter: Deferred[bool] | None) -> None:
-        # A token the client cannot guess: only a client that read the ping (and so every frame before it)
-        # can answer it, and only such an answer confirms what those frames carried.
-        token = randbits(64)
-        self._pings.append((token, self.factory.clock.seconds(), waiter))
-        self.send_ping_token(token)
-
-    def pong_received(self, token: int) -> None:
-        pings = self._pings
-        for answered, (sent, _, _) in enumerate(pings, 1):
-            if sent == token:
-                break
-        else:
-            return  # not an answer to a ping of ours (RFC 6455 lets a client send pongs unasked): it confirms nothing
-        # The pings before it were read too: a client may answer only the latest of several (RFC 6455, 5.5.3).
-        self._pings = pings[answered:]
-        for _, self._answered_at, waiter in pings[:answered]:
-            if waiter is not None:
-                waiter.callback(True)
-
-    def keep_alive(self, now: float) -> None:
-        """Called every ping_interval: ping an idle socket, drop one that stopped answering."""
-        if self.state != self.STATE_OPEN or self._held is not None:
-            return  # (on its way to another process: not a byte more from this one)
-        if self._pings and now - self._pings[0][1] >= self.factory.ping_interval:
-            self._log.info("Dropping {peer}: no pong for {seconds:.0f}s", peer=self._peer_text, seconds=now - self._pings[0][1])
-            self.dropConnection(abort=True)
-        elif not self._pings and now - self._answered_at >= self.factory.ping_interval:
-            # Not for a socket whose confirmations showed it alive lately: under
-            # load that was every socket, pinged all in one turn (and their
-            # pongs in the next ones), a 50 ms stall every ping_interval.
-            self._send_ping(None)
-
-    def _fail_pings(self) -> None:
-        pings, self._pings = self._pings, []
-        for _, _, waiter in pings:
-            if waiter is not None:
-                waiter.callback(False)
 
     # -- Autobahn callbacks ----------------------------------------------------------
 

@@ -36,7 +36,7 @@ def test_a_client_that_posts_while_more_than_max_buffered_bytes_wait_is_backed_u
     assert handler(session).backed_up == [102], "told once, with the bytes waiting"
     assert handler(session).messages == ["read"], "the rest of the post is not read"
     assert waiting == [False], "dropped packets are never confirmed"
-    assert not session._buffer and session._buffered == 0
+    assert not session._buffer and session._buffer.bytes == 0
 
 
 def test_dropped_packets_are_never_confirmed_and_what_was_written_still_can_be():
@@ -131,7 +131,7 @@ async def test_a_polling_client_that_posts_while_too_much_waits_unread_is_closed
     publish(redis, "rm.users.user1", "never fetched")
     session = engine.get(sid)
     await wait_until(lambda: session._buffer, 5, "the message waiting for a poll")
-    unread = session._buffered
+    unread = session._buffer.bytes
     refusal = '44/x,"Invalid namespace"' if version == 3 else '44/x,{"message":"Invalid namespace"}'
     while unread <= 1000:
         unread += len(refusal)

@@ -140,7 +140,7 @@ def test_v3_at_most_one_pong_waits_for_a_poll():
     session.poll(Poll())  # the handshake
     for _ in range(3):
         session.receive([Packet(PacketType.PING)] * 1000)
-    assert [packet.text for packet in session._buffer] == ["3"] and session._buffered == 1
+    assert [packet.text for packet in session._buffer] == ["3"] and session._buffer.bytes == 1
     poll = Poll()
     session.poll(poll)
     assert poll.answers == [b"1:3"]

@@ -402,7 +402,7 @@ async def test_order_and_confirmations_across_the_upgrade(daemon_factory, redis,
     original = Session.websocket_packet
 
     def holding(session: Session, websocket: Any, packet: Any) -> None:
-        if websocket is session._probe:
+        if session._probe is not None and websocket is session._probe.websocket:
             if packet.type is PacketType.PING and not release_probe:
                 held["probe"] = (session, websocket, packet)
                 return

@@ -2,8 +2,9 @@
 Engine.IO sessions (protocol revisions 3 and 4): what a client's ``sid`` stands for
 while its transports come and go.  Transport-agnostic: the HTTP long-polling and
 WebSocket transports live in :mod:`redmessenger.dialects.engineio.transports`, the protocol
-as this server speaks it is described in the package, and what counts as the client's
-receipt of a packet in :mod:`redmessenger.dialects.engineio.receipts`.
+as this server speaks it is described in the package, what counts as the client's
+receipt of a packet in :mod:`redmessenger.dialects.engineio.receipts`, and the probe of
+an upgrade to WebSocket in :mod:`redmessenger.dialects.engineio.upgrade`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from redmessenger.dialects.engineio.codec import (
     CLOSE,
     NOOP,
     PING,
-    PROBE_PONG,
     EncodedPacket,
     Packet,
     PacketType,
@@ -32,7 +32,9 @@ from redmessenger.dialects.engineio.contract import (
     SessionHandler,
     WebSocketTransport,
 )
+from redmessenger.dialects.engineio.buffer import PollBuffer
 from redmessenger.dialects.engineio.receipts import Receipts
+from redmessenger.dialects.engineio.upgrade import Probe
 from redmessenger.logs import make_logger
 
 if TYPE_CHECKING:
@@ -76,14 +78,11 @@ class Session:
         self._clock = server.clock
         self._settings = server.settings
         self._websocket = websocket
-        self._probe: WebSocketTransport | None = None
-        #: Whether the probe answered ``3probe``: the client is to stop polling.
-        self._probed = False
+        #: A WebSocket probing for an upgrade (redmessenger.dialects.engineio.upgrade).
+        self._probe: Probe | None = None
         self._poll: PollRequest | None = None
-        #: Packets waiting for a poll (or the upgrade); always empty once on a WebSocket.
-        self._buffer: deque[EncodedPacket] = deque()
-        #: Their bytes (UTF-8), bounded by ``max_buffered_bytes`` whenever the client sends something.
-        self._buffered = 0
+        #: Packets waiting for a poll (or the upgrade), empty once on a WebSocket; bounded when the client sends.
+        self._buffer = PollBuffer()
         #: Revision 3: the count of packets sent up to the last pong; it waits in the buffer while past ``_written``.
         self._pong_at = 0
         #: Packets counted twice: sent (written, or buffered for a poll), and confirmed by the client.
@@ -93,7 +92,6 @@ class Session:
         self._pings: deque[int] = deque()
         self._ping_timer: IDelayedCall | None = None
         self._timeout_timer: IDelayedCall | None = None
-        self._upgrade_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
         self._closing_reason = "server close"
         self.handler: SessionHandler = server.handler_factory(self)
@@ -210,9 +208,9 @@ class Session:
             # never polls must not keep its slot, and what is buffered for it, for ever).
             self._reset_timeout()
         self._poll = request
-        if self._probe is not None and self._probed:
+        if self._probe is not None and self._probe.answered:
             # Told to stop polling: this GET only ends the polling transport (engine.io answers it too).
-            self._release_poll()
+            self.release_poll()
         else:
             self._flush()
 
@@ -232,8 +230,8 @@ class Session:
         for packet in packets:
             if self.state is State.CLOSED:
                 return
-            if self._buffered > limit:
-                self.handler.on_backed_up(self._buffered)  # (logged as a refusal: too slow)
+            if self._buffer.bytes > limit:
+                self.handler.on_backed_up(self._buffer.bytes)  # (logged as a refusal: too slow)
                 return
             self._on_packet(packet)
 
@@ -243,11 +241,9 @@ class Session:
         messages the layer above has taken back): what waits for their confirmation
         fires False; the pings among them are no longer awaited.
         """
-        dropped = len(self._buffer)
+        dropped = self._buffer.clear()
         if not dropped:
             return
-        self._buffer.clear()
-        self._buffered = 0
         self._pong_at = 0
         receipts = self._receipts
         receipts.withdraw(dropped)
@@ -264,9 +260,7 @@ class Session:
         """A WebSocket opened with this sid: it has ``upgrade_timeout`` seconds to complete the upgrade."""
         if not self.can_probe(self.version):
             return False
-        self._probe = websocket
-        self._probed = False
-        self._upgrade_timer = self._clock.callLater(self._settings.upgrade_timeout, self._upgrade_timed_out)
+        self._probe = Probe(self, websocket, self._clock, self._settings.upgrade_timeout)
         return True
 
     def websocket_packet(self, websocket: WebSocketTransport, packet: Packet) -> None:
@@ -275,8 +269,8 @@ class Session:
             return
         if websocket is self._websocket:
             self._on_packet(packet)
-        elif websocket is self._probe:
-            self._on_probe_packet(websocket, packet)
+        elif self._probe is not None and websocket is self._probe.websocket:
+            self._probe.packet(packet)
 
     def websocket_pong(self, websocket: WebSocketTransport, token: int) -> None:
         """
@@ -291,31 +285,16 @@ class Session:
     def websocket_closed(self, websocket: WebSocketTransport) -> None:
         if websocket is self._websocket:
             self._finish("transport close", client_gone=True)
-        elif websocket is self._probe:
+        elif self._probe is not None and websocket is self._probe.websocket:
+            self._probe.cancel()
             self._probe = None
-            self._cancel("_upgrade_timer")
 
-    def _on_probe_packet(self, websocket: WebSocketTransport, packet: Packet) -> None:
-        if packet.type is PacketType.PING and packet.data == "probe":
-            websocket.write(PROBE_PONG)
-            self._probed = True
-            # Release the pending GET so that the client can pause polling.
-            self._release_poll()
-        elif packet.type is PacketType.UPGRADE:
-            self._upgrade(websocket)
-        else:
-            self.log.info(
-                "{peer}: unexpected packet {type} during the upgrade of session {sid}; closing the probe",
-                peer=self.peer,
-                sid=self.sid,
-                type=packet.type.name,
-            )
-            self._probe = None
-            self._cancel("_upgrade_timer")
-            websocket.close(1002, "unexpected packet during upgrade")
+    def probe_ended(self) -> None:
+        """The probe is closed without an upgrade: the session goes on polling."""
+        self._probe = None
 
-    def _upgrade(self, websocket: WebSocketTransport) -> None:
-        self._cancel("_upgrade_timer")
+    def upgraded(self, websocket: WebSocketTransport) -> None:
+        """The probe completed the upgrade: the WebSocket carries the session from now on."""
         self._probe = None
         self._websocket = websocket
         if self._poll is not None:
@@ -324,9 +303,7 @@ class Session:
             # The client upgrades only once its last poll is processed.
             self._receipts.confirm_upto(self._written)
         self.log.debug("{peer}: session {sid} upgraded to WebSocket", peer=self.peer, sid=self.sid)
-        buffered, self._buffer = self._buffer, deque()
-        self._buffered = 0
-        for packet in buffered:
+        for packet in self._buffer.take_all():
             websocket.write(packet)
         if self.state is State.CLOSING:
             self._finish(self._closing_reason, client_gone=False)
@@ -335,18 +312,6 @@ class Session:
                 self._push_ping()
             else:
                 websocket.ping(self._written)
-
-    def _upgrade_timed_out(self) -> None:
-        self._upgrade_timer = None
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            self.log.info(
-                "{peer}: no upgrade packet within {timeout}s for session {sid}; closing the probe",
-                peer=self.peer,
-                sid=self.sid,
-                timeout=self._settings.upgrade_timeout,
-            )
-            probe.close(1000, "upgrade timeout")
 
     # -- packets -----------------------------------------------------------------------------
 
@@ -413,7 +378,6 @@ class Session:
             self._receipts.sent += 1
             return True
         self._buffer.append(packet)
-        self._buffered += len(packet.utf8)
         self._receipts.sent += 1
         self._flush()
         return True
@@ -422,22 +386,12 @@ class Session:
         """Answer the pending GET with as much of the buffer as one response may carry."""
         if self._poll is None or not self._buffer:
             return
-        limit = self._settings.max_poll_bytes
-        taken: list[EncodedPacket] = []
-        size = 0
-        buffer = self._buffer
-        # revision 3's text payloads carry the packets' ASCII form, up to 6 bytes a character
-        ascii = self.version < 4 and not self._poll.binary
-        while buffer and (not taken or size + len(buffer[0].ascii if ascii else buffer[0].utf8) <= limit):
-            packet = buffer.popleft()
-            taken.append(packet)
-            self._buffered -= len(packet.utf8)
-            size += len(packet.ascii if ascii else packet.utf8) + 8
-        self._answer_poll(taken)
-        if self.state is State.CLOSING and not buffer:
+        # revision 3's text payloads carry the packets' ASCII form
+        self._answer_poll(self._buffer.take(self._settings.max_poll_bytes, self.version < 4 and not self._poll.binary))
+        if self.state is State.CLOSING and not self._buffer:
             self._finish(self._closing_reason, client_gone=False)
 
-    def _release_poll(self) -> None:
+    def release_poll(self) -> None:
         """Answer the pending GET now: with what waits in the buffer, or a noop."""
         if self._poll is None:
             return
@@ -458,14 +412,15 @@ class Session:
             return
         self.state = State.CLOSED
         self.close_reason = reason
-        for name in ("_ping_timer", "_timeout_timer", "_upgrade_timer", "_close_timer"):
+        for name in ("_ping_timer", "_timeout_timer", "_close_timer"):
             self._cancel(name)
-        undelivered = len(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
+        probe = self._probe
+        if probe is not None:
+            probe.cancel()
+        undelivered = self._buffer.clear()
         if self._poll is not None:
             self._answer_poll([NOOP] if answer_noop else [CLOSE])
-        for websocket in (self._websocket, self._probe):
+        for websocket in (self._websocket, probe.websocket if probe is not None else None):
             if websocket is not None:
                 websocket.close(code, reason if not client_gone else "")
         self._probe = None

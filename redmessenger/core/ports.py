@@ -161,7 +161,7 @@ class Queues(Protocol):
         """Drop the ``delivered`` oldest entries."""
 
     def drain(self) -> Deferred[None]:
-        """Fires once every entry enqueued so far has been answered by Redis."""
+        """Fires once every queue write (append or trim) made before the call has been answered by Redis."""
 
 
 class Directory(Protocol):

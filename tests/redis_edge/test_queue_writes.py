@@ -333,8 +333,12 @@ async def test_drain_waits_while_redis_refuses_writes_until_the_backlog_is_writt
             drained = store.drain()
             await wait_until(lambda: store.backlog == 1 and commands.answered >= 3, what="refused a few times, kept")
             assert not drained.called and redis.llen(QUEUE.format("away")) == 0
-            queued: list[list[bytes]] = []
-            drained.addCallback(lambda _: queued.append(redis.lrange(QUEUE.format("away"), 0, -1)))
+            queued: list[Any] = []
+
+            def landed(_: object) -> None:
+                queued.append(redis.lrange(QUEUE.format("away"), 0, -1))
+
+            drained.addCallback(landed)
         finally:
             redis.config_set("min-replicas-to-write", "0")
         await drained.addTimeout(10, _reactor())

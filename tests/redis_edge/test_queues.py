@@ -54,7 +54,10 @@ def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> N
         [b"4", 1, "0"],
         [b"5", 1, "0"],
     ]
-    assert [c[2] for c in commands.sent[2:4]] == [["rm:users:f:messages", "rm:users:g:messages", "rm:users:h:messages"], ["rm:users:i:messages"]]
+    assert [c[2] for c in commands.sent[2:4]] == [
+        ["rm:users:f:messages", "rm:users:g:messages", "rm:users:h:messages"],
+        ["rm:users:i:messages"],
+    ]
 
 
 def test_drain_waits_for_writes_not_sent_yet() -> None:

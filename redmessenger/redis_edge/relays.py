@@ -15,7 +15,6 @@ node's runs apart (redis_edge/remotesockets.py).
 from __future__ import annotations
 
 import itertools
-from typing import Protocol
 
 from twisted.logger import Logger
 
@@ -24,13 +23,7 @@ from redmessenger.core.ownership import Owners
 from redmessenger.core.presence import Attachment
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.redis_edge.batches import text
-from redmessenger.redis_edge.remote import LOST_BETWEEN_DAEMONS
-
-
-class Outbox(Protocol):
-    """The way to the other nodes' inboxes (redis_edge/peers.PeerLink)."""
-
-    def send(self, node: str, kind: bytes, **fields: bytes | str) -> None: ...
+from redmessenger.redis_edge.remote import LOST_BETWEEN_DAEMONS, Outbox
 
 
 class Relays:

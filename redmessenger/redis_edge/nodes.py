@@ -85,13 +85,10 @@ class NodesChange:
         if not all(isinstance(n, str) for n in nodes):
             raise ValueError("node ids that are not text")
         run = raw["run"] if isinstance(raw.get("run"), str) else ""
-        restarted = raw.get("restarted") is True
+        flags = joined, left, restarted = tuple(raw.get(flag) is True for flag in ("joined", "left", "restarted"))
         sig = raw["sig"] if isinstance(raw.get("sig"), str) else ""
-        signed = "\n".join((str(raw["epoch"]), raw["node"], run, "1" if restarted else "0", ",".join(nodes)))
-        return cls(
-            raw["epoch"], raw["node"], raw.get("joined") is True, raw.get("left") is True, restarted,
-            sorted(nodes), run, sig, signed,
-        )  # fmt: skip
+        signed = "\n".join((str(raw["epoch"]), raw["node"], run, *("1" if f else "0" for f in flags), ",".join(nodes)))
+        return cls(raw["epoch"], raw["node"], joined, left, restarted, sorted(nodes), run, sig, signed)
 
 
 class NodeRegistry:
@@ -150,8 +147,10 @@ class NodeRegistry:
         #: then, the one this daemon offers the script (the first daemon's to beat becomes everybody's).
         self._offered = secrets.token_hex(16)
         self.secret: str | None = None
-        #: Messages on rm.nodes not taken: unsigned, or signed with another secret.
+        #: Messages on rm.nodes not taken: unsigned, signed with another secret, or replayed (an epoch taken already).
         self.unsigned = 0
+        #: The epoch of the last signed change taken (a lower or equal one is a replay); 0 again with a new secret.
+        self._epoch = 0
 
     def start(self) -> None:
         self._loop.start(self._interval, now=True)
@@ -161,8 +160,8 @@ class NodeRegistry:
             return succeed(None)
         self._beating = True
         if self.secret is None:  # read first: the change this heartbeat publishes is signed with it
-            d = translated(self._commands.execute_command("GET", NODES_SECRET_KEY))
-            d.addCallback(self._read_secret)
+            d = translated(self._commands.execute_command("MGET", NODES_SECRET_KEY, NODES_EPOCH_KEY))
+            d.addCallback(self._read_first)
             d.addCallback(lambda _: self._heartbeat())
         else:
             d = self._heartbeat()
@@ -177,9 +176,17 @@ class NodeRegistry:
             )
         )
 
+    def _read_first(self, reply: Any) -> None:
+        """The secret, and the epoch of the last change: a change heard from now on is a later one."""
+        secret, epoch = reply if isinstance(reply, list) and len(reply) == 2 else (None, None)
+        self._read_secret(secret)
+        if epoch is not None and _text(epoch).isdigit():
+            self._epoch = max(self._epoch, int(_text(epoch)))
+
     def _read_secret(self, secret: Any) -> None:
-        if secret:
+        if secret and _text(secret) != self.secret:
             self.secret = _text(secret)
+            self._epoch = 0  # a new secret: Redis lost its data, and counts the epochs from 1 again
 
     def _beaten(self, result: None) -> None:
         self._beating = False
@@ -196,20 +203,21 @@ class NodeRegistry:
         except ValueError as e:
             self.log.warn("Ignoring a message on rm.nodes: {why} ({payload!r})", why=str(e), payload=payload[:200])
             return
-        if not change.signed_with(self.secret if self.secret is not None else self._offered):
-            # Not the heartbeat script's (a publisher's message on rm.nodes), or signed with a secret this daemon
-            # has not read yet (rm:nodes:secret was lost with a Redis that lost its data): the heartbeats tell the
-            # list within ``grace`` seconds either way.
+        if not change.signed_with(self.secret if self.secret is not None else self._offered) or change.epoch <= self._epoch:
+            # Not the heartbeat script's (a publisher's message on rm.nodes), one of its changes published again,
+            # or signed with a secret this daemon has not read yet (rm:nodes:secret was lost with a Redis that lost
+            # its data): the heartbeats tell the list within ``grace`` seconds either way.
             self.unsigned += 1
             if worth_a_line(self.unsigned):
                 self.log.warn(
-                    "Ignoring a change of the nodes on rm.nodes not signed by the heartbeat script ({count} so far; "
-                    "epoch {epoch}, from {node!r})",
+                    "Ignoring a change of the nodes on rm.nodes not signed by the heartbeat script, or heard before "
+                    "({count} so far; epoch {epoch}, from {node!r})",
                     count=self.unsigned,
                     epoch=change.epoch,
                     node=change.node[:100],
                 )
             return
+        self._epoch = change.epoch
         if change.run and change.node in change.nodes:
             self.runs[change.node] = change.run  # before the next heartbeat tells it: a node that joins takes sockets at once
         self._in_order(lambda: self._take(change.nodes, "", change))
@@ -218,7 +226,7 @@ class NodeRegistry:
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
         runs = (reply[2] or []) if reply and len(reply) > 2 else []
         if reply and len(reply) > 3 and reply[3]:
-            self.secret = _text(reply[3])
+            self._read_secret(reply[3])
         named = [_text(n) for n in names]
         self.sockets = {node: _count(count) for node, count in zip(named, counts)}
         self.runs = {node: _text(run) for node, run in zip(named, runs) if run}

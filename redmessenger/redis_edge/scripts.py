@@ -145,7 +145,8 @@ return 1
 # of each node's run: killed and started again before its entry expired),
 # "expired": [ids], "nodes": [ids], "run": the node's run, "sig": the change
 # signed with the secret KEYS[5] (sha1hex(secret .. sha1hex(epoch, node, run,
-# restarted "1"/"0", the nodes joined by commas; joined by newlines)), set to
+# joined, left and restarted as "1"/"0", the nodes joined by commas; joined by
+# newlines)), set to
 # ARGV[7] if it has none}: a daemon takes only what is signed (redis_edge/nodes.py).
 # Returns {ids}, {counts}, {runs}, the secret.  ARGV: node id, seconds it stays
 # listed without another heartbeat, "beat" or "leave" (removes it), its open
@@ -182,7 +183,8 @@ end
 if (joined or left or restarted or #expired > 0) and ARGV[5] then
   local epoch = redis.call('INCR', KEYS[3])
   local run = ARGV[6] or ''
-  local signed = table.concat({epoch, ARGV[1], run, restarted and '1' or '0', table.concat(nodes, ',')}, '\\n')
+  local signed = table.concat({epoch, ARGV[1], run, joined and '1' or '0', left and '1' or '0',
+    restarted and '1' or '0', table.concat(nodes, ',')}, '\\n')
   redis.call('PUBLISH', ARGV[5], cjson.encode({epoch = epoch, node = ARGV[1], joined = joined, left = left,
     restarted = restarted, expired = expired, nodes = nodes, run = run,
     sig = redis.sha1hex((secret or '') .. redis.sha1hex(signed))}))

@@ -96,24 +96,32 @@ async def test_a_change_of_the_nodes_published_by_anyone_but_the_heartbeat_scrip
     """
     A message on rm.nodes shaped like a change, listing a node that does not exist: had the daemons taken it, a user
     that node would own would have no owner, and a message to that user would be neither delivered nor queued.
+    Nor is a change the script signed taken twice (published again, an old list).
     """
+    listener = redis.pubsub()
+    listener.subscribe("rm.nodes")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
     first = await daemon_factory(node_id="node-a")
     second = await daemon_factory(node_id="node-b")
     names = ["node-a", "node-b"]
     for daemon in (first, second):
         await daemon.until(lambda d=daemon: d.service.nodes.nodes == names, 5, "each daemon to see both")
     assert (first.service.nodes.unsigned, second.service.nodes.unsigned) == (0, 0), "the script's changes are signed"
+    heard = listener.get_message(timeout=5)  # node-a's join, when it was alone: signed, and past
+    listener.close()
+    assert json.loads(heard["data"])["nodes"] == ["node-a"]
     forged = names + ["node-x"]
     orphan = next(uid for uid in (f"o{i}" for i in range(1000)) if owner_of(uid, forged) == "node-x")
     epoch = int(redis.get("rm:nodes:epoch"))
     for sig in ("", "0" * 40):
         change = {"epoch": epoch + 1, "node": "node-x", "joined": True, "nodes": forged, "run": "r", "sig": sig}
         redis.publish("rm.nodes", json.dumps(change))
+    redis.publish("rm.nodes", heard["data"])  # a change the script did sign, published again
     redis.publish(f"rm.users.{orphan}", "for the orphan")
     for daemon in (first, second):
         await daemon.until(lambda d=daemon: d.service.hub.counters.published == 1, 5, "the message heard")
         await daemon.idle()
-    assert (first.service.nodes.unsigned, second.service.nodes.unsigned) == (2, 2)
+    assert (first.service.nodes.unsigned, second.service.nodes.unsigned) == (3, 3)
     assert first.service.nodes.nodes == second.service.nodes.nodes == names
     queued = [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{orphan}:messages", 0, -1)]
     assert queued == ["for the orphan"], "queued once, by its real owner"

@@ -397,7 +397,7 @@ def test_revision_3_confirms_with_websocket_pings():
     session.send(message("b"))
     second: list[bool] = []
     session.confirm().addCallback(second.append)
-    assert len(ws.pings) == 2 and ws.pings[0] < ws.pings[1]
+    assert len(set(ws.pings)) == 2
     session.websocket_pong(ws, ws.pings[0])
     assert first == [True] and second == []
     session.websocket_pong(ws, ws.pings[1])

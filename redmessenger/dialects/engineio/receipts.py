@@ -10,14 +10,18 @@ the upgrade packet (sent only once the last poll is processed); on a WebSocket,
 revision 4: the pong to an Engine.IO ping (the page's JavaScript answers it, a page
 frozen in the back/forward cache does not); revision 3, which has no ping the server
 can send: a WebSocket ping's pong (which a browser answers by itself, the documented
-limit).  Packets still buffered when a session ends were never delivered: the core
-keeps the messages among them (they were never confirmed).  So were the ones dropped
-for a client too far behind (:meth:`Receipts.withdraw`): never counted as sent.
+limit), matched to its ping by a random token: RFC 6455 lets a client send pongs
+unasked, with any payload, so only the answer to a ping it read (and with it what
+was written before) confirms.  Packets still buffered when a session ends were never
+delivered: the core keeps the messages among them (they were never confirmed).  So
+were the ones dropped for a client too far behind (:meth:`Receipts.withdraw`): never
+counted as sent.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from secrets import randbits
 
 from twisted.internet.defer import Deferred
 
@@ -25,13 +29,15 @@ from twisted.internet.defer import Deferred
 class Receipts:
     """Packets sent and confirmed, counted; waiters fire True once their count is confirmed, False if it never is."""
 
-    __slots__ = ("sent", "_confirmed", "_waiters")
+    __slots__ = ("sent", "_confirmed", "_waiters", "_tokens")
 
     def __init__(self) -> None:
         #: Packets sent (written, or buffered for a poll); the session counts them.
         self.sent = 0
         self._confirmed = 0
         self._waiters: deque[tuple[int, Deferred[bool]]] = deque()
+        #: Revision 3: the WebSocket pings not answered yet, by token, with the packets written before each.
+        self._tokens: list[tuple[int, int]] = []
 
     @property
     def all_confirmed(self) -> bool:
@@ -60,6 +66,25 @@ class Receipts:
         while waiters and waiters[0][0] <= count:
             _target, waiter = waiters.popleft()
             waiter.callback(True)
+
+    def ping_token(self, count: int) -> int:
+        """The token of a WebSocket ping written after the first ``count`` packets: its pong confirms them."""
+        token = randbits(64)
+        self._tokens.append((token, count))
+        return token
+
+    def pong(self, token: int) -> None:
+        """
+        A WebSocket pong: the answer to one of those pings confirms what was written
+        before it, and answers the pings before it (a client may answer only the latest
+        of several: RFC 6455, 5.5.3).  Any other pong confirms nothing.
+        """
+        tokens = self._tokens
+        for answered, (sent, count) in enumerate(tokens, 1):
+            if sent == token:
+                del tokens[:answered]
+                self.confirm_upto(count)
+                return
 
     def withdraw(self, count: int) -> None:
         """The last ``count`` packets counted as sent were dropped unsent: what waits for any of them fires False."""

@@ -156,7 +156,7 @@ class Session:
                     self._push_ping()
                 else:
                     # Revision 3 has no ping the server sends: a WebSocket ping it is.
-                    self._websocket.ping(self._written)
+                    self._websocket.ping(self._receipts.ping_token(self._written))
         return waiter
 
     @property
@@ -274,13 +274,13 @@ class Session:
 
     def websocket_pong(self, websocket: WebSocketTransport, token: int) -> None:
         """
-        A pong to :meth:`WebSocketTransport.ping`: the client read everything
-        written before the ping.  Revision 3 only: its browser answers it by
-        itself, so a page frozen in the back/forward cache seems to confirm
+        A pong: if it answers a :meth:`WebSocketTransport.ping` (its random token), the
+        client read everything written before that ping.  Revision 3 only: its browser
+        answers it by itself, so a page frozen in the back/forward cache seems to confirm
         (docs/protocol.md); revision 4 confirms with Engine.IO pings.
         """
         if websocket is self._websocket and self.version < 4:
-            self._receipts.confirm_upto(min(token, self._written))
+            self._receipts.pong(token)
 
     def websocket_closed(self, websocket: WebSocketTransport) -> None:
         if websocket is self._websocket:
@@ -311,7 +311,7 @@ class Session:
             if self.version >= 4:
                 self._push_ping()
             else:
-                websocket.ping(self._written)
+                websocket.ping(self._receipts.ping_token(self._written))
 
     # -- packets -----------------------------------------------------------------------------
 

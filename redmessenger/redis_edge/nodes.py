@@ -185,8 +185,9 @@ class NodeRegistry:
 
     def _read_secret(self, secret: Any) -> None:
         if secret and _text(secret) != self.secret:
+            if self.secret is not None:
+                self._epoch = 0  # another secret: Redis lost its data, and counts the epochs from 1 again
             self.secret = _text(secret)
-            self._epoch = 0  # a new secret: Redis lost its data, and counts the epochs from 1 again
 
     def _beaten(self, result: None) -> None:
         self._beating = False

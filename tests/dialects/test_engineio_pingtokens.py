@@ -71,6 +71,23 @@ def test_the_pong_to_the_latest_ping_answers_the_ones_before():
     session.abort("test")
 
 
+def test_a_client_that_answers_no_ping_holds_the_latest_few_and_the_latest_answer_still_confirms():
+    from redmessenger.dialects.engineio.receipts import MAX_PINGS
+
+    clock, server, session = make(3, ws := FakeWebSocket())
+    waiting: list[list[bool]] = []
+    for n in range(10 * MAX_PINGS):
+        session.send(message(f"m{n}"))
+        waiting.append([])
+        session.confirm().addCallback(waiting[-1].append)
+    assert len(ws.pings) == 10 * MAX_PINGS and len(session._receipts._tokens) == MAX_PINGS, "bounded"
+    session.websocket_pong(ws, ws.pings[0])  # forgotten: confirms nothing
+    assert not any(waiting)
+    session.websocket_pong(ws, ws.pings[-1])
+    assert all(w == [True] for w in waiting) and session.all_confirmed
+    session.abort("test")
+
+
 def test_the_ping_after_an_upgrade_has_a_random_token_too():
     """What was buffered during the upgrade, with a confirmation waiting: a WebSocket ping after it."""
     clock, server, session = make(3)

@@ -6,6 +6,7 @@ shown in status(), /health and /metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -125,3 +126,35 @@ async def test_a_change_of_the_nodes_published_by_anyone_but_the_heartbeat_scrip
     assert first.service.nodes.nodes == second.service.nodes.nodes == names
     queued = [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{orphan}:messages", 0, -1)]
     assert queued == ["for the orphan"], "queued once, by its real owner"
+
+
+def test_the_epoch_read_before_the_first_heartbeat_stays_when_that_heartbeat_sets_the_secret() -> None:
+    """The first daemon on a Redis: no secret yet, so its heartbeat sets one; changes up to the epoch read are past."""
+    from twisted.internet.defer import succeed
+
+    from redmessenger.redis_edge.nodes import NodesChange
+
+    class Commands:
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            assert args[0] == "MGET"
+            return succeed([None, b"7"])
+
+        def eval(self, script: bytes, keys: list[Any] = [], args: list[Any] = []) -> Any:
+            return succeed([[b"node-a"], [b"0"], [args[5].encode()], args[6].encode()])
+
+    registry = NodeRegistry(Commands(), Clock(), "node-a")  # type: ignore[arg-type]
+    registry.beat()
+    assert registry.secret == registry._offered
+    taken: list[list[str]] = []
+    registry._on_change = lambda nodes, change: taken.append(nodes)
+
+    def signed(epoch: int, nodes: list[str]) -> bytes:
+        change = NodesChange.parse(json.dumps({"epoch": epoch, "node": "node-x", "nodes": nodes}).encode())
+        inner = hashlib.sha1(change.signed.encode()).hexdigest()
+        sig = hashlib.sha1((registry._offered + inner).encode()).hexdigest()
+        return json.dumps({"epoch": epoch, "node": "node-x", "nodes": nodes, "sig": sig}).encode()
+
+    registry.heard(signed(7, ["node-x"]))  # the last change before this daemon came: past
+    assert taken == [] and registry.unsigned == 1
+    registry.heard(signed(8, ["node-a", "node-x"]))
+    assert taken == [["node-a", "node-x"]]

@@ -26,6 +26,10 @@ from secrets import randbits
 from twisted.internet.defer import Deferred
 
 
+#: Revision 3: WebSocket pings kept waiting for their answer, the latest ones.
+MAX_PINGS = 16
+
+
 class Receipts:
     """Packets sent and confirmed, counted; waiters fire True once their count is confirmed, False if it never is."""
 
@@ -70,7 +74,10 @@ class Receipts:
     def ping_token(self, count: int) -> int:
         """The token of a WebSocket ping written after the first ``count`` packets: its pong confirms them."""
         token = randbits(64)
-        self._tokens.append((token, count))
+        tokens = self._tokens
+        tokens.append((token, count))
+        if len(tokens) > MAX_PINGS:  # a client that answers none: the oldest goes (a later answer confirms more)
+            del tokens[0]
         return token
 
     def pong(self, token: int) -> None:

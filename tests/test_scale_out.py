@@ -292,6 +292,57 @@ async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_f
     await again.close_code()
 
 
+async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_socket_before_them_nothing_twice(
+    daemon_factory, redis
+):
+    """
+    A failover loses an inbox entry in the middle: the batches after it arrive. The holder sees the batch numbers
+    skip and closes the socket (1013) before writing anything that came after the loss; its detach names what the
+    client read, so the owner queues only the rest. Counted: m0-m2 live, m3-m9 from the queue, each once, in order.
+    """
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    holder = on(daemons, "node-b")
+    client = await tab(daemons, holder, uid)
+    peers = holder.service.peers
+    unpack = peers._unpack
+    deliveries: list[bytes] = []
+    lost: list[bytes] = []
+
+    def losing_the_fourth_delivery(entry: dict[bytes, bytes]) -> None:
+        data = entry.get(b"d", b"")
+        if b'"D"' in data:
+            deliveries.append(data)
+            if len(deliveries) == 4:
+                lost.append(data)  # as if the failover lost this entry of node-b's inbox, and only this one
+                return
+        unpack(entry)
+
+    peers._unpack = losing_the_fourth_delivery
+    for i in range(3):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+        await client.receive(1)  # one batch each
+    publish(redis, f"rm.users.{uid}", "m3")
+    await wait_until(lambda: lost, 5, "the fourth delivery lost")
+    for i in range(4, 10):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    code, reason = await client.close_code(timeout=10)
+    assert (code, reason) == (1013, "messages for this socket were lost between daemons (a Redis failover); reconnect")
+    assert payloads(client) == ["m0", "m1", "m2"], "nothing written after the loss"
+    await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 7, 5, "the rest queued by the owner")
+    peers._unpack = unpack
+    again = await tab(daemons, holder, uid)
+    await again.receive(7)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(again) == [f"m{i}" for i in range(3, 10)], "the rest, once, in order"
+    metrics = await scrape(holder.port)
+    assert metrics["redmessenger_inbox_batches_lost_total"] == 1
+    again.close()
+    await again.close_code()
+
+
 def losing_the_first(daemon: Any, kind: bytes) -> list[dict[bytes, bytes]]:
     """The first ``kind`` item of ``daemon``'s inbox is lost (as a Redis failover loses inbox entries); the list of it."""
     peers = daemon.service.peers

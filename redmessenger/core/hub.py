@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -292,11 +292,12 @@ class Hub:
         if stored is None or not key or not hmac.compare_digest(stored, given):
             raise ClientError(CloseCode.BAD_KEY, "authentication failed: wrong or missing key")
 
-    def detach(self, attachment: Attachment, received_all: bool = False) -> None:
+    def detach(self, attachment: Attachment, received_all: bool = False, read: Collection[str] = ()) -> None:
         """
         A socket closed: forget it, and deliver again (or queue) the live
         messages only it had and never confirmed (``received_all``: the dialect
-        knows the client read everything written).  Its queue entries that were
+        knows the client read everything written; ``read``: the ids of those it
+        knows the client read, when not all).  Its queue entries that were
         not confirmed are still in Redis: the handover only trims confirmed ones.
         """
         if not attachment.attached:
@@ -317,6 +318,11 @@ class Hub:
         if received_all:
             confirmed(attachment.uid, attachment.unconfirmed)
             orphans = lost(attachment.held or [])
+        elif read:
+            # what the client read (a relay closed for deliveries lost between the nodes: redis_edge/relays.py)
+            unread = [sent for sent in attachment.unconfirmed if sent.message.id not in read]
+            confirmed(attachment.uid, [sent for sent in attachment.unconfirmed if sent.message.id in read])
+            orphans = lost(unread + (attachment.held or []))
         else:
             orphans = lost(attachment.unconfirmed + (attachment.held or []))
         if attachment.pending_bytes:

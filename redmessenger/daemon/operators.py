@@ -53,6 +53,7 @@ def daemon_view(service: RedMessengerService) -> DaemonView:
         relays=lambda: service.peers.relays,
         remote_sockets=lambda: service.peers.remote,
         inbox_resent=lambda: service.peers.resent,
+        inbox_batches_lost=lambda: service.peers.lost_batches,
         barriers_missed=lambda: service.peers.handoffs.timed_out,
         sockets_passed=lambda: service.sender.counts[Outcome.PASSED] if service.sender is not None else 0,
         passes_unanswered=lambda: service.sender.counts[Outcome.UNANSWERED] if service.sender is not None else 0,

@@ -68,6 +68,8 @@ class DaemonView:
     remote_sockets: Callable[[], int]
     #: Inbox entries sent again for want of an answer, and changes of the nodes gone on without a node's word.
     inbox_resent: Callable[[], int]
+    #: Batches other daemons wrote to this one's inbox that never arrived (their numbers skipped).
+    inbox_batches_lost: Callable[[], int]
     barriers_missed: Callable[[], int]
     #: Sockets passed to their owner on this host (pass_sockets), passed unanswered, and adopted from others.
     sockets_passed: Callable[[], int]
@@ -163,7 +165,8 @@ async def status_text(view: DaemonView, limit: int = 10) -> str:
         f"masters followed {link.master_switches}; last error: {link.last_error or '-'}",
         f"Nodes:      {len(view.nodes())} on this Redis ({_nodes_text(view) or 'none yet'}); this one: {view.node_id}",
         f"Relays:     {view.relays()} sockets held here for other owners, {view.remote_sockets()} of this one's users held "
-        f"elsewhere; since start {view.inbox_resent()} inbox entries sent again, {view.barriers_missed()} changes "
+        f"elsewhere; since start {view.inbox_resent()} inbox entries sent again, {view.inbox_batches_lost()} batches "
+        f"lost on the way here, {view.barriers_missed()} changes "
         "gone on without a node's word",
         f"Passing:    since start {view.sockets_passed()} sockets passed to their owner on this host "
         f"({view.passes_unanswered()} unanswered), {view.sockets_adopted()} adopted from other daemons",

@@ -5,9 +5,12 @@ stream entry.
 
 Its fields: ``k`` ``batch``, ``n`` the writing node, and ``d``, a JSON object:
 ``m`` the messages, each once, as ``[id, source, timestamp, payload]`` (and the
-sender's client id and uid for a client's publish), and ``x`` the items in
+sender's client id and uid for a client's publish), ``x`` the items in
 order, ``[kind, fields]``, but a message's deliveries one item ``["D", its place
-in m, [sockets with the bubble], [the others]]``.  A group message for 500
+in m, [sockets with the bubble], [the others]]``, and ``s``, ``[the writer's
+run, n]``: the batch is the n-th that run wrote to this inbox.  A reader that
+sees n skip knows batches were lost on the way (a Redis failover, a write that
+failed) before it acts on anything after them.  A group message for 500
 sockets another node holds is one ``XADD`` carrying it once; the holding node
 reads the whole batch with one JSON parse (before, each message was a queue
 entry of its own, parsed on its own: the largest part of reading an inbox), and
@@ -19,7 +22,7 @@ txredisapi is not imported here; the connection is the link's.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -38,10 +41,13 @@ class BatchWriter:
 
     log = make_logger()
 
-    def __init__(self, commands: RedisCommands, node_id: str, clock: Any) -> None:
+    def __init__(self, commands: RedisCommands, node_id: str, clock: Any, run: str = "") -> None:
         self._commands = commands
         self._node = node_id
         self._clock = clock
+        self._run = run
+        #: The batches this run wrote to each node (the last one's number).
+        self._numbers: dict[str, int] = {}
         #: What goes to each node at the end of this turn: its items, its messages, and their places in the batch.
         self._outbox: dict[str, tuple[list[Any], list[list[Any]], dict[str, int]]] = {}
         self._flush_call: Any = None
@@ -81,8 +87,10 @@ class BatchWriter:
         self._flush_call = None
         outbox, self._outbox = self._outbox, {}
         writes = []
+        numbers = self._numbers
         for node, (items, messages, _) in outbox.items():
-            data = json.dumps({"m": messages, "x": items}, ensure_ascii=False, separators=(",", ":"))
+            number = numbers[node] = numbers.get(node, 0) + 1
+            data = json.dumps({"m": messages, "x": items, "s": [self._run, number]}, ensure_ascii=False, separators=(",", ":"))
             self.sent += 1
             d = self._commands.execute_command(
                 "XADD", inbox_key(node), "MAXLEN", "~", INBOX_MAXLEN, "*", "k", "batch", "n", self._node, "d", data
@@ -99,11 +107,24 @@ class BatchWriter:
         self.log.warn("Could not write to the inbox of {node}: {why}", node=node, why=failure.getErrorMessage())
 
 
-def read_batch(entry: dict[bytes, bytes]) -> tuple[str, list[Any], list[Any]] | None:
+class Batch(NamedTuple):
+    """A batch as read from an inbox."""
+
+    #: The node that wrote it.
+    node: str
+    #: Its messages' fields (:func:`message_of`), and its items.
+    messages: list[Any]
+    items: list[Any]
+    #: The run of the node that wrote it, and the batch's number among that run's batches to this inbox; ``("", 0)``
+    #: when it does not say (a version before the numbers).
+    run: str
+    number: int
+
+
+def read_batch(entry: dict[bytes, bytes]) -> Batch | None:
     """
-    A batch as read from an inbox: (the writing node, its messages' fields, its items); None if the entry is not
-    a batch.  A batch of another version reads as no messages (its deliveries do not arrive: the socket is closed
-    with 1013 at its next confirmation).
+    A batch as read from an inbox; None if the entry is not a batch.  A batch of another version reads as no
+    messages (its deliveries do not arrive: the socket is closed with 1013 at its next confirmation).
     """
     if entry.get(b"k") != b"batch":
         return None
@@ -113,7 +134,13 @@ def read_batch(entry: dict[bytes, bytes]) -> tuple[str, list[Any], list[Any]] | 
         return None
     messages = data.get("m")
     items = data.get("x")
-    return node, messages if isinstance(messages, list) else [], items if isinstance(items, list) else []
+    run, number = "", 0
+    numbered = data.get("s")
+    if type(numbered) is list and len(numbered) == 2 and type(numbered[0]) is str and type(numbered[1]) is int:
+        run, number = numbered
+    return Batch(
+        node, messages if isinstance(messages, list) else [], items if isinstance(items, list) else [], run, number
+    )
 
 
 def fields_of(message: Message) -> list[Any]:

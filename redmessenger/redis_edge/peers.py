@@ -38,6 +38,7 @@ txredisapi is not imported here; the connections are the link's.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -104,7 +105,11 @@ class PeerLink:
         #: Called once the inbox is emptied (the service beats then, rather than at the next beat).
         self.on_ready: Callable[[], object] | None = None
         #: What goes to the other nodes' inboxes, a batch per node and reactor turn.
-        self._writer = BatchWriter(commands, node_id, clock)
+        self._writer = BatchWriter(commands, node_id, clock, run_id)
+        #: The run of each node that wrote to this inbox, and the number of the last batch read from it.
+        self._numbers: dict[str, tuple[str, int]] = {}
+        #: Batches written to this inbox that never arrived (their numbers skipped).
+        self.lost_batches = 0
         self.received = 0
         #: Attaches and confirmation requests sent again for want of an answer (RESEND_AFTER): each a lost inbox entry.
         self.resent = 0
@@ -274,7 +279,14 @@ class PeerLink:
         batch = read_batch(entry)
         if batch is None:
             return
-        node, messages, items = batch
+        node, messages, items, run, number = batch
+        if number:
+            heard = self._numbers.get(node)
+            self._numbers[node] = (run, number)
+            if heard is not None and heard[0] == run and number != heard[1] + 1:
+                # batches of this run lost on the way: nothing after them reaches the sockets they were for
+                self.lost_batches += max(number - heard[1] - 1, 1)
+                self._holding.lost_from(node, number - heard[1] - 1)
         parsed: dict[int, Message | None] = {}
         relays = self._relays
         for item in items:
@@ -292,9 +304,10 @@ class PeerLink:
                         relay = relays.get(sid)
                         if relay is None:
                             continue  # gone: its owner hears it (detach, or the answer to its next confirm)
-                        arrived[sid] = arrived.get(sid, 0) + 1
-                        if relay.attached and relay.sink.writable:
-                            relay.sink.send_message(message, bubble)
+                        arrivals = arrived[sid]
+                        arrivals.count += 1
+                        if relay.attached and relay.sink.writable and relay.sink.send_message(message, bubble):
+                            arrivals.written.append(message.id)
                 continue
             self._handle(item_fields(node, item))
 
@@ -315,7 +328,7 @@ class PeerLink:
         elif kind == b"attach":
             self._owning.attach(node, sid, text(fields.get(b"u", b"")), fields.get(b"a") == b"1", text(fields.get(b"p", b"")))
         elif kind == b"detach":
-            self._owning.detach(node, sid, fields.get(b"r") == b"1")
+            self._owning.detach(node, sid, fields.get(b"r") == b"1", written_ids(fields.get(b"w")))
         elif kind == b"ack":
             found = self._remote.get((node, sid))
             if found is not None:
@@ -341,3 +354,14 @@ class PeerLink:
                     ticket.settle_queued([uid])
                 else:
                     ticket.settle(uid)
+
+
+def written_ids(field: bytes | None) -> frozenset[str]:
+    """The ids a ``detach`` names as written to its socket (a JSON list of strings); none if it names none."""
+    if not field:
+        return frozenset()
+    try:
+        ids = json.loads(field)
+    except ValueError:
+        return frozenset()
+    return frozenset(i for i in ids if type(i) is str) if type(ids) is list else frozenset()

@@ -10,11 +10,21 @@ without a call through this class per message.
 
 Each relay has a socket id, ``{run}.{n}``: the owner tells the sockets of a
 node's runs apart (redis_edge/remotesockets.py).
+
+What the owner sent may not all arrive (a Redis failover loses the last inbox
+entries written to the old master; a write fails).  The holder writes nothing
+to a socket past a loss: a batch whose number skips (redis_edge/batches.py)
+closes the sockets its writer owns before anything in it is acted on, and a
+confirmation request that counts more deliveries than arrived closes that one.
+Either way, the detach names the messages that were written to the socket (all
+of them from before the loss): the owner takes those as read when the client
+read everything written, and sends the rest again, in order, after them.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 
 from twisted.logger import Logger
 
@@ -43,7 +53,7 @@ class Relays:
         self._sid_of: dict[Attachment, str] = {}
         #: Deliveries that arrived for each relay (counted by the inbox's reader, never rebound): fewer than its owner
         #: sent means some were lost on the way.
-        self.arrived: dict[str, int] = {}
+        self.arrived: dict[str, Arrivals] = {}
         #: Relays closed for deliveries that never arrived: their owner must not take them as read.
         self._incomplete: set[str] = set()
         #: Relays whose owner has not answered their attach yet (in order); those already unanswered at the last check.
@@ -56,6 +66,7 @@ class Relays:
         sid = f"{self._run_id}.{next(self._sids)}"
         self.by_sid[sid] = attachment
         self._sid_of[attachment] = sid
+        self.arrived[sid] = Arrivals()
         self._unanswered[sid] = None
         self._send_attach(owner, sid, attachment)
 
@@ -71,12 +82,16 @@ class Relays:
         if sid is None or attachment.owner is None:
             return
         self.by_sid.pop(sid, None)
-        self.arrived.pop(sid, None)
+        arrivals = self.arrived.pop(sid, None)
         self._unanswered.pop(sid, None)
-        # what arrived here, the client read; not what never arrived
-        complete = sid not in self._incomplete
+        if sid not in self._incomplete:
+            self._outbox.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all else b"0")
+            return
         self._incomplete.discard(sid)
-        self._outbox.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all and complete else b"0")
+        # Closed for deliveries that never arrived: the client read what was written to it (all from before the
+        # loss), not the rest.
+        written = arrivals.written if received_all and arrivals is not None else []
+        self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0", w=json.dumps(written, ensure_ascii=False))
 
     def acknowledged(self, attachment: Attachment, message_id: str) -> None:
         sid = self._sid_of.get(attachment)
@@ -88,29 +103,52 @@ class Relays:
     def confirm(self, node: str, sid: str, asked: bytes, sent: bytes) -> None:
         """``node`` asks whether the relay ``sid`` got what it sent it (``sent``: how many deliveries, if it says)."""
         relay = self.by_sid.get(sid)
-        if relay is None or not relay.attached:
+        arrivals = self.arrived.get(sid)
+        if relay is None or arrivals is None or not relay.attached:
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
             if relay is None:  # its detach may have been lost: the owner must not keep it
                 self._outbox.send(node, b"detach", s=sid, r=b"0")
         elif sid in self._incomplete:
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")  # closing already
-        elif sent.isdigit() and self.arrived.get(sid, 0) < int(sent):
+        elif sent.isdigit() and arrivals.count < int(sent):
             # Deliveries lost between the nodes (a Redis failover lost inbox entries): the socket cannot say
             # it has them. Closed, its owner sends what it did not confirm to the user's other sockets or
             # the queue, and the client reconnects for it.
             self._log.warn(
                 "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
-                count=int(sent) - self.arrived.get(sid, 0),
+                count=int(sent) - arrivals.count,
                 node=node,
                 sid=sid,
             )
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
-            self._incomplete.add(sid)
-            relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
+            self._close_incomplete(sid, relay)
         else:
-            relay.sink.confirm().addCallback(
-                lambda received: self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
-            )
+            mark = arrivals.mark()
+
+            def answer(received: bool) -> None:
+                if received:
+                    arrivals.read_up_to(mark)  # the owner takes them as read: no longer needed at a detach
+                self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
+
+            relay.sink.confirm().addCallback(answer)
+
+    def lost_from(self, node: str, batches: int) -> None:
+        """
+        ``batches`` batches ``node`` wrote to this inbox never arrived: each socket of a user it owns closes (1013)
+        before anything after them is written to it, and its owner sends again what was lost, in order.
+        """
+        closing = [(sid, relay) for sid, relay in self.by_sid.items() if relay.owner == node and sid not in self._incomplete]
+        self._log.warn(
+            "{batches} batches from {node} never arrived (a Redis failover?); closing the {count} sockets of its"
+            " users held here (1013)",
+            batches=batches, node=node, count=len(closing),
+        )  # fmt: skip
+        for sid, relay in closing:
+            self._close_incomplete(sid, relay)
+
+    def _close_incomplete(self, sid: str, relay: Attachment) -> None:
+        self._incomplete.add(sid)
+        relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
 
     def attached(self, sid: str) -> None:
         """The owner answered the relay's attach."""
@@ -158,3 +196,30 @@ class Relays:
             else:
                 attachment.owner = owner
                 self.attach(owner, attachment)
+
+
+class Arrivals:
+    """
+    What reached this node for one relay: how many deliveries, and the ids of the messages written to its socket
+    since its owner last took them as read (the owner's confirmation requests keep the list short).
+    """
+
+    __slots__ = ("count", "written", "_dropped")
+
+    def __init__(self) -> None:
+        #: Deliveries that arrived (counted by the inbox's reader, redis_edge/peers.py).
+        self.count = 0
+        #: Ids of the messages written to the socket, oldest first, since the owner last took them as read.
+        self.written: list[str] = []
+        self._dropped = 0
+
+    def mark(self) -> int:
+        """Where the list stands now: :meth:`read_up_to` it once the client confirmed."""
+        return self._dropped + len(self.written)
+
+    def read_up_to(self, mark: int) -> None:
+        """The owner takes what was written before ``mark`` as read (repeats and late answers change nothing)."""
+        drop = mark - self._dropped
+        if drop > 0:
+            del self.written[:drop]
+            self._dropped = mark

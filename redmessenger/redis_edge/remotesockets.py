@@ -56,12 +56,15 @@ class RemoteSockets:
         self.by_key[(node, sid)] = (attachment, sink)
         self._outbox.send(node, b"attached", s=sid)
 
-    def detach(self, node: str, sid: str, received_all: bool) -> None:
-        """``node`` no longer holds the socket ``sid`` (``received_all``: what arrived there, its client read)."""
+    def detach(self, node: str, sid: str, received_all: bool, read: frozenset[str] = frozenset()) -> None:
+        """
+        ``node`` no longer holds the socket ``sid`` (``received_all``: what arrived there, its client read; else
+        ``read``: the ids of the messages its client read, when it was closed for deliveries that never arrived).
+        """
         found = self.by_key.pop((node, sid), None)
         if found is not None:
             found[1].close()
-            self._hub.detach(found[0], received_all=received_all)
+            self._hub.detach(found[0], received_all=received_all, read=read)
 
     def gone(self, key: tuple[str, str]) -> None:
         """The socket is gone with its node: as if closed unconfirmed."""

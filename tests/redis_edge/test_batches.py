@@ -12,7 +12,8 @@ import pytest
 
 from redmessenger.model.channels import Sender
 from redmessenger.model.envelope import Message
-from redmessenger.redis_edge.batches import fields_of, message_of
+from redmessenger.redis_edge.batches import BatchWriter, fields_of, message_of, read_batch
+from redmessenger.redis_edge.relays import Arrivals
 
 
 def through_json(message: Message) -> Message | None:
@@ -41,3 +42,58 @@ def test_a_message_comes_back_the_same_with_its_frames(sender: Sender | None) ->
 )  # fmt: skip
 def test_anything_else_reads_as_no_message(fields: Any) -> None:
     assert message_of(fields) is None
+
+
+class Writes:
+    """Records the XADDs a BatchWriter makes (the commands' port), answered at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> Any:
+        from twisted.internet.defer import succeed
+
+        self.calls.append(args)
+        return succeed(b"1-0")
+
+
+def test_each_batch_to_a_node_carries_the_writers_run_and_its_number_and_reads_back_with_them() -> None:
+    from twisted.internet.testing import Clock
+
+    writes, clock = Writes(), Clock()
+    writer = BatchWriter(writes, "node-a", clock, "r1a2b3")  # type: ignore[arg-type]
+    message = Message("rm.users.u", 1, "p", "m-1", None)
+    for _ in range(3):
+        writer.deliver("node-b", "r9.1", message, True)
+        writer.send("node-c", b"attached", s="r9.2")
+        clock.advance(0)
+    def as_read(call: tuple[Any, ...]) -> Any:
+        fields = [str(value).encode("utf-8") for value in call[6:]]
+        return read_batch(dict(zip(fields[::2], fields[1::2])))
+
+    assert [(call[1], as_read(call).node, as_read(call).run, as_read(call).number) for call in writes.calls] == [
+        (f"rm:nodes:{node}:inbox", "node-a", "r1a2b3", n) for n in (1, 2, 3) for node in ("node-b", "node-c")
+    ]
+
+
+@pytest.mark.parametrize("numbered", ['"s":["r1",0.5]', '"s":[1,2]', '"s":["r1"]', '"s":"r1.2"', ""])
+def test_a_batch_without_a_readable_number_reads_as_unnumbered(numbered: str) -> None:
+    data = '{"m":[],"x":[]' + ("," + numbered if numbered else "") + "}"
+    batch = read_batch({b"k": b"batch", b"n": b"node-a", b"d": data.encode()})
+    assert batch is not None and (batch.run, batch.number) == ("", 0)
+
+
+def test_what_was_written_to_a_relay_is_kept_until_its_owner_takes_it_as_read_and_repeats_change_nothing() -> None:
+    arrivals = Arrivals()
+    arrivals.written += ["a", "b"]
+    first = arrivals.mark()
+    arrivals.written += ["c"]
+    second = arrivals.mark()
+    arrivals.written += ["d"]
+    arrivals.read_up_to(first)
+    assert arrivals.written == ["c", "d"]
+    arrivals.read_up_to(first)  # a repeat (a confirmation asked again)
+    assert arrivals.written == ["c", "d"]
+    arrivals.read_up_to(second)
+    arrivals.read_up_to(first)  # late
+    assert arrivals.written == ["d"]

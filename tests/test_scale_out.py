@@ -256,28 +256,54 @@ async def test_what_a_socket_held_elsewhere_did_not_confirm_is_queued_by_the_own
     await again.close_code()
 
 
-@pytest_twisted.ensureDeferred
-async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_from_the_queue(daemon_factory, redis):
-    """
-    A Redis failover can lose the last inbox entries written to the old master. The holder counts the deliveries
-    that reached it; a confirmation asking for more closes the socket (1013) rather than confirming what never
-    arrived, and the owner queues what it did not confirm.
-    """
+async def relayed_tab(daemon_factory: Any) -> tuple[list[Any], str, Any, WebSocketClient]:
+    """Two daemons, a uid node-a owns, node-b, and a socket of the user on node-b (a relay)."""
     daemons = await cluster(daemon_factory, 2)
     uid = owned_by("node-a", NODES[:2])
     holder = on(daemons, "node-b")
-    client = await tab(daemons, holder, uid)
+    return daemons, uid, holder, await tab(daemons, holder, uid)
+
+
+def losing_a_delivery(holder: Any, nth: int, unnumbered: bool = False) -> list[dict[bytes, bytes]]:
+    """
+    The ``nth`` entry of ``holder``'s inbox that carries deliveries is lost (as a Redis failover loses inbox
+    entries), and only that one; the list of it.  ``unnumbered``: every batch reads as a version before the
+    batch numbers wrote it.
+    """
     peers = holder.service.peers
     unpack = peers._unpack
-    lost: list[Any] = []
+    seen: list[dict[bytes, bytes]] = []
+    lost: list[dict[bytes, bytes]] = []
 
-    def losing_the_first_delivery(entry: dict[bytes, bytes]) -> None:
-        if not lost and b'"D"' in entry.get(b"d", b""):
-            lost.append(entry)  # as if the failover lost this entry of node-b's inbox
-            return
+    def losing(entry: dict[bytes, bytes]) -> None:
+        if unnumbered and b"d" in entry:
+            data = json.loads(entry[b"d"])
+            del data["s"]
+            entry = {**entry, b"d": json.dumps(data).encode()}
+        if b'"D"' in entry.get(b"d", b""):
+            seen.append(entry)
+            if len(seen) == nth:
+                lost.append(entry)
+                return
         unpack(entry)
 
-    peers._unpack = losing_the_first_delivery
+    peers._unpack = losing
+    return lost
+
+
+@pytest.mark.parametrize("numbered", [True, False], ids=["numbered", "a-writer-before-the-numbers"])
+@pytest_twisted.ensureDeferred
+async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_from_the_queue(
+    daemon_factory, redis, numbered
+):
+    """
+    A Redis failover can lose the last inbox entries written to the old master. The holder sees the next batch's
+    number skip, or (batches of a version before the numbers) counts the deliveries that reached it and a
+    confirmation asking for more: either way it closes the socket (1013) rather than confirming what never
+    arrived, and the owner queues what it did not confirm.
+    """
+    daemons, uid, holder, client = await relayed_tab(daemon_factory)
+    lost = losing_a_delivery(holder, 1, unnumbered=not numbered)
     publish(redis, f"rm.users.{uid}", "lost on the way")
     code, reason = await client.close_code(timeout=10)
     assert (code, reason) == (1013, "messages for this socket were lost between daemons (a Redis failover); reconnect")
@@ -288,10 +314,13 @@ async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_f
     for daemon in daemons:
         await daemon.idle()
     assert payloads(again) == ["lost on the way"], "once"
+    metrics = await scrape(holder.port)
+    assert metrics["redmessenger_inbox_batches_lost_total"] == (1 if numbered else 0)
     again.close()
     await again.close_code()
 
 
+@pytest_twisted.ensureDeferred
 async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_socket_before_them_nothing_twice(
     daemon_factory, redis
 ):
@@ -300,25 +329,8 @@ async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_s
     skip and closes the socket (1013) before writing anything that came after the loss; its detach names what the
     client read, so the owner queues only the rest. Counted: m0-m2 live, m3-m9 from the queue, each once, in order.
     """
-    daemons = await cluster(daemon_factory, 2)
-    uid = owned_by("node-a", NODES[:2])
-    holder = on(daemons, "node-b")
-    client = await tab(daemons, holder, uid)
-    peers = holder.service.peers
-    unpack = peers._unpack
-    deliveries: list[bytes] = []
-    lost: list[bytes] = []
-
-    def losing_the_fourth_delivery(entry: dict[bytes, bytes]) -> None:
-        data = entry.get(b"d", b"")
-        if b'"D"' in data:
-            deliveries.append(data)
-            if len(deliveries) == 4:
-                lost.append(data)  # as if the failover lost this entry of node-b's inbox, and only this one
-                return
-        unpack(entry)
-
-    peers._unpack = losing_the_fourth_delivery
+    daemons, uid, holder, client = await relayed_tab(daemon_factory)
+    lost = losing_a_delivery(holder, 4)
     for i in range(3):
         publish(redis, f"rm.users.{uid}", f"m{i}")
         await client.receive(1)  # one batch each
@@ -331,7 +343,6 @@ async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_s
     assert payloads(client) == ["m0", "m1", "m2"], "nothing written after the loss"
     await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
     await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 7, 5, "the rest queued by the owner")
-    peers._unpack = unpack
     again = await tab(daemons, holder, uid)
     await again.receive(7)
     for daemon in daemons:

@@ -279,6 +279,7 @@ def losing_a_delivery(holder: Any, nth: int, unnumbered: bool = False) -> list[d
         if unnumbered and b"d" in entry:
             data = json.loads(entry[b"d"])
             del data["s"]
+            data["x"] = [item[:4] if item[0] == "D" else item for item in data["x"]]
             entry = {**entry, b"d": json.dumps(data).encode()}
         if b'"D"' in entry.get(b"d", b""):
             seen.append(entry)
@@ -297,10 +298,10 @@ async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_f
     daemon_factory, redis, numbered
 ):
     """
-    A Redis failover can lose the last inbox entries written to the old master. The holder sees the next batch's
-    number skip, or (batches of a version before the numbers) counts the deliveries that reached it and a
-    confirmation asking for more: either way it closes the socket (1013) rather than confirming what never
-    arrived, and the owner queues what it did not confirm.
+    A Redis failover can lose the last inbox entries written to the old master. The holder counts the deliveries
+    that reached each socket, and a confirmation asking for more closes the socket (1013) rather than confirming
+    what never arrived (with batches of a version before the numbers too); the owner queues what it did not
+    confirm. The lost batch is counted only when the batches are numbered.
     """
     daemons, uid, holder, client = await relayed_tab(daemon_factory)
     lost = losing_a_delivery(holder, 1, unnumbered=not numbered)
@@ -325,9 +326,10 @@ async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_s
     daemon_factory, redis
 ):
     """
-    A failover loses an inbox entry in the middle: the batches after it arrive. The holder sees the batch numbers
-    skip and closes the socket (1013) before writing anything that came after the loss; its detach names what the
-    client read, so the owner queues only the rest. Counted: m0-m2 live, m3-m9 from the queue, each once, in order.
+    A failover loses an inbox entry in the middle: the batches after it arrive. The holder sees the socket's
+    delivery numbers skip and closes it (1013) before writing anything that came after the loss; its detach names
+    what the client read, so the owner queues only the rest. Counted: m0-m2 live, m3-m9 from the queue, each once,
+    in order.
     """
     daemons, uid, holder, client = await relayed_tab(daemon_factory)
     lost = losing_a_delivery(holder, 4)
@@ -350,6 +352,70 @@ async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_s
     assert payloads(again) == [f"m{i}" for i in range(3, 10)], "the rest, once, in order"
     metrics = await scrape(holder.port)
     assert metrics["redmessenger_inbox_batches_lost_total"] == 1
+    again.close()
+    await again.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliveries_lost_for_one_socket_close_only_that_one(daemon_factory, redis):
+    """
+    A lost batch held deliveries for one of two relays of node-a's users: that one closes (1013) at its next
+    delivery, before it is written; the other, whose numbers do not skip, stays open and gets all of its own.
+    """
+    daemons = await cluster(daemon_factory, 2)
+    holder = on(daemons, "node-b")
+    hit, spared = owned_by("node-a", NODES[:2], "hit"), owned_by("node-a", NODES[:2], "spared")
+    hit_tab, spared_tab = await tab(daemons, holder, hit), await tab(daemons, holder, spared)
+    lost = losing_a_delivery(holder, 1)
+    publish(redis, f"rm.users.{hit}", "lost on the way")
+    await wait_until(lambda: lost, 5, "the delivery lost")
+    for i in range(5):
+        publish(redis, f"rm.users.{spared}", f"s{i}")
+        publish(redis, f"rm.users.{hit}", f"h{i}")
+    assert (await hit_tab.close_code(timeout=10))[0] == 1013
+    await spared_tab.receive(5)
+    await wait_until(lambda: redis.llen(f"rm:users:{hit}:messages") == 6, 5, "what the closed one missed, queued")
+    again = await tab(daemons, holder, hit)
+    await again.receive(6)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(hit_tab) == []
+    assert payloads(again) == ["lost on the way"] + [f"h{i}" for i in range(5)], "once, in order"
+    assert payloads(spared_tab) == [f"s{i}" for i in range(5)] and spared_tab.protocol.state == spared_tab.protocol.STATE_OPEN
+    for client in (again, spared_tab):
+        client.close()
+        await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliveries_that_reach_a_relay_while_it_closes_are_queued_not_taken_as_read(daemon_factory, redis):
+    """
+    The holder closes a relay on its own (the client sent a second identifier) and the client is slow to answer
+    the close: what the owner delivers meanwhile reaches the holder but cannot be written. The close ends clean
+    (the client read everything written), and its detach says what was written: the owner queues the rest.
+    Before, a clean close took everything as read and those messages were lost.
+    """
+    daemons, uid, holder, client = await relayed_tab(daemon_factory)
+    publish(redis, f"rm.users.{uid}", "before")
+    await client.receive(1)
+    client.protocol.transport.pauseProducing()  # the client reads nothing for now (it can still write)
+    client.send("a second identifier")
+    (relay,) = holder.service.peers._relays.values()
+    await wait_until(lambda: not relay.sink.writable, 5, "the holder closing it")
+    for i in range(5):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    (arrivals,) = holder.service.peers._arrived.values()
+    await wait_until(lambda: arrivals.count == 6, 5, "the five deliveries at the holder, unwritten")
+    client.protocol.transport.resumeProducing()
+    assert await client.close_code(timeout=10) == (4409, "this socket has sent its identifier already")
+    assert client.protocol.wasClean
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 5, 5, "the five queued by the owner")
+    again = await tab(daemons, holder, uid)
+    await again.receive(5)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(client) == ["before"]
+    assert payloads(again) == [f"m{i}" for i in range(5)], "once, in order"
     again.close()
     await again.close_code()
 

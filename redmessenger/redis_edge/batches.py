@@ -7,10 +7,12 @@ Its fields: ``k`` ``batch``, ``n`` the writing node, and ``d``, a JSON object:
 ``m`` the messages, each once, as ``[id, source, timestamp, payload]`` (and the
 sender's client id and uid for a client's publish), ``x`` the items in
 order, ``[kind, fields]``, but a message's deliveries one item ``["D", its place
-in m, [sockets with the bubble], [the others]]``, and ``s``, ``[the writer's
-run, n]``: the batch is the n-th that run wrote to this inbox.  A reader that
-sees n skip knows batches were lost on the way (a Redis failover, a write that
-failed) before it acts on anything after them.  A group message for 500
+in m, [sockets with the bubble], [the others], [their numbers], [the others'
+numbers]]`` (each socket's deliveries are numbered from 1 by its owner: a
+holder that sees a socket's numbers skip knows deliveries for it were lost on
+the way, before it writes anything after them), and ``s``, ``[the writer's run,
+n]``: the batch is the n-th that run wrote to this inbox (a reader that sees n
+skip knows batches were lost: counted for operators).  A group message for 500
 sockets another node holds is one ``XADD`` carrying it once; the holding node
 reads the whole batch with one JSON parse (before, each message was a queue
 entry of its own, parsed on its own: the largest part of reading an inbox), and
@@ -22,6 +24,7 @@ txredisapi is not imported here; the connection is the link's.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -67,8 +70,11 @@ class BatchWriter:
         items, _, _ = self._batch(node)
         items.append([kind.decode("ascii"), {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in fields.items()}])
 
-    def deliver(self, node: str, sid: str, message: Message, bubble: bool) -> None:
-        """A message for a socket ``node`` holds: the message goes once per batch, whatever the sockets."""
+    def deliver(self, node: str, sid: str, message: Message, bubble: bool, number: int) -> None:
+        """
+        A message for a socket ``node`` holds, the ``number``-th delivery to it: the message goes once per batch,
+        whatever the sockets.
+        """
         items, messages, places = self._batch(node)
         place = places.get(message.id)  # ids are unique per message (a group's copies share one)
         if place is None:
@@ -77,8 +83,11 @@ class BatchWriter:
         last = items[-1] if items else None
         if last is not None and last[0] == "D" and last[1] == place:  # the same message's sockets: one item
             last[2 if bubble else 3].append(sid)
+            last[4 if bubble else 5].append(number)
         else:
-            items.append(["D", place, [sid] if bubble else [], [] if bubble else [sid]])
+            items.append(
+                ["D", place, [sid], [], [number], []] if bubble else ["D", place, [], [sid], [], [number]]
+            )
 
     def flush(self) -> Deferred[None]:
         """Write what this turn has for each node; fires once every write was answered (or failed)."""
@@ -97,6 +106,12 @@ class BatchWriter:
             )
             writes.append(d.addErrback(self._not_written, node))
         return gatherResults(writes).addCallback(lambda _: None)
+
+    def forget(self, nodes: Iterable[str]) -> None:
+        """Only ``nodes`` are live: the batch numbers of the others are dropped (one that comes back starts again)."""
+        live = set(nodes)
+        for node in [node for node in self._numbers if node not in live]:
+            del self._numbers[node]
 
     def stop(self) -> None:
         """What this turn had, written now."""

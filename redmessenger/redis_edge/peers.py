@@ -174,6 +174,10 @@ class PeerLink:
         run: its sockets here are as if closed, relays attach to it again.
         """
         self._owners.set_nodes(nodes)
+        live = set(nodes)
+        for gone in [node for node in self._numbers if node not in live]:
+            del self._numbers[gone]  # one that comes back is heard as new
+        self._writer.forget(nodes)
         if self._owners.listed:
             # the first time: what was heard before this node was listed is acted on if nobody else could have
             self._hub.router.joined(alone=self._owners.nodes == (self.node,))
@@ -203,9 +207,9 @@ class PeerLink:
         """An item for ``node``'s inbox, written with the others of this turn (redis_edge/batches.py)."""
         self._writer.send(node, kind, **fields)
 
-    def deliver(self, node: str, sid: str, message: Message, bubble: bool) -> None:
-        """A message for a socket ``node`` holds, in this turn's batch for it."""
-        self._writer.deliver(node, sid, message, bubble)
+    def deliver(self, node: str, sid: str, message: Message, bubble: bool, number: int) -> None:
+        """A message for a socket ``node`` holds (its ``number``-th delivery), in this turn's batch for it."""
+        self._writer.deliver(node, sid, message, bubble, number)
 
     def flush(self) -> Deferred[None]:
         """Write this turn's batches now; fires once every write was answered (or failed)."""
@@ -283,10 +287,9 @@ class PeerLink:
         if number:
             heard = self._numbers.get(node)
             self._numbers[node] = (run, number)
-            if heard is not None and heard[0] == run and number != heard[1] + 1:
-                # batches of this run lost on the way: nothing after them reaches the sockets they were for
-                self.lost_batches += max(number - heard[1] - 1, 1)
-                self._holding.lost_from(node, number - heard[1] - 1)
+            if heard is not None and number != (heard[1] + 1 if heard[0] == run else 1):
+                # batches lost on the way (the sockets they had deliveries for see their numbers skip)
+                self.lost_batches += max(number - (heard[1] if heard[0] == run else 0) - 1, 1)
         parsed: dict[int, Message | None] = {}
         relays = self._relays
         for item in items:
@@ -299,15 +302,23 @@ class PeerLink:
                 if message is None:
                     continue
                 arrived = self._arrived
-                for bubble, sids in ((True, item[2]), (False, item[3])):
-                    for sid in sids:
+                # each socket's deliveries numbered (not by a version before the numbers)
+                numbered = len(item) == 6 and len(item[4]) == len(item[2]) and len(item[5]) == len(item[3])
+                for bubble, sids, numbers in ((True, item[2], item[4] if numbered else ()), (False, item[3], item[5] if numbered else ())):
+                    for index, sid in enumerate(sids):
                         relay = relays.get(sid)
                         if relay is None:
                             continue  # gone: its owner hears it (detach, or the answer to its next confirm)
                         arrivals = arrived[sid]
                         arrivals.count += 1
+                        if numbered and numbers[index] != arrivals.count:
+                            # deliveries for it lost on the way: nothing after them is written to it
+                            self._holding.lost(node, sid, numbers[index] - arrivals.count)
+                            arrivals.count = numbers[index]
                         if relay.attached and relay.sink.writable and relay.sink.send_message(message, bubble):
                             arrivals.written.append(message.id)
+                        else:
+                            arrivals.missed += 1
                 continue
             self._handle(item_fields(node, item))
 
@@ -318,7 +329,7 @@ class PeerLink:
         # the holding side's items go to the relays (redis_edge/relays.py), the owner's side's to the sockets other
         # nodes hold (redis_edge/remotesockets.py); those that come once per message are handled here, without a call
         if kind == b"confirm":
-            self._holding.confirm(node, sid, fields.get(b"q", b"0"), fields.get(b"c", b""))
+            self._holding.confirm(node, sid, fields.get(b"q", b"0"), fields.get(b"c", b""), fields.get(b"a"))
         elif kind == b"confirmed":
             found = self._remote.get((node, sid))
             if found is not None:

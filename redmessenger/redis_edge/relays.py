@@ -13,12 +13,16 @@ node's runs apart (redis_edge/remotesockets.py).
 
 What the owner sent may not all arrive (a Redis failover loses the last inbox
 entries written to the old master; a write fails).  The holder writes nothing
-to a socket past a loss: a batch whose number skips (redis_edge/batches.py)
-closes the sockets its writer owns before anything in it is acted on, and a
-confirmation request that counts more deliveries than arrived closes that one.
-Either way, the detach names the messages that were written to the socket (all
-of them from before the loss): the owner takes those as read when the client
-read everything written, and sends the rest again, in order, after them.
+to a socket past a loss: its owner numbers each socket's deliveries
+(redis_edge/batches.py), and a delivery whose number skips closes the socket
+(1013) before it is written; a confirmation request that counts more
+deliveries than arrived closes it the same way (the last ones were lost).  When
+its client read everything written (a clean close the server started) but not
+everything that arrived was written (a loss, or deliveries that came while it
+was closing), the detach names the messages that were: the owner takes those
+as read, and sends the rest again, in order.  The owner tells, with each
+confirmation request, the last one it had answered yes: what that one covered
+is forgotten here then, not before (the answer may be lost on the way).
 """
 
 from __future__ import annotations
@@ -84,14 +88,15 @@ class Relays:
         self.by_sid.pop(sid, None)
         arrivals = self.arrived.pop(sid, None)
         self._unanswered.pop(sid, None)
-        if sid not in self._incomplete:
-            self._outbox.send(attachment.owner, b"detach", s=sid, r=b"1" if received_all else b"0")
-            return
+        incomplete = sid in self._incomplete
         self._incomplete.discard(sid)
-        # Closed for deliveries that never arrived: the client read what was written to it (all from before the
-        # loss), not the rest.
-        written = arrivals.written if received_all and arrivals is not None else []
-        self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0", w=json.dumps(written, ensure_ascii=False))
+        if not received_all or arrivals is None:
+            self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0")
+        elif not incomplete and not arrivals.missed:
+            self._outbox.send(attachment.owner, b"detach", s=sid, r=b"1")  # what arrived was written, and read
+        else:
+            # Not all of it arrived, or was written: the client read what was written to it, not the rest.
+            self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0", w=json.dumps(arrivals.written, ensure_ascii=False))
 
     def acknowledged(self, attachment: Attachment, message_id: str) -> None:
         sid = self._sid_of.get(attachment)
@@ -100,10 +105,15 @@ class Relays:
 
     # -- what the owners say (items of this node's inbox) -----------------------------------
 
-    def confirm(self, node: str, sid: str, asked: bytes, sent: bytes) -> None:
-        """``node`` asks whether the relay ``sid`` got what it sent it (``sent``: how many deliveries, if it says)."""
+    def confirm(self, node: str, sid: str, asked: bytes, sent: bytes, answered: bytes | None = None) -> None:
+        """
+        ``node`` asks whether the relay ``sid`` got what it sent it (``sent``: how many deliveries, if it says;
+        ``answered``: the last request it had answered yes, if it says).
+        """
         relay = self.by_sid.get(sid)
         arrivals = self.arrived.get(sid)
+        if arrivals is not None and answered is not None and answered.isdigit():
+            arrivals.answered(int(answered))
         if relay is None or arrivals is None or not relay.attached:
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
             if relay is None:  # its detach may have been lost: the owner must not keep it
@@ -123,28 +133,26 @@ class Relays:
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
             self._close_incomplete(sid, relay)
         else:
-            mark = arrivals.mark()
+            number = int(asked) if asked.isdigit() else 0
+            arrivals.asked(number)
+            told = answered is not None  # else an owner of a version before: forgotten when answered
 
             def answer(received: bool) -> None:
-                if received:
-                    arrivals.read_up_to(mark)  # the owner takes them as read: no longer needed at a detach
+                if received and not told:
+                    arrivals.answered(number)
                 self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
 
             relay.sink.confirm().addCallback(answer)
 
-    def lost_from(self, node: str, batches: int) -> None:
-        """
-        ``batches`` batches ``node`` wrote to this inbox never arrived: each socket of a user it owns closes (1013)
-        before anything after them is written to it, and its owner sends again what was lost, in order.
-        """
-        closing = [(sid, relay) for sid, relay in self.by_sid.items() if relay.owner == node and sid not in self._incomplete]
+    def lost(self, node: str, sid: str, count: int) -> None:
+        """``count`` deliveries from ``node`` for the relay ``sid`` never arrived: closed (1013) before any later one."""
+        relay = self.by_sid.get(sid)
+        if relay is None or sid in self._incomplete:
+            return
         self._log.warn(
-            "{batches} batches from {node} never arrived (a Redis failover?); closing the {count} sockets of its"
-            " users held here (1013)",
-            batches=batches, node=node, count=len(closing),
-        )  # fmt: skip
-        for sid, relay in closing:
-            self._close_incomplete(sid, relay)
+            "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)", count=count, node=node, sid=sid
+        )
+        self._close_incomplete(sid, relay)
 
     def _close_incomplete(self, sid: str, relay: Attachment) -> None:
         self._incomplete.add(sid)
@@ -200,26 +208,38 @@ class Relays:
 
 class Arrivals:
     """
-    What reached this node for one relay: how many deliveries, and the ids of the messages written to its socket
-    since its owner last took them as read (the owner's confirmation requests keep the list short).
+    What reached this node for one relay: how many deliveries, how many of them could not be written (it was
+    closing), and the ids of the messages written to its socket that its owner may not have taken as read yet
+    (each confirmation request it answers yes lets this list go up to where it stood when the request arrived).
     """
 
-    __slots__ = ("count", "written", "_dropped")
+    __slots__ = ("count", "missed", "written", "_dropped", "_marks")
 
     def __init__(self) -> None:
         #: Deliveries that arrived (counted by the inbox's reader, redis_edge/peers.py).
         self.count = 0
+        #: Deliveries that arrived and were not written (the socket was closing).
+        self.missed = 0
         #: Ids of the messages written to the socket, oldest first, since the owner last took them as read.
         self.written: list[str] = []
         self._dropped = 0
+        #: Where the list stood when each unanswered request arrived (the first time: a repeat asks the same).
+        self._marks: dict[int, int] = {}
 
-    def mark(self) -> int:
-        """Where the list stands now: :meth:`read_up_to` it once the client confirmed."""
-        return self._dropped + len(self.written)
+    def asked(self, request: int) -> None:
+        """The owner's confirmation request ``request`` arrived (again, or for the first time)."""
+        self._marks.setdefault(request, self._dropped + len(self.written))
 
-    def read_up_to(self, mark: int) -> None:
-        """The owner takes what was written before ``mark`` as read (repeats and late answers change nothing)."""
-        drop = mark - self._dropped
-        if drop > 0:
-            del self.written[:drop]
+    def answered(self, request: int) -> None:
+        """
+        The owner took the answer yes to ``request`` (and so to every earlier one): what was written before it
+        arrived is forgotten.  Late and repeated news change nothing.
+        """
+        marks = self._marks
+        done = [done for done in marks if done <= request]
+        if not done:
+            return
+        mark = max(marks.pop(each) for each in done)
+        if mark > self._dropped:
+            del self.written[: mark - self._dropped]
             self._dropped = mark

@@ -24,7 +24,7 @@ class Outbox(Protocol):
 
     def send(self, node: str, kind: bytes, **fields: bytes | str) -> None: ...
 
-    def deliver(self, node: str, sid: str, message: Message, bubble: bool) -> None: ...
+    def deliver(self, node: str, sid: str, message: Message, bubble: bool, number: int) -> None: ...
 
 
 class RemoteSink:
@@ -41,8 +41,10 @@ class RemoteSink:
         self._waiting: dict[int, Deferred[bool]] = {}
         #: The requests that were waiting at the last :meth:`ask_again`.
         self._waiting_before: set[int] = set()
-        #: Deliveries sent to the socket's node: a confirmation says how many of them arrived there.
+        #: Deliveries sent to the socket's node (each carries its number): a confirmation says how many arrived.
         self.delivered = 0
+        #: The last request answered yes, told with the next ones: its holder may forget what it covered.
+        self._answered = 0
 
     @property
     def client_address(self) -> str:
@@ -59,8 +61,8 @@ class RemoteSink:
     def send_message(self, message: Message, bubble: bool) -> bool:
         if not self.open:
             return False
-        self._peers.deliver(self.node, self.sid, message, bubble)
         self.delivered += 1
+        self._peers.deliver(self.node, self.sid, message, bubble, self.delivered)
         return True
 
     def confirm(self) -> Deferred[bool]:
@@ -85,11 +87,16 @@ class RemoteSink:
         return len(late)
 
     def _ask(self, asked: int) -> None:
-        self._peers.send(self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"))
+        self._peers.send(
+            self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"),
+            a=str(self._answered).encode("ascii"),
+        )  # fmt: skip
 
     def confirmed(self, asked: int, received: bool) -> None:
         waiter = self._waiting.pop(asked, None)
         if waiter is not None:
+            if received:
+                self._answered = max(self._answered, asked)
             waiter.callback(received)
 
     def abandon(self, error: ClientError) -> None:

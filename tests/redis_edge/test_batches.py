@@ -64,7 +64,7 @@ def test_each_batch_to_a_node_carries_the_writers_run_and_its_number_and_reads_b
     writer = BatchWriter(writes, "node-a", clock, "r1a2b3")  # type: ignore[arg-type]
     message = Message("rm.users.u", 1, "p", "m-1", None)
     for _ in range(3):
-        writer.deliver("node-b", "r9.1", message, True)
+        writer.deliver("node-b", "r9.1", message, True, 7)
         writer.send("node-c", b"attached", s="r9.2")
         clock.advance(0)
     def as_read(call: tuple[Any, ...]) -> Any:
@@ -83,17 +83,41 @@ def test_a_batch_without_a_readable_number_reads_as_unnumbered(numbered: str) ->
     assert batch is not None and (batch.run, batch.number) == ("", 0)
 
 
-def test_what_was_written_to_a_relay_is_kept_until_its_owner_takes_it_as_read_and_repeats_change_nothing() -> None:
+def test_a_messages_deliveries_in_a_batch_carry_each_sockets_number_beside_it() -> None:
+    from twisted.internet.testing import Clock
+
+    writes, clock = Writes(), Clock()
+    writer = BatchWriter(writes, "node-a", clock, "r1")  # type: ignore[arg-type]
+    one, two = Message("rm.users.u", 1, "p", "m-1", None), Message("rm.channels.g", 1, "q", "m-2", None)
+    writer.deliver("node-b", "r9.1", one, True, 4)
+    writer.deliver("node-b", "r9.2", two, True, 1)
+    writer.deliver("node-b", "r9.3", two, False, 12)
+    writer.deliver("node-b", "r9.4", two, True, 2)
+    clock.advance(0)
+    (call,) = writes.calls
+    assert json.loads(call[-1])["x"] == [
+        ["D", 0, ["r9.1"], [], [4], []],
+        ["D", 1, ["r9.2", "r9.4"], ["r9.3"], [1, 2], [12]],
+    ]
+
+
+def test_what_was_written_to_a_relay_is_kept_until_its_owner_took_the_answer_to_a_request_after_it() -> None:
     arrivals = Arrivals()
     arrivals.written += ["a", "b"]
-    first = arrivals.mark()
+    arrivals.asked(1)
     arrivals.written += ["c"]
-    second = arrivals.mark()
+    arrivals.asked(1)  # asked again (its answer was lost): where the list stood the first time
+    arrivals.asked(2)
     arrivals.written += ["d"]
-    arrivals.read_up_to(first)
+    arrivals.answered(0)  # the owner had answered none yet
+    assert arrivals.written == ["a", "b", "c", "d"]
+    arrivals.answered(1)
     assert arrivals.written == ["c", "d"]
-    arrivals.read_up_to(first)  # a repeat (a confirmation asked again)
+    arrivals.answered(1)  # told again
     assert arrivals.written == ["c", "d"]
-    arrivals.read_up_to(second)
-    arrivals.read_up_to(first)  # late
+    arrivals.answered(2)
+    arrivals.answered(1)  # late
     assert arrivals.written == ["d"]
+    arrivals.asked(3)
+    arrivals.answered(4)  # a later one, whose request never arrived here: covers 3
+    assert arrivals.written == []

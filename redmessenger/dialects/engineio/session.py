@@ -235,21 +235,22 @@ class Session:
                 return
             self._on_packet(packet)
 
-    def drop_buffered(self) -> None:
+    def drop_buffered(self) -> bool:
         """
         Drop the packets waiting for a poll, unsent (a client too far behind, whose
         messages the layer above has taken back): what waits for their confirmation
-        fires False; the pings among them are no longer awaited.
+        fires False; the pings among them are no longer awaited.  Whether any were.
         """
         dropped = self._buffer.clear()
         if not dropped:
-            return
+            return False
         self._pong_at = 0
         receipts = self._receipts
         receipts.withdraw(dropped)
         pings = self._pings
         while pings and pings[-1] > receipts.sent:
             pings.pop()
+        return True
 
     # -- WebSocket -------------------------------------------------------------------------
 

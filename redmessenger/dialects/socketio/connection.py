@@ -85,6 +85,8 @@ class SocketIOConnection:
         self.protocol = 5 if session.version >= 4 else 4
         #: Connected to the namespace, and not refused (a refused client cannot connect again).
         self._connected = False
+        #: Packets the layer above had written were dropped unsent (abandon): the client did not receive all.
+        self._dropped = False
         self._client = ClientSession(owner.hub, self, owner.clock, owner.identify_timeout)
         #: The acknowledgement id of the identifier event, answered once it is accepted.
         self._ack: int | None = None
@@ -123,7 +125,8 @@ class SocketIOConnection:
         # packet with the one after, as after any refusal.  The client reconnects (TOO_SLOW is retryable).
         # A refusal under way had its report, and so its end, dropped with the rest: ended at once.
         refused = self._client.refused
-        self._session.drop_buffered()
+        if self._session.drop_buffered():
+            self._dropped = True  # written, as the layer above sees it, and never sent: not all received
         self._client.refuse(error)
         if refused or self._session.transport == "websocket":
             self._session.abort(error.code.name.lower(), code=int(error.code))
@@ -202,7 +205,7 @@ class SocketIOConnection:
 
     def on_close(self, reason: str) -> None:
         self._connected = False
-        self._client.closed(received_all=self._session.all_confirmed)
+        self._client.closed(received_all=self._session.all_confirmed and not self._dropped)
 
     # -- packets ---------------------------------------------------------------------------------
 

@@ -420,6 +420,46 @@ async def test_deliveries_that_reach_a_relay_while_it_closes_are_queued_not_take
     await again.close_code()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_still_on_its_way_when_a_relay_closes_clean_is_queued_not_taken_as_read(daemon_factory, redis):
+    """
+    The holder closes a relay cleanly while a delivery for it waits, unread, in the holder's inbox: the detach
+    says what was written, not "everything", so the owner queues the one still on its way (it is dropped when it
+    reaches the holder, the relay gone). Before, a clean close took it as read: lost.
+    """
+    daemons, uid, holder, client = await relayed_tab(daemon_factory)
+    publish(redis, f"rm.users.{uid}", "before")
+    await client.receive(1)
+    peers = holder.service.peers
+    unpack = peers._unpack
+    delayed: list[dict[bytes, bytes]] = []
+
+    def delaying(entry: dict[bytes, bytes]) -> None:
+        if b'"D"' in entry.get(b"d", b""):
+            delayed.append(entry)  # read only once the relay is gone
+            return
+        unpack(entry)
+
+    peers._unpack = delaying
+    publish(redis, f"rm.users.{uid}", "on its way")
+    await wait_until(lambda: delayed, 5, "the delivery in the holder's inbox, not read yet")
+    client.send("a second identifier")  # the holder closes it, cleanly
+    assert await client.close_code(timeout=10) == (4409, "this socket has sent its identifier already")
+    assert client.protocol.wasClean
+    await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
+    for entry in delayed:
+        unpack(entry)
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 1, 5, "the one on its way, queued")
+    peers._unpack = unpack
+    again = await tab(daemons, holder, uid)
+    await again.receive(1)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(client) == ["before"] and payloads(again) == ["on its way"], "once each"
+    again.close()
+    await again.close_code()
+
+
 def losing_the_first(daemon: Any, kind: bytes) -> list[dict[bytes, bytes]]:
     """The first ``kind`` item of ``daemon``'s inbox is lost (as a Redis failover loses inbox entries); the list of it."""
     peers = daemon.service.peers

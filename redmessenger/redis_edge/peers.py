@@ -303,7 +303,10 @@ class PeerLink:
                     continue
                 arrived = self._arrived
                 # each socket's deliveries numbered (not by a version before the numbers)
-                numbered = len(item) == 6 and len(item[4]) == len(item[2]) and len(item[5]) == len(item[3])
+                numbered = (
+                    len(item) == 6 and type(item[4]) is list and type(item[5]) is list
+                    and len(item[4]) == len(item[2]) and len(item[5]) == len(item[3])
+                )  # fmt: skip
                 for bubble, sids, numbers in ((True, item[2], item[4] if numbered else ()), (False, item[3], item[5] if numbered else ())):
                     for index, sid in enumerate(sids):
                         relay = relays.get(sid)
@@ -313,12 +316,9 @@ class PeerLink:
                         arrivals.count += 1
                         if numbered and numbers[index] != arrivals.count:
                             # deliveries for it lost on the way: nothing after them is written to it
-                            self._holding.lost(node, sid, numbers[index] - arrivals.count)
-                            arrivals.count = numbers[index]
+                            self._holding.lost(node, sid, numbers[index])
                         if relay.attached and relay.sink.writable and relay.sink.send_message(message, bubble):
                             arrivals.written.append(message.id)
-                        else:
-                            arrivals.missed += 1
                 continue
             self._handle(item_fields(node, item))
 

@@ -17,10 +17,10 @@ to a socket past a loss: its owner numbers each socket's deliveries
 (redis_edge/batches.py), and a delivery whose number skips closes the socket
 (1013) before it is written; a confirmation request that counts more
 deliveries than arrived closes it the same way (the last ones were lost).  When
-its client read everything written (a clean close the server started) but not
-everything that arrived was written (a loss, or deliveries that came while it
-was closing), the detach names the messages that were: the owner takes those
-as read, and sends the rest again, in order.  The owner tells, with each
+its client read everything written (a clean close the server started), the
+detach names the messages that were written: the owner takes those as read,
+and sends the rest again, in order (lost ones, those that came while it was
+closing, those still on their way).  The owner tells, with each
 confirmation request, the last one it had answered yes: what that one covered
 is forgotten here then, not before (the answer may be lost on the way).
 """
@@ -88,14 +88,12 @@ class Relays:
         self.by_sid.pop(sid, None)
         arrivals = self.arrived.pop(sid, None)
         self._unanswered.pop(sid, None)
-        incomplete = sid in self._incomplete
         self._incomplete.discard(sid)
         if not received_all or arrivals is None:
             self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0")
-        elif not incomplete and not arrivals.missed:
-            self._outbox.send(attachment.owner, b"detach", s=sid, r=b"1")  # what arrived was written, and read
         else:
-            # Not all of it arrived, or was written: the client read what was written to it, not the rest.
+            # The client read what was written to it; not what its owner sent that was lost, came while it was
+            # closing, or is still on its way (never "all": the owner may have sent more since).
             self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0", w=json.dumps(arrivals.written, ensure_ascii=False))
 
     def acknowledged(self, attachment: Attachment, message_id: str) -> None:
@@ -144,14 +142,21 @@ class Relays:
 
             relay.sink.confirm().addCallback(answer)
 
-    def lost(self, node: str, sid: str, count: int) -> None:
-        """``count`` deliveries from ``node`` for the relay ``sid`` never arrived: closed (1013) before any later one."""
-        relay = self.by_sid.get(sid)
-        if relay is None or sid in self._incomplete:
+    def lost(self, node: str, sid: str, number: object) -> None:
+        """
+        A delivery from ``node`` for the relay ``sid`` came numbered ``number``, not the next: those before it never
+        arrived (or the number is not one).  Closed (1013) before this one or any later one is written.
+        """
+        relay, arrivals = self.by_sid.get(sid), self.arrived.get(sid)
+        if relay is None or arrivals is None or sid in self._incomplete:
             return
         self._log.warn(
-            "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)", count=count, node=node, sid=sid
-        )
+            "Delivery {number!r} from {node} for socket {sid} came after {count}: the others never arrived; closing it"
+            " (1013)",
+            number=number, count=arrivals.count - 1, node=node, sid=sid,
+        )  # fmt: skip
+        if type(number) is int and number > arrivals.count:
+            arrivals.count = number
         self._close_incomplete(sid, relay)
 
     def _close_incomplete(self, sid: str, relay: Attachment) -> None:
@@ -208,18 +213,16 @@ class Relays:
 
 class Arrivals:
     """
-    What reached this node for one relay: how many deliveries, how many of them could not be written (it was
-    closing), and the ids of the messages written to its socket that its owner may not have taken as read yet
-    (each confirmation request it answers yes lets this list go up to where it stood when the request arrived).
+    What reached this node for one relay: how many deliveries, and the ids of the messages written to its socket
+    that its owner may not have taken as read yet (each confirmation request it answers yes lets this list go up
+    to where it stood when the request arrived).
     """
 
-    __slots__ = ("count", "missed", "written", "_dropped", "_marks")
+    __slots__ = ("count", "written", "_dropped", "_marks")
 
     def __init__(self) -> None:
         #: Deliveries that arrived (counted by the inbox's reader, redis_edge/peers.py).
         self.count = 0
-        #: Deliveries that arrived and were not written (the socket was closing).
-        self.missed = 0
         #: Ids of the messages written to the socket, oldest first, since the owner last took them as read.
         self.written: list[str] = []
         self._dropped = 0

@@ -51,8 +51,9 @@ def test_dropped_packets_are_never_confirmed_and_what_was_written_still_can_be()
     clock.advance(SETTINGS.ping_interval)  # the heartbeat's ping, buffered behind it
     dropped: list[bool] = []
     session.confirm().addCallback(dropped.append)
-    session.drop_buffered()
+    assert session.drop_buffered() is True, "it says it dropped some (the connection then never reports all read)"
     assert dropped == [False] and written == [] and not session._pings
+    assert session.drop_buffered() is False, "nothing left to drop"
     session.send(message("report"))
     report: list[bool] = []
     session.confirm().addCallback(report.append)

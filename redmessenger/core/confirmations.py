@@ -96,6 +96,15 @@ class Confirmations:
         attachment.confirming = False
         if not received or not attachment.attached:
             return  # Hub.detach has taken care of what was unconfirmed
+        self.read_up_to(attachment, last)
+        if attachment.unconfirmed:
+            self.want(attachment)
+
+    def read_up_to(self, attachment: Attachment, last: Sent | None) -> None:
+        """
+        The client read everything written to the socket before a request it answered yes, whoever asked (this,
+        or a queue handover): the live messages up to ``last``, the last of them then, are confirmed.
+        """
         unconfirmed = attachment.unconfirmed
         # Up to the last one sent before the request (acks by id may have trimmed some meanwhile: Hub.acknowledged).
         count = 0
@@ -107,5 +116,3 @@ class Confirmations:
         if count:
             self._budget.give_back(attachment, confirmed(attachment.uid, unconfirmed[:count]))
             del unconfirmed[:count]
-        if unconfirmed:
-            self.want(attachment)

@@ -236,9 +236,14 @@ class Handovers:
                         self._delivery.too_slow(attachment)  # detached: Hub.detach gave its bytes back
                         handover.cut_short = True
                         break
+                # live messages written to it before (it took over a handover cut short elsewhere) are read too if
+                # it answers yes: confirmed with the batch (a relay's holder forgets them then: redis_edge/relays.py)
+                live = attachment.unconfirmed[-1] if attachment.unconfirmed else None
                 if handover.cut_short or not await sink.confirm():
                     handover.cut_short = True
                     break
+                if live is not None and attachment.attached:
+                    self._confirmations.read_up_to(attachment, live)
                 if self._ours(attachment):
                     budget.give_back(attachment, weight)
                 confirmed = sent

@@ -180,6 +180,28 @@ def test_when_the_tab_receiving_the_queue_drops_an_older_tab_takes_the_rest_over
     assert queues.payloads("u") == []
 
 
+def test_a_tab_that_takes_a_handover_over_has_its_live_messages_confirmed_by_the_yes_to_a_batch() -> None:
+    """
+    The older tab had a live message unconfirmed when the handover moved to it: its yes to the batch's request
+    says it read that message too (written before the request), so it is confirmed then, not at the next request.
+    """
+    hub, queues, clock = setting(batch=2)
+    older = Socket(clock, "older")
+    older_attachment = identify(hub, older)
+    hub.on_publish(b"rm.users.u", b"live")
+    assert [sent.message.payload for sent in older_attachment.unconfirmed] == ["live"]
+    queue(queues, "left", "over", "from", "before")
+    newer = Socket(clock, "newer")
+    newer_attachment = identify(hub, newer)
+    newer.close()
+    hub.detach(newer_attachment)
+    assert older.payloads() == ["live", "left", "over"] and older_attachment.unconfirmed != []
+    older.confirm_all()
+    assert older_attachment.unconfirmed == [], "the live message, read before the batch's request, confirmed with it"
+    older.confirm_all()
+    assert older.payloads() == ["live", "left", "over", "from", "before"] and queues.payloads("u") == []
+
+
 def test_the_handover_keeps_a_stopped_daemon_waiting_at_most_its_timeout() -> None:
     hub, queues, clock = setting()
     queue(queues, "a")

@@ -319,6 +319,7 @@ class PeerLink:
                             self._holding.lost(node, sid, numbers[index])
                         if relay.attached and relay.sink.writable and relay.sink.send_message(message, bubble):
                             arrivals.written.append(message.id)
+                            arrivals.numbers.append(arrivals.count)
                 continue
             self._handle(item_fields(node, item))
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from bisect import bisect_right
 
 from twisted.logger import Logger
 
@@ -132,7 +133,7 @@ class Relays:
             self._close_incomplete(sid, relay)
         else:
             number = int(asked) if asked.isdigit() else 0
-            arrivals.asked(number)
+            arrivals.asked(number, int(sent) if sent.isdigit() else arrivals.count)
             told = answered is not None  # else an owner of a version before: forgotten when answered
 
             def answer(received: bool) -> None:
@@ -214,35 +215,37 @@ class Relays:
 class Arrivals:
     """
     What reached this node for one relay: how many deliveries, and the ids of the messages written to its socket
-    that its owner may not have taken as read yet (each confirmation request it answers yes lets this list go up
-    to where it stood when the request arrived).
+    (with their delivery numbers) that its owner may not have taken as read yet: a yes to a confirmation request
+    lets them go up to the deliveries that request covers, once the owner says it took that yes.
     """
 
-    __slots__ = ("count", "written", "_dropped", "_marks")
+    __slots__ = ("count", "written", "numbers", "_marks")
 
     def __init__(self) -> None:
         #: Deliveries that arrived (counted by the inbox's reader, redis_edge/peers.py).
         self.count = 0
-        #: Ids of the messages written to the socket, oldest first, since the owner last took them as read.
+        #: Ids of the messages written to the socket, oldest first, since the owner last took them as read; and the
+        #: number of each one's delivery.
         self.written: list[str] = []
-        self._dropped = 0
-        #: Where the list stood when each unanswered request arrived (the first time: a repeat asks the same).
+        self.numbers: list[int] = []
+        #: The deliveries each request not yet known answered covers.
         self._marks: dict[int, int] = {}
 
-    def asked(self, request: int) -> None:
-        """The owner's confirmation request ``request`` arrived (again, or for the first time)."""
-        self._marks.setdefault(request, self._dropped + len(self.written))
+    def asked(self, request: int, covers: int) -> None:
+        """The owner's confirmation request ``request`` arrived, covering its first ``covers`` deliveries."""
+        self._marks.setdefault(request, covers)
 
     def answered(self, request: int) -> None:
         """
-        The owner took the answer yes to ``request`` (and so to every earlier one): what was written before it
-        arrived is forgotten.  Late and repeated news change nothing.
+        The owner took the answer yes to ``request`` (and so to every earlier one): what those requests covered is
+        forgotten.  Late and repeated news change nothing.
         """
         marks = self._marks
         done = [done for done in marks if done <= request]
         if not done:
             return
-        mark = max(marks.pop(each) for each in done)
-        if mark > self._dropped:
-            del self.written[: mark - self._dropped]
-            self._dropped = mark
+        covered = max(marks.pop(each) for each in done)
+        forget = bisect_right(self.numbers, covered)
+        if forget:
+            del self.written[:forget]
+            del self.numbers[:forget]

@@ -39,6 +39,8 @@ class RemoteSink:
         self.open = True
         self._asked = itertools.count(1)
         self._waiting: dict[int, Deferred[bool]] = {}
+        #: How many deliveries each unanswered request covers (those sent before it was first sent).
+        self._covers: dict[int, int] = {}
         #: The requests that were waiting at the last :meth:`ask_again`.
         self._waiting_before: set[int] = set()
         #: Deliveries sent to the socket's node (each carries its number): a confirmation says how many arrived.
@@ -72,6 +74,7 @@ class RemoteSink:
             return waiter
         asked = next(self._asked)
         self._waiting[asked] = waiter
+        self._covers[asked] = self.delivered
         self._ask(asked)
         return waiter
 
@@ -87,13 +90,15 @@ class RemoteSink:
         return len(late)
 
     def _ask(self, asked: int) -> None:
+        # c: the deliveries the request covers, as when it was first sent (a yes covers those, not later ones)
         self._peers.send(
-            self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self.delivered).encode("ascii"),
+            self.node, b"confirm", s=self.sid, q=str(asked).encode("ascii"), c=str(self._covers[asked]).encode("ascii"),
             a=str(self._answered).encode("ascii"),
         )  # fmt: skip
 
     def confirmed(self, asked: int, received: bool) -> None:
         waiter = self._waiting.pop(asked, None)
+        self._covers.pop(asked, None)
         if waiter is not None:
             if received:
                 self._answered = max(self._answered, asked)
@@ -107,6 +112,7 @@ class RemoteSink:
         """The socket is gone: what waits for its confirmation has its answer."""
         self.open = False
         waiting, self._waiting = self._waiting, {}
+        self._covers.clear()
         for waiter in waiting.values():
             waiter.callback(False)
 

@@ -101,23 +101,65 @@ def test_a_messages_deliveries_in_a_batch_carry_each_sockets_number_beside_it() 
     ]
 
 
-def test_what_was_written_to_a_relay_is_kept_until_its_owner_took_the_answer_to_a_request_after_it() -> None:
+def test_what_was_written_to_a_relay_is_kept_until_its_owner_took_the_answer_to_a_request_covering_it() -> None:
     arrivals = Arrivals()
-    arrivals.written += ["a", "b"]
-    arrivals.asked(1)
-    arrivals.written += ["c"]
-    arrivals.asked(1)  # asked again (its answer was lost): where the list stood the first time
-    arrivals.asked(2)
-    arrivals.written += ["d"]
-    arrivals.answered(0)  # the owner had answered none yet
+
+    def write(*ids: str) -> None:
+        for message_id in ids:
+            arrivals.count += 1
+            arrivals.written.append(message_id)
+            arrivals.numbers.append(arrivals.count)
+
+    write("a", "b")
+    arrivals.asked(1, 2)
+    write("c")
+    arrivals.count += 1  # a delivery not written (the socket closing)
+    arrivals.asked(2, 3)
+    arrivals.asked(1, 4)  # asked again: it covers what it covered the first time
+    write("d")
+    arrivals.answered(0)  # the owner had taken no yes yet
     assert arrivals.written == ["a", "b", "c", "d"]
     arrivals.answered(1)
-    assert arrivals.written == ["c", "d"]
+    assert arrivals.written == ["c", "d"] and arrivals.numbers == [3, 5]
     arrivals.answered(1)  # told again
     assert arrivals.written == ["c", "d"]
     arrivals.answered(2)
     arrivals.answered(1)  # late
     assert arrivals.written == ["d"]
-    arrivals.asked(3)
+    arrivals.asked(3, 5)
     arrivals.answered(4)  # a later one, whose request never arrived here: covers 3
-    assert arrivals.written == []
+    assert arrivals.written == [] and arrivals.numbers == []
+
+
+def test_a_confirmation_request_sent_again_covers_what_it_covered_the_first_time_and_tells_the_last_yes() -> None:
+    from redmessenger.redis_edge.remote import RemoteSink
+
+    class Outbox:
+        def __init__(self) -> None:
+            self.items: list[tuple[bytes, dict[str, Any]]] = []
+
+        def send(self, node: str, kind: bytes, **fields: Any) -> None:
+            self.items.append((kind, fields))
+
+        def deliver(self, node: str, sid: str, message: Message, bubble: bool, number: int) -> None:
+            self.items.append((b"D", {"n": number}))
+
+    outbox = Outbox()
+    sink = RemoteSink(outbox, "node-b", "r1.1", False, "127.0.0.1:1")
+    message = Message("rm.users.u", 1, "p", "m-1", None)
+    for _ in range(3):
+        sink.send_message(message, True)
+    first = sink.confirm()
+    sink.send_message(message, True)
+    assert sink.ask_again() == 0  # not late yet: the first check only notes it
+    assert sink.ask_again() == 1
+    requests = [fields for kind, fields in outbox.items if kind == b"confirm"]
+    assert [(r["q"], r["c"], r["a"]) for r in requests] == [(b"1", b"3", b"0"), (b"1", b"3", b"0")]
+    assert [fields["n"] for kind, fields in outbox.items if kind == b"D"] == [1, 2, 3, 4]
+    answers: list[bool] = []
+    first.addCallback(answers.append)
+    sink.confirmed(1, True)
+    sink.confirm()
+    assert answers == [True] and [(kind, fields["q"], fields["c"], fields["a"]) for kind, fields in outbox.items[-1:]] == [
+        (b"confirm", b"2", b"4", b"1")
+    ]

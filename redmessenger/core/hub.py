@@ -319,7 +319,7 @@ class Hub:
             confirmed(attachment.uid, attachment.unconfirmed)
             orphans = lost(attachment.held or [])
         elif read:
-            # what the client read (a relay closed for deliveries lost between the nodes: redis_edge/relays.py)
+            # what the client read, as the node holding the socket counted it (a relay's clean close: redis_edge/relays.py)
             unread = [sent for sent in attachment.unconfirmed if sent.message.id not in read]
             confirmed(attachment.uid, [sent for sent in attachment.unconfirmed if sent.message.id in read])
             orphans = lost(unread + (attachment.held or []))

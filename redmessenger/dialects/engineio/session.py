@@ -245,11 +245,9 @@ class Session:
         if not dropped:
             return False
         self._pong_at = 0
-        receipts = self._receipts
-        receipts.withdraw(dropped)
-        pings = self._pings
-        while pings and pings[-1] > receipts.sent:
-            pings.pop()
+        self._receipts.withdraw(dropped)
+        while self._pings and self._pings[-1] > self._receipts.sent:
+            self._pings.pop()
         return True
 
     # -- WebSocket -------------------------------------------------------------------------

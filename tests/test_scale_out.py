@@ -460,6 +460,46 @@ async def test_a_delivery_still_on_its_way_when_a_relay_closes_clean_is_queued_n
     await again.close_code()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_closing_relay_does_not_confirm_a_delivery_it_could_not_write(daemon_factory, redis):
+    """
+    A version-1 client acknowledged everything it was written; the holder is closing it (a second hello) when the
+    owner delivers m1 and asks for a confirmation. Its acks cover all that was written, but m1 was not: the answer
+    is no, and the owner queues m1 when the socket is gone. Before, the answer was yes and m1 was lost.
+    """
+    from .channelclient import Session, hello
+
+    daemons = await cluster(daemon_factory, 2)
+    uid = owned_by("node-a", NODES[:2])
+    owner, holder = on(daemons, "node-a"), on(daemons, "node-b")
+    client = await connect_client(holder.url)
+    client.send(hello(uid))
+    assert await client.next() == {"type": "welcome", "v": 1, "uid": uid}
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "attached at its owner")
+    publish(redis, f"rm.users.{uid}", "m0")
+    assert [m["payload"] for m in await Session(client).receive(1)] == ["m0"]  # acknowledged
+    (attachment,) = owner.service.presence.get(uid).attachments
+    await wait_until(lambda: not attachment.unconfirmed, 5, "the ack at the owner")
+    client.protocol.transport.pauseProducing()  # it reads nothing for now
+    client.send(hello(uid))  # the holder closes it (4409)
+    (relay,) = holder.service.peers._relays.values()
+    await wait_until(lambda: not relay.sink.writable, 5, "the holder closing it")
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: attachment.confirming, 5, "the owner to want m1 confirmed")
+    await wait_until(lambda: not attachment.confirming, 5, "the holder's answer")
+    assert [sent.message.payload for sent in attachment.unconfirmed] == ["m1"], "not confirmed"
+    client.protocol.transport.resumeProducing()
+    assert (await client.close_code(timeout=10))[0] == 4409
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 1, 5, "m1 queued by the owner")
+    again = await tab(daemons, holder, uid)
+    await again.receive(1)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(again) == ["m1"]
+    again.close()
+    await again.close_code()
+
+
 def losing_the_first(daemon: Any, kind: bytes) -> list[dict[bytes, bytes]]:
     """The first ``kind`` item of ``daemon``'s inbox is lost (as a Redis failover loses inbox entries); the list of it."""
     peers = daemon.service.peers

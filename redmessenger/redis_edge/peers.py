@@ -307,7 +307,8 @@ class PeerLink:
                     len(item) == 6 and type(item[4]) is list and type(item[5]) is list
                     and len(item[4]) == len(item[2]) and len(item[5]) == len(item[3])
                 )  # fmt: skip
-                for bubble, sids, numbers in ((True, item[2], item[4] if numbered else ()), (False, item[3], item[5] if numbered else ())):
+                sockets = ((True, item[2], item[4] if numbered else ()), (False, item[3], item[5] if numbered else ()))
+                for bubble, sids, numbers in sockets:
                     for index, sid in enumerate(sids):
                         relay = relays.get(sid)
                         if relay is None:
@@ -320,6 +321,8 @@ class PeerLink:
                         if relay.attached and relay.sink.writable and relay.sink.send_message(message, bubble):
                             arrivals.written.append(message.id)
                             arrivals.numbers.append(arrivals.count)
+                        elif not arrivals.unwritten:
+                            arrivals.unwritten = arrivals.count  # (closing) no request covering it is answered yes
                 continue
             self._handle(item_fields(node, item))
 

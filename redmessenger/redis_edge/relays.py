@@ -117,8 +117,10 @@ class Relays:
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
             if relay is None:  # its detach may have been lost: the owner must not keep it
                 self._outbox.send(node, b"detach", s=sid, r=b"0")
-        elif sid in self._incomplete:
-            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")  # closing already
+        elif sid in self._incomplete or 0 < arrivals.unwritten <= (int(sent) if sent.isdigit() else arrivals.count):
+            # closing already, or a delivery it covers was not written (the socket was closing): whatever the
+            # client says of what it was written, not a yes
+            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
         elif sent.isdigit() and arrivals.count < int(sent):
             # Deliveries lost between the nodes (a Redis failover lost inbox entries): the socket cannot say
             # it has them. Closed, its owner sends what it did not confirm to the user's other sockets or
@@ -219,11 +221,13 @@ class Arrivals:
     lets them go up to the deliveries that request covers, once the owner says it took that yes.
     """
 
-    __slots__ = ("count", "written", "numbers", "_marks")
+    __slots__ = ("count", "unwritten", "written", "numbers", "_marks")
 
     def __init__(self) -> None:
         #: Deliveries that arrived (counted by the inbox's reader, redis_edge/peers.py).
         self.count = 0
+        #: The number of the first delivery that arrived and could not be written (the socket closing); 0: none.
+        self.unwritten = 0
         #: Ids of the messages written to the socket, oldest first, since the owner last took them as read; and the
         #: number of each one's delivery.
         self.written: list[str] = []

@@ -58,8 +58,8 @@ class RemoteSockets:
 
     def detach(self, node: str, sid: str, received_all: bool, read: frozenset[str] = frozenset()) -> None:
         """
-        ``node`` no longer holds the socket ``sid`` (``received_all``: what arrived there, its client read; else
-        ``read``: the ids of the messages its client read, when it was closed for deliveries that never arrived).
+        ``node`` no longer holds the socket ``sid`` (``received_all``: what arrived there, its client read, from a
+        holder of a version before ``read``; ``read``: the ids of the messages its client read, after a clean close).
         """
         found = self.by_key.pop((node, sid), None)
         if found is not None:

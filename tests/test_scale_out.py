@@ -210,9 +210,9 @@ async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow
     await client.close_code()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_version_1_client_held_by_another_daemon_acknowledges_through_it(daemon_factory, redis):
-    from .channelclient import Session, hello
+async def version_1_relay(daemon_factory: Any) -> tuple[list[Any], str, Any, Any, WebSocketClient]:
+    """Two daemons, a uid node-a owns, node-a, node-b, and a version-1 socket of the user on node-b (a relay)."""
+    from .channelclient import hello
 
     daemons = await cluster(daemon_factory, 2)
     uid = owned_by("node-a", NODES[:2])
@@ -221,6 +221,14 @@ async def test_a_version_1_client_held_by_another_daemon_acknowledges_through_it
     client.send(hello(uid))
     assert await client.next() == {"type": "welcome", "v": 1, "uid": uid}
     await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "attached at its owner")
+    return daemons, uid, owner, holder, client
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_client_held_by_another_daemon_acknowledges_through_it(daemon_factory, redis):
+    from .channelclient import Session
+
+    daemons, uid, owner, holder, client = await version_1_relay(daemon_factory)
     v1 = Session(client)
     for i in range(20):
         publish(redis, f"rm.users.{uid}", f"m{i}")
@@ -292,6 +300,18 @@ def losing_a_delivery(holder: Any, nth: int, unnumbered: bool = False) -> list[d
     return lost
 
 
+async def comes_from_the_queue(daemons: list[Any], holder: Any, uid: str, redis: Any, expected: list[str]) -> None:
+    """Once the owner queued ``expected``, a new socket of ``uid`` on ``holder`` gets exactly that, once, in order."""
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == len(expected), 5, f"{expected} queued by the owner")
+    again = await tab(daemons, holder, uid)
+    await again.receive(len(expected))
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(again) == expected, "once, in order"
+    again.close()
+    await again.close_code()
+
+
 @pytest.mark.parametrize("numbered", [True, False], ids=["numbered", "a-writer-before-the-numbers"])
 @pytest_twisted.ensureDeferred
 async def test_deliveries_lost_between_daemons_close_the_socket_and_come_again_from_the_queue(
@@ -344,16 +364,9 @@ async def test_a_batch_lost_between_daemons_while_later_ones_arrive_closes_the_s
     assert (code, reason) == (1013, "messages for this socket were lost between daemons (a Redis failover); reconnect")
     assert payloads(client) == ["m0", "m1", "m2"], "nothing written after the loss"
     await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
-    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 7, 5, "the rest queued by the owner")
-    again = await tab(daemons, holder, uid)
-    await again.receive(7)
-    for daemon in daemons:
-        await daemon.idle()
-    assert payloads(again) == [f"m{i}" for i in range(3, 10)], "the rest, once, in order"
+    await comes_from_the_queue(daemons, holder, uid, redis, [f"m{i}" for i in range(3, 10)])
     metrics = await scrape(holder.port)
     assert metrics["redmessenger_inbox_batches_lost_total"] == 1
-    again.close()
-    await again.close_code()
 
 
 @pytest_twisted.ensureDeferred
@@ -409,15 +422,8 @@ async def test_deliveries_that_reach_a_relay_while_it_closes_are_queued_not_take
     client.protocol.transport.resumeProducing()
     assert await client.close_code(timeout=10) == (4409, "this socket has sent its identifier already")
     assert client.protocol.wasClean
-    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 5, 5, "the five queued by the owner")
-    again = await tab(daemons, holder, uid)
-    await again.receive(5)
-    for daemon in daemons:
-        await daemon.idle()
+    await comes_from_the_queue(daemons, holder, uid, redis, [f"m{i}" for i in range(5)])
     assert payloads(client) == ["before"]
-    assert payloads(again) == [f"m{i}" for i in range(5)], "once, in order"
-    again.close()
-    await again.close_code()
 
 
 @pytest_twisted.ensureDeferred
@@ -449,15 +455,9 @@ async def test_a_delivery_still_on_its_way_when_a_relay_closes_clean_is_queued_n
     await wait_until(lambda: sockets_of(daemons, uid) == 0, 5, "detached at its owner")
     for entry in delayed:
         unpack(entry)
-    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 1, 5, "the one on its way, queued")
     peers._unpack = unpack
-    again = await tab(daemons, holder, uid)
-    await again.receive(1)
-    for daemon in daemons:
-        await daemon.idle()
-    assert payloads(client) == ["before"] and payloads(again) == ["on its way"], "once each"
-    again.close()
-    await again.close_code()
+    await comes_from_the_queue(daemons, holder, uid, redis, ["on its way"])
+    assert payloads(client) == ["before"]
 
 
 @pytest_twisted.ensureDeferred
@@ -469,13 +469,7 @@ async def test_a_closing_relay_does_not_confirm_a_delivery_it_could_not_write(da
     """
     from .channelclient import Session, hello
 
-    daemons = await cluster(daemon_factory, 2)
-    uid = owned_by("node-a", NODES[:2])
-    owner, holder = on(daemons, "node-a"), on(daemons, "node-b")
-    client = await connect_client(holder.url)
-    client.send(hello(uid))
-    assert await client.next() == {"type": "welcome", "v": 1, "uid": uid}
-    await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "attached at its owner")
+    daemons, uid, owner, holder, client = await version_1_relay(daemon_factory)
     publish(redis, f"rm.users.{uid}", "m0")
     assert [m["payload"] for m in await Session(client).receive(1)] == ["m0"]  # acknowledged
     (attachment,) = owner.service.presence.get(uid).attachments
@@ -490,14 +484,7 @@ async def test_a_closing_relay_does_not_confirm_a_delivery_it_could_not_write(da
     assert [sent.message.payload for sent in attachment.unconfirmed] == ["m1"], "not confirmed"
     client.protocol.transport.resumeProducing()
     assert (await client.close_code(timeout=10))[0] == 4409
-    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 1, 5, "m1 queued by the owner")
-    again = await tab(daemons, holder, uid)
-    await again.receive(1)
-    for daemon in daemons:
-        await daemon.idle()
-    assert payloads(again) == ["m1"]
-    again.close()
-    await again.close_code()
+    await comes_from_the_queue(daemons, holder, uid, redis, ["m1"])
 
 
 def losing_the_first(daemon: Any, kind: bytes) -> list[dict[bytes, bytes]]:

@@ -117,33 +117,31 @@ class Relays:
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
             if relay is None:  # its detach may have been lost: the owner must not keep it
                 self._outbox.send(node, b"detach", s=sid, r=b"0")
-        elif sid in self._incomplete or 0 < arrivals.unwritten <= (int(sent) if sent.isdigit() else arrivals.count):
-            # closing already, or a delivery it covers was not written (the socket was closing): whatever the
-            # client says of what it was written, not a yes
-            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
-        elif sent.isdigit() and arrivals.count < int(sent):
-            # Deliveries lost between the nodes (a Redis failover lost inbox entries): the socket cannot say
-            # it has them. Closed, its owner sends what it did not confirm to the user's other sockets or
+            return
+        covers = int(sent) if sent.isdigit() else arrivals.count  # the deliveries it asks about (all, if it does not say)
+        number = int(asked) if asked.isdigit() else 0
+        if sid in self._incomplete or 0 < arrivals.unwritten <= covers or arrivals.count < covers:
+            # Not a yes, whatever the client says of what was written to it: closing already; a delivery it covers
+            # was not written (the socket was closing); or deliveries it covers never arrived (a Redis failover lost
+            # inbox entries): then closed, its owner sends what it did not confirm to the user's other sockets or
             # the queue, and the client reconnects for it.
-            self._log.warn(
-                "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
-                count=int(sent) - arrivals.count,
-                node=node,
-                sid=sid,
-            )
             self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
-            self._close_incomplete(sid, relay)
-        else:
-            number = int(asked) if asked.isdigit() else 0
-            arrivals.asked(number, int(sent) if sent.isdigit() else arrivals.count)
-            told = answered is not None  # else an owner of a version before: forgotten when answered
+            if sid not in self._incomplete and arrivals.count < covers:
+                self._log.warn(
+                    "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
+                    count=covers - arrivals.count, node=node, sid=sid,
+                )  # fmt: skip
+                self._close_incomplete(sid, relay)
+            return
+        arrivals.asked(number, covers)
+        told = answered is not None  # else an owner of a version before: forgotten when answered
 
-            def answer(received: bool) -> None:
-                if received and not told:
-                    arrivals.answered(number)
-                self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
+        def answer(received: bool) -> None:
+            if received and not told:
+                arrivals.answered(number)
+            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
 
-            relay.sink.confirm().addCallback(answer)
+        relay.sink.confirm().addCallback(answer)
 
     def lost(self, node: str, sid: str, number: object) -> None:
         """

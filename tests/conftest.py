@@ -227,6 +227,11 @@ def _reactor() -> Any:
     return reactor
 
 
+def refusals(redis: Any, code: str) -> int:
+    """How many commands ``redis`` (a blocking client) has answered with the error ``code`` (NOREPLICAS, OOM...) so far."""
+    return int(redis.info("errorstats").get(f"errorstat_{code}", {}).get("count", 0))
+
+
 async def wait_until(condition: Any, timeout: float = 5.0, what: str = "condition") -> None:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater

@@ -51,6 +51,20 @@ def sent_entries(commands: RecordingCommands) -> list[list[bytes]]:
     return [c[3][2::3] for c in commands.sent if c[0] == "EVAL" and c[1] == ENQUEUE]
 
 
+def kinds(commands: RecordingCommands) -> list[Any]:
+    """Each command sent, in order: the script of an EVAL, the name of any other."""
+    return [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent]
+
+
+def answer_in_turn(commands: RecordingCommands, first: int = 0) -> None:
+    """Answer each ENQUEUE call from the ``first``th on, as Redis would, the ones it sends meanwhile too."""
+    index = first
+    while index < len(commands.sent):
+        if not commands.replies[index].called:
+            commands.replies[index].callback([[], []])
+        index += 1
+
+
 def connection_lost() -> Failure:
     from txredisapi import ConnectionError
 

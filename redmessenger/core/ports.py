@@ -155,7 +155,10 @@ class Queues(Protocol):
         """
 
     def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
-        """Drop the ``delivered`` oldest entries, then the queue's length and its next ``batch`` entries."""
+        """
+        Drop the ``delivered`` oldest entries, then the queue's length and its next ``batch`` entries: read once
+        every entry queued before the call has landed (StoreUnavailable if Redis refuses one meanwhile).
+        """
 
     def trim(self, uid: str, delivered: int) -> Deferred[None]:
         """Drop the ``delivered`` oldest entries."""

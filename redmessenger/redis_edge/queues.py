@@ -3,14 +3,27 @@ Users' queues in Redis, over the daemon's one command connection.
 
 One connection on purpose: Redis runs a connection's commands in the order they
 were sent, so a message queued before a user identifies is always seen by the
-handover that follows.  Each operation is one command or one Lua script, sent
-without waiting for the previous one (pipelined).  The queue writes of a reactor
-turn go together in one script call (a burst for offline users costs one round
-of txredisapi's per-command machinery, not one per message), at most
-``writes_per_call`` of them a call: an entry for more queues than that (a group
-of many offline members) is split into parts, a call each.  Anything that reads
-a queue sends them first, so it never overtakes them: the entries waiting for a
-retry too, without waiting for it.
+handover that follows.  The queue writes of a reactor turn go together in one
+script call (a burst for offline users costs one round of txredisapi's
+per-command machinery, not one per message), at most ``writes_per_call`` of them
+a call: an entry for more queues than that (a group of many offline members) is
+split into parts, a call each.
+
+**One queue write call is under way at a time**; what is queued meanwhile goes in
+the next call, sent as soon as Redis answered this one.  Pipelining them would let
+a later call overtake an earlier one that Redis refused "for now" (OOM near
+``maxmemory``, BUSY behind another client's script, READONLY during a failover):
+the later one lands, the earlier one lands on its retry, after it, and that queue
+is out of order.  Refused or lost with the connection, a call's entries wait in
+memory with everything queued behind them, and are sent again, first, after
+``retry_delay``.
+
+A queue read (the handover's ``take``) waits until every write queued before it
+has landed: sent pipelined behind them, it would read without one Redis then
+refused, and that entry would land later behind what the user was already given,
+or stay in Redis while the user is online.  If one is refused meanwhile, the read
+fails with StoreUnavailable, and the handover tries again (it sends the waiting
+entries at once, without waiting for their retry).
 
 Queue entries are removed only after they were written to a socket (the take
 script trims what the previous batch delivered), so a daemon killed mid-handover
@@ -22,10 +35,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Iterable, NamedTuple
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from redmessenger.core.ports import StoreUnavailable
 from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import oversize_key, queue_key
 from redmessenger.redis_edge.commands import RedisCommands
@@ -46,11 +60,6 @@ class _Entry(NamedTuple):
     #: An entry for more queues than ``writes_per_call`` goes in parts (a script call each): which one, of how many.
     part: int = 0
     parts: int = 1
-
-
-def _place(item: _Entry) -> tuple[int, int]:
-    """Where an entry (or a part of one) goes among the others: the order Redis must see them in."""
-    return item.seq, item.part
 
 
 class _AllParts:
@@ -89,45 +98,45 @@ class QueueStore:
         self._clock = clock
         self._expiry = queue_expiry
         self._max_length = queue_max_length
-        # Entries queued and not sent yet, in order: sent together at the end of the turn.
+        # Entries (and parts) not sent, in the order Redis must see them: queued
+        # since the last call went, or sent and not taken (at the front, again).
         self._pending: list[_Entry] = []
         self._flush_call: IDelayedCall | None = None
-        self._next_seq = 0
-        # Entries Redis could not take (link down, or refused for now: LOADING,
-        # READONLY...).  While any wait here nothing else is sent: the retry
-        # sends them all, in the order they were queued, so that every queue
-        # keeps its order.
-        self._backlog: list[_Entry] = []
+        # The one write call sent and not answered yet: its entries.
+        self._in_flight: list[_Entry] | None = None
+        # Set while Redis refused or could not be reached: nothing is sent until it fires (or a read comes).
         self._retry: IDelayedCall | None = None
-        # Entries the retries sent and Redis has not answered yet (while Redis is
-        # away they wait for a connection), by number (an entry in parts may have
-        # several): still waiting for it, and what is queued meanwhile waits
-        # behind them, in the backlog.
-        self._retried: dict[int, int] = {}
-        # Retries since a write failed, 0 once Redis took everything (for the log).
+        # Retries since a write failed, 0 once Redis took everything kept (for the log).
         self._attempts = 0
+        # A write failed and what was kept is not all written yet.
+        self._keeping = False
         self._stopped = False
+        self._next_seq = 0
         # Every queue write (an entry, a trim) by number, with how many of its calls
-        # Redis has not answered yet: pending, in the backlog, or sent; and those
-        # numbers in order (answered ones dropped once they reach its front).
+        # Redis has not answered yet: pending, or sent; and those numbers in order
+        # (answered ones dropped once they reach its front).
         self._unanswered: dict[int, int] = {}
         self._numbers: deque[int] = deque()
         # Who waits for the writes numbered below a number to be answered, in the order they asked.
         self._drain_waiters: list[tuple[int, Deferred[None]]] = []
+        # Queue reads waiting for the writes numbered below a number to land (failed if one is refused meanwhile).
+        self._read_waiters: list[tuple[int, Deferred[None]]] = []
 
     @property
     def backlog(self) -> int:
-        """Entries waiting for Redis to come back (or to take them): kept in memory, or sent again and not answered."""
-        return len({item.seq for item in self._backlog}.union(self._retried))
+        """Entries waiting for Redis to come back (or to take them): those it refused, and those queued behind them."""
+        if not self._keeping:
+            return 0
+        return len({item.seq for item in self._pending}.union(item.seq for item in self._in_flight or ()))
 
     def enqueue(
         self, uids: list[str], entry: bytes, again: bool = False, written: Callable[[], None] | None = None
     ) -> None:
         """
         Append an entry to the queues of ``uids`` (who are offline).  Sent at the
-        end of this reactor turn with the others of the turn, or earlier if a
-        queue is read first; kept in memory while Redis is away.  ``again``: it
-        may be there already (not pushed twice).  ``written``: called once Redis has it.
+        end of this reactor turn with the others of the turn (or with the next
+        call, if one is under way); kept in memory while Redis is away.  ``again``:
+        it may be there already (not pushed twice).  ``written``: called once Redis has it.
         For more than ``writes_per_call`` queues it goes in parts, a script call
         each, in order; ``written`` is called once Redis has them all.
         """
@@ -181,83 +190,41 @@ class QueueStore:
         return self._numbers[0] if self._numbers else self._next_seq
 
     def flush(self) -> None:
-        """Send the entries queued so far: one script call per ``writes_per_call`` queue writes."""
+        """Send the entries queued so far, unless a call is under way (they go when it is answered) or Redis is awaited."""
         if self._flush_call is not None:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        pending, self._pending = self._pending, []
-        if self._backlog or self._retried:  # Redis is away, or not known to be back: behind the entries waiting for it
-            self._backlog += pending
-            return
-        self._send_all(pending)
+        if self._in_flight is None and self._retry is None and not self._stopped:
+            self._send_next()
 
-    def _send_all(self, pending: list[_Entry], retried: bool = False) -> None:
+    def _send_next(self) -> None:
+        """Send the next call's worth of pending entries: up to ``writes_per_call`` writes, a part alone."""
+        pending = self._pending
         batch: list[_Entry] = []
         writes = 0
-        for i, item in enumerate(pending):
-            # the part of an entry split in parts goes alone
-            if batch and (writes + len(item.keys) > self.writes_per_call or item.parts > 1 or batch[0].parts > 1):
-                self._send(batch, retried)
-                batch, writes = [], 0
-                if self._backlog:  # that call failed at once: the rest waits behind it
-                    self._backlog += pending[i:]
-                    return
+        for item in pending:
+            if batch and (item.parts > 1 or writes + len(item.keys) > self.writes_per_call):
+                break
             batch.append(item)
             writes += len(item.keys)
-        if batch:
-            self._send(batch, retried)
-
-    def _send(self, batch: list[_Entry], retried: bool) -> None:
+            if item.parts > 1:
+                break
+        if not batch:
+            return
+        del pending[: len(batch)]
         keys: list[str] = []
         args: list[Any] = [self._expiry, self._max_length]
         for item in batch:
             keys += item.keys
             args += (item.entry, len(item.keys), "1" if item.again else "0")
-        if retried:
-            for item in batch:
-                self._retried[item.seq] = self._retried.get(item.seq, 0) + 1
+        self._in_flight = batch
         d = self._redis.eval(ENQUEUE, keys, args)
-        if retried:
-            d.addBoth(self._retry_answered, batch)
         d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(batch,), errbackArgs=(batch,))
-        d.addBoth(self._landed)
-
-    def _retry_answered(self, result: Any, batch: list[_Entry]) -> Any:
-        for item in batch:
-            left = self._retried[item.seq] - 1
-            if left:
-                self._retried[item.seq] = left
-            else:
-                del self._retried[item.seq]
-        return result
-
-    def _landed(self, _: object) -> None:
-        if self._attempts and not self._retried and self._retry is None and not self._stopped:
-            # The retries are answered, and none failed for now: what was queued behind them goes now.
-            if self._backlog:
-                self._flush_backlog()
-            else:
-                self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
-                self._attempts = 0
-        waiters = self._drain_waiters
-        while waiters and waiters[0][0] <= self._oldest_unanswered():
-            waiters.pop(0)[1].callback(None)
-
-    def drain(self) -> Deferred[None]:
-        """
-        Fires once every queue write (append or trim) made so far has been
-        answered by Redis (one waiting in the backlog is not), whatever is
-        written after this call.
-        """
-        self.flush()
-        if self._oldest_unanswered() >= self._next_seq:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._drain_waiters.append((self._next_seq, waiter))
-        return waiter
+        d.addErrback(lambda f: self.log.failure("After a queue write", f))
 
     def _enqueued(self, result: list[Any], batch: list[_Entry]) -> None:
+        self._in_flight = None
         for item in batch:
             if item.written is not None:
                 try:
@@ -275,10 +242,12 @@ class QueueStore:
                 dropped=count,
                 key=_text(key),
             )
+        self._landed()
 
     def _enqueue_failed(self, failure: Failure, batch: list[_Entry]) -> None:
         from txredisapi import ConnectionError  # includes TimeoutError
 
+        self._in_flight = None
         refused = temporary(failure)  # LOADING, READONLY, NOREPLICAS...: Redis takes it later
         if not (refused or failure.check(ConnectionError)):
             self.log.failure(
@@ -289,6 +258,7 @@ class QueueStore:
             )
             for item in batch:
                 self._answered(item.seq)
+            self._landed()
             return
         if self._stopped:
             self.log.error(
@@ -299,74 +269,111 @@ class QueueStore:
             )
             for item in batch:
                 self._answered(item.seq)
+            self._landed()
             return
         # The call may have run before its answer was lost (Redis killed between the two), or run partway
-        # before Redis refused a command of it: sent again, each entry is pushed only where it is not already.
-        self._backlog += [item._replace(again=True) for item in batch]
-        if self._retry is not None:
-            return
-        if not self._attempts:
+        # before Redis refused a command of it: sent again, first, each entry pushed only where it is not already.
+        self._pending[:0] = [item._replace(again=True) for item in batch]
+        first = not self._keeping
+        self._keeping = True
+        if first:
             self.log.warn(
                 "Redis refused to queue {count} messages for now ({why}); keeping them in memory, trying again every {delay:g}s"
                 if refused
                 else "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
                 why=failure.getErrorMessage(),
-                count=_entries(self._backlog),
+                count=self.backlog,
                 delay=self.retry_delay,
             )
-        self._retry = self._clock.callLater(self.retry_delay, self._flush_backlog)
+        # A queue read waiting for these would read without them: it fails, and its handover tries again.
+        reads, self._read_waiters = self._read_waiters, []
+        for _, waiter in reads:
+            waiter.errback(StoreUnavailable(f"queue writes waiting for Redis ({failure.getErrorMessage()})"))
+        self._retry = self._clock.callLater(self.retry_delay, self._retry_now)
 
-    def _flush_backlog(self) -> None:
-        """Send the backlog, and what was queued behind it, now: counted in it until Redis answers."""
+    def _landed(self) -> None:
+        """A write call was answered: wake who waited for it, then send what was queued behind it."""
+        oldest = self._oldest_unanswered()
+        for waiters in (self._read_waiters, self._drain_waiters):
+            while waiters and waiters[0][0] <= oldest:
+                waiters.pop(0)[1].callback(None)
+        if self._in_flight is None and self._retry is None and not self._stopped:
+            if self._pending:
+                self._send_next()
+            elif self._keeping:
+                self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
+                self._keeping = False
+                self._attempts = 0
+
+    def _retry_now(self) -> None:
+        """Send the kept entries, and what was queued behind them, now: one call at a time again."""
         if self._retry is not None:
             if self._retry.active():
                 self._retry.cancel()
             self._retry = None
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        # Batches fail in any order relative to what was queued meanwhile: the numbers restore it.
-        waiting = sorted(self._backlog + self._pending, key=_place)
-        self._backlog, self._pending = [], []
-        if not waiting:
-            return
         self._attempts += 1
         (self.log.info if self._attempts == 1 else self.log.debug)(
-            "Writing {count} queue entries kept while Redis was away", count=_entries(waiting)
+            "Writing {count} queue entries kept while Redis was away", count=self.backlog
         )
-        self._send_all(waiting, retried=True)
+        self.flush()
 
-    def _send_now(self) -> None:
-        """Send every entry queued so far, the backlog too without waiting for its retry: a queue read comes after them."""
-        if self._backlog or self._retried:
-            self._flush_backlog()
-        else:
-            self.flush()
+    def drain(self) -> Deferred[None]:
+        """
+        Fires once every queue write (append or trim) made so far has been
+        answered by Redis (one waiting to be sent again is not), whatever is
+        written after this call.
+        """
+        self.flush()
+        if self._oldest_unanswered() >= self._next_seq:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drain_waiters.append((self._next_seq, waiter))
+        return waiter
 
     def stop(self) -> None:
-        """Send what is pending, stop retrying; entries still in the backlog are reported (the link is going away)."""
+        """Send what is pending, stop retrying; entries still kept are reported (the link is going away)."""
         self.flush()
         self._stopped = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        reads, self._read_waiters = self._read_waiters, []
+        for _, read in reads:
+            read.errback(StoreUnavailable("stopping"))
         waiters, self._drain_waiters = self._drain_waiters, []
         for _, waiter in waiters:
             waiter.callback(None)
-        if self._backlog:
+        unsent = [item for item in self._pending if item.seq in self._unanswered]
+        if unsent:
             self.log.error(
                 "Stopping with {count} queue entries Redis never accepted (queues: {keys})",
-                count=_entries(self._backlog),
-                keys=_key_list(self._backlog),
+                count=_entries(unsent),
+                keys=_key_list(unsent),
             )
+
+    def _written_before(self) -> Deferred[None]:
+        """Fires once every queue write made so far has landed; fails with StoreUnavailable if Redis refuses one."""
+        if self._retry is not None:
+            self._retry_now()  # a read is waiting: what Redis refused goes now, not after its retry
+        else:
+            self.flush()
+        if self._oldest_unanswered() >= self._next_seq:
+            return succeed(None)
+        if self._retry is not None:  # refused at once (no connection): not worth waiting for the retry
+            return fail(StoreUnavailable("queue writes waiting for Redis"))
+        waiter: Deferred[None] = Deferred()
+        self._read_waiters.append((self._next_seq, waiter))
+        return waiter
 
     def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         """
         Drop the ``delivered`` oldest entries (written to a socket already) and
-        return the queue's length and its next ``batch`` entries.
+        return the queue's length and its next ``batch`` entries, once every
+        entry queued before has landed (StoreUnavailable if Redis refuses one meanwhile).
         """
-        self._send_now()  # what was queued before must be in the queue this reads
+        return self._written_before().addCallback(self._read, uid, delivered, batch)
+
+    def _read(self, _: None, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         d: Deferred[list[Any]] = self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])
         return translated(d).addCallback(self._taken, uid)
 
@@ -379,7 +386,7 @@ class QueueStore:
 
     def trim(self, uid: str, delivered: int) -> Deferred[None]:
         """Drop the ``delivered`` oldest entries of a queue, once they were written to a socket."""
-        self._send_now()
+        self.flush()
         seq = self._number(1)
         d: Deferred[Any] = self._redis.execute_command("LTRIM", queue_key(uid), delivered, -1)
         d.addBoth(self._landed_through, seq)
@@ -387,7 +394,7 @@ class QueueStore:
 
     def _landed_through(self, result: Any, seq: int) -> Any:
         self._answered(seq)
-        self._landed(result)
+        self._landed()
         return result
 
 

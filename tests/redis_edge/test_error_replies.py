@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import ensureDeferred, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from redmessenger.core.ports import StoreError, StoreUnavailable
@@ -21,8 +21,8 @@ from redmessenger.model.errors import CloseCode
 from redmessenger.redis_edge.errors import translated
 from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
 
-from ..conftest import RedisServer
-from ..fakes import connection_lost, make_store, sent_entries
+from ..conftest import RedisServer, refusals
+from ..fakes import connection_lost, kinds, make_store, sent_entries
 
 QUEUE = "rm:users:{}:messages"
 
@@ -129,14 +129,54 @@ def test_a_queue_read_sends_the_writes_waiting_for_a_retry_first_without_waiting
     clock.advance(0)
     commands.replies[0].errback(connection_lost())
     store.enqueue(["a"], b"2")
-    ensureDeferred(store.take("a", 0, 10))
-    assert [c[1] for c in commands.sent] == [ENQUEUE, ENQUEUE, TAKE]
-    assert sent_entries(commands) == [[b"1"], [b"1", b"2"]]
+    read = store.take("a", 0, 10)
+    assert kinds(commands) == [ENQUEUE, ENQUEUE] and sent_entries(commands) == [[b"1"], [b"1", b"2"]]
     assert not clock.getDelayedCalls(), "no retry left to come"
-    store.enqueue(["a"], b"3")  # while the retry is not answered: behind it, and ahead of the next read
+    store.enqueue(["a"], b"3")  # while the retry is not answered: behind it, and behind the read
     store.trim("a", 1)
-    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, ENQUEUE, TAKE, ENQUEUE, "LTRIM"]
+    assert kinds(commands) == [ENQUEUE, ENQUEUE, "LTRIM"], "the read waits for 1 and 2 to land"
+    commands.replies[1].callback([[], []])
+    assert kinds(commands) == [ENQUEUE, ENQUEUE, "LTRIM", TAKE, ENQUEUE], "then the read, then 3"
     assert sent_entries(commands)[2] == [b"3"]
+    commands.replies[3].callback([2, [b"1", b"2"]])
+    assert read.result == (2, [b"1", b"2"])
+
+
+def test_a_queue_read_fails_when_a_write_before_it_is_refused_and_the_next_one_waits_for_it() -> None:
+    """Read anyway, it would leave the refused entry to land later, behind what the user was given by then."""
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    read = store.take("a", 0, 10)
+    commands.replies[0].errback(refused("OOM command not allowed when used memory > 'maxmemory'."))
+    failures: list[Failure] = []
+    read.addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(StoreUnavailable), "the handover tries again later"
+    assert kinds(commands) == [ENQUEUE], "nothing read"
+    again = store.take("a", 0, 10)
+    assert sent_entries(commands) == [[b"1"], [b"1"]], "the next read sends the kept entry at once"
+    commands.replies[1].callback([[], []])
+    assert kinds(commands)[-1] == TAKE
+    commands.replies[2].callback([1, [b"1"]])
+    assert again.result == (1, [b"1"]) and store.backlog == 0 and not clock.getDelayedCalls()
+
+
+def test_a_queue_read_while_redis_is_unreachable_fails_at_once() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    commands.replies[0].errback(connection_lost())
+    original = commands._record
+
+    def unreachable(command: tuple[Any, ...]) -> Deferred[Any]:
+        d = original(command)
+        d.errback(connection_lost())  # as txredisapi does when it cannot send at all
+        return d
+
+    commands._record = unreachable  # type: ignore[method-assign]
+    failures: list[Failure] = []
+    store.take("a", 0, 10).addErrback(failures.append)
+    assert len(failures) == 1 and failures[0].check(StoreUnavailable)
+    assert store.backlog == 1 and clock.getDelayedCalls(), "kept, and tried again later"
 
 
 @pytest.mark.parametrize(
@@ -256,6 +296,38 @@ async def test_a_handover_reads_the_queue_after_the_writes_waiting_for_a_retry(d
     assert [m["payload"] for m in client.received] == ["A (queued while offline)", "B (live)"]
     assert store.backlog == 0 and redis.llen(QUEUE.format("u2")) == 0, "written once, and delivered"
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_identifying_while_redis_refuses_their_queue_entry_gets_it_once_it_lands_before_what_follows(
+    daemon_factory: Any, private_redis: RedisServer
+) -> None:
+    """
+    Redis refuses writes (NOREPLICAS) but serves reads: a handover reading the queue then would find it without
+    the refused entry, which would land later, after the live messages, and stay in Redis while the user is online.
+    """
+    daemon = await daemon_factory(redis_port=private_redis.port)
+    store, handovers = daemon.service.store, daemon.service.hub.handovers
+    store.retry_delay = handovers.retry_first = 0.05
+    redis = private_redis.client()
+    redis.config_set("min-replicas-to-write", "1")
+    try:
+        redis.publish("rm.users.u3", "A (queued while offline)")
+        await daemon.until(lambda: store.backlog == 1, what="the write refused, kept")
+        client = await daemon.client("u3")
+        await daemon.until(lambda: refusals(redis, "NOREPLICAS") >= 3, what="the write refused again, twice, the handover waiting")
+        assert client.received == [] and redis.llen(QUEUE.format("u3")) == 0
+    finally:
+        redis.config_set("min-replicas-to-write", "0")
+    await daemon.until(lambda: len(client.received) == 1, what="the entry, once it landed")
+    await daemon.until(lambda: handovers.running == 0, what="the handover over")
+    redis.publish("rm.users.u3", "B (live)")
+    await daemon.until(lambda: len(client.received) >= 2, what="the live one")
+    await daemon.idle()
+    assert [m["payload"] for m in client.received] == ["A (queued while offline)", "B (live)"]
+    assert store.backlog == 0 and redis.llen(QUEUE.format("u3")) == 0, "written once, and delivered"
+    client.close()
+
 
 
 @pytest_twisted.ensureDeferred

@@ -8,6 +8,7 @@ the order of commands is the point, against a real server otherwise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,8 +19,8 @@ from twisted.internet.defer import Deferred
 from redmessenger.redis_edge.queues import QueueStore
 from redmessenger.redis_edge.scripts import ENQUEUE
 
-from ..conftest import HOST, RedisServer, wait_until
-from ..fakes import connection_lost, make_store, sent_entries
+from ..conftest import HOST, RedisServer, refusals, wait_until
+from ..fakes import answer_in_turn, connection_lost, kinds, make_store, sent_entries
 
 QUEUE = "rm:users:{}:messages"
 
@@ -42,6 +43,10 @@ def test_an_entry_for_more_queues_than_writes_per_call_goes_in_parts_and_is_writ
     store.enqueue(["a", "b", "c", "d", "e"], b"1", written=lambda: written.append("1"))
     store.enqueue(["y"], b"2")
     clock.advance(0)
+    for n in range(4):
+        assert len(commands.sent) == n + 1, "one call under way at a time"
+        commands.replies[n].callback([[], []])
+        assert written == ([] if n < 3 else ["1"]), "called once, when its last part landed"
     assert [keys_of(c) for c in commands.sent] == [
         [QUEUE.format("x")],
         [QUEUE.format("a"), QUEUE.format("b")],
@@ -50,42 +55,30 @@ def test_an_entry_for_more_queues_than_writes_per_call_goes_in_parts_and_is_writ
         [QUEUE.format("y")],
     ], "each part a call of its own, in order with the entries around it"
     assert sent_entries(commands) == [[b"0"], [b"1"], [b"1"], [b"1"], [b"2"]]
-    for n in range(3):
-        commands.replies[n].callback([[], []])
-        assert written == [], f"not written with {n + 1} of the 4 calls up to its last part answered"
-    commands.replies[3].callback([[], []])
-    assert written == ["1"], "called once, when its last part landed"
     commands.replies[4].callback([[], []])
     assert written == ["1"] and store.backlog == 0 and not clock.getDelayedCalls()
 
 
-def test_parts_that_fail_go_back_in_order_and_are_sent_again_as_possibly_there_already() -> None:
+def test_a_part_that_fails_goes_back_first_as_possibly_there_already_with_the_rest_behind_it() -> None:
     store, commands, clock = make_store(writes_per_call=2)
     written: list[str] = []
     store.enqueue(["a", "b", "c", "d", "e"], b"1", written=lambda: written.append("1"))
     store.enqueue(["f"], b"2", written=lambda: written.append("2"))
     clock.advance(0)
-    assert len(commands.sent) == 4
     commands.replies[0].callback([[], []])  # the first part landed
-    # the connection dies: the rest fails, in any order
-    commands.replies[3].errback(connection_lost())
-    commands.replies[2].errback(connection_lost())
-    commands.replies[1].errback(connection_lost())
+    assert len(commands.sent) == 2
+    commands.replies[1].errback(connection_lost())  # the connection dies under the second
     assert written == [] and store.backlog == 2, "the entry in parts counts once"
     drained = store.drain()
     clock.advance(store.retry_delay)
-    retried = commands.sent[4:]
+    answer_in_turn(commands, 2)
+    retried = commands.sent[2:]
     assert [keys_of(c) for c in retried] == [
         [QUEUE.format("c"), QUEUE.format("d")],
         [QUEUE.format("e")],
         [QUEUE.format("f")],
-    ], "only what failed, in the order it was queued, each part still a call of its own"
-    assert [again_flags(c) for c in retried] == [["1"], ["1"], ["1"]]
-    assert store.backlog == 2, "sent again, not answered yet"
-    commands.replies[4].callback([[], []])
-    commands.replies[5].callback([[], []])
-    assert written == ["1"] and not drained.called
-    commands.replies[6].callback([[], []])
+    ], "only what had not landed, in the order it was queued, each part still a call of its own"
+    assert [again_flags(c) for c in retried] == [["1"], ["0"], ["0"]], "the failed part checked for, the others never sent"
     assert written == ["1", "2"] and drained.called
     assert store.backlog == 0 and not clock.getDelayedCalls()
 
@@ -105,17 +98,16 @@ def test_a_part_failing_at_once_keeps_the_parts_not_sent_yet_behind_it() -> None
 
     commands._record = refuse_the_second  # type: ignore[method-assign]
     clock.advance(0)
+    commands.replies[0].callback([[], []])
     assert [keys_of(c) for c in commands.sent] == [[QUEUE.format("a"), QUEUE.format("b")], [QUEUE.format("c"), QUEUE.format("d")]]
     assert store.backlog == 2
     commands._record = original  # type: ignore[method-assign]
-    commands.replies[0].callback([[], []])
     assert written == []
     clock.advance(store.retry_delay)
+    answer_in_turn(commands, 2)
     retried = commands.sent[2:]
     assert [keys_of(c) for c in retried] == [[QUEUE.format("c"), QUEUE.format("d")], [QUEUE.format("e")], [QUEUE.format("f")]]
     assert [again_flags(c) for c in retried] == [["1"], ["0"], ["0"]], "the failed part checked for, the others never sent"
-    for reply in commands.replies[2:]:
-        reply.callback([[], []])
     assert written == ["1"] and store.backlog == 0 and not clock.getDelayedCalls()
 
 
@@ -130,8 +122,9 @@ def test_drain_waits_for_the_writes_and_trims_made_before_it_not_for_those_after
     drained = store.drain()
     store.enqueue(["a"], b"2")
     clock.advance(0)
-    assert [c[0] for c in commands.sent] == ["EVAL", "LTRIM", "EVAL"]
+    assert kinds(commands) == [ENQUEUE, "LTRIM"], "2 waits for the answer to 1"
     commands.replies[0].callback([[], []])
+    assert kinds(commands) == [ENQUEUE, "LTRIM", ENQUEUE]
     assert not drained.called, "the trim is not answered yet"
     commands.replies[1].callback(b"OK")
     assert drained.called, "fired with the write made after it still unanswered"
@@ -144,12 +137,12 @@ def test_drain_waits_for_an_entry_in_parts_until_its_last_part_is_answered() -> 
     drained = store.drain()
     store.enqueue(["d"], b"2")
     clock.advance(0)
-    assert len(commands.sent) == 4
     commands.replies[0].callback([[], []])
     commands.replies[1].callback([[], []])
     assert not drained.called
     commands.replies[2].callback([[], []])
     assert drained.called
+    assert sent_entries(commands) == [[b"1"], [b"1"], [b"1"], [b"2"]]
     commands.replies[3].callback([[], []])
 
 
@@ -165,9 +158,9 @@ def test_drain_counts_writes_in_the_backlog_as_unanswered_and_not_those_queued_a
     clock.advance(0)
     assert not drained.called
     clock.advance(store.retry_delay)
-    assert sent_entries(commands)[1:] == [[b"1"], [b"2"]]
     commands.replies[1].callback([[], []])
     assert drained.called, "what was queued after it does not hold it up"
+    assert sent_entries(commands)[1:] == [[b"1"], [b"2"]]
     commands.replies[2].callback([[], []])
     assert store.backlog == 0 and not clock.getDelayedCalls()
 
@@ -350,3 +343,30 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_queued_while_redis_refuses_the_one_before_it_lands_after_it(private_redis: RedisServer) -> None:
+    """
+    Redis refuses a write for now (NOREPLICAS here; OOM near maxmemory flaps the same way) and, a moment later,
+    would take the next: the next is not sent before the first has landed, so the queue keeps its order.
+    """
+    redis = private_redis.client()
+    async with store_on(private_redis.port) as (store, commands):
+        store.retry_delay = 0.05
+        redis.config_set("min-replicas-to-write", "1")
+        try:
+            store.enqueue(["u"], b"first")
+            store.flush()
+            connection = commands.real._factory.pool[0]
+            connection.transport.doWrite()  # on the wire now, its answer not read yet (the reactor does not run)
+            deadline = time.monotonic() + 5
+            while not refusals(redis, "NOREPLICAS"):  # a round trip each: Redis has read it and said no
+                assert time.monotonic() < deadline, "the write never reached Redis"
+        finally:
+            redis.config_set("min-replicas-to-write", "0")  # Redis takes writes again...
+        store.enqueue(["u"], b"second")  # ...before this process has read the refusal
+        store.flush()
+        await wait_until(lambda: store.backlog == 0 and redis.llen(QUEUE.format("u")) == 2, what="both written")
+    assert redis.lrange(QUEUE.format("u"), 0, -1) == [b"first", b"second"]

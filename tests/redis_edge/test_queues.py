@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
 
-from ..fakes import connection_lost, make_store, sent_entries
+from ..fakes import answer_in_turn, connection_lost, kinds, make_store, sent_entries
+
+
+def refused(reply: str) -> Failure:
+    from txredisapi import ResponseError
+
+    return Failure(ResponseError(reply))
 
 
 def test_a_turns_queue_writes_go_out_together_at_its_end() -> None:
@@ -26,17 +33,45 @@ def test_a_turns_queue_writes_go_out_together_at_its_end() -> None:
     ]
 
 
-def test_a_queue_read_never_overtakes_writes_queued_before_it() -> None:
+def test_a_queue_read_waits_for_the_writes_queued_before_it_to_land() -> None:
     store, commands, clock = make_store()
     store.enqueue(["a"], b"one")
-    ensureDeferred(store.take("a", 0, 10))
-    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, TAKE]
+    read = store.take("a", 0, 10)
+    assert kinds(commands) == [ENQUEUE], "the write sent at once, the read waiting for its answer"
+    commands.replies[0].callback([[], []])
+    assert kinds(commands) == [ENQUEUE, TAKE]
     store.enqueue(["a"], b"two")
     store.trim("a", 1)
-    assert [c[1] if c[0] == "EVAL" else c[0] for c in commands.sent] == [ENQUEUE, TAKE, ENQUEUE, "LTRIM"]
+    assert kinds(commands) == [ENQUEUE, TAKE, ENQUEUE, "LTRIM"]
     clock.advance(0)
     assert len(commands.sent) == 4, "the end of the turn finds nothing left to send"
+    commands.replies[1].callback([1, [b"one"]])
+    assert read.result == (1, [b"one"])
     assert not clock.getDelayedCalls()
+
+
+def test_a_queue_read_with_nothing_unwritten_goes_at_once() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"one")
+    clock.advance(0)
+    commands.replies[0].callback([[], []])
+    store.take("a", 0, 10)
+    assert kinds(commands) == [ENQUEUE, TAKE]
+
+
+def test_one_write_call_is_under_way_at_a_time_what_is_queued_meanwhile_goes_once_it_is_answered() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    store.enqueue(["a"], b"2")
+    clock.advance(0)
+    store.enqueue(["b"], b"3")
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"]], "2 and 3 wait for the answer to 1"
+    commands.replies[0].callback([[], []])
+    assert sent_entries(commands) == [[b"1"], [b"2", b"3"]], "sent together, as soon as 1 was answered"
+    commands.replies[1].callback([[], []])
+    assert store.backlog == 0 and not clock.getDelayedCalls()
 
 
 def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> None:
@@ -47,6 +82,7 @@ def test_a_big_turn_is_split_into_calls_of_at_most_writes_per_call_writes() -> N
     store.enqueue(["f", "g", "h", "i"], b"4")  # more than the limit alone: split, each part a call of its own
     store.enqueue(["j"], b"5")
     clock.advance(0)
+    answer_in_turn(commands)
     assert [c[3][2:] for c in commands.sent] == [
         [b"1", 2, "0"],
         [b"2", 2, "0", b"3", 1, "0"],
@@ -99,17 +135,21 @@ def test_a_write_whose_answer_was_lost_is_sent_again_as_possibly_there_already()
     assert [args[4::3] for args in enqueues] == [["0"], ["1", "0"]], "1 checked for, 2 (never sent) pushed"
 
 
-def test_writes_failing_out_of_order_are_retried_in_the_order_they_were_queued() -> None:
-    store, commands, clock = make_store(writes_per_call=1)
-    for entry in (b"1", b"2", b"3"):
-        store.enqueue(["a"], entry)
+def test_a_write_refused_for_now_is_not_overtaken_by_one_queued_after_it() -> None:
+    """Redis refusing 1 (OOM) and taking 2 a moment later would put 2 before 1 in the queue: 2 is not sent before 1 lands."""
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
     clock.advance(0)
-    assert sent_entries(commands) == [[b"1"], [b"2"], [b"3"]]
-    commands.replies[2].errback(connection_lost())
-    commands.replies[0].errback(connection_lost())
-    commands.replies[1].errback(connection_lost())
+    store.enqueue(["a"], b"2")
+    clock.advance(0)  # the end of 2's turn comes before Redis answers 1
+    commands.replies[0].errback(refused("OOM command not allowed when used memory > 'maxmemory'."))
+    clock.advance(0)
+    assert sent_entries(commands) == [[b"1"]]
+    assert store.backlog == 2
     clock.advance(store.retry_delay)
-    assert sent_entries(commands)[3:] == [[b"1"], [b"2"], [b"3"]]
+    assert sent_entries(commands) == [[b"1"], [b"1", b"2"]], "1 first, then 2"
+    commands.replies[1].callback([[], []])
+    assert store.backlog == 0 and not clock.getDelayedCalls()
 
 
 def test_a_write_failing_after_stop_is_reported_not_retried() -> None:
@@ -121,7 +161,7 @@ def test_a_write_failing_after_stop_is_reported_not_retried() -> None:
     assert store.backlog == 0 and not clock.getDelayedCalls()
 
 
-def test_a_write_failing_at_once_mid_flush_keeps_the_rest_behind_it() -> None:
+def test_a_write_failing_at_once_keeps_the_rest_behind_it() -> None:
     store, commands, clock = make_store(writes_per_call=1)
     for entry in (b"1", b"2", b"3"):
         store.enqueue(["a"], entry)
@@ -138,7 +178,9 @@ def test_a_write_failing_at_once_mid_flush_keeps_the_rest_behind_it() -> None:
     assert store.backlog == 3
     commands._record = original  # type: ignore[method-assign]
     clock.advance(store.retry_delay)
+    answer_in_turn(commands, 1)
     assert sent_entries(commands)[1:] == [[b"1"], [b"2"], [b"3"]]
+    assert store.backlog == 0 and not clock.getDelayedCalls()
 
 
 def test_an_oversize_message_kept_aside_goes_with_the_queue_writes_and_survives_redis_away() -> None:

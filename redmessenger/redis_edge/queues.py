@@ -359,6 +359,8 @@ class QueueStore:
             self.flush()
         if self._oldest_unanswered() >= self._next_seq:
             return succeed(None)
+        if self._stopped:
+            return fail(StoreUnavailable("stopping"))
         if self._retry is not None:  # refused at once (no connection): not worth waiting for the retry
             return fail(StoreUnavailable("queue writes waiting for Redis"))
         waiter: Deferred[None] = Deferred()

@@ -219,3 +219,19 @@ def test_the_enqueue_script_pushes_an_entry_read_again_only_where_it_is_not(redi
     enqueue(keys=[b], args=[60, 100, b"e2", 1, "0"])  # not read again: pushed, whatever is there
     assert redis.lrange(b, 0, -1) == [b"e1", b"e2", b"e2"]
     assert 0 < redis.ttl(a) <= 60
+
+
+def test_a_queue_read_waiting_at_stop_or_coming_after_it_fails_rather_than_waiting_for_ever() -> None:
+    from redmessenger.core.ports import StoreUnavailable
+
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    waiting = store.take("a", 0, 10)
+    store.stop()
+    store.enqueue(["a"], b"2")
+    late = store.take("a", 0, 10)
+    failures: list[Failure] = []
+    waiting.addErrback(failures.append)
+    late.addErrback(failures.append)
+    assert [f.check(StoreUnavailable) for f in failures] == [StoreUnavailable, StoreUnavailable]
+    assert kinds(commands) == [ENQUEUE], "nothing read"

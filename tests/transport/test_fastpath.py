@@ -6,7 +6,9 @@ it switched off the daemon must work the same on public APIs alone.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -30,6 +32,52 @@ def test_send_now_uses_the_ordinary_write_for_other_transports() -> None:
     transport = StringTransport()
     fastpath.send_now(transport, b"frame")
     assert transport.value() == b"frame"
+
+
+def test_send_now_leaves_what_the_kernel_does_not_take_to_twisted_and_nothing_overtakes_it() -> None:
+    """A frame the kernel takes in part, or not at all (its buffer full): the rest goes through Twisted, in order."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.tcp import Server
+
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.settimeout(5)
+    transport = Server(left, Protocol(), ("127.0.0.1", 0), cast(Any, None), 0, reactor)
+    transport.stopReading()
+    try:
+        filler = b"f" * 100_000
+        taken = 0
+        while True:  # fill the kernel's buffer: the next send() raises EAGAIN
+            try:
+                taken += left.send(filler)
+            except BlockingIOError:
+                break
+        fastpath.send_now(transport, b"refused whole")
+        assert transport.dataBuffer or transport._tempDataLen, "kept by Twisted"
+        fastpath.send_now(transport, b"behind it")
+        received = bytearray()
+        while len(received) < taken:
+            received += right.recv(1 << 20)
+        while transport.dataBuffer or transport._tempDataLen:
+            transport.doWrite()
+        expected = b"refused whole" + b"behind it"
+        while len(received) < taken + len(expected):
+            received += right.recv(1 << 20)
+        assert bytes(received[taken:]) == expected
+        big = bytes(range(256)) * 16384  # 4 MB: more than the kernel takes in one send()
+        fastpath.send_now(transport, big)
+        assert transport.dataBuffer or transport._tempDataLen, "the rest kept by Twisted"
+        fastpath.send_now(transport, b"last")
+        got = bytearray()
+        while len(got) < len(big) + 4:
+            transport.doWrite()
+            got += right.recv(1 << 20)
+        assert bytes(got) == big + b"last"
+    finally:
+        transport.stopWriting()
+        left.close()
+        right.close()
 
 
 def test_the_self_test_passes_on_the_installed_twisted_and_autobahn() -> None:

@@ -278,3 +278,40 @@ async def test_kill_9_in_the_middle_of_a_handover_loses_no_queued_message(redis,
     restart = int(second_run[0][1:])
     assert second_run == [f"q{i}" for i in range(restart, total)], "the rest, in order, from the last confirmed batch"
     assert 0 <= len(first_run) - restart <= 2 * batch, "only what the killed daemon had not seen acked comes twice"
+
+
+def closing_like_a_browser(client) -> None:
+    """From now on the client drops the messages that reach it (a browser's socket once its page called close())."""
+    client.protocol.onMessage = lambda payload, is_binary: None
+
+
+@pytest.mark.parametrize("crossing", [True, False], ids=["client closing too", "client reading"])
+@pytest_twisted.ensureDeferred
+async def test_a_close_we_start_takes_as_read_only_what_the_client_answered_a_ping_after(daemon, redis, crossing):
+    """
+    The daemon closes a legacy socket (a shutdown, a slow client) just as its page closes it too: the close
+    handshake completes cleanly, but the browser dropped what arrived after its close().  Before, that clean
+    close took every message written as read: lost.  A client still reading answers the ping sent before our
+    close frame, and nothing comes twice.
+    """
+    client = await daemon.client("u1")
+    publish(redis, "rm.users.u1", "m1")
+    assert payloads(await client.receive(1)) == ["m1"]
+    (attachment,) = daemon.service.presence.get("u1").attachments
+    await daemon.until(lambda: not attachment.unconfirmed, what="m1 confirmed (its pong)")
+    client.protocol.transport.pauseProducing()  # the next one reaches its socket, not its page, for now
+    publish(redis, "rm.users.u1", "m2")
+    await daemon.until(lambda: [s.message.payload for s in attachment.unconfirmed][-1:] == ["m2"], what="m2 written")
+    if crossing:
+        closing_like_a_browser(client)
+        client.protocol.sendClose(1000)  # on its way, not read by the daemon yet...
+    attachment.sink.close_with(1001, "going away")  # ...as the daemon closes it
+    client.protocol.transport.resumeProducing()
+    await client.close_code()
+    await daemon.until(lambda: daemon.service.presence.get("u1") is None, what="the socket gone")
+    await daemon.idle()
+    queued = [json.loads(entry)["payload"] for entry in redis.lrange(QUEUE.format("u1"), 0, -1)]
+    if crossing:
+        assert payloads(client.received) == ["m1"] and queued == ["m2"], "dropped by the page: queued again, once"
+    else:
+        assert payloads(client.received) == ["m1", "m2"] and queued == [], "read: not queued again"

@@ -10,6 +10,15 @@ factory) a socket that stopped answering is dropped and an idle one is pinged.
 Version-1 sessions are confirmed by their acks (acks.py): their pings only keep
 them alive.
 
+A close we start (:meth:`Pings.close_with`) is preceded by a ping: its pong is
+what shows a legacy client read everything it was sent (:attr:`Pings.read_before_close`).
+A clean close handshake does not: a client that started its own close as ours
+left (a browser whose page calls ``close()``) answers our close frame all the
+same, and has discarded the frames that reached it after its ``close()``
+(browsers drop a message that arrives once the socket is closing).  It does not
+answer the ping (Chromium, Autobahn and Node's ``ws`` answer pings only while
+open), so what it was sent goes back to the queue: at worst twice, never lost.
+
 :class:`Pings` is a base of :class:`~redmessenger.dialects.plain.websocket.PlainWebSocketProtocol`
 (under passing.py's :class:`~redmessenger.dialects.plain.passing.Passing`), not an object it holds: a pong read by the fast path (transport/fastpath.py)
 costs one call, :meth:`Pings.pong_received`.
@@ -40,6 +49,10 @@ class Pings(LeanServerProtocol):
     _peer_text: str
     #: On its way to another process (passing.py, the class over this one): pinged no more.
     _held: list[tuple[bytes, bool]] | None
+    #: The ping sent right before our close frame, and whether the client answered it (class defaults: an idle
+    #: socket carries neither).
+    _close_ping: int | None = None
+    read_before_close = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,9 +78,20 @@ class Pings(LeanServerProtocol):
             return  # not an answer to a ping of ours (RFC 6455 lets a client send pongs unasked): it confirms nothing
         # The pings before it were read too: a client may answer only the latest of several (RFC 6455, 5.5.3).
         self._pings = pings[answered:]
+        if token == self._close_ping:  # the last ping it will get: everything before our close frame was read
+            self.read_before_close = True
         for _, self._answered_at, waiter in pings[:answered]:
             if waiter is not None:
                 waiter.callback(True)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Start the close handshake, behind a ping whose pong shows the client read every frame before it."""
+        if self.state == self.STATE_OPEN and self._held is None:
+            token = randbits(64)
+            self._pings.append((token, self.factory.clock.seconds(), None))
+            self._close_ping = token
+            self.send_ping_token(token)
+        super().close_with(code, reason)
 
     def keep_alive(self, now: float) -> None:
         """Called every ping_interval: ping an idle socket, drop one that stopped answering."""

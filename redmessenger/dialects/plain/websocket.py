@@ -265,10 +265,11 @@ class PlainWebSocketProtocol(Passing):
                     code=code,
                     reason=reason,
                 )
-            # A clean close we started means the client read every frame sent
-            # before our close frame: nothing it was sent is unconfirmed.  Not
-            # for version 1, where only what the client's code acked counts.
-            session.closed(received_all=bool(wasClean and self.closedByMe and self._acks is None))
+            # A close we started, whose ping the client answered: it read every
+            # frame sent before our close frame (pings.py says why a clean close
+            # handshake alone does not show it).  Not for version 1, where only
+            # what the client's code acked counts.
+            session.closed(received_all=self.read_before_close and self._acks is None)
         # after closed(): a handover waiting on a pong (or an ack) then finds the socket gone
         self._fail_pings()
         if self._acks is not None:

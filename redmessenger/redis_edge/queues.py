@@ -18,12 +18,14 @@ is out of order.  Refused or lost with the connection, a call's entries wait in
 memory with everything queued behind them, and are sent again, first, after
 ``retry_delay``.
 
-A queue read (the handover's ``take``) waits until every write queued before it
-has landed: sent pipelined behind them, it would read without one Redis then
-refused, and that entry would land later behind what the user was already given,
-or stay in Redis while the user is online.  If one is refused meanwhile, the read
-fails with StoreUnavailable, and the handover tries again (it sends the waiting
-entries at once, without waiting for their retry).
+A queue read (the handover's ``take``) waits until every entry queued for that
+queue before it has landed: sent pipelined behind them, it would read without one
+Redis then refused, and that entry would land later behind what the user was
+already given, or stay in Redis while the user is online.  If a write is refused
+meanwhile, the read fails with StoreUnavailable, and the handover tries again (it
+sends the waiting entries at once, without waiting for their retry).  Writes to
+other queues never hold a read up.  At ``stop()`` whatever is pending goes at
+once, pipelined: leaving, reaching Redis matters more.
 
 Queue entries are removed only after they were written to a socket (the take
 script trims what the previous batch delivered), so a daemon killed mid-handover
@@ -33,6 +35,7 @@ leaves them in Redis: at worst redelivered, never lost.
 from __future__ import annotations
 
 from collections import deque
+from itertools import chain
 from typing import Any, Callable, Iterable, NamedTuple
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -108,8 +111,10 @@ class QueueStore:
         self._retry: IDelayedCall | None = None
         # Retries since a write failed, 0 once Redis took everything kept (for the log).
         self._attempts = 0
-        # A write failed and what was kept is not all written yet.
-        self._keeping = False
+        # Writes (by number) whose last call Redis refused or did not answer, until they land.
+        self._refused: set[int] = set()
+        # Those and the writes queued behind them while any is refused: what ``backlog`` counts.
+        self._kept: set[int] = set()
         self._stopped = False
         self._next_seq = 0
         # Every queue write (an entry, a trim) by number, with how many of its calls
@@ -119,15 +124,13 @@ class QueueStore:
         self._numbers: deque[int] = deque()
         # Who waits for the writes numbered below a number to be answered, in the order they asked.
         self._drain_waiters: list[tuple[int, Deferred[None]]] = []
-        # Queue reads waiting for the writes numbered below a number to land (failed if one is refused meanwhile).
-        self._read_waiters: list[tuple[int, Deferred[None]]] = []
+        # Queue reads waiting for the writes to their queue (by number) to land (failed if one is refused meanwhile).
+        self._read_waiters: list[tuple[set[int], Deferred[None]]] = []
 
     @property
     def backlog(self) -> int:
         """Entries waiting for Redis to come back (or to take them): those it refused, and those queued behind them."""
-        if not self._keeping:
-            return 0
-        return len({item.seq for item in self._pending}.union(item.seq for item in self._in_flight or ()))
+        return len(self._kept)
 
     def enqueue(
         self, uids: list[str], entry: bytes, again: bool = False, written: Callable[[], None] | None = None
@@ -152,6 +155,8 @@ class QueueStore:
 
     def _add(self, keys: list[str], entry: bytes, again: bool, written: Callable[[], None] | None) -> None:
         seq = self._number(1)
+        if self._refused:
+            self._kept.add(seq)  # behind entries Redis refused: waiting for Redis too
         limit = max(1, self.writes_per_call)
         if len(keys) <= limit:
             self._pending.append(_Entry(seq, keys, entry, again, written))
@@ -181,6 +186,8 @@ class QueueStore:
             self._unanswered[seq] = left
             return
         del self._unanswered[seq]
+        self._refused.discard(seq)
+        self._kept.discard(seq)
         numbers = self._numbers
         while numbers and numbers[0] not in self._unanswered:
             numbers.popleft()
@@ -200,6 +207,11 @@ class QueueStore:
 
     def _send_next(self) -> None:
         """Send the next call's worth of pending entries: up to ``writes_per_call`` writes, a part alone."""
+        batch = self._next_batch()
+        if batch:
+            self._send(batch)
+
+    def _next_batch(self) -> list[_Entry]:
         pending = self._pending
         batch: list[_Entry] = []
         writes = 0
@@ -210,9 +222,10 @@ class QueueStore:
             writes += len(item.keys)
             if item.parts > 1:
                 break
-        if not batch:
-            return
         del pending[: len(batch)]
+        return batch
+
+    def _send(self, batch: list[_Entry]) -> None:
         keys: list[str] = []
         args: list[Any] = [self._expiry, self._max_length]
         for item in batch:
@@ -274,36 +287,47 @@ class QueueStore:
         # The call may have run before its answer was lost (Redis killed between the two), or run partway
         # before Redis refused a command of it: sent again, first, each entry pushed only where it is not already.
         self._pending[:0] = [item._replace(again=True) for item in batch]
-        first = not self._keeping
-        self._keeping = True
-        if first:
+        if not self._kept:
             self.log.warn(
                 "Redis refused to queue {count} messages for now ({why}); keeping them in memory, trying again every {delay:g}s"
                 if refused
                 else "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
                 why=failure.getErrorMessage(),
-                count=self.backlog,
+                count=_entries(batch),
                 delay=self.retry_delay,
             )
-        # A queue read waiting for these would read without them: it fails, and its handover tries again.
-        reads, self._read_waiters = self._read_waiters, []
+        self._refused.update(item.seq for item in batch)
+        self._kept.update(item.seq for item in self._pending)
+        if self._retry is not None:  # (a read that came meanwhile sent them again already)
+            self._retry.cancel()
+        self._retry = self._clock.callLater(self.retry_delay, self._retry_now)
+        # A queue read waiting for writes to its queue would read without them: it fails, and its handover tries
+        # again.  (Last: what it does next may read or write again at once.)
+        reads = self._read_waiters[:]
+        del self._read_waiters[:]
         for _, waiter in reads:
             waiter.errback(StoreUnavailable(f"queue writes waiting for Redis ({failure.getErrorMessage()})"))
-        self._retry = self._clock.callLater(self.retry_delay, self._retry_now)
 
     def _landed(self) -> None:
         """A write call was answered: wake who waited for it, then send what was queued behind it."""
+        if self._attempts and not self._kept:
+            self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
+            self._attempts = 0
+        unanswered = self._unanswered
+        reads = [read for read in self._read_waiters if not any(seq in unanswered for seq in read[0])]
+        for read in reads:
+            self._read_waiters.remove(read)
         oldest = self._oldest_unanswered()
-        for waiters in (self._read_waiters, self._drain_waiters):
-            while waiters and waiters[0][0] <= oldest:
-                waiters.pop(0)[1].callback(None)
-        if self._in_flight is None and self._retry is None and not self._stopped:
-            if self._pending:
-                self._send_next()
-            elif self._keeping:
-                self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
-                self._keeping = False
-                self._attempts = 0
+        drains = self._drain_waiters
+        done = 0
+        while done < len(drains) and drains[done][0] <= oldest:
+            done += 1
+        drained = drains[:done]
+        del drains[:done]
+        for _, waiter in reads + drained:
+            waiter.callback(None)
+        if self._in_flight is None and self._retry is None and not self._stopped and self._pending:
+            self._send_next()
 
     def _retry_now(self) -> None:
         """Send the kept entries, and what was queued behind them, now: one call at a time again."""
@@ -324,23 +348,34 @@ class QueueStore:
         written after this call.
         """
         self.flush()
-        if self._oldest_unanswered() >= self._next_seq:
+        if self._oldest_unanswered() >= self._next_seq or self._stopped:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._drain_waiters.append((self._next_seq, waiter))
         return waiter
 
     def stop(self) -> None:
-        """Send what is pending, stop retrying; entries still kept are reported (the link is going away)."""
-        self.flush()
+        """
+        Send everything pending at once (pipelined: leaving, order matters less than reaching Redis), unless Redis
+        is refusing or away; stop retrying; entries never sent are reported (the link is going away).
+        """
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._retry is None:
+            while self._pending:
+                self._send(self._next_batch())
         self._stopped = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        reads, self._read_waiters = self._read_waiters, []
+        reads = self._read_waiters[:]
+        del self._read_waiters[:]
         for _, read in reads:
             read.errback(StoreUnavailable("stopping"))
-        waiters, self._drain_waiters = self._drain_waiters, []
+        waiters = self._drain_waiters[:]
+        del self._drain_waiters[:]
         for _, waiter in waiters:
             waiter.callback(None)
         unsent = [item for item in self._pending if item.seq in self._unanswered]
@@ -351,29 +386,36 @@ class QueueStore:
                 keys=_key_list(unsent),
             )
 
-    def _written_before(self) -> Deferred[None]:
-        """Fires once every queue write made so far has landed; fails with StoreUnavailable if Redis refuses one."""
+    def _written_before(self, key: str) -> Deferred[None]:
+        """
+        Fires once every entry queued so far for ``key`` has landed; fails with StoreUnavailable if Redis refuses
+        one (or any write, while one of them waits).  Writes to other queues do not hold it up.
+        """
+        waiting = chain(self._in_flight or (), self._pending)
+        needed = {item.seq for item in waiting if key in item.keys}
+        if not needed:
+            return succeed(None)
+        if self._stopped:
+            return fail(StoreUnavailable("stopping"))
         if self._retry is not None:
             self._retry_now()  # a read is waiting: what Redis refused goes now, not after its retry
         else:
             self.flush()
-        if self._oldest_unanswered() >= self._next_seq:
+        if not any(seq in self._unanswered for seq in needed):
             return succeed(None)
-        if self._stopped:
-            return fail(StoreUnavailable("stopping"))
         if self._retry is not None:  # refused at once (no connection): not worth waiting for the retry
             return fail(StoreUnavailable("queue writes waiting for Redis"))
         waiter: Deferred[None] = Deferred()
-        self._read_waiters.append((self._next_seq, waiter))
+        self._read_waiters.append((needed, waiter))
         return waiter
 
     def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         """
         Drop the ``delivered`` oldest entries (written to a socket already) and
         return the queue's length and its next ``batch`` entries, once every
-        entry queued before has landed (StoreUnavailable if Redis refuses one meanwhile).
+        entry queued for it before has landed (StoreUnavailable if Redis refuses a write meanwhile).
         """
-        return self._written_before().addCallback(self._read, uid, delivered, batch)
+        return self._written_before(queue_key(uid)).addCallback(self._read, uid, delivered, batch)
 
     def _read(self, _: None, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         d: Deferred[list[Any]] = self._redis.eval(TAKE, [queue_key(uid)], [delivered, batch])

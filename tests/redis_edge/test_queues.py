@@ -235,3 +235,79 @@ def test_a_queue_read_waiting_at_stop_or_coming_after_it_fails_rather_than_waiti
     late.addErrback(failures.append)
     assert [f.check(StoreUnavailable) for f in failures] == [StoreUnavailable, StoreUnavailable]
     assert kinds(commands) == [ENQUEUE], "nothing read"
+
+
+def test_a_queue_read_waits_only_for_the_writes_to_its_own_queue() -> None:
+    """Redis refusing an offline user's entry (OOM) holds up no other user's handover."""
+    store, commands, clock = make_store()
+    store.enqueue(["b"], b"for b")
+    clock.advance(0)
+    read = store.take("a", 0, 10)
+    assert kinds(commands) == [ENQUEUE, TAKE], "nothing queued for a: read at once, the write to b under way"
+    results: list[Any] = []
+    read.addBoth(results.append)
+    commands.replies[0].errback(refused("OOM command not allowed when used memory > 'maxmemory'."))
+    assert results == [], "not failed by b's refusal"
+    commands.replies[1].callback([0, []])
+    assert results == [(0, [])]
+    assert store.backlog == 1
+
+
+def test_the_backlog_empties_once_the_refused_entries_land_though_writes_keep_coming() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    commands.replies[0].errback(connection_lost())
+    store.enqueue(["a"], b"2")  # behind it: kept too
+    assert store.backlog == 2
+    clock.advance(store.retry_delay)
+    assert sent_entries(commands)[1] == [b"1", b"2"]
+    store.enqueue(["b"], b"3")  # while the retry is under way: behind what Redis refused
+    clock.advance(0)
+    assert store.backlog == 3
+    commands.replies[1].callback([[], []])
+    assert store.backlog == 1, "1 and 2 landed; 3, under way, was queued behind them"
+    store.enqueue(["c"], b"4")  # Redis took what it refused: an ordinary write again
+    clock.advance(0)
+    commands.replies[2].callback([[], []])
+    assert store.backlog == 0, "back to 0 with writes still coming"
+    assert sent_entries(commands)[3] == [b"4"]
+    commands.replies[3].callback([[], []])
+    assert store.backlog == 0 and not clock.getDelayedCalls()
+
+
+def test_a_read_failed_by_a_refusal_that_reads_again_at_once_leaves_one_retry_behind() -> None:
+    """A handover failed by the refusal may ask again at once: that sends the kept entry now, and one retry waits."""
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    first = store.take("a", 0, 10)
+    failures: list[Failure] = []
+    first.addErrback(lambda f: (failures.append(f), store.take("a", 0, 10).addErrback(failures.append)))
+    commands.replies[0].errback(connection_lost())
+    assert len(failures) == 1 and sent_entries(commands) == [[b"1"], [b"1"]], "sent again at once, for the read"
+    commands.replies[1].errback(connection_lost())
+    assert len(failures) == 2, "the second read failed by the second refusal"
+    assert len(clock.getDelayedCalls()) == 1, "one retry, not one per refusal"
+    store.stop()
+    assert not clock.getDelayedCalls()
+
+
+def test_stop_sends_everything_pending_at_once_behind_the_call_under_way() -> None:
+    store, commands, clock = make_store(writes_per_call=2)
+    store.enqueue(["x"], b"0")
+    clock.advance(0)
+    store.enqueue(["a", "b", "c"], b"1")  # in two parts
+    store.enqueue(["y"], b"2")
+    store.stop()
+    assert sent_entries(commands) == [[b"0"], [b"1"], [b"1"], [b"2"]], "nothing left unsent"
+    assert store.drain().called, "a drain after stop does not wait"
+
+
+def test_stop_while_redis_refuses_sends_nothing_more_and_reports_it() -> None:
+    store, commands, clock = make_store()
+    store.enqueue(["a"], b"1")
+    clock.advance(0)
+    commands.replies[0].errback(connection_lost())
+    store.enqueue(["a"], b"2")
+    store.stop()
+    assert sent_entries(commands) == [[b"1"]] and not clock.getDelayedCalls()

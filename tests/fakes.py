@@ -24,6 +24,8 @@ class RecordingCommands:
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
         self.replies: list[Deferred[Any]] = []
+        #: Fail each command at once, as txredisapi does when it has no connection to send it on.
+        self.unreachable = False
 
     def eval(self, script: bytes, keys: list[Any] = [], args: list[Any] = []) -> Deferred[Any]:
         return self._record(("EVAL", script, list(keys), list(args)))
@@ -35,6 +37,8 @@ class RecordingCommands:
         self.sent.append(command)
         d: Deferred[Any] = Deferred()
         self.replies.append(d)
+        if self.unreachable:
+            d.errback(connection_lost())
         return d
 
 

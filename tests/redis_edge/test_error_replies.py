@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import fail
 from twisted.python.failure import Failure
 
 from redmessenger.core.ports import StoreError, StoreUnavailable
@@ -165,14 +165,7 @@ def test_a_queue_read_while_redis_is_unreachable_fails_at_once() -> None:
     store.enqueue(["a"], b"1")
     clock.advance(0)
     commands.replies[0].errback(connection_lost())
-    original = commands._record
-
-    def unreachable(command: tuple[Any, ...]) -> Deferred[Any]:
-        d = original(command)
-        d.errback(connection_lost())  # as txredisapi does when it cannot send at all
-        return d
-
-    commands._record = unreachable  # type: ignore[method-assign]
+    commands.unreachable = True
     failures: list[Failure] = []
     store.take("a", 0, 10).addErrback(failures.append)
     assert len(failures) == 1 and failures[0].check(StoreUnavailable)
@@ -274,6 +267,17 @@ class DroppingCommands:
         return self.real.execute_command(*args, **kwargs)
 
 
+async def the_queued_one_then_a_live_one(daemon: Any, redis: Any, client: Any, uid: str) -> None:
+    """Once the handover is over, a live message: the client has the queued one first, each once, the queue empty."""
+    await daemon.until(lambda: daemon.service.hub.handovers.running == 0, what="the handover over")
+    redis.publish(f"rm.users.{uid}", "B (live)")
+    await daemon.until(lambda: len(client.received) >= 2, what="both messages")
+    await daemon.idle()
+    assert [m["payload"] for m in client.received] == ["A (queued while offline)", "B (live)"]
+    assert daemon.service.store.backlog == 0 and redis.llen(QUEUE.format(uid)) == 0, "written once, and delivered"
+    client.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_handover_reads_the_queue_after_the_writes_waiting_for_a_retry(daemon: Any, redis: Any) -> None:
     """A write lost with the connection waits for its retry; the user identifying meanwhile gets it first."""
@@ -289,13 +293,7 @@ async def test_a_handover_reads_the_queue_after_the_writes_waiting_for_a_retry(d
     await daemon.until(lambda: store.backlog == 1, what="the write lost, kept for the retry")
     await daemon.until(lambda: link.state.commands_connected, what="reconnected")
     client = await daemon.client("u2")
-    await daemon.until(lambda: daemon.service.hub.handovers.running == 0, what="the handover over")
-    redis.publish("rm.users.u2", "B (live)")
-    await daemon.until(lambda: len(client.received) >= 2, what="both messages")
-    await daemon.idle()
-    assert [m["payload"] for m in client.received] == ["A (queued while offline)", "B (live)"]
-    assert store.backlog == 0 and redis.llen(QUEUE.format("u2")) == 0, "written once, and delivered"
-    client.close()
+    await the_queued_one_then_a_live_one(daemon, redis, client, "u2")
 
 
 @pytest_twisted.ensureDeferred
@@ -320,13 +318,7 @@ async def test_a_user_identifying_while_redis_refuses_their_queue_entry_gets_it_
     finally:
         redis.config_set("min-replicas-to-write", "0")
     await daemon.until(lambda: len(client.received) == 1, what="the entry, once it landed")
-    await daemon.until(lambda: handovers.running == 0, what="the handover over")
-    redis.publish("rm.users.u3", "B (live)")
-    await daemon.until(lambda: len(client.received) >= 2, what="the live one")
-    await daemon.idle()
-    assert [m["payload"] for m in client.received] == ["A (queued while offline)", "B (live)"]
-    assert store.backlog == 0 and redis.llen(QUEUE.format("u3")) == 0, "written once, and delivered"
-    client.close()
+    await the_queued_one_then_a_live_one(daemon, redis, client, "u3")
 
 
 

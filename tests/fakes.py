@@ -35,6 +35,7 @@ class RecordingCommands:
 
     def _record(self, command: tuple[Any, ...]) -> Deferred[Any]:
         self.sent.append(command)
+        assert len(self.sent) < 10_000, "a command sent again and again"
         d: Deferred[Any] = Deferred()
         self.replies.append(d)
         if self.unreachable:

@@ -35,8 +35,7 @@ leaves them in Redis: at worst redelivered, never lost.
 from __future__ import annotations
 
 from collections import deque
-from itertools import chain
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -47,37 +46,8 @@ from redmessenger.logs import make_logger
 from redmessenger.model.keyspace import oversize_key, queue_key
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.errors import temporary, translated
+from redmessenger.redis_edge.queueentries import AllParts, Entry, entries, key_list, text
 from redmessenger.redis_edge.scripts import ENQUEUE, TAKE
-
-
-class _Entry(NamedTuple):
-    """A queue entry on its way to Redis: numbered as queued, the order Redis must see it in."""
-
-    seq: int
-    keys: list[str]
-    entry: bytes
-    #: It may be in those queues already (read again after a crash): pushed only where it is not.
-    again: bool = False
-    #: Called once Redis has it (for a part: once Redis has every part, see :class:`_AllParts`).
-    written: Callable[[], None] | None = None
-    #: An entry for more queues than ``writes_per_call`` goes in parts (a script call each): which one, of how many.
-    part: int = 0
-    parts: int = 1
-
-
-class _AllParts:
-    """The ``written`` of an entry split into parts: called once, when the last of them has landed."""
-
-    __slots__ = ("left", "written")
-
-    def __init__(self, parts: int, written: Callable[[], None]) -> None:
-        self.left = parts
-        self.written = written
-
-    def landed(self) -> None:
-        self.left -= 1
-        if not self.left:
-            self.written()
 
 
 class QueueStore:
@@ -103,10 +73,10 @@ class QueueStore:
         self._max_length = queue_max_length
         # Entries (and parts) not sent, in the order Redis must see them: queued
         # since the last call went, or sent and not taken (at the front, again).
-        self._pending: list[_Entry] = []
+        self._pending: list[Entry] = []
         self._flush_call: IDelayedCall | None = None
         # The one write call sent and not answered yet: its entries.
-        self._in_flight: list[_Entry] | None = None
+        self._in_flight: list[Entry] | None = None
         # Set while Redis refused or could not be reached: nothing is sent until it fires (or a read comes).
         self._retry: IDelayedCall | None = None
         # Retries since a write failed, 0 once Redis took everything kept (for the log).
@@ -124,8 +94,11 @@ class QueueStore:
         self._numbers: deque[int] = deque()
         # Who waits for the writes numbered below a number to be answered, in the order they asked.
         self._drain_waiters: list[tuple[int, Deferred[None]]] = []
-        # Queue reads waiting for the writes to their queue (by number) to land (failed if one is refused meanwhile).
-        self._read_waiters: list[tuple[set[int], Deferred[None]]] = []
+        # The last entry (by number) queued for each queue and not landed yet: entries land in the order they
+        # were queued (one call at a time, a refused one first again), so a read waits for that one alone.
+        self._last_for: dict[str, int] = {}
+        # Queue reads waiting for an entry (by number) to land (failed if a write is refused meanwhile).
+        self._read_waiters: list[tuple[int, Deferred[None]]] = []
 
     @property
     def backlog(self) -> int:
@@ -157,15 +130,18 @@ class QueueStore:
         seq = self._number(1)
         if self._refused:
             self._kept.add(seq)  # behind entries Redis refused: waiting for Redis too
+        last_for = self._last_for
+        for key in keys:
+            last_for[key] = seq
         limit = max(1, self.writes_per_call)
         if len(keys) <= limit:
-            self._pending.append(_Entry(seq, keys, entry, again, written))
+            self._pending.append(Entry(seq, keys, entry, again, written))
         else:
             parts = -(-len(keys) // limit)
             self._unanswered[seq] = parts
-            landed = _AllParts(parts, written).landed if written is not None else None
+            landed = AllParts(parts, written).landed if written is not None else None
             self._pending += [
-                _Entry(seq, keys[start : start + limit], entry, again, landed, part, parts)
+                Entry(seq, keys[start : start + limit], entry, again, landed, part, parts)
                 for part, start in enumerate(range(0, len(keys), limit))
             ]
         if self._flush_call is None:
@@ -211,9 +187,9 @@ class QueueStore:
         if batch:
             self._send(batch)
 
-    def _next_batch(self) -> list[_Entry]:
+    def _next_batch(self) -> list[Entry]:
         pending = self._pending
-        batch: list[_Entry] = []
+        batch: list[Entry] = []
         writes = 0
         for item in pending:
             if batch and (item.parts > 1 or writes + len(item.keys) > self.writes_per_call):
@@ -225,7 +201,7 @@ class QueueStore:
         del pending[: len(batch)]
         return batch
 
-    def _send(self, batch: list[_Entry]) -> None:
+    def _send(self, batch: list[Entry]) -> None:
         keys: list[str] = []
         args: list[Any] = [self._expiry, self._max_length]
         for item in batch:
@@ -236,7 +212,15 @@ class QueueStore:
         d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addErrback(lambda f: self.log.failure("After a queue write", f))
 
-    def _enqueued(self, result: list[Any], batch: list[_Entry]) -> None:
+    def _done_with(self, item: Entry) -> None:
+        """Redis answered the call of ``item`` for good (it landed, or failed for good): nothing sends it again."""
+        last_for = self._last_for
+        for key in item.keys:
+            if last_for.get(key) == item.seq:
+                del last_for[key]
+        self._answered(item.seq)
+
+    def _enqueued(self, result: list[Any], batch: list[Entry]) -> None:
         self._in_flight = None
         for item in batch:
             if item.written is not None:
@@ -244,20 +228,20 @@ class QueueStore:
                     item.written()
                 except Exception:
                     self.log.failure("After writing a queue entry")
-            self._answered(item.seq)
+            self._done_with(item)
         dropped, renamed = result
         for key, kept in renamed:
-            self.log.warn("{key} held something other than a list; kept it as {kept}", key=_text(key), kept=_text(kept))
+            self.log.warn("{key} held something other than a list; kept it as {kept}", key=text(key), kept=text(kept))
         for key, count in dropped:
             self.log.warn(
                 "Queue length cap ({cap}) reached: dropped the {dropped} oldest entries of {key}",
                 cap=self._max_length,
                 dropped=count,
-                key=_text(key),
+                key=text(key),
             )
         self._landed()
 
-    def _enqueue_failed(self, failure: Failure, batch: list[_Entry]) -> None:
+    def _enqueue_failed(self, failure: Failure, batch: list[Entry]) -> None:
         from txredisapi import ConnectionError  # includes TimeoutError
 
         self._in_flight = None
@@ -266,22 +250,22 @@ class QueueStore:
             self.log.failure(
                 "Redis refused to queue {count} messages for {keys}",
                 failure,
-                count=_entries(batch),
-                keys=_key_list(batch),
+                count=entries(batch),
+                keys=key_list(batch),
             )
             for item in batch:
-                self._answered(item.seq)
+                self._done_with(item)
             self._landed()
             return
         if self._stopped:
             self.log.error(
                 "Redis lost {count} queue entries at shutdown ({why}; queues: {keys})",
-                count=_entries(batch),
+                count=entries(batch),
                 why=failure.getErrorMessage(),
-                keys=_key_list(batch),
+                keys=key_list(batch),
             )
             for item in batch:
-                self._answered(item.seq)
+                self._done_with(item)
             self._landed()
             return
         # The call may have run before its answer was lost (Redis killed between the two), or run partway
@@ -293,7 +277,7 @@ class QueueStore:
                 if refused
                 else "Redis unreachable ({why}); keeping {count} queue entries in memory until it is back",
                 why=failure.getErrorMessage(),
-                count=_entries(batch),
+                count=entries(batch),
                 delay=self.retry_delay,
             )
         self._refused.update(item.seq for item in batch)
@@ -314,9 +298,12 @@ class QueueStore:
             self.log.info("Redis took the queue entries kept in memory ({attempts} attempts)", attempts=self._attempts)
             self._attempts = 0
         unanswered = self._unanswered
-        reads = [read for read in self._read_waiters if not any(seq in unanswered for seq in read[0])]
-        for read in reads:
-            self._read_waiters.remove(read)
+        reads: list[tuple[int, Deferred[None]]] = []
+        if self._read_waiters:
+            waiting: list[tuple[int, Deferred[None]]] = []
+            for read in self._read_waiters:
+                (waiting if read[0] in unanswered else reads).append(read)
+            self._read_waiters[:] = waiting
         oldest = self._oldest_unanswered()
         drains = self._drain_waiters
         done = 0
@@ -363,10 +350,10 @@ class QueueStore:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
+        self._stopped = True  # (a call failing at once is then reported, not put back to be sent again)
         if self._retry is None:
             while self._pending:
                 self._send(self._next_batch())
-        self._stopped = True
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -382,8 +369,8 @@ class QueueStore:
         if unsent:
             self.log.error(
                 "Stopping with {count} queue entries Redis never accepted (queues: {keys})",
-                count=_entries(unsent),
-                keys=_key_list(unsent),
+                count=entries(unsent),
+                keys=key_list(unsent),
             )
 
     def _written_before(self, key: str) -> Deferred[None]:
@@ -391,9 +378,8 @@ class QueueStore:
         Fires once every entry queued so far for ``key`` has landed; fails with StoreUnavailable if Redis refuses
         one (or any write, while one of them waits).  Writes to other queues do not hold it up.
         """
-        waiting = chain(self._in_flight or (), self._pending)
-        needed = {item.seq for item in waiting if key in item.keys}
-        if not needed:
+        last = self._last_for.get(key)
+        if last is None:
             return succeed(None)
         if self._stopped:
             return fail(StoreUnavailable("stopping"))
@@ -401,12 +387,12 @@ class QueueStore:
             self._retry_now()  # a read is waiting: what Redis refused goes now, not after its retry
         else:
             self.flush()
-        if not any(seq in self._unanswered for seq in needed):
+        if last not in self._unanswered:
             return succeed(None)
         if self._retry is not None:  # refused at once (no connection): not worth waiting for the retry
             return fail(StoreUnavailable("queue writes waiting for Redis"))
         waiter: Deferred[None] = Deferred()
-        self._read_waiters.append((needed, waiter))
+        self._read_waiters.append((last, waiter))
         return waiter
 
     def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
@@ -422,11 +408,11 @@ class QueueStore:
         return translated(d).addCallback(self._taken, uid)
 
     def _taken(self, reply: list[Any], uid: str) -> tuple[int, list[bytes]]:
-        length, entries = reply
+        length, found = reply
         if length < 0:
-            self.log.warn("{key} held something other than a list; kept it as {kept}", key=queue_key(uid), kept=_text(entries))
+            self.log.warn("{key} held something other than a list; kept it as {kept}", key=queue_key(uid), kept=text(found))
             return 0, []
-        return int(length), list(entries)
+        return int(length), list(found)
 
     def trim(self, uid: str, delivered: int) -> Deferred[None]:
         """Drop the ``delivered`` oldest entries of a queue, once they were written to a socket."""
@@ -440,16 +426,3 @@ class QueueStore:
         self._answered(seq)
         self._landed()
         return result
-
-
-def _entries(items: Iterable[_Entry]) -> int:
-    """How many entries ``items`` are (the parts of one entry count once)."""
-    return len({item.seq for item in items})
-
-
-def _key_list(entries: Iterable[_Entry]) -> str:
-    return ", ".join(sorted({key for item in entries for key in item.keys}))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -303,3 +303,14 @@ def test_stop_while_redis_refuses_sends_nothing_more_and_reports_it() -> None:
     store.enqueue(["a"], b"2")
     store.stop()
     assert sent_entries(commands) == [[b"1"]] and not clock.getDelayedCalls()
+
+
+def test_stop_with_no_connection_reports_what_it_could_not_send_once() -> None:
+    """txredisapi fails a command at once when it has no connection: stop() does not send it again and again."""
+    store, commands, clock = make_store(writes_per_call=1)
+    store.enqueue(["a"], b"1")
+    store.enqueue(["b"], b"2")
+    commands.unreachable = True
+    store.stop()
+    assert sent_entries(commands) == [[b"1"], [b"2"]], "each tried once"
+    assert store.backlog == 0 and not clock.getDelayedCalls()

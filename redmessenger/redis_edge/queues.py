@@ -75,8 +75,8 @@ class QueueStore:
         # since the last call went, or sent and not taken (at the front, again).
         self._pending: list[Entry] = []
         self._flush_call: IDelayedCall | None = None
-        # The one write call sent and not answered yet: its entries.
-        self._in_flight: list[Entry] | None = None
+        # A write call was sent and Redis has not answered it yet (one at a time).
+        self._under_way = False
         # Set while Redis refused or could not be reached: nothing is sent until it fires (or a read comes).
         self._retry: IDelayedCall | None = None
         # Retries since a write failed, 0 once Redis took everything kept (for the log).
@@ -178,7 +178,7 @@ class QueueStore:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        if self._in_flight is None and self._retry is None and not self._stopped:
+        if not self._under_way and self._retry is None and not self._stopped:
             self._send_next()
 
     def _send_next(self) -> None:
@@ -207,7 +207,7 @@ class QueueStore:
         for item in batch:
             keys += item.keys
             args += (item.entry, len(item.keys), "1" if item.again else "0")
-        self._in_flight = batch
+        self._under_way = True
         d = self._redis.eval(ENQUEUE, keys, args)
         d.addCallbacks(self._enqueued, self._enqueue_failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addErrback(lambda f: self.log.failure("After a queue write", f))
@@ -221,7 +221,7 @@ class QueueStore:
         self._answered(item.seq)
 
     def _enqueued(self, result: list[Any], batch: list[Entry]) -> None:
-        self._in_flight = None
+        self._under_way = False
         for item in batch:
             if item.written is not None:
                 try:
@@ -244,7 +244,7 @@ class QueueStore:
     def _enqueue_failed(self, failure: Failure, batch: list[Entry]) -> None:
         from txredisapi import ConnectionError  # includes TimeoutError
 
-        self._in_flight = None
+        self._under_way = False
         refused = temporary(failure)  # LOADING, READONLY, NOREPLICAS...: Redis takes it later
         if not (refused or failure.check(ConnectionError)):
             self.log.failure(
@@ -313,7 +313,7 @@ class QueueStore:
         del drains[:done]
         for _, waiter in reads + drained:
             waiter.callback(None)
-        if self._in_flight is None and self._retry is None and not self._stopped and self._pending:
+        if not self._under_way and self._retry is None and not self._stopped and self._pending:
             self._send_next()
 
     def _retry_now(self) -> None:
@@ -346,11 +346,8 @@ class QueueStore:
         Send everything pending at once (pipelined: leaving, order matters less than reaching Redis), unless Redis
         is refusing or away; stop retrying; entries never sent are reported (the link is going away).
         """
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        self._stopped = True  # (a call failing at once is then reported, not put back to be sent again)
+        self.flush()  # (the first call as any: one failing at once, Redis away, leaves a retry, and nothing more goes)
+        self._stopped = True  # (a call failing at once is now reported, not put back to be sent again)
         if self._retry is None:
             while self._pending:
                 self._send(self._next_batch())

@@ -17,7 +17,8 @@ to a socket past a loss: its owner numbers each socket's deliveries
 (redis_edge/batches.py), and a delivery whose number skips closes the socket
 (1013) before it is written; a confirmation request that counts more
 deliveries than arrived closes it the same way (the last ones were lost).  When
-its client read everything written (a clean close the server started), the
+its client read everything written (a close the server started, whose ping before
+the close frame the client answered: dialects/plain/pings.py), the
 detach names the messages that were written: the owner takes those as read,
 and sends the rest again, in order (lost ones, those that came while it was
 closing, those still on their way).  The owner tells, with each

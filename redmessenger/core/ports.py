@@ -157,7 +157,8 @@ class Queues(Protocol):
     def take(self, uid: str, delivered: int, batch: int) -> Deferred[tuple[int, list[bytes]]]:
         """
         Drop the ``delivered`` oldest entries, then the queue's length and its next ``batch`` entries: read once
-        every entry queued before the call has landed (StoreUnavailable if Redis refuses one meanwhile).
+        every entry queued for this queue before the call has landed (StoreUnavailable if Redis refuses a write
+        meanwhile); writes to other queues do not hold it up.
         """
 
     def trim(self, uid: str, delivered: int) -> Deferred[None]:

@@ -87,10 +87,8 @@ class Pings(LeanServerProtocol):
     def close_with(self, code: int, reason: str) -> None:
         """Start the close handshake, behind a ping whose pong shows the client read every frame before it."""
         if self.state == self.STATE_OPEN and self._held is None:
-            token = randbits(64)
-            self._pings.append((token, self.factory.clock.seconds(), None))
-            self._close_ping = token
-            self.send_ping_token(token)
+            self._send_ping(None)
+            self._close_ping = self._pings[-1][0]
         super().close_with(code, reason)
 
     def keep_alive(self, now: float) -> None:

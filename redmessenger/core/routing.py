@@ -114,6 +114,9 @@ class Router:
         self._waiting_bytes = 0
         #: Holds not let go yet (Router.hold): only they are let go past MAX_HELD_BYTES, and only they are looked for.
         self._holds = 0
+        #: Whether a step taken in its turn (in_order) is running: a hold it takes goes first, before the messages
+        #: published after that step, which may already wait behind it.
+        self._in_step = False
         self._ids = MessageIds(run)
         #: Member lookups waiting to be retried while Redis is away.
         self._retries: set[IDelayedCall] = set()
@@ -236,9 +239,16 @@ class Router:
         self._inbox.append(_Pending(None, [], action=action))
 
     def hold(self) -> Callable[[], None]:
-        """Hold every message published from now on until the function returned is called (at most once matters)."""
+        """
+        Hold every message published from now on until the function returned is called (at most once matters).
+        Taken by a step run in its turn (:meth:`in_order`), "now" is that turn: the messages published after the
+        step, already waiting, are held too.
+        """
         pending = _Pending(None, None)
-        self._inbox.append(pending)
+        if self._in_step:
+            self._inbox.appendleft(pending)
+        else:
+            self._inbox.append(pending)
         self._holds += 1
 
         def release() -> None:
@@ -408,7 +418,11 @@ class Router:
                 self._waiting_bytes -= message.weight
             if message is None:
                 if pending.action is not None:
-                    pending.action()
+                    self._in_step = True
+                    try:
+                        pending.action()
+                    finally:
+                        self._in_step = False
                 continue
             if pending.decide and not self._acts(pending.label, pending.group):
                 if self._unlisted is not None and not self._listed():

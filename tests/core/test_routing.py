@@ -306,3 +306,23 @@ def test_messages_held_for_a_change_of_the_nodes_go_on_past_a_size_bound(monkeyp
     release()  # its time up later: nothing left to let go
     routing.on_publish(b"rm.users.user1", b"after")
     assert recorder.delivered[-1] == ("after", ["user1"])
+
+
+def test_a_hold_taken_by_a_change_in_its_turn_holds_the_messages_published_after_the_change() -> None:
+    """
+    A change of the nodes waits behind a group message looking up its members; the new owner holds what comes after
+    the change until the old owner's word: the messages published after it, already waiting, are held too.
+    """
+    routing, directory, recorder, _, _ = router()
+    directory.groups["cats"] = [b"user9"]
+    directory.hold_members = True
+    routing.on_publish(b"rm.channels.cats", b"before the change")
+    releases = []
+    routing.in_order(lambda: releases.append(routing.hold()))
+    routing.on_publish(b"rm.users.user1", b"after the change")
+    directory.answer_members("cats")
+    assert recorder.delivered == [("before the change", ["user9"])] and len(releases) == 1
+    assert routing.waiting == 2, "the hold, and the message behind it"
+    releases[0]()
+    assert recorder.delivered == [("before the change", ["user9"]), ("after the change", ["user1"])]
+    assert routing.waiting == 0

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from redmessenger.model.jsontext import loads
+
 #: The longest ``client_auth`` a client may send, in characters.
 MAX_CLIENT_AUTH = 4096
 #: The longest reason of a denial passed on to the client, in characters.
@@ -154,7 +156,7 @@ class BadAnswer(ValueError):
 def parse_answer(raw: bytes) -> Answer:
     """``{"id": ..., "permit": "<mode>"}`` (``true`` or no mode: read_write) or ``{"id": ..., "deny": "why"}``."""
     try:
-        obj = json.loads(raw)
+        obj = loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadAnswer("not JSON") from None
     if not isinstance(obj, dict):
@@ -210,7 +212,7 @@ def client_publish_json(sender: Sender, payload: str) -> bytes:
 def parse_client_publish(raw: bytes) -> tuple[Sender, str]:
     """The sender and the payload (JSON text) of a client's publish as a daemon wrote it."""
     try:
-        obj = json.loads(raw)
+        obj = loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadClientPublish("not JSON") from None
     if not isinstance(obj, dict):

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any, Callable, Protocol, TypeVar
 
 from redmessenger.model.channels import Sender
+from redmessenger.model.jsontext import loads
 
 T = TypeVar("T")
 
@@ -258,7 +259,7 @@ def message_from_entry(raw: bytes) -> tuple[Message, str | None]:
     still delivers it (see :func:`message_from_unreadable`).
     """
     try:
-        obj = json.loads(raw)
+        obj = loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested deeper than the stack
         raise UnreadableEntry(f"not JSON: {e}") from None
     if not isinstance(obj, dict):

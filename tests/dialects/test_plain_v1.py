@@ -140,6 +140,9 @@ async def test_secure_mode_checks_the_hello_key(daemon_factory, redis):
         ('{"type": "nope"}', CloseCode.BAD_FRAME),
         ("{}", CloseCode.BAD_FRAME),
         ('{"type": ["hello"]}', CloseCode.BAD_FRAME),
+        # JSON escapes of half a surrogate pair: no UTF-8 encodes them (a pair, "\\ud83d\\ude00", is fine)
+        ('{"type": "hello", "v": 1, "uid": "user1", "key": "\\ud800"}', CloseCode.BAD_FRAME),
+        ('{"type": "hello", "v": 1, "pkey": "\\udc00"}', CloseCode.BAD_FRAME),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -159,6 +162,9 @@ async def test_a_bad_first_frame_is_refused_with_a_code(daemon, redis, first, co
         ('{"type": "ack", "id": "' + "x" * 65 + '"}', CloseCode.BAD_FRAME),
         ("user1", CloseCode.BAD_FRAME),
         ('["ack"]', CloseCode.BAD_FRAME),
+        ('{"type": "publish", "ref": 2, "channel": "room", "message": "\\ud800"}', CloseCode.BAD_FRAME),
+        ('{"type": "subscribe", "ref": "\\uDBFF", "channel": "room"}', CloseCode.BAD_FRAME),
+        ('{"type": "subscribe", "ref": 1, "channel": "room", "client_auth": "a\\udfff"}', CloseCode.BAD_FRAME),
     ],
 )
 @pytest_twisted.ensureDeferred

@@ -166,6 +166,25 @@ async def test_a_wrong_key_is_an_error_event_then_a_server_disconnect(daemon_fac
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_the_identifier_is_garbage_not_a_daemon_error(daemon_factory, redis, clients):
+    """
+    JSON.stringify writes half a UTF-16 surrogate pair as an escape (no UTF-8 encodes it): the packet is refused where
+    it is read, as garbage (the session ends, 1002), not taken for Redis failing at the key check (1013, a traceback).
+    """
+    daemon = await daemon_factory(secure_mode=True)
+    redis.set("rm:users:user1:key", "secret")
+    client = node_client(rm_url(daemon), "user1", key="\ud800", transports=["websocket"])
+    clients.append(client)
+    (disconnect, *_) = await client.expect("disconnect")
+    assert disconnect["reason"] == "transport close"
+    assert client.of("error") == [], "garbage gets no error object"
+    assert daemon.service.hub.counters.refused == {}
+    right = node_client(rm_url(daemon), "user1", key="secret", transports=["websocket"])
+    clients.append(right)
+    await wait_until(lambda: attached(daemon, "user1") == 1, 10, "the right key still works")
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_right_key_in_secure_mode(daemon_factory, redis, clients):
     daemon = await daemon_factory(secure_mode=True)
     redis.set("rm:users:user1:key", "secret")

@@ -36,6 +36,7 @@ from redmessenger.model.channels import REQUESTS
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
 from redmessenger.model.identity import SESSION_VERSION, Hello, parse_hello
+from redmessenger.model.jsontext import LoneSurrogate, loads
 
 VERSION = SESSION_VERSION
 #: The longest message id an ack may name (ids are at most 64 ASCII characters).
@@ -78,7 +79,9 @@ Frame = Hello | Ack | Request
 def parse_frame(text: str) -> Frame:
     """A client's frame; a frame the protocol does not allow raises :class:`ClientError` (4422, or 4400 for a bad uid)."""
     try:
-        obj = json.loads(text)
+        obj = loads(text)
+    except LoneSurrogate as e:
+        raise _bad(str(e)) from None
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
         raise _bad("not JSON") from None
     if not isinstance(obj, dict):

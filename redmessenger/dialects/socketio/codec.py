@@ -12,6 +12,7 @@ from typing import Any
 
 from redmessenger.dialects.engineio.codec import EncodedPacket, PacketType
 from redmessenger.model.envelope import Message
+from redmessenger.model.jsontext import LoneSurrogate, loads
 
 
 class SIOType(IntEnum):
@@ -85,7 +86,9 @@ def decode_sio(text: str) -> SIOPacket:
     data: Any = _NO_DATA
     if position < end:
         try:
-            data = json.loads(text[position:])
+            data = loads(text[position:])
+        except LoneSurrogate as e:
+            raise SIOProtocolError(f"payload: {e}") from None
         except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
             raise SIOProtocolError("payload is not JSON") from None
     return SIOPacket(kind, nsp, data, ack_id, attachments)

@@ -166,3 +166,50 @@ async def test_past_the_memory_budget_a_frozen_socket_in_a_handover_is_given_up_
         client.protocol.transport.resumeProducing()
     for client in clients:
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_entries_heavier_than_max_pending_bytes_reach_the_client_in_order_and_unblock_the_queue(daemon_factory, redis):
+    """
+    An entry heavier than the socket's whole share closed the socket (4413) at every identify, before its batch could
+    be confirmed: the queue behind it never moved.  It now goes first in its batch, uncounted, and the rest follows.
+    """
+    limit = 64 * 1024
+    daemon = await daemon_factory(max_pending_bytes=limit)
+    big = "B" * 100_000
+    queued = ["small0", "1" + big, "small2", "3" + big, "4" + big, "small5"]
+    redis.rpush(QUEUE.format("u1"), *(entry("u1", payload) for payload in queued))
+    client = await daemon.client("u1")
+    await daemon.until(lambda: len(client.received) == len(queued), 10, "the whole queue")
+    assert payloads(client.received) == queued, "once each, in order"
+    await daemon.until(lambda: redis.llen(QUEUE.format("u1")) == 0, 5, "the queue trimmed")
+    hub = daemon.service.hub
+    await daemon.until(lambda: hub.handovers.running == 0 and hub.budget.used == 0, 5, "nothing left counted")
+    assert hub.counters.refused == {}
+    publish(redis, "rm.users.u1", "live")
+    await daemon.until(lambda: len(client.received) == len(queued) + 1)
+    assert client.received[-1]["payload"] == "live"
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_live_message_heavier_than_max_pending_bytes_reaches_the_client_from_the_queue(daemon_factory, redis):
+    """
+    With max_pending_bytes under a message's frame, a live message heavier than it closes the socket as too slow (4413)
+    and goes back to the queue; at the next identify it comes from there, then what followed it: once each, in order.
+    """
+    daemon = await daemon_factory(max_pending_bytes=64 * 1024)
+    first = await daemon.client("u1")
+    await daemon.until(lambda: daemon.service.presence.get("u1") is not None)
+    big = "B" * 100_000
+    publish(redis, "rm.users.u1", big)
+    assert (await first.close_code())[0] == 4413
+    publish(redis, "rm.users.u1", "after")
+    await daemon.until(lambda: redis.llen(QUEUE.format("u1")) == 2, 5, "both queued")
+    second = await daemon.client("u1")
+    await daemon.until(lambda: len(second.received) == 2, 10, "the queue")
+    assert payloads(second.received) == [big, "after"]
+    await daemon.until(lambda: redis.llen(QUEUE.format("u1")) == 0, 5, "the queue trimmed")
+    assert daemon.service.hub.counters.refused == {"TOO_SLOW": 1}
+    assert payloads(first.received) in ([], [big]), "the first socket was closed with it unconfirmed"
+    second.close()

@@ -231,8 +231,13 @@ class Handovers:
                         handover.cut_short = True
                         break
                     sent += 1
-                    weight += message.weight
-                    if budget.charge(attachment, message.weight):
+                    # An entry heavier than the socket's whole share (a Node.js-era or hand-written one, or one queued
+                    # when max_pending_bytes was under a message's frame) could never be sent within it: counted, it
+                    # closed the socket (4413) at every identify and blocked the queue behind it for good.  It goes
+                    # first in its batch, uncounted, and the next batch waits for the client to confirm it.
+                    charge = message.weight if message.weight <= budget.per_socket else 0
+                    weight += charge
+                    if budget.charge(attachment, charge):
                         self._delivery.too_slow(attachment)  # detached: Hub.detach gave its bytes back
                         handover.cut_short = True
                         break

@@ -44,16 +44,19 @@ def check_channel(channel: object) -> str:
 
 
 class Rate:
-    """A token bucket: ``rate`` a second, bursts of as many."""
+    """
+    A token bucket: ``rate`` a second, bursts of as many, and at least one (a rate under 1, one every two seconds
+    for 0.5, must hold a whole token to let one through).
+    """
 
     __slots__ = ("tokens", "at")
 
     def __init__(self, rate: float, now: float) -> None:
-        self.tokens = rate
+        self.tokens = max(rate, 1.0)
         self.at = now
 
     def take(self, rate: float, now: float) -> bool:
-        self.tokens = min(rate, self.tokens + (now - self.at) * rate)
+        self.tokens = min(max(rate, 1.0), self.tokens + (now - self.at) * rate)
         self.at = now
         if self.tokens < 1:
             return False

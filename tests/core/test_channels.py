@@ -171,3 +171,11 @@ def test_the_publish_rate_is_a_token_bucket() -> None:
     assert [rate.take(2.0, 0.0) for _ in range(3)] == [True, True, False]
     assert rate.take(2.0, 0.49) is False and rate.take(2.0, 0.5) is True
     assert [rate.take(2.0, 10.0) for _ in range(3)] == [True, True, False], "a long pause saves at most one burst"
+
+
+def test_a_publish_rate_under_one_a_second_lets_one_through_every_so_often() -> None:
+    """client_publish_rate 0.5: one publish every two seconds (the bucket held under a token and refused them all)."""
+    rate = Rate(0.5, now=0.0)
+    assert [rate.take(0.5, 0.0) for _ in range(2)] == [True, False]
+    assert rate.take(0.5, 1.99) is False and rate.take(0.5, 2.0) is True
+    assert [rate.take(0.5, 100.0) for _ in range(2)] == [True, False], "a long pause saves one"

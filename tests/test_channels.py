@@ -239,6 +239,25 @@ async def test_bad_requests_get_a_coded_reply_and_harm_nothing(daemon_factory, r
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_connection_holds_at_most_max_subscriptions_channels(daemon_factory, redis, app):
+    """An application that permits anything (the demo's) let one client hold any number of channels, each in memory."""
+    worker = app()
+    daemon = await daemon_factory(max_subscriptions=3)
+    client, other = await session(daemon), await session(daemon)
+    for name in ("c1", "c2", "c3"):
+        assert (await client.subscribe(name))["ok"] is True
+    assert error(await client.subscribe("c4")) == "too_many_subscriptions"
+    assert len(worker.requests) == 3, "the fourth never reached the application"
+    assert (await other.subscribe("c4"))["ok"] is True, "per connection: another one is not held to it"
+    assert (await client.request("unsubscribe", channel="c2"))["ok"] is True
+    assert (await client.subscribe("c4"))["ok"] is True, "room again after an unsubscribe"
+    publish(redis, "rm.channels.c4", "to both")
+    assert [m["payload"] for m in await client.receive(1)] == ["to both"]
+    assert [m["payload"] for m in await other.receive(1)] == ["to both"]
+    assert daemon.service.hub.channels.subscriptions == 4
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_subscriber_that_never_acknowledges_is_given_up_and_its_memory_returned(daemon_factory, redis, app):
     app()
     daemon = await daemon_factory(max_pending_bytes=65536)

@@ -83,6 +83,7 @@ class Channels:
         timeout: float = 5.0,
         max_publish_bytes: int = 3072,
         publish_rate: float = 20.0,
+        max_subscriptions: int = 128,
         run: str | None = None,
         secret_key: str | None = None,
         grant_ttl: int = 3600,
@@ -93,6 +94,9 @@ class Channels:
         self.timeout = timeout
         self.max_publish_bytes = max_publish_bytes
         self.publish_rate = publish_rate
+        #: Channels one connection may hold (granted, or asked for): each costs memory, and an application that
+        #: permits freely (the demo's) would otherwise let one client hold any number.
+        self.max_subscriptions = max_subscriptions
         #: Signs and checks grants (model/grants.py); None: no grants.
         self._secret = secret_key
         self.grant_ttl = grant_ttl
@@ -159,6 +163,11 @@ class Channels:
                 raise RequestError(rules.INVALID_REQUEST, f"'client_auth' must be a string of at most {rules.MAX_CLIENT_AUTH} characters")
             if (attachment, name) in self._asking or (attachment.channels and name in attachment.channels):
                 raise RequestError(rules.ALREADY_SUBSCRIBED, f"already subscribed (or asking) to {name}")
+            if len(attachment.channels or ()) + self._asking_of.get(attachment, 0) >= self.max_subscriptions:
+                raise RequestError(
+                    rules.TOO_MANY_SUBSCRIPTIONS,
+                    f"{self.max_subscriptions} channels subscribed or asked for on this connection already: unsubscribe first",
+                )
             if grant is None and self._asking_now(attachment, self._clock.seconds()) >= MAX_ASKING:
                 raise RequestError(rules.RATE_LIMITED, f"{MAX_ASKING} subscription requests are waiting for answers (or, cancelled, for their deadlines) already")
             if grant is not None:

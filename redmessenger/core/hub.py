@@ -70,6 +70,7 @@ class Hub:
         subscription_timeout: float = 5.0,
         client_publish_max_bytes: int = 3072,
         client_publish_rate: float = 20.0,
+        max_subscriptions: int = 128,
         run: str | None = None,
     ) -> None:
         self._clock = clock
@@ -105,6 +106,7 @@ class Hub:
                 timeout=subscription_timeout,
                 max_publish_bytes=client_publish_max_bytes,
                 publish_rate=client_publish_rate,
+                max_subscriptions=max_subscriptions,
                 secret_key=secret_key,
                 grant_ttl=grant_ttl,
                 run=self.run,

@@ -123,6 +123,8 @@ class Config:
     client_publish_max_bytes: int = 3 * 1024
     #: Messages a connection may publish per second (bursts of as many).
     client_publish_rate: float = 20.0
+    #: Channels one connection may hold, granted or asked for (too_many_subscriptions past it).
+    max_subscriptions: int = 128
 
     #: Serve a chat demo at /demo, with a built-in application permitting demo* channels to anyone. Off in production.
     demo: bool = False
@@ -373,6 +375,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "subscription_timeout": _number(0, strictly_positive=True),
     "client_publish_max_bytes": _integer(1, 16 * 1024 * 1024),
     "client_publish_rate": _number(0, strictly_positive=True),
+    "max_subscriptions": _integer(1),
     "demo": _boolean,
     "log_level": _log_level,
     "manhole": _optional(_manhole),

@@ -135,6 +135,7 @@ class RedMessengerService(OrderedServices):
             subscription_timeout=config.subscription_timeout,
             client_publish_max_bytes=config.client_publish_max_bytes,
             client_publish_rate=config.client_publish_rate,
+            max_subscriptions=config.max_subscriptions,
         )
         self.link.on_message = self.hub.on_publish
         self.presence = self.hub.presence

@@ -68,6 +68,7 @@ TOO_LARGE = "too_large"  # a publish larger than client_publish_max_bytes
 RATE_LIMITED = "rate_limited"  # more publishes than client_publish_rate allows
 UNAVAILABLE = "unavailable"  # Redis is unreachable: try again later
 ALREADY_SUBSCRIBED = "already_subscribed"  # a second subscribe while the first is under way or granted
+TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"  # max_subscriptions granted or asked for on this connection already
 CANCELLED = "cancelled"  # unsubscribed before the application answered the subscribe
 INVALID_REQUEST = "invalid_request"  # a field of the wrong type or too long
 NOT_READY = "not_ready"  # a request before the session was welcomed

@@ -221,3 +221,32 @@ async def test_kill_9_under_load_loses_no_entry_and_queues_none_twice(redis, red
     assert on_received | on_queued == set(sent["on"]), "nothing lost for the online user"
     doubled = len(online.received) - len(on_received)
     assert doubled <= 500, "only what was in the killed daemon's hands comes twice"
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_redis_refuses_queue_writes_the_reader_stops_at_its_cap_and_loses_nothing(daemon, redis):
+    """
+    Under maxmemory Redis still serves XREADGROUP but refuses the queue writes: every entry read then waited in the
+    daemon's memory, the whole stream's worth.  The reader stops past its cap until what it holds is safe.
+    """
+    intake = daemon.service.intake
+    intake.max_in_flight = 600  # a read brings up to 500 (the batch): two reads pass it
+    reads = intake._reads
+    intake._reads = lambda: False  # hold the reader while the stream fills
+    await intake.quiet()  # the read blocked in XREADGROUP ends (CLIENT UNBLOCK), bringing nothing
+    users = [f"off{i}" for i in range(30)]
+    for n in range(3000):
+        xadd(redis, f"rm.users.{users[n % 30]}", f"m{n}")
+    redis.config_set("maxmemory", int(redis.info("memory")["used_memory"]) - 10000)
+    try:
+        intake._reads = reads
+        intake.wake()
+        await daemon.until(lambda: intake.full, 10, "the reader at its cap")
+        assert (intake.read, intake.in_flight) == (1000, 1000), "two reads, then no more while nothing is safe"
+        assert redis.exists(QUEUE.format("off0")) == 0, "the queue writes refused"
+    finally:
+        redis.config_set("maxmemory", 0)
+    await daemon.until(lambda: redis.xlen(STREAM) == 0 and pending(redis) == 0, 20, "every entry safe and removed")
+    assert intake.read == 3000 and intake.in_flight == 0 and not intake.full
+    for i, uid in enumerate(users):
+        assert [e["payload"] for e in queued(redis, uid)] == [f"m{n}" for n in range(i, 3000, 30)], "once each, in order"

@@ -54,6 +54,11 @@ ACKS_PER_CALL = 1000
 ACK_DELAY = 0.01
 #: Entries the clients confirmed that the reader remembers (within a run): reading one again does not deliver it again.
 RECENTLY_DONE = 10000
+#: Entries, and bytes of payload, read and not made safe yet past which the reader stops reading until they are
+#: (under 90 % again): while Redis refuses queue writes (maxmemory) it still serves XREADGROUP, and each entry read
+#: then waited in memory; the stream keeps what is not read yet.  Far above what a burst holds (case i: 20,000).
+MAX_IN_FLIGHT = 50_000
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 
 
 class IntakeReader:
@@ -91,8 +96,13 @@ class IntakeReader:
         #: Whether this daemon is the one that reads now: with several on one Redis, one reads (the
         #: owner of the stream's name) and gives each user's entries to its owner, in stream order.
         self._reads = reads
-        #: Entries read and not acknowledged yet (the core holds them).
-        self._in_flight: set[str] = set()
+        #: Entries read and not acknowledged yet (the core holds them), and the bytes of their payloads.
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_bytes = 0
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.max_in_flight_bytes = MAX_IN_FLIGHT_BYTES
+        #: Whether reading waits for the entries in flight to be made safe (past max_in_flight or its bytes).
+        self.full = False
         self._done: list[str] = []
         #: The last RECENTLY_DONE entries found safe (a dict: ordered, oldest first).
         self._recently_done: dict[str, None] = {}
@@ -160,9 +170,22 @@ class IntakeReader:
 
     def done(self, entry_id: str) -> None:
         """Every recipient's copy of this entry is safe: acknowledge it (with the others of this reactor turn)."""
-        self._in_flight.discard(entry_id)
+        self._forget(entry_id)
         self._done.append(entry_id)
         self._schedule_flush()
+
+    def _forget(self, entry_id: str) -> None:
+        size = self._in_flight.pop(entry_id, None)
+        if size is None:
+            return
+        self._in_flight_bytes -= size
+        if self.full and not self._too_many(9 / 10):
+            self.full = False
+            self.log.info("{count} intake entries in flight: reading again", count=len(self._in_flight))
+            self.wake()
+
+    def _too_many(self, share: float = 1.0) -> bool:
+        return len(self._in_flight) >= self.max_in_flight * share or self._in_flight_bytes >= self.max_in_flight_bytes * share
 
     def delivered(self, entry_id: str) -> None:
         """Every copy of this entry was confirmed by the clients (none queued): if read again, acknowledge it only."""
@@ -202,6 +225,17 @@ class IntakeReader:
             try:
                 if not self._reads():
                     await self._pause()  # another daemon reads (docs/scale-out.md)
+                    continue
+                if self._too_many():
+                    if not self.full:
+                        self.full = True
+                        self.log.warn(
+                            "{count} intake entries ({size} bytes) read and not yet delivered or queued (Redis refusing "
+                            "queue writes?): reading paused until they are; the stream keeps the rest",
+                            count=len(self._in_flight),
+                            size=self._in_flight_bytes,
+                        )
+                    await self._pause()  # woken as soon as there is room (or the reader stops)
                     continue
                 self._busy = True
                 try:
@@ -326,14 +360,15 @@ class IntakeReader:
             if not isinstance(channel, bytes) or not isinstance(payload, bytes):
                 why = "no 'channel' and 'payload' fields"
             else:
-                self._in_flight.add(entry_id)
+                self._in_flight[entry_id] = len(payload)
+                self._in_flight_bytes += len(payload)
                 try:
                     why = self._on_entry(entry_id, channel, payload, _milliseconds(entry_id), again)
                 except Exception:
                     self.log.failure("Routing intake entry {id} failed", id=entry_id)
                     why = "internal error"
                 if why is not None:
-                    self._in_flight.discard(entry_id)
+                    self._forget(entry_id)
             if why is not None:
                 self.log.warn("Intake entry {id} cannot be delivered ({why}); kept in {key}", id=entry_id, why=why, key=INTAKE_INVALID)
                 record = {"id": entry_id, "why": why, "fields": {_text(k): _text(v) for k, v in values.items()}}

@@ -210,6 +210,38 @@ async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow
     await client.close_code()
 
 
+@pytest_twisted.ensureDeferred
+async def test_what_a_socket_given_away_did_not_confirm_is_queued_before_what_the_new_owner_queues(daemon_factory, redis):
+    """
+    node-b joins and owns a user whose socket on node-a has five messages unconfirmed (its client reads nothing):
+    node-a's word to node-b came at once, before those five went back to the queue, so the three published after
+    the change were queued first, and the five after them.  The word now waits for them (1 s for a confirmation).
+    """
+    first = await daemon_factory(node_id="node-a")
+    await wait_until(lambda: first.service.peers.nodes == ["node-a"], 5, "node-a alone")
+    uid = owned_by("node-b", NODES[:2])
+    client = await connect_client(first.url)
+    client.send(uid)
+    await wait_until(lambda: first.service.presence.get(uid) is not None, 5, "online on node-a")
+    client.protocol.transport.pauseProducing()  # reads nothing: answers no ping
+    for i in range(5):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await wait_until(lambda: len(first.service.presence.get(uid).attachments[0].unconfirmed) == 5, 5, "five unconfirmed")
+    second = await daemon_factory(node_id="node-b")
+    daemons = [first, second]
+    await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons), 10, "both see both")
+    for i in range(5, 8):
+        publish(redis, f"rm.users.{uid}", f"m{i}")  # node-b's now
+    # node-b queued them (the user offline there), or the socket is its relay now (they wait behind the queue)
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") >= 3 or sockets_of(daemons, uid) == 1, 10, "m5-m7 handled")
+    client.drop()
+    await wait_until(lambda: redis.llen(f"rm:users:{uid}:messages") == 8, 10, "all eight queued")
+    for daemon in daemons:
+        await daemon.idle()
+    queued = [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{uid}:messages", 0, -1)]
+    assert queued == [f"m{i}" for i in range(8)], "once each, in order"
+
+
 async def version_1_relay(daemon_factory: Any) -> tuple[list[Any], str, Any, Any, WebSocketClient]:
     """Two daemons, a uid node-a owns, node-a, node-b, and a version-1 socket of the user on node-b (a relay)."""
     from .channelclient import hello

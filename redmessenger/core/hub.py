@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Callable, Collection
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.budget import Budget
@@ -25,6 +25,7 @@ from redmessenger.core.channels import Channels
 from redmessenger.core.confirmations import Confirmations
 from redmessenger.core.counters import Counters
 from redmessenger.core.delivery import Delivery
+from redmessenger.core.giveaway import GiveAways
 from redmessenger.core.handover import Handovers
 from redmessenger.core.intake import IntakeTicket
 from redmessenger.core.ports import (
@@ -36,7 +37,7 @@ from redmessenger.core.ports import (
     StoreError,
     StoreUnavailable,
 )
-from redmessenger.core.presence import Attachment, Presence, Sent, confirmed, lost
+from redmessenger.core.presence import Attachment, Presence, confirmed, lost
 from redmessenger.core.routing import Router
 from redmessenger.logs import make_logger
 from redmessenger.model import grants
@@ -90,6 +91,7 @@ class Hub:
         self.budget = Budget(max_pending_bytes, memory_budget_bytes)
         self.confirmations = Confirmations(clock, self.budget)
         self.delivery = Delivery(self.presence, queues, self.confirmations, self.counters, clock, self.budget)
+        self.giveaways = GiveAways(self.presence, self.budget, self.delivery, queues, clock, lambda: self.peers)
         self.delivery.on_too_slow = self.abandon
         #: The other daemons sharing this Redis (docs/scale-out.md), once the wiring gives them (set_peers).
         self.peers: Peers | None = None
@@ -212,50 +214,8 @@ class Hub:
         self.handovers.identified(attachment)
 
     def give_away(self, uid: str, owner: str) -> Deferred[None]:
-        """
-        ``uid`` is owned by ``owner`` now.  A socket held here that stays open
-        becomes a relay of the new owner (which hands it the queue) once its
-        client confirmed what it was sent: then nothing of it goes back to the
-        queue, to come again from there.  What a socket did not confirm (it
-        closed meanwhile, or it was in a queue handover) goes back to the queue,
-        and the relay is attached once those writes have landed.  Sockets other
-        nodes hold are forgotten (their nodes attach them to the new owner).
-        """
-        attachments = self.presence.release(uid)
-        steps: list[Deferred[None]] = []
-        for attachment in attachments:
-            sents = attachment.unconfirmed
-            attachment.unconfirmed = []
-            if attachment.pending_bytes:
-                self.budget.give_back(attachment, attachment.pending_bytes)
-            if attachment.via is not None:
-                attachment.attached = False
-                self._requeue(uid, lost(sents + (attachment.held or [])))
-                continue
-            attachment.owner = owner
-            if attachment.held is not None or not sents or not attachment.sink.writable:
-                self._requeue(uid, lost(sents + (attachment.held or [])))
-                attachment.held = None
-                steps.append(self._queues.drain().addCallback(self._hand_on, attachment, owner))
-                continue
-            steps.append(attachment.sink.confirm().addCallback(self._confirmed_before_hand_on, attachment, owner, sents))
-        return gatherResults(steps).addCallback(lambda _: None) if steps else succeed(None)
-
-    def _requeue(self, uid: str, messages: list[Message]) -> None:
-        for message in messages:
-            self.delivery.queue([uid], message)
-
-    def _confirmed_before_hand_on(self, received: bool, attachment: Attachment, owner: str, sents: list[Sent]) -> Deferred[None]:
-        if received:
-            confirmed(attachment.uid, sents)
-        else:  # the socket went away first: what it had goes back to the queue
-            self._requeue(attachment.uid, lost(sents))
-        return self._queues.drain().addCallback(self._hand_on, attachment, owner)
-
-    def _hand_on(self, _: object, attachment: Attachment, owner: str) -> None:
-        if attachment.attached and attachment.owner == owner:
-            assert self.peers is not None
-            self.peers.attach(owner, attachment)
+        """``uid`` is owned by ``owner`` now (core/giveaway.py)."""
+        return self.giveaways.give_away(uid, owner)
 
     def check_public_key(self, given: object) -> None:
         """A version-1 session's public key (SPEC §7.5): refused (4401) if one is configured and this is not it."""
@@ -379,8 +339,11 @@ class Hub:
         return bool(self.handovers.running or self.router.waiting)
 
     def written(self) -> Deferred[None]:
-        """Fires once every queue write made so far has been answered by Redis."""
-        return self._queues.drain()
+        """
+        Fires once every queue write made so far has been answered by Redis, those of the users being given away
+        included (what their sockets did not confirm goes back to the queue first: core/giveaway.py).
+        """
+        return self.giveaways.written()
 
     def in_order(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every message published before it was handed on (a change of the nodes)."""

@@ -238,7 +238,13 @@ class LeanServerProtocol(WebSocketServerProtocol):
                 self.read_so_far = None
         # Whole pongs (and small texts a subclass takes) read here; anything
         # else, or Autobahn midway through a frame: Autobahn's way.
-        if SWITCH.enabled and self.state == self.STATE_OPEN and not self.data and self.current_frame is None:
+        if (
+            SWITCH.enabled
+            and self.state == self.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message  # a frame between the fragments of a message is a 1002: Autobahn says so
+        ):
             tokens = read_pongs(data)
             if tokens is not None:
                 for token in tokens:

@@ -244,3 +244,14 @@ async def test_a_client_that_acks_only_when_asked_gets_the_whole_queue_and_confi
     await daemon.until(lambda: not attachment.unconfirmed, what="the live message confirmed")
     assert got[-1] == "live"
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_frame_between_the_fragments_of_a_message_is_a_protocol_error_even_an_ack(daemon, redis):
+    """The fast path read an ack-shaped frame between two fragments as an ack; Autobahn closes such a frame with 1002."""
+    client = await v1_client(daemon)
+    server = daemon.service.presence.get("user1").attachments[0].sink
+    client.protocol.sendFrame(opcode=1, payload=b'{"type":"ack",', fin=False)
+    await daemon.until(lambda: server.inside_message, what="the first fragment read")
+    client.protocol.sendFrame(opcode=1, payload=b'{"type":"ack","id":"x"}')  # compact: the fast path's
+    assert (await client.close_code())[0] == 1002

@@ -366,6 +366,7 @@ async def test_a_permitted_subscription_comes_with_a_grant_that_resubscribes_wit
         "tampered": await mallory.subscribe("room", grant=grant[:-2] + ("AA" if grant[-2:] != "AA" else "BB")),
         "expired": await mallory.subscribe("room", grant=subscription_grant("s3cret", "room", Mode.READ_WRITE, now - 1)),
         "other key": await mallory.subscribe("room", grant=subscription_grant("other", "room", Mode.READ_WRITE, now + 60)),
+        "not a string": await mallory.subscribe("room", grant=["a", "list"]),
     }
     assert {why: error(reply) for why, reply in refusals.items()} == dict.fromkeys(refusals, "bad_grant")
     assert len(worker.requests) == 1, "no refused grant reached the application either"

@@ -157,6 +157,7 @@ async def test_a_bad_first_frame_is_refused_with_a_code(daemon, redis, first, co
     "later, code",
     [
         (hello(), CloseCode.ALREADY_IDENTIFIED),
+        ('{"type": "hello", "v": 2, "uid": "user1"}', CloseCode.BAD_FRAME),  # read as a frame before as a second hello
         ('{"type": "ack"}', CloseCode.BAD_FRAME),
         ('{"type": "ack", "id": ""}', CloseCode.BAD_FRAME),
         ('{"type": "ack", "id": "' + "x" * 65 + '"}', CloseCode.BAD_FRAME),

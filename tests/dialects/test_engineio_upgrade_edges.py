@@ -262,3 +262,37 @@ async def test_a_websocket_with_an_unknown_sid_is_still_refused_with_400(daemon,
         await Socket.open(daemon.port, 4, sid)
     assert refused.value.response.status_code == 400
     assert len(daemon.service.socketio.engine) == (1 if sid != "unknown" else 0)
+
+
+# -- 4. a probe that sends what is not Engine.IO ---------------------------------------------
+
+
+@pytest.mark.parametrize("frame", ["empty text", "binary"])
+@pytest.mark.parametrize("version", [4, 3])
+@pytest_twisted.ensureDeferred
+async def test_a_probe_that_sends_what_is_not_engineio_is_closed_and_the_session_goes_on_polling(daemon, version, frame):
+    """
+    An empty text frame or a binary frame on the probe (after ``3probe``) closes the
+    probe (1002, 1003), as any other packet out of place does; the session goes on
+    polling: it connects to the namespace and identifies over its polls.
+    """
+    from twisted.internet.threads import deferToThread
+
+    sid = await handshake(daemon.port, version)
+    query = f"EIO={version}&transport=polling&sid={sid}"
+    ws = await Socket.open(daemon.port, version, sid)
+    await ws.send("2probe")
+    assert await ws.recv() == "3probe"
+    await deferToThread(ws.connection.send, "" if frame == "empty text" else b"5")
+    assert await ws.closed_by_server() == (1002 if frame == "empty text" else 1003)
+    session = daemon.service.socketio.engine.get(sid)
+    assert session is not None and session.is_open and session.transport == "polling"
+    code, body = await request(daemon.port, "POST", query, payload(version, f"40{NAMESPACE},", f'42{NAMESPACE},1["identifier","user1"]'))
+    assert (code, body) == (200, b"ok")
+    await wait_until(lambda: daemon.service.presence.get("user1") is not None, 5, "user1 online")
+    code, body = await request(daemon.port, "GET", query)
+    assert code == 200
+    connected, acknowledged = packets(version, body)
+    assert connected.startswith(f"40{NAMESPACE},") and acknowledged == f'43{NAMESPACE},1[{{"uid":"user1"}}]'
+    assert daemon.service.limit.in_use == 1
+    await ws.close()

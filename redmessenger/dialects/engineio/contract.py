@@ -60,7 +60,8 @@ class SessionHandler(Protocol):
     def on_backed_up(self, unread: int) -> None:
         """
         The client sent something while ``unread`` bytes (more than ``max_buffered_bytes``) waited for its
-        polls: it is too slow, and the handler ends the session (after :meth:`Session.drop_buffered`).
+        polls, or on its WebSocket waited unsent (more than the factory's ``max_unsent_bytes``): it is too
+        slow, and the handler ends the session (after :meth:`Session.drop_buffered`).
         """
 
     def on_close(self, reason: str) -> None:

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from redmessenger.core.admission import ConnectionLimit
 from redmessenger.dialects.engineio.contract import EngineSettings, SessionHandler, WebSocketTransport
 from redmessenger.dialects.engineio.session import Session
-from redmessenger.logs import make_logger
+from redmessenger.logs import make_logger, worth_a_line
 
 
 class EngineServer:
@@ -33,6 +33,8 @@ class EngineServer:
         self.limit = limit
         self.handler_factory = handler_factory
         self._sessions: dict[str, Session] = {}
+        #: Packets out of place (open, or upgrade on an established transport) the sessions ignored.
+        self.misplaced_packets = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -62,6 +64,18 @@ class EngineServer:
         self._sessions[sid] = session
         session.start()
         return session
+
+    def misplaced(self, session: Session, kind: str) -> None:
+        """A session ignored a packet out of place: logged, the first and then every 1000th (a flood stays a few lines)."""
+        self.misplaced_packets += 1
+        if worth_a_line(self.misplaced_packets):
+            self.log.info(
+                "{peer}: unexpected {type} packet in session {sid}; ignored ({count} so far on this server)",
+                peer=session.peer,
+                sid=session.sid,
+                type=kind,
+                count=self.misplaced_packets,
+            )
 
     def _forget(self, session: Session) -> None:
         if self._sessions.pop(session.sid, None) is session:

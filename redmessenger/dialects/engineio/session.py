@@ -10,7 +10,6 @@ an upgrade to WebSocket in :mod:`redmessenger.dialects.engineio.upgrade`.
 from __future__ import annotations
 
 from collections import deque
-from enum import Enum
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
@@ -26,26 +25,15 @@ from redmessenger.dialects.engineio.codec import (
     encode_payload,
     open_packet,
 )
-from redmessenger.dialects.engineio.contract import (
-    EngineError,
-    PollRequest,
-    SessionHandler,
-    WebSocketTransport,
-)
+from redmessenger.dialects.engineio.contract import EngineError, PollRequest, SessionHandler, WebSocketTransport
 from redmessenger.dialects.engineio.buffer import PollBuffer
 from redmessenger.dialects.engineio.receipts import Receipts
+from redmessenger.dialects.engineio.state import State
 from redmessenger.dialects.engineio.upgrade import Probe
 from redmessenger.logs import make_logger
 
 if TYPE_CHECKING:
     from redmessenger.dialects.engineio.server import EngineServer
-
-
-class State(Enum):
-    OPEN = "open"
-    #: Ending on the server's initiative: the last packets wait for the client's next GET.
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 #: For the send path: reading an Enum member off its class (``State.OPEN``) costs ~0.13 µs in Python 3.11.
@@ -271,6 +259,17 @@ class Session:
         elif self._probe is not None and websocket is self._probe.websocket:
             self._probe.packet(packet)
 
+    def carried_by(self, websocket: WebSocketTransport) -> bool:
+        """Whether ``websocket`` is the session's transport (a probe is not, until the upgrade)."""
+        return websocket is self._websocket
+
+    def websocket_failed(self, websocket: WebSocketTransport, why: str, code: int) -> None:
+        """A WebSocket of this session sent what is not an Engine.IO packet: the session ends, or only the probe."""
+        if websocket is self._websocket:
+            self.abort("protocol error", code=code)
+        elif self._probe is not None and websocket is self._probe.websocket:
+            self._probe.fail(why, code)
+
     def websocket_pong(self, websocket: WebSocketTransport, token: int) -> None:
         """
         A pong: if it answers a :meth:`WebSocketTransport.ping` (its random token), the
@@ -341,10 +340,8 @@ class Session:
             self._finish("client close", client_gone=True, answer_noop=True)
         elif kind is PacketType.NOOP:
             pass
-        else:  # OPEN, or UPGRADE on an established transport
-            self.log.info(
-                "{peer}: unexpected {type} packet in session {sid}; ignored", peer=self.peer, sid=self.sid, type=kind.name
-            )
+        else:  # OPEN, or UPGRADE on an established transport: ignored (and logged, a flood as a few lines)
+            self.server.misplaced(self, kind.name)
 
     # -- heartbeat -----------------------------------------------------------------------------
 

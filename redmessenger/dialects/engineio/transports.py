@@ -342,12 +342,25 @@ class EngineIOWebSocketProtocol(LeanServerProtocol):
                 raise ProtocolError("binary frames are not accepted")
             session.websocket_packet(self, decode_packet(payload.decode("utf-8")))
         except ProtocolError as e:
-            self._log.info("{peer}: {why}; closing session {sid}", peer=self._peer_text, why=str(e), sid=session.sid)
-            session.abort("protocol error", code=1003 if isBinary else 1002)
-            self.close(1003 if isBinary else 1002, str(e))
+            code = 1003 if isBinary else 1002
+            if session.carried_by(self):
+                self._log.info("{peer}: {why}; closing session {sid}", peer=self._peer_text, why=str(e), sid=session.sid)
+            # The session's WebSocket ends the session; a probe only ends itself (logged), the session goes on polling.
+            session.websocket_failed(self, str(e), code)
+            self.close(code, str(e))
         except Exception:
             self._log.failure("Handling a frame from {peer} failed", peer=self._peer_text)
             session.abort("internal error", code=1011)
+
+    def backed_up(self, unsent: int) -> None:
+        # The session's WebSocket: the layer above reports it (the error object, then the close, 4413) and counts
+        # it as a refusal, as when a polling client posts while too much waits for its polls.  A probe, or a
+        # socket closing already: closed as LeanServerProtocol closes it.
+        session = self._session
+        if session is not None and session.is_open and self.state == self.STATE_OPEN and session.carried_by(self):
+            session.handler.on_backed_up(unsent)
+        else:
+            super().backed_up(unsent)
 
     def pong_received(self, token: int) -> None:
         session = self._session

@@ -3,7 +3,8 @@ The upgrade of an Engine.IO session from long-polling to a WebSocket (the
 package's description): a WebSocket opened with the session's ``sid`` is its
 *probe*.  It answers the client's ``2probe`` with ``3probe`` (the client then
 stops polling: the GET waiting is answered), and the client's ``5`` (upgrade)
-makes it the session's transport.  A probe that sends anything else, or no
+makes it the session's transport.  A probe that sends anything else (another
+packet, or what is not Engine.IO: an empty text frame, a binary frame), or no
 upgrade within ``upgrade_timeout`` seconds, is closed, and the session goes on
 polling.  What moving to the WebSocket does to the session (the buffer, the
 poll waiting, the confirmations) is the session's (:meth:`Session.upgraded`).
@@ -58,16 +59,20 @@ class Probe:
             self.cancel()
             self._session.upgraded(self.websocket)
         else:
-            session = self._session
-            self.log.info(
-                "{peer}: unexpected packet {type} during the upgrade of session {sid}; closing the probe",
-                peer=session.peer,
-                sid=session.sid,
-                type=packet.type.name,
-            )
-            self.cancel()
-            session.probe_ended()
-            self.websocket.close(1002, "unexpected packet during upgrade")
+            self.fail(f"unexpected packet {packet.type.name}", 1002)
+
+    def fail(self, why: str, code: int) -> None:
+        """
+        The probe sent what it may not (another packet, or what is not Engine.IO: an empty
+        text frame, a binary frame): it is closed with ``code``, and the session goes on polling.
+        """
+        session = self._session
+        self.log.info(
+            "{peer}: {why} during the upgrade of session {sid}; closing the probe", peer=session.peer, sid=session.sid, why=why
+        )
+        self.cancel()
+        session.probe_ended()
+        self.websocket.close(code, f"{why} during upgrade")
 
     def cancel(self) -> None:
         """No upgrade to wait for any more (done, closed, or the session ended)."""

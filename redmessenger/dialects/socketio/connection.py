@@ -44,6 +44,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 
 from redmessenger.core.sessions import ClientSession
 from redmessenger.dialects.engineio.session import Session
@@ -55,7 +56,7 @@ from redmessenger.dialects.socketio.codec import (
     decode_sio,
     engine_packet,
 )
-from redmessenger.logs import make_logger
+from redmessenger.logs import make_logger, worth_a_line
 from redmessenger.model.channels import REQUESTS
 from redmessenger.model.envelope import Message
 from redmessenger.model.errors import ClientError, CloseCode
@@ -90,6 +91,8 @@ class SocketIOConnection:
         self._client = ClientSession(owner.hub, self, owner.clock, owner.identify_timeout)
         #: The acknowledgement id of the identifier event, answered once it is accepted.
         self._ack: int | None = None
+        #: After a refusal: ends the session if the client has not confirmed the report in time.
+        self._report_timer: IDelayedCall | None = None
         # The peer alone does not tell sessions apart: long-polling requests of several
         # sessions share a browser's keep-alive connections, hence one host:port.
         self._address = f"{session.peer} (Socket.IO session {session.sid})"
@@ -157,12 +160,25 @@ class SocketIOConnection:
         # Closing the transport at once would overtake the report: clients emit
         # Socket.IO events a tick after the Engine.IO packets they came in.  Once the
         # client has shown it received them, the session ends (if the client has not
-        # ended it already, as it does after a server disconnect).
-        self._session.confirm().addCallback(self._end_after_report, error.code.name.lower())
+        # ended it already, as it does after a server disconnect).  A client that does
+        # not show it (an Engine.IO 3 client that answers no WebSocket ping, while its
+        # own pings keep the session) is given ``ping_timeout`` seconds, as the close
+        # packet of a polling session waits for its next GET: then the session ends anyway.
+        reason = error.code.name.lower()
+        session = self._session
+        session.confirm().addCallback(self._end_after_report, reason)
+        if session.is_open and self._report_timer is None:
+            self._report_timer = self._owner.clock.callLater(self._owner.engine.settings.ping_timeout, session.close, reason)
 
     def _end_after_report(self, received: bool, reason: str) -> None:
+        self._cancel_report_timer()
         if received:
             self._session.close(reason)
+
+    def _cancel_report_timer(self) -> None:
+        timer, self._report_timer = self._report_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # -- SessionHandler --------------------------------------------------------------------------
 
@@ -205,6 +221,7 @@ class SocketIOConnection:
 
     def on_close(self, reason: str) -> None:
         self._connected = False
+        self._cancel_report_timer()
         self._client.closed(received_all=self._session.all_confirmed and not self._dropped)
 
     # -- packets ---------------------------------------------------------------------------------
@@ -233,7 +250,15 @@ class SocketIOConnection:
         if nsp != namespace:
             if self.protocol == 4 and nsp == "/":
                 return  # connected to "/" at the handshake already
-            self.log.info("{peer}: refusing namespace {nsp}", peer=self._address, nsp=nsp)
+            owner = self._owner
+            owner.refused_namespaces += 1
+            if worth_a_line(owner.refused_namespaces):  # the first, then every 1000th: a flood stays a few lines
+                self.log.info(
+                    "{peer}: refusing namespace {nsp} ({count} refused so far on this server)",
+                    peer=self._address,
+                    nsp=nsp[:100],
+                    count=owner.refused_namespaces,
+                )
             data: Any = {"message": "Invalid namespace"} if self.protocol == 5 else "Invalid namespace"
             self._send(SIOPacket(SIOType.CONNECT_ERROR, nsp, data))
             return

@@ -47,6 +47,8 @@ class SocketIOServer:
         self.packet_keys = {bubble: packet_key(namespace, bubble) for bubble in (True, False)}
         self.identify_timeout = identify_timeout
         self.listen_label = listen_label
+        #: Connects to a namespace other than ``namespace``, refused (logged as a few lines however many).
+        self.refused_namespaces = 0
         self.engine = EngineServer(settings, clock, limit, lambda session: SocketIOConnection(session, self))
         self.websockets = EngineIOWebSocketFactory(self.engine, corks, **websocket_options)
         self.resource = EngineIOResource(self.engine, self.websockets, OriginPolicy(allowed_origins))

@@ -37,6 +37,13 @@ from redmessenger.redis_edge.commands import RedisCommands
 
 #: Entries an inbox keeps at most (a node that died is written to until its heartbeat expires).
 INBOX_MAXLEN = 100000
+#: Seconds an inbox lasts after its node last renewed it (its reader, every INBOX_RENEW seconds): the inbox of a node
+#: that died, or of a node id never used again (hostname:port of a container gone), goes then.  The others write to
+#: a node only while it is listed (10 s after its last heartbeat at most) and tell it once that it dropped out; an
+#: inbox unread for an hour is of a node that has been out of the list, its sockets dropped by their owners, for
+#: that long.  XADD keeps the expiry.
+INBOX_TTL = 3600
+INBOX_RENEW = 10.0
 
 
 class BatchWriter:

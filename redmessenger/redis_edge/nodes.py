@@ -218,10 +218,15 @@ class NodeRegistry:
                     node=change.node[:100],
                 )
             return
+        # This node's own join while it thought itself listed, after changes it did not hear: its entry lapsed (its
+        # subscription was down, so it did not beat) and the others dropped it meanwhile; taken though the list is
+        # the same (its relays attach again).  With no change between, its own heartbeat found its entry expired and
+        # listed it again in one step: nobody saw it gone.
+        lapsed = change.joined and change.node == self.node_id and self.listed and change.epoch > self._epoch + 1
         self._epoch = change.epoch
         if change.run and change.node in change.nodes:
             self.runs[change.node] = change.run  # before the next heartbeat tells it: a node that joins takes sockets at once
-        self._in_order(lambda: self._take(change.nodes, "", change))
+        self._in_order(lambda: self._take(change.nodes, "", change, lapsed))
 
     def _listed(self, reply: Any) -> None:
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
@@ -242,15 +247,17 @@ class NodeRegistry:
             self._differs_since = None
             self._in_order(lambda: self._take(nodes, f" (from the heartbeats: none heard on rm.nodes for {self._grace:g}s)", None))
 
-    def _take(self, nodes: list[str], how: str, change: NodesChange | None) -> None:
+    def _take(self, nodes: list[str], how: str, change: NodesChange | None, lapsed: bool = False) -> None:
         self._differs_since = None
         restarted = change is not None and change.restarted
-        if nodes == self.nodes and not restarted:
+        if nodes == self.nodes and not restarted and not lapsed:
             return
         joined, left = set(nodes) - set(self.nodes), set(self.nodes) - set(nodes)
         if restarted:
             assert change is not None
             how = f"; {change.node} started again (its previous run's sockets are gone){how}"
+        if lapsed:
+            how = f"; this daemon's entry had expired unheard (the others dropped it): listed again{how}"
         self.log.info(
             "Nodes on this Redis: {count} ({nodes}){joined}{left}{how}",
             count=len(nodes),

@@ -29,7 +29,8 @@ node has for another in one reactor turn goes in one entry, a batch
 (redis_edge/batches.py).  A node
 empties its inbox when it starts, before it joins (what was there was about
 sockets of its previous run; what the others write once they hear it join must
-not go with it).  When the nodes change, users move: the old
+not go with it), and renews its expiry while it runs (INBOX_TTL: the inbox of a
+node that is gone goes too).  When the nodes change, users move: the old
 owner queues what it held unconfirmed and turns the sockets it holds into relays
 of the new owner; relays follow their user to its new owner, or become local.
 
@@ -51,7 +52,16 @@ from redmessenger.core.presence import Attachment
 from redmessenger.logs import make_logger
 from redmessenger.model.envelope import Message
 from redmessenger.model.keyspace import inbox_key
-from redmessenger.redis_edge.batches import BatchWriter, entry_message, item_fields, message_of, read_batch, text
+from redmessenger.redis_edge.batches import (
+    INBOX_RENEW,
+    INBOX_TTL,
+    BatchWriter,
+    entry_message,
+    item_fields,
+    message_of,
+    read_batch,
+    text,
+)
 from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.handoff import Handoffs
 from redmessenger.redis_edge.nodes import NodesChange
@@ -99,6 +109,8 @@ class PeerLink:
         self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
         self._stopping = False
         self._running: Deferred[None] | None = None
+        #: Whether the last list this node took left it out (its relays are attached again once it is back in).
+        self._out = False
         #: Whether this run's inbox was emptied of the previous run's entries: this node joins only then, or what
         #: the others write to it once they hear it join (attaches, barriers) could be emptied with them.
         self.ready = False
@@ -175,6 +187,10 @@ class PeerLink:
         """
         self._owners.set_nodes(nodes)
         live = set(nodes)
+        # Listed again after this node's entry lapsed (it took a list without itself, or its own join told it): the
+        # owners of its relays may have dropped them meanwhile (redis_edge/relays.py).
+        out, self._out = self._out, self.node not in live
+        rejoined = not self._out and (out or (change is not None and change.node == self.node and change.joined))
         for gone in [node for node in self._numbers if node not in live]:
             del self._numbers[gone]  # one that comes back is heard as new
         self._writer.forget(nodes)
@@ -199,7 +215,7 @@ class PeerLink:
                 again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
                 again.ticket = OneRecipient(message.ticket, uid)
                 hub.router.route_user(again, uid)
-        self._holding.follow(restarted)
+        self._holding.follow(restarted, rejoined)
 
     # -- the inbox -----------------------------------------------------------------------
 
@@ -249,14 +265,23 @@ class PeerLink:
 
     async def _run(self) -> None:
         last: Any = None
+        renew = 0.0
         while not self._stopping:
             try:
                 if last is None:
                     await self._reading.execute_command("DEL", self._inbox)  # about sockets of a previous run
+                    # there, and expiring unless renewed (redis_edge/batches.py), even if this node dies before it
+                    # renews it: a write to it then creates no key that stays
+                    await self._reading.execute_command("XADD", self._inbox, "MAXLEN", 0, "*", "k", "opened")
+                    await self._reading.execute_command("EXPIRE", self._inbox, INBOX_TTL)
                     last = b"0-0"
+                    renew = self._clock.seconds() + INBOX_RENEW
                     self.ready = True
                     if self.on_ready is not None:
                         self.on_ready()
+                elif self._clock.seconds() >= renew:
+                    await self._reading.execute_command("EXPIRE", self._inbox, INBOX_TTL)
+                    renew = self._clock.seconds() + INBOX_RENEW
                 reply = await self._reading.execute_command(
                     "XREAD", "COUNT", INBOX_BATCH, "BLOCK", INBOX_BLOCK_MS, "STREAMS", self._inbox, last
                 )
@@ -287,8 +312,9 @@ class PeerLink:
         if number:
             heard = self._numbers.get(node)
             self._numbers[node] = (run, number)
-            if heard is not None and number != (heard[1] + 1 if heard[0] == run else 1):
-                # batches lost on the way (the sockets they had deliveries for see their numbers skip)
+            if heard is not None and number != 1 and number != (heard[1] + 1 if heard[0] == run else 1):
+                # batches lost on the way (the sockets they had deliveries for see their numbers skip); a first one:
+                # its writer counts again (this node had left its list, or it started again)
                 self.lost_batches += max(number - (heard[1] if heard[0] == run else 0) - 1, 1)
         parsed: dict[int, Message | None] = {}
         relays = self._relays
@@ -339,7 +365,7 @@ class PeerLink:
             if found is not None:
                 found[1].confirmed(int(fields.get(b"q", b"0")), fields.get(b"o") == b"1")
         elif kind == b"attached":
-            self._holding.attached(sid)
+            self._holding.attached(sid, fields.get(b"f") == b"1")
         elif kind == b"attach":
             self._owning.attach(node, sid, text(fields.get(b"u", b"")), fields.get(b"a") == b"1", text(fields.get(b"p", b"")))
         elif kind == b"detach":
@@ -349,7 +375,9 @@ class PeerLink:
             if found is not None:
                 self._hub.acknowledged(found[0], text(fields.get(b"i", b"")))
         elif kind == b"abandon":
-            self._holding.abandon(sid, fields.get(b"c", b"4413"), fields.get(b"r", b""))
+            self._holding.abandon(node, sid, fields.get(b"c", b"4413"), fields.get(b"r", b""))
+        elif kind == b"dropped":
+            self._holding.dropped(node, sid)
         elif kind == b"intake":
             message = entry_message(fields.get(b"e", b""))
             uid = text(fields.get(b"u", b""))

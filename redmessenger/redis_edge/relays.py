@@ -24,6 +24,19 @@ and sends the rest again, in order (lost ones, those that came while it was
 closing, those still on their way).  The owner tells, with each
 confirmation request, the last one it had answered yes: what that one covered
 is forgotten here then, not before (the answer may be lost on the way).
+
+An owner may drop a relay it was told of: it drops the sockets of a node that
+left its list, and this node may be alive (its heartbeat late, its subscription
+down for longer than its entry lasts).  The owner then says so (``dropped``),
+and this node, listed again after such a lapse, attaches every relay again
+(:meth:`Relays.follow`): under the same socket id, so that an owner that still
+knows it only answers (idempotent), while one that had dropped it attaches it
+anew, says so (``attached`` with ``f``), numbers its deliveries from 1 again and
+hands it the queue, where it had put what the socket had not confirmed.  Its
+answers to confirmation requests wait meanwhile: those of requests the owner
+sent before it dropped the socket must not reach the new one.  An ``abandon``
+for a socket this node no longer has is answered with a ``detach``: the owner
+sends it again until then (a lost one left the socket open here, unknown there).
 """
 
 from __future__ import annotations
@@ -65,6 +78,13 @@ class Relays:
         #: Relays whose owner has not answered their attach yet (in order); those already unanswered at the last check.
         self._unanswered: dict[str, None] = {}
         self._unanswered_before: set[str] = set()
+        #: Relays attached again (their owner may have dropped them), until it answers: the answers to its confirmation
+        #: requests meanwhile, sent once it says it knew the socket, forgotten if it attached it anew.
+        self._reattaching: dict[str, list[tuple[str, bytes, bool]]] = {}
+        #: Relays attached again since start (each after their owner dropped them, or might have).
+        self.reattached = 0
+        #: Relays their owner closed (``abandon``, sent again until detached): closing, not attached again.
+        self._abandoned: set[str] = set()
 
     # -- what the core tells (core.ports.Peers, through the link) ---------------------------
 
@@ -90,6 +110,8 @@ class Relays:
         self.by_sid.pop(sid, None)
         arrivals = self.arrived.pop(sid, None)
         self._unanswered.pop(sid, None)
+        self._reattaching.pop(sid, None)
+        self._abandoned.discard(sid)
         self._incomplete.discard(sid)
         if not received_all or arrivals is None:
             self._outbox.send(attachment.owner, b"detach", s=sid, r=b"0")
@@ -115,7 +137,7 @@ class Relays:
         if arrivals is not None and answered is not None and answered.isdigit():
             arrivals.answered(int(answered))
         if relay is None or arrivals is None or not relay.attached:
-            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+            self._answer(node, sid, asked, False)
             if relay is None:  # its detach may have been lost: the owner must not keep it
                 self._outbox.send(node, b"detach", s=sid, r=b"0")
             return
@@ -126,7 +148,7 @@ class Relays:
             # was not written (the socket was closing); or deliveries it covers never arrived (a Redis failover lost
             # inbox entries): then closed, its owner sends what it did not confirm to the user's other sockets or
             # the queue, and the client reconnects for it.
-            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"0")
+            self._answer(node, sid, asked, False)
             if sid not in self._incomplete and arrivals.count < covers:
                 self._log.warn(
                     "{count} deliveries from {node} for socket {sid} never arrived; closing it (1013)",
@@ -138,11 +160,20 @@ class Relays:
         told = answered is not None  # else an owner of a version before: forgotten when answered
 
         def answer(received: bool) -> None:
+            if self.arrived.get(sid, arrivals) is not arrivals:
+                return  # asked before its owner dropped it: the socket it asked for is gone there
             if received and not told:
                 arrivals.answered(number)
-            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
+            self._answer(node, sid, asked, received)
 
         relay.sink.confirm().addCallback(answer)
+
+    def _answer(self, node: str, sid: str, asked: bytes, received: bool) -> None:
+        waiting = self._reattaching.get(sid)
+        if waiting is not None:
+            waiting.append((node, asked, received))  # the owner may have dropped it: the answer waits for its word
+        else:
+            self._outbox.send(node, b"confirmed", s=sid, q=asked, o=b"1" if received else b"0")
 
     def lost(self, node: str, sid: str, number: object) -> None:
         """
@@ -165,15 +196,35 @@ class Relays:
         self._incomplete.add(sid)
         relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
 
-    def attached(self, sid: str) -> None:
-        """The owner answered the relay's attach."""
+    def attached(self, sid: str, fresh: bool = False) -> None:
+        """
+        The owner answered the relay's attach; ``fresh``: it did not know the socket (it had dropped it, if attached
+        again): its deliveries are numbered from 1 again, and the answers held for it are of requests of before.
+        """
         self._unanswered.pop(sid, None)
+        waiting = self._reattaching.pop(sid, None)
+        if waiting is None:
+            return
+        if fresh and sid in self.arrived:
+            self.arrived[sid] = Arrivals()  # a new socket there: what arrived for the one it dropped was put back
+        else:
+            for node, asked, received in waiting:
+                self._answer(node, sid, asked, received)
 
-    def abandon(self, sid: str, code: bytes, reason: bytes) -> None:
-        """The owner closes the relay (``code``, ``reason``: the close it gives)."""
+    def abandon(self, node: str, sid: str, code: bytes, reason: bytes) -> None:
+        """``node`` closes the relay (``code``, ``reason``: the close it gives); it sends that again until detached."""
         relay = self.by_sid.get(sid)
-        if relay is not None:
+        if relay is None:
+            self._outbox.send(node, b"detach", s=sid, r=b"0")  # gone here (its detach lost?): the owner stops asking
+        elif sid not in self._abandoned and code.isdigit():  # a repeat while it closes changes nothing
+            self._abandoned.add(sid)
             relay.sink.abandon(ClientError(CloseCode(int(code)), text(reason)))
+
+    def dropped(self, node: str, sid: str) -> None:
+        """``node`` dropped the relay as gone with this node (its heartbeat late): attached again."""
+        relay = self.by_sid.get(sid)
+        if relay is not None and relay.owner == node:
+            self._reattach(sid, relay)
 
     # -- in time, and when the nodes change -------------------------------------------------
 
@@ -195,15 +246,19 @@ class Relays:
         self._unanswered_before = set(self._unanswered)
         return resent
 
-    def follow(self, restarted: str | None) -> None:
+    def follow(self, restarted: str | None, rejoined: bool = False) -> None:
         """
         The nodes changed: each relay follows its user to its new owner (attached
         again), or becomes a local socket; those of a ``restarted`` node attach to
-        it again (it knows nothing of its previous run).
+        it again (it knows nothing of its previous run).  ``rejoined``: this node is
+        listed again after its entry lapsed (its owners may have dropped its
+        relays meanwhile): the others are attached again, under their ids.
         """
-        for _sid, attachment in list(self.by_sid.items()):
+        for sid, attachment in list(self.by_sid.items()):
             owner = self._owners.elsewhere(attachment.uid)
             if owner == attachment.owner and owner != restarted:
+                if rejoined:
+                    self._reattach(sid, attachment)
                 continue
             self.detach(attachment, False)
             if owner is None:
@@ -211,6 +266,21 @@ class Relays:
             else:
                 attachment.owner = owner
                 self.attach(owner, attachment)
+
+    def _reattach(self, sid: str, attachment: Attachment) -> None:
+        """
+        The relay's owner may have dropped it: attached again under its id (an owner that knows it only answers).  Not
+        while an attach of it is unanswered: the owner reads that one after it dropped the socket, or says it did.
+        """
+        owner = attachment.owner
+        if owner is None or sid in self._unanswered or sid in self._incomplete or sid in self._abandoned:
+            return
+        if not attachment.sink.writable:
+            return  # closing
+        self.reattached += 1
+        self._unanswered[sid] = None
+        self._reattaching[sid] = []
+        self._send_attach(owner, sid, attachment)
 
 
 class Arrivals:

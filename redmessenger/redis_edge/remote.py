@@ -17,6 +17,8 @@ from redmessenger.model.errors import ClientError
 
 #: Why a relayed socket is closed when deliveries for it were lost between the nodes (docs/protocol.md).
 LOST_BETWEEN_DAEMONS = "messages for this socket were lost between daemons (a Redis failover); reconnect"
+#: Times an ``abandon`` its holder did not answer (with a ``detach``) is sent again at most.
+ABANDON_AGAIN = 5
 
 
 class Outbox(Protocol):
@@ -47,6 +49,10 @@ class RemoteSink:
         self.delivered = 0
         #: The last request answered yes, told with the next ones: its holder may forget what it covered.
         self._answered = 0
+        #: The close this side gave the socket (``abandon``: code, reason), sent again until its holder detaches it;
+        #: how many checks it has been unanswered at (:meth:`ask_again`).
+        self.abandoned: tuple[bytes, bytes] | None = None
+        self._abandon_checks = 0
 
     @property
     def client_address(self) -> str:
@@ -80,9 +86,15 @@ class RemoteSink:
 
     def ask_again(self) -> int:
         """
-        Send again the confirmation requests unanswered since the last call (lost with inbox entries in a failover);
-        how many.
+        Send again the confirmation requests unanswered since the last call (lost with inbox entries in a failover),
+        or the ``abandon`` (up to ABANDON_AGAIN times: :attr:`spent` then); how many.
         """
+        if self.abandoned is not None:
+            self._abandon_checks += 1
+            if self._abandon_checks < 2 or self.spent:
+                return 0  # the first check only notes it
+            self.abandon_again()
+            return 1
         late = sorted(self._waiting_before & self._waiting.keys())
         for asked in late:
             self._ask(asked)
@@ -105,8 +117,20 @@ class RemoteSink:
             waiter.callback(received)
 
     def abandon(self, error: ClientError) -> None:
-        self._peers.send(self.node, b"abandon", s=self.sid, c=str(int(error.code)).encode("ascii"), r=error.reason.encode("utf-8"))
+        self.abandoned = (str(int(error.code)).encode("ascii"), error.reason.encode("utf-8"))
+        self.abandon_again()
         self.close()
+
+    def abandon_again(self) -> None:
+        """Tell the holder (again) to close the socket, with the close this side gave it."""
+        if self.abandoned is not None:
+            code, reason = self.abandoned
+            self._peers.send(self.node, b"abandon", s=self.sid, c=code, r=reason)
+
+    @property
+    def spent(self) -> bool:
+        """Whether its ``abandon`` was sent ABANDON_AGAIN times more unanswered (a holder of a version before)."""
+        return self._abandon_checks > ABANDON_AGAIN + 1
 
     def close(self) -> None:
         """The socket is gone: what waits for its confirmation has its answer."""

@@ -5,7 +5,11 @@ Their holders attach them (``attach``, answered ``attached``) and detach them
 (``detach``); the inbox's reader (redis_edge/peers.py) gives their acks and the
 answers to confirmation requests to the attachments and sinks kept here.  A
 socket whose node, or the run of its node that held it, is gone is as if closed
-unconfirmed.
+unconfirmed; a node gone from the list may be alive still (its heartbeat late):
+it is told (``dropped``), and attaches the socket again (redis_edge/relays.py).
+An attach is answered ``attached``, with ``f`` if the socket was not known here
+(its deliveries are numbered from 1 again).  An ``abandon`` is sent again until
+the holder detaches the socket.
 
 Socket ids are ``{run}.{n}``: the first part tells a node's runs apart.
 """
@@ -33,7 +37,7 @@ class RemoteSockets:
 
     def attach(self, node: str, sid: str, uid: str, acknowledges: bool, address: str) -> None:
         """``node`` holds the socket ``sid`` of ``uid``: attached here, and answered."""
-        if (node, sid) in self.by_key:  # sent again: the answer was lost, or late
+        if (node, sid) in self.by_key:  # sent again (the answer was lost, or late), or its node may think it dropped
             self._outbox.send(node, b"attached", s=sid)
             return
         run = run_of(sid)
@@ -54,7 +58,7 @@ class RemoteSockets:
             sink.abandon(e)
             return
         self.by_key[(node, sid)] = (attachment, sink)
-        self._outbox.send(node, b"attached", s=sid)
+        self._outbox.send(node, b"attached", s=sid, f=b"1")  # new here: its deliveries are numbered from 1
 
     def detach(self, node: str, sid: str, received_all: bool, read: frozenset[str] = frozenset()) -> None:
         """
@@ -79,17 +83,28 @@ class RemoteSockets:
         the ``restarted`` node's previous run (``run``: its new one), is gone.
         """
         for key, (attachment, sink) in list(self.by_key.items()):
-            if not attachment.attached:  # given away: its node attaches it to the new owner
+            node, sid = key
+            if not attachment.attached and sink.abandoned is None:  # given away: its node attaches it to the new owner
                 del self.by_key[key]
                 sink.close()
-            elif key[0] not in self._owners.nodes or (key[0] == restarted and run_of(key[1]) != run):
-                self.gone(key)  # its node, or the run that held it, is gone: as if closed unconfirmed
+            elif node not in self._owners.nodes:
+                self.gone(key)  # its node is gone: as if closed unconfirmed
+                # It may be alive (its heartbeat late, its subscription down): told, it attaches the socket again
+                # (closes it, if given up here).  Once it is back in the list, it attaches them all again anyway.
+                if sink.abandoned is not None:
+                    sink.abandon_again()
+                elif self._owners.elsewhere(attachment.uid) is None:
+                    self._outbox.send(node, b"dropped", s=sid)
+            elif node == restarted and run_of(sid) != run:
+                self.gone(key)  # the run that held it is gone: as if closed unconfirmed
 
     def ask_again(self) -> int:
-        """The confirmation requests unanswered since the last call, sent again; how many."""
+        """The confirmation requests and the abandons unanswered since the last call, sent again; how many."""
         resent = 0
-        for _attachment, sink in self.by_key.values():
+        for key, (_attachment, sink) in list(self.by_key.items()):
             resent += sink.ask_again()
+            if sink.spent:  # never answered (a holder of a version before the answer): forgotten
+                del self.by_key[key]
         return resent
 
 

@@ -1,0 +1,173 @@
+"""
+A daemon dropped from the list of nodes while it is alive (docs/scale-out.md): its heartbeat late, or its
+subscription down for longer than its entry lasts.  The owners of the users whose sockets it holds drop those
+sockets as gone; the socket stays open on the holder, which attaches it again (told by the owner, or once it is
+listed again), so that its messages are not queued for good while its user is online.  And what else an owner
+tells a holder that must not be lost (an ``abandon``), and the inboxes of nodes that are gone (they expire).
+Two daemons in this process on one real valkey-server, real WebSocket clients; every count exact.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+
+from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.redis_edge import peers as peers_module
+from redmessenger.redis_edge.batches import INBOX_TTL
+
+from .conftest import publish, wait_until
+from .test_scale_out import NODES, bubbles, cluster, losing_the_first, on, owned_by, payloads, sockets_of, tab
+from .wsclient import WebSocketClient
+
+QUEUE = "rm:users:{}:messages"
+INBOX = "rm:nodes:{}:inbox"
+
+
+async def relayed_on_a(daemon_factory: Any, redis: Any) -> tuple[list[Any], Any, Any, str, WebSocketClient]:
+    """Two daemons; a user node-b owns, its socket on node-a, which got m0 and confirmed it."""
+    daemons = await cluster(daemon_factory, 2)
+    a, b = on(daemons, "node-a"), on(daemons, "node-b")
+    uid = owned_by("node-b", NODES[:2])
+    client = await tab(daemons, a, uid)
+    publish(redis, f"rm.users.{uid}", "m0")
+    await received(client, 1)
+    remote = b.service.presence.get(uid).attachments[0]
+    await wait_until(lambda: not remote.unconfirmed and not remote.confirming, 5, "m0 confirmed at the owner")
+    return daemons, a, b, uid, client
+
+
+async def received(client: WebSocketClient, count: int) -> None:
+    await wait_until(lambda: len(client.received) >= count, 10, f"{count} messages received")
+
+
+def queued(redis: Any, uid: str) -> list[str]:
+    return [json.loads(entry)["payload"] for entry in redis.lrange(QUEUE.format(uid), 0, -1)]
+
+
+async def late_heartbeat(daemons: list[Any], a: Any, redis: Any) -> None:
+    """node-a's heartbeat late: its entry past its expiry, which node-b's next heartbeat publishes; both hear it."""
+    a.service.nodes._loop.stop()
+    redis.zadd("rm:nodes", {"node-a": 1})
+    await wait_until(lambda: all(d.service.peers.nodes == ["node-b"] for d in daemons), 10, "both to hear node-a expire")
+
+
+async def beats_again(daemons: list[Any], a: Any) -> None:
+    registry = a.service.nodes
+    registry._loop.start(registry._interval, now=True)
+    await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons), 10, "both to hear node-a join")
+
+
+async def live_then_done(daemons: list[Any], client: WebSocketClient, redis: Any, uid: str, first: int) -> None:
+    """m{first}..m5 published with node-a listed again: the socket gets them live; all of m0..m5 once, in order."""
+    for i in range(first, 6):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await received(client, 6)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(client) == [f"m{i}" for i in range(6)], "each once, in order"
+    assert bubbles(client) == [True] * 6
+    assert queued(redis, uid) == [], "nothing left queued: the user was online throughout"
+    assert sockets_of(daemons, uid) == 1 and on(daemons, "node-a").service.peers.relays == 1
+    assert [d.service.peers.lost_batches for d in daemons] == [0, 0], "a writer counting its batches again is no loss"
+    assert [d.service.peers.handoffs.timed_out for d in daemons] == [0, 0]
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_dropped_by_its_owner_while_its_holder_is_late_is_attached_again_at_once(daemon_factory, redis):
+    daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)
+    await late_heartbeat(daemons, a, redis)
+    # node-b dropped the socket as gone with node-a and told node-a, which attached it again (while out of the list)
+    await wait_until(lambda: sockets_of(daemons, uid) == 1, 5, "the socket attached again at its owner")
+    publish(redis, f"rm.users.{uid}", "m1")
+    publish(redis, f"rm.users.{uid}", "m2")
+    await received(client, 3)
+    await beats_again(daemons, a)  # and once listed again, node-a attaches it again: the owner knows it, only answers
+    await wait_until(lambda: a.service.peers._holding.reattached == 2, 5, "node-a to attach its relay again on joining")
+    await wait_until(lambda: not a.service.peers._holding._unanswered, 5, "the owner to answer")
+    assert b.service.peers.remote == 1, "one socket at the owner, not two"
+    await live_then_done(daemons, client, redis, uid, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_whose_drop_was_not_told_is_attached_again_when_its_holder_is_listed_again(daemon_factory, redis):
+    daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)
+    lost = losing_the_first(a, b"dropped")  # lost in a Redis failover, say
+    await late_heartbeat(daemons, a, redis)
+    await wait_until(lambda: len(lost) == 1, 5, "node-b to tell node-a it dropped the socket")
+    assert sockets_of(daemons, uid) == 0 and a.service.peers.relays == 1, "open on node-a, unknown to its owner"
+    publish(redis, f"rm.users.{uid}", "m1")
+    publish(redis, f"rm.users.{uid}", "m2")
+    await wait_until(lambda: queued(redis, uid) == ["m1", "m2"], 5, "queued: the owner does not know the socket")
+    await beats_again(daemons, a)
+    await received(client, 3)  # the queue, handed to the socket attached again
+    await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
+    await live_then_done(daemons, client, redis, uid, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_of_a_daemon_whose_subscription_was_down_is_attached_again_when_it_hears_again(daemon_factory, redis):
+    """
+    node-a hears nothing on rm.nodes and so does not beat; its entry expires and node-b drops its socket, while
+    node-a's list never changes.  Once it hears again, it beats, and hears its own join after changes it missed.
+    """
+    daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)
+    lost = losing_the_first(a, b"dropped")
+    registry = a.service.nodes
+    hearing = registry._hearing
+    registry._hearing = lambda: False
+    registry.heard = lambda payload: None  # the subscription down: nothing heard on rm.nodes
+    redis.zadd("rm:nodes", {"node-a": 1})
+    await wait_until(lambda: b.service.peers.nodes == ["node-b"] and len(lost) == 1, 10, "node-b to drop node-a")
+    assert a.service.peers.nodes == NODES[:2], "node-a heard nothing: its list is the same"
+    assert sockets_of(daemons, uid) == 0 and a.service.peers.relays == 1
+    publish(redis, f"rm.users.{uid}", "m1")
+    publish(redis, f"rm.users.{uid}", "m2")
+    await wait_until(lambda: queued(redis, uid) == ["m1", "m2"], 5, "queued: the owner does not know the socket")
+    registry._hearing = hearing
+    del registry.heard  # heard again
+    await received(client, 3)
+    await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
+    await live_then_done(daemons, client, redis, uid, 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abandon_lost_between_daemons_is_sent_again_and_the_socket_closes(daemon_factory, redis, monkeypatch):
+    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
+    daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)
+    lost = losing_the_first(a, b"abandon")
+    remote = b.service.presence.get(uid).attachments[0]
+    b.service.hub.abandon(remote, ClientError(CloseCode.TOO_SLOW, "given up by its owner"))
+    await wait_until(lambda: len(lost) == 1, 5, "the first abandon to reach node-a (and be lost)")
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: queued(redis, uid) == ["m1"], 5, "queued: the user is offline at its owner")
+    code, _ = await client.close_code(timeout=5)
+    assert code == 4413, "closed as its owner said, once the abandon was sent again"
+    await wait_until(lambda: a.service.peers.relays == 0 and b.service.peers.remote == 0, 5, "both to let it go")
+    assert payloads(client) == ["m0"] and queued(redis, uid) == ["m1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_inbox_expires_unless_its_node_renews_it_so_a_gone_nodes_inbox_goes(daemon_factory, redis, monkeypatch):
+    monkeypatch.setattr(peers_module, "INBOX_RENEW", 0.2)
+    daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)  # writes both ways: attach, deliveries
+
+    def expiring(node: str) -> bool:
+        return 0 < redis.ttl(INBOX.format(node)) <= INBOX_TTL
+
+    assert redis.xlen(INBOX.format("node-a")) >= 1 and expiring("node-a") and expiring("node-b")
+    redis.expire(INBOX.format("node-a"), 30)
+    await wait_until(lambda: redis.ttl(INBOX.format("node-a")) > 30, 5, "node-a to renew its inbox's expiry")
+    (before, _), = redis.xrevrange(INBOX.format("node-b"), count=1)
+    await b.service.stopService()  # node-b leaves: node-a takes the user over and tells node-b the relay is gone
+    await wait_until(lambda: a.service.peers.relays == 0 and a.service.presence.get(uid) is not None, 5, "taken over")
+    await a.service.peers.flush()
+    after = redis.xrange(INBOX.format("node-b"), min=b"(" + before)
+    assert [(fields[b"n"], json.loads(fields[b"d"])["x"][0][0]) for _, fields in after] == [(b"node-a", "detach")]
+    assert expiring("node-b"), "the inbox of the node gone, written to after it left, still expires"
+    client.close()
+    await client.close_code()

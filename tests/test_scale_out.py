@@ -210,14 +210,16 @@ async def test_a_daemon_that_joins_takes_its_users_over_and_their_sockets_follow
     await client.close_code()
 
 
+@pytest.mark.parametrize("intake", [True, False], ids=["intake", "no-intake"])
 @pytest_twisted.ensureDeferred
-async def test_what_a_socket_given_away_did_not_confirm_is_queued_before_what_the_new_owner_queues(daemon_factory, redis):
+async def test_what_a_socket_given_away_did_not_confirm_is_queued_before_what_the_new_owner_queues(daemon_factory, redis, intake):
     """
     node-b joins and owns a user whose socket on node-a has five messages unconfirmed (its client reads nothing):
     node-a's word to node-b came at once, before those five went back to the queue, so the three published after
     the change were queued first, and the five after them.  The word now waits for them (1 s for a confirmation).
+    Without the intake's reader to wait for, the word went in the very call that took the change.
     """
-    first = await daemon_factory(node_id="node-a")
+    first = await daemon_factory(node_id="node-a", intake=intake)
     await wait_until(lambda: first.service.peers.nodes == ["node-a"], 5, "node-a alone")
     uid = owned_by("node-b", NODES[:2])
     client = await connect_client(first.url)
@@ -227,7 +229,7 @@ async def test_what_a_socket_given_away_did_not_confirm_is_queued_before_what_th
     for i in range(5):
         publish(redis, f"rm.users.{uid}", f"m{i}")
     await wait_until(lambda: len(first.service.presence.get(uid).attachments[0].unconfirmed) == 5, 5, "five unconfirmed")
-    second = await daemon_factory(node_id="node-b")
+    second = await daemon_factory(node_id="node-b", intake=intake)
     daemons = [first, second]
     await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons), 10, "both see both")
     for i in range(5, 8):

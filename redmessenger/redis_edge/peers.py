@@ -199,15 +199,17 @@ class PeerLink:
             self._hub.router.joined(alone=self._owners.nodes == (self.node,))
         restarted = None
         run = ""  # the restarted node's new run (its sockets here, if any attached already, stay)
-        if change is not None:
-            self.handoffs.changed(change)
-            if change.restarted and change.node != self.node:
-                restarted, run = change.node, change.run[:RUN_PREFIX]
+        if change is not None and change.restarted and change.node != self.node:
+            restarted, run = change.node, change.run[:RUN_PREFIX]
         hub = self._hub
         for user in hub.presence.users():
             owner = self.owner(user.uid)
             if owner is not None:
                 hub.give_away(user.uid, owner)
+        if change is not None:
+            # after the users were given away: the word to their new owners waits for what that puts back in the
+            # queue (Hub.written), even when nothing else is under way and it would be sent in this very call
+            self.handoffs.changed(change)
         self._owning.nodes_changed(restarted, run)
         for (entry, uid), (message, owner) in list(self._forwarded.items()):
             if owner not in self._owners.nodes or owner == restarted:  # gone before it settled: route it again

@@ -996,3 +996,34 @@ async def test_bare_publishes_while_a_daemon_joins_and_leaves_are_acted_on_by_ex
     for uid in uids:
         queued = [json.loads(e)["payload"] for e in redis.lrange(f"rm:users:{uid}:messages", 0, -1)]
         assert queued == [f"{uid}.{i}" for i in range(rounds)], (uid, rounds, len(queued), len(set(queued)))
+
+
+@pytest.mark.parametrize("kind", [b"intake", b"settled"])
+@pytest_twisted.ensureDeferred
+async def test_an_intake_entry_lost_between_daemons_is_given_again_and_settles(daemon_factory, redis, monkeypatch, kind):
+    """
+    The intake's reader gives an entry for a user owned elsewhere to the owner (``intake``), which answers once it
+    is safe (``settled``).  One of them lost with inbox entries (a failover): the entry stayed pending and in flight
+    for good, and the client never got it.  Unsettled for FORWARD_AGAIN_AFTER, it is given again: every entry
+    reaches the client, the first one last (as a claimed entry may), each once; the stream ends empty.
+    """
+    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
+    monkeypatch.setattr(peers_module, "FORWARD_AGAIN_AFTER", 0.5)
+    daemons = await cluster(daemon_factory, 2)
+    reader = on(daemons, owner_of("rm:intake", NODES[:2]))
+    owner = next(d for d in daemons if d is not reader)
+    uid = owned_by(owner.service.peers.node, NODES[:2])
+    client = await tab(daemons, owner, uid)
+    lost = losing_the_first(owner if kind == b"intake" else reader, kind)
+    for i in range(5):
+        redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"d{i}"})
+    await wait_until(lambda: len(client.received) >= 5, 10, "every entry delivered")
+    await wait_until(lambda: redis.xlen("rm:intake") == 0, 10, "every entry settled and removed")
+    assert len(lost) == 1 and reader.service.peers.forwarded_again >= 1
+    got = payloads(client)
+    if kind == b"intake":
+        assert sorted(got) == [f"d{i}" for i in range(5)] and got[-1] == "d0", got
+    else:  # its copy was delivered; given again, it comes again with its id: the client drops the copy
+        assert got[:5] == [f"d{i}" for i in range(5)] and len({m["id"] for m in client.received}) == 5, got
+    assert not reader.service.peers._forwarded and reader.service.intake.in_flight == 0
+    assert redis.llen(f"rm:users:{uid}:messages") == 0

@@ -76,6 +76,10 @@ INBOX_BLOCK_MS = 1000
 RUN_PREFIX = 6
 #: Seconds (between this and twice this) before an unanswered ``attach`` or ``confirm`` is sent again.
 RESEND_AFTER = 5.0
+#: Seconds after which an intake entry given to its user's owner, and not settled, is given again: its ``intake``
+#: (or the ``settled`` answer) was lost with inbox entries (a failover, a refused write).  As the reader claims what
+#: a dead reader left pending for a minute: the owner queues it where it is not yet, and delivers it again (same id).
+FORWARD_AGAIN_AFTER = 60.0
 
 
 class PeerLink:
@@ -107,6 +111,10 @@ class PeerLink:
         self._remote = self._owning.by_key
         # reader side: intake entries given to owners (and to which), until they settle
         self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
+        #: When each was given (last), to give again those unsettled for FORWARD_AGAIN_AFTER.
+        self._forwarded_at: dict[tuple[str, str], float] = {}
+        #: Intake entries given to their owner again, since start.
+        self.forwarded_again = 0
         self._stopping = False
         self._running: Deferred[None] | None = None
         #: Whether the last list this node took left it out (its relays are attached again once it is back in).
@@ -161,8 +169,26 @@ class PeerLink:
         self._holding.acknowledged(attachment, message_id)
 
     def forward(self, owner: str, message: Message, uid: str) -> None:
-        self._forwarded[(message.id, uid)] = (message, owner)
+        key = (message.id, uid)
+        self._forwarded[key] = (message, owner)
+        self._forwarded_at[key] = self._clock.seconds()
         self.send(owner, b"intake", e=message.queue_entry(), u=uid.encode("utf-8"))
+
+    def _forward_again(self) -> None:
+        """The intake entries given to owners and not settled for FORWARD_AGAIN_AFTER: given again."""
+        due = self._clock.seconds() - FORWARD_AGAIN_AFTER
+        for key, at in list(self._forwarded_at.items()):
+            if at <= due:
+                message, owner = self._forwarded[key]
+                self.log.warn(
+                    "Intake entry {id} given to {owner} for {uid} {seconds:g}s ago, not settled: giving it again",
+                    id=message.id,
+                    owner=owner,
+                    uid=key[1],
+                    seconds=FORWARD_AGAIN_AFTER,
+                )
+                self.forwarded_again += 1
+                self.forward(owner, message, key[1])
 
     @property
     def relays(self) -> int:
@@ -214,6 +240,7 @@ class PeerLink:
         for (entry, uid), (message, owner) in list(self._forwarded.items()):
             if owner not in self._owners.nodes or owner == restarted:  # gone before it settled: route it again
                 del self._forwarded[(entry, uid)]
+                del self._forwarded_at[(entry, uid)]
                 again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
                 again.ticket = OneRecipient(message.ticket, uid)
                 hub.router.route_user(again, uid)
@@ -246,6 +273,7 @@ class PeerLink:
         self._resend_call = self._clock.callLater(RESEND_AFTER, self._resend)
         self.resent += self._holding.resend()
         self.resent += self._owning.ask_again()
+        self._forward_again()
 
     def start(self) -> None:
         self._stopping = False
@@ -391,7 +419,9 @@ class PeerLink:
             if epoch.isdigit():
                 self.handoffs.barrier(node, int(epoch))
         elif kind == b"settled":
-            forwarded = self._forwarded.pop((text(fields.get(b"i", b"")), text(fields.get(b"u", b""))), None)
+            key = (text(fields.get(b"i", b"")), text(fields.get(b"u", b"")))
+            forwarded = self._forwarded.pop(key, None)
+            self._forwarded_at.pop(key, None)
             ticket = forwarded[0].ticket if forwarded is not None else None
             if ticket is not None:
                 uid = text(fields.get(b"u", b""))

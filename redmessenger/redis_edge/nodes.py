@@ -172,7 +172,9 @@ class NodeRegistry:
     def _heartbeat(self) -> Deferred[Any]:
         return translated(
             self._commands.eval(
-                HEARTBEAT, _KEYS, [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self.run, self._offered]
+                HEARTBEAT,
+                _KEYS,
+                [self.node_id, self._ttl, "beat", self._sockets(), NODES_CHANNEL, self.run, self._offered, self._epoch],
             )
         )
 
@@ -286,7 +288,7 @@ class NodeRegistry:
             return succeed(None)
         d = translated(
             self._commands.eval(
-                HEARTBEAT, _KEYS, [self.node_id, self._ttl, "leave", 0, NODES_CHANNEL, self.run, self._offered]
+                HEARTBEAT, _KEYS, [self.node_id, self._ttl, "leave", 0, NODES_CHANNEL, self.run, self._offered, self._epoch]
             )
         )
         d.addTimeout(2.0, self._clock)

@@ -150,7 +150,10 @@ return 1
 # ARGV[7] if it has none}: a daemon takes only what is signed (redis_edge/nodes.py).
 # Returns {ids}, {counts}, {runs}, the secret.  ARGV: node id, seconds it stays
 # listed without another heartbeat, "beat" or "leave" (removes it), its open
-# sockets, the channel, its run, a secret to set if none is.
+# sockets, the channel, its run, a secret to set if none is, the last epoch the
+# node took (KEYS[3] is raised to it first: a Redis failover that lost the last
+# INCRs would number the next changes as ones the daemons took already, and they
+# would ignore them as replays).
 HEARTBEAT = b"""
 local now = redis.call('TIME')
 local seconds = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -175,6 +178,10 @@ else
   end
 end
 local nodes = redis.call('ZRANGE', KEYS[1], 0, -1)
+local known = tonumber(ARGV[8] or '')
+if known and known > tonumber(redis.call('GET', KEYS[3]) or '0') then
+  redis.call('SET', KEYS[3], known)
+end
 local secret = redis.call('GET', KEYS[5])
 if not secret and ARGV[7] then
   secret = ARGV[7]

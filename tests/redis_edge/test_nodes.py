@@ -51,6 +51,27 @@ async def test_two_daemons_on_one_redis_list_each_other_and_a_stopped_one_leaves
 
 
 @pytest_twisted.ensureDeferred
+async def test_after_a_failover_lost_the_last_change_numbers_the_next_change_is_taken_not_ignored(daemon_factory, redis):
+    """
+    A Sentinel failover can lose the last INCRs of rm:nodes:epoch (the replica lagged): the next changes were
+    numbered as ones the daemons had taken, ignored as replays, and the daemons went by their heartbeats after the
+    grace, without the change's place among the PUBLISHes.  Each heartbeat raises the counter to what its node took.
+    """
+    first = await daemon_factory(node_id="node-a")
+    second = await daemon_factory(node_id="node-b")
+    await first.until(lambda: first.service.nodes.nodes == second.service.nodes.nodes == ["node-a", "node-b"], 5, "both")
+    taken = int(redis.get("rm:nodes:epoch"))
+    assert taken >= 2 and first.service.nodes._epoch == second.service.nodes._epoch == taken
+    redis.set("rm:nodes:epoch", 0)  # as a failover to a replica that had not had the INCRs
+    await first.until(lambda: int(redis.get("rm:nodes:epoch")) >= taken, 5, "a heartbeat to raise the counter again")
+    third = await daemon_factory(node_id="node-c")
+    names = ["node-a", "node-b", "node-c"]
+    await first.until(lambda: all(d.service.nodes.nodes == names for d in (first, second, third)), 5, "all three")
+    assert (first.service.nodes.unsigned, second.service.nodes.unsigned) == (0, 0), "the join taken as a change"
+    assert first.service.nodes._epoch == second.service.nodes._epoch == taken + 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_node_that_stops_beating_drops_out_when_its_entry_expires(daemon_factory, redis):
     daemon = await daemon_factory(node_id="node-live")
     silent = NodeRegistry(daemon.service.link.commands, Clock(), "node-silent", ttl=1.0)  # never beats again

@@ -75,7 +75,8 @@ class Delivery:
             message.ticket.expect(uids)
         members = uids  # a subscriber who is a member gets it as a member (from its user's owner)
         owners = self.owners
-        if owners is not None and owners.shared:
+        if owners is not None and owners.shared and (channel is not None or message.ticket is not None):
+            # (A user's bare PUBLISH is not asked again: the router acts on it only for a user owned here, Router._acts.)
             uids = self._owned_here(message, uids, owners)
         now = self._clock.seconds()
         delivered = 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -98,3 +100,51 @@ async def test_the_blocking_and_asyncio_flavours_publish_through_sentinels_and_a
         await viv.close_code()
     finally:
         rm.redis.close()
+
+
+def _subscribers(redis: valkey.Valkey, channel: str) -> tuple[int, int]:
+    """Connections listening to what clients publish on ``channel``, and to bare PUBLISHes there."""
+    names = [f"rm.client.channels.{channel}", f"rm.channels.{channel}"]
+    counts = dict(redis.pubsub_numsub(*names))
+    return counts[names[0].encode()], counts[names[1].encode()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_subscriptions_of_the_blocking_and_asyncio_flavours_follow_a_failover(group):
+    url = "redis+sentinel://" + ",".join(group.sentinels) + f"/{MASTER_NAME}/0"
+    heard: list[tuple[str, object]] = []
+    rm = blocking.RedMessenger(Settings(redis_url=url))
+    rm.subscribe("room", lambda message, sender: heard.append(("blocking", message)))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = aio.RedMessenger(Settings(redis_url=url))
+    app.subscribe("room", lambda message, sender: heard.append(("asyncio", message)))
+
+    def in_loop(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
+
+    try:
+        await deferToThread(rm.start)
+        await deferToThread(in_loop, app.start())
+        master = group.current_master()
+        assert _subscribers(master, "room") == (2, 2), "both subscribed when start() returns"
+        assert master.publish("rm.channels.room", '"before"') == 2
+        await wait_until(lambda: len(heard) == 2, 5, "both callbacks before the failover")
+        demoted = group.master_address()
+        await deferToThread(group.failover)
+        # the sentinels close the old master's pub/sub clients when they make it a replica
+        await deferToThread(group.demoted, demoted)
+        promoted = group.current_master()
+        await wait_until(lambda: _subscribers(promoted, "room") == (2, 2), 15, "both subscribed again on the new master")
+        assert promoted.publish("rm.channels.room", '"after"') == 2
+        await wait_until(lambda: len(heard) == 4, 5, "both callbacks after the failover")
+        assert sorted(heard[:2]) == [("asyncio", "before"), ("blocking", "before")]
+        assert sorted(heard[2:]) == [("asyncio", "after"), ("blocking", "after")]
+    finally:
+        await deferToThread(rm.stop)
+        rm.redis.close()
+        await deferToThread(in_loop, app.aclose())
+        loop.call_soon_threadsafe(loop.stop)
+        await deferToThread(thread.join, 5)
+        loop.close()

@@ -21,7 +21,7 @@ import inspect
 import logging
 from typing import Any, Optional
 
-from redmessenger_app.base import Application
+from redmessenger_app.base import RECONNECT_FIRST, RECONNECT_MAX, Application
 from redmessenger_app.protocol import (
     DEFAULT_GROUP,
     INTAKE_STREAM,
@@ -70,7 +70,9 @@ class RedMessenger(Application):
             redis = _connect(self.settings.redis_url)
         self.redis = redis
         self._tasks: list[asyncio.Task[Any]] = []
-        self._pubsub: Any = None
+        self._pubsub: Any = None  # the listener's, while it has one
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # while started
+        self._changed: Optional[asyncio.Event] = None  # set when subscribe()/unsubscribe() change the channels
 
     # -- publishing (durable: see the blocking flavour) -----------------------------------------
 
@@ -88,7 +90,15 @@ class RedMessenger(Application):
 
     async def serve_requests_once(self, block_ms: int = 1000) -> int:
         await self._ensure_group()
-        batches = await self.redis.xreadgroup(self.group, self.consumer, {REQUESTS_STREAM: ">"}, count=100, block=block_ms)
+        try:
+            batches = await self.redis.xreadgroup(self.group, self.consumer, {REQUESTS_STREAM: ">"}, count=100, block=block_ms)
+        except Exception as e:
+            if not self._group_gone(e):
+                raise
+            log.warning("The consumer group %r on %s is gone (Redis lost its data?): creating it again", self.group, REQUESTS_STREAM)
+            self._group_ready = False
+            await self._ensure_group()
+            return 0
         handled = 0
         for _stream, entries in batches or []:
             for entry_id, fields in entries:
@@ -128,30 +138,102 @@ class RedMessenger(Application):
                 raise
         self._group_ready = True
 
-    # -- the application's own channel subscriptions (callbacks may be async def; from start()) --
+    # -- the application's own channel subscriptions (callbacks may be async def) ---------------
 
-    async def _listen(self) -> None:
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(*self._pubsub_channels())
-        async for item in self._pubsub.listen():
-            if item.get("type") != "message":
-                continue
+    def _subscribed(self, channel: str) -> None:
+        self._changed_channels()
+
+    def _unsubscribed(self, channel: str) -> None:
+        self._changed_channels()
+
+    def _changed_channels(self) -> None:
+        """Wakes the listener (from the loop's thread or another): it subscribes within a tenth of a second."""
+        loop, changed = self._loop, self._changed
+        if loop is not None and changed is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(changed.set)
+
+    async def _listen(self, pubsub: Any, subscribed: set[str]) -> None:
+        """
+        The listener (a task), from ``pubsub`` subscribed to ``subscribed``: subscribes to what the callbacks
+        need, as they change, and calls them.  When its connection fails (Redis restarted, a Sentinel failover)
+        it connects again, after a back-off, and subscribes to everything again (a PUBLISH made while it was
+        away is lost, as pub/sub is).
+        """
+        assert self._changed is not None
+        delay = RECONNECT_FIRST
+        try:
+            while True:
+                self._changed.clear()
+                wanted = set(self._pubsub_channels())
+                if pubsub is None and not wanted:
+                    await self._changed.wait()  # no connection until there is something to hear
+                    continue
+                try:
+                    if pubsub is None:
+                        pubsub = self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                        subscribed = set()
+                    if wanted - subscribed:
+                        await pubsub.subscribe(*sorted(wanted - subscribed))
+                        delay = RECONNECT_FIRST  # connected
+                    if subscribed - wanted:
+                        await pubsub.unsubscribe(*sorted(subscribed - wanted))
+                    subscribed = wanted
+                    item = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                except Exception as e:
+                    log.warning("Channel subscriptions lost Redis (%s); subscribing again in %.1f s", e, delay)
+                    await self._close_quietly(pubsub)
+                    pubsub = self._pubsub = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
+                    continue
+                if item is not None and item.get("type") == "message":
+                    await self._dispatch(item)
+        finally:
+            await self._close_quietly(pubsub)
+            self._pubsub = None
+
+    async def _dispatch(self, item: dict[str, Any]) -> None:
+        try:
+            found = self._incoming(item["channel"], item["data"])
+            if found is not None:
+                callback, message, sender = found
+                await _maybe_await(callback(message, sender))
+        except Exception:
+            log.exception("A channel callback failed")
+
+    @staticmethod
+    async def _close_quietly(pubsub: Any) -> None:
+        if pubsub is not None:
             try:
-                found = self._incoming(item["channel"], item["data"])
-                if found is not None:
-                    callback, message, sender = found
-                    await _maybe_await(callback(message, sender))
-            except Exception:
-                log.exception("A channel callback failed")
+                await pubsub.aclose() if hasattr(pubsub, "aclose") else await pubsub.close()
+            except Exception:  # its connection is gone already
+                pass
 
     # -- running ------------------------------------------------------------------------------
 
     async def start(self) -> "RedMessenger":
+        """
+        Serve subscription requests (if a handler is set) and channel subscriptions (those made later too), in
+        tasks.  Raises if Redis cannot be reached; once started, the tasks reconnect by themselves.
+        """
         if self._handler is not None:
             await self._ensure_group()
+        # subscribed here first: when start() returns, the subscriptions are in place
+        pubsub: Any = None
+        channels = set(self._pubsub_channels())
+        if channels:
+            pubsub = self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*sorted(channels))
+            except BaseException:
+                await self._close_quietly(pubsub)
+                self._pubsub = None
+                raise
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._tasks.append(asyncio.ensure_future(self._listen(pubsub, channels)))
+        if self._handler is not None:
             self._tasks.append(asyncio.ensure_future(self._serve()))
-        if self._callbacks:
-            self._tasks.append(asyncio.ensure_future(self._listen()))
         return self
 
     async def _serve(self) -> None:
@@ -173,9 +255,9 @@ class RedMessenger(Application):
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks = []
-        if self._pubsub is not None:
-            await self._pubsub.aclose() if hasattr(self._pubsub, "aclose") else await self._pubsub.close()
-            self._pubsub = None
+        self._loop = self._changed = None
+        await self._close_quietly(self._pubsub)
+        self._pubsub = None
 
     async def aclose(self) -> None:
         await self.stop()

@@ -29,6 +29,11 @@ Handler = Callable[[SubscriptionRequest], Any]
 #: A channel subscription's callback: the message, and who sent it (None: the application's bare PUBLISH).
 Callback = Callable[[Any, Optional[Sender]], Any]
 
+#: The channel subscriptions' connection lost (Redis restarted, a failover): the first wait before connecting
+#: and subscribing again, in seconds, doubled after each failed attempt up to the second.
+RECONNECT_FIRST = 0.1
+RECONNECT_MAX = 2.0
+
 
 class Application:
     """The application's handle on RedMessenger, less the Redis client each flavour brings."""
@@ -58,6 +63,14 @@ class Application:
     def _accepts(self, handler: Handler) -> None:
         """A flavour that cannot run this kind of handler raises TypeError."""
 
+    @staticmethod
+    def _group_gone(error: BaseException) -> bool:
+        """
+        Whether reading requests failed because the consumer group is not there (NOGROUP): Redis restarted
+        without its data, a FLUSHDB, ``rm:requests`` deleted.  The flavours create it again, as at start.
+        """
+        return "NOGROUP" in str(error)
+
     # -- the application's own channel subscriptions ------------------------------------------
 
     def subscribe(self, channel: str, callback: Callback) -> None:
@@ -81,12 +94,13 @@ class Application:
 
     def _pubsub_channels(self) -> list[str]:
         """Every pub/sub channel the callbacks need: what clients publish, and bare PUBLISHes."""
-        return [name for channel in self._callbacks for name in (client_channel(channel), group_channel(channel))]
+        channels = list(self._callbacks)  # a copy: another thread may subscribe() meanwhile
+        return [name for channel in channels for name in (client_channel(channel), group_channel(channel))]
 
     def _incoming(self, name: Any, data: bytes) -> Optional[tuple[Callback, Any, Optional[Sender]]]:
         """The callback a pub/sub message on ``name`` goes to, with the message and its sender; None if none."""
         text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-        for channel, callback in self._callbacks.items():
+        for channel, callback in list(self._callbacks.items()):
             if text == client_channel(channel):
                 message, sender = client_message(data)
                 return callback, message, sender

@@ -27,7 +27,7 @@ import logging
 import threading
 from typing import Any, Optional
 
-from redmessenger_app.base import Application, Callback, Handler
+from redmessenger_app.base import RECONNECT_FIRST, RECONNECT_MAX, Application, Callback, Handler
 from redmessenger_app.protocol import (
     DEFAULT_GROUP,
     INTAKE_STREAM,
@@ -35,7 +35,6 @@ from redmessenger_app.protocol import (
     Sender,
     Settings,
     SubscriptionRequest,
-    client_channel,
     group_channel,
     parse_sentinel_url,
     payload_of,
@@ -81,8 +80,8 @@ class RedMessenger(Application):
     ) -> None:
         super().__init__(settings, group, consumer)
         self.redis = redis if redis is not None else _connect(self.settings.redis_url)
-        self._pubsub: Any = None
-        self._pubsub_thread: Any = None
+        self._pubsub: Any = None  # the reader's, while it has one
+        self._pubsub_thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._started = False
         self._requests_thread: Optional[threading.Thread] = None
@@ -114,7 +113,15 @@ class RedMessenger(Application):
     def serve_requests_once(self, block_ms: int = 1000) -> int:
         """Read and answer the requests waiting (at most 100); how many.  :meth:`start` runs this in a thread."""
         self._ensure_group()
-        batches = self.redis.xreadgroup(self.group, self.consumer, {REQUESTS_STREAM: ">"}, count=100, block=block_ms)
+        try:
+            batches = self.redis.xreadgroup(self.group, self.consumer, {REQUESTS_STREAM: ">"}, count=100, block=block_ms)
+        except Exception as e:
+            if not self._group_gone(e):
+                raise
+            log.warning("The consumer group %r on %s is gone (Redis lost its data?): creating it again", self.group, REQUESTS_STREAM)
+            self._group_ready = False
+            self._ensure_group()
+            return 0
         handled = 0
         for _stream, entries in batches or []:
             for entry_id, fields in entries:
@@ -153,17 +160,60 @@ class RedMessenger(Application):
     # -- the application's own channel subscriptions ------------------------------------------
 
     def _subscribed(self, channel: str) -> None:
-        if self._pubsub is not None:
-            self._pubsub.subscribe(**dict.fromkeys(self._pubsub_channels(), self._received))
-        elif self._started:
+        if self._started and self._pubsub_thread is None:
             self._start_pubsub()
+        # else a running reader subscribes within a tenth of a second (it alone uses its connection)
 
-    def _unsubscribed(self, channel: str) -> None:
-        if self._pubsub is not None:
-            self._pubsub.unsubscribe(group_channel(channel), client_channel(channel))
+    def _listen(self, pubsub: Any, subscribed: set[str]) -> None:
+        """
+        The pub/sub reader (a thread), from ``pubsub`` subscribed to ``subscribed``: subscribes to what the
+        callbacks need, as they change, and calls them.  When its connection fails (Redis restarted, a Sentinel
+        failover) it connects again, after a back-off, and subscribes to everything again (a PUBLISH made while
+        it was away is lost, as pub/sub is).
+        """
+        delay = RECONNECT_FIRST
+        try:
+            while not self._stop.is_set():
+                try:
+                    wanted = set(self._pubsub_channels())
+                    if pubsub is None:
+                        pubsub = self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                        subscribed = set()
+                    if wanted - subscribed:
+                        pubsub.subscribe(*sorted(wanted - subscribed))
+                        delay = RECONNECT_FIRST  # connected
+                    if subscribed - wanted:
+                        pubsub.unsubscribe(*sorted(subscribed - wanted))
+                    subscribed = wanted
+                    item = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    if item is not None and item.get("type") == "message":
+                        self._received(item)
+                except Exception as e:
+                    if self._stop.is_set():
+                        return
+                    log.warning("Channel subscriptions lost Redis (%s); subscribing again in %.1f s", e, delay)
+                    self._close_quietly(pubsub)
+                    pubsub = self._pubsub = None
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, RECONNECT_MAX)
+        finally:
+            self._close_quietly(pubsub)
+            self._pubsub = None
+
+    @staticmethod
+    def _close_quietly(pubsub: Any) -> None:
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception:  # its connection is gone already
+                pass
 
     def _received(self, item: dict[str, Any]) -> None:
-        found = self._incoming(item["channel"], item["data"])
+        try:
+            found = self._incoming(item["channel"], item["data"])
+        except Exception:  # not what the daemons write there
+            log.exception("A malformed message on %r", item["channel"])
+            return
         if found is not None:
             callback, message, sender = found
             self._call(callback, message, sender)
@@ -178,7 +228,10 @@ class RedMessenger(Application):
     # -- running ------------------------------------------------------------------------------
 
     def start(self) -> "RedMessenger":
-        """Serve subscription requests (if a handler is set) and channel subscriptions, in background threads."""
+        """
+        Serve subscription requests (if a handler is set) and channel subscriptions, in background threads.
+        Raises if Redis cannot be reached; once started, the threads reconnect by themselves.
+        """
         self._stop.clear()
         self._started = True
         if self._callbacks:
@@ -190,9 +243,20 @@ class RedMessenger(Application):
         return self
 
     def _start_pubsub(self) -> None:
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(**dict.fromkeys(self._pubsub_channels(), self._received))
-        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=0.1, daemon=True)
+        """The reader, subscribed here first: when start() returns, the subscriptions are in place."""
+        pubsub = self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        channels = set(self._pubsub_channels())
+        try:
+            if channels:
+                pubsub.subscribe(*sorted(channels))
+        except BaseException:
+            self._close_quietly(pubsub)
+            self._pubsub = None
+            raise
+        self._pubsub_thread = threading.Thread(
+            target=self._listen, args=(pubsub, channels), name="redmessenger-pubsub", daemon=True
+        )
+        self._pubsub_thread.start()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -211,9 +275,5 @@ class RedMessenger(Application):
             self._requests_thread.join(5)
             self._requests_thread = None
         if self._pubsub_thread is not None:
-            self._pubsub_thread.stop()
             self._pubsub_thread.join(5)
             self._pubsub_thread = None
-        if self._pubsub is not None:
-            self._pubsub.close()
-            self._pubsub = None

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.logger import Logger
 
 from redmessenger_app.base import Application
 from redmessenger_app.protocol import (
@@ -29,10 +30,14 @@ from redmessenger_app.protocol import (
     REQUESTS_STREAM,
     Settings,
     SubscriptionRequest,
+    client_channel,
     group_channel,
     payload_of,
     user_channel,
 )
+
+
+_log = Logger(namespace="redmessenger_app")
 
 
 def _connection_arguments(url: str) -> dict[str, Any]:
@@ -72,6 +77,8 @@ class RedMessenger(Application):
         self.redis = txredisapi.lazyConnectionPool(**self._arguments)
         self._reading: Any = None
         self._subscriber: Any = None
+        #: The subscriber's connection while it is connected (ClientService makes a new one after a loss).
+        self._subscriber_protocol: Any = None
         self._running = False
         self._serving: Optional[Deferred[None]] = None
 
@@ -96,9 +103,17 @@ class RedMessenger(Application):
         while self._running:
             try:
                 await self._ensure_group()
-                reply = await self._reading.execute_command(
-                    "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 100, "BLOCK", 200, "STREAMS", REQUESTS_STREAM, ">"
-                )
+                try:
+                    reply = await self._reading.execute_command(
+                        "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 100, "BLOCK", 200, "STREAMS", REQUESTS_STREAM, ">"
+                    )
+                except Exception as e:
+                    if not self._group_gone(e):
+                        raise
+                    _log.warn("The consumer group {group} on {stream} is gone (Redis lost its data?): creating it again",
+                              group=self.group, stream=REQUESTS_STREAM)  # fmt: skip
+                    self._group_ready = False
+                    continue
                 for _stream, entries in reply or []:
                     for entry_id, raw in entries:
                         fields = dict(zip(raw[::2], raw[1::2])) if raw else {}
@@ -145,26 +160,63 @@ class RedMessenger(Application):
 
     # -- the application's own channel subscriptions ------------------------------------------
 
+    def _subscribed(self, channel: str) -> None:
+        if not self._running:
+            return  # subscribed at start()
+        if self._subscriber is None:
+            self._start_subscriber()  # subscribes to every channel once connected
+        elif self._subscriber_protocol is not None:
+            self._send(self._subscriber_protocol.subscribe([client_channel(channel), group_channel(channel)]))
+        # else connecting: it subscribes to every channel once connected
+
+    def _unsubscribed(self, channel: str) -> None:
+        if self._subscriber_protocol is not None:
+            self._send(self._subscriber_protocol.unsubscribe([client_channel(channel), group_channel(channel)]))
+
+    def _attach(self, protocol: Any) -> None:
+        """A subscriber connection is ready: subscribe it to every channel the callbacks need now."""
+        self._subscriber_protocol = protocol
+        channels = self._pubsub_channels()
+        if channels:
+            self._send(protocol.subscribe(channels))
+
+    def _detach(self, protocol: Any) -> None:
+        if self._subscriber_protocol is protocol:
+            self._subscriber_protocol = None
+
+    @staticmethod
+    def _send(d: Deferred[Any]) -> None:
+        """A SUBSCRIBE or UNSUBSCRIBE sent: a lost connection is made again, and subscribes again, by itself."""
+        d.addErrback(lambda failure: _log.warn("A pub/sub command failed: {error}", error=failure.getErrorMessage()))
+
     def _start_subscriber(self) -> None:
         import txredisapi
         from twisted.internet import reactor
 
         owner = self
-        channels = self._pubsub_channels()
 
         class Subscriber(txredisapi.SubscriberProtocol):
             def connectionMade(self) -> Any:
                 d = super().connectionMade()
-                self.whenConnected().addCallback(lambda _: self.subscribe(channels))
+                self.whenConnected().addCallback(lambda _: owner._attach(self))
                 return d
 
+            def connectionLost(self, why: Any) -> Any:
+                owner._detach(self)
+                return super().connectionLost(why)
+
             def messageReceived(self, pattern: Any, name: bytes, data: bytes) -> None:
-                found = owner._incoming(name, data)
-                if found is not None:
-                    callback, message, sender = found
-                    result = callback(message, sender)
-                    if hasattr(result, "__await__") and not isinstance(result, Deferred):
-                        ensureDeferred(result)
+                try:
+                    found = owner._incoming(name, data)
+                    if found is not None:
+                        callback, message, sender = found
+                        result = callback(message, sender)
+                        if hasattr(result, "__await__") and not isinstance(result, Deferred):
+                            result = ensureDeferred(result)
+                        if isinstance(result, Deferred):
+                            result.addErrback(lambda failure: _log.failure("A channel callback failed", failure))
+                except Exception:
+                    _log.failure("A channel callback failed, or a malformed message on {name!r}", name=name)
 
         from twisted.application.internet import ClientService
         from twisted.internet.endpoints import HostnameEndpoint
@@ -200,6 +252,7 @@ class RedMessenger(Application):
         if self._subscriber is not None:
             waits.append(self._subscriber.stopService())
             self._subscriber = None
+            self._subscriber_protocol = None
         if self._reading is not None:
             waits.append(self._reading.disconnect())
         if self._serving is not None:

@@ -249,6 +249,28 @@ async def test_where_websockets_are_blocked_long_polling_takes_over(daemon_facto
     assert [g["data"] for g in open_page.got()] == ["from the polling page", "from the app"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_over_long_polling_a_handler_awaiting_its_own_publish_gets_the_reply(daemon_factory, pages, application, redis):
+    """
+    The next poll waits for the handlers (it confirms what came before it); a handler that awaits a request's reply
+    waited for that very poll: the request lets the poll go, and the reply comes.
+    """
+    daemon = await daemon_factory(public_key="pk-1")
+    page = await pages(daemon, "pk-1")
+    assert await page.eval(BLOCKED_WEBSOCKET) is True
+    assert await page.eval("page.make({uid: 'poller'})") is True
+    assert await page.eval("page.subscribe('room')") == {"ok": True, "mode": "read_write"}
+    assert await page.eval("page.rm.transport") == "polling"
+    echo = (
+        "page.rm.onMessage(async (envelope) => { __report({event: 'handling', p: envelope.payload});"
+        " __report({event: 'echoed', result: await page.publish('room', 'echo ' + envelope.payload)}); }); true"
+    )
+    assert await page.eval(echo) is True
+    publish(redis, "rm.users.poller", "ping")
+    await page.process.until(lambda: page.process.of("echoed"), "the publish's reply", 10)
+    assert [e["result"] for e in page.process.of("echoed")] == [{"ok": True}]
+
+
 # A page that may load scripts from the daemon but not connect to it (no WebSocket, no fetch): its CSP says so.
 NO_CONNECTIONS = """<meta http-equiv="Content-Security-Policy" content="connect-src 'self'">"""
 AWKWARD_TEXT = "line one\nline two, a backslash-n \\n, C:\\new, \"quotes\", </script>, € and 𝄞"
@@ -455,5 +477,90 @@ async def test_a_message_delivered_again_after_a_cut_while_its_handler_runs_is_h
         handled = [e["payload"] for e in process.of("handled")]
         assert handled == ["first", "second"], handled  # once each, in order
         assert redis.llen("rm:users:carol:messages") == 0, "both acknowledged: nothing back in the queue"
+    finally:
+        await browsers.close()
+
+
+# The same page over long-polling, where the next poll is what confirms the messages before it (docs/protocol.md).
+POLLING_HELD_PAGE = HELD_PAGE.replace('{uid: "carol"}', '{uid: "carol", transports: ["polling"], reconnectDelay: 50}')
+
+
+async def _open_polling_held_page(daemon: Any, browsers: Browsers) -> ClientProcess:
+    url = f"ws://{HOST}:{daemon.port}{daemon.service.config.rm_route}"
+    page_html = POLLING_HELD_PAGE % {"tags": page_tags(Settings(url=url))}
+    assert page_html != HELD_PAGE % {"tags": page_tags(Settings(url=url))}
+    server = PageServer({b"/": (b"text/html; charset=utf-8", page_html.encode())})
+    process = browsers.open(server.url, server)
+    await process.until(lambda: {"event": "state", "state": "connected"} in process.events, "connected")
+    assert await Page(process).eval("rm.transport") == "polling"
+    return process
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_long_polling_a_message_waiting_behind_a_running_handler_comes_again_after_a_cut(
+    daemon_factory, redis, tmp_path
+):
+    """
+    Over long-polling the next poll confirms what the last one brought: it must wait for the handlers. The
+    connection is cut while "first" is in its handler and "second" waits behind it: both come again, each is
+    handled once, in order.
+    """
+    ensure_node_modules()
+    daemon = await daemon_factory(ping_interval=1)  # a session not polled (or ponged) for 2 s is gone
+    browsers = Browsers(tmp_path)
+    try:
+        publish(redis, "rm.users.carol", "first")  # queued: the page's first poll brings both
+        publish(redis, "rm.users.carol", "second")
+        await daemon.until(lambda: redis.llen("rm:users:carol:messages") == 2, what="both queued")
+        process = await _open_polling_held_page(daemon, browsers)
+        connected = {"event": "state", "state": "connected"}
+        await process.expect("handled")  # "first" is in its handler, which waits; "second" waits behind it
+        # The network cut: the connections go, and the daemon ends the session (as it does when a poll's connection
+        # drops, or when the heartbeat goes unanswered; done here at once, whether a poll was in flight or not).
+        _abort_server_connections(daemon.port)
+        for session in daemon.service.socketio.engine.sessions():
+            session.abort("the network cut")
+        await process.until(lambda: process.events.count(connected) >= 2, "connected again", 30)
+        assert await Page(process).eval("window.release()") is True
+        publish(redis, "rm.users.carol", "third")  # behind the others
+        await process.until(lambda: any(e["payload"] == "third" for e in process.of("handled")), "the third message")
+        assert await Page(process).eval("rm.disconnect(); true") is True
+        await daemon.until(lambda: daemon.service.presence.get("carol") is None, what="carol offline")
+        await daemon.idle()
+        handled = [e["payload"] for e in process.of("handled")]
+        assert handled == ["first", "second", "third"], handled  # none lost, none twice, in order
+        assert redis.llen("rm:users:carol:messages") == 0, "all confirmed: nothing back in the queue"
+    finally:
+        await browsers.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_long_polling_a_page_closed_while_its_handler_runs_leaves_its_messages_unconfirmed(
+    daemon_factory, redis, tmp_path
+):
+    """The page goes away while "first" is in its handler: neither it nor "second" was confirmed; the next page gets both."""
+    ensure_node_modules()
+    daemon = await daemon_factory(ping_interval=1)
+    browsers = Browsers(tmp_path)
+    try:
+        publish(redis, "rm.users.carol", "first")  # queued: the page's first poll brings both
+        publish(redis, "rm.users.carol", "second")
+        await daemon.until(lambda: redis.llen("rm:users:carol:messages") == 2, what="both queued")
+        process = await _open_polling_held_page(daemon, browsers)
+        await process.expect("handled")
+        process.command(cmd="exit")  # the tab (the browser) closes with the handler still running
+        await process.until(process.ended_now, "the browser closed")
+        await daemon.until(lambda: daemon.service.presence.get("carol") is None, 10, "carol offline")
+        await daemon.idle()
+        assert redis.llen("rm:users:carol:messages") == 2, "neither was confirmed: both back in the queue"
+        again = await _open_polling_held_page(daemon, browsers)
+        await again.expect("handled")
+        assert await Page(again).eval("window.release()") is True
+        await again.until(lambda: len(again.of("handled")) >= 2, "the second message")
+        assert await Page(again).eval("rm.disconnect(); true") is True
+        await daemon.until(lambda: daemon.service.presence.get("carol") is None, what="carol offline")
+        await daemon.idle()
+        assert [e["payload"] for e in again.of("handled")] == ["first", "second"]
+        assert redis.llen("rm:users:carol:messages") == 0
     finally:
         await browsers.close()

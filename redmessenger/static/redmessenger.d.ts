@@ -26,13 +26,17 @@ export interface Envelope {
   sender: Sender | null;
 }
 
-/** Called once per message; the message is acknowledged when it returns (or its promise settles). */
+/**
+ * Called once per message; the message is acknowledged when it returns (or its promise settles). Over long-polling
+ * the next poll waits for it (the poll is what confirms), unless the page makes a request meanwhile (an awaited
+ * publish()): its reply comes with a poll, which then goes at once and confirms what the handlers hold.
+ */
 export type ChannelHandler<T = unknown> = (data: T, envelope: Envelope) => void | Promise<void>;
 
 export interface Channel<T = unknown> {
   readonly name: string;
   readonly mode: Mode | null;
-  /** Resolves once the daemon took it; rejects with a RedMessengerError (read_only, too_large, ...). */
+  /** Resolves (with nothing) once the daemon took it; rejects with a RedMessengerError (read_only, too_large, ...). */
   publish(message: unknown): Promise<void>;
   /** Stops the channel; the last subscription's end closes the connection (unless connect() was called). */
   unsubscribe(): Promise<void>;
@@ -52,7 +56,10 @@ export interface RedMessengerOptions {
   uid?: string;
   key?: string;
   identityGrant?: string;
-  /** Reconnection back-off, in milliseconds (jittered, doubling up to the maximum). */
+  /**
+   * Reconnection back-off, in milliseconds (jittered, doubling up to the maximum). It starts again from
+   * reconnectDelay only after a connection that stayed up 5 s past its welcome.
+   */
   reconnectDelay?: number;
   maxReconnectDelay?: number;
   /** An attempt that has not opened after this many milliseconds is given up (default 10000). */
@@ -72,9 +79,10 @@ export declare class RedMessenger {
   /** The transport of the current (or last) connection; null before the first. */
   readonly transport: Transport | null;
   subscribe<T = unknown>(name: string, handler?: ChannelHandler<T>): Promise<Channel<T>>;
-  /** Personal messages (rm.users.<uid>). */
+  /** Personal messages (rm.users.<uid>); with several listeners, acknowledged once every one's promise settled. */
   onMessage(listener: (envelope: Envelope) => void | Promise<void>): this;
   on(event: "state", listener: (state: ConnectionState) => void): this;
+  /** A refusal of the connection (4401, 4429, ...), or of a resubscription for good (denied, ...: the channel is dropped). */
   on(event: "error", listener: (error: RedMessengerError) => void): this;
   on(event: "message", listener: (envelope: Envelope) => void | Promise<void>): this;
   connect(): void;

@@ -17,7 +17,9 @@
  * envelope.bubble is true (one tab of the user's).
  *
  * Each message reaches its handler once (ids), one at a time, and is acknowledged after the handler
- * returned (or its promise settled): a message whose handler did not finish is delivered again.
+ * returned (or its promise settled, every listener's): a message whose handler did not finish is delivered
+ * again. Over long-polling, where the next poll confirms what came before it, the next poll waits for the
+ * handlers of what the last one brought.
  */
 (function (root) {
   "use strict";
@@ -26,6 +28,11 @@
   var SEEN_KEPT = 5000;
   // Subscribe requests waiting for the application at once: the daemon refuses more than 16 per connection.
   var ASKING_AT_ONCE = 8;
+  // A connection that stayed up this long after its welcome starts the back-off again from reconnectDelay; one
+  // that ends sooner (the daemon refusing the session after admitting it: 1013, 4413) keeps doubling it.
+  var STABLE_AFTER = 5000;
+  // Refusals of a resubscribe that may pass: the channel is kept and asked for again (reply codes; close codes too).
+  var TRANSIENT = { disconnected: true, unavailable: true, rate_limited: true, not_ready: true };
 
   function meta(name) {
     var tag = typeof document !== "undefined" && document.querySelector('meta[name="' + name + '"]');
@@ -47,9 +54,9 @@
     this._grant = null;
   }
 
-  /** Publish any JSON value on the channel; resolves once the daemon took it, rejects with {code, message}. */
+  /** Publish any JSON value on the channel; resolves (with nothing) once the daemon took it, rejects with {code, message}. */
   Channel.prototype.publish = function (message) {
-    return this._client._request({ type: "publish", channel: this.name, message: message });
+    return this._client._request({ type: "publish", channel: this.name, message: message }).then(function () {});
   };
 
   /** Stop receiving the channel; the last subscription closes the connection (unless connect() was called). */
@@ -61,7 +68,13 @@
    * Long-polling, for networks that block WebSockets: the daemon's Engine.IO 4 endpoint (/socket.io/) with
    * the same requests as Socket.IO events with acknowledgements (docs/protocol.md, "Channels" over Socket.IO).
    * It looks like a WebSocket to the rest of the library: send() takes version-1 frames, onmessage gets
-   * version-1 frames. Messages are confirmed by the next poll, as Engine.IO does; acks are not sent.
+   * version-1 frames. Messages are confirmed by the next poll (and by the pong to a ping after them), as Engine.IO
+   * does; acks are not sent. So the next poll, and a pong, wait until the library acknowledged (handled) every
+   * message the socket handed it: a message whose handler did not finish is never confirmed. A wait longer than
+   * the session's pingInterval + pingTimeout outlives the session on the daemon's side: the socket then ends
+   * (1006), and what was not confirmed comes again on the next connection. A request (publish, subscribe) lets the
+   * poll go at once, since its reply can only come with one: a handler that makes a request, and the messages
+   * behind it, count as received from then on.
    *
    * With jsonp, the same over Engine.IO 3's JSONP polling, for pages that may not connect() to the daemon at all
    * (a Content-Security-Policy connect-src without it, a proxy that strips CORS headers): polls are <script>
@@ -89,6 +102,12 @@
     this._outbox = [];
     this._posting = false;
     this._pinger = null;
+    this._unhandled = [];  // ids of the messages handed to the library and not yet acknowledged by it, in order
+    this._asked = false;  // a request was sent since the last poll went: the next one goes, handled or not
+    this._held = false;  // the next poll waits for them
+    this._pongDue = false;  // so does the pong to a ping that came after them
+    this._holdTimer = null;
+    this._holdLimit = 45000;  // pingInterval + pingTimeout, from the handshake
     this.readyState = 0;
     var self = this;
     setTimeout(function () { self._handshake(); });
@@ -176,6 +195,7 @@
     this._get().then(function (text) {
       var packets = self._split(text), open = JSON.parse(packets[0].slice(1));
       self._sid = open.sid;
+      if (open.pingInterval && open.pingTimeout) self._holdLimit = open.pingInterval + open.pingTimeout;
       if (self._jsonp) {  // Engine.IO 3: the client pings; its handshake connected it to "/" already
         self._pinger = setInterval(function () { self._post("2"); }, open.pingInterval || 25000);
         if (self._nsp === "/") packets.slice(1).forEach(function (packet) { self._packet(packet); });
@@ -196,13 +216,49 @@
     var self = this;
     this._get().then(function (text) {
       self._split(text).forEach(function (packet) { self._packet(packet); });
-      self._poll();
+      self._next();
     }).catch(function () { self._end(1006, "the polling connection was lost"); });
+  };
+
+  /** The next poll confirms what this one brought: it goes once the library has handled all of it. */
+  PollingSocket.prototype._next = function () {
+    if (this.readyState === 3) return;
+    if (!this._unhandled.length || this._asked) {  // (a request's reply comes with a poll: see send())
+      this._asked = false;
+      return this._poll();
+    }
+    this._held = true;
+    this._hold();
+  };
+
+  PollingSocket.prototype._hold = function () {
+    if (this._holdTimer) return;
+    var self = this;
+    this._holdTimer = setTimeout(function () {  // the daemon has ended the session by now (its heartbeat)
+      self._holdTimer = null;
+      self._end(1006, "a handler ran longer than the session's heartbeat allows");
+    }, this._holdLimit);
+  };
+
+  /** The library acknowledged up to this id: once all it was handed is handled, the pong and the poll go. */
+  PollingSocket.prototype._handled = function (id) {
+    var at = this._unhandled.indexOf(id);
+    if (at < 0) return;
+    this._unhandled.splice(0, at + 1);
+    if (this._unhandled.length || this.readyState === 3) return;
+    clearTimeout(this._holdTimer);
+    this._holdTimer = null;
+    if (this._pongDue) { this._pongDue = false; this._post("3"); }
+    if (this._held) { this._held = false; this._poll(); }
   };
 
   PollingSocket.prototype._packet = function (packet) {
     var kind = packet.charAt(0);
-    if (kind === "2") return this._post("3");  // Engine.IO ping: pong
+    if (kind === "2") {  // Engine.IO ping: pong, which confirms what came before it (so not before it is handled)
+      if (!this._unhandled.length) return this._post("3");
+      this._pongDue = true;
+      return this._hold();
+    }
     if (kind === "1") return this._end(1001, "the server closed the session");
     if (kind !== "4") return;
     var sio = packet.slice(1), type = sio.charAt(0), rest = sio.slice(1), prefix = this._prefix();
@@ -215,7 +271,10 @@
       this.readyState = 1;
       if (this.onopen) this.onopen();
     } else if (type === "2" && data) {
-      if (data[0] === "message") this._deliver(Object.assign({ type: "message" }, data[1]));
+      if (data[0] === "message") {
+        if (data[1] && data[1].id !== undefined) this._unhandled.push(data[1].id);
+        this._deliver(Object.assign({ type: "message" }, data[1]));
+      }
       else if (data[0] === "error") this._refused = data[1];
     } else if (type === "3" && id !== null && this._acks[id]) {
       var answer = this._acks[id];
@@ -233,7 +292,7 @@
 
   PollingSocket.prototype.send = function (text) {
     var frame = JSON.parse(text), self = this;
-    if (frame.type === "ack") return;  // confirmed by the next poll instead
+    if (frame.type === "ack") return this._handled(frame.id);  // confirmed by the next poll, which this lets go
     var name = frame.type, fields = Object.assign({}, frame), ref = frame.ref;
     delete fields.type;
     delete fields.ref;
@@ -244,6 +303,17 @@
       else self._deliver(Object.assign({ type: "reply", ref: ref }, answer));
     };
     this._post("42" + this._prefix() + id + JSON.stringify([name, fields]));
+    // Its reply can only come with a poll, and a handler may be waiting for it (an awaited publish()): the next
+    // poll goes without waiting for the handlers, now if it was held, and confirms what they still hold (over
+    // polling, a handler that makes a request gives up being delivered again if the connection drops after it).
+    // Held, the poll would wait for that very handler.
+    this._asked = true;
+    if (this._held) {
+      this._held = false;
+      this._asked = false;
+      if (!this._pongDue) { clearTimeout(this._holdTimer); this._holdTimer = null; }
+      this._poll();
+    }
   };
 
   PollingSocket.prototype._post = function (packet) {
@@ -261,6 +331,7 @@
   PollingSocket.prototype.close = function () {
     if (this.readyState === 3) return;
     clearInterval(this._pinger);
+    clearTimeout(this._holdTimer);
     if (this._sid) this._post("1");
     this.readyState = 3;
   };
@@ -268,6 +339,7 @@
   PollingSocket.prototype._end = function (code, reason) {
     if (this.readyState === 3 && this._ended) return;
     clearInterval(this._pinger);
+    clearTimeout(this._holdTimer);
     this._ended = true;
     this.readyState = 3;
     if (this.onclose) this.onclose({ code: code, reason: reason });
@@ -296,6 +368,7 @@
     this._socket = null;
     this._forced = false;
     this._timer = null;
+    this._welcomed = null;  // when the current connection's welcome came (Date.now())
     this._listeners = { state: [], error: [], message: [] };
     this._seen = new Set();
     this._inbox = [];
@@ -366,20 +439,20 @@
   // A subscribe that asks the application waits its turn: at most ASKING_AT_ONCE at a time.
   RedMessenger.prototype._throttled = function (request) {
     var self = this;
-    return new Promise(function (resolve) {
+    return new Promise(function (resolve, reject) {
       var go = function () {
         self._asking++;
         var answered = self._request(request);
         var next = function () {
           self._asking--;
           var waiting = self._waitingToAsk.shift();
-          if (waiting) waiting();
+          if (waiting) waiting.go();
         };
         answered.then(next, next);
         resolve(answered);
       };
       if (self._asking < ASKING_AT_ONCE) go();
-      else self._waitingToAsk.push(go);
+      else self._waitingToAsk.push({ go: go, reject: reject });  // rejected where the queued requests are
     });
   };
 
@@ -425,6 +498,8 @@
   RedMessenger.prototype._close = function () {
     clearTimeout(this._timer);
     this._timer = null;
+    this._welcomed = null;
+    this._backoff.attempt = 0;  // closed on purpose: a later connection starts afresh
     var socket = this._socket;
     this._socket = null;
     this._failPending("disconnected", "the connection was closed");
@@ -500,7 +575,7 @@
     } else if (frame.type === "sync") {
       if (this._lastHandled && !this._handling) this._send({ type: "ack", id: this._lastHandled });
     } else if (frame.type === "welcome") {
-      this._backoff.attempt = 0;
+      this._welcomed = Date.now();  // the back-off starts again only if this connection lasts (see _closed)
       this._setState("connected");
       this._resubscribe();
     }
@@ -511,10 +586,7 @@
     Object.keys(this._channels).forEach(function (name) {
       var channel = self._channels[name];
       if (channel.mode === null) return;  // its first subscribe is on its way (sent once connected)
-      self._askFor(channel).catch(function (error) {
-        if (self._channels[name] === channel) delete self._channels[name];
-        self._emit("error", error);
-      });
+      self._resubscribeTo(channel);
     });
     // requests made while connecting wait for the welcome
     var queued = this._queued;
@@ -522,9 +594,43 @@
     queued.forEach(function (request) { request.send(); });
   };
 
+  /**
+   * Ask again for a channel held before (a new connection, or a transient refusal). A refusal that may pass (the
+   * connection dropped again, Redis unavailable, rate limited) keeps the channel: asked again at the next welcome,
+   * or after a pause on this connection. Only a definitive one (denied, invalid_channel, too_many_subscriptions,
+   * ...) drops it, with an "error" event.
+   */
+  RedMessenger.prototype._resubscribeTo = function (channel) {
+    if (channel._asking) return;  // already on its way (a bad_grant's second asking, or a retry)
+    channel._asking = true;
+    var self = this, name = channel.name;
+    this._askFor(channel).then(function () {
+      channel._asking = false;
+      channel._retries = 0;
+    }, function (error) {
+      channel._asking = false;
+      if (self._channels[name] !== channel) return;  // unsubscribed meanwhile
+      if (typeof error.code === "number" || TRANSIENT[error.code]) {
+        if (error.code === "disconnected" || self.state !== "connected") return;  // the next welcome asks again
+        var socket = self._socket, backoff = self._backoff;
+        var delay = Math.min(backoff.max, backoff.first * Math.pow(2, channel._retries = (channel._retries || 0) + 1));
+        setTimeout(function () {
+          if (self._channels[name] === channel && self._socket === socket && self.state === "connected") self._resubscribeTo(channel);
+        }, delay / 2 + Math.random() * delay / 2);
+        return;
+      }
+      delete self._channels[name];
+      self._emit("error", error);
+      self._idle();
+    });
+  };
+
   RedMessenger.prototype._request = function (request) {
     var self = this;
     return new Promise(function (resolve, reject) {
+      if (self.state !== "connected" && !self._socket && !self._timer) {  // nothing connects: it would wait for ever
+        return reject(RequestError("disconnected", "not connected"));
+      }
       var send = function () {
         var ref = ++self._ref;
         request.ref = ref;
@@ -571,9 +677,17 @@
       if (channel) return channel._handler(decode(frame.payload), envelope);
       return null;
     }
-    var result = null;
-    this._listeners.message.forEach(function (listener) { result = listener(envelope) || result; });
-    return result;
+    // every listener runs; the message is handled once all their promises settled
+    var waits = [];
+    this._listeners.message.slice().forEach(function (listener) {
+      var result;
+      try { result = listener(envelope); } catch (e) { setTimeout(function () { throw e; }); return; }
+      if (result && typeof result.then === "function") waits.push(result);
+    });
+    if (waits.length < 2) return waits[0] || null;
+    return Promise.all(waits.map(function (wait) {
+      return Promise.resolve(wait).then(null, function (e) { setTimeout(function () { throw e; }); });
+    }));
   };
 
   RedMessenger.prototype._remember = function (id) {
@@ -588,15 +702,21 @@
     this._send({ type: "ack", id: frame.id });
   };
 
-  RedMessenger.prototype._failPending = function (code, reason) {
-    var pending = this._pending;
+  /**
+   * The requests sent and not answered fail; with everything (a fatal close), or when no connection is wanted any
+   * more, those waiting to be sent (after the welcome, or for their turn to ask the application) fail too.
+   */
+  RedMessenger.prototype._failPending = function (code, reason, everything) {
+    var pending = this._pending, failing = [];
     this._pending = {};
-    if (this._socket === null && !this._wanted()) {
-      var queued = this._queued;
+    if (everything || (this._socket === null && !this._wanted())) {
+      // taken first: a request rejected here lets the next in line go, and none is left to go
+      failing = this._waitingToAsk.concat(this._queued);
+      this._waitingToAsk = [];
       this._queued = [];
-      queued.forEach(function (request) { request.reject(RequestError(code, reason)); });
     }
-    Object.keys(pending).forEach(function (ref) { pending[ref].reject(RequestError(code, reason)); });
+    Object.keys(pending).forEach(function (ref) { failing.push(pending[ref]); });
+    failing.forEach(function (request) { request.reject(RequestError(code, reason)); });
   };
 
   RedMessenger.prototype._closed = function (socket, event) {
@@ -609,19 +729,21 @@
       this._tried++;
     }
     this._socket = null;
+    // A connection that lasted STABLE_AFTER after its welcome starts the back-off again; a daemon that admits the
+    // session and closes it at once (1013, 4413) is not asked again every reconnectDelay, but ever more slowly.
+    if (this._welcomed !== null && Date.now() - this._welcomed >= STABLE_AFTER) this._backoff.attempt = 0;
+    this._welcomed = null;
     this._inbox = [];  // not acknowledged: the daemon sends them again
     this._lastHandled = null;
     // a handler still running goes on; what the next connection brings waits for it (the same message included)
-    this._failPending("disconnected", "the connection closed (" + event.code + ")");
     if (FATAL[event.code]) {  // refused (a wrong key, a bad frame): trying again would not help
-      var error = RequestError(event.code, event.reason || "refused");
-      var queued = this._queued;
-      this._queued = [];
-      queued.forEach(function (request) { request.reject(error); });
-      this._emit("error", error);
+      // every request made settles, with the close's code: sent, waiting for the welcome, or for its turn
+      this._failPending(event.code, event.reason || "refused", true);
+      this._emit("error", RequestError(event.code, event.reason || "refused"));
       this._setState("disconnected");
       return;
     }
+    this._failPending("disconnected", "the connection closed (" + event.code + ")");
     if (!this._wanted()) { this._setState("disconnected"); return; }
     this._setState("reconnecting");
     var backoff = this._backoff;

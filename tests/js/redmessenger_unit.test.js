@@ -249,3 +249,156 @@ test("a transport that never opened gives way to the next; one that opened befor
     rm.disconnect();
   }
 });
+
+async function welcomed(socket) {
+  await until(() => socket.last("hello"), "the hello");
+  socket.deliver({ type: "welcome", v: 1, uid: null });
+  await tick();
+}
+
+test("a second drop while resubscribing keeps the channel: it is asked for again on the next connection", async () => {
+  const rm = await connected();
+  const errors = [];
+  rm.on("error", (error) => errors.push(error.code));
+  const got = [];
+  const { socket } = await subscribed(rm, "room", (data) => got.push(data), "GRANT-1");
+  socket.drop(1006);
+  await until(() => FakeSocket.opened.length === 2, "the second connection");
+  const second = FakeSocket.opened[1];
+  await welcomed(second);
+  assert.strictEqual(second.sent.filter((f) => f.type === "subscribe").length, 1, "resubscribing");
+  second.drop(1006);  // before the reply
+  await until(() => FakeSocket.opened.length === 3, "the third connection");
+  const third = FakeSocket.opened[2];
+  await welcomed(third);
+  const asked = third.sent.filter((f) => f.type === "subscribe");
+  assert.deepStrictEqual(asked.map((f) => [f.channel, f.grant]), [["room", "GRANT-1"]], "asked again, once, with its grant");
+  third.deliver({ type: "reply", ref: asked[0].ref, ok: true, mode: "read_write" });
+  third.deliver(message("r.1", { n: 1 }));
+  await until(() => (third.last("ack") || {}).id === "r.1", "the message handled");
+  assert.deepStrictEqual(got, [{ n: 1 }]);
+  assert.deepStrictEqual(errors, []);
+  assert.deepStrictEqual(Object.keys(rm._channels), ["room"]);
+  rm.disconnect();
+});
+
+test("a resubscribe refused for now (unavailable) is asked again; only a definitive refusal drops the channel", async () => {
+  const rm = await connected({ clientAuth: "token" });
+  const errors = [];
+  rm.on("error", (error) => errors.push(error.code));
+  const { socket } = await subscribed(rm, "room", () => {});
+  socket.drop(1006);
+  await until(() => FakeSocket.opened.length === 2, "the second connection");
+  const again = FakeSocket.opened[1];
+  await welcomed(again);
+  const asks = () => again.sent.filter((f) => f.type === "subscribe");
+  again.deliver({ type: "reply", ref: asks()[0].ref, ok: false, error: { code: "unavailable", reason: "Redis is unreachable" } });
+  await until(() => asks().length === 2, "asked again on the same connection");
+  assert.deepStrictEqual(errors, [], "a transient refusal is not reported");
+  assert.ok(rm._channels.room, "and the channel is kept");
+  again.deliver({ type: "reply", ref: asks()[1].ref, ok: false, error: { code: "denied", reason: "members only" } });
+  await until(() => errors.length === 1, "the error event");
+  assert.deepStrictEqual(errors, ["denied"]);
+  assert.strictEqual(rm._channels.room, undefined, "a denial drops it");
+  assert.strictEqual(asks().length, 2, "and it is not asked again");
+  assert.strictEqual(rm.state, "disconnected", "the last subscription gone: the connection closes");
+});
+
+async function allSettled(promises) {
+  const outcomes = new Array(promises.length);
+  promises.forEach((promise, i) => promise.then(() => { outcomes[i] = "ok"; }, (error) => { outcomes[i] = error.code; }));
+  await until(() => outcomes.filter((o) => o !== undefined).length === promises.length, "every request settled");
+  return outcomes;
+}
+
+test("a fatal close rejects every request with its code, the subscribes waiting for their turn too", async () => {
+  // before the welcome: refused at the hello (a wrong public key)
+  let rm = await connected({ publicKey: "wrong" });
+  let promises = [];
+  for (let i = 0; i < 10; i++) promises.push(rm.subscribe("c" + i, () => {}));
+  await until(() => FakeSocket.opened[0].last("hello"), "the hello");
+  FakeSocket.opened[0].drop(4401, "wrong or missing public key");
+  assert.deepStrictEqual(await allSettled(promises), new Array(10).fill(4401));
+  assert.strictEqual(FakeSocket.opened.length, 1, "not tried again");
+  // after the welcome: eight asked, two waiting their turn, then closed with 4429
+  rm = await connected();
+  promises = [];
+  for (let i = 0; i < 10; i++) promises.push(rm.subscribe("c" + i, () => {}));
+  const socket = FakeSocket.opened[0];
+  await welcomed(socket);
+  assert.strictEqual(socket.sent.filter((f) => f.type === "subscribe").length, 8);
+  socket.drop(4429, "too many sockets");
+  assert.deepStrictEqual(await allSettled(promises), new Array(10).fill(4429));
+  assert.strictEqual(socket.sent.filter((f) => f.type === "subscribe").length, 8, "the two waiting were never sent");
+  // disconnect() while ten wait for the application
+  rm = await connected();
+  promises = [];
+  for (let i = 0; i < 10; i++) promises.push(rm.subscribe("c" + i, () => {}));
+  await welcomed(FakeSocket.opened[0]);
+  rm.disconnect();
+  assert.deepStrictEqual(await allSettled(promises), new Array(10).fill("disconnected"));
+  assert.strictEqual(rm.state, "disconnected");
+});
+
+test("with several message listeners, a message is acknowledged once every listener's promise settled", async () => {
+  const rm = await connected({ uid: "alice" });
+  let finishSlow;
+  const calls = [];
+  rm.onMessage((envelope) => { calls.push("slow " + envelope.id); return new Promise((resolve) => { finishSlow = resolve; }); });
+  rm.onMessage((envelope) => { calls.push("quick " + envelope.id); return Promise.resolve(); });
+  rm.onMessage((envelope) => { calls.push("sync " + envelope.id); });
+  const socket = FakeSocket.opened[0];
+  await welcomed(socket);
+  socket.deliver({ type: "message", id: "m.1", source: "rm.users.alice", timestamp: 1, bubble: true, payload: "x" });
+  for (let i = 0; i < 5; i++) await tick();
+  assert.deepStrictEqual(calls, ["slow m.1", "quick m.1", "sync m.1"]);
+  assert.strictEqual(socket.last("ack"), undefined, "the first listener has not finished");
+  finishSlow();
+  await until(() => socket.last("ack"), "the ack");
+  assert.deepStrictEqual(socket.sent.filter((f) => f.type === "ack").map((f) => f.id), ["m.1"]);
+  rm.disconnect();
+});
+
+test("a daemon that closes each session right after its welcome is asked ever more slowly; a lasting one resets", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout", "Date"] });
+  const rm = await connected({ reconnectDelay: 100, maxReconnectDelay: 100000 });
+  rm.connect();
+  // the next attempt comes between delay/2 and delay after the close (jitter): none before low, one by 2 * low
+  const nextAfter = (low, what) => {
+    const before = FakeSocket.opened.length;
+    t.mock.timers.tick(low - 1);
+    assert.strictEqual(FakeSocket.opened.length, before, what + ": no attempt before " + low + " ms");
+    t.mock.timers.tick(low + 1);
+    assert.strictEqual(FakeSocket.opened.length, before + 1, what + ": an attempt by " + 2 * low + " ms");
+  };
+  const admittedThenClosed = async (lasting) => {
+    const socket = FakeSocket.opened[FakeSocket.opened.length - 1];
+    await tick();  // it opens (setImmediate: not a mocked timer) and says hello
+    assert.ok(socket.last("hello"));
+    socket.deliver({ type: "welcome", v: 1, uid: null });
+    assert.strictEqual(rm.state, "connected");
+    if (lasting) t.mock.timers.tick(lasting);
+    socket.drop(1013, "try again later");
+  };
+  for (const low of [50, 100, 200, 400, 800]) {
+    await admittedThenClosed(0);
+    nextAfter(low, "closed at once");
+  }
+  await admittedThenClosed(5000);  // up for five seconds: the back-off starts again
+  nextAfter(50, "after a lasting connection");
+  await admittedThenClosed(4999);  // not quite
+  nextAfter(100, "after a short one");
+  rm.disconnect();
+});
+
+test("publish() resolves with nothing once the daemon took it", async () => {
+  const rm = await connected();
+  const { channel, socket } = await subscribed(rm, "room", () => {});
+  const published = channel.publish({ text: "hi" });
+  await tick();
+  const request = socket.last("publish");
+  assert.deepStrictEqual([request.channel, request.message], ["room", { text: "hi" }]);
+  socket.deliver({ type: "reply", ref: request.ref, ok: true });
+  assert.strictEqual(await published, undefined);
+  rm.disconnect();
+});

@@ -9,7 +9,8 @@ async function main(): Promise<void> {
   const room: Channel<{ text: string }> = await rm.subscribe<{ text: string }>("room", (data, envelope) => {
     console.log(data.text, envelope.sender?.uid, envelope.bubble);
   });
-  await room.publish({ text: "hi" });
+  const published: void = await room.publish({ text: "hi" });  // resolves with nothing (the JS too)
+  console.log(published === undefined);
   console.log(room.mode === "read_only");
   await room.unsubscribe();
   rm.disconnect();

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -193,8 +194,8 @@ def _integer(low: int, high: int | None = None) -> Callable[[str, Any], int]:
 
 def _number(low: float, strictly_positive: bool = False) -> Callable[[str, Any], float]:
     def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a number of seconds, got {value!r}")  # JSON lets NaN, 1e999 through
         if value < low or (strictly_positive and value <= 0):
             raise ConfigError(f"{key}: must be {'>' if strictly_positive else '>='} {low}, got {value}")
         return float(value)
@@ -258,9 +259,7 @@ def _log_level(key: str, value: Any) -> str:
 
 def _listen(key: str, value: Any) -> str:
     from twisted.internet.endpoints import serverFromString
-    from twisted.internet.testing import (
-        MemoryReactor,  # parses the string, opens nothing
-    )
+    from twisted.internet.testing import MemoryReactor  # parses the string, opens nothing
 
     endpoint = _text(key, value)
     try:
@@ -423,6 +422,12 @@ def parse_config(raw: Any, source: str = "<inline>") -> Config:
         raise ConfigError(f"redis_host: the embedded server listens on loopback only, got {config.redis_host!r}")
     if config.embedded_redis and config.redis_sentinels:
         raise ConfigError("redis_sentinels: the embedded server has no sentinels; set embedded_redis to false")
+    if config.embedded_redis and config.redis_username not in (None, "default"):  # AUTH would fail forever
+        raise ConfigError(f"redis_username: the embedded server has the user \"default\" only, got {config.redis_username!r}")
+    if config.embedded_redis and config.redis_tls:
+        raise ConfigError("redis_tls: the embedded server does not speak TLS; set redis_tls or embedded_redis to false")
+    if config.demo and config.rm_route == "/demo":
+        raise ConfigError("rm_route: \"/demo\" is the demo page's route (demo is true); choose another route")
     if config.redis_username is not None and config.redis_password is None:
         raise ConfigError("redis_username: needs redis_password as well")
     _check_manhole(config)
@@ -436,6 +441,8 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

@@ -6,12 +6,16 @@ cache is missing or older than a plugin file, every start rescans and tries to
 rewrite it.  A service running as an unprivileged user cannot write into a
 root-owned virtualenv, so it would rescan (and log a failure) on every start.
 Run this as the virtualenv's owner after ``pip install`` (the systemd unit also
-runs it, privileged, before each start).  Exits 1 if the plugin is not found or
-a cache could not be written.
+runs it, privileged and isolated, ``python -I``, before each start).  The caches
+it writes, or finds, are made readable by every user whatever the umask (the
+unit's is 0027): the daemon's user must read a cache root wrote.  Exits 1 if the
+plugin is not found or a cache could not be written or made readable.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -46,10 +50,32 @@ def regenerate() -> list[str]:
     return sorted(maker.tapname for maker in getPlugins(IServiceMaker))
 
 
+def unreadable_caches() -> list[Path]:
+    """Make every ``dropin.cache`` readable by all (as the plugins beside it are); those that cannot be."""
+    failed = []
+    for directory in plugin_directories():
+        cache = directory / "dropin.cache"
+        try:
+            mode = stat.S_IMODE(cache.stat().st_mode)
+            if mode & 0o444 != 0o444:
+                cache.chmod(mode | 0o444)
+        except FileNotFoundError:
+            continue  # no plugin there: nothing to cache
+        except OSError:
+            failed.append(cache)
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     quiet = "--quiet" in args
-    names = regenerate()
+    # Twisted writes the cache with os.open's 0777 less the umask: under the unit's
+    # UMask=0027, root's cache would be unreadable by the daemon's user.
+    previous = os.umask(0o022)
+    try:
+        names = regenerate()
+    finally:
+        os.umask(previous)
     if "redmessenger" not in names:
         print("redmessenger: the twistd plugin was not found; is the package installed here?", file=sys.stderr)
         return 1
@@ -57,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         for directory in stale:
             print(f"redmessenger: could not write {directory / 'dropin.cache'}; run this as its owner", file=sys.stderr)
+        return 1
+    unreadable = unreadable_caches()
+    if unreadable:
+        for cache in unreadable:
+            print(f"redmessenger: could not make {cache} readable by all; run this as its owner", file=sys.stderr)
         return 1
     if not quiet:
         for directory in plugin_directories():

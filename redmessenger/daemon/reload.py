@@ -5,7 +5,9 @@ sockets are open.
 Applied at once: ``log_level`` and the manhole's password file (new logins use
 it).  Any other key that changed is named in the log as needing a restart; the
 running daemon keeps its values.  A file that no longer validates changes
-nothing.  (Without this handler SIGHUP would kill the daemon: Python's default.)
+nothing.  Before the handler is installed and after it is removed (a start, a
+stop), SIGHUP is ignored: twistd's makeService ignores it (redmessenger.daemon.tap),
+and :meth:`HangupReload.uninstall` puts that back.
 
 The file is read and validated in a thread: a slow disk never stalls the reactor.
 """

@@ -332,8 +332,8 @@ class RedMessengerService(OrderedServices):
             key, endpoint = "manhole", str(self.config.manhole)
         else:
             raise error
-        if error.interface is None and isinstance(error.port, str):
-            where = error.port  # a UNIX socket's path
+        if error.interface is None and isinstance(error.port, (str, bytes)):
+            where = error.port if isinstance(error.port, str) else error.port.decode(errors="replace")  # a UNIX socket's path
         else:
             where = f"{error.interface or '*'}:{error.port}"
         reason = error.socketError

@@ -13,6 +13,7 @@ import atexit
 import json
 import os
 import platform
+import signal
 import sys
 from dataclasses import fields
 from typing import Any
@@ -77,6 +78,10 @@ def configuration_help() -> str:
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
+    # SIGHUP's default action ends the process, and systemd counts that as a clean
+    # stop (no restart): ignored from here on, and again after the reload handler,
+    # which the service installs while it runs, is removed (redmessenger.daemon.reload).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if reactor is None:
         from twisted.internet import reactor as installed
 

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from redmessenger.logs import make_logger
 from redmessenger.redis_edge.readiness import ProbeFactory, ReadinessProbe
-from redmessenger.redis_edge.serverprocess import ServerProcess
+from redmessenger.redis_edge.serverprocess import ServerProcess, detached
 
 log = make_logger(__name__)
 
@@ -295,9 +295,9 @@ class EmbeddedRedisService(Service):
         self._ready = None
         protocol = ServerProcess(lambda: self.stopping, self._processEnded)
         try:
-            args = self._arguments()
+            command = detached(self._arguments())  # its own session, and it ends with the daemon
             self._process = self._reactor.spawnProcess(
-                protocol, self.binary, args, env=dict(os.environ), path=str(self.data_dir)
+                protocol, command[0], command, env=dict(os.environ), path=str(self.data_dir)
             )
         except Exception as e:
             # whenReady()'s waiters report it: one line here

@@ -2,12 +2,15 @@
 The embedded server's child process as the daemon sees it: its output, line
 by line, into the daemon's log at the level each line deserves (its banner and
 notices are debug, its warnings warnings), the last lines kept for error
-messages, and its exit reported to the service.
+messages, and its exit reported to the service; and how it is started: in a
+session of its own, ended with the daemon (:func:`detached`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +28,32 @@ _OUTPUT_LINES_KEPT = 20
 #: level is ``.`` debug, ``-`` verbose, ``*`` notice or ``#`` warning; or a line its signal
 #: handler writes, ``<pid>:signal-handler (<time>) <text>`` (a notice).
 SERVER_LINE = re.compile(r"\d+:(?:[A-Z] \d{1,2} [A-Za-z]{3} \d{4} [\d:.]+ ([.*#-])|signal-handler \(\d+\)) ")
+
+
+#: Run by this Python between the spawn and the server's exec (the spawn API has no pre-exec hook).
+#: A session of its own: a terminal's Ctrl-C (SIGINT to its process group) reaches the daemon only,
+#: which stops the server last.  SIGTERM when the daemon dies (PR_SET_PDEATHSIG, kept across exec):
+#: a killed daemon's server flushes its AOF and exits, instead of holding the port and the data, so the
+#: next start succeeds.  Chosen over a pidfile checked at the next start: the kernel acts at once,
+#: with no file to trust and no pid that may have been reused.  ``argv[1]``: the daemon's pid, checked
+#: after the prctl (had the daemon died before it, no signal would come); ``argv[2:]``: the command.
+_DETACH = """
+import os, signal, sys
+os.setsid()
+if sys.platform.startswith("linux"):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        sys.exit("prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the daemon that started this server is gone")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def detached(argv: list[str]) -> list[str]:
+    """The command line running ``argv`` (``argv[0]`` a path) in a session of its own, ended with the daemon."""
+    return [sys.executable, "-I", "-S", "-c", _DETACH, str(os.getpid()), *argv]
 
 
 class ServerProcess(ProcessProtocol):

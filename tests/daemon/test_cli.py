@@ -44,7 +44,10 @@ def test_help_points_to_the_configuration_reference_and_lists_every_key(tmp_path
 
 def run_with(config: object, tmp_path: Path) -> tuple[int, list[str]]:
     path = tmp_path / "redmessenger.json"
-    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    if isinstance(config, bytes):
+        path.write_bytes(config)
+    else:
+        path.write_text(config if isinstance(config, str) else json.dumps(config))
     result = twistd("-n", "--pidfile=", "redmessenger", "-c", str(path), cwd=tmp_path)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     return result.returncode, lines
@@ -57,6 +60,12 @@ def run_with(config: object, tmp_path: Path) -> tuple[int, list[str]]:
         ({"redis_prot": 6379}, "redis_prot: unknown configuration key; did you mean redis_port?"),
         ({"Secure_Mode": True}, "Secure_Mode: unknown configuration key; did you mean secure_mode?"),
         ("{ nope", "not valid JSON"),
+        ('{"identify_timeout": NaN}', "identify_timeout: expected a number of seconds, got nan"),
+        ('{"ping_interval": 1e999}', "ping_interval: expected a number of seconds, got inf"),
+        ({"embedded_redis": True, "redis_username": "ops", "redis_password": "pw"}, "redis_username: the embedded server"),
+        ({"embedded_redis": True, "redis_tls": True}, "redis_tls: the embedded server does not speak TLS"),
+        ({"demo": True, "rm_route": "/demo"}, "rm_route: \"/demo\" is the demo page's route"),
+        (b'{"rm_route": "/r\xe9"}', "not UTF-8 text: byte 0xe9 at offset 16"),
     ],
 )
 def test_a_configuration_error_is_one_line_naming_the_file_and_the_key(

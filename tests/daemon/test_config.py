@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -74,12 +75,49 @@ def test_the_shipped_config_is_valid() -> None:
         ({"redis_sentinels": ["127.0.0.1:26379"], "embedded_redis": True}, "redis_sentinels"),
         ({"redis_sentinel_master": ""}, "redis_sentinel_master"),
         ({"redis_probe_interval": -1}, "redis_probe_interval"),
+        # combinations that could never work
+        ({"embedded_redis": True, "redis_username": "ops", "redis_password": "s3cret"}, "redis_username"),
+        ({"embedded_redis": True, "redis_tls": True}, "redis_tls"),
+        ({"demo": True, "rm_route": "/demo"}, "rm_route"),
     ],
 )
 def test_a_bad_value_is_an_error_that_names_the_key(raw: dict, key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(raw)
     assert str(raised.value).startswith(key + ":")
+
+
+def test_the_embedded_server_takes_its_default_user_and_the_demo_another_route() -> None:
+    config = parse_config({"embedded_redis": True, "redis_username": "default", "redis_password": "s3cret"})
+    assert config.redis_username == "default"  # AUTH default <requirepass> works
+    assert parse_config({"demo": True, "rm_route": "/chat"}).rm_route == "/chat"
+    assert parse_config({"rm_route": "/demo"}).rm_route == "/demo", "without the demo, /demo is free"
+
+
+SECONDS_KEYS = [f.name for f in fields(Config) if f.type == "float"]
+
+
+def test_every_number_key_is_checked_for_finiteness() -> None:
+    assert {"ping_interval", "redis_timeout", "identify_timeout", "subscription_timeout"} <= set(SECONDS_KEYS)
+
+
+@pytest.mark.parametrize("key", SECONDS_KEYS)
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_number_that_is_not_finite_is_refused(key: str, text: str, tmp_path: Path) -> None:
+    """Python's JSON reads NaN, Infinity and 1e999 (as inf): none is a duration or a rate."""
+    path = tmp_path / "config.json"
+    path.write_text(f'{{"{key}": {text}}}')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value).startswith(f"{key}: expected a number"), raised.value
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"rm_route": "/r\xe9"}')  # Latin-1, as an editor may save it
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: not UTF-8 text: byte 0xe9 at offset 16"
 
 
 def test_not_json_and_not_an_object_are_errors(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import HOST, RedisServer, free_port, install_into_fresh_venv
+from .unitfile import UNITS, run_plugin_cache_as_the_unit_does
 
 SETPRIV = shutil.which("setpriv")
 
@@ -94,13 +95,19 @@ def test_a_non_root_service_starts_cleanly_once_the_plugin_cache_is_regenerated(
         before = serve_once(venv, redis_server, work)
         assert "Unable to write to plugin cache" in before
 
-        result = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "redmessenger.daemon.plugincache"], capture_output=True, text=True, timeout=120
-        )
+        # The unit's ExecStartPre, as systemd runs it: as root, with the unit's UMask=0027. The cache it writes
+        # must still be readable by the daemon's user (else: a rescan, and that line, at every start).
+        result = run_plugin_cache_as_the_unit_does(UNITS[0], venv, work)
         assert result.returncode == 0, result.stderr
 
         after = serve_once(venv, redis_server, work)
         assert "Unable to write to plugin cache" not in after, after
+        (cache,) = venv.glob("lib/python*/site-packages/twisted/plugins/dropin.cache")
+        assert cache.stat().st_mode & 0o444 == 0o444, oct(cache.stat().st_mode)
+        # an up-to-date cache an earlier version left unreadable (root:root 0750) is made readable too
+        cache.chmod(0o750)
+        assert run_plugin_cache_as_the_unit_does(UNITS[0], venv, work).returncode == 0
+        assert cache.stat().st_mode & 0o444 == 0o444, oct(cache.stat().st_mode)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

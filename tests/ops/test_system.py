@@ -100,7 +100,7 @@ def test_the_unit_runs_twistd_as_the_issue_says() -> None:
     for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
                        ("ProtectHome", "yes"), ("CapabilityBoundingSet", "")]:
         assert settings[key] == [value], key
-    assert settings["ExecStartPre"] == ["+/opt/redmessenger/bin/python -m redmessenger.daemon.plugincache --quiet"]
+    assert settings["ExecStartPre"] == ["+/opt/redmessenger/bin/python -I -m redmessenger.daemon.plugincache --quiet"]
 
 
 # -- journal lines -------------------------------------------------------------------
@@ -239,5 +239,6 @@ def test_the_template_unit_is_the_unit_with_a_node_id_per_instance() -> None:
 
     single, template = settings(UNIT), settings(TEMPLATE)
     differing = {key for key in set(single) | set(template) if single.get(key) != template.get(key)}
-    assert differing == {"Description", "SyslogIdentifier", "Environment"}, differing
+    assert differing == {"Description", "SyslogIdentifier", "Environment", "RuntimeDirectory"}, differing
     assert template["Environment"] == ["REDMESSENGER_NODE_ID=%H-%i"] and template["SyslogIdentifier"] == ["redmessenger-%i"]
+    assert (single["RuntimeDirectory"], template["RuntimeDirectory"]) == (["redmessenger"], ["redmessenger/%i"])

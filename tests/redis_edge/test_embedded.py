@@ -191,6 +191,23 @@ async def test_killed_child_is_restarted(port: int, tmp_path: Path) -> None:
         await service.stopService()
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_server_runs_in_a_session_of_its_own(port: int, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the daemon's process group) must not reach it: the daemon stops it last."""
+    service = make_service(port, tmp_path)
+    service.startService()
+    try:
+        await service.whenReady()
+        pid = service.pid
+        assert pid is not None
+        assert os.getsid(pid) == pid and os.getpgid(pid) == pid, "a session and a process group of its own"
+        assert os.getpgid(pid) != os.getpgid(0)
+        # what runs there is the server itself (the step before it exec'd it), answering as that pid
+        assert Path(os.readlink(f"/proc/{pid}/exe")).name == Path(service.binary).name
+    finally:
+        await service.stopService()
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "example.com"])
 def test_non_loopback_host_is_refused(host: str, tmp_path: Path) -> None:
     from twisted.internet import reactor

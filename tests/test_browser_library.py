@@ -496,6 +496,14 @@ async def _open_polling_held_page(daemon: Any, browsers: Browsers) -> ClientProc
     return process
 
 
+async def _two_queued_then_the_polling_page(daemon: Any, browsers: Browsers, redis: Any) -> ClientProcess:
+    """"first" and "second" queued for carol, then the page: its first poll brings both."""
+    publish(redis, "rm.users.carol", "first")
+    publish(redis, "rm.users.carol", "second")
+    await daemon.until(lambda: redis.llen("rm:users:carol:messages") == 2, what="both queued")
+    return await _open_polling_held_page(daemon, browsers)
+
+
 @pytest_twisted.ensureDeferred
 async def test_over_long_polling_a_message_waiting_behind_a_running_handler_comes_again_after_a_cut(
     daemon_factory, redis, tmp_path
@@ -509,10 +517,7 @@ async def test_over_long_polling_a_message_waiting_behind_a_running_handler_come
     daemon = await daemon_factory(ping_interval=1)  # a session not polled (or ponged) for 2 s is gone
     browsers = Browsers(tmp_path)
     try:
-        publish(redis, "rm.users.carol", "first")  # queued: the page's first poll brings both
-        publish(redis, "rm.users.carol", "second")
-        await daemon.until(lambda: redis.llen("rm:users:carol:messages") == 2, what="both queued")
-        process = await _open_polling_held_page(daemon, browsers)
+        process = await _two_queued_then_the_polling_page(daemon, browsers, redis)
         connected = {"event": "state", "state": "connected"}
         await process.expect("handled")  # "first" is in its handler, which waits; "second" waits behind it
         # The network cut: the connections go, and the daemon ends the session (as it does when a poll's connection
@@ -543,10 +548,7 @@ async def test_over_long_polling_a_page_closed_while_its_handler_runs_leaves_its
     daemon = await daemon_factory(ping_interval=1)
     browsers = Browsers(tmp_path)
     try:
-        publish(redis, "rm.users.carol", "first")  # queued: the page's first poll brings both
-        publish(redis, "rm.users.carol", "second")
-        await daemon.until(lambda: redis.llen("rm:users:carol:messages") == 2, what="both queued")
-        process = await _open_polling_held_page(daemon, browsers)
+        process = await _two_queued_then_the_polling_page(daemon, browsers, redis)
         await process.expect("handled")
         process.command(cmd="exit")  # the tab (the browser) closes with the handler still running
         await process.until(process.ended_now, "the browser closed")

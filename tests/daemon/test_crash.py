@@ -39,15 +39,21 @@ def test_a_killed_daemons_embedded_server_exits_and_the_next_start_succeeds(tmp_
     assert "RedMessenger stopped" in second.output
 
 
-def test_a_manhole_socket_left_by_a_killed_daemon_does_not_block_the_next_start(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+def manhole_on_a_socket(redis_server: RedisServer, tmp_path: Path) -> tuple[dict[str, object], Path]:
+    """A configuration with a manhole on a Unix socket in ``tmp_path`` (and its password file); the socket's path."""
     passwords = tmp_path / "manhole.passwd"
     passwords.write_text("ops:secret\n")
     passwords.chmod(0o600)
     path = tmp_path / "manhole.sock"
     config = {"redis_host": HOST, "redis_port": redis_server.port, "manhole": f"unix:{path}",
               "manhole_password_file": str(passwords)}  # fmt: skip
+    return config, path
+
+
+def test_a_manhole_socket_left_by_a_killed_daemon_does_not_block_the_next_start(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config, path = manhole_on_a_socket(redis_server, tmp_path)
     first = Spawned(tmp_path, config, name="first")
     second = Spawned(tmp_path, config, name="second")
     first.start()
@@ -70,12 +76,7 @@ def test_a_manhole_socket_left_by_a_killed_daemon_does_not_block_the_next_start(
 
 def test_a_manhole_socket_a_running_daemon_holds_is_one_line_and_exit_1(redis_server: RedisServer, tmp_path: Path) -> None:
     """Not taken over: the lock beside it names a live process."""
-    passwords = tmp_path / "manhole.passwd"
-    passwords.write_text("ops:secret\n")
-    passwords.chmod(0o600)
-    path = tmp_path / "manhole.sock"
-    config = {"redis_host": HOST, "redis_port": redis_server.port, "manhole": f"unix:{path}",
-              "manhole_password_file": str(passwords)}  # fmt: skip
+    config, path = manhole_on_a_socket(redis_server, tmp_path)
     first = Spawned(tmp_path, config, name="first")
     second = Spawned(tmp_path, config, name="second")
     first.start()

@@ -214,3 +214,56 @@ async def test_a_library_started_with_no_subscription_subscribes_later(flavour, 
     assert redis.publish("rm.channels.later", '{"n": 1}') == 1
     await wait_until(lambda: len(got) == 1, 5, "the callback")
     assert got == [{"n": 1}]
+
+
+def test_two_threads_subscribing_at_once_after_start_make_one_reader(redis_server: RedisServer, redis: valkey.Valkey) -> None:
+    """
+    Blocking flavour, started with no subscription: two threads subscribe at once (a threaded WSGI application).
+    Each saw no reader and started one, so every callback ran twice.  The reader's first SUBSCRIBE is slowed here
+    (0.2 s, then the real one) so that both threads are surely inside it together.
+    """
+    rm = blocking.RedMessenger(Settings(redis_url=f"redis://127.0.0.1:{redis_server.port}/0"))
+    real = rm.redis.pubsub
+
+    def slow_pubsub(**kwargs: Any) -> Any:
+        pubsub = real(**kwargs)
+        subscribe = pubsub.subscribe
+
+        def slowly(*args: Any, **more: Any) -> Any:
+            threading.Event().wait(0.2)
+            return subscribe(*args, **more)
+
+        pubsub.subscribe = slowly
+        return pubsub
+
+    rm.redis.pubsub = slow_pubsub  # type: ignore[method-assign]
+    got: list[Any] = []
+    rm.start()
+    try:
+        threads = [
+            threading.Thread(target=rm.subscribe, args=(name, lambda message, sender: got.append(message)))
+            for name in ("one", "two")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        readers = [t for t in threading.enumerate() if t.name == "redmessenger-pubsub"]
+        assert len(readers) == 1, readers
+        polled_until(lambda: subscribers(redis, "one") == subscribers(redis, "two") == (1, 1), "one connection for both")
+        assert redis.publish("rm.channels.one", '{"n": 1}') == 1
+        polled_until(lambda: bool(got), "the callback")
+        assert got == [{"n": 1}], "once"
+    finally:
+        rm.stop()
+        rm.redis.close()
+
+
+def polled_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """For tests outside the reactor: ``condition`` checked every 50 ms until it holds, or AssertionError."""
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        pause.wait(0.05)
+    assert condition(), f"timed out after {timeout}s waiting for {what}"

@@ -82,7 +82,10 @@ class RedMessenger(Application):
         self.redis = redis if redis is not None else _connect(self.settings.redis_url)
         self._pubsub: Any = None  # the reader's, while it has one
         self._pubsub_thread: Optional[threading.Thread] = None
+        #: This run's stop (a new one per start(): a reader of a run before, still in a slow callback, stays stopped).
         self._stop = threading.Event()
+        #: Held while a reader is started: two threads subscribing at once start one reader, not two.
+        self._starting = threading.Lock()
         self._started = False
         self._requests_thread: Optional[threading.Thread] = None
 
@@ -160,11 +163,12 @@ class RedMessenger(Application):
     # -- the application's own channel subscriptions ------------------------------------------
 
     def _subscribed(self, channel: str) -> None:
-        if self._started and self._pubsub_thread is None:
-            self._start_pubsub()
+        with self._starting:
+            if self._started and self._pubsub_thread is None:
+                self._start_pubsub()
         # else a running reader subscribes within a tenth of a second (it alone uses its connection)
 
-    def _listen(self, pubsub: Any, subscribed: set[str]) -> None:
+    def _listen(self, pubsub: Any, subscribed: set[str], stop: threading.Event) -> None:
         """
         The pub/sub reader (a thread), from ``pubsub`` subscribed to ``subscribed``: subscribes to what the
         callbacks need, as they change, and calls them.  When its connection fails (Redis restarted, a Sentinel
@@ -173,7 +177,7 @@ class RedMessenger(Application):
         """
         delay = RECONNECT_FIRST
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 try:
                     wanted = set(self._pubsub_channels())
                     if pubsub is None:
@@ -189,12 +193,12 @@ class RedMessenger(Application):
                     if item is not None and item.get("type") == "message":
                         self._received(item)
                 except Exception as e:
-                    if self._stop.is_set():
+                    if stop.is_set():
                         return
                     log.warning("Channel subscriptions lost Redis (%s); subscribing again in %.1f s", e, delay)
                     self._close_quietly(pubsub)
                     pubsub = self._pubsub = None
-                    self._stop.wait(delay)
+                    stop.wait(delay)
                     delay = min(delay * 2, RECONNECT_MAX)
         finally:
             self._close_quietly(pubsub)
@@ -232,13 +236,14 @@ class RedMessenger(Application):
         Serve subscription requests (if a handler is set) and channel subscriptions, in background threads.
         Raises if Redis cannot be reached; once started, the threads reconnect by themselves.
         """
-        self._stop.clear()
-        self._started = True
-        if self._callbacks:
-            self._start_pubsub()
+        self._stop = stop = threading.Event()
+        with self._starting:
+            self._started = True
+            if self._callbacks and self._pubsub_thread is None:
+                self._start_pubsub()
         if self._handler is not None:
             self._ensure_group()
-            self._requests_thread = threading.Thread(target=self._serve, name="redmessenger-requests", daemon=True)
+            self._requests_thread = threading.Thread(target=self._serve, args=(stop,), name="redmessenger-requests", daemon=True)
             self._requests_thread.start()
         return self
 
@@ -254,23 +259,24 @@ class RedMessenger(Application):
             self._pubsub = None
             raise
         self._pubsub_thread = threading.Thread(
-            target=self._listen, args=(pubsub, channels), name="redmessenger-pubsub", daemon=True
+            target=self._listen, args=(pubsub, channels, self._stop), name="redmessenger-pubsub", daemon=True
         )
         self._pubsub_thread.start()
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
+    def _serve(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 self.serve_requests_once(block_ms=200)
             except Exception:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 log.exception("Reading subscription requests failed; retrying in a second")
-                self._stop.wait(1.0)
+                stop.wait(1.0)
 
     def stop(self) -> None:
         self._stop.set()
-        self._started = False
+        with self._starting:
+            self._started = False
         if self._requests_thread is not None:
             self._requests_thread.join(5)
             self._requests_thread = None

@@ -171,3 +171,32 @@ async def test_every_inbox_expires_unless_its_node_renews_it_so_a_gone_nodes_inb
     assert expiring("node-b"), "the inbox of the node gone, written to after it left, still expires"
     client.close()
     await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_attached_again_to_an_owner_of_a_version_before_is_closed_not_guessed(daemon_factory, redis):
+    """
+    An owner from before the ``f`` flag answers an attach made again without saying whether it had dropped the
+    socket: the answers node-a held back could confirm what a new socket there never got.  Closed (1013) instead;
+    its client reconnects and gets what came meanwhile from the queue, once.
+    """
+    daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)
+    peers = a.service.peers
+    handle = peers._handle
+
+    def as_an_owner_before(fields: dict[bytes, bytes]) -> None:
+        if fields.get(b"k") == b"attached":
+            fields = {key: value for key, value in fields.items() if key != b"f"}
+        handle(fields)
+
+    peers._handle = as_an_owner_before
+    await late_heartbeat(daemons, a, redis)
+    assert (await client.close_code(timeout=10))[0] == 1013
+    await beats_again(daemons, a)
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: queued(redis, uid) == ["m1"], 5, "queued: the user offline")
+    again = await tab(daemons, a, uid)
+    await received(again, 1)
+    assert payloads(client) == ["m0"] and payloads(again) == ["m1"]
+    again.close()
+    await again.close_code()

@@ -395,7 +395,8 @@ class PeerLink:
             if found is not None:
                 found[1].confirmed(int(fields.get(b"q", b"0")), fields.get(b"o") == b"1")
         elif kind == b"attached":
-            self._holding.attached(sid, fields.get(b"f") == b"1")
+            flag = fields.get(b"f")
+            self._holding.attached(sid, None if flag is None else flag == b"1")
         elif kind == b"attach":
             self._owning.attach(node, sid, text(fields.get(b"u", b"")), fields.get(b"a") == b"1", text(fields.get(b"p", b"")))
         elif kind == b"detach":

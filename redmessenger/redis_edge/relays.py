@@ -196,14 +196,23 @@ class Relays:
         self._incomplete.add(sid)
         relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
 
-    def attached(self, sid: str, fresh: bool = False) -> None:
+    def attached(self, sid: str, fresh: bool | None = False) -> None:
         """
         The owner answered the relay's attach; ``fresh``: it did not know the socket (it had dropped it, if attached
         again): its deliveries are numbered from 1 again, and the answers held for it are of requests of before.
+        None: an owner of a version before ``f`` answered an attach made again, and whether it had dropped the socket
+        is not known: closed (1013), its client reconnects (an answer held sent to a new socket there could confirm
+        what that socket never got).
         """
         self._unanswered.pop(sid, None)
         waiting = self._reattaching.pop(sid, None)
         if waiting is None:
+            return
+        if fresh is None:
+            relay = self.by_sid.get(sid)
+            if relay is not None:
+                self._incomplete.add(sid)
+                relay.sink.abandon(ClientError(CloseCode.TRY_AGAIN_LATER, LOST_BETWEEN_DAEMONS))
             return
         if fresh and sid in self.arrived:
             self.arrived[sid] = Arrivals()  # a new socket there: what arrived for the one it dropped was put back

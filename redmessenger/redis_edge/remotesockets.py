@@ -38,7 +38,7 @@ class RemoteSockets:
     def attach(self, node: str, sid: str, uid: str, acknowledges: bool, address: str) -> None:
         """``node`` holds the socket ``sid`` of ``uid``: attached here, and answered."""
         if (node, sid) in self.by_key:  # sent again (the answer was lost, or late), or its node may think it dropped
-            self._outbox.send(node, b"attached", s=sid)
+            self._outbox.send(node, b"attached", s=sid, f=b"0")  # known here: f says so (an owner before said nothing)
             return
         run = run_of(sid)
         if self._runs.get(node, run) != run:

@@ -66,7 +66,7 @@ from redmessenger.redis_edge.commands import RedisCommands
 from redmessenger.redis_edge.handoff import Handoffs
 from redmessenger.redis_edge.nodes import NodesChange
 from redmessenger.redis_edge.relays import Relays
-from redmessenger.redis_edge.remote import OneRecipient, RemoteTicket
+from redmessenger.redis_edge.forwarding import Forwarding
 from redmessenger.redis_edge.remotesockets import RemoteSockets
 
 #: Entries read from the inbox per call, and how long a read waits for one (ms).
@@ -76,10 +76,6 @@ INBOX_BLOCK_MS = 1000
 RUN_PREFIX = 6
 #: Seconds (between this and twice this) before an unanswered ``attach`` or ``confirm`` is sent again.
 RESEND_AFTER = 5.0
-#: Seconds after which an intake entry given to its user's owner, and not settled, is given again: its ``intake``
-#: (or the ``settled`` answer) was lost with inbox entries (a failover, a refused write).  As the reader claims what
-#: a dead reader left pending for a minute: the owner queues it where it is not yet, and delivers it again (same id).
-FORWARD_AGAIN_AFTER = 60.0
 
 
 class PeerLink:
@@ -110,11 +106,7 @@ class PeerLink:
         self._owning = RemoteSockets(self, hub, self._owners)
         self._remote = self._owning.by_key
         # reader side: intake entries given to owners (and to which), until they settle
-        self._forwarded: dict[tuple[str, str], tuple[Message, str]] = {}
-        #: When each was given (last), to give again those unsettled for FORWARD_AGAIN_AFTER.
-        self._forwarded_at: dict[tuple[str, str], float] = {}
-        #: Intake entries given to their owner again, since start.
-        self.forwarded_again = 0
+        self._forwarding = Forwarding(self, hub, clock, self.log)
         self._stopping = False
         self._running: Deferred[None] | None = None
         #: Whether the last list this node took left it out (its relays are attached again once it is back in).
@@ -169,26 +161,12 @@ class PeerLink:
         self._holding.acknowledged(attachment, message_id)
 
     def forward(self, owner: str, message: Message, uid: str) -> None:
-        key = (message.id, uid)
-        self._forwarded[key] = (message, owner)
-        self._forwarded_at[key] = self._clock.seconds()
-        self.send(owner, b"intake", e=message.queue_entry(), u=uid.encode("utf-8"))
+        self._forwarding.forward(owner, message, uid)
 
-    def _forward_again(self) -> None:
-        """The intake entries given to owners and not settled for FORWARD_AGAIN_AFTER: given again."""
-        due = self._clock.seconds() - FORWARD_AGAIN_AFTER
-        for key, at in list(self._forwarded_at.items()):
-            if at <= due:
-                message, owner = self._forwarded[key]
-                self.log.warn(
-                    "Intake entry {id} given to {owner} for {uid} {seconds:g}s ago, not settled: giving it again",
-                    id=message.id,
-                    owner=owner,
-                    uid=key[1],
-                    seconds=FORWARD_AGAIN_AFTER,
-                )
-                self.forwarded_again += 1
-                self.forward(owner, message, key[1])
+    @property
+    def forwarded_again(self) -> int:
+        """Intake entries given to their owner again (unsettled for a minute), since start."""
+        return self._forwarding.again
 
     @property
     def relays(self) -> int:
@@ -237,13 +215,7 @@ class PeerLink:
             # queue (Hub.written), even when nothing else is under way and it would be sent in this very call
             self.handoffs.changed(change)
         self._owning.nodes_changed(restarted, run)
-        for (entry, uid), (message, owner) in list(self._forwarded.items()):
-            if owner not in self._owners.nodes or owner == restarted:  # gone before it settled: route it again
-                del self._forwarded[(entry, uid)]
-                del self._forwarded_at[(entry, uid)]
-                again = Message(message.source, message.timestamp, message.payload, message.id, message.sender)
-                again.ticket = OneRecipient(message.ticket, uid)
-                hub.router.route_user(again, uid)
+        self._forwarding.owners_changed(lambda owner: owner not in self._owners.nodes or owner == restarted)
         self._holding.follow(restarted, rejoined)
 
     # -- the inbox -----------------------------------------------------------------------
@@ -273,7 +245,7 @@ class PeerLink:
         self._resend_call = self._clock.callLater(RESEND_AFTER, self._resend)
         self.resent += self._holding.resend()
         self.resent += self._owning.ask_again()
-        self._forward_again()
+        self._forwarding.forward_again()
 
     def start(self) -> None:
         self._stopping = False
@@ -413,23 +385,13 @@ class PeerLink:
             message = entry_message(fields.get(b"e", b""))
             uid = text(fields.get(b"u", b""))
             if message is not None and uid:
-                message.ticket = RemoteTicket(self, node, message.id, uid)
-                self._hub.router.route_user(message, uid)
+                self._forwarding.given(node, message, uid)
         elif kind == b"barrier":
             epoch = fields.get(b"e", b"")
             if epoch.isdigit():
                 self.handoffs.barrier(node, int(epoch))
         elif kind == b"settled":
-            key = (text(fields.get(b"i", b"")), text(fields.get(b"u", b"")))
-            forwarded = self._forwarded.pop(key, None)
-            self._forwarded_at.pop(key, None)
-            ticket = forwarded[0].ticket if forwarded is not None else None
-            if ticket is not None:
-                uid = text(fields.get(b"u", b""))
-                if fields.get(b"q") == b"1":
-                    ticket.settle_queued([uid])
-                else:
-                    ticket.settle(uid)
+            self._forwarding.settled(text(fields.get(b"i", b"")), text(fields.get(b"u", b"")), fields.get(b"q") == b"1")
 
 
 def written_ids(field: bytes | None) -> frozenset[str]:

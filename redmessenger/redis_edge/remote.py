@@ -7,7 +7,7 @@ has, reached through that node's inbox (redis_edge/peers.py): a socket it holds
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -144,14 +144,18 @@ class RemoteSink:
 class RemoteTicket:
     """On the owner: an intake entry another node read, for one user; settled back to that node."""
 
-    __slots__ = ("entry_id", "again", "_peers", "_node", "_uid", "_queued", "_done")
+    __slots__ = ("entry_id", "again", "_peers", "_node", "_uid", "_queued", "_done", "_on_settled")
 
-    def __init__(self, peers: Outbox, node: str, entry_id: str, uid: str) -> None:
+    def __init__(
+        self, peers: Outbox, node: str, entry_id: str, uid: str, on_settled: Callable[[bytes], None] | None = None
+    ) -> None:
         self.entry_id = entry_id
         self.again = True  # it may be queued already: the queue write checks
         self._peers, self._node, self._uid = peers, node, uid
         self._queued = False
         self._done = False
+        #: Told the answer (b"1": queued) once it is sent.
+        self._on_settled = on_settled
 
     def expect(self, uids: Iterable[str]) -> None:
         if not list(uids):
@@ -173,6 +177,8 @@ class RemoteTicket:
             self._done = True
             queued = b"1" if self._queued else b"0"
             self._peers.send(self._node, b"settled", i=self.entry_id.encode("ascii"), u=self._uid.encode("utf-8"), q=queued)
+            if self._on_settled is not None:
+                self._on_settled(queued)
 
 
 class OneRecipient:

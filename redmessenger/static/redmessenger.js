@@ -70,9 +70,10 @@
    * It looks like a WebSocket to the rest of the library: send() takes version-1 frames, onmessage gets
    * version-1 frames. Messages are confirmed by the next poll (and by the pong to a ping after them), as Engine.IO
    * does; acks are not sent. So the next poll, and a pong, wait until the library acknowledged (handled) every
-   * message the socket handed it: a message whose handler did not finish is never confirmed. A wait longer than
-   * the session's pingInterval + pingTimeout outlives the session on the daemon's side: the socket then ends
-   * (1006), and what was not confirmed comes again on the next connection. A request (publish, subscribe) lets the
+   * message the socket handed it: a message whose handler did not finish is never confirmed. The handlers of what
+   * one poll brought have, together, until the session would end on the daemon's side (pingTimeout after a ping
+   * the pong waits for, pingInterval + pingTimeout at most): past that the socket ends (1006), and what was not
+   * confirmed comes again on the next connection (each handled once: ids). A request (publish, subscribe) lets the
    * poll go at once, since its reply can only come with one: a handler that makes a request, and the messages
    * behind it, count as received from then on.
    *
@@ -108,6 +109,8 @@
     this._pongDue = false;  // so does the pong to a ping that came after them
     this._holdTimer = null;
     this._holdLimit = 45000;  // pingInterval + pingTimeout, from the handshake
+    this._pingTimeout = 20000;  // from the handshake too
+    this._holdUntil = 0;
     this.readyState = 0;
     var self = this;
     setTimeout(function () { self._handshake(); });
@@ -195,7 +198,10 @@
     this._get().then(function (text) {
       var packets = self._split(text), open = JSON.parse(packets[0].slice(1));
       self._sid = open.sid;
-      if (open.pingInterval && open.pingTimeout) self._holdLimit = open.pingInterval + open.pingTimeout;
+      if (open.pingInterval && open.pingTimeout) {
+        self._holdLimit = open.pingInterval + open.pingTimeout;
+        self._pingTimeout = open.pingTimeout;
+      }
       if (self._jsonp) {  // Engine.IO 3: the client pings; its handshake connected it to "/" already
         self._pinger = setInterval(function () { self._post("2"); }, open.pingInterval || 25000);
         if (self._nsp === "/") packets.slice(1).forEach(function (packet) { self._packet(packet); });
@@ -231,13 +237,20 @@
     this._hold();
   };
 
-  PollingSocket.prototype._hold = function () {
-    if (this._holdTimer) return;
+  /**
+   * The session ends on the daemon's side if the wait lasts: pingInterval + pingTimeout after a poll it did not get,
+   * pingTimeout after a ping it had no pong for (``limit``). Past that the socket ends (1006) and reconnects.
+   */
+  PollingSocket.prototype._hold = function (limit) {
+    var until = Date.now() + (limit === undefined ? this._holdLimit : limit);
+    if (this._holdTimer && this._holdUntil <= until) return;
+    clearTimeout(this._holdTimer);
+    this._holdUntil = until;
     var self = this;
     this._holdTimer = setTimeout(function () {  // the daemon has ended the session by now (its heartbeat)
       self._holdTimer = null;
-      self._end(1006, "a handler ran longer than the session's heartbeat allows");
-    }, this._holdLimit);
+      self._end(1006, "the handlers ran longer than the session's heartbeat allows");
+    }, until - Date.now());
   };
 
   /** The library acknowledged up to this id: once all it was handed is handled, the pong and the poll go. */
@@ -257,7 +270,7 @@
     if (kind === "2") {  // Engine.IO ping: pong, which confirms what came before it (so not before it is handled)
       if (!this._unhandled.length) return this._post("3");
       this._pongDue = true;
-      return this._hold();
+      return this._hold(this._pingTimeout);
     }
     if (kind === "1") return this._end(1001, "the server closed the session");
     if (kind !== "4") return;

@@ -402,3 +402,47 @@ test("publish() resolves with nothing once the daemon took it", async () => {
   assert.strictEqual(await published, undefined);
   rm.disconnect();
 });
+
+test("over long-polling, a pong held for a running handler ends the socket pingTimeout after the ping", async (t) => {
+  // A scripted Engine.IO 4 server behind fetch: the handshake, the namespace, the hello, then what respond() gives.
+  let pending = null;
+  const queue = [];
+  const respond = (text) => { if (pending) { const r = pending; pending = null; r(text); } else queue.push(text); };
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = (url, options) => {
+    if (options && options.method === "POST") {
+      for (const packet of String(options.body).split("\x1e")) {
+        const hello = /^42\/rm,(\d+)\["hello"/.exec(packet);
+        if (hello) respond("43/rm," + hello[1] + '[{"uid":"u"}]');
+        if (packet === "40/rm,") respond("40/rm,");
+      }
+      return Promise.resolve({ ok: true, text: () => Promise.resolve("ok") });
+    }
+    return new Promise((resolve) => {
+      const done = (text) => resolve({ ok: true, text: () => Promise.resolve(text) });
+      if (!url.includes("sid=")) return done('0{"sid":"s","pingInterval":10000,"pingTimeout":300}');
+      if (queue.length) return done(queue.shift());
+      pending = done;
+    });
+  };
+  t.after(() => { globalThis.fetch = realFetch; });
+  t.mock.timers.enable({ apis: ["setTimeout", "setInterval", "Date"] });
+  const RedMessenger = load();
+  const rm = new RedMessenger({ url: "ws://x/rm", transports: ["polling"], uid: "u" });
+  const handling = [];
+  rm.onMessage(() => new Promise(() => { handling.push(1); }));  // a handler that runs on and on
+  rm.connect();
+  const settle = async (what, condition) => {  // timers due now run, promises settle; the clock does not move
+    for (let turns = 0; turns < 1000 && !condition(); turns++) { t.mock.timers.tick(0); await tick(); }
+    assert.ok(condition(), what);
+  };
+  await settle("connected", () => rm.state === "connected");
+  respond('42/rm,["message",{"id":"a","source":"rm.users.u","timestamp":1,"bubble":true,"payload":"x"}]\x1e2');
+  await settle("the handler running", () => handling.length === 1);
+  t.mock.timers.tick(299);
+  await tick();
+  assert.strictEqual(rm.state, "connected", "the pong may wait pingTimeout");
+  t.mock.timers.tick(2);
+  await settle("the socket ended, the session being gone on the daemon's side", () => rm.state !== "connected");
+  rm.disconnect();
+});

@@ -202,6 +202,8 @@ async def test_a_failover_under_load_loses_and_doubles_nothing_that_was_accepted
     queued = [p.decode() for p in promoted.lrange("rm:users:ursula:messages", 0, -1)]
     ursula = await daemon.client("ursula")
     got = [m["payload"] for m in await ursula.receive(len(queued))]
+    # trimmed once the client confirmed the last batch (its pong): closed before that, the batch would stay queued
+    await wait_until(lambda: promoted.llen("rm:users:ursula:messages") == 0, 10, "the queue confirmed and trimmed")
     ursula.close()
     await ursula.close_code()
     await daemon.idle()

@@ -67,13 +67,14 @@ def test_a_sighup_during_the_graceful_stop_is_ignored(private_redis: RedisServer
         private_redis.process.send_signal(signal.SIGSTOP)
         daemon.send(signal.SIGTERM)
         daemon.wait_for(f"(TCP Port {daemon.port} Closed)")  # stopped after the SIGHUP step, the first one
-        daemon.send(signal.SIGHUP)
+        assert "RedMessenger stopped" not in daemon.output, "mid-stop: the frozen Redis holds it"
+        daemon.send(signal.SIGHUP)  # ignored, or the kernel ends the process as it delivers it
+        private_redis.process.send_signal(signal.SIGCONT)  # the stop may go on now
         status = daemon.ended()
     finally:
         private_redis.process.send_signal(signal.SIGCONT)
         daemon.stop()
     assert status == -signal.SIGTERM, daemon.output
-    assert "Redis did not confirm the end of the subscription" in daemon.output, "the SIGHUP came mid-stop"
     assert "RedMessenger stopped" in daemon.output
 
 

@@ -999,6 +999,20 @@ async def test_bare_publishes_while_a_daemon_joins_and_leaves_are_acted_on_by_ex
         assert queued == [f"{uid}.{i}" for i in range(rounds)], (uid, rounds, len(queued), len(set(queued)))
 
 
+async def intake_through_an_owner(daemon_factory: Any, monkeypatch: Any) -> tuple[list[Any], Any, Any, str, WebSocketClient]:
+    """
+    Two daemons that give unsettled intake entries again after 0.5 s; the one reading the intake, the other, a user
+    the other owns and a socket of it there.
+    """
+    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
+    monkeypatch.setattr(forwarding_module, "FORWARD_AGAIN_AFTER", 0.5)
+    daemons = await cluster(daemon_factory, 2)
+    reader = on(daemons, owner_of("rm:intake", NODES[:2]))
+    owner = next(d for d in daemons if d is not reader)
+    uid = owned_by(owner.service.peers.node, NODES[:2])
+    return daemons, reader, owner, uid, await tab(daemons, owner, uid)
+
+
 @pytest.mark.parametrize("kind", [b"intake", b"settled"])
 @pytest_twisted.ensureDeferred
 async def test_an_intake_entry_lost_between_daemons_is_given_again_and_settles(daemon_factory, redis, monkeypatch, kind):
@@ -1008,13 +1022,7 @@ async def test_an_intake_entry_lost_between_daemons_is_given_again_and_settles(d
     for good, and the client never got it.  Unsettled for FORWARD_AGAIN_AFTER, it is given again: every entry
     reaches the client, the first one last (as a claimed entry may), each once; the stream ends empty.
     """
-    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
-    monkeypatch.setattr(forwarding_module, "FORWARD_AGAIN_AFTER", 0.5)
-    daemons = await cluster(daemon_factory, 2)
-    reader = on(daemons, owner_of("rm:intake", NODES[:2]))
-    owner = next(d for d in daemons if d is not reader)
-    uid = owned_by(owner.service.peers.node, NODES[:2])
-    client = await tab(daemons, owner, uid)
+    daemons, reader, owner, uid, client = await intake_through_an_owner(daemon_factory, monkeypatch)
     lost = losing_the_first(owner if kind == b"intake" else reader, kind)
     for i in range(5):
         redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": f"d{i}"})
@@ -1036,13 +1044,7 @@ async def test_an_intake_entry_only_slow_to_settle_is_given_again_but_reaches_th
     Unsettled for a minute does not mean lost: the user's socket has not confirmed it yet (its client reads nothing
     for now).  Given again, the owner, which still has it on its way, does not route it a second time.
     """
-    monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
-    monkeypatch.setattr(forwarding_module, "FORWARD_AGAIN_AFTER", 0.5)
-    daemons = await cluster(daemon_factory, 2)
-    reader = on(daemons, owner_of("rm:intake", NODES[:2]))
-    owner = next(d for d in daemons if d is not reader)
-    uid = owned_by(owner.service.peers.node, NODES[:2])
-    client = await tab(daemons, owner, uid)
+    daemons, reader, owner, uid, client = await intake_through_an_owner(daemon_factory, monkeypatch)
     client.protocol.transport.pauseProducing()  # reads nothing: confirms nothing
     redis.xadd("rm:intake", {"channel": f"rm.users.{uid}", "payload": "slow"})
     await wait_until(lambda: reader.service.peers.forwarded_again >= 2, 10, "given again, twice")

@@ -90,7 +90,8 @@ class GiveAways:
     def _confirm_within(self, attachment: Attachment) -> Deferred[bool]:
         """
         The socket's confirmation, or no after GIVE_AWAY_WAIT: counted unconfirmed then, what it was sent may come to
-        the client twice (same ids), and never after what the new owner delivers or queues after the change.
+        the client twice (same ids), and never after what the new owner delivers or queues after the change.  (Not
+        ``Deferred.addTimeout``: it would cancel the sink's confirmation, which its pong still fires.)
         """
         answer: Deferred[bool] = Deferred()
 

@@ -136,6 +136,51 @@ async def test_a_relay_of_a_daemon_whose_subscription_was_down_is_attached_again
 
 
 @pytest_twisted.ensureDeferred
+async def test_what_another_daemon_queued_for_a_local_user_while_its_owners_subscription_was_down_reaches_its_socket(
+    daemon_factory, redis
+):
+    """
+    node-a owns the user and holds its socket; its subscription is down, so it never hears it left the list: in its
+    own view it owns the user throughout.  node-b took the user over meanwhile and queued m1–m2 (no socket there).
+    Once node-a hears again (its own join), the queue goes to the socket, after node-b's word: m0..m5 once, in order.
+    """
+    daemons = await cluster(daemon_factory, 2)
+    a, b = on(daemons, "node-a"), on(daemons, "node-b")
+    uid = owned_by("node-a", NODES[:2])
+    client = await tab(daemons, a, uid)
+    publish(redis, f"rm.users.{uid}", "m0")
+    await received(client, 1)
+    registry, link = a.service.nodes, a.service.link
+    hearing, on_message = registry._hearing, link.on_message
+    registry._hearing = lambda: False
+    registry.heard = lambda payload: None  # the subscription down: nothing heard, on rm.nodes or elsewhere
+    link.on_message = lambda channel, payload: None
+    redis.zadd("rm:nodes", {"node-a": 1})
+    await wait_until(lambda: b.service.peers.nodes == ["node-b"], 10, "node-b to drop node-a")
+    assert a.service.peers.nodes == NODES[:2] and a.service.peers.owner(uid) is None, "node-a still owns it, it thinks"
+    publish(redis, f"rm.users.{uid}", "m1")
+    publish(redis, f"rm.users.{uid}", "m2")
+    await wait_until(lambda: queued(redis, uid) == ["m1", "m2"], 5, "queued by node-b, which owns the user now")
+    assert payloads(client) == ["m0"]
+    registry._hearing, link.on_message = hearing, on_message
+    del registry.heard  # heard again
+    await received(client, 3)
+    await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
+    for i in range(3, 6):
+        publish(redis, f"rm.users.{uid}", f"m{i}")
+    await received(client, 6)
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(client) == [f"m{i}" for i in range(6)], "each once, in order"
+    assert bubbles(client) == [True] * 6
+    assert queued(redis, uid) == []
+    assert sockets_of(daemons, uid) == 1 and [d.service.peers.relays for d in daemons] == [0, 0]
+    assert [d.service.peers.handoffs.timed_out for d in daemons] == [0, 0], "node-b's word came"
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_abandon_lost_between_daemons_is_sent_again_and_the_socket_closes(daemon_factory, redis, monkeypatch):
     monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
     daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)

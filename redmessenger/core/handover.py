@@ -70,6 +70,8 @@ class _Handover:
     pause: Deferred[None] | None = None
     resume: IDelayedCall | None = None
     failures: int = 0
+    #: The queue is read once more when this one is through (:meth:`Handovers.again`).
+    again: bool = False
 
 
 class Handovers:
@@ -92,8 +94,12 @@ class Handovers:
         batch: int,
         on_settled: Callable[[], None],
         budget: Budget,
+        unheld: Callable[[], Deferred[None]] = lambda: defer.succeed(None),
     ) -> None:
         self._budget = budget
+        #: Fires once no change of the nodes holds the messages for the old owners' word (Router.unheld): a queue is
+        #: read after what they queued before the change landed.
+        self._unheld = unheld
         self._presence = presence
         self._queues = queues
         self._delivery = delivery
@@ -126,6 +132,20 @@ class Handovers:
             handover.waiting.append(attachment)
             if not self._ours(handover.attachment):
                 self._hurry(handover)  # its socket went while it waited to try again: this one takes over now
+
+    def again(self, uid: str) -> None:
+        """
+        The user's queue may hold messages its sockets here were not handed: another node took the user over while
+        this one was out of the list (its subscription down) and queued them.  Handed to its oldest socket, after the
+        handover under way if there is one.
+        """
+        handover = self._running.get(uid)
+        if handover is not None:
+            handover.again = True
+            return
+        user = self._presence.get(uid)
+        if user is not None and user.attachments:
+            self._start(user.attachments[0])
 
     def stop(self, timeout: float) -> Deferred[Any]:
         """
@@ -215,6 +235,7 @@ class Handovers:
         budget = self._budget
         wanted = self._batch
         confirmed = 0  # confirmed by the client, not yet trimmed from Redis
+        await self._unheld()
         try:
             length, entries = await self._queues.take(uid, 0, wanted)
             if length:
@@ -315,6 +336,9 @@ class Handovers:
         uid = attachment.uid
         del self._running[uid]
         waiting = [other for other in handover.waiting if other.attached]
+        if handover.again and self._ours(attachment) and not handover.cut_short and not self._stopping:
+            self._start(attachment, waiting)  # live messages stay held until the queue is read once more
+            return
         if attachment.attached and not handover.cut_short:
             self._release_held(attachment)
             for other in waiting:

@@ -135,6 +135,7 @@ class Hub:
             handover_batch,
             self._settled,
             self.budget,
+            self.router.unheld,
         )
 
     # -- from Redis ------------------------------------------------------------------
@@ -212,6 +213,10 @@ class Hub:
         attachment.owner = None
         self.presence.add(attachment)
         self.handovers.identified(attachment)
+
+    def hand_queue_again(self, uid: str) -> None:
+        """This node is listed again after others took its users over: what they queued goes to the user's sockets."""
+        self.handovers.again(uid)
 
     def give_away(self, uid: str, owner: str) -> Deferred[None]:
         """``uid`` is owned by ``owner`` now (core/giveaway.py)."""

@@ -8,10 +8,9 @@ first; the messages behind it wait in the inbox until it is resolved (the
 lookups themselves are pipelined), so a group message published before a user
 message reaches that user before it.
 
-Size (issue 12): a payload larger than ``max_payload`` bytes is checked once, as it
-arrives, and goes to nobody: a client whose frame limit is below a queued entry
-refuses it (1009) at every reconnect and never gets past it.  It is kept aside in
-Redis (``rm:oversize:$channel``), logged and counted, never silently dropped.
+Size (issue 12): a payload larger than ``max_payload`` bytes is checked once, as it arrives, and goes to nobody
+(a client whose frame limit is below a queued entry refuses it, 1009, at every reconnect and never gets past it):
+kept aside in Redis (``rm:oversize:$channel``), logged and counted, never silently dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -112,8 +112,9 @@ class Router:
         self._inbox: deque[_Pending] = deque()
         #: Bytes of the messages in the inbox (Message.weight).
         self._waiting_bytes = 0
-        #: Holds not let go yet (Router.hold): only they are let go past MAX_HELD_BYTES, and only they are looked for.
-        self._holds = 0
+        #: Holds not let go yet (Router.hold): only they are let go past MAX_HELD_BYTES, and only they are looked for;
+        #: and who waits for none to be left (:meth:`unheld`).
+        self._holds, self._unheld = 0, list[Deferred[None]]()
         #: Whether a step taken in its turn (in_order) is running: a hold it takes goes first, before the messages
         #: published after that step, which may already wait behind it.
         self._in_step = False
@@ -245,10 +246,7 @@ class Router:
         step, already waiting, are held too.
         """
         pending = _Pending(None, None)
-        if self._in_step:
-            self._inbox.appendleft(pending)
-        else:
-            self._inbox.append(pending)
+        (self._inbox.appendleft if self._in_step else self._inbox.append)(pending)
         self._holds += 1
 
         def release() -> None:
@@ -256,8 +254,23 @@ class Router:
                 pending.uids = []
                 self._holds -= 1
                 self._drain()
+                if not self._holds:
+                    self._no_holds()
 
         return release
+
+    def unheld(self) -> Deferred[None]:
+        """Fires once no hold is left (at once if none is): a queue read waits for the old owners' word (handover.py)."""
+        if not self._holds:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._unheld.append(waiter)
+        return waiter
+
+    def _no_holds(self) -> None:
+        waiters, self._unheld = self._unheld, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def on_intake(self, channel: bytes, payload: bytes, timestamp: int, ticket: Ticket) -> str | None:
         """
@@ -331,6 +344,7 @@ class Router:
             if pending.message is None and pending.uids is None and pending.action is None:
                 pending.uids = []
         self._holds = 0
+        self._no_holds()
         self.log.warn(
             "{size} bytes of messages waited for another daemon's word after a change of the nodes: going on without it",
             size=self._waiting_bytes,
@@ -342,11 +356,12 @@ class Router:
         self._route(message, uid, False)
 
     def stop(self) -> None:
-        """Stop retrying member lookups (the link to Redis is going away)."""
+        """Stop retrying member lookups (the link to Redis is going away); what waits for the holds goes on."""
         self._stopping = True
         for call in self._retries:
             call.cancel()
         self._retries.clear()
+        self._no_holds()
 
     def _oversize(self, channel: bytes, payload: bytes, written: Callable[[], None] | None = None) -> None:
         name = channel.decode("ascii")  # a valid channel name: ASCII

@@ -206,14 +206,21 @@ class PeerLink:
         if change is not None and change.restarted and change.node != self.node:
             restarted, run = change.node, change.run[:RUN_PREFIX]
         hub = self._hub
+        kept: list[str] = []
         for user in hub.presence.users():
             owner = self.owner(user.uid)
             if owner is not None:
                 hub.give_away(user.uid, owner)
+            elif rejoined:
+                kept.append(user.uid)
         if change is not None:
             # after the users were given away: the word to their new owners waits for what that puts back in the
             # queue (Hub.written), even when nothing else is under way and it would be sent in this very call
             self.handoffs.changed(change)
+        for uid in kept:
+            # others may have owned them while this node was out of their lists (its subscription down: it never
+            # heard it was) and queued their messages: read once the word of those nodes came (Router.unheld)
+            hub.hand_queue_again(uid)
         self._owning.nodes_changed(restarted, run)
         self._forwarding.owners_changed(lambda owner: owner not in self._owners.nodes or owner == restarted)
         self._holding.follow(restarted, rejoined)

@@ -88,6 +88,43 @@ def test_live_messages_wait_for_the_queue_and_follow_it_in_order() -> None:
     assert [sent.message.payload for sent in hub.presence.get("u").attachments[0].unconfirmed] == ["live1", "live2"]
 
 
+def test_a_queue_is_read_only_once_the_change_of_the_nodes_holding_the_messages_is_let_go() -> None:
+    """The old owner's queue writes land before its word: a read before it could miss them (they'd wait for a reload)."""
+    hub, queues, clock = setting(batch=2)
+    queues.hold_takes = True
+    release = hub.hold()  # a change of the nodes, waiting for the old owner's word
+    socket = Socket(clock)
+    identify(hub, socket)
+    queue(queues, "q1", "q2")  # the old owner's writes, landing before its word
+    hub.on_publish(b"rm.users.u", b"live")
+    assert socket.payloads() == [] and queues.held == [], "no read yet"
+    release()
+    assert len(queues.held) == 1
+    queues.hold_takes = False
+    queues.answer_take()
+    socket.confirm_all()
+    assert socket.payloads() == ["q1", "q2", "live"] and queues.payloads("u") == []
+
+
+def test_the_queue_read_again_for_a_socket_goes_after_the_handover_under_way_and_before_live_messages() -> None:
+    hub, queues, clock = setting(batch=2)
+    queue(queues, "q1")
+    socket = Socket(clock)
+    identify(hub, socket)
+    queue(queues, "q2")  # queued by another node that had the user while this one was out of the list
+    hub.hand_queue_again("u")
+    hub.on_publish(b"rm.users.u", b"live")
+    socket.confirm_all()
+    assert socket.payloads() == ["q1", "q2"], "read once more when the first handover is through"
+    socket.confirm_all()
+    assert socket.payloads() == ["q1", "q2", "live"] and queues.payloads("u") == []
+    queue(queues, "q3")
+    hub.hand_queue_again("u")  # none under way: one starts
+    socket.confirm_all()
+    assert socket.payloads() == ["q1", "q2", "live", "q3"] and queues.payloads("u") == []
+    assert hub.handovers.running == 0
+
+
 def test_a_socket_that_drops_mid_handover_leaves_what_it_did_not_confirm_queued() -> None:
     hub, queues, clock = setting(batch=2)
     queue(queues, "a", "b", "c", "d", "e")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import valkey
 
-from .conftest import HOST, RedisServer, free_port
+from .conftest import HOST, Daemon, RedisServer, free_port, stop_daemons
 
 MASTER_NAME = "rmmaster"
 
@@ -24,9 +24,11 @@ class SentinelGroup:
     def __init__(self, directory: Path) -> None:
         (directory / "master").mkdir()
         (directory / "replica").mkdir()
-        self.master = RedisServer(directory / "master")
-        self.replica = RedisServer(directory / "replica", arguments=())
-        self.replica.arguments = ("--replicaof", HOST, str(self.master.port))
+        # a master syncs a replica at once, rather than after waiting 5 s for more to come (the default)
+        at_once = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(directory / "master", arguments=at_once)
+        self.replica = RedisServer(directory / "replica", arguments=at_once)
+        self.replica.arguments = (*at_once, "--replicaof", HOST, str(self.master.port))
         self.directory = directory
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
@@ -139,11 +141,12 @@ class SentinelGroup:
 
 
 @pytest.fixture
-def group(tmp_path: Path) -> Iterator[SentinelGroup]:
-    """A started SentinelGroup, stopped after the test (import it into a test module to use it)."""
+def group(tmp_path: Path, started_daemons: list[Daemon]) -> Iterator[SentinelGroup]:
+    """A started SentinelGroup, stopped after the test and its daemons (import it into a test module to use it)."""
     sentinels = SentinelGroup(tmp_path)
     sentinels.start()
     yield sentinels
+    stop_daemons(started_daemons)
     sentinels.stop()
 
 

@@ -16,12 +16,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ..conftest import HOST, RedisServer, free_port, install_into_fresh_venv
+from ..conftest import HOST, RedisServer, free_port
 from .unitfile import UNITS, run_plugin_cache_as_the_unit_does
 
 SETPRIV = shutil.which("setpriv")
@@ -34,16 +33,15 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def venv() -> Iterator[Path]:
-    """A virtualenv as a server has it: owned by root, readable by all, the project pip-installed."""
-    top = Path(tempfile.mkdtemp(prefix="rm-install-"))
-    top.chmod(0o755)
-    path = top / "venv"
-    try:
-        yield install_into_fresh_venv(path)
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+@pytest.fixture
+def venv(installed: Path) -> Path:
+    """
+    A virtualenv as a server has it: owned by root, readable by all, the project pip-installed; and no plugin cache,
+    as straight after ``pip install`` (twistd run as root by the other tests of this virtualenv wrote one).
+    """
+    for cache in installed.glob("lib/python*/site-packages/twisted/plugins/dropin.cache"):
+        cache.unlink()
+    return installed
 
 
 def run_as_nobody(venv: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -20,17 +20,11 @@ from pathlib import Path
 import pytest
 import valkey
 
-from ..conftest import free_port, install_into_fresh_venv
+from ..conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with the project installed the way users install it."""
-    return install_into_fresh_venv(tmp_path_factory.mktemp("venv"))
 
 
 @pytest.fixture(scope="module")

@@ -205,6 +205,7 @@ def test_the_garbage_collector_is_tuned_and_the_startup_heap_frozen_once_running
 
     saved = gc.get_threshold()
     reactor = Reactor()
+    gc.unfreeze()  # what the tests before this one left, frozen by tests/conftest.py
     try:
         tune_garbage_collector(reactor)
         assert gc.get_threshold() == GC_THRESHOLDS

@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 import valkey
 from redmessenger_app import aio, blocking
+from redmessenger_app import twisted as rm_twisted
 from redmessenger_app.protocol import Settings, parse_sentinel_url
 from twisted.internet.threads import deferToThread
 
@@ -56,17 +57,34 @@ def _publish(rm: blocking.RedMessenger, uid: str, messages: list[str]) -> int:
     return failures
 
 
+async def _publish_from_twisted(rm: rm_twisted.RedMessenger, uid: str, message: str) -> int:
+    """The message, sent again while the failover makes it fail; how many calls failed."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    failures = 0
+    while True:
+        try:
+            await rm.publish_to_user(uid, message)
+            return failures
+        except Exception:  # the connection lost under the call, or READONLY: the sentinels made its server a replica
+            failures += 1
+            await deferLater(reactor, 0.05, lambda: None)
+
+
 @pytest_twisted.ensureDeferred
-async def test_the_blocking_and_asyncio_flavours_publish_through_sentinels_and_across_a_failover(daemon_factory, group):
+async def test_the_three_flavours_publish_through_sentinels_and_across_a_failover(daemon_factory, group):
     daemon = await daemon_factory(redis_sentinels=group.sentinels, redis_sentinel_master=MASTER_NAME)
     await wait_until(lambda: daemon.service.link.ready, 15, "the daemon through the sentinels")
     url = "redis+sentinel://" + ",".join(group.sentinels) + f"/{MASTER_NAME}/0"
     rm = blocking.RedMessenger(Settings(redis_url=url))
+    tw = rm_twisted.RedMessenger(Settings(redis_url=url))
     try:
         viv = await daemon.client("viv")
         before = [f"before {i}" for i in range(30)]
         assert await deferToThread(_publish, rm, "viv", before) == 0
-        assert [json.loads(m["payload"]) for m in await viv.receive(30)] == before
+        assert await _publish_from_twisted(tw, "viv", "from twisted, before") == 0
+        assert [json.loads(m["payload"]) for m in await viv.receive(31)] == before + ["from twisted, before"]
         # delivered, confirmed and acknowledged in the intake, and that replicated, before the failover (an entry
         # whose acknowledgement a failover loses is read again and may reach a socket twice: docs/operations.md)
         master = group.current_master()
@@ -88,18 +106,22 @@ async def test_the_blocking_and_asyncio_flavours_publish_through_sentinels_and_a
                 await app.redis.aclose()
 
         assert await deferToThread(asyncio.run, from_asyncio())
-        got = [json.loads(m["payload"]) for m in await viv.receive(31, timeout=20)]  # the library sends JSON
+        # its connections were on the old master: closed by the sentinels, made again to the master they name now
+        failures += await _publish_from_twisted(tw, "viv", "from twisted, after")
+        got = [json.loads(m["payload"]) for m in await viv.receive(32, timeout=20)]  # the library sends JSON
         print(f"calls that failed during the failover and were made again: {failures}")
-        assert got == after + ["from asyncio"]  # none lost, in order
+        assert got == after + ["from asyncio", "from twisted, after"]  # none lost, in order
         promoted = group.current_master()
         await wait_until(lambda: promoted.xlen("rm:intake") == 0, 10, "the intake acknowledged on the new master")
         await daemon.idle()
-        assert len(viv.received) == 61, "none doubled"
+        assert len(viv.received) == 63, "none doubled"
         assert rm.redis.execute_command("ROLE")[0] in (b"master", "master")
+        assert (await tw.redis.execute_command("ROLE"))[0] == b"master"
         viv.close()
         await viv.close_code()
     finally:
         rm.redis.close()
+        await tw.stop()
 
 
 def _subscribers(redis: valkey.Valkey, channel: str) -> tuple[int, int]:
@@ -110,11 +132,13 @@ def _subscribers(redis: valkey.Valkey, channel: str) -> tuple[int, int]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_channel_subscriptions_of_the_blocking_and_asyncio_flavours_follow_a_failover(group):
+async def test_channel_subscriptions_of_the_three_flavours_follow_a_failover(group):
     url = "redis+sentinel://" + ",".join(group.sentinels) + f"/{MASTER_NAME}/0"
     heard: list[tuple[str, object]] = []
     rm = blocking.RedMessenger(Settings(redis_url=url))
     rm.subscribe("room", lambda message, sender: heard.append(("blocking", message)))
+    tw = rm_twisted.RedMessenger(Settings(redis_url=url))
+    tw.subscribe("room", lambda message, sender: heard.append(("twisted", message)))
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -127,24 +151,73 @@ async def test_channel_subscriptions_of_the_blocking_and_asyncio_flavours_follow
     try:
         await deferToThread(rm.start)
         await deferToThread(in_loop, app.start())
+        tw.start()
         master = group.current_master()
-        assert _subscribers(master, "room") == (2, 2), "both subscribed when start() returns"
-        assert master.publish("rm.channels.room", '"before"') == 2
-        await wait_until(lambda: len(heard) == 2, 5, "both callbacks before the failover")
+        await wait_until(lambda: _subscribers(master, "room") == (3, 3), 5, "the Twisted flavour subscribed too")
+        assert master.publish("rm.channels.room", '"before"') == 3
+        await wait_until(lambda: len(heard) == 3, 5, "the three callbacks before the failover")
         demoted = group.master_address()
         await deferToThread(group.failover)
         # the sentinels close the old master's pub/sub clients when they make it a replica
         await deferToThread(group.demoted, demoted)
         promoted = group.current_master()
-        await wait_until(lambda: _subscribers(promoted, "room") == (2, 2), 15, "both subscribed again on the new master")
-        assert promoted.publish("rm.channels.room", '"after"') == 2
-        await wait_until(lambda: len(heard) == 4, 5, "both callbacks after the failover")
-        assert sorted(heard[:2]) == [("asyncio", "before"), ("blocking", "before")]
-        assert sorted(heard[2:]) == [("asyncio", "after"), ("blocking", "after")]
+        await wait_until(lambda: _subscribers(promoted, "room") == (3, 3), 15, "all subscribed again on the new master")
+        assert promoted.publish("rm.channels.room", '"after"') == 3
+        await wait_until(lambda: len(heard) == 6, 5, "the three callbacks after the failover")
+        assert sorted(heard[:3]) == [("asyncio", "before"), ("blocking", "before"), ("twisted", "before")]
+        assert sorted(heard[3:]) == [("asyncio", "after"), ("blocking", "after"), ("twisted", "after")]
     finally:
+        await tw.stop()
         await deferToThread(rm.stop)
         rm.redis.close()
         await deferToThread(in_loop, app.aclose())
         loop.call_soon_threadsafe(loop.stop)
         await deferToThread(thread.join, 5)
         loop.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_twisted_flavour_leaves_a_server_that_is_not_or_stops_being_the_master(tmp_path, monkeypatch):
+    """
+    Real servers, the sentinels' answer given by the test: first a replica (a sentinel that has not heard of a
+    failover yet): the connection is dropped and the sentinels asked again; then the master is made a replica
+    (READONLY): the call fails, the connection is dropped, and the next call reaches the server promoted.
+    """
+    import txredisapi
+    from twisted.internet.defer import succeed
+
+    from .conftest import HOST, RedisServer
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    at_once = ("--repl-diskless-sync-delay", "0")
+    a = RedisServer(tmp_path / "a", arguments=at_once)
+    a.start()
+    b = RedisServer(tmp_path / "b", arguments=(*at_once, "--replicaof", HOST, str(a.port)))
+    b.start()
+    answers = [(HOST, b.port), (HOST, a.port)]  # the replica first, then the master
+    asked: list[tuple[str, int]] = []
+
+    def discover_master(sentinels: Any, name: str) -> Any:
+        asked.append(answers[0] if len(answers) == 1 else answers.pop(0))
+        return succeed(asked[-1])
+
+    monkeypatch.setattr(txredisapi.Sentinel, "discover_master", discover_master)
+    tw = rm_twisted.RedMessenger(Settings(redis_url=f"redis+sentinel://{HOST}:1/{MASTER_NAME}"))
+    try:
+        await tw.publish_to_user("una", "to the master")
+        assert asked[:2] == [(HOST, b.port), (HOST, a.port)], "the replica left, the sentinels asked again"
+        assert a.client().xlen("rm:intake") == 1
+        b.client().execute_command("REPLICAOF", "NO", "ONE")
+        a.client().execute_command("REPLICAOF", HOST, str(b.port))
+        answers[:] = [(HOST, b.port)]
+        with pytest.raises(Exception, match="READONLY"):
+            await tw.publish_to_user("una", "refused by the old master")
+        # every connection of the pool dropped (each was on that server): a call under way when its own goes fails
+        failures = await _publish_from_twisted(tw, "una", "to the new master")
+        assert asked[-1] == (HOST, b.port) and failures <= 10
+        assert [fields[b"payload"] for _, fields in b.client().xrange("rm:intake")][-1] == b'"to the new master"'
+    finally:
+        await tw.stop()
+        b.stop()
+        a.stop()

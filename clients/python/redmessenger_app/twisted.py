@@ -21,17 +21,21 @@ from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from redmessenger_app.base import Application
 from redmessenger_app.protocol import (
     DEFAULT_GROUP,
     INTAKE_STREAM,
     REQUESTS_STREAM,
+    SentinelURL,
     Settings,
     SubscriptionRequest,
     client_channel,
     group_channel,
+    parse_sentinel_url,
     payload_of,
     user_channel,
 )
@@ -41,11 +45,22 @@ _log = Logger(namespace="redmessenger_app")
 
 
 def _connection_arguments(url: str) -> dict[str, Any]:
+    sentinel = parse_sentinel_url(url)
+    if sentinel is not None:
+        return {
+            "host": sentinel.master_name,  # (for the messages: the master's address is the sentinels' to say)
+            "port": 0,
+            "dbid": sentinel.db or None,
+            "password": sentinel.password,
+            "username": sentinel.username,
+            "ssl_context_factory": sentinel.tls,
+            "charset": None,
+            "convertNumbers": False,
+        }
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(
-            f"the Twisted flavour takes redis:// or rediss:// URLs, not {parts.scheme}:// "
-            "(for Sentinel, use the blocking or asyncio flavour)"
+            f"the Twisted flavour takes redis://, rediss:// or redis+sentinel:// URLs, not {parts.scheme}://"
         )
     db = parts.path.lstrip("/")
     return {
@@ -64,6 +79,78 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+@implementer(IStreamClientEndpoint)
+class _SentinelMaster:
+    """Connects to the master the sentinels name, asking them before each connection (a failover moves it)."""
+
+    def __init__(self, sentinel: SentinelURL) -> None:
+        import txredisapi
+
+        self.sentinel = sentinel
+        options = {"password": sentinel.sentinel_password} if sentinel.sentinel_password else {}
+        # txredisapi's: asks every sentinel, takes the first that names a master it does not see down
+        self.sentinels = txredisapi.Sentinel(list(sentinel.sentinels), **options)
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        return ensureDeferred(self._connect(factory))
+
+    async def _connect(self, factory: Any) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        host, port = await self.sentinels.discover_master(self.sentinel.master_name)
+        host = _text(host)
+        endpoint: Any = HostnameEndpoint(reactor, host, int(port), timeout=5)
+        if self.sentinel.tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return await endpoint.connect(factory)
+
+    def connection(self, arguments: dict[str, Any], poolsize: int) -> Any:
+        """A lazy txredisapi handler of ``poolsize`` connections to the master, each checked to be the master."""
+        import txredisapi
+
+        class Master(txredisapi.RedisProtocol):
+            """
+            Dropped, and made again through the sentinels, if the server is not the master (a sentinel that has not
+            heard of a failover yet named the old one) or stops being one (READONLY: the sentinels made it a replica;
+            the call fails, as with the other flavours: call it again).
+            """
+
+            def connectionMade(self) -> Any:
+                if self.password is not None:
+                    self.auth(self.password, self.username)
+
+                def check(role: Any) -> Any:
+                    if not isinstance(role, list) or role[:1] not in ([b"master"], ["master"]):
+                        self.transport.loseConnection()
+                        return None
+                    return txredisapi.RedisProtocol.connectionMade(self)
+
+                return self.execute_command("ROLE").addCallback(check)
+
+            def replyReceived(self, reply: Any) -> None:
+                if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("READONLY"):
+                    for connection in [self, *self.factory.pool]:  # the pool's others are on that server too
+                        connection.transport.loseConnection()
+                super().replyReceived(reply)
+
+        class Factory(txredisapi.RedisFactory):
+            protocol = Master
+            #: The master is asked for again at each attempt: a failover is the likely reason the last one was lost.
+            initialDelay = 0.1
+
+            def retryDelay(self, attempt: int) -> float:
+                return 0 if attempt <= 1 else float(super().retryDelay(attempt))
+
+        factory = Factory(
+            f"{self.sentinel.master_name} (through the sentinels)", arguments["dbid"], poolsize, True,
+            charset=None, password=arguments["password"], convertNumbers=False, username=arguments["username"],
+        )  # fmt: skip
+        factory.startConnecting(self)
+        return factory.handler
+
+
 class RedMessenger(Application):
     """The application's handle on RedMessenger, for Twisted applications."""
 
@@ -74,13 +161,24 @@ class RedMessenger(Application):
 
         super().__init__(settings, group, consumer)
         self._arguments = _connection_arguments(self.settings.redis_url)
-        self.redis = txredisapi.lazyConnectionPool(**self._arguments)
+        sentinel = parse_sentinel_url(self.settings.redis_url)
+        #: For a ``redis+sentinel://`` URL: the way to the master, through the sentinels.
+        self._master = _SentinelMaster(sentinel) if sentinel is not None else None
+        self.redis = self._connection(10)
         self._reading: Any = None
         self._subscriber: Any = None
         #: The subscriber's connection while it is connected (ClientService makes a new one after a loss).
         self._subscriber_protocol: Any = None
         self._running = False
         self._serving: Optional[Deferred[None]] = None
+
+    def _connection(self, poolsize: int) -> Any:
+        """A lazy txredisapi handler of ``poolsize`` connections: to the server named, or to the sentinels' master."""
+        import txredisapi
+
+        if self._master is not None:
+            return self._master.connection(self._arguments, poolsize)
+        return txredisapi.lazyConnectionPool(poolsize=poolsize, **self._arguments)
 
     # -- publishing (durable: see the blocking flavour) -----------------------------------------
 
@@ -99,7 +197,7 @@ class RedMessenger(Application):
     async def _serve(self) -> None:
         import txredisapi
 
-        self._reading = txredisapi.lazyConnection(**self._arguments)
+        self._reading = self._connection(1)
         while self._running:
             try:
                 await self._ensure_group()
@@ -226,13 +324,16 @@ class RedMessenger(Application):
         factory.charset = None
         factory.password = self._arguments["password"]
         factory.username = self._arguments["username"]
-        # reconnects by itself (and subscribes again on each new connection)
-        endpoint: Any = HostnameEndpoint(reactor, self._arguments["host"], self._arguments["port"])
-        if self._arguments["ssl_context_factory"]:
-            from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
+        # reconnects by itself (and subscribes again on each new connection); through the sentinels, to the master
+        # they name then (they close the pub/sub connections of a master they make a replica)
+        endpoint: Any = self._master
+        if endpoint is None:
+            endpoint = HostnameEndpoint(reactor, self._arguments["host"], self._arguments["port"])
+            if self._arguments["ssl_context_factory"]:
+                from twisted.internet.endpoints import wrapClientTLS
+                from twisted.internet.ssl import optionsForClientTLS
 
-            endpoint = wrapClientTLS(optionsForClientTLS(self._arguments["host"]), endpoint)
+                endpoint = wrapClientTLS(optionsForClientTLS(self._arguments["host"]), endpoint)
         self._subscriber = ClientService(endpoint, factory)
         self._subscriber.startService()
 
@@ -258,6 +359,8 @@ class RedMessenger(Application):
         if self._serving is not None:
             waits.append(self._serving)
         waits.append(self.redis.disconnect())
+        if self._master is not None:
+            waits.append(self._master.sentinels.disconnect())
         from twisted.internet.defer import DeferredList
 
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

@@ -136,16 +136,20 @@ class Handovers:
     def again(self, uid: str) -> None:
         """
         The user's queue may hold messages its sockets here were not handed: another node took the user over while
-        this one was out of the list (its subscription down) and queued them.  Handed to its oldest socket, after the
-        handover under way if there is one.
+        this one was out of the list (its subscription down) and queued them.  Handed to its oldest socket, the
+        others' live messages held meanwhile (one of them takes the rest over if it goes); or, if a handover is
+        under way, read once more by it.
         """
         handover = self._running.get(uid)
         if handover is not None:
             handover.again = True
             return
         user = self._presence.get(uid)
-        if user is not None and user.attachments:
-            self._start(user.attachments[0])
+        sockets = [attachment for attachment in user.attachments if attachment.attached] if user is not None else []
+        if sockets:
+            for other in sockets[1:]:
+                other.held = [] if other.held is None else other.held
+            self._start(sockets[0], sockets[1:])
 
     def stop(self, timeout: float) -> Deferred[Any]:
         """

@@ -109,8 +109,10 @@ class PeerLink:
         self._forwarding = Forwarding(self, hub, clock, self.log)
         self._stopping = False
         self._running: Deferred[None] | None = None
-        #: Whether the last list this node took left it out (its relays are attached again once it is back in).
+        #: Whether the last list this node took left it out (its relays are attached again once it is back in); and
+        #: whether it was listed before in this run (at its first join, no other node had its users meanwhile).
         self._out = False
+        self._was_listed = False
         #: Whether this run's inbox was emptied of the previous run's entries: this node joins only then, or what
         #: the others write to it once they hear it join (attaches, barriers) could be emptied with them.
         self.ready = False
@@ -211,19 +213,21 @@ class PeerLink:
             owner = self.owner(user.uid)
             if owner is not None:
                 hub.give_away(user.uid, owner)
-            elif rejoined:
+            elif rejoined and self._was_listed:
                 kept.append(user.uid)
+        self._was_listed = self._was_listed or self._owners.listed
         if change is not None:
             # after the users were given away: the word to their new owners waits for what that puts back in the
             # queue (Hub.written), even when nothing else is under way and it would be sent in this very call
             self.handoffs.changed(change)
-        for uid in kept:
-            # others may have owned them while this node was out of their lists (its subscription down: it never
-            # heard it was) and queued their messages: read once the word of those nodes came (Router.unheld)
-            hub.hand_queue_again(uid)
         self._owning.nodes_changed(restarted, run)
         self._forwarding.owners_changed(lambda owner: owner not in self._owners.nodes or owner == restarted)
         self._holding.follow(restarted, rejoined)
+        for uid in kept:
+            # listed again: others may have owned them while this node was out of their lists (its subscription
+            # down: it never heard it was) and queued their messages, read once those nodes' word came (Router.unheld)
+            # by the sockets still here (those of the nodes gone were dropped just above)
+            hub.hand_queue_again(uid)
 
     # -- the inbox -----------------------------------------------------------------------
 

@@ -125,6 +125,23 @@ def test_the_queue_read_again_for_a_socket_goes_after_the_handover_under_way_and
     assert hub.handovers.running == 0
 
 
+def test_the_queue_read_again_holds_the_users_other_sockets_and_one_takes_it_over_if_the_first_goes() -> None:
+    hub, queues, clock = setting(batch=2)
+    first, other = Socket(clock), Socket(clock)
+    gone = identify(hub, first)
+    identify(hub, other)
+    release = hub.hold()  # the word of the nodes that had the user is not here yet
+    queue(queues, "q1", "q2")
+    hub.hand_queue_again("u")
+    first.close()  # (a socket of a node gone, or one closing)
+    hub.detach(gone)
+    hub.on_publish(b"rm.users.u", b"live")
+    release()
+    other.confirm_all()
+    assert other.payloads() == ["q1", "q2", "live"], "held while the queue was on its way, then in order"
+    assert queues.payloads("u") == []
+
+
 def test_a_socket_that_drops_mid_handover_leaves_what_it_did_not_confirm_queued() -> None:
     hub, queues, clock = setting(batch=2)
     queue(queues, "a", "b", "c", "d", "e")

@@ -47,13 +47,18 @@ _log = Logger(namespace="redmessenger_app")
 def _connection_arguments(url: str) -> dict[str, Any]:
     sentinel = parse_sentinel_url(url)
     if sentinel is not None:
+        if sentinel.tls:
+            raise ValueError(
+                "the Twisted flavour does not take rediss+sentinel:// (TLS to the master the sentinels name) yet: "
+                "use the blocking or asyncio flavour, or rediss:// to the master"
+            )
         return {
             "host": sentinel.master_name,  # (for the messages: the master's address is the sentinels' to say)
             "port": 0,
             "dbid": sentinel.db or None,
             "password": sentinel.password,
             "username": sentinel.username,
-            "ssl_context_factory": sentinel.tls,
+            "ssl_context_factory": False,
             "charset": None,
             "convertNumbers": False,
         }
@@ -79,6 +84,10 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+#: Seconds a look-up of the master waits for a sentinel's answer (then the connection is tried again).
+DISCOVERY_TIMEOUT = 10.0
+
+
 @implementer(IStreamClientEndpoint)
 class _SentinelMaster:
     """Connects to the master the sentinels name, asking them before each connection (a failover moves it)."""
@@ -88,46 +97,57 @@ class _SentinelMaster:
 
         self.sentinel = sentinel
         options = {"password": sentinel.sentinel_password} if sentinel.sentinel_password else {}
-        # txredisapi's: asks every sentinel, takes the first that names a master it does not see down
+        #: txredisapi's: a connection to each sentinel, and its reading of their answers (check_master_state)
         self.sentinels = txredisapi.Sentinel(list(sentinel.sentinels), **options)
+        #: Look-ups under way (stop() ends them).
+        self._looking: set[Deferred[tuple[str, int]]] = set()
 
     def connect(self, factory: Any) -> Deferred[Any]:
         return ensureDeferred(self._connect(factory))
 
     async def _connect(self, factory: Any) -> Any:
         from twisted.internet import reactor
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.internet.endpoints import HostnameEndpoint
 
-        host, port = await self.sentinels.discover_master(self.sentinel.master_name)
-        host = _text(host)
-        endpoint: Any = HostnameEndpoint(reactor, host, int(port), timeout=5)
-        if self.sentinel.tls:
-            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-        return await endpoint.connect(factory)
+        host, port = await self._discover()
+        return await HostnameEndpoint(reactor, host, port, timeout=5).connect(factory)
+
+    async def _discover(self) -> tuple[str, int]:
+        """Where the master is, as the first sentinel to answer names it (a master it does not see down)."""
+        from twisted.internet import reactor
+
+        found: Deferred[tuple[str, int]] = Deferred()
+
+        def answer(masters: Any) -> None:
+            state = masters.get(self.sentinel.master_name) if isinstance(masters, dict) else None
+            if state and not found.called and self.sentinels.check_master_state(state):
+                found.callback((_text(state["ip"]), int(state["port"])))
+
+        for sentinel in self.sentinels.sentinels:
+            sentinel.sentinel_masters().addCallbacks(answer, lambda _: None)
+        found.addTimeout(DISCOVERY_TIMEOUT, reactor)
+        self._looking.add(found)
+        try:
+            return await found
+        finally:
+            self._looking.discard(found)
+
+    def stop(self) -> Deferred[Any]:
+        """End the look-ups under way and close the connections to the sentinels."""
+        for looking in list(self._looking):
+            looking.cancel()
+        return self.sentinels.disconnect()  # type: ignore[no-any-return]
 
     def connection(self, arguments: dict[str, Any], poolsize: int) -> Any:
-        """A lazy txredisapi handler of ``poolsize`` connections to the master, each checked to be the master."""
+        """A lazy txredisapi handler of ``poolsize`` connections to the master."""
         import txredisapi
 
         class Master(txredisapi.RedisProtocol):
             """
-            Dropped, and made again through the sentinels, if the server is not the master (a sentinel that has not
-            heard of a failover yet named the old one) or stops being one (READONLY: the sentinels made it a replica;
-            the call fails, as with the other flavours: call it again).
+            When the server answers READONLY (it is a replica: the sentinels made it one, or one that had not heard
+            of a failover named it), every connection of the pool is dropped and made again to the master the
+            sentinels name then; the call fails, as with valkey-py in the other flavours: call it again.
             """
-
-            def connectionMade(self) -> Any:
-                if self.password is not None:
-                    self.auth(self.password, self.username)
-
-                def check(role: Any) -> Any:
-                    if not isinstance(role, list) or role[:1] not in ([b"master"], ["master"]):
-                        self.transport.loseConnection()
-                        return None
-                    return txredisapi.RedisProtocol.connectionMade(self)
-
-                return self.execute_command("ROLE").addCallback(check)
 
             def replyReceived(self, reply: Any) -> None:
                 if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("READONLY"):
@@ -360,7 +380,7 @@ class RedMessenger(Application):
             waits.append(self._serving)
         waits.append(self.redis.disconnect())
         if self._master is not None:
-            waits.append(self._master.sentinels.disconnect())
+            waits.append(self._master.stop())
         from twisted.internet.defer import DeferredList
 
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

@@ -10,6 +10,7 @@ Two daemons in this process on one real valkey-server, real WebSocket clients; e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest_twisted
@@ -26,14 +27,20 @@ QUEUE = "rm:users:{}:messages"
 INBOX = "rm:nodes:{}:inbox"
 
 
-async def relayed_on_a(daemon_factory: Any, redis: Any) -> tuple[list[Any], Any, Any, str, WebSocketClient]:
-    """Two daemons; a user node-b owns, its socket on node-a, which got m0 and confirmed it."""
+async def socket_on_a(daemon_factory: Any, redis: Any, owner: str) -> tuple[list[Any], Any, Any, str, WebSocketClient]:
+    """Two daemons; a user ``owner`` owns, its socket on node-a, which got m0."""
     daemons = await cluster(daemon_factory, 2)
     a, b = on(daemons, "node-a"), on(daemons, "node-b")
-    uid = owned_by("node-b", NODES[:2])
+    uid = owned_by(owner, NODES[:2])
     client = await tab(daemons, a, uid)
     publish(redis, f"rm.users.{uid}", "m0")
     await received(client, 1)
+    return daemons, a, b, uid, client
+
+
+async def relayed_on_a(daemon_factory: Any, redis: Any) -> tuple[list[Any], Any, Any, str, WebSocketClient]:
+    """Two daemons; a user node-b owns, its socket on node-a, which got m0 and confirmed it."""
+    daemons, a, b, uid, client = await socket_on_a(daemon_factory, redis, "node-b")
     remote = b.service.presence.get(uid).attachments[0]
     await wait_until(lambda: not remote.unconfirmed and not remote.confirming, 5, "m0 confirmed at the owner")
     return daemons, a, b, uid, client
@@ -41,6 +48,21 @@ async def relayed_on_a(daemon_factory: Any, redis: Any) -> tuple[list[Any], Any,
 
 async def received(client: WebSocketClient, count: int) -> None:
     await wait_until(lambda: len(client.received) >= count, 10, f"{count} messages received")
+
+
+def deaf(daemon: Any) -> Callable[[], None]:
+    """The daemon's subscription down: it hears nothing (rm.nodes or PUBLISHes) and so does not beat; the call returned makes it hear again."""
+    registry, link = daemon.service.nodes, daemon.service.link
+    hearing, on_message = registry._hearing, link.on_message
+    registry._hearing = lambda: False
+    registry.heard = lambda payload: None
+    link.on_message = lambda channel, payload: None
+
+    def hears_again() -> None:
+        registry._hearing, link.on_message = hearing, on_message
+        del registry.heard
+
+    return hears_again
 
 
 def queued(redis: Any, uid: str) -> list[str]:
@@ -60,8 +82,13 @@ async def beats_again(daemons: list[Any], a: Any) -> None:
     await wait_until(lambda: all(d.service.peers.nodes == NODES[:2] for d in daemons), 10, "both to hear node-a join")
 
 
-async def live_then_done(daemons: list[Any], client: WebSocketClient, redis: Any, uid: str, first: int) -> None:
-    """m{first}..m5 published with node-a listed again: the socket gets them live; all of m0..m5 once, in order."""
+async def live_then_done(
+    daemons: list[Any], client: WebSocketClient, redis: Any, uid: str, first: int, relayed: bool = True
+) -> None:
+    """
+    m{first}..m5 published with node-a listed again: the socket (a relay, or ``relayed`` False: node-a's own) gets
+    them live; all of m0..m5 once, in order.
+    """
     for i in range(first, 6):
         publish(redis, f"rm.users.{uid}", f"m{i}")
     await received(client, 6)
@@ -70,7 +97,7 @@ async def live_then_done(daemons: list[Any], client: WebSocketClient, redis: Any
     assert payloads(client) == [f"m{i}" for i in range(6)], "each once, in order"
     assert bubbles(client) == [True] * 6
     assert queued(redis, uid) == [], "nothing left queued: the user was online throughout"
-    assert sockets_of(daemons, uid) == 1 and on(daemons, "node-a").service.peers.relays == 1
+    assert sockets_of(daemons, uid) == 1 and on(daemons, "node-a").service.peers.relays == int(relayed)
     assert [d.service.peers.lost_batches for d in daemons] == [0, 0], "a writer counting its batches again is no loss"
     assert [d.service.peers.handoffs.timed_out for d in daemons] == [0, 0]
     client.close()
@@ -117,10 +144,7 @@ async def test_a_relay_of_a_daemon_whose_subscription_was_down_is_attached_again
     """
     daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)
     lost = losing_the_first(a, b"dropped")
-    registry = a.service.nodes
-    hearing = registry._hearing
-    registry._hearing = lambda: False
-    registry.heard = lambda payload: None  # the subscription down: nothing heard on rm.nodes
+    hears_again = deaf(a)
     redis.zadd("rm:nodes", {"node-a": 1})
     await wait_until(lambda: b.service.peers.nodes == ["node-b"] and len(lost) == 1, 10, "node-b to drop node-a")
     assert a.service.peers.nodes == NODES[:2], "node-a heard nothing: its list is the same"
@@ -128,8 +152,7 @@ async def test_a_relay_of_a_daemon_whose_subscription_was_down_is_attached_again
     publish(redis, f"rm.users.{uid}", "m1")
     publish(redis, f"rm.users.{uid}", "m2")
     await wait_until(lambda: queued(redis, uid) == ["m1", "m2"], 5, "queued: the owner does not know the socket")
-    registry._hearing = hearing
-    del registry.heard  # heard again
+    hears_again()
     await received(client, 3)
     await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
     await live_then_done(daemons, client, redis, uid, 3)
@@ -144,17 +167,8 @@ async def test_what_another_daemon_queued_for_a_local_user_while_its_owners_subs
     own view it owns the user throughout.  node-b took the user over meanwhile and queued m1–m2 (no socket there).
     Once node-a hears again (its own join), the queue goes to the socket, after node-b's word: m0..m5 once, in order.
     """
-    daemons = await cluster(daemon_factory, 2)
-    a, b = on(daemons, "node-a"), on(daemons, "node-b")
-    uid = owned_by("node-a", NODES[:2])
-    client = await tab(daemons, a, uid)
-    publish(redis, f"rm.users.{uid}", "m0")
-    await received(client, 1)
-    registry, link = a.service.nodes, a.service.link
-    hearing, on_message = registry._hearing, link.on_message
-    registry._hearing = lambda: False
-    registry.heard = lambda payload: None  # the subscription down: nothing heard, on rm.nodes or elsewhere
-    link.on_message = lambda channel, payload: None
+    daemons, a, b, uid, client = await socket_on_a(daemon_factory, redis, "node-a")
+    hears_again = deaf(a)
     redis.zadd("rm:nodes", {"node-a": 1})
     await wait_until(lambda: b.service.peers.nodes == ["node-b"], 10, "node-b to drop node-a")
     assert a.service.peers.nodes == NODES[:2] and a.service.peers.owner(uid) is None, "node-a still owns it, it thinks"
@@ -162,22 +176,10 @@ async def test_what_another_daemon_queued_for_a_local_user_while_its_owners_subs
     publish(redis, f"rm.users.{uid}", "m2")
     await wait_until(lambda: queued(redis, uid) == ["m1", "m2"], 5, "queued by node-b, which owns the user now")
     assert payloads(client) == ["m0"]
-    registry._hearing, link.on_message = hearing, on_message
-    del registry.heard  # heard again
+    hears_again()
     await received(client, 3)
     await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
-    for i in range(3, 6):
-        publish(redis, f"rm.users.{uid}", f"m{i}")
-    await received(client, 6)
-    for daemon in daemons:
-        await daemon.idle()
-    assert payloads(client) == [f"m{i}" for i in range(6)], "each once, in order"
-    assert bubbles(client) == [True] * 6
-    assert queued(redis, uid) == []
-    assert sockets_of(daemons, uid) == 1 and [d.service.peers.relays for d in daemons] == [0, 0]
-    assert [d.service.peers.handoffs.timed_out for d in daemons] == [0, 0], "node-b's word came"
-    client.close()
-    await client.close_code()
+    await live_then_done(daemons, client, redis, uid, 3, relayed=False)  # node-b's word came: none timed out
 
 
 @pytest_twisted.ensureDeferred

@@ -112,9 +112,10 @@ class Router:
         self._inbox: deque[_Pending] = deque()
         #: Bytes of the messages in the inbox (Message.weight).
         self._waiting_bytes = 0
-        #: Holds not let go yet (Router.hold): only they are let go past MAX_HELD_BYTES, and only they are looked for;
-        #: and who waits for none to be left (:meth:`unheld`).
-        self._holds, self._unheld = 0, list[Deferred[None]]()
+        #: Holds not let go yet (Router.hold): only they are let go past MAX_HELD_BYTES, and only they are looked for.
+        self._holds = 0
+        #: Who waits for none to be left (:meth:`unheld`).
+        self._unheld: list[Deferred[None]] = []
         #: Whether a step taken in its turn (in_order) is running: a hold it takes goes first, before the messages
         #: published after that step, which may already wait behind it.
         self._in_step = False
@@ -246,7 +247,10 @@ class Router:
         step, already waiting, are held too.
         """
         pending = _Pending(None, None)
-        (self._inbox.appendleft if self._in_step else self._inbox.append)(pending)
+        if self._in_step:
+            self._inbox.appendleft(pending)
+        else:
+            self._inbox.append(pending)
         self._holds += 1
 
         def release() -> None:

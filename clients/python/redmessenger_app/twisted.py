@@ -90,7 +90,12 @@ DISCOVERY_TIMEOUT = 10.0
 
 @implementer(IStreamClientEndpoint)
 class _SentinelMaster:
-    """Connects to the master the sentinels name, asking them before each connection (a failover moves it)."""
+    """
+    Connects to the master the sentinels name, asking them before each connection (a failover moves it).  Not
+    txredisapi's ``Sentinel.master_for``: its connections compare ROLE's answer with text (raw bytes here, as the
+    daemon reads them: never a match), ROLE needs an @admin permission applications seldom have, and its look-up's
+    timer outlives a stop.
+    """
 
     def __init__(self, sentinel: SentinelURL) -> None:
         import txredisapi

@@ -16,6 +16,7 @@ from typing import Any
 import pytest_twisted
 
 from redmessenger.model.errors import ClientError, CloseCode
+from redmessenger.redis_edge import nodes as nodes_module
 from redmessenger.redis_edge import peers as peers_module
 from redmessenger.redis_edge.batches import INBOX_TTL
 
@@ -50,19 +51,31 @@ async def received(client: WebSocketClient, count: int) -> None:
     await wait_until(lambda: len(client.received) >= count, 10, f"{count} messages received")
 
 
-def deaf(daemon: Any) -> Callable[[], None]:
-    """The daemon's subscription down: it hears nothing (rm.nodes or PUBLISHes) and so does not beat; the call returned makes it hear again."""
+def deaf(daemon: Any) -> Callable[[bool], None]:
+    """
+    The daemon's subscription down, as the link tells it (NodeRegistry.unheard): it hears nothing (rm.nodes or
+    PUBLISHes) and so does not beat.  The call returned makes it hear again: the PUBLISHes at once, then (unless
+    ``subscribed`` is False: the test calls NodeRegistry.subscribed itself) rm.nodes, as its SUBSCRIBE is confirmed.
+    """
     registry, link = daemon.service.nodes, daemon.service.link
     hearing, on_message = registry._hearing, link.on_message
     registry._hearing = lambda: False
     registry.heard = lambda payload: None
     link.on_message = lambda channel, payload: None
+    registry.unheard()
 
-    def hears_again() -> None:
+    def hears_again(subscribed: bool = True) -> None:
         registry._hearing, link.on_message = hearing, on_message
         del registry.heard
+        if subscribed:
+            registry.subscribed()
 
     return hears_again
+
+
+def kept(daemon: Any) -> int:
+    """PUBLISHes the daemon heard and keeps until it knows whether the others acted on them (Router.unsure)."""
+    return len(daemon.service.hub.router._unlisted or ())
 
 
 def queued(redis: Any, uid: str) -> list[str]:
@@ -180,6 +193,62 @@ async def test_what_another_daemon_queued_for_a_local_user_while_its_owners_subs
     await received(client, 3)
     await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
     await live_then_done(daemons, client, redis, uid, 3, relayed=False)  # node-b's word came: none timed out
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_daemon_hears_again_before_its_join_is_left_to_the_owner_that_had_its_user_meanwhile(
+    daemon_factory, redis, monkeypatch
+):
+    """
+    node-a's subscription comes back after node-b dropped it; m1, published before node-a's join, is heard by both:
+    node-b owns the user then and queues it. node-a keeps it until its join tells it node-b acted (its entry had
+    been dropped by node-b, not by its own heartbeat): m1 comes once, from the queue (before, also live: twice).
+    """
+    # its entry expires here long before its time (the test sets it so): the loss as if it had lasted that long
+    monkeypatch.setattr(nodes_module, "EXPIRY_MARGIN", 1000.0)
+    daemons, a, b, uid, client = await socket_on_a(daemon_factory, redis, "node-a")
+    hears_again = deaf(a)
+    redis.zadd("rm:nodes", {"node-a": 1})
+    await wait_until(lambda: b.service.peers.nodes == ["node-b"], 10, "node-b to drop node-a")
+    hears_again(subscribed=False)  # the PUBLISHes heard again, rm.nodes not yet (nor a heartbeat)
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: kept(a) == 1 and queued(redis, uid) == ["m1"], 5, "m1 kept by node-a, queued by node-b")
+    assert payloads(client) == ["m0"]
+    a.service.nodes.subscribed()  # its heartbeat: node-a joins again
+    await received(client, 2)
+    await wait_until(lambda: queued(redis, uid) == [], 5, "the queue trimmed once confirmed")
+    await live_then_done(daemons, client, redis, uid, 2, relayed=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_daemon_hears_again_before_its_entry_could_expire_it_acts_on_at_once(daemon_factory, redis):
+    """A short loss of node-a's subscription: still listed, it acts on what it heard on resubscribing, once."""
+    daemons, a, b, uid, client = await socket_on_a(daemon_factory, redis, "node-a")
+    hears_again = deaf(a)
+    hears_again(subscribed=False)
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: kept(a) == 1, 5, "m1 kept until node-a hears rm.nodes again")
+    assert payloads(client) == ["m0"] and queued(redis, uid) == [], "node-b left it to node-a, still listed"
+    a.service.nodes.subscribed()
+    await received(client, 2)
+    await live_then_done(daemons, client, redis, uid, 2, relayed=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_unsure_of_its_entry_acts_on_what_it_kept_once_its_heartbeat_finds_it_there(
+    daemon_factory, redis, monkeypatch
+):
+    """Heard again when its entry might have expired, node-a asks its heartbeat: the entry is there, it acts."""
+    monkeypatch.setattr(nodes_module, "EXPIRY_MARGIN", 1000.0)  # not sure at once, whatever the time
+    daemons, a, b, uid, client = await socket_on_a(daemon_factory, redis, "node-a")
+    hears_again = deaf(a)
+    hears_again(subscribed=False)
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: kept(a) == 1, 5, "m1 kept")
+    a.service.nodes.subscribed()
+    await received(client, 2)
+    assert kept(a) == 0 and b.service.peers.nodes == NODES[:2], "node-a was listed throughout"
+    await live_then_done(daemons, client, redis, uid, 2, relayed=False)
 
 
 @pytest_twisted.ensureDeferred

@@ -130,6 +130,8 @@ class Router:
         #: Until this daemon is first listed: the PUBLISHes to users and groups it heard, decided at its joining
         #: (:meth:`joined`); None once it has joined.
         self._unlisted: list[_Pending] | None = []
+        #: Whether it is unknown if the other daemons act on this one's users meanwhile (:meth:`unsure`).
+        self._unsure = False
         self._unlisted_bytes = 0
         self._unlisted_full = False
 
@@ -188,13 +190,13 @@ class Router:
         owners = self.owners  # read directly, not through the ports: this runs for every PUBLISH, dropped ones too
         if owners is None:
             return True
-        if not owners.listed:
-            return False  # not among the nodes yet (or any more): their owners act
+        if not owners.listed or self._unsure:
+            return False  # not among the nodes yet (or any more): their owners act; or not known (unsure)
         return group or owners.elsewhere(name) is None
 
     def _listed(self) -> bool:
         owners = self.owners
-        return owners is None or owners.listed
+        return owners is None or (owners.listed and not self._unsure)
 
     def _keep_until_joined(self, pending: _Pending) -> None:
         kept = self._unlisted
@@ -218,18 +220,35 @@ class Router:
         The PUBLISHes heard before it were acted on by the other daemons if there were any (``alone`` False); if it
         is alone, nobody did: it acts on them now, before anything published after the change.
         """
+        if self._unsure:
+            return  # (a change of the others while this daemon is unsure: sure() decides)
         kept, self._unlisted, self._unlisted_bytes = self._unlisted, None, 0
         if not kept:
             return
         if not alone:
             self.log.debug("{count} messages heard before joining were the other daemons' to act on", count=len(kept))
             return
-        self.log.info("Acting on {count} messages heard before this daemon was listed (it is alone)", count=len(kept))
+        self.log.info("Acting on {count} messages heard while nobody else acted on them", count=len(kept))
         self._inbox.extendleft(reversed(kept))
         self._waiting_bytes += sum(p.message.weight for p in kept if p.message is not None)
         for pending in kept:
             if pending.group and pending.uids is None:
                 self._look_up_members(pending, pending.label)
+
+    def unsure(self) -> None:
+        """
+        Whether the other daemons act on this one's users is not known (its subscription was lost while it was listed:
+        they may have dropped it meanwhile, redis_edge/nodes.py): the PUBLISHes to users and groups heard from now on
+        are kept, as before a first join, until :meth:`sure` says.
+        """
+        self._unsure = True
+        if self._unlisted is None:
+            self._unlisted, self._unlisted_full = [], False
+
+    def sure(self, act: bool) -> None:
+        """Known again, in publish order: act on what was kept (nobody else did), or leave it (the others did)."""
+        self._unsure = False
+        self.joined(alone=act)
 
     def in_order(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every message published before it was handed on (a change of the nodes)."""

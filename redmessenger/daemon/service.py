@@ -97,8 +97,8 @@ class RedMessengerService(OrderedServices):
             on_message=self._on_publish,
             on_read=(self.corks.hold, self._end_of_read),
             direct=(self.answers_channel.encode("ascii"), self._on_answer),
-            # the live nodes heard among the messages; a heartbeat as soon as subscribed
-            nodes=(lambda payload: self.nodes.heard(payload), lambda: self.nodes.beat()),
+            # the live nodes heard among the messages; a heartbeat as soon as subscribed; the subscription lost
+            nodes=(lambda payload: self.nodes.heard(payload), lambda: self.nodes.subscribed(), lambda: self.nodes.unheard()),
         )
         #: The daemons sharing this Redis (docs/scale-out.md): heartbeats in rm:nodes.
         self.nodes = NodeRegistry(
@@ -145,6 +145,8 @@ class RedMessengerService(OrderedServices):
         )
         self.hub.set_peers(self.peers)
         self.peers.on_ready = lambda: self.nodes.beat()
+        # its subscription lost while listed: what it hears until it knows whether the others acted is kept
+        self.nodes.on_unsure, self.nodes.on_sure = self.hub.router.unsure, self.hub.router.sure
         self.intake: IntakeReader | None = None
         if config.intake:
             self.intake = IntakeReader(

@@ -98,7 +98,7 @@ class RedisLink:
         on_message: OnMessage,
         on_read: tuple[Callable[[], None], Callable[[], None]] | None = None,
         direct: tuple[bytes, Callable[[bytes], None]] | None = None,
-        nodes: tuple[Callable[[bytes], None], Callable[[], object]] | None = None,
+        nodes: tuple[Callable[[bytes], None], Callable[[], object], Callable[[], object]] | None = None,
     ) -> None:
         import txredisapi
 
@@ -257,6 +257,8 @@ class RedisLink:
 
             def connectionLost(self, why: Any) -> None:
                 link.hearing_nodes = False
+                if nodes is not None:
+                    nodes[2]()
                 link.report.unsubscribed(why, link.probe.take_silence() if link.probe is not None else None)
                 super().connectionLost(why)
 

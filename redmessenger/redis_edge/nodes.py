@@ -45,6 +45,8 @@ from redmessenger.redis_edge.scripts import HEARTBEAT
 
 
 _KEYS = [NODES_KEY, NODES_SOCKETS_KEY, NODES_EPOCH_KEY, NODES_RUNS_KEY, NODES_SECRET_KEY]
+#: Seconds before its entry would expire after which a node that hears again is not sure it is still listed.
+EXPIRY_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class NodesChange:
     #: The heartbeat script's signature, and what it signed (the script's text, the nodes in its order).
     sig: str = ""
     signed: str = ""
+    #: The nodes whose entries had expired, dropped by it (not signed: a copy of a change is a replay, ignored).
+    expired: tuple[str, ...] = ()
 
     def signed_with(self, secret: str) -> bool:
         """Whether the heartbeat script signed this change with ``secret`` (redis_edge/scripts.py, HEARTBEAT)."""
@@ -88,7 +92,9 @@ class NodesChange:
         flags = joined, left, restarted = tuple(raw.get(flag) is True for flag in ("joined", "left", "restarted"))
         sig = raw["sig"] if isinstance(raw.get("sig"), str) else ""
         signed = "\n".join((str(raw["epoch"]), raw["node"], run, *("1" if f else "0" for f in flags), ",".join(nodes)))
-        return cls(raw["epoch"], raw["node"], joined, left, restarted, sorted(nodes), run, sig, signed)
+        expired = raw.get("expired")
+        gone = tuple(n for n in expired if isinstance(n, str)) if isinstance(expired, list) else ()
+        return cls(raw["epoch"], raw["node"], joined, left, restarted, sorted(nodes), run, sig, signed, gone)
 
 
 class NodeRegistry:
@@ -151,6 +157,17 @@ class NodeRegistry:
         self.unsigned = 0
         #: The epoch of the last signed change taken (a lower or equal one is a replay); 0 again with a new secret.
         self._epoch = 0
+        #: The subscription was lost while this node was listed (:meth:`unheard`): whether the others act on its users
+        #: meanwhile is not known until a heartbeat begun after this many finds its entry there, or until a change
+        #: heard tells (:meth:`_settle`).  None: known.
+        self._unsure_since: int | None = None
+        #: Heartbeats begun, and when the last one that listed this node was (its entry lasts ``ttl`` from then).
+        self._beats = 0
+        self._last_listed = float("-inf")
+        #: Told when it is unknown whether the others act on this node's users, and when it is known again, in publish
+        #: order, whether this node acts on what it kept meanwhile (core.routing.Router.unsure / sure).
+        self.on_unsure: Callable[[], object] = lambda: None
+        self.on_sure: Callable[[bool], object] = lambda act: None
 
     def start(self) -> None:
         self._loop.start(self._interval, now=True)
@@ -159,15 +176,39 @@ class NodeRegistry:
         if self._beating or not self._connected() or not self._hearing():
             return succeed(None)
         self._beating = True
+        self._beats += 1
+        number, begun = self._beats, self._clock.seconds()
         if self.secret is None:  # read first: the change this heartbeat publishes is signed with it
             d = translated(self._commands.execute_command("MGET", NODES_SECRET_KEY, NODES_EPOCH_KEY))
             d.addCallback(self._read_first)
             d.addCallback(lambda _: self._heartbeat())
         else:
             d = self._heartbeat()
-        d.addCallbacks(self._listed, self._failed)
+        d.addCallbacks(self._listed, self._failed, callbackArgs=(number, begun))
         d.addBoth(self._beaten)
         return d
+
+    def unheard(self) -> None:
+        """
+        The subscription was lost (the PUBLISHes published meanwhile are not heard).  If its entry expires before this
+        node hears again, the others drop it and act on its users; the PUBLISHes it hears once subscribed again, until
+        it knows which, are kept (core.routing.Router.unsure): acted on twice otherwise, here and by the others.
+        """
+        if self.listed and self._unsure_since is None:
+            self._unsure_since = self._beats
+            self.on_unsure()
+
+    def subscribed(self) -> Deferred[None]:
+        """Hearing rm.nodes (again): sure at once if its entry cannot have expired meanwhile; a heartbeat."""
+        if self._unsure_since is not None and self._clock.seconds() < self._last_listed + self._ttl - EXPIRY_MARGIN:
+            self._in_order(lambda: self._settle(True))
+        return self.beat()
+
+    def _settle(self, act: bool) -> None:
+        """Known again whether the others acted on this node's users while it was unsure (in publish order)."""
+        if self._unsure_since is not None:
+            self._unsure_since = None
+            self.on_sure(act)
 
     def _heartbeat(self) -> Deferred[Any]:
         return translated(
@@ -228,9 +269,30 @@ class NodeRegistry:
         self._epoch = change.epoch
         if change.run and change.node in change.nodes:
             self.runs[change.node] = change.run  # before the next heartbeat tells it: a node that joins takes sockets at once
-        self._in_order(lambda: self._take(change.nodes, "", change, lapsed))
+        me = self.node_id
+        # Unsure (unheard): this node's own join tells whether another node had dropped it (the others acted on its
+        # users since), or its own heartbeat found its entry expired (nobody saw it gone); a change dropping it tells
+        # that what it kept came before (its users were left to it).
+        act: bool | None = None
+        if self._unsure_since is not None:
+            if change.joined and change.node == me:
+                act = me in change.expired
+            elif me in change.expired:
+                act = True
 
-    def _listed(self, reply: Any) -> None:
+        def take() -> None:
+            if act is not None:
+                self._settle(act)
+            self._take(change.nodes, "", change, lapsed)
+
+        self._in_order(take)
+
+    def _listed(self, reply: Any, number: int = 0, begun: float = 0.0) -> None:
+        if reply and self.node_id in [_text(n) for n in reply[0] or []]:
+            self._last_listed = begun
+            if self._unsure_since is not None and number > self._unsure_since and not (len(reply) > 4 and reply[4]):
+                # begun since the subscription was lost, it found this node's entry there: nobody else acted
+                self._in_order(lambda: self._settle(True))
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
         runs = (reply[2] or []) if reply and len(reply) > 2 else []
         if reply and len(reply) > 3 and reply[3]:
@@ -251,6 +313,8 @@ class NodeRegistry:
 
     def _take(self, nodes: list[str], how: str, change: NodesChange | None, lapsed: bool = False) -> None:
         self._differs_since = None
+        if change is None:
+            self._settle(False)  # (no change heard that tells: the heartbeats' list is taken, the others acted)
         restarted = change is not None and change.restarted
         if nodes == self.nodes and not restarted and not lapsed:
             return

@@ -196,8 +196,9 @@ if (joined or left or restarted or #expired > 0) and ARGV[5] then
     restarted = restarted, expired = expired, nodes = nodes, run = run,
     sig = redis.sha1hex((secret or '') .. redis.sha1hex(signed))}))
 end
+local listed = joined and 1 or 0
 if #nodes == 0 then
-  return {nodes, {}, {}, secret}
+  return {nodes, {}, {}, secret, listed}
 end
-return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes)), redis.call('HMGET', KEYS[4], unpack(nodes)), secret}
+return {nodes, redis.call('HMGET', KEYS[2], unpack(nodes)), redis.call('HMGET', KEYS[4], unpack(nodes)), secret, listed}
 """

@@ -75,7 +75,7 @@ def deaf(daemon: Any) -> Callable[[bool], None]:
 
 def kept(daemon: Any) -> int:
     """PUBLISHes the daemon heard and keeps until it knows whether the others acted on them (Router.unsure)."""
-    return len(daemon.service.hub.router._unlisted or ())
+    return int(daemon.service.hub.router.kept)
 
 
 def queued(redis: Any, uid: str) -> list[str]:

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from redmessenger.core.counters import Counters
 from redmessenger.core.ownership import Ownership
 from redmessenger.core.ports import Directory, StoreUnavailable
+from redmessenger.core.undecided import Undecided
 from redmessenger.logs import debugging, make_logger
 from redmessenger.model.channels import BadClientPublish, parse_client_publish
 from redmessenger.model.envelope import Message, MessageIds, Ticket, decode_payload
@@ -39,10 +40,6 @@ from redmessenger.model.keyspace import (
     valid_name,
 )
 
-#: PUBLISHes kept at most while this daemon waits to be listed among the nodes (its first heartbeat, a round trip),
-#: and their bytes at most (payloads and envelopes, about: Message.weight).
-MAX_UNLISTED = 100000
-MAX_UNLISTED_BYTES = 32 * 1024 * 1024
 #: Bytes of messages (Message.weight) waiting behind a hold (a change of the nodes waiting for the old owners' word)
 #: past which the holds are let go at once, as when their time is up: memory stays bounded at any rate.
 MAX_HELD_BYTES = 64 * 1024 * 1024
@@ -127,13 +124,9 @@ class Router:
         #: groups' PUBLISHes only while it is listed among the live nodes, and a bare PUBLISH to a user owned
         #: elsewhere is left to its owner.  None: it is alone, and acts on every PUBLISH.
         self.owners: Ownership | None = None
-        #: Until this daemon is first listed: the PUBLISHes to users and groups it heard, decided at its joining
-        #: (:meth:`joined`); None once it has joined.
-        self._unlisted: list[_Pending] | None = []
-        #: Whether it is unknown if the other daemons act on this one's users meanwhile (:meth:`unsure`).
-        self._unsure = False
-        self._unlisted_bytes = 0
-        self._unlisted_full = False
+        #: Until this daemon is first listed, and while it is unsure (:meth:`unsure`): the PUBLISHes to users and
+        #: groups it heard, decided at its joining (:meth:`joined`) or when it is sure (:meth:`sure`).
+        self._undecided: Undecided[_Pending] = Undecided()
 
     @property
     def max_payload(self) -> int | None:
@@ -171,8 +164,8 @@ class Router:
                 self._look_up_members(pending, name)
             return
         if not self._acts(name, group):
-            if self._unlisted is not None and not self._listed():
-                self._keep_until_joined(_Pending(self._message(channel, payload), None if group else [name], name, group, decide=True))
+            if self._undecided.kept is not None and not self._listed():
+                self._keep(_Pending(self._message(channel, payload), None if group else [name], name, group, decide=True))
             return  # another daemon acts (docs/scale-out.md)
         if len(payload) > self._size_limit:
             self._oversize(channel, payload)
@@ -190,29 +183,22 @@ class Router:
         owners = self.owners  # read directly, not through the ports: this runs for every PUBLISH, dropped ones too
         if owners is None:
             return True
-        if not owners.listed or self._unsure:
+        if not owners.listed or self._undecided.unsure:
             return False  # not among the nodes yet (or any more): their owners act; or not known (unsure)
         return group or owners.elsewhere(name) is None
 
     def _listed(self) -> bool:
         owners = self.owners
-        return owners is None or (owners.listed and not self._unsure)
+        return owners is None or (owners.listed and not self._undecided.unsure)
 
-    def _keep_until_joined(self, pending: _Pending) -> None:
-        kept = self._unlisted
-        assert kept is not None and pending.message is not None
-        weight = pending.message.weight
-        if len(kept) < MAX_UNLISTED and self._unlisted_bytes + weight <= MAX_UNLISTED_BYTES:
-            kept.append(pending)
-            self._unlisted_bytes += weight
-        elif not self._unlisted_full:
-            self._unlisted_full = True
-            self.log.warn(
-                "{count} messages ({size} bytes) heard before this daemon was listed among the nodes: more are dropped "
-                "until it is (its heartbeat or its inbox fails: the log says why)",
-                count=len(kept),
-                size=self._unlisted_bytes,
-            )
+    def _keep(self, pending: _Pending) -> None:
+        assert pending.message is not None
+        self._undecided.keep(pending, pending.message.weight)
+
+    @property
+    def kept(self) -> int:
+        """PUBLISHes heard and kept until this daemon knows whether it acts on them (core/undecided.py)."""
+        return len(self._undecided.kept or ())
 
     def joined(self, alone: bool) -> None:
         """
@@ -220,9 +206,9 @@ class Router:
         The PUBLISHes heard before it were acted on by the other daemons if there were any (``alone`` False); if it
         is alone, nobody did: it acts on them now, before anything published after the change.
         """
-        if self._unsure:
+        if self._undecided.unsure:
             return  # (a change of the others while this daemon is unsure: sure() decides)
-        kept, self._unlisted, self._unlisted_bytes = self._unlisted, None, 0
+        kept = self._undecided.take()
         if not kept:
             return
         if not alone:
@@ -241,13 +227,11 @@ class Router:
         they may have dropped it meanwhile, redis_edge/nodes.py): the PUBLISHes to users and groups heard from now on
         are kept, as before a first join, until :meth:`sure` says.
         """
-        self._unsure = True
-        if self._unlisted is None:
-            self._unlisted, self._unlisted_full = [], False
+        self._undecided.lost_hearing()
 
     def sure(self, act: bool) -> None:
         """Known again, in publish order: act on what was kept (nobody else did), or leave it (the others did)."""
-        self._unsure = False
+        self._undecided.unsure = False
         self.joined(alone=act)
 
     def in_order(self, action: Callable[[], None]) -> None:
@@ -463,8 +447,8 @@ class Router:
                         self._in_step = False
                 continue
             if pending.decide and not self._acts(pending.label, pending.group):
-                if self._unlisted is not None and not self._listed():
-                    self._keep_until_joined(pending)
+                if self._undecided.kept is not None and not self._listed():
+                    self._keep(pending)
                 continue
             self._deliver(message, uids, pending.label if pending.group else None)
         if not inbox:

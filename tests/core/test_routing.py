@@ -263,9 +263,9 @@ def test_what_a_daemon_hears_before_it_is_listed_is_left_to_the_others_when_it_j
 
 
 def test_what_a_daemon_keeps_before_it_is_listed_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import redmessenger.core.routing as routing_module
+    import redmessenger.core.undecided as undecided_module
 
-    monkeypatch.setattr(routing_module, "MAX_UNLISTED", 3)
+    monkeypatch.setattr(undecided_module, "MAX_UNLISTED", 3)
     routing, _, recorder, _, _ = router()
     view = routing.owners = View(listed=False)
     for i in range(10):
@@ -276,10 +276,10 @@ def test_what_a_daemon_keeps_before_it_is_listed_is_bounded(monkeypatch: pytest.
 
 
 def test_what_a_daemon_keeps_before_it_is_listed_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    import redmessenger.core.routing as routing_module
+    import redmessenger.core.undecided as undecided_module
     from redmessenger.model.envelope import ENVELOPE_OVERHEAD
 
-    monkeypatch.setattr(routing_module, "MAX_UNLISTED_BYTES", 2 * (1000 + ENVELOPE_OVERHEAD))
+    monkeypatch.setattr(undecided_module, "MAX_UNLISTED_BYTES", 2 * (1000 + ENVELOPE_OVERHEAD))
     routing, _, recorder, _, _ = router()
     view = routing.owners = View(listed=False)
     for i in range(5):

@@ -252,6 +252,50 @@ async def test_a_daemon_unsure_of_its_entry_acts_on_what_it_kept_once_its_heartb
 
 
 @pytest_twisted.ensureDeferred
+async def test_what_a_daemon_kept_before_a_change_dropping_it_it_acts_on_with_the_owners_of_then(
+    daemon_factory, redis, monkeypatch
+):
+    """
+    node-a hears again (unsure: its heartbeat is late), m1 comes while node-b still lists it (node-b leaves m1 to
+    node-a), then node-b drops it: what node-a kept came before, its to act on, with the owners before the change.
+    """
+    monkeypatch.setattr(nodes_module, "EXPIRY_MARGIN", 1000.0)
+    daemons, a, b, uid, client = await socket_on_a(daemon_factory, redis, "node-a")
+    a.service.nodes._loop.stop()  # its heartbeat late
+    hears_again = deaf(a)
+    hears_again(subscribed=False)
+    publish(redis, f"rm.users.{uid}", "m1")
+    await wait_until(lambda: kept(a) == 1, 5, "m1 kept")
+    redis.zadd("rm:nodes", {"node-a": 1})
+    await received(client, 2)  # once node-a hears node-b drop it
+    for daemon in daemons:
+        await daemon.idle()
+    assert payloads(client) == ["m0", "m1"] and queued(redis, uid) == [] and kept(a) == 0
+    await beats_again(daemons, a)
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_alone_acts_on_what_it_hears_again_at_once_whatever_redis_lost(daemon_factory, redis, monkeypatch):
+    """Alone on its Redis, which lost its data meanwhile (rm:nodes too): nobody else acts, so it does, once."""
+    monkeypatch.setattr(nodes_module, "EXPIRY_MARGIN", 1000.0)  # the loss as if longer than its entry lasts
+    (a,) = daemons = await cluster(daemon_factory, 1)
+    client = await tab(daemons, a, "u1")
+    hears_again = deaf(a)
+    redis.flushall()  # Redis started again without its data
+    hears_again(subscribed=False)
+    publish(redis, "rm.users.u1", "m1")
+    await wait_until(lambda: kept(a) == 1, 5, "m1 kept until node-a hears rm.nodes")
+    a.service.nodes.subscribed()
+    await received(client, 1)
+    await a.idle()
+    assert payloads(client) == ["m1"] and queued(redis, "u1") == [] and kept(a) == 0
+    client.close()
+    await client.close_code()
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_abandon_lost_between_daemons_is_sent_again_and_the_socket_closes(daemon_factory, redis, monkeypatch):
     monkeypatch.setattr(peers_module, "RESEND_AFTER", 0.2)
     daemons, a, b, uid, client = await relayed_on_a(daemon_factory, redis)

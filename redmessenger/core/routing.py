@@ -193,6 +193,13 @@ class Router:
 
     def _keep(self, pending: _Pending) -> None:
         assert pending.message is not None
+        owners = self.owners
+        if self._undecided.unsure and not pending.group and owners is not None:
+            # unsure: a user's message is this node's to act on only if it owned the user then (it acts on it if the
+            # others did not act meanwhile), whatever the owners are when it knows
+            if owners.elsewhere(pending.label) is not None:
+                return
+            pending.decide = False
         self._undecided.keep(pending, pending.message.weight)
 
     @property

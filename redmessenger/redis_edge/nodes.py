@@ -164,6 +164,8 @@ class NodeRegistry:
         #: Heartbeats begun, and when the last one that listed this node was (its entry lasts ``ttl`` from then).
         self._beats = 0
         self._last_listed = float("-inf")
+        #: A heartbeat begun since listed this node anew while it was unsure; its join is not heard yet.
+        self._join_unheard = False
         #: Told when it is unknown whether the others act on this node's users, and when it is known again, in publish
         #: order, whether this node acts on what it kept meanwhile (core.routing.Router.unsure / sure).
         self.on_unsure: Callable[[], object] = lambda: None
@@ -194,14 +196,22 @@ class NodeRegistry:
         node hears again, the others drop it and act on its users; the PUBLISHes it hears once subscribed again, until
         it knows which, are kept (core.routing.Router.unsure): acted on twice otherwise, here and by the others.
         """
-        if self.listed and self._unsure_since is None:
-            self._unsure_since = self._beats
+        if not self.listed:
+            return
+        unsure, self._unsure_since, self._join_unheard = self._unsure_since, self._beats, False
+        if unsure is None:
             self.on_unsure()
 
     def subscribed(self) -> Deferred[None]:
-        """Hearing rm.nodes (again): sure at once if its entry cannot have expired meanwhile; a heartbeat."""
-        if self._unsure_since is not None and self._clock.seconds() < self._last_listed + self._ttl - EXPIRY_MARGIN:
-            self._in_order(lambda: self._settle(True))
+        """
+        Hearing rm.nodes (again): sure at once if its entry cannot have expired meanwhile (and no heartbeat listed
+        it anew since, its join unheard), or if no other node is known (one alone must not wait on its heartbeat);
+        a heartbeat.
+        """
+        if self._unsure_since is not None:
+            lasts = not self._join_unheard and self._clock.seconds() < self._last_listed + self._ttl - EXPIRY_MARGIN
+            if lasts or self.nodes == [self.node_id]:
+                self._in_order(lambda: self._settle(True))
         return self.beat()
 
     def _settle(self, act: bool) -> None:
@@ -270,29 +280,28 @@ class NodeRegistry:
         if change.run and change.node in change.nodes:
             self.runs[change.node] = change.run  # before the next heartbeat tells it: a node that joins takes sockets at once
         me = self.node_id
-        # Unsure (unheard): this node's own join tells whether another node had dropped it (the others acted on its
-        # users since), or its own heartbeat found its entry expired (nobody saw it gone); a change dropping it tells
-        # that what it kept came before (its users were left to it).
-        act: bool | None = None
+        # Unsure (unheard): this node's own join tells whether the others acted on its users (another node had
+        # dropped it, or Redis lost the list) or not (its own heartbeat found its entry expired: nobody saw it gone;
+        # or it is alone); a change dropping it tells that what it kept came before (its users were left to it).
+        # Decided in a step of its own, so that what it kept is acted on with the owners before the change.
         if self._unsure_since is not None:
+            act: bool | None = None
             if change.joined and change.node == me:
-                act = me in change.expired
+                act, self._join_unheard = me in change.expired or change.nodes == [me], False
             elif me in change.expired:
                 act = True
-
-        def take() -> None:
             if act is not None:
-                self._settle(act)
-            self._take(change.nodes, "", change, lapsed)
-
-        self._in_order(take)
+                self._in_order(lambda: self._settle(bool(act)))
+        self._in_order(lambda: self._take(change.nodes, "", change, lapsed))
 
     def _listed(self, reply: Any, number: int = 0, begun: float = 0.0) -> None:
         if reply and self.node_id in [_text(n) for n in reply[0] or []]:
             self._last_listed = begun
-            if self._unsure_since is not None and number > self._unsure_since and not (len(reply) > 4 and reply[4]):
-                # begun since the subscription was lost, it found this node's entry there: nobody else acted
-                self._in_order(lambda: self._settle(True))
+            if self._unsure_since is not None and number > self._unsure_since:
+                if len(reply) > 4 and reply[4]:
+                    self._join_unheard = True  # listed anew: its join, on its way, tells
+                else:  # begun since the subscription was lost, it found this node's entry there: nobody else acted
+                    self._in_order(lambda: self._settle(True))
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
         runs = (reply[2] or []) if reply and len(reply) > 2 else []
         if reply and len(reply) > 3 and reply[3]:

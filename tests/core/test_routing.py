@@ -326,3 +326,31 @@ def test_a_hold_taken_by_a_change_in_its_turn_holds_the_messages_published_after
     releases[0]()
     assert recorder.delivered == [("before the change", ["user9"]), ("after the change", ["user1"])]
     assert routing.waiting == 0
+
+
+def test_what_an_unsure_daemon_kept_is_decided_with_the_owners_of_when_it_was_heard() -> None:
+    """
+    Unsure (its subscription came back), a daemon keeps its own users' messages; the owners change meanwhile
+    (another daemon joined): sure, it acts on what was its own when heard, not on what it owns at that moment.
+    """
+    routing, _, recorder, _, _ = router()
+    view = routing.owners = View(owned_elsewhere={"user2": "b"})
+    routing.joined(alone=True)
+    routing.unsure()
+    routing.on_publish(b"rm.users.user1", b"mine then")
+    routing.on_publish(b"rm.users.user2", b"b's")
+    view.owned_elsewhere = {"user1": "c"}  # user1 moved to a daemon that joined, user2 came here
+    routing.in_order(lambda: routing.sure(act=True))
+    routing.on_publish(b"rm.users.user2", b"mine now")
+    assert recorder.delivered == [("mine then", ["user1"]), ("mine now", ["user2"])]
+
+
+def test_what_an_unsure_daemon_kept_is_left_when_the_others_acted_on_it() -> None:
+    routing, _, recorder, _, _ = router()
+    routing.owners = View()
+    routing.joined(alone=True)
+    routing.unsure()
+    routing.on_publish(b"rm.users.user1", b"theirs meanwhile")
+    routing.in_order(lambda: routing.sure(act=False))
+    routing.on_publish(b"rm.users.user1", b"after")
+    assert recorder.delivered == [("after", ["user1"])]

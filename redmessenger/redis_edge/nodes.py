@@ -164,11 +164,11 @@ class NodeRegistry:
         #: Heartbeats begun, and when the last one that listed this node was (its entry lasts ``ttl`` from then).
         self._beats = 0
         self._last_listed = float("-inf")
-        #: A heartbeat begun since listed this node anew while it was unsure; its join is not heard yet.
-        self._join_unheard = False
+        #: Since when a heartbeat begun since the loss has listed this node anew, its join not heard yet (None: none).
+        self._join_unheard: float | None = None
         #: Told when it is unknown whether the others act on this node's users, and when it is known again, in publish
         #: order, whether this node acts on what it kept meanwhile (core.routing.Router.unsure / sure).
-        self.on_unsure: Callable[[], object] = lambda: None
+        self.on_unsure: Callable[[], None] = lambda: None
         self.on_sure: Callable[[bool], object] = lambda act: None
 
     def start(self) -> None:
@@ -198,9 +198,11 @@ class NodeRegistry:
         """
         if not self.listed:
             return
-        unsure, self._unsure_since, self._join_unheard = self._unsure_since, self._beats, False
+        unsure, self._unsure_since = self._unsure_since, self._beats
         if unsure is None:
-            self.on_unsure()
+            # in publish order: what was heard before the loss, still waiting (behind a group's lookup), is decided
+            # as before it
+            self._in_order(self.on_unsure)
 
     def subscribed(self) -> Deferred[None]:
         """
@@ -209,7 +211,7 @@ class NodeRegistry:
         a heartbeat.
         """
         if self._unsure_since is not None:
-            lasts = not self._join_unheard and self._clock.seconds() < self._last_listed + self._ttl - EXPIRY_MARGIN
+            lasts = self._join_unheard is None and self._clock.seconds() < self._last_listed + self._ttl - EXPIRY_MARGIN
             if lasts or self.nodes == [self.node_id]:
                 self._in_order(lambda: self._settle(True))
         return self.beat()
@@ -217,7 +219,7 @@ class NodeRegistry:
     def _settle(self, act: bool) -> None:
         """Known again whether the others acted on this node's users while it was unsure (in publish order)."""
         if self._unsure_since is not None:
-            self._unsure_since = None
+            self._unsure_since = self._join_unheard = None
             self.on_sure(act)
 
     def _heartbeat(self) -> Deferred[Any]:
@@ -287,7 +289,7 @@ class NodeRegistry:
         if self._unsure_since is not None:
             act: bool | None = None
             if change.joined and change.node == me:
-                act, self._join_unheard = me in change.expired or change.nodes == [me], False
+                act = me in change.expired or change.nodes == [me]
             elif me in change.expired:
                 act = True
             if act is not None:
@@ -298,9 +300,13 @@ class NodeRegistry:
         if reply and self.node_id in [_text(n) for n in reply[0] or []]:
             self._last_listed = begun
             if self._unsure_since is not None and number > self._unsure_since:
+                unheard = self._join_unheard
                 if len(reply) > 4 and reply[4]:
-                    self._join_unheard = True  # listed anew: its join, on its way, tells
-                else:  # begun since the subscription was lost, it found this node's entry there: nobody else acted
+                    self._join_unheard = begun if unheard is None else unheard  # listed anew: its join tells
+                elif unheard is None or begun - unheard >= self._grace:
+                    # begun since the loss, it found this node's entry there: nobody else acted; or its join was not
+                    # heard for ``grace`` seconds (not taken: signed with a secret Redis lost): doubles rather than
+                    # losses, what it kept may have been acted on by the others too
                     self._in_order(lambda: self._settle(True))
         names, counts = (reply[0] or [], reply[1] or []) if reply else ([], [])
         runs = (reply[2] or []) if reply and len(reply) > 2 else []

@@ -14,6 +14,7 @@ from twisted.internet.testing import Clock
 
 from redmessenger.core.counters import Counters
 from redmessenger.core.routing import Router
+from redmessenger.redis_edge.nodes import NodeRegistry
 from redmessenger.model.envelope import Message
 
 from ..fakes import MemoryDirectory
@@ -354,3 +355,20 @@ def test_what_an_unsure_daemon_kept_is_left_when_the_others_acted_on_it() -> Non
     routing.in_order(lambda: routing.sure(act=False))
     routing.on_publish(b"rm.users.user1", b"after")
     assert recorder.delivered == [("after", ["user1"])]
+
+
+def test_what_was_heard_before_the_subscription_was_lost_and_still_waits_is_decided_as_before_it() -> None:
+    """A user's message waiting behind a group's lookup when the subscription is lost: acted on, whatever follows."""
+    routing, directory, recorder, _, _ = router()
+    routing.owners = View()
+    routing.joined(alone=True)
+    directory.groups["g"] = [b"member"]
+    directory.hold_members = True
+    routing.on_publish(b"rm.channels.g", b"g0")
+    routing.on_publish(b"rm.users.user1", b"before the loss")
+    registry = NodeRegistry(None, Clock(), "node-a", in_order=routing.in_order)  # type: ignore[arg-type]
+    registry.nodes, registry.on_unsure = ["node-a", "node-b"], routing.unsure
+    registry.unheard()  # the subscription lost
+    directory.answer_members("g")
+    routing.in_order(lambda: routing.sure(act=False))  # the others acted on what came after the loss
+    assert recorder.delivered == [("g0", ["member"]), ("before the loss", ["user1"])]

@@ -179,3 +179,78 @@ def test_the_epoch_read_before_the_first_heartbeat_stays_when_that_heartbeat_set
     assert taken == [] and registry.unsigned == 1
     registry.heard(signed(8, ["node-a", "node-x"]))
     assert taken == [["node-a", "node-x"]]
+
+
+class _Beats:
+    """The heartbeat script's replies, given by the test (the pure logic of NodeRegistry's unsure state)."""
+
+    def __init__(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.pending: list[Deferred[Any]] = []
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        from twisted.internet.defer import succeed
+
+        return succeed([b"s", b"1"])
+
+    def eval(self, script: bytes, keys: list[Any] = [], args: list[Any] = []) -> Any:
+        from twisted.internet.defer import Deferred
+
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+    def answer(self, listed_anew: int) -> None:
+        self.pending.pop(0).callback([[b"node-a", b"node-b"], [b"0", b"0"], [], b"s", listed_anew])
+
+
+def _signed_join(epoch: int) -> bytes:
+    from redmessenger.redis_edge.nodes import NodesChange
+
+    raw: dict[str, Any] = {"epoch": epoch, "node": "node-a", "nodes": ["node-a", "node-b"], "joined": True}
+    inner = hashlib.sha1(NodesChange.parse(json.dumps(raw).encode()).signed.encode()).hexdigest()
+    raw["sig"] = hashlib.sha1(("s" + inner).encode()).hexdigest()
+    return json.dumps(raw).encode()
+
+
+def test_a_node_listed_anew_stays_unsure_until_its_join_is_heard_even_if_a_later_heartbeat_finds_its_entry() -> None:
+    """
+    Its subscription lost long enough for another node to drop it: the heartbeat that lists it anew says so, the
+    next one (its join still on its way) finds its entry; only the join decides: the others had acted.
+    """
+    clock, beats = Clock(), _Beats()
+    registry = NodeRegistry(beats, clock, "node-a")  # type: ignore[arg-type]
+    decisions: list[bool] = []
+    registry.on_sure = decisions.append
+    registry.beat()
+    beats.answer(1)
+    registry.heard(_signed_join(2))
+    registry.unheard()
+    clock.advance(30)
+    registry.subscribed()
+    beats.answer(1)  # listed anew
+    clock.advance(1)
+    registry.beat()
+    beats.answer(0)  # found there: its own join, published by the heartbeat before, is not heard yet
+    assert decisions == []
+    registry.heard(_signed_join(4))
+    assert decisions == [False], "another node had dropped it: the others acted"
+
+
+def test_a_node_whose_join_is_never_heard_decides_after_the_grace_rather_than_keep_for_ever() -> None:
+    clock, beats = Clock(), _Beats()
+    registry = NodeRegistry(beats, clock, "node-a", grace=3.0)  # type: ignore[arg-type]
+    decisions: list[bool] = []
+    registry.on_sure = decisions.append
+    registry.beat()
+    beats.answer(1)
+    registry.heard(_signed_join(2))
+    registry.unheard()
+    clock.advance(30)
+    registry.subscribed()
+    beats.answer(1)
+    for _ in range(3):
+        clock.advance(1)
+        registry.beat()
+        beats.answer(0)
+    assert decisions == [True]

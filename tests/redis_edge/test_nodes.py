@@ -213,31 +213,8 @@ def _signed_join(epoch: int) -> bytes:
     return json.dumps(raw).encode()
 
 
-def test_a_node_listed_anew_stays_unsure_until_its_join_is_heard_even_if_a_later_heartbeat_finds_its_entry() -> None:
-    """
-    Its subscription lost long enough for another node to drop it: the heartbeat that lists it anew says so, the
-    next one (its join still on its way) finds its entry; only the join decides: the others had acted.
-    """
-    clock, beats = Clock(), _Beats()
-    registry = NodeRegistry(beats, clock, "node-a")  # type: ignore[arg-type]
-    decisions: list[bool] = []
-    registry.on_sure = decisions.append
-    registry.beat()
-    beats.answer(1)
-    registry.heard(_signed_join(2))
-    registry.unheard()
-    clock.advance(30)
-    registry.subscribed()
-    beats.answer(1)  # listed anew
-    clock.advance(1)
-    registry.beat()
-    beats.answer(0)  # found there: its own join, published by the heartbeat before, is not heard yet
-    assert decisions == []
-    registry.heard(_signed_join(4))
-    assert decisions == [False], "another node had dropped it: the others acted"
-
-
-def test_a_node_whose_join_is_never_heard_decides_after_the_grace_rather_than_keep_for_ever() -> None:
+def _listed_anew_after_a_long_loss() -> tuple[Clock, _Beats, NodeRegistry, list[bool]]:
+    """node-a listed, its subscription lost for 30 s; heard again, its heartbeat lists it anew (its join unheard)."""
     clock, beats = Clock(), _Beats()
     registry = NodeRegistry(beats, clock, "node-a", grace=3.0)  # type: ignore[arg-type]
     decisions: list[bool] = []
@@ -248,7 +225,26 @@ def test_a_node_whose_join_is_never_heard_decides_after_the_grace_rather_than_ke
     registry.unheard()
     clock.advance(30)
     registry.subscribed()
-    beats.answer(1)
+    beats.answer(1)  # listed anew
+    return clock, beats, registry, decisions
+
+
+def test_a_node_listed_anew_stays_unsure_until_its_join_is_heard_even_if_a_later_heartbeat_finds_its_entry() -> None:
+    """
+    Its subscription lost long enough for another node to drop it: the heartbeat that lists it anew says so, the
+    next one (its join still on its way) finds its entry; only the join decides: the others had acted.
+    """
+    clock, beats, registry, decisions = _listed_anew_after_a_long_loss()
+    clock.advance(1)
+    registry.beat()
+    beats.answer(0)  # found there: its own join, published by the heartbeat before, is not heard yet
+    assert decisions == []
+    registry.heard(_signed_join(4))
+    assert decisions == [False], "another node had dropped it: the others acted"
+
+
+def test_a_node_whose_join_is_never_heard_decides_after_the_grace_rather_than_keep_for_ever() -> None:
+    clock, beats, registry, decisions = _listed_anew_after_a_long_loss()  # (grace: 3 s)
     for _ in range(3):
         clock.advance(1)
         registry.beat()

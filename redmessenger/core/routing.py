@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IReactorTime
 
 from redmessenger.core.counters import Counters
+from redmessenger.core.members import MemberLookups
 from redmessenger.core.ownership import Ownership
-from redmessenger.core.ports import Directory, StoreUnavailable
+from redmessenger.core.ports import Directory
 from redmessenger.core.undecided import Undecided
 from redmessenger.logs import debugging, make_logger
 from redmessenger.model.channels import BadClientPublish, parse_client_publish
@@ -80,9 +80,6 @@ class Router:
 
     log = make_logger()
 
-    #: Seconds between attempts to read a group's members while Redis is away.
-    lookup_retry_delay = 1.0
-
     def __init__(
         self,
         directory: Directory,
@@ -97,7 +94,6 @@ class Router:
     ) -> None:
         if max_payload is not None and keep_aside is None:
             raise ValueError("max_payload needs keep_aside: an oversize message must go somewhere")
-        self._directory = directory
         self._deliver = deliver
         self._counters = counters
         self._clock = clock
@@ -117,9 +113,8 @@ class Router:
         #: published after that step, which may already wait behind it.
         self._in_step = False
         self._ids = MessageIds(run)
-        #: Member lookups waiting to be retried while Redis is away.
-        self._retries: set[IDelayedCall] = set()
-        self._stopping = False
+        #: Group members read for the group messages in the inbox (core/members.py).
+        self._lookups = MemberLookups(directory, clock, self._members_found)
         #: With other daemons on the Redis, this node's view of them (docs/scale-out.md): it acts on users' and
         #: groups' PUBLISHes only while it is listed among the live nodes, and a bare PUBLISH to a user owned
         #: elsewhere is left to its owner.  None: it is alone, and acts on every PUBLISH.
@@ -371,10 +366,7 @@ class Router:
 
     def stop(self) -> None:
         """Stop retrying member lookups (the link to Redis is going away); what waits for the holds goes on."""
-        self._stopping = True
-        for call in self._retries:
-            call.cancel()
-        self._retries.clear()
+        self._lookups.stop()
         self._no_holds()
 
     def _oversize(self, channel: bytes, payload: bytes, written: Callable[[], None] | None = None) -> None:
@@ -402,37 +394,10 @@ class Router:
         return Message(channel.decode("ascii"), int(self._clock.seconds() * 1000), text, self._ids.next())
 
     def _look_up_members(self, pending: _Pending, cid: str) -> None:
-        d = self._directory.members(cid)
-        d.addCallbacks(self._members_found, self._members_failed, callbackArgs=(pending,), errbackArgs=(pending, cid))
+        self._lookups.look_up(pending, cid)
 
-    def _members_found(self, members: list[bytes], pending: _Pending) -> None:
-        uids = []
-        for member in members:
-            uid = valid_name(member)
-            if uid is None:
-                self.log.warn(
-                    "Skipping member {member!r} of group {cid}: not a valid uid", member=member, cid=pending.label
-                )
-            else:
-                uids.append(uid)
+    def _members_found(self, pending: _Pending, uids: list[str]) -> None:
         pending.uids = uids
-        self._drain()
-
-    def _members_failed(self, failure: Failure, pending: _Pending, cid: str) -> None:
-        if failure.check(StoreUnavailable) and not self._stopping:
-            self.log.warn(
-                "Could not read the members of group {cid} ({why}); retrying", cid=cid, why=failure.getErrorMessage()
-            )
-
-            def retry() -> None:
-                self._retries.discard(call)
-                self._look_up_members(pending, cid)
-
-            call = self._clock.callLater(self.lookup_retry_delay, retry)
-            self._retries.add(call)
-            return
-        self.log.failure("Could not read the members of group {cid}; the message reaches nobody", failure, cid=cid)
-        pending.uids = []
         self._drain()
 
     def _drain(self) -> None:

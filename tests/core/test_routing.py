@@ -88,10 +88,10 @@ def test_a_lookup_is_retried_while_redis_is_away_and_nothing_behind_it_overtakes
     routing.on_publish(b"rm.channels.cats", b"meow")
     routing.on_publish(b"rm.users.user1", b"later")
     assert directory.lookups == ["cats"] and recorder.delivered == []
-    clock.advance(routing.lookup_retry_delay)
-    assert directory.lookups == ["cats", "cats"], "retried after lookup_retry_delay"
+    clock.advance(routing._lookups.retry_delay)
+    assert directory.lookups == ["cats", "cats"], "retried after MemberLookups.retry_delay"
     directory.unavailable = False
-    clock.advance(routing.lookup_retry_delay)
+    clock.advance(routing._lookups.retry_delay)
     assert recorder.delivered == [("meow", ["user1"]), ("later", ["user1"])]
     assert not clock.getDelayedCalls()
 
